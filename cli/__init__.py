@@ -1,0 +1,1 @@
+"""The `recon` command line (click + rich)."""

@@ -1,0 +1,331 @@
+"""The interfaces every plugin implements.
+
+A component is a class with a ``name`` users type, a ``kind``, a typed ``Config`` dataclass,
+and declared capabilities: ``provides`` (what it offers) and ``requires`` (what it needs from
+the components it is combined with). The pipeline checks capabilities before doing any work.
+Inheritance goes one level deep: a plugin subclasses one of these bases and nothing else.
+
+Capability names used by the built-in plugins (see docs/conventions.md):
+    "scene"          a loader yields posed views (Scene)
+    "video"          a loader yields frames without cameras (Video)
+    "gaussians-3d"   a representation exposes 3D Gaussians through ``gaussians()``
+    "gaussians-2d"   a representation made of image-space 2D Gaussians
+    "sdf"            a representation is a signed distance field with appearance
+    "cameras"        a representation holds (refinable) cameras
+    "dynamic"        a representation varies with time
+    "neural-field"   a representation that uses an input Encoder
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .cameras import Cameras
+from .config import EmptyConfig
+from .scene import Scene, Video, View
+
+if TYPE_CHECKING:
+    from .gaussians import Gaussians3D
+
+__all__ = [
+    "Component",
+    "Loader",
+    "Representation",
+    "Renderer",
+    "RenderOutput",
+    "Refiner",
+    "RefineContext",
+    "Encoder",
+    "Fixer",
+    "Evaluator",
+    "ImageEvaluator",
+    "GeometryEvaluator",
+    "EvaluationInput",
+    "Generator",
+    "KINDS",
+]
+
+KINDS = ("loader", "representation", "renderer", "refiner", "encoder", "fixer", "evaluator", "generator")
+
+
+class Component:
+    """Base of every plugin component. Subclasses set the class attributes below."""
+
+    name: ClassVar[str]
+    """The name users type (``--repr 3dgs``); unique within its kind."""
+    kind: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = EmptyConfig
+    provides: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset()
+    needs_packages: ClassVar[tuple[str, ...]] = ()
+    """Optional import names this component needs (status 'missing-dependency' when absent)."""
+    install_hint: ClassVar[str] = ""
+    """How to install ``needs_packages``, e.g. ``pip install 'recon[difix]'``."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+
+# --------------------------------------------------------------------------------------- loader
+
+
+class Loader(Component):
+    """Turns a path into a :class:`Scene` (posed views) or a :class:`Video`."""
+
+    kind = "loader"
+
+    def detect(self, path: Path) -> bool:
+        """Cheap check: does ``path`` look like this loader's format? (No heavy reading.)"""
+        raise NotImplementedError
+
+    def load(self, path: Path) -> Scene | Video:
+        """Validate everything and return the data; raise InputError naming the bad file."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------- representation
+
+
+class Representation(Component, nn.Module):
+    """Parameters of a reconstruction, how they start, and how they are exported.
+
+    ``default_renderer`` maps a device type ("cpu", "cuda") to the renderer used when the user
+    names none; ``native_refiner`` is run when the user names no refiner (None: none needed).
+    """
+
+    kind = "representation"
+    default_renderer: ClassVar[Mapping[str, str]] = {}
+    native_refiner: ClassVar[str | None] = None
+    export_formats: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any = None) -> None:
+        nn.Module.__init__(self)
+        Component.__init__(self, config)
+
+    def renderer_for(self, device: torch.device) -> str:
+        return self.default_renderer.get(device.type) or self.default_renderer["cpu"]
+
+    def build(self, data: Scene | Video, *, encoder: "Encoder | None" = None, device: torch.device) -> None:
+        """Create and initialise the parameters from the loaded data (on ``device``)."""
+        raise NotImplementedError
+
+    def gaussians(self, time: float | None = None) -> "Gaussians3D":
+        """Activated 3D Gaussians at ``time`` (representations providing "gaussians-3d")."""
+        raise NotImplementedError(f"{self.name} does not provide 3D Gaussians")
+
+    def export(self, out_dir: Path, fmt: str) -> list[Path]:
+        """Write the representation in ``fmt`` (one of ``export_formats``) atomically; return the files."""
+        raise NotImplementedError(f"{self.name} has no export")
+
+    def load_state_dict_resizing(self, state: Mapping[str, Tensor]) -> None:
+        """Load a state dict whose parameter shapes may differ (densified Gaussians).
+
+        Parameters are replaced (not copied into), so optimizers must be created afterwards.
+        """
+        for key, value in state.items():
+            module_path, _, attr = key.rpartition(".")
+            module = self.get_submodule(module_path) if module_path else self
+            current = getattr(module, attr, None)
+            if isinstance(current, nn.Parameter):
+                setattr(module, attr, nn.Parameter(value.to(current.device, current.dtype), requires_grad=current.requires_grad))
+            elif isinstance(current, Tensor):
+                setattr(module, attr, value.to(current.device, current.dtype))
+            else:
+                raise KeyError(f"unexpected key in checkpoint: {key}")
+        missing = set(self.state_dict()) - set(state)
+        if missing:
+            raise KeyError(f"checkpoint lacks: {', '.join(sorted(missing))}")
+
+
+# ------------------------------------------------------------------------------------- renderer
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """What a renderer returns for a batch of N cameras (or frames).
+
+    rgb:   [N, H, W, 3] float32, background composited.
+    alpha: [N, H, W, 1] float32 accumulated opacity, or None when the renderer has no notion of it.
+    depth: [N, H, W, 1] float32 expected z-depth (normalised by alpha where alpha > 0), or None.
+    """
+
+    rgb: Tensor
+    alpha: Tensor | None = None
+    depth: Tensor | None = None
+
+
+class Renderer(Component):
+    """Representation + cameras (or frame times, for videos) → images."""
+
+    kind = "renderer"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    def render(
+        self,
+        rep: Representation,
+        cameras: Cameras | None,
+        *,
+        times: Tensor | None = None,
+        background: Tensor | None = None,
+    ) -> RenderOutput:
+        """Render every camera (or, for video representations, every time in ``times``)."""
+        raise NotImplementedError
+
+
+# -------------------------------------------------------------------------------------- refiner
+
+
+@dataclass
+class RefineContext:
+    """What the pipeline hands a refiner: device, seed and the other components of the run."""
+
+    device: torch.device
+    seed: int
+    renderer: Renderer
+    fixer: "Fixer | None" = None
+    out_dir: Path | None = None
+    log: Callable[[str], None] = print
+    create: Callable[[str, str], Component] | None = None
+    """``create(kind, name)`` builds another configured component of this run (e.g. a generator)."""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Refiner(Component):
+    """An optimisation procedure that improves a representation against observed data.
+
+    The pipeline drives it step by step so that progress, checkpoints, Ctrl-C and resume work
+    the same for every refiner::
+
+        refiner.setup(rep, data, ctx)            # create optimizers, pick views
+        refiner.load_state_dict(saved)           # only when resuming
+        for step in range(start, refiner.total_steps):
+            logs = refiner.step(step)            # one iteration (forward, backward, update)
+        summary = refiner.finish()               # final report (e.g. before/after metrics)
+
+    ``state_dict`` must hold everything needed to continue bit-identically on CPU (optimizer
+    state, schedules, private generators); the pipeline saves the representation and global RNG
+    states itself. A refiner that needs another loop (e.g. parallel workers) overrides ``run``.
+    """
+
+    kind = "refiner"
+
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+        raise NotImplementedError
+
+    @property
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    def step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> dict[str, Any]:
+        return {}
+
+    run: ClassVar[Callable[..., dict[str, Any]] | None] = None
+    """Optional ``run(self, rep, data, ctx) -> report`` replacing the step loop entirely."""
+
+
+# -------------------------------------------------------------------------------------- encoder
+
+
+class Encoder(Component, nn.Module):
+    """Coordinate encoding for neural fields: [..., in_dim] → [..., out_dim]."""
+
+    kind = "encoder"
+
+    def __init__(self, config: Any = None, in_dim: int = 3) -> None:
+        nn.Module.__init__(self)
+        Component.__init__(self, config)
+        self.in_dim = in_dim
+
+    @property
+    def out_dim(self) -> int:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D401
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------- fixer
+
+
+class Fixer(Component):
+    """Image-space artifact removal: renders [N, H, W, 3] in [0, 1] → fixed images, same shape.
+
+    ``references`` [N, H, W, 3] are optional clean views (e.g. the nearest training image).
+    ``prepare`` loads weights and raises MissingWeightsError when they are absent.
+    """
+
+    kind = "fixer"
+
+    def prepare(self, device: torch.device) -> None:
+        pass
+
+    def fix(self, images: Tensor, references: Tensor | None = None, *, views: Sequence[View] | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------ evaluator
+
+
+@dataclass
+class EvaluationInput:
+    """Everything an evaluator may look at after a run."""
+
+    rep: Representation
+    data: Scene | Video
+    run_dir: Path | None = None
+
+
+class Evaluator(Component):
+    """A metric. ``unavailable_reason()`` returns why it cannot run here (None when it can)."""
+
+    kind = "evaluator"
+    higher_is_better: ClassVar[bool] = True
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+
+class ImageEvaluator(Evaluator):
+    """A per-view image metric; the pipeline averages it over the evaluated views."""
+
+    def compute(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+        """pred/target float32 (H, W, 3) in [0, 1]; mask bool (H, W): only True pixels count."""
+        raise NotImplementedError
+
+
+class GeometryEvaluator(Evaluator):
+    """A metric over the whole reconstruction (e.g. Chamfer distance to a ground-truth mesh)."""
+
+    def evaluate(self, inputs: EvaluationInput) -> float:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------ generator
+
+
+class Generator(Component):
+    """Produces extra (pseudo) views with per-pixel confidence, e.g. along a path between inputs.
+
+    Contract (see docs/plugins.md): given the scene, the current representation and renderer,
+    return new :class:`View` objects whose ``split`` is "train" and whose ``confidence`` is set.
+    """
+
+    kind = "generator"
+
+    def generate(self, rep: Representation, scene: Scene, ctx: RefineContext) -> list[View]:
+        raise NotImplementedError

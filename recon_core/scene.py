@@ -1,0 +1,219 @@
+"""What loaders produce: scenes of posed views, and videos of frames.
+
+Pixel data may be *lazy*: a loader validates every file up front (so nothing half-loaded is
+passed on) but can hand over a zero-argument callable instead of a tensor, which is read only
+when the attribute is accessed. Large inputs therefore never need all pixels in memory.
+Images are float32 in [0, 1] with shape (H, W, 3); masks are bool (H, W); depth is float32
+(H, W) z-depth along the optical axis (0 = unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .cameras import Cameras
+
+__all__ = ["Lazy", "View", "Scene", "PointCloud", "Bounds", "Video", "Split"]
+
+Split = Literal["train", "val", "test"]
+Lazy = Union[Tensor, Callable[[], Tensor], None]
+"""A tensor, a zero-argument callable that reads it, or None when absent."""
+
+
+def _resolve(value: Lazy) -> Tensor | None:
+    return value() if callable(value) else value
+
+
+class _LazyField:
+    """Descriptor: stores a Lazy value, returns the tensor on access (read on every access)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Tensor | None:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return _resolve(getattr(obj, self.slot))
+
+    def __set__(self, obj: object, value: Lazy) -> None:
+        setattr(obj, self.slot, value)
+
+
+class View:
+    """One posed image with its optional per-pixel data.
+
+    Attributes:
+        name: stable identifier (usually the file stem), used in metrics and render names.
+        camera: a single camera (``len(camera) == 1``).
+        split: "train", "val" or "test".
+        image: float32 (H, W, 3) in [0, 1].
+        alpha: float32 (H, W) in [0, 1] or None.
+        object_mask / sky_mask / dynamic_mask: bool (H, W) or None.
+        depth: float32 (H, W) z-depth, 0 where unknown, or None.
+        confidence: float32 (H, W) per-pixel confidence in [0, 1] (e.g. from a depth network) or None.
+        path: the image file, for error messages.
+    """
+
+    image = _LazyField()
+    alpha = _LazyField()
+    object_mask = _LazyField()
+    sky_mask = _LazyField()
+    dynamic_mask = _LazyField()
+    depth = _LazyField()
+    confidence = _LazyField()
+
+    def __init__(
+        self,
+        name: str,
+        camera: Cameras,
+        image: Lazy,
+        split: Split = "train",
+        *,
+        alpha: Lazy = None,
+        object_mask: Lazy = None,
+        sky_mask: Lazy = None,
+        dynamic_mask: Lazy = None,
+        depth: Lazy = None,
+        confidence: Lazy = None,
+        path: Path | None = None,
+    ) -> None:
+        assert len(camera) == 1, "a View holds exactly one camera"
+        self.name = name
+        self.camera = camera
+        self.split = split
+        self.image = image
+        self.alpha = alpha
+        self.object_mask = object_mask
+        self.sky_mask = sky_mask
+        self.dynamic_mask = dynamic_mask
+        self.depth = depth
+        self.confidence = confidence
+        self.path = path
+
+    def has(self, attribute: str) -> bool:
+        """Whether the optional per-pixel attribute (e.g. "sky_mask") is present, without reading it."""
+        return getattr(self, "_" + attribute) is not None
+
+    @property
+    def height(self) -> int:
+        return int(self.camera.height[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.camera.width[0])
+
+    @property
+    def time(self) -> float | None:
+        return None if self.camera.times is None else float(self.camera.times[0])
+
+    def __repr__(self) -> str:
+        return f"View({self.name!r}, {self.width}x{self.height}, split={self.split!r})"
+
+
+@dataclass(frozen=True)
+class PointCloud:
+    """points [P, 3] float32 world coordinates; colors [P, 3] float32 in [0, 1] or None."""
+
+    points: Tensor
+    colors: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A bounding sphere of the region of interest (world units)."""
+
+    center: Tensor  # [3]
+    radius: float
+
+    @staticmethod
+    def from_cameras(cameras: Cameras) -> "Bounds":
+        """Sphere around the camera centres (nerfstudio/gsplat 'scene extent' habit)."""
+        c = cameras.centers
+        center = c.mean(0)
+        radius = float((c - center).norm(dim=-1).max()) if len(cameras) > 1 else 1.0
+        return Bounds(center=center, radius=max(radius, 1e-6))
+
+
+@dataclass
+class Scene:
+    """Posed views of one scene.
+
+    ``bounds`` is the region reconstruction should cover; ``point_cloud`` an optional initial
+    point cloud (COLMAP points, ``ply_file_path``); ``gt_mesh_path`` an optional ground-truth
+    surface for geometry metrics.
+    """
+
+    name: str
+    views: list[View]
+    bounds: Bounds
+    point_cloud: PointCloud | None = None
+    gt_mesh_path: Path | None = None
+    source: Path | None = None
+
+    def split(self, split: Split) -> list[View]:
+        return [v for v in self.views if v.split == split]
+
+    @property
+    def train_views(self) -> list[View]:
+        return self.split("train")
+
+    @property
+    def eval_views(self) -> list[View]:
+        """The test split when there is one, else every view."""
+        return self.split("test") or list(self.views)
+
+    def cameras(self, views: Sequence[View] | None = None) -> Cameras:
+        return Cameras.cat([v.camera for v in (self.views if views is None else views)])
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(v.time is not None for v in self.views)
+
+
+@dataclass
+class Video:
+    """Frames of a video, read lazily through ``read_frame``; no cameras.
+
+    ``read_frame(i)`` returns float32 (H, W, 3) in [0, 1]. ``timestamps`` [T] in seconds.
+    """
+
+    name: str
+    num_frames: int
+    width: int
+    height: int
+    fps: float
+    read_frame: Callable[[int], Tensor]
+    gop_length: int = 10
+    source: Path | None = None
+    timestamps: Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.timestamps is None:
+            self.timestamps = torch.arange(self.num_frames, dtype=torch.float32) / float(self.fps)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def frame(self, i: int) -> Tensor:
+        if not 0 <= i < self.num_frames:
+            raise IndexError(f"frame {i} out of range 0..{self.num_frames - 1}")
+        return self.read_frame(i)
+
+    def frames(self, indices: Sequence[int] | range | None = None) -> Iterator[Tensor]:
+        for i in range(self.num_frames) if indices is None else indices:
+            yield self.frame(i)
+
+    def gops(self, length: int | None = None) -> list[range]:
+        """Consecutive groups of pictures covering every frame exactly once."""
+        n = length or self.gop_length
+        if n < 1:
+            raise ValueError("GoP length must be >= 1")
+        return [range(s, min(s + n, self.num_frames)) for s in range(0, self.num_frames, n)]

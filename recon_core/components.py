@@ -18,6 +18,7 @@ Capability names used by the built-in plugins (see docs/conventions.md):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
@@ -48,9 +49,30 @@ __all__ = [
     "EvaluationInput",
     "Generator",
     "KINDS",
+    "WeightFile",
+    "weights_dir",
 ]
 
 KINDS = ("loader", "representation", "renderer", "refiner", "encoder", "fixer", "evaluator", "generator")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A weights file a learned component needs, and where recon looks for it."""
+
+    description: str
+    path: Path
+    source: str
+    """Where a user gets it (URL or hub repository); recon never downloads it."""
+
+    @property
+    def present(self) -> bool:
+        return self.path.exists()
+
+
+def weights_dir() -> Path:
+    """Folder for model weights: ``$RECON_WEIGHTS_DIR`` or ``~/.cache/recon/weights``."""
+    return Path(os.environ.get("RECON_WEIGHTS_DIR", Path.home() / ".cache" / "recon" / "weights"))
 
 
 class Component:
@@ -71,6 +93,11 @@ class Component:
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    @classmethod
+    def required_weights(cls) -> list[WeightFile]:
+        """Weights files this component loads (``recon doctor`` reports each as present or not)."""
+        return []
+
 
 # --------------------------------------------------------------------------------------- loader
 
@@ -80,8 +107,13 @@ class Loader(Component):
 
     kind = "loader"
 
-    def detect(self, path: Path) -> bool:
-        """Cheap check: does ``path`` look like this loader's format? (No heavy reading.)"""
+    def detect(self, path: Path) -> int:
+        """Cheap check (no heavy reading) of how well ``path`` matches this loader's format.
+
+        0 means "not mine"; higher means a more specific match (e.g. a generic transforms.json
+        reader returns 10, a reader that also recognises driving-specific files returns 20).
+        ``recon run --data PATH`` picks the loader with the highest score.
+        """
         raise NotImplementedError
 
     def load(self, path: Path) -> Scene | Video:

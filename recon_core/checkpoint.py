@@ -25,8 +25,15 @@ _TENSOR = "__tensor__"
 
 def _split(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     if isinstance(obj, Tensor):
-        key = prefix or "_"
-        tensors[key] = obj.detach().cpu().contiguous()
+        key, n = prefix or "_", 1
+        while key in tensors:  # '/'-joined paths can collide ({"a/b": x, "a": {"b": y}})
+            n += 1
+            key = f"{prefix or '_'}#{n}"
+        tensor = obj.detach().cpu().contiguous()
+        # safetensors refuses tensors sharing memory (tied weights, the same tensor twice)
+        if any(t.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr() for t in tensors.values()):
+            tensor = tensor.clone()
+        tensors[key] = tensor
         return {_TENSOR: key}
     if isinstance(obj, dict):
         return {"__dict__": [[k, _split(v, f"{prefix}/{k}" if prefix else str(k), tensors)] for k, v in obj.items()]}

@@ -226,6 +226,15 @@ class RefineContext:
     create: Callable[[str, str], Component] | None = None
     """``create(kind, name)`` builds another configured component of this run (e.g. a generator)."""
     options: dict[str, Any] = field(default_factory=dict)
+    # For refiners with a custom ``run`` (the step loop handles these itself otherwise):
+    should_stop: Callable[[], bool] = lambda: False
+    """True once Ctrl-C or SIGTERM asked the run to stop (save, then return promptly)."""
+    save_state: Callable[[int], None] | None = None
+    """``save_state(next_step)`` checkpoints the representation + ``refiner.state_dict()``."""
+    resume_state: dict[str, Any] | None = None
+    """The refiner's saved ``state_dict()`` when resuming, else None."""
+    start_step: int = 0
+    """The step saved with ``resume_state`` (where a resumed ``run`` continues)."""
 
 
 class Refiner(Component):
@@ -242,7 +251,12 @@ class Refiner(Component):
 
     ``state_dict`` must hold everything needed to continue bit-identically on CPU (optimizer
     state, schedules, private generators); the pipeline saves the representation and global RNG
-    states itself. A refiner that needs another loop (e.g. parallel workers) overrides ``run``.
+    states itself. A refiner that needs another loop (e.g. parallel workers) sets ``run``; the
+    pipeline then calls ``report = refiner.run(rep, data, ctx)`` instead of setup/step/finish.
+    Such a loop checks ``ctx.should_stop()`` between units of work; when it is true it calls
+    ``ctx.save_state(next_step)`` and returns (the pipeline then reports the interruption).
+    When resuming, ``ctx.resume_state`` holds its saved ``state_dict()`` and ``ctx.start_step``
+    the step it saved at; the representation has already been restored.
     """
 
     kind = "refiner"

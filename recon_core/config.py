@@ -89,9 +89,11 @@ def parse_value(tp: Any, value: Any, where: str) -> Any:
             return parsed if origin is list else tuple(parsed)
         if origin is typing.Literal:
             allowed = typing.get_args(tp)
-            if value not in allowed:
+            # command-line values arrive as strings: "2" selects Literal[1, 2]'s 2
+            match = [a for a in allowed if a == value or (isinstance(value, str) and str(a) == value)]
+            if not match:
                 raise ValueError(f"'{value}' is not one of {', '.join(map(str, allowed))}")
-            return value
+            return match[0]
         if origin is dict:
             if not isinstance(value, dict):
                 raise ValueError("expected a mapping")
@@ -116,6 +118,8 @@ def _jsonable(v: Any) -> Any:
 
 def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
     """Build ``cls`` from a (possibly partial) dict, checking names, types and choices."""
+    if not isinstance(values, dict):
+        raise InputError(f"options for {where} must be a mapping of option names to values, not {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
     unknown = sorted(set(values) - set(fields))
@@ -148,13 +152,20 @@ def describe_options(cls: type) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": f.name,
-                "type": getattr(tp, "__name__", None) or str(tp).replace("typing.", ""),
+                "type": _type_name(tp),
                 "default": _jsonable(default),
                 "help": f.metadata.get("help", ""),
                 "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None,
             }
         )
     return out
+
+
+def _type_name(tp: Any) -> str:
+    """``int``, ``list[str]``, ``str | None``: generic aliases keep their arguments."""
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return tp.__name__
+    return str(tp).replace("typing.", "")
 
 
 def parse_set_option(text: str) -> tuple[str, str, str]:

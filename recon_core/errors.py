@@ -58,7 +58,9 @@ class PluginConflictError(InputError):
 class Interrupted(ReconError):
     """Work was stopped by Ctrl-C or SIGTERM after its state was saved."""
 
-    def __init__(self, checkpoint: Path | None) -> None:
+    def __init__(self, checkpoint: Path | None, run_dir: Path | None = None) -> None:
         self.checkpoint = checkpoint
-        where = f"; resume with: recon run --resume {checkpoint}" if checkpoint else ""
+        self.run_dir = run_dir
+        resume = run_dir or checkpoint
+        where = f"; state saved in {checkpoint}; resume with: recon run --resume {resume}" if checkpoint else ""
         super().__init__(f"interrupted{where}")

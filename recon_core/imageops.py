@@ -4,16 +4,41 @@ Images are float tensors in [0, 1] shaped (H, W, 3) or (N, H, W, 3); masks are b
 (N, H, W). SSIM follows Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5),
 C1 = (0.01)^2, C2 = (0.03)^2 and 'valid' filtering (no padding), as skimage does with
 ``gaussian_weights=True, use_sample_covariance=False, data_range=1``.
+
+MS-SSIM (Wang, Simoncelli & Bovik 2003) multiplies the contrast-structure term of SSIM at
+successively 2x2-average-pooled scales with the full SSIM at the coarsest scale, using the
+standard five weights :data:`MS_SSIM_WEIGHTS`. Our benchmark images are small (200x200,
+320x180), so :func:`ms_ssim_plan` fits the pyramid to the image: it keeps as many scales as
+leave at least one full window at the coarsest scale (renormalising the first weights to sum to
+one), and when even one 11x11 window does not fit, it shrinks the window to the largest odd size
+that does (sigma scaled with it). 200x200 and 320x180 keep all five scales.
+
+Masked comparisons for metrics whose value depends on a neighbourhood (MS-SSIM, LPIPS) use
+:func:`masked_crop`: both images are composited onto the same background outside the mask and
+cropped to the mask's bounding box, so pixels outside the mask have no effect on the result.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim_map", "ssim", "gaussian_window"]
+__all__ = [
+    "psnr",
+    "ssim_map",
+    "ssim",
+    "gaussian_window",
+    "MS_SSIM_WEIGHTS",
+    "MsSsimPlan",
+    "ms_ssim_plan",
+    "ms_ssim",
+    "mask_bbox",
+    "masked_crop",
+]
 
 
 def _batched(x: Tensor) -> Tensor:
@@ -42,7 +67,12 @@ def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None, data_range: f
 
 def ssim_map(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
     """Per-pixel SSIM, (N, H - ws + 1, W - ws + 1, C) ('valid' region), differentiable."""
-    x, y = _batched(pred), _batched(target)
+    s, _ = _ssim_cs_maps(_batched(pred), _batched(target), window_size, sigma)
+    return s.permute(0, 2, 3, 1)
+
+
+def _ssim_cs_maps(x: Tensor, y: Tensor, window_size: int, sigma: float) -> tuple[Tensor, Tensor]:
+    """SSIM and contrast-structure maps of (N, C, H, W) images, 'valid' region, data range 1."""
     c = x.shape[1]
     g = gaussian_window(window_size, sigma, x.dtype, x.device)
     wx = g.view(1, 1, 1, -1).expand(c, 1, 1, window_size)
@@ -56,8 +86,9 @@ def ssim_map(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float =
     syy = blur(y * y) - mu_y**2
     sxy = blur(x * y) - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.permute(0, 2, 3, 1)
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    s = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
+    return s, cs
 
 
 def ssim(pred: Tensor, target: Tensor, mask: Tensor | None = None, window_size: int = 11) -> Tensor:
@@ -71,3 +102,128 @@ def ssim(pred: Tensor, target: Tensor, mask: Tensor | None = None, window_size: 
     return (s * m).sum() / m.sum().clamp_min(1)
 
 
+# ------------------------------------------------------------------------------------- MS-SSIM
+
+MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+"""Per-scale exponents of Wang et al. 2003, finest scale first."""
+
+
+@dataclass(frozen=True)
+class MsSsimPlan:
+    """How MS-SSIM is evaluated for one image size.
+
+    Attributes:
+        weights: exponent per scale, finest first; sums to 1 when scales were dropped.
+        window_size: odd Gaussian window size used at every scale.
+        sigma: Gaussian standard deviation of the window.
+    """
+
+    weights: tuple[float, ...]
+    window_size: int
+    sigma: float
+
+    @property
+    def scales(self) -> int:
+        return len(self.weights)
+
+
+def ms_ssim_plan(
+    height: int,
+    width: int,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+) -> MsSsimPlan:
+    """Fit the MS-SSIM pyramid to an image of ``height`` x ``width`` pixels.
+
+    Scale ``s`` (0-based) sees ``floor(size / 2**s)`` pixels per side and needs at least one full
+    window. All scales that fit are kept; when some are dropped, the remaining (finest) weights are
+    renormalised to sum to one, so a single remaining scale is plain SSIM. When not even the finest
+    scale fits the window, the window shrinks to the largest odd size that fits and sigma is
+    scaled by the same factor. Raises ValueError for images under 3 pixels on a side.
+    """
+    smallest = min(height, width)
+    if smallest < 3:
+        raise ValueError(f"MS-SSIM needs images of at least 3x3 pixels, got {height}x{width}")
+    if window_size % 2 == 0 or window_size < 3:
+        raise ValueError(f"window_size must be odd and at least 3, got {window_size}")
+    if not weights:
+        raise ValueError("MS-SSIM needs at least one scale weight")
+    if smallest < window_size:
+        shrunk = smallest if smallest % 2 == 1 else smallest - 1
+        return MsSsimPlan((1.0,), shrunk, sigma * shrunk / window_size)
+    scales = 1
+    while scales < len(weights) and smallest // 2**scales >= window_size:
+        scales += 1
+    kept = tuple(float(w) for w in weights[:scales])
+    if scales < len(weights):
+        total = sum(kept)
+        kept = tuple(w / total for w in kept)
+    return MsSsimPlan(kept, window_size, sigma)
+
+
+def ms_ssim(
+    pred: Tensor,
+    target: Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+) -> Tensor:
+    """Multi-scale SSIM of (H, W, C) or (N, H, W, C) images in [0, 1], differentiable.
+
+    Per image and channel: ``prod_j cs_j ** w_j`` over the finer scales times ``ssim_M ** w_M``
+    at the coarsest, with each term the spatial mean over the 'valid' window positions and
+    clamped at 0 (as TensorFlow's ``ssim_multiscale`` and pytorch-msssim do, so negative
+    correlations cannot produce NaN; the gradient through a clamped term is 0). Returns the mean over images and channels. Scales and
+    window follow :func:`ms_ssim_plan`; between scales both images are 2x2 average-pooled
+    (odd trailing rows/columns dropped).
+    """
+    x, y = _batched(pred), _batched(target)
+    if x.shape != y.shape:
+        raise ValueError(f"MS-SSIM needs images of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    plan = ms_ssim_plan(x.shape[2], x.shape[3], window_size, sigma, weights)
+    value = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+    for scale, weight in enumerate(plan.weights):
+        if scale > 0:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        s, cs = _ssim_cs_maps(x, y, plan.window_size, plan.sigma)
+        term = (s if scale == plan.scales - 1 else cs).mean(dim=(2, 3))
+        positive = term > 0
+        # term ** weight where positive, 0 elsewhere, with finite gradients (0 ** w has none)
+        value = value * torch.where(positive, torch.where(positive, term, torch.ones_like(term)) ** weight, 0.0)
+    return value.mean()
+
+
+# ----------------------------------------------------------------------------------- masking
+
+
+def mask_bbox(mask: Tensor) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the True pixels of a bool (H, W) mask, bottom/right exclusive."""
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    cols = torch.nonzero(mask.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        raise ValueError("the mask selects no pixel")
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def masked_crop(images: Sequence[Tensor], mask: Tensor, background: float = 1.0, min_size: int = 1) -> list[Tensor]:
+    """Composite (H, W, C) images onto ``background`` outside ``mask`` and crop to its bounding box.
+
+    Every image gets the same treatment, so pixels outside the mask cannot influence a metric
+    computed on the results. When the box is smaller than ``min_size`` on a side, the crops are
+    padded (centred) with ``background`` to ``min_size``, which equals a larger box of background.
+    Raises ValueError when the mask selects no pixel.
+    """
+    top, bottom, left, right = mask_bbox(mask)
+    keep = mask[top:bottom, left:right, None]
+    out = []
+    for image in images:
+        crop = image[top:bottom, left:right]
+        crop = torch.where(keep, crop, torch.full_like(crop, background))
+        pad_h, pad_w = max(0, min_size - crop.shape[0]), max(0, min_size - crop.shape[1])
+        if pad_h or pad_w:
+            chw = crop.permute(2, 0, 1)
+            pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+            crop = F.pad(chw, pads, value=background).permute(1, 2, 0)
+        out.append(crop)
+    return out

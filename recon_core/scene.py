@@ -157,6 +157,8 @@ class Scene:
     point_cloud: PointCloud | None = None
     gt_mesh_path: Path | None = None
     source: Path | None = None
+    poses_known: bool = True
+    """False when the loader had no poses (cameras are placeholders, e.g. for DGGT to predict)."""
 
     def split(self, split: Split) -> list[View]:
         return [v for v in self.views if v.split == split]
@@ -213,7 +215,7 @@ class Video:
 
     def gops(self, length: int | None = None) -> list[range]:
         """Consecutive groups of pictures covering every frame exactly once."""
-        n = length or self.gop_length
+        n = self.gop_length if length is None else length
         if n < 1:
             raise ValueError("GoP length must be >= 1")
         return [range(s, min(s + n, self.num_frames)) for s in range(0, self.num_frames, n)]

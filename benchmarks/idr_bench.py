@@ -1,0 +1,179 @@
+"""HashModFFB-IDR benchmark: equal-CPU-time training of ``idr`` with each encoder.
+
+For each encoder, ``idr-fit`` runs for the same wall-clock budget on the training views of an
+IDR-style dataset (cameras.npz + masks + gt_mesh.ply), then we report the Chamfer distance of the
+marching-cubes mesh to the ground truth and the PSNR of sphere-traced test views (full image on the
+background the images were composited on, and inside the object mask).
+
+    python benchmarks/idr_bench.py --data /work/shared/datasets/object --seconds 300 \
+        --encoders fourier hashgrid ffb ffb-stylemod --out outputs/idr_bench
+
+Uses the ``idr`` loader when installed, otherwise reads cameras.npz itself (world_mat_i = K·[R|t],
+P = world_mat_i · scale_mat_i decomposed by RQ), views 0-47 train and 48-63 test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import trimesh
+from PIL import Image
+
+from recon_core import Bounds, Cameras, RefineContext, Scene, View
+from recon_core.imageops import psnr
+from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder, FourierEncoder, HashGridEncoder
+from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
+from recon_plugins.idr.chamfer import chamfer
+
+# Encoder settings sized for a 2-core CPU (names → constructors).
+ENCODERS = {
+    "fourier": lambda: FourierEncoder(FourierEncoder.Config(n_frequencies=6)),
+    "hashgrid": lambda: HashGridEncoder(HashGridEncoder.Config(
+        n_levels=12, n_features_per_level=2, log2_hashmap_size=15, base_resolution=16, max_resolution=512)),
+    "ffb": lambda: FFBEncoder(FFBEncoder.Config(
+        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=512)),
+    "ffb-stylemod": lambda: FFBStyleModEncoder(FFBStyleModEncoder.Config(
+        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=512)),
+}
+
+
+def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """3×4 projection P = K·[R|t] → (K with K[2,2] = 1 and a positive diagonal, OpenCV c2w 4×4)."""
+    K, R = scipy.linalg.rq(P[:3, :3])
+    signs = np.diag(np.sign(np.diag(K)))
+    K, R = K @ signs, signs @ R
+    t = np.linalg.solve(K, P[:3, 3])
+    if np.linalg.det(R) < 0:
+        R, t = -R, -t
+    K = K / K[2, 2]
+    c2w = np.eye(4)
+    c2w[:3, :3] = R.T
+    c2w[:3, 3] = -R.T @ t
+    return K, c2w
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def read_idr_scene(root: Path, n_train: int = 48, background: float = 1.0) -> Scene:
+    """Scene in IDR's normalised frame from cameras.npz + images/ + masks/ (+ gt_mesh.ply)."""
+    cams = np.load(root / "cameras.npz")
+    n = len([k for k in cams.files if k.startswith("world_mat_")])
+    views = []
+    for i in range(n):
+        P = (cams[f"world_mat_{i}"] @ cams[f"scale_mat_{i}"])[:3]
+        K, c2w = decompose_projection(P)
+        img = _png(root / "images" / f"{i:04d}.png")
+        rgb = img[..., :3].astype(np.float32) / 255.0
+        if img.shape[-1] == 4:
+            a = img[..., 3:] / 255.0
+            rgb = rgb * a + background * (1 - a)  # same compositing as the idr loader (white by default)
+        mask = _png(root / "masks" / f"{i:04d}.png") > 127
+        h, w = mask.shape
+        cam = Cameras.create(K, c2w, w, h)
+        views.append(View(f"{i:04d}", cam, torch.from_numpy(rgb.copy()), "train" if i < n_train else "test",
+                          object_mask=torch.from_numpy(mask.copy())))
+    gt = root / "gt_mesh.ply"
+    # the gt mesh is in world coordinates; with identity scale_mat the normalised frame is the world frame
+    if not np.allclose(cams["scale_mat_0"], np.eye(4)):
+        gt = None
+    return Scene(root.name, views, Bounds(torch.zeros(3), 1.0), gt_mesh_path=gt, source=root)
+
+
+def load_scene(root: Path, n_train: int = 48, background: float = 1.0) -> Scene:
+    """The ``idr`` loader's scene when available (else our own reader); views ≥ n_train become test views
+    (cameras.npz has no split; the dataset README fixes 0-47 train, 48-63 test)."""
+    try:
+        from recon_core.registry import get_registry
+
+        scene = get_registry().create("loader", "idr").load(root)
+        if not isinstance(scene, Scene) or scene.gt_mesh_path is None:
+            raise ValueError("no ground-truth mesh")
+    except Exception as e:  # noqa: BLE001 - the idr loader may not exist yet
+        print(f"(idr loader unavailable: {e}; reading cameras.npz directly)")
+        scene = read_idr_scene(root, n_train, background)
+    for i, v in enumerate(scene.views):
+        v.split = "train" if i < n_train else "test"
+    return scene
+
+
+def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, out: Path) -> dict:
+    torch.manual_seed(args.seed)
+    rep = IDRRepresentation(IDRRepresentation.Config(preset=args.preset, trace_samples=args.samples,
+                                                     mesh_resolution=args.mesh_res))
+    rep.build(scene, encoder=ENCODERS[name](), device=torch.device("cpu"))
+    fit = IDRFit(IDRFit.Config(steps=args.max_steps, batch_rays=args.batch, lr=args.lr, encoder_lr=args.encoder_lr,
+                               log_every=0))
+    log = []
+    fit.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer()))
+    t0 = time.perf_counter()
+    step = 0
+    while time.perf_counter() - t0 < seconds and step < fit.total_steps:
+        logs = fit.step(step)
+        if step % 50 == 0:
+            log.append({"step": step, "time": time.perf_counter() - t0, **logs})
+            print(f"  {name} step {step} t={time.perf_counter() - t0:.0f}s " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()), flush=True)
+        step += 1
+    train_time = time.perf_counter() - t0
+    rep.eval()
+    mesh = rep.extract_mesh(args.mesh_res)
+    mesh.export(out / f"{name}_mesh.ply")
+    gt = trimesh.load(scene.gt_mesh_path, force="mesh", process=False)
+    cd = chamfer(mesh, gt)
+    test = scene.split("test")[:: args.test_stride]
+    ren = SphereTracingRenderer().render(rep, scene.cameras(test), background=torch.full((3,), args.background))
+    target = torch.stack([v.image.float() for v in test])
+    masks = torch.stack([v.object_mask for v in test])
+    res = {
+        "encoder": name, "steps": step, "train_seconds": round(train_time, 1),
+        "chamfer": cd.chamfer, "accuracy": cd.accuracy, "completeness": cd.completeness,
+        "psnr_full": float(psnr(ren.rgb, target)), "psnr_mask": float(psnr(ren.rgb, target, masks)),
+        "mask_iou": float(((ren.alpha[..., 0] > 0.5) & masks).sum() / ((ren.alpha[..., 0] > 0.5) | masks).sum()),
+        "encoder_params": sum(p.numel() for p in rep.implicit.encoder.parameters()),
+        "log": log,
+    }
+    print(json.dumps({k: v for k, v in res.items() if k != "log"}), flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("/work/shared/datasets/object"))
+    ap.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    ap.add_argument("--seconds", type=float, default=300.0, help="training wall-clock budget per encoder")
+    ap.add_argument("--max-steps", type=int, default=100000)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--samples", type=int, default=64, help="fallback samples per unconverged ray")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--encoder-lr", type=float, default=1e-2)
+    ap.add_argument("--mesh-res", type=int, default=192)
+    ap.add_argument("--test-stride", type=int, default=2, help="evaluate every k-th test view")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a contended CPU)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--background", type=float, default=1.0, help="grey level of the background (idr loader: white)")
+    ap.add_argument("--out", type=Path, default=Path("outputs/idr_bench"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    scene = load_scene(args.data, background=args.background)
+    results = []
+    for name in args.encoders:
+        results.append(run_one(name, scene, args.seconds, args, args.out))
+        (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+    print("\n| encoder | steps | Chamfer ↓ | acc | comp | test PSNR (full) | test PSNR (mask) | mask IoU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['encoder']} | {r['steps']} | {r['chamfer']:.4f} | {r['accuracy']:.4f} | {r['completeness']:.4f} | "
+              f"{r['psnr_full']:.2f} | {r['psnr_mask']:.2f} | {r['mask_iou']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

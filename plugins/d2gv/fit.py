@@ -1,0 +1,299 @@
+"""``d2gv-fit``: fits every GoP of a ``d2gv`` representation, GoPs in parallel.
+
+One GoP (:func:`fit_gop`, a pure function of a :class:`GopJob`, so it runs the same in this
+process, a worker process or a Ray task):
+
+1. static stage: the canonical Gaussians (no deformation) are fitted to all frames of the GoP
+   with an L2 loss. The mean over frames of ||render − frame||² equals ||render − mean frame||²
+   plus a constant, so this stage fits the GoP's mean frame: one render per step, same gradients.
+2. deformation stage: Gaussians + MLP fitted to random mini-batches of frames at t = (i+1)/F.
+
+Both stages use learnable pruning: the contribution of Gaussian n is multiplied by the
+straight-through mask [sigmoid(m_n) > 0.2] and ``sparsity_weight · mean(sigmoid(m))`` is added to
+the loss; the pruned Gaussians are removed at the end. Adam; Gaussians at ``lr_gaussians`` halved
+every ``lr_step_every`` steps of a stage; the MLP from ``lr_mlp`` to ``lr_mlp_final``
+exponentially over the deformation stage.
+
+The refiner overrides ``run``: it hands one job per unfinished GoP to an executor
+(``executors.py``), writes each finished GoP to ``<out_dir>/d2gv-gops/gop_XXXXX.*`` (checkpoint
+module) so an interrupted fit resumes without redoing finished GoPs, stitches the GoPs back into
+the representation and reports per-frame and mean PSNR / MS-SSIM, payload bytes and timings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recon_core import InputError, Interrupted, RefineContext, Refiner, Video, option
+from recon_core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from recon_core.imageops import psnr
+
+from .deform import DeformSettings
+from .executors import EXECUTORS, make_executor
+from .renderer import render_gaussians
+from .representation import D2GV, GopModel
+
+__all__ = ["FitConfig", "GopJob", "GopResult", "fit_gop", "D2GVFit", "evaluate_frames"]
+
+
+@dataclass
+class FitConfig:
+    static_steps: int = option(600, "steps of the static stage (canonical Gaussians vs all frames)")
+    deform_steps: int = option(1500, "steps of the deformation stage")
+    frames_per_step: int = option(2, "frames per deformation step (random mini-batch of the GoP)")
+    lr_gaussians: float = option(5e-3, "Adam learning rate of positions, Cholesky factors and colours")
+    lr_step_every: int = option(500, "halve the Gaussian learning rate every this many steps of a stage")
+    lr_mlp: float = option(8e-4, "initial learning rate of the deformation MLP")
+    lr_mlp_final: float = option(1.6e-5, "final learning rate of the MLP (exponential decay)")
+    lr_mask: float = option(1e-2, "learning rate of the pruning logits")
+    prune: bool = option(True, "learnable pruning (straight-through mask + sparsity penalty)")
+    sparsity_weight: float = option(5e-4, "weight of mean(sigmoid(mask logits)) in the loss")
+    executor: str = option("local", "where GoPs are fitted", choices=tuple(EXECUTORS))
+    workers: int = option(0, "parallel GoP fits (0: one per CPU core, at most the number of GoPs)")
+    threads_per_worker: int = option(0, "torch threads per worker (0: cores // workers, at least 1)")
+    address: str = option("", "Ray cluster address for executor=ray (empty: start a local Ray instance)")
+    work_dir: str = option("", "where finished GoPs are saved (empty: <run dir>/d2gv-gops, or a temp dir)")
+    evaluate: bool = option(True, "render every frame after fitting and report PSNR / MS-SSIM")
+    seed: int = option(0, "seed of the frame sampling")
+
+
+@dataclass
+class GopJob:
+    """One unit of work: fit GoP ``index`` (frames ``start``..) from its initial state."""
+
+    index: int
+    start: int
+    frames: Tensor  # [F, H, W, 3] float32 in [0, 1]
+    state: dict[str, Tensor]  # GopModel.state_dict() to start from
+    deform: dict[str, int]  # DeformSettings fields
+    config: dict[str, Any]  # FitConfig fields
+    seed: int
+
+
+@dataclass
+class GopResult:
+    index: int
+    state: dict[str, Tensor]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _stage_optimizer(gop: GopModel, cfg: FitConfig, with_mlp: bool) -> torch.optim.Optimizer:
+    groups = [
+        {"params": [gop.xy, gop.chol, gop.color], "lr": cfg.lr_gaussians, "name": "gaussians"},
+        {"params": [gop.mask_logit], "lr": cfg.lr_mask if cfg.prune else 0.0, "name": "mask"},
+    ]
+    if with_mlp:
+        groups.append({"params": list(gop.deform.parameters()), "lr": cfg.lr_mlp, "name": "mlp"})
+    return torch.optim.Adam(groups)
+
+
+def _set_lrs(opt: torch.optim.Optimizer, cfg: FitConfig, step: int, total: int) -> None:
+    """Step decay for the Gaussians, exponential lr_mlp → lr_mlp_final for the MLP."""
+    for group in opt.param_groups:
+        if group["name"] == "gaussians":
+            group["lr"] = cfg.lr_gaussians * 0.5 ** (step // max(cfg.lr_step_every, 1))
+        elif group["name"] == "mlp":
+            frac = step / max(total - 1, 1)
+            group["lr"] = cfg.lr_mlp * (cfg.lr_mlp_final / cfg.lr_mlp) ** frac
+
+
+def fit_gop(job: GopJob) -> GopResult:
+    """Fit one GoP (static stage, deformation stage, pruning); returns its pruned state."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = FitConfig(**job.config)
+    frames = job.frames.float()
+    F, H, W, _ = frames.shape
+    gop = GopModel(job.state["xy"].shape[0], DeformSettings(**job.deform))
+    gop.load_tensors(job.state)
+    gen = torch.Generator().manual_seed(job.seed)
+    mask_mode = "straight-through" if cfg.prune else "none"
+
+    def loss_of(render: Tensor, target: Tensor) -> Tensor:
+        loss = torch.mean((render - target) ** 2)
+        if cfg.prune:
+            loss = loss + cfg.sparsity_weight * torch.sigmoid(gop.mask_logit).mean()
+        return loss
+
+    mean_frame = frames.mean(0, keepdim=True)
+    all_local = torch.arange(F)
+    opt = _stage_optimizer(gop, cfg, with_mlp=False)
+    for step in range(cfg.static_steps):
+        _set_lrs(opt, cfg, step, cfg.static_steps)
+        g = gop.frame_gaussians(all_local[:1], F, deform=False, mask=mask_mode)
+        loss = loss_of(render_gaussians(g, H, W), mean_frame)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    t_static = time.perf_counter() - t0
+
+    opt = _stage_optimizer(gop, cfg, with_mlp=True)
+    batch = max(1, min(cfg.frames_per_step, F))
+    for step in range(cfg.deform_steps):
+        _set_lrs(opt, cfg, step, cfg.deform_steps)
+        local = torch.randperm(F, generator=gen)[:batch]
+        g = gop.frame_gaussians(local, F, deform=True, mask=mask_mode)
+        loss = loss_of(render_gaussians(g, H, W), frames[local])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    before = gop.num_gaussians
+    kept = gop.prune() if cfg.prune else before
+    with torch.no_grad():
+        render = render_gaussians(gop.frame_gaussians(all_local, F, mask="none"), H, W)
+        fit_psnr = float(psnr(render, frames))
+    stats = {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "static_seconds": t_static,
+        "gaussians_before": float(before),
+        "gaussians_kept": float(kept),
+        "psnr": fit_psnr,
+    }
+    return GopResult(job.index, {k: v.detach().clone() for k, v in gop.state_dict().items()}, stats)
+
+
+def evaluate_frames(rep: D2GV, video: Video, renderer=None, batch: int = 8) -> dict[str, Any]:
+    """Render every frame (hard masks) and compare with the video: per-frame and mean PSNR / MS-SSIM."""
+    from recon_core import imageops
+
+    from .renderer import Torch2DGS
+
+    renderer = renderer or Torch2DGS()
+    ms_ssim = getattr(imageops, "ms_ssim", None)
+    psnrs: list[float] = []
+    msssims: list[float] = []
+    with torch.inference_mode():
+        for s in range(0, video.num_frames, batch):
+            idx = torch.arange(s, min(s + batch, video.num_frames))
+            pred = renderer.render(rep, None, times=idx).rgb.cpu()
+            for k, i in enumerate(idx.tolist()):
+                target = video.frame(i)
+                psnrs.append(float(psnr(pred[k], target)))
+                if ms_ssim is not None:
+                    msssims.append(float(ms_ssim(pred[k], target)))
+    out: dict[str, Any] = {"psnr": psnrs, "mean_psnr": sum(psnrs) / len(psnrs)}
+    if msssims:
+        out.update({"ms_ssim": msssims, "mean_ms_ssim": sum(msssims) / len(msssims)})
+    return out
+
+
+class D2GVFit(Refiner):
+    """Fits every GoP of a ``d2gv`` representation (static + deformation stages, pruning) in parallel."""
+
+    name = "d2gv-fit"
+    description = "D2GV fitting: static then deformation stage per GoP, learnable pruning, GoPs in parallel"
+    Config = FitConfig
+    requires = frozenset({"gaussians-2d", "dynamic"})
+
+    def __init__(self, config: FitConfig | None = None) -> None:
+        super().__init__(config)
+        self.done: set[int] = set()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": sorted(self.done)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = {int(i) for i in state.get("done", [])}
+
+    def _work_dir(self, ctx: RefineContext) -> Path:
+        if self.config.work_dir:
+            return Path(self.config.work_dir)
+        if ctx.out_dir is not None:
+            return Path(ctx.out_dir) / "d2gv-gops"
+        return Path(tempfile.mkdtemp(prefix="d2gv-gops-"))
+
+    def _job(self, rep: D2GV, video: Video, index: int, ctx: RefineContext) -> GopJob:
+        r = rep.gop_ranges()[index]
+        frames = torch.stack([video.frame(i) for i in r]).float()
+        state = {k: v.detach().cpu() for k, v in rep.gops[index].state_dict().items()}
+        deform = asdict(rep.deform_settings)
+        return GopJob(index, r.start, frames, state, deform, asdict(self.config), ctx.seed * 100003 + self.config.seed * 7919 + index)
+
+    def _restore(self, rep: D2GV, work: Path, index: int) -> bool:
+        """Load GoP ``index`` from the work dir when it was finished for the same frame range."""
+        name = f"gop_{index:05d}"
+        if not checkpoint_exists(work, name):
+            return False
+        saved = load_checkpoint(work, name)
+        r = rep.gop_ranges()[index]
+        if saved.get("frames") != [r.start, r.stop]:
+            return False
+        rep.gops[index].load_tensors(saved["state"])
+        return True
+
+    def run(self, rep: D2GV, data: Video, ctx: RefineContext) -> dict[str, Any]:  # type: ignore[override]
+        """Fit all unfinished GoPs through the configured executor; return the fit report."""
+        if not isinstance(data, Video) or not isinstance(rep, D2GV):
+            raise InputError("d2gv-fit fits a d2gv representation to a video")
+        resume = getattr(ctx, "resume_state", None)
+        if resume:
+            self.load_state_dict(resume)
+        log = ctx.log
+        work = self._work_dir(ctx)
+        ranges = rep.gop_ranges()
+        for i in range(len(ranges)):
+            if i not in self.done and self._restore(rep, work, i):
+                self.done.add(i)
+        todo = [i for i in range(len(ranges)) if i not in self.done]
+        log(f"d2gv-fit: {len(ranges)} GoPs, {len(ranges) - len(todo)} already fitted, saving to {work}")
+        should_stop = getattr(ctx, "should_stop", lambda: False)
+        t0 = time.perf_counter()
+        stats: dict[int, dict[str, float]] = {}
+        if todo:
+            executor = make_executor(
+                self.config.executor,
+                jobs=len(todo),
+                workers=self.config.workers,
+                threads_per_worker=self.config.threads_per_worker,
+                address=self.config.address,
+            )
+            try:
+                jobs = (self._job(rep, data, i, ctx) for i in todo)
+                for result in executor.map_unordered(fit_gop, jobs):
+                    rep.gops[result.index].load_tensors(result.state)
+                    rep.gops[result.index].to(rep.gop_starts.device)
+                    r = ranges[result.index]
+                    save_checkpoint(work, {"frames": [r.start, r.stop], "state": result.state, "stats": result.stats}, f"gop_{result.index:05d}")
+                    self.done.add(result.index)
+                    stats[result.index] = result.stats
+                    log(
+                        f"d2gv-fit: GoP {result.index} frames {r.start}-{r.stop - 1}: {result.stats['psnr']:.2f} dB, "
+                        f"{int(result.stats['gaussians_kept'])} Gaussians, {result.stats['seconds']:.1f} s"
+                    )
+                    if should_stop():
+                        break
+            except KeyboardInterrupt:
+                raise Interrupted(work) from None
+            finally:
+                executor.close()
+            if len(self.done) < len(ranges):  # stopped on request: save where we are and return
+                if getattr(ctx, "save_state", None) is not None:
+                    ctx.save_state(len(self.done))
+                return {"interrupted": True, "gops_done": sorted(self.done)}
+        report: dict[str, Any] = {
+            "gops": len(ranges),
+            "train_seconds": time.perf_counter() - t0,
+            "gop_stats": {str(k): v for k, v in sorted(stats.items())},
+            "cpu_seconds": sum(s["cpu_seconds"] for s in stats.values()),
+            "gaussians": rep.num_kept(),
+            "bytes": rep.payload_bytes(),
+            "bytes_per_frame": rep.payload_bytes() / max(rep.num_frames, 1),
+        }
+        if self.config.evaluate:
+            report.update(evaluate_frames(rep, data))
+            log(f"d2gv-fit: mean PSNR {report['mean_psnr']:.2f} dB" + (f", MS-SSIM {report['mean_ms_ssim']:.4f}" if "mean_ms_ssim" in report else ""))
+        return report
+
+    @property
+    def total_steps(self) -> int:
+        """Nominal step count (GoPs × steps per GoP); the work itself happens in ``run``."""
+        return self.config.static_steps + self.config.deform_steps
+

@@ -1,0 +1,325 @@
+"""D2GV: a video as deformable 2D Gaussians, one independent set per group of pictures (GoP).
+
+Every GoP holds N canonical Gaussians and one deformation MLP (``deform.py``):
+
+* ``xy``   [N, 2] positions *before* tanh (the rendered position is tanh(xy + Δxy) ∈ [-1, 1]²,
+  mapped to pixels as in ``rasterize.py``: -1/+1 are the image edges, pixel centres at i + 0.5);
+* ``chol`` [N, 3] raw Cholesky entries; the factor used is ``chol + (bound, 0, bound)`` in pixels
+  with the diagonal clamped to ``>= min_diag`` (GaussianImage adds the same bound, 0.5);
+* ``color`` [N, 3] linear RGB weights (no activation; opacity is fixed at 1);
+* ``mask_logit`` [N] learnable pruning logits: mask = [sigmoid(m) > threshold], used
+  straight-through while fitting and as a hard 0/1 mask for evaluation and export.
+
+Frame i of a GoP of F frames is rendered at time t = (i + 1) / F.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+
+from recon_core import InputError, Representation, Video, option
+from recon_core.checkpoint import load_checkpoint, save_checkpoint
+
+from .deform import DeformationMLP, DeformSettings, gop_times
+
+__all__ = ["D2GVConfig", "D2GV", "GopModel", "FrameGaussians", "straight_through_mask"]
+
+CHOL_BOUND = 0.5
+"""Added to the raw Cholesky diagonal (pixels), as GaussianImage does."""
+MIN_DIAG = 0.2
+"""Smallest Cholesky diagonal entry (pixels); keeps every covariance positive definite."""
+MASK_THRESHOLD = 0.2
+EXPORT_FORMAT = "d2gv"
+
+
+def straight_through_mask(logits: Tensor, threshold: float = MASK_THRESHOLD) -> Tensor:
+    """Hard mask [sigmoid(m) > threshold] whose gradient is that of sigmoid(m).
+
+    Args:
+        logits: [N] mask logits.
+    Returns:
+        [N] tensor of exact 0.0/1.0 values; d mask / d m = sigmoid'(m).
+    """
+    soft = torch.sigmoid(logits)
+    hard = (soft > threshold).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
+@dataclass(frozen=True)
+class FrameGaussians:
+    """Gaussians of F frames of one GoP, ready for ``project_cholesky`` + ``rasterize_sum``.
+
+    xy [F, N, 2] positions in [-1, 1]; chol [F, N, 3] Cholesky entries in pixels;
+    color [F, N, 3]; weights [F, N] mask values or None; frames [F] global frame indices.
+    """
+
+    xy: Tensor
+    chol: Tensor
+    color: Tensor
+    weights: Tensor | None
+    frames: Tensor
+
+
+MaskMode = Literal["straight-through", "hard", "none"]
+
+
+class GopModel(nn.Module):
+    """Canonical Gaussians + deformation MLP of one GoP (parameters listed in the module docstring)."""
+
+    def __init__(self, num_gaussians: int, deform: DeformSettings = DeformSettings()) -> None:
+        super().__init__()
+        n = num_gaussians
+        self.xy = nn.Parameter(torch.zeros(n, 2))
+        self.chol = nn.Parameter(torch.zeros(n, 3))
+        self.color = nn.Parameter(torch.zeros(n, 3))
+        self.mask_logit = nn.Parameter(torch.full((n,), 2.0))
+        self.deform = DeformationMLP(deform)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.xy.shape[0]
+
+    def cholesky(self) -> Tensor:
+        """[N, 3] Cholesky entries (l11, l21, l22) in pixels, diagonal >= MIN_DIAG."""
+        raw = self.chol + self.chol.new_tensor([CHOL_BOUND, 0.0, CHOL_BOUND])
+        l11, l21, l22 = raw.unbind(-1)
+        return torch.stack([l11.clamp_min(MIN_DIAG), l21, l22.clamp_min(MIN_DIAG)], dim=-1)
+
+    def mask(self, mode: MaskMode) -> Tensor | None:
+        """[N] pruning mask: straight-through (fitting), hard 0/1 (evaluation), or None."""
+        if mode == "none":
+            return None
+        if mode == "hard":
+            return (torch.sigmoid(self.mask_logit) > MASK_THRESHOLD).to(self.xy.dtype)
+        return straight_through_mask(self.mask_logit)
+
+    def frame_gaussians(self, local: Tensor, length: int, *, deform: bool = True, mask: MaskMode = "hard") -> FrameGaussians:
+        """Gaussians of the GoP frames ``local`` [F] (0-based within a GoP of ``length`` frames)."""
+        F = local.shape[0]
+        chol = self.cholesky()[None].expand(F, -1, -1)
+        if deform:
+            t = gop_times(length, self.xy.device)[local]
+            dxy, dcol = self.deform(torch.tanh(self.xy), t)
+            xy = torch.tanh(self.xy[None] + dxy)
+            color = self.color[None] + dcol
+        else:
+            xy = torch.tanh(self.xy)[None].expand(F, -1, -1)
+            color = self.color[None].expand(F, -1, -1)
+        m = self.mask(mask)
+        weights = None if m is None else m[None].expand(F, -1)
+        return FrameGaussians(xy, chol, color, weights, local)
+
+    @torch.no_grad()
+    def initialise(self, frame: Tensor, generator: torch.Generator) -> None:
+        """Uniform random positions, colours sampled from ``frame`` (H, W, 3), isotropic sizes, and
+        a fresh deformation MLP, all drawn from ``generator`` (reproducible).
+
+        The size is chosen so that the Gaussians cover each pixel about once on average
+        (N · 2πσ² = H · W), which with the summation model makes the first render ≈ the frame.
+        """
+        H, W, _ = frame.shape
+        n = self.num_gaussians
+        u = torch.rand(n, 2, generator=generator) * 1.9 - 0.95
+        self.xy.copy_(torch.atanh(u))
+        cols = ((u[:, 0] + 1) * 0.5 * W).long().clamp(0, W - 1)
+        rows = ((u[:, 1] + 1) * 0.5 * H).long().clamp(0, H - 1)
+        self.color.copy_(frame[rows, cols].to(self.color))
+        sigma = max(math.sqrt(H * W / (2 * math.pi * n)), MIN_DIAG)
+        self.chol.copy_(torch.tensor([sigma - CHOL_BOUND, 0.0, sigma - CHOL_BOUND]).expand(n, 3))
+        self.mask_logit.fill_(2.0)
+        self.deform.reset_parameters(generator)
+
+    @torch.no_grad()
+    def prune(self) -> int:
+        """Drop the Gaussians the hard mask removes (parameters are replaced); return how many remain."""
+        keep = torch.sigmoid(self.mask_logit) > MASK_THRESHOLD
+        for name in ("xy", "chol", "color", "mask_logit"):
+            old = getattr(self, name)
+            setattr(self, name, nn.Parameter(old.detach()[keep].clone(), requires_grad=old.requires_grad))
+        return int(keep.sum())
+
+    def load_tensors(self, state: dict[str, Tensor]) -> None:
+        """Load a ``state_dict()`` of possibly another Gaussian count (parameters are replaced)."""
+        for name in ("xy", "chol", "color", "mask_logit"):
+            setattr(self, name, nn.Parameter(state[name].detach().to(self.xy.device, torch.float32).clone()))
+        self.deform.load_state_dict({k[len("deform.") :]: v for k, v in state.items() if k.startswith("deform.")})
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """fp16 payload of the kept Gaussians (positions pre-tanh, Cholesky factor, colours) + the MLP."""
+        keep = torch.sigmoid(self.mask_logit.detach()) > MASK_THRESHOLD
+        out = {
+            "xy": self.xy.detach()[keep].half(),
+            "chol": self.cholesky().detach()[keep].half(),
+            "color": self.color.detach()[keep].half(),
+        }
+        out.update({f"deform.{k}": v.detach().half() for k, v in self.deform.state_dict().items()})
+        return out
+
+    def import_tensors(self, payload: dict[str, Tensor]) -> None:
+        """Inverse of :meth:`export_tensors` (every exported Gaussian is kept)."""
+        bound = torch.tensor([CHOL_BOUND, 0.0, CHOL_BOUND])
+        n = payload["xy"].shape[0]
+        self.load_tensors(
+            {
+                "xy": payload["xy"].float(),
+                "chol": payload["chol"].float() - bound,
+                "color": payload["color"].float(),
+                "mask_logit": torch.full((n,), 10.0),
+                **{k: v.float() for k, v in payload.items() if k.startswith("deform.")},
+            }
+        )
+
+
+@dataclass
+class D2GVConfig:
+    num_gaussians: int = option(20000, "canonical 2D Gaussians per GoP (paper: 20 000 for Bunny, 35 000 for UVG/DAVIS)")
+    gop_length: int = option(0, "frames per GoP; 0 uses the loader's (Video.gop_length)")
+    xy_freqs: int = option(10, "positional-encoding frequencies of the canonical position")
+    t_freqs: int = option(6, "positional-encoding frequencies of the GoP time")
+    mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP")
+    seed: int = option(0, "seed of the random initial positions")
+
+
+class D2GV(Representation):
+    """Video as deformable 2D Gaussians (D2GV), one Gaussian set + MLP per GoP."""
+
+    name = "d2gv"
+    description = "video as deformable 2D Gaussians per group of pictures (D2GV)"
+    Config = D2GVConfig
+    provides = frozenset({"gaussians-2d", "dynamic"})
+    requires = frozenset({"video"})
+    default_renderer = {"cpu": "torch-2dgs", "cuda": "torch-2dgs"}
+    native_refiner = "d2gv-fit"
+    export_formats = (EXPORT_FORMAT,)
+
+    def __init__(self, config: D2GVConfig | None = None) -> None:
+        super().__init__(config)
+        self.gops = nn.ModuleList()
+        self.register_buffer("gop_starts", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("frame_times", torch.zeros(0))
+        self.register_buffer("frame_size", torch.zeros(2, dtype=torch.long))  # (H, W)
+
+    # ------------------------------------------------------------------------------ structure
+
+    @property
+    def deform_settings(self) -> DeformSettings:
+        c = self.config
+        return DeformSettings(xy_freqs=c.xy_freqs, t_freqs=c.t_freqs, width=c.mlp_width)
+
+    @property
+    def height(self) -> int:
+        return int(self.frame_size[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.frame_size[1])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.gop_starts[-1])
+
+    def gop_ranges(self) -> list[range]:
+        """Frame ranges of the GoPs, in order; together they cover every frame exactly once."""
+        s = self.gop_starts.tolist()
+        return [range(a, b) for a, b in zip(s[:-1], s[1:])]
+
+    def _set_layout(self, ranges: list[range], times: Tensor, height: int, width: int) -> None:
+        starts = [r.start for r in ranges] + [ranges[-1].stop]
+        self.gop_starts = torch.tensor(starts, dtype=torch.long, device=self.gop_starts.device)
+        self.frame_times = times.float().to(self.gop_starts.device)
+        self.frame_size = torch.tensor([height, width], dtype=torch.long, device=self.gop_starts.device)
+        self.gops = nn.ModuleList([GopModel(self.config.num_gaussians, self.deform_settings) for _ in ranges])
+
+    def build(self, data: Any, *, encoder: Any = None, device: torch.device | str = "cpu") -> None:
+        """Split ``data`` (a Video) into GoPs and initialise each GoP from its middle frame."""
+        if not isinstance(data, Video):
+            raise InputError(f"d2gv represents videos; got {type(data).__name__} (use a video loader)")
+        if data.num_frames < 1:
+            raise InputError("the video has no frames", data.source)
+        ranges = data.gops(self.config.gop_length or None)
+        self._set_layout(ranges, data.timestamps, data.height, data.width)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        for gop, r in zip(self.gops, ranges):
+            gop.initialise(data.frame(r[len(r) // 2]), gen)
+        self.to(device)
+
+    # ------------------------------------------------------------------------------ frames
+
+    def frame_indices(self, times: Tensor | None) -> Tensor:
+        """Frames to render: all when None, ``times`` itself when integer, else the nearest frame
+        to each time in seconds. Returns [F] int64."""
+        if times is None:
+            return torch.arange(self.num_frames)
+        times = torch.as_tensor(times).reshape(-1).cpu()
+        if not times.is_floating_point():
+            idx = times.long()
+        else:
+            idx = (times[:, None] - self.frame_times.cpu()[None]).abs().argmin(dim=1)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_frames):
+            raise InputError(f"frame index out of range 0..{self.num_frames - 1}")
+        return idx
+
+    def frame_gaussians(self, frames: Tensor, *, max_frames: int = 8, mask: MaskMode = "hard") -> Iterator[tuple[Tensor, FrameGaussians]]:
+        """Yield (positions in ``frames``, Gaussians) per GoP, at most ``max_frames`` frames at a time.
+
+        Args:
+            frames: [F] global frame indices (any order, repeats allowed).
+        """
+        starts = self.gop_starts.cpu()
+        gop_idx = torch.searchsorted(starts, frames, right=True) - 1
+        for g in torch.unique(gop_idx).tolist():
+            where = torch.nonzero(gop_idx == g).squeeze(1)
+            length = int(starts[g + 1] - starts[g])
+            for k in range(0, where.numel(), max_frames):
+                pos = where[k : k + max_frames]
+                local = (frames[pos] - starts[g]).to(self.gop_starts.device)
+                yield pos, self.gops[g].frame_gaussians(local, length, mask=mask)
+
+    # ------------------------------------------------------------------------------ export
+
+    def export_state(self) -> dict[str, Any]:
+        """The decodable model: layout + per-GoP fp16 payload (see ``GopModel.export_tensors``)."""
+        return {
+            "format": "d2gv-1",
+            "height": self.height,
+            "width": self.width,
+            "gop_starts": self.gop_starts.tolist(),
+            "frame_times": self.frame_times.cpu().float(),
+            "deform": {"xy_freqs": self.config.xy_freqs, "t_freqs": self.config.t_freqs, "width": self.config.mlp_width},
+            "gops": [g.export_tensors() for g in self.gops],
+        }
+
+    def payload_bytes(self) -> int:
+        """Bytes of the fp16 payload (positions, Cholesky factors, colours and MLP weights of every GoP)."""
+        return sum(t.numel() * t.element_size() for g in self.export_state()["gops"] for t in g.values())
+
+    def num_kept(self) -> int:
+        """Gaussians kept by the hard masks, over all GoPs."""
+        return sum(int((torch.sigmoid(g.mask_logit) > MASK_THRESHOLD).sum()) for g in self.gops)
+
+    def export(self, out_dir: Path, fmt: str) -> list[Path]:
+        if fmt != EXPORT_FORMAT:
+            raise InputError(f"d2gv exports only '{EXPORT_FORMAT}', not '{fmt}'")
+        out_dir = Path(out_dir)
+        meta = save_checkpoint(out_dir, self.export_state(), name=EXPORT_FORMAT)
+        return [out_dir / f"{EXPORT_FORMAT}.safetensors", meta]
+
+    @classmethod
+    def from_export(cls, directory: str | Path) -> "D2GV":
+        """Decode a model written by ``export(dir, "d2gv")``."""
+        state = load_checkpoint(directory, name=EXPORT_FORMAT)
+        if state.get("format") != "d2gv-1":
+            raise InputError("not a d2gv export", directory)
+        d = state["deform"]
+        rep = cls(D2GVConfig(num_gaussians=0, xy_freqs=d["xy_freqs"], t_freqs=d["t_freqs"], mlp_width=d["width"]))
+        s = state["gop_starts"]
+        rep._set_layout([range(a, b) for a, b in zip(s[:-1], s[1:])], state["frame_times"], state["height"], state["width"])
+        for gop, payload in zip(rep.gops, state["gops"]):
+            gop.import_tensors(payload)
+        return rep

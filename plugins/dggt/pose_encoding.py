@@ -1,0 +1,103 @@
+"""VGGT/DGGT 9-d camera pose encoding ("absT_quaR_FoV") and conversions to recon cameras.
+
+encoding[..., 0:3]  translation t of the world-to-camera transform [R | t] (OpenCV axes)
+encoding[..., 3:7]  rotation R as a quaternion, scalar LAST (x, y, z, w), w ≥ 0
+encoding[..., 7]    vertical field of view   fov_h = 2·atan((H/2) / fy)
+encoding[..., 8]    horizontal field of view fov_w = 2·atan((W/2) / fx)
+
+The principal point is the image centre (W/2, H/2), which in recon's convention (pixel centres
+at i + 0.5) is the exact centre of the image. Frame 0 is the world reference (identity pose).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "quat_to_mat",
+    "mat_to_quat",
+    "extri_intri_to_pose_encoding",
+    "pose_encoding_to_extri_intri",
+    "extrinsics_to_c2w",
+    "c2w_to_extrinsics",
+]
+
+
+def quat_to_mat(q: Tensor) -> Tensor:
+    """Quaternions [..., 4] (x, y, z, w; need not be unit) → rotation matrices [..., 3, 3]."""
+    x, y, z, w = q.unbind(-1)
+    s = 2.0 / (q * q).sum(-1)
+    m = torch.stack(
+        [
+            1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
+            s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
+            s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
+        ],
+        dim=-1,
+    )
+    return m.reshape(q.shape[:-1] + (3, 3))
+
+
+def mat_to_quat(m: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] → unit quaternions [..., 4] (x, y, z, w) with w ≥ 0.
+
+    Picks, per matrix, the best-conditioned of the four standard closed forms.
+    """
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.reshape(m.shape[:-2] + (9,)).unbind(-1)
+    q_abs = torch.sqrt(
+        torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1).clamp_min(0)
+    )
+    # Candidate (w, x, y, z) quaternions, each scaled by 2·q_abs[k].
+    cands = torch.stack(
+        [
+            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
+            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
+            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
+        ],
+        dim=-2,
+    ) / (2.0 * q_abs[..., None].clamp_min(0.1))
+    best = F.one_hot(q_abs.argmax(-1), 4).to(cands.dtype)[..., None]
+    wxyz = (cands * best).sum(-2)
+    xyzw = wxyz[..., [1, 2, 3, 0]]
+    xyzw = F.normalize(xyzw, dim=-1)
+    return torch.where(xyzw[..., 3:] < 0, -xyzw, xyzw)
+
+
+def extri_intri_to_pose_encoding(extrinsics: Tensor, intrinsics: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    """extrinsics [..., 3|4, 4] world→camera, intrinsics [..., 3, 3] pixels → encoding [..., 9]."""
+    H, W = image_hw
+    quat = mat_to_quat(extrinsics[..., :3, :3])
+    fov_h = 2 * torch.atan((H / 2) / intrinsics[..., 1, 1])
+    fov_w = 2 * torch.atan((W / 2) / intrinsics[..., 0, 0])
+    return torch.cat([extrinsics[..., :3, 3], quat, fov_h[..., None], fov_w[..., None]], dim=-1).float()
+
+
+def pose_encoding_to_extri_intri(encoding: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """encoding [..., 9] → (extrinsics [..., 3, 4] world→camera, intrinsics [..., 3, 3])."""
+    H, W = image_hw
+    R = quat_to_mat(encoding[..., 3:7])
+    extrinsics = torch.cat([R, encoding[..., :3, None]], dim=-1)
+    fy = (H / 2.0) / torch.tan(encoding[..., 7] / 2.0)
+    fx = (W / 2.0) / torch.tan(encoding[..., 8] / 2.0)
+    K = torch.zeros(encoding.shape[:-1] + (3, 3), dtype=encoding.dtype, device=encoding.device)
+    K[..., 0, 0], K[..., 1, 1] = fx, fy
+    K[..., 0, 2], K[..., 1, 2], K[..., 2, 2] = W / 2.0, H / 2.0, 1.0
+    return extrinsics, K
+
+
+def extrinsics_to_c2w(extrinsics: Tensor) -> Tensor:
+    """World→camera [..., 3|4, 4] → camera→world 4x4 [..., 4, 4] (closed-form rigid inverse)."""
+    R, t = extrinsics[..., :3, :3], extrinsics[..., :3, 3:]
+    c2w = torch.zeros(extrinsics.shape[:-2] + (4, 4), dtype=extrinsics.dtype, device=extrinsics.device)
+    c2w[..., :3, :3] = R.transpose(-1, -2)
+    c2w[..., :3, 3:] = -R.transpose(-1, -2) @ t
+    c2w[..., 3, 3] = 1.0
+    return c2w
+
+
+def c2w_to_extrinsics(c2w: Tensor) -> Tensor:
+    """Camera→world [..., 4, 4] → world→camera 4x4 [..., 4, 4]."""
+    return extrinsics_to_c2w(c2w)

@@ -1,0 +1,367 @@
+"""The ``dggt`` representation: a 4D Gaussian scene predicted in one forward pass by DGGT.
+
+``build`` (``init=network``) runs the network on the input frames (a Scene's training views
+in time order, or a Video's frames), turns its per-pixel predictions into static + dynamic
+Gaussians (:mod:`.composition`), keeps the sky model, and writes the predicted cameras back
+into the scene (OpenCV camera-to-world, frame 0 the world reference; other views, the scene's
+point cloud and bounds are moved into that frame by the similarity that maps the given input
+poses onto the predicted ones). ``init=fit`` needs no weights: a short static 3dgs fit plus
+per-frame dynamic Gaussians from the dynamic masks, with the scene's own cameras (:mod:`.fit`).
+
+Parameters follow the ``3dgs`` layout (raw values: ``means``, ``quats`` wxyz, ``scales`` log,
+``opacities`` logit, ``sh0``/``shN`` SH) so Gaussian refiners can optimise them, plus
+``lifespans`` (log γ, DGGT-normalised time units) and the sky colour MLP
+(``sky_model.bg_field``). ``gaussians(time)`` returns, at a scene time t: every static Gaussian
+with opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²), the dynamic Gaussians of the input frame
+nearest to t, and a ``background`` callable rendering the sky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recon_core.cameras import Cameras
+from recon_core.components import Encoder, Representation, WeightFile
+from recon_core.config import option
+from recon_core.errors import InputError, MissingWeightsError
+from recon_core.gaussians import Gaussians3D, rgb_to_sh
+from recon_core.scene import Bounds, PointCloud, Scene, Video, View
+
+from .composition import PixelGaussians, TimeMap, compose_pixel_gaussians, lifespan_opacity, unproject_depth
+from .network import DGGT_SIZES
+from .pose_encoding import extrinsics_to_c2w, pose_encoding_to_extri_intri
+from .preprocess import plan_resize, resize_images, resize_masks
+from .sky import SkyModel
+from .weights import CHECKPOINT_FILENAME, CHECKPOINT_SOURCE, default_checkpoint_path, load_network
+
+__all__ = ["DGGTRepresentation", "DGGTConfig", "align_cameras", "align_points"]
+
+
+@dataclass
+class DGGTConfig:
+    checkpoint: str | None = option(None, f"path of {CHECKPOINT_FILENAME} (default: weights_dir()/dggt/{CHECKPOINT_FILENAME})")
+    init: str = option("network", "network: predict with the DGGT network; fit: static 3dgs fit + per-frame dynamic Gaussians (no weights needed)", choices=("network", "fit"))
+    size: str = option("full", "network size; 'full' matches the published checkpoint, 'tiny' is for tests", choices=tuple(DGGT_SIZES))
+    width: int = option(518, "network input width (multiple of 14); the height follows the aspect ratio")
+    max_frames: int = option(48, "refuse more input frames than this (memory grows with frames²)")
+    dynamic_threshold: float = option(0.5, "pixels whose dynamic logit is below this are static (DGGT: 0.5)")
+    min_dynamic_opacity: float = option(1.0 / 255.0, "drop dynamic Gaussians fainter than this (0 keeps all, as DGGT)")
+    fit_steps: int = option(500, "init=fit: 3dgs-train steps of the static fit")
+    fit_points: int = option(20_000, "init=fit: at most this many initial static Gaussians")
+    fit_dynamic_stride: int = option(2, "init=fit: one dynamic Gaussian per this many pixels (each way) of a dynamic mask")
+
+
+def _logit(p: Tensor) -> Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def _similarity(src_ref: Tensor, dst_ref: Tensor) -> tuple[Tensor, Tensor, float]:
+    """(src camera 0 pose, dst camera 0 pose, scale) mapping the world of ``src_ref`` [S, 4, 4]
+    onto that of ``dst_ref`` (the same S cameras): rigid through camera 0, scaled by the ratio of
+    mean camera distances from camera 0 (1 when the cameras barely move, as in DGGT)."""
+    d_src = (src_ref[1:, :3, 3] - src_ref[:1, :3, 3]).norm(dim=-1)
+    d_dst = (dst_ref[1:, :3, 3] - dst_ref[:1, :3, 3]).norm(dim=-1)
+    scale = float(d_dst.mean() / d_src.mean()) if len(d_src) and float(d_src.mean()) > 1e-6 else 1.0
+    return src_ref[0], dst_ref[0], scale
+
+
+def align_cameras(c2w: Tensor, src_ref: Tensor, dst_ref: Tensor) -> Tensor:
+    """Camera poses c2w [N, 4, 4] from the world of ``src_ref`` into that of ``dst_ref`` (see
+    :func:`_similarity`)."""
+    src0, dst0, scale = _similarity(src_ref, dst_ref)
+    rel = torch.linalg.inv(src0) @ c2w  # poses relative to source camera 0
+    rel = rel.clone()
+    rel[:, :3, 3] *= scale
+    return dst0 @ rel
+
+
+def align_points(points: Tensor, src_ref: Tensor, dst_ref: Tensor) -> Tensor:
+    """World points [P, 3] from the world of ``src_ref`` into that of ``dst_ref``."""
+    src0, dst0, scale = _similarity(src_ref, dst_ref)
+    local = (points - src0[:3, 3]) @ src0[:3, :3] * scale  # R0ᵀ (p − t0), scaled
+    return local @ dst0[:3, :3].T + dst0[:3, 3]
+
+
+class _Built(NamedTuple):
+    """What either initialisation produces (tensors on the build device)."""
+
+    gaussians: PixelGaussians
+    c2w: Tensor  # [S, 4, 4] input cameras, OpenCV camera-to-world
+    K: Tensor  # [S, 3, 3] at the input frames' resolution
+    size: tuple[int, int]  # (width, height) of the input frames
+    sky_model: SkyModel
+    sky_samples: Tensor  # [M, 3]
+    sky_visible: Tensor  # [n] bool
+
+
+class DGGTRepresentation(Representation):
+    """DGGT (arXiv 2512.03004): pose-free feed-forward 4D Gaussians for driving scenes."""
+
+    name = "dggt"
+    description = "DGGT feed-forward 4D Gaussians from unposed frames (static + dynamic + sky, lifespans)"
+    Config = DGGTConfig
+    provides = frozenset({"gaussians-3d", "cameras", "dynamic"})
+    default_renderer = {"cpu": "torch-3dgs", "cuda": "gsplat"}
+    native_refiner = None
+    export_formats = ("ply",)
+
+    PER_GAUSSIAN: ClassVar[tuple[str, ...]] = (
+        "means", "quats", "scales", "opacities", "sh0", "shN", "lifespans", "frame_ids", "is_dynamic",
+    )
+    """Per-Gaussian tensors (dim 0 = Gaussian): a refiner that adds or removes Gaussians must
+    index all of them together, not only the six of the 3dgs layout."""
+
+    means: nn.Parameter
+    quats: nn.Parameter
+    scales: nn.Parameter
+    opacities: nn.Parameter
+    sh0: nn.Parameter
+    shN: nn.Parameter
+    lifespans: nn.Parameter
+
+    def __init__(self, config: DGGTConfig | None = None) -> None:
+        super().__init__(config)
+        self._set_gaussians(torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3), torch.zeros(0))
+        self.register_buffer("frame_ids", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("is_dynamic", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("frame_times", torch.zeros(0))
+        self.register_buffer("camera_c2w", torch.zeros(0, 4, 4))
+        self.register_buffer("camera_K", torch.zeros(0, 3, 3))
+        self.register_buffer("camera_size", torch.zeros(2, dtype=torch.long))
+        self.register_buffer("sky_samples", torch.zeros(0, 3))
+        self.register_buffer("sky_visible", torch.zeros(0, dtype=torch.bool))
+        self.sky_model = SkyModel(resolution=0)
+
+    # --------------------------------------------------------------------------- weights
+
+    @classmethod
+    def required_weights(cls) -> list[WeightFile]:
+        return [
+            WeightFile(
+                description="DGGT network trained on Waymo (1.35 B parameters)",
+                path=default_checkpoint_path(),
+                source=CHECKPOINT_SOURCE,
+            )
+        ]
+
+    def checkpoint_path(self) -> Path:
+        """``checkpoint`` option, else ``weights_dir()/dggt/model_latest_waymo.pt``."""
+        return Path(self.config.checkpoint).expanduser() if self.config.checkpoint else default_checkpoint_path()
+
+    def _require_checkpoint(self) -> Path:
+        path = self.checkpoint_path()
+        if not path.is_file():
+            raise MissingWeightsError("dggt", CHECKPOINT_FILENAME, path, f"{CHECKPOINT_SOURCE} (Hugging Face xiaomi-research/dggt)")
+        return path
+
+    # ----------------------------------------------------------------------------- build
+
+    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
+        """Predict the 4D scene from ``data`` (see module doc); init=network needs the checkpoint."""
+        cfg = self.config
+        patch = DGGT_SIZES[cfg.size].patch_size
+        if cfg.width < patch or cfg.width % patch:
+            raise InputError(f"dggt.width must be a positive multiple of {patch} (518 for the published model), got {cfg.width}")
+        if cfg.init == "network":
+            self._require_checkpoint()  # before reading any frame
+        views, images, sky, times = _input_frames(data, cfg.max_frames)
+        built = self._fit(data, views, images, device) if cfg.init == "fit" else self._predict(images, sky, device)
+        g = built.gaussians
+        self._set_gaussians(g.means, g.quats, torch.log(g.scales.clamp_min(1e-12)), _logit(g.opacity), g.rgb, torch.log(g.lifespan.clamp_min(1e-12)))
+        self.frame_ids, self.is_dynamic = g.frame, g.dynamic
+        self.frame_times = times.to(device)
+        self.camera_c2w, self.camera_K = built.c2w, built.K
+        self.camera_size = torch.tensor(built.size, device=device)
+        self.sky_model = built.sky_model
+        self.sky_samples, self.sky_visible = built.sky_samples, built.sky_visible
+        if isinstance(data, Scene) and cfg.init == "network":
+            self._write_cameras(data, views)
+
+    def _predict(self, images: Tensor, sky: Tensor | None, device: torch.device) -> _Built:
+        """Run the network (init=network)."""
+        cfg = self.config
+        path = self._require_checkpoint()
+        plan = plan_resize(images.shape[2], images.shape[1], int(cfg.width), DGGT_SIZES[cfg.size].patch_size)
+        net = load_network(path, cfg.size, device)
+        with torch.no_grad():
+            x = resize_images(images, plan).to(device)
+            out = net(x[None], heads=("depth", "gs", "instance"))
+            ext, K_net = pose_encoding_to_extri_intri(out.pose_enc[0].float(), (plan.height, plan.width))
+            c2w = extrinsics_to_c2w(ext)
+            points = unproject_depth(out.depth[0, ..., 0], K_net, c2w)
+            non_sky = ~resize_masks(sky, plan).to(device) if sky is not None else torch.ones_like(out.lifespan[0], dtype=torch.bool)
+            g = compose_pixel_gaussians(
+                points, out.gs_map[0], out.lifespan[0], out.dynamic_logit[0], non_sky,
+                float(cfg.dynamic_threshold), float(cfg.min_dynamic_opacity),
+            )
+            sky_model = net.sky_model
+            samples, visible = sky_model.sample(x, torch.linalg.inv(c2w), K_net)
+        del net, out
+        return _Built(g, c2w, plan.K_to_source(K_net), (plan.src_width, plan.src_height), sky_model, samples, visible)
+
+    def _fit(self, data: Scene | Video, views: list[View], images: Tensor, device: torch.device) -> _Built:
+        """Fit without weights (init=fit): static 3dgs fit + per-frame dynamic Gaussians, black sky."""
+        from recon_core.registry import get_registry
+
+        from .fit import fit_pixel_gaussians
+
+        cfg = self.config
+        if not isinstance(data, Scene):
+            raise InputError("dggt.init=fit needs posed views (a Scene); a video has no cameras to fit with")
+        renderer = get_registry().create("renderer", self.renderer_for(device))
+        g = fit_pixel_gaussians(
+            data, views, renderer, device, steps=int(cfg.fit_steps), num_points=int(cfg.fit_points),
+            dynamic_stride=int(cfg.fit_dynamic_stride),
+        )
+        cams = data.cameras(views).to(device)
+        sky_model = SkyModel(DGGT_SIZES[cfg.size].sky_resolution, DGGT_SIZES[cfg.size].sky_radius).to(device)
+        with torch.no_grad():  # an untrained sky starts black; refiners may train bg_field
+            sky_model.bg_field.layers[1].weight.zero_()
+            sky_model.bg_field.layers[1].bias.zero_()
+        samples, visible = sky_model.sample(images.permute(0, 3, 1, 2).to(device), cams.viewmats, cams.K)
+        return _Built(g, cams.c2w, cams.K, (int(cams.width[0]), int(cams.height[0])), sky_model, samples, visible)
+
+    def _set_gaussians(self, means: Tensor, quats: Tensor, log_scales: Tensor, logit_opacity: Tensor, rgb: Tensor, log_lifespan: Tensor) -> None:
+        values = {
+            "means": means, "quats": quats, "scales": log_scales, "opacities": logit_opacity,
+            "sh0": rgb_to_sh(rgb)[:, None, :], "shN": rgb.new_zeros(rgb.shape[0], 0, 3), "lifespans": log_lifespan,
+        }
+        for name, value in values.items():
+            setattr(self, name, nn.Parameter(value.detach().float().contiguous()))
+
+    def _write_cameras(self, scene: Scene, inputs: Sequence[View]) -> None:
+        """Replace every view's camera with the predicted one (inputs) or an aligned one (others)."""
+        given = torch.cat([v.camera.c2w for v in inputs]).to(self.camera_c2w)
+        predicted = self.cameras()
+        by_id = {id(v): i for i, v in enumerate(inputs)}
+        target = self.camera_c2w.detach()
+        for view in scene.views:
+            cam = view.camera
+            if id(view) in by_id:
+                i = by_id[id(view)]
+                new = predicted[i]
+                view.camera = Cameras(K=new.K.cpu(), c2w=new.c2w.cpu(), width=cam.width, height=cam.height, times=cam.times)
+            else:
+                view.camera = cam.with_c2w(align_cameras(cam.c2w.to(given), given, target).cpu())
+        if scene.point_cloud is not None:
+            moved = align_points(scene.point_cloud.points.to(given), given, target).cpu()
+            scene.point_cloud = PointCloud(moved, scene.point_cloud.colors)
+        scene.bounds = Bounds.from_cameras(scene.cameras())
+
+    # --------------------------------------------------------------------------- queries
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frame_times.shape[0])
+
+    def cameras(self) -> Cameras:
+        """The predicted input cameras at the input frames' resolution (OpenCV c2w, frame 0 the reference)."""
+        n = self.num_frames
+        return Cameras(
+            K=self.camera_K, c2w=self.camera_c2w,
+            width=self.camera_size[0].expand(n).clone(), height=self.camera_size[1].expand(n).clone(),
+            times=self.frame_times if n else None,
+        )
+
+    def _time_map(self) -> TimeMap:
+        t = self.frame_times
+        return TimeMap(float(t[0]), float(t[-1]), self.num_frames)
+
+    def gaussians(self, time: float | None = None) -> Gaussians3D:
+        """Activated Gaussians at scene time ``time`` (differentiable w.r.t. every parameter).
+
+        ``time=None``: the static Gaussians without lifespan fading and no dynamic ones.
+        """
+        if self.num_frames == 0:
+            raise InputError("the dggt representation has not been built yet")
+        sizes = {name: getattr(self, name).shape[0] for name in self.PER_GAUSSIAN}
+        if len(set(sizes.values())) != 1:
+            raise RuntimeError(
+                f"dggt's per-Gaussian tensors disagree in length ({sizes}); a refiner changed some of "
+                f"them only (densifying refiners must index all of {', '.join(self.PER_GAUSSIAN)})"
+            )
+        opacity = torch.sigmoid(self.opacities)
+        static = ~self.is_dynamic
+        if time is None:
+            keep = static
+        else:
+            tmap = self._time_map()
+            frame = int(torch.argmin((self.frame_times - float(time)).abs()))
+            tau_frames = tmap.tau(self.frame_times)
+            tau = tmap.tau(float(time))
+            faded = lifespan_opacity(opacity, tau, tau_frames[self.frame_ids], torch.exp(self.lifespans))
+            opacity = torch.where(static, faded, opacity)
+            keep = static | (self.frame_ids == frame)
+        return Gaussians3D(
+            means=self.means[keep],
+            quats=self.quats[keep],
+            scales=torch.exp(self.scales[keep]),
+            opacities=opacity[keep],
+            sh=torch.cat([self.sh0, self.shN], dim=1)[keep],
+            sh_degree=0,
+            background=self.render_sky,
+        )
+
+    def render_sky(self, cameras: Cameras) -> Tensor:
+        """The sky behind the Gaussians for ``cameras`` → [N, H, W, 3] (same-sized cameras)."""
+        colors = self.sky_model.colors(self.sky_samples)
+        cams = cameras.to(self.sky_samples.device)
+        return self.sky_model.render(colors, self.sky_visible, cams.viewmats, cams.K, int(cams.width[0]), int(cams.height[0]))
+
+    # ---------------------------------------------------------------------------- export
+
+    def export(self, out_dir: Path, fmt: str) -> list[Path]:
+        """``ply``: one 3DGS PLY per input frame, ``point_cloud_t{k:03d}.ply``: the Gaussians of
+        ``gaussians(t_k)`` (static, lifespan-faded, plus frame k's dynamic ones). No sky."""
+        if fmt != "ply":
+            raise InputError(f"dggt cannot export '{fmt}'; formats: {', '.join(self.export_formats)}")
+        from recon_plugins.gaussians.ply import SplatPly, write_splat_ply
+
+        paths = []
+        for k, t in enumerate(self.frame_times.tolist()):
+            g = self.gaussians(t)
+            with torch.no_grad():
+                splat = SplatPly(
+                    means=g.means.cpu(), quats=g.quats.cpu(), log_scales=torch.log(g.scales).cpu(),
+                    logit_opacities=_logit(g.opacities).cpu(), sh0=g.sh[:, :1].cpu(), shN=g.sh[:, 1:].cpu(),
+                )
+            paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_t{k:03d}.ply", splat))
+        return paths
+
+
+def _input_frames(data: Scene | Video, max_frames: int) -> tuple[list[View], Tensor, Tensor | None, Tensor]:
+    """The network's input: (views, images [S, H, W, 3], sky masks [S, H, W] or None, times [S]).
+
+    Scene: training views ordered by time (or as given when timeless; times = index).
+    Video: every frame with its timestamp.
+    """
+    if isinstance(data, Video):
+        n = len(data)
+        if n > max_frames:
+            raise InputError(f"video has {n} frames; dggt takes at most dggt.max_frames={max_frames} (raise it, or trim the video)")
+        images = torch.stack([data.frame(i) for i in range(n)])
+        return [], images, None, data.timestamps.float()[:n]
+    views = list(data.train_views)
+    if not views:
+        raise InputError("dggt needs at least one training view")
+    if len(views) > max_frames:
+        raise InputError(f"scene has {len(views)} training views; dggt takes at most dggt.max_frames={max_frames}")
+    timed = all(v.time is not None for v in views)
+    if timed:
+        views.sort(key=lambda v: v.time)
+    sizes = {(v.width, v.height) for v in views}
+    if len(sizes) > 1:
+        raise InputError(f"dggt needs frames of one size; got {sorted(sizes)}")
+    images = torch.stack([v.image for v in views]).float()
+    sky = torch.stack([v.sky_mask for v in views]).bool() if all(v.has("sky_mask") for v in views) else None
+    times = torch.tensor([v.time for v in views], dtype=torch.float32) if timed else torch.arange(len(views), dtype=torch.float32)
+    return views, images, sky, times

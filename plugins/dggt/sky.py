@@ -1,0 +1,134 @@
+"""DGGT's sky model: a hemisphere of Gaussians coloured by a small MLP from image samples.
+
+``resolution²`` points on a Fibonacci half-sphere of ``radius`` around the world origin (the
+first camera), covering y ≤ 0, i.e. above the horizon in OpenCV axes. Each point is projected
+into the input views; the mean sampled RGB goes through a 3→64→6 MLP (ReLU, tanh) whose first
+three outputs are the point's colour. The Gaussians are opaque, isotropic with the log-mean
+distance to their 3 nearest neighbours as log-scale.
+
+Buffers (``bg_pcd``, ``bg_scales``, ``bg_opacity``, ``bg_quat``) are persistent, as in the
+checkpoint. On the meta device they are allocated without computing anything, so the full
+model can be inspected for free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SkyModel", "fibonacci_hemisphere", "project_points"]
+
+
+def fibonacci_hemisphere(n: int, radius: float) -> Tensor:
+    """[n, 3] float32 points: y = i/(n-1) − 1 ∈ [−1, 0], golden-angle azimuth, times ``radius``."""
+    i = torch.arange(n, dtype=torch.float64)
+    y = i / max(n - 1, 1) - 1.0
+    r = torch.sqrt((1 - y * y).clamp_min(0))
+    theta = math.pi * (3.0 - math.sqrt(5.0)) * i
+    return (torch.stack([torch.cos(theta) * r, y, torch.sin(theta) * r], dim=-1) * radius).float()
+
+
+def _knn_mean_distance(points: Tensor, k: int = 3) -> Tensor:
+    """Mean distance of each point to its k nearest other points, [n]."""
+    from scipy.spatial import cKDTree
+
+    pts = points.double().numpy()
+    dist, _ = cKDTree(pts).query(pts, k=k + 1)
+    return torch.from_numpy(dist[:, 1:].mean(axis=1)).float()
+
+
+def project_points(points: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tensor]:
+    """Project world points [P, 3] into cameras (viewmats [V, 4, 4] world→camera, Ks [V, 3, 3]).
+
+    Returns pixel coordinates [V, P, 2] (pixel centres at i + 0.5) and depths z [V, P].
+    """
+    cam = points @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3]
+    z = cam[..., 2]
+    pix = cam @ Ks.transpose(1, 2)
+    uv = pix[..., :2] / z.clamp_min(1e-8)[..., None]
+    return uv, z
+
+
+class _SkyMLP(nn.Module):
+    """``layers.0``: 3→64, ReLU, ``layers.1``: 64→6, tanh (checkpoint key names)."""
+
+    def __init__(self, hidden: int = 64, out: int = 6) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(3, hidden), nn.Linear(hidden, out)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.layers[1](F.relu(self.layers[0](x))))
+
+
+class SkyModel(nn.Module):
+    """The sky hemisphere; ``bg_field`` is its colour MLP."""
+
+    def __init__(self, resolution: int = 300, radius: float = 50.0) -> None:
+        """``resolution``² points (0 gives an empty placeholder to load a state into)."""
+        super().__init__()
+        n = resolution**2
+        self.radius = radius
+        self.bg_field = _SkyMLP()
+        if torch.empty(0).device.type == "meta" or n < 4:
+            pcd, scales = torch.zeros(n, 3), torch.zeros(n, 3)
+        else:
+            pcd = fibonacci_hemisphere(n, radius)
+            scales = _knn_mean_distance(pcd).log()[:, None].repeat(1, 3)
+        self.register_buffer("bg_scales", scales)
+        self.register_buffer("bg_pcd", pcd)
+        self.register_buffer("bg_opacity", torch.ones(n, 1))
+        self.register_buffer("bg_quat", torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1))
+
+    def sample(self, images: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean colour of each hemisphere point over the input views that see it.
+
+        Args:
+            images: [S, 3, H, W] in [0, 1]; viewmats [S, 4, 4] world→camera; Ks [S, 3, 3].
+        Returns:
+            samples [M, 3] for the M points inside at least one view, and the mask [n] selecting them.
+        """
+        S, _, H, W = images.shape
+        uv, z = project_points(self.bg_pcd, viewmats.to(self.bg_pcd), Ks.to(self.bg_pcd))
+        inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
+        grid = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], dim=-1)[:, None]  # [S, 1, P, 2]
+        rgb = F.grid_sample(images, grid.to(images.dtype), align_corners=False, padding_mode="border")[:, :, 0]  # [S, 3, P]
+        w = inside.to(rgb.dtype)
+        mean = (rgb * w[:, None]).sum(0).T / w.sum(0).clamp_min(1)[:, None]  # [P, 3]
+        visible = inside.any(0)
+        return mean[visible], visible
+
+    def colors(self, samples: Tensor) -> Tensor:
+        """Sky colours [M, 3] from sampled image colours [M, 3]: the MLP's first three tanh
+        outputs (range [−1, 1], used as is, as in DGGT's training)."""
+        return self.bg_field(samples)[:, :3]
+
+    def render(self, colors: Tensor, visible: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int) -> Tensor:
+        """Render the coloured hemisphere into same-sized cameras → [V, height, width, 3].
+
+        Args:
+            colors: [M, 3] from :meth:`colors`; visible: [n] mask from :meth:`sample`.
+            viewmats: [V, 4, 4] world→camera; Ks: [V, 3, 3] (pixel centres at i + 0.5).
+
+        Like DGGT, the sky Gaussians are rasterised (alpha-composited, black where uncovered):
+        with gsplat on CUDA, as DGGT does, otherwise with recon's pure-PyTorch rasteriser
+        (``recon_plugins.gaussians.rasterize``), which follows gsplat's conventions.
+        """
+        means = self.bg_pcd[visible]
+        args = dict(
+            means=means, quats=self.bg_quat[visible], scales=self.bg_scales[visible].exp(),
+            opacities=self.bg_opacity[visible, 0], viewmats=viewmats.to(means.dtype), Ks=Ks.to(means.dtype),
+            width=int(width), height=int(height),
+        )
+        if means.is_cuda:
+            try:
+                from gsplat.rendering import rasterization
+            except ImportError:
+                pass
+            else:
+                return rasterization(colors=colors, **args)[0]
+        from recon_plugins.gaussians.rasterize import rasterize_gaussians
+
+        return rasterize_gaussians(colors=colors, **args)[0]

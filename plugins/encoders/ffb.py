@@ -1,0 +1,174 @@
+"""Neural Fourier Filter Banks (Wu et al., CVPR 2023) and a style-modulated variant.
+
+Structure (L grid levels, hidden width H, F features per level):
+
+* a multiresolution hash grid (see :mod:`.hashgrid`) gives per-level features ``g_l(x) ∈ R^F``;
+* each level's features become Fourier features ``e_l = sin(2π · g_l B_l)`` with a learnable
+  ``B_l ∈ R^{F×H}`` initialised ``N(0, (σ₀ · γ^l)²)`` — higher levels carry higher frequencies;
+* a SIREN backbone on the normalised coordinates adds them level by level:
+  ``h_0 = sin(ω₀(W_0 x + b_0))``, ``h_l = sin(ω₀(W_l h_{l-1} + b_l)) + e_{l-1}`` for l = 1…L;
+* each ``h_l`` (l ≥ 1) goes through an output layer ``sin(ω₁(U_l h_l + c_l))`` and the L outputs are
+  averaged: ``[..., out_features]``.
+
+``ffb-stylemod`` replaces the hidden SIREN linear layers by StyleGAN2-like modulated layers whose
+per-point style is an affine map of the level's Fourier features, ``s_l = 1 + A_l e_{l-1}``:
+``y = ((h ⊙ s) Wᵀ) · ‖W_o‖ / sqrt(Σ_i W_oi² s_i² + ε) + b`` (modulate, then demodulate back to the
+row norm of the unmodulated weight). ``A_l`` starts at zero, so the variant starts out equal to FFB.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from recon_core import Encoder, option
+
+from .hashgrid import HashGridEncoder
+
+__all__ = ["FFBConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]
+
+
+@dataclass
+class FFBConfig:
+    n_levels: int = option(6, "grid levels L (the SIREN backbone has L + 1 layers)")
+    hidden_dim: int = option(64, "SIREN width H")
+    out_features: int = option(64, "output width of the averaged output layers")
+    n_features_per_level: int = option(2, "grid features per level F")
+    log2_hashmap_size: int = option(19, "hash table size per level is at most 2^T rows")
+    base_resolution: int = option(16, "coarsest grid resolution")
+    max_resolution: int = option(1024, "finest grid resolution")
+    base_sigma: float = option(2.0, "std σ₀ of the level-0 Fourier map B_0")
+    exp_sigma: float = option(2.0, "growth γ of the Fourier map std per level")
+    w0: float = option(30.0, "SIREN frequency ω₀ of the backbone")
+    w1: float = option(30.0, "SIREN frequency ω₁ of the output layers")
+    bound: float = option(1.0, "inputs are expected in [-bound, bound]^D")
+    include_input: bool = option(False, "prepend the raw coordinates to the output")
+    backend: str = option("auto", "hash grid backend: auto (tinycudann on CUDA when installed) or torch",
+                          choices=("auto", "torch", "tcnn"))
+
+
+def _siren_init_(lin: nn.Linear, w0: float, first: bool) -> None:
+    """SIREN initialisation: U(±1/n) for the first layer, U(±sqrt(6/n)/ω₀) otherwise."""
+    n = lin.in_features
+    bound = 1.0 / n if first else math.sqrt(6.0 / n) / w0
+    with torch.no_grad():
+        lin.weight.uniform_(-bound, bound)
+
+
+def modulated_linear(h: Tensor, style: Tensor, lin: nn.Linear, eps: float = 1e-8) -> Tensor:
+    """Per-point modulated/demodulated linear layer (see module docstring).
+
+    h [N, I], style [N, I] → [N, O]; equals ``lin(h)`` when ``style`` is all ones.
+    """
+    w = lin.weight  # [O, I]
+    row_norm = w.pow(2).sum(-1).add(eps).sqrt()  # [O]
+    demod = (style.pow(2) @ w.pow(2).t()).add(eps).rsqrt()  # [N, O]
+    return ((h * style) @ w.t()) * demod * row_norm + lin.bias
+
+
+class FourierFilterBank(nn.Module):
+    """The FFB network shared by ``ffb`` and ``ffb-stylemod``: x [N, D] → [N, out_features]."""
+
+    def __init__(self, c: FFBConfig, in_dim: int, style_modulation: bool) -> None:
+        super().__init__()
+        if c.n_levels < 1:
+            raise ValueError("ffb needs at least one grid level")
+        self.c = c
+        self.style_modulation = style_modulation
+        self.grid = HashGridEncoder(
+            HashGridEncoder.Config(
+                n_levels=c.n_levels,
+                n_features_per_level=c.n_features_per_level,
+                log2_hashmap_size=c.log2_hashmap_size,
+                base_resolution=c.base_resolution,
+                max_resolution=c.max_resolution,
+                bound=c.bound,
+                backend=c.backend,
+            ),
+            in_dim,
+        )
+        h, f = c.hidden_dim, c.n_features_per_level
+        sig = torch.tensor([c.base_sigma * c.exp_sigma**lvl for lvl in range(c.n_levels)])
+        self.fourier_maps = nn.Parameter(torch.randn(c.n_levels, f, h) * sig[:, None, None])  # B_l
+        self.backbone = nn.ModuleList([nn.Linear(in_dim, h)] + [nn.Linear(h, h) for _ in range(c.n_levels)])
+        for i, lin in enumerate(self.backbone):
+            _siren_init_(lin, c.w0, first=i == 0)
+        self.heads = nn.ModuleList([nn.Linear(h, c.out_features) for _ in range(c.n_levels)])
+        for lin in self.heads:
+            _siren_init_(lin, c.w1, first=False)
+        if style_modulation:
+            self.styles = nn.ModuleList([nn.Linear(h, h) for _ in range(c.n_levels)])
+            for lin in self.styles:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def level_embeddings(self, x: Tensor) -> Tensor:
+        """[N, D] → [L, N, H] Fourier features of the grid levels, ``sin(2π g_l B_l)``."""
+        g = self.grid(x).view(x.shape[0], self.c.n_levels, self.c.n_features_per_level).transpose(0, 1)  # [L, N, F]
+        return torch.sin(2 * math.pi * torch.bmm(g, self.fourier_maps))
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.c
+        emb = self.level_embeddings(x)
+        h = torch.sin(c.w0 * self.backbone[0](x / c.bound))
+        out = 0.0
+        for lvl in range(c.n_levels):
+            lin = self.backbone[lvl + 1]
+            if self.style_modulation:
+                pre = modulated_linear(h, 1.0 + self.styles[lvl](emb[lvl]), lin)
+            else:
+                pre = lin(h)
+            h = torch.sin(c.w0 * pre) + emb[lvl]
+            out = out + torch.sin(c.w1 * self.heads[lvl](h))
+        return out / c.n_levels
+
+
+class _FFBBase:
+    """Shared behaviour of the two FFB encoders (a mixin; each encoder subclasses Encoder once)."""
+
+    config: FFBConfig
+    in_dim: int
+    net: FourierFilterBank
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_features + (self.in_dim if self.config.include_input else 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_dim] in [-bound, bound] → [..., out_dim] (raw x first if ``include_input``)."""
+        flat = x.reshape(-1, self.in_dim)
+        enc = self.net(flat)
+        if self.config.include_input:
+            enc = torch.cat([flat, enc], dim=-1)
+        return enc.reshape(*x.shape[:-1], self.out_dim)
+
+
+class FFBEncoder(_FFBBase, Encoder):
+    """Neural Fourier Filter Banks: hash-grid Fourier features added level by level to a SIREN."""
+
+    name = "ffb"
+    description = "Neural Fourier Filter Banks (hash-grid Fourier features + SIREN backbone, outputs averaged)"
+    Config = FFBConfig
+
+    def __init__(self, config: FFBConfig | None = None, in_dim: int = 3) -> None:
+        Encoder.__init__(self, config, in_dim)
+        self.includes_input = bool(self.config.include_input)
+        self.net = FourierFilterBank(self.config, in_dim, style_modulation=False)
+
+
+class FFBStyleModEncoder(_FFBBase, Encoder):
+    """FFB whose hidden SIREN layers are style-modulated by the level's Fourier grid features."""
+
+    name = "ffb-stylemod"
+    description = "Fourier Filter Banks with StyleGAN2-like modulation of the SIREN layers by grid features"
+    Config = FFBConfig
+
+    def __init__(self, config: FFBConfig | None = None, in_dim: int = 3) -> None:
+        Encoder.__init__(self, config, in_dim)
+        self.includes_input = bool(self.config.include_input)
+        self.net = FourierFilterBank(self.config, in_dim, style_modulation=True)
+
+

@@ -1,0 +1,184 @@
+"""Multiresolution hash encoding of instant-NGP (Müller et al. 2022), pure torch + optional tinycudann.
+
+Definitions follow tiny-cuda-nn's ``HashGrid`` so that the same parameter vector gives the same
+outputs with either backend:
+
+* inputs in ``[-bound, bound]^D`` are mapped to ``u ∈ [0, 1]^D``;
+* level l has ``scale_l = N_min · b^l − 1`` with ``b = exp(ln(N_max / N_min) / (L − 1))`` and
+  ``res_l = ceil(scale_l) + 1`` vertices per side; a point sits at ``p = u · scale_l + 0.5``;
+* level l owns ``T_l = next_multiple(min(res_l^D, 2^T), 8)`` table rows; a vertex ``v`` is indexed
+  densely (``Σ v_d · res_l^d``) when ``res_l^D ≤ T_l``, otherwise by the spatial hash
+  ``(v_0·1) xor (v_1·2654435761) xor (v_2·805459861)`` (uint32 arithmetic), in both cases ``mod T_l``;
+* features are blended **trilinearly** from the 2^D cell corners (weights ``Π_d (1 − |p_d − v_d|)``
+  with ``v = floor(p) + corner``), so the encoding is continuous with non-zero spatial gradients;
+* outputs are level-major: ``[..., L · F]``; parameters are one flat vector (level, row, feature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from recon_core import Encoder, option
+
+from ._tcnn import tcnn_available, tcnn_module
+
+__all__ = ["HashGridEncoder", "HashGridLayout", "hash_grid_encode", "PRIMES"]
+
+PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+_U32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class HashGridLayout:
+    """Per-level geometry of a hash grid (all lists have one entry per level)."""
+
+    scales: list[float]
+    resolutions: list[int]
+    sizes: list[int]
+    offsets: list[int]
+    dense: list[bool]
+
+    @property
+    def total_rows(self) -> int:
+        return self.offsets[-1] + self.sizes[-1]
+
+    @staticmethod
+    def create(in_dim: int, n_levels: int, log2_hashmap_size: int, base_resolution: int, per_level_scale: float) -> "HashGridLayout":
+        scales, res, sizes, offsets, dense = [], [], [], [], []
+        offset = 0
+        for level in range(n_levels):
+            scale = math.exp2(level * math.log2(per_level_scale)) * base_resolution - 1.0
+            r = int(math.ceil(scale)) + 1
+            size = min(r**in_dim, 2**log2_hashmap_size)
+            size = (size + 7) // 8 * 8
+            scales.append(scale)
+            res.append(r)
+            sizes.append(size)
+            offsets.append(offset)
+            dense.append(r**in_dim <= size)
+            offset += size
+        return HashGridLayout(scales, res, sizes, offsets, dense)
+
+
+def _corner_offsets(in_dim: int, device: torch.device) -> Tensor:
+    """[2^D, D] int64 binary corner offsets."""
+    idx = torch.arange(2**in_dim, device=device)
+    return ((idx[:, None] >> torch.arange(in_dim, device=device)) & 1).long()
+
+
+def hash_grid_encode(u: Tensor, table: Tensor, layout: HashGridLayout) -> Tensor:
+    """Torch twin of tcnn's HashGrid forward.
+
+    Args:
+        u: [N, D] positions in [0, 1] (values outside are clamped by the caller or wrap by hashing).
+        table: [R, F] feature rows, R = ``layout.total_rows``.
+        layout: per-level geometry.
+    Returns:
+        [N, L·F] level-major interpolated features (differentiable w.r.t. ``u`` and ``table``).
+    """
+    n, d = u.shape
+    dev = u.device
+    scales = torch.tensor(layout.scales, dtype=u.dtype, device=dev)  # [L]
+    pos = u[:, None, :] * scales[:, None] + 0.5  # [N, L, D]
+    base = torch.floor(pos.detach())
+    frac = pos - base  # [N, L, D], gradient flows through pos
+    corners = _corner_offsets(d, dev)  # [C, D]
+    vert = base.long()[:, :, None, :] + corners  # [N, L, C, D]
+    # trilinear weights Π_d (frac_d if corner_d else 1 - frac_d)
+    cf = corners.to(u.dtype)
+    w = (frac[:, :, None, :] * cf + (1 - frac[:, :, None, :]) * (1 - cf)).prod(-1)  # [N, L, C]
+
+    res = torch.tensor(layout.resolutions, dtype=torch.long, device=dev)[:, None, None]  # [L, 1, 1]
+    strides = res ** torch.arange(d, device=dev)  # [L, 1, D]: 1, res, res², …
+    dense_idx = (vert * strides).sum(-1)  # [N, L, C]
+    primes = torch.tensor(PRIMES[:d], dtype=torch.long, device=dev)
+    hv = (vert * primes) & _U32
+    hashed = hv[..., 0]
+    for k in range(1, d):
+        hashed = hashed ^ hv[..., k]
+    is_dense = torch.tensor(layout.dense, device=dev)[:, None]  # [L, 1]
+    sizes = torch.tensor(layout.sizes, dtype=torch.long, device=dev)[:, None]
+    offsets = torch.tensor(layout.offsets, dtype=torch.long, device=dev)[:, None]
+    idx = torch.where(is_dense, dense_idx, hashed) % sizes + offsets  # [N, L, C]
+    feats = table[idx]  # [N, L, C, F]
+    out = (feats * w[..., None]).sum(2)  # [N, L, F]
+    return out.reshape(n, -1)
+
+
+class HashGridEncoder(Encoder):
+    """instant-NGP multiresolution hash grid (trilinear), torch or tinycudann (auto on CUDA)."""
+
+    name = "hashgrid"
+    description = "instant-NGP multiresolution hash grid, trilinear (torch; tinycudann on CUDA when installed)"
+
+    @dataclass
+    class Config:
+        n_levels: int = option(16, "number of levels L")
+        n_features_per_level: int = option(2, "features per level F")
+        log2_hashmap_size: int = option(19, "table size per level is at most 2^T rows")
+        base_resolution: int = option(16, "coarsest resolution N_min")
+        max_resolution: int = option(2048, "finest resolution N_max (sets the per-level growth b)")
+        bound: float = option(1.0, "inputs are expected in [-bound, bound]^D")
+        init_scale: float = option(1e-4, "table entries start uniform in ±init_scale")
+        include_input: bool = option(False, "prepend the raw coordinates to the output")
+        backend: str = option("auto", "auto: tinycudann on CUDA when installed, else torch", choices=("auto", "torch", "tcnn"))
+
+    def __init__(self, config: "HashGridEncoder.Config | None" = None, in_dim: int = 3) -> None:
+        super().__init__(config, in_dim)
+        c = self.config
+        if not 1 <= in_dim <= len(PRIMES):
+            raise ValueError(f"hashgrid supports 1..{len(PRIMES)} input dimensions, got {in_dim}")
+        self.includes_input = bool(c.include_input)
+        self.per_level_scale = (
+            math.exp(math.log(c.max_resolution / c.base_resolution) / (c.n_levels - 1)) if c.n_levels > 1 else 1.0
+        )
+        self.layout = HashGridLayout.create(in_dim, c.n_levels, c.log2_hashmap_size, c.base_resolution, self.per_level_scale)
+        self._tcnn: nn.Module | None = None
+        if c.backend == "tcnn" or (c.backend == "auto" and tcnn_available()):
+            self._tcnn = tcnn_module(
+                in_dim,
+                {
+                    "otype": "HashGrid",
+                    "n_levels": c.n_levels,
+                    "n_features_per_level": c.n_features_per_level,
+                    "log2_hashmap_size": c.log2_hashmap_size,
+                    "base_resolution": c.base_resolution,
+                    "per_level_scale": self.per_level_scale,
+                    "interpolation": "Linear",
+                },
+            )
+            self.params = self._tcnn.params  # same flat (level, row, feature) layout as the torch twin
+        else:
+            self.params = nn.Parameter(torch.empty(self.layout.total_rows * c.n_features_per_level))
+        with torch.no_grad():
+            self.params.uniform_(-c.init_scale, c.init_scale)
+
+    @property
+    def grid_dim(self) -> int:
+        """Number of grid features, L·F."""
+        return self.config.n_levels * self.config.n_features_per_level
+
+    @property
+    def out_dim(self) -> int:
+        return self.grid_dim + (self.in_dim if self.includes_input else 0)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """[-bound, bound] → [0, 1], clamped."""
+        b = self.config.bound
+        return ((x + b) / (2 * b)).clamp(0.0, 1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_dim] in [-bound, bound] → [..., out_dim] (raw x first if ``include_input``)."""
+        flat = x.reshape(-1, self.in_dim)
+        u = self.normalise(flat)
+        if self._tcnn is not None and x.is_cuda:
+            enc = self._tcnn(u).float()
+        else:
+            enc = hash_grid_encode(u, self.params.view(-1, self.config.n_features_per_level), self.layout)
+        if self.includes_input:
+            enc = torch.cat([flat, enc], dim=-1)
+        return enc.reshape(*x.shape[:-1], self.out_dim)

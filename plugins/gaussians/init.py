@@ -1,0 +1,138 @@
+"""Where 3D Gaussians start: point clouds, unprojected depth maps, random points; kNN scales.
+
+Conventions (docs/conventions.md): cameras are OpenCV camera-to-world, intrinsics K have pixel
+centres at i + 0.5, so pixel (u, v) (column u, row v) has its centre at (u + 0.5, v + 0.5) and
+unprojects along ``K^-1 [u + 0.5, v + 0.5, 1]``. Depth maps hold z-depth along the optical axis
+(0 = unknown). Every random choice takes an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from recon_core.errors import InputError
+from recon_core.scene import Bounds, PointCloud, Scene, View
+
+__all__ = ["unproject_depth", "points_from_depth", "random_points", "knn_scales", "initial_points"]
+
+
+def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """World points of every valid pixel of a z-depth map.
+
+    Args:
+        depth: (H, W) float z-depth along the optical axis; 0 or non-finite = no point.
+        K: (3, 3) intrinsics, pixel centres at i + 0.5.
+        c2w: (4, 4) OpenCV camera-to-world.
+        mask: optional (H, W) bool; only True pixels give points.
+
+    Returns:
+        points [P, 3] float32 world coordinates and pixel_index [P] int64 (row-major v * W + u).
+    """
+    h, w = depth.shape
+    valid = torch.isfinite(depth) & (depth > 0)
+    if mask is not None:
+        valid &= mask.to(torch.bool)
+    idx = torch.nonzero(valid.reshape(-1), as_tuple=False)[:, 0]
+    v, u = idx // w, idx % w
+    z = depth.reshape(-1)[idx].double()
+    pix = torch.stack([u.double() + 0.5, v.double() + 0.5, torch.ones_like(z)], dim=-1)  # [P, 3]
+    rays = pix @ torch.linalg.inv(K.double()).T  # [P, 3], z component 1 (K's last row is 0 0 1)
+    cam = rays * (z / rays[:, 2])[:, None]
+    world = cam @ c2w[:3, :3].double().T + c2w[:3, 3].double()
+    return world.float(), idx
+
+
+def _foreground(view: View) -> Tensor | None:
+    """Pixels belonging to the scene content: object mask, else alpha > 0.5, else None (all)."""
+    if view.has("object_mask"):
+        return view.object_mask.to(torch.bool)
+    if view.has("alpha"):
+        return view.alpha > 0.5
+    return None
+
+
+def points_from_depth(views: Sequence[View], max_points: int, generator: torch.Generator) -> PointCloud:
+    """Unproject the depth maps of ``views`` (foreground pixels only) into a coloured point cloud.
+
+    Each view contributes at most ``ceil(max_points / len(views_with_depth))`` points, drawn
+    uniformly without replacement; colours are the pixels' image colours.
+    """
+    with_depth = [v for v in views if v.has("depth")]
+    if not with_depth:
+        raise InputError("depth initialisation needs views with depth maps, and none of the training views has one")
+    per_view = -(-max_points // len(with_depth))
+    points, colors = [], []
+    for view in with_depth:
+        depth = view.depth
+        if depth.shape != (view.height, view.width):
+            raise InputError(f"depth map is {tuple(depth.shape)}, expected {(view.height, view.width)}", view.path)
+        pts, idx = unproject_depth(depth.float(), view.camera.K[0], view.camera.c2w[0], _foreground(view))
+        if len(idx) > per_view:
+            keep = torch.randperm(len(idx), generator=generator)[:per_view]
+            pts, idx = pts[keep], idx[keep]
+        points.append(pts)
+        colors.append(view.image.reshape(-1, 3)[idx].float())
+    pts, cols = torch.cat(points), torch.cat(colors)
+    if len(pts) == 0:
+        raise InputError("the depth maps hold no valid foreground depth (all zero or masked out)")
+    return PointCloud(points=pts, colors=cols.clamp(0, 1))
+
+
+def random_points(bounds: Bounds, n: int, generator: torch.Generator) -> PointCloud:
+    """``n`` points uniform in the bounding sphere, with uniform random colours."""
+    direction = torch.randn(n, 3, generator=generator)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    radius = bounds.radius * torch.rand(n, 1, generator=generator) ** (1.0 / 3.0)
+    points = bounds.center.float().cpu() + direction * radius
+    return PointCloud(points=points, colors=torch.rand(n, 3, generator=generator))
+
+
+def knn_scales(points: Tensor, k: int = 3, min_scale: float = 1e-7) -> Tensor:
+    """Mean distance from each point to its ``k`` nearest other points: [P] (at least ``min_scale``).
+
+    With fewer than ``k + 1`` points the available neighbours are used; a lone point gets 1.
+    """
+    p = points.detach().cpu().double().numpy()
+    n = len(p)
+    if n <= 1:
+        return torch.ones(n, dtype=torch.float32)
+    kk = min(k, n - 1)
+    dist, _ = cKDTree(p).query(p, k=kk + 1)  # the first neighbour is the point itself
+    mean = np.asarray(dist, dtype=np.float64).reshape(n, kk + 1)[:, 1:].mean(axis=1)
+    return torch.from_numpy(np.maximum(mean, min_scale)).float()
+
+
+def initial_points(scene: Scene, method: str, num_points: int, generator: torch.Generator) -> tuple[PointCloud, str]:
+    """Pick the starting point cloud by ``method`` (auto|points|depth|random); returns it and the method used.
+
+    ``auto`` prefers the scene's point cloud, then depth maps of the training views, then random.
+    ``points`` subsamples the scene's cloud to ``num_points`` when it is larger.
+    """
+    train = scene.train_views or scene.views
+    if method == "auto":
+        if scene.point_cloud is not None and len(scene.point_cloud) > 0:
+            method = "points"
+        elif any(v.has("depth") for v in train):
+            method = "depth"
+        else:
+            method = "random"
+    if method == "points":
+        pc = scene.point_cloud
+        if pc is None or len(pc) == 0:
+            raise InputError("init=points needs a point cloud (COLMAP points3D or ply_file_path), and the scene has none", scene.source)
+        if len(pc) > num_points:
+            keep = torch.randperm(len(pc), generator=generator)[:num_points]
+            pc = PointCloud(pc.points[keep], None if pc.colors is None else pc.colors[keep])
+        if pc.colors is None:
+            pc = PointCloud(pc.points, torch.full((len(pc), 3), 0.5))
+        return PointCloud(pc.points.float().cpu(), pc.colors.float().cpu()), method
+    if method == "depth":
+        return points_from_depth(train, num_points, generator), method
+    if method == "random":
+        return random_points(scene.bounds, num_points, generator), method
+    raise InputError(f"unknown init '{method}': use auto, points, depth or random")

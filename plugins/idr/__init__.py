@@ -1,0 +1,36 @@
+"""HashModFFB-IDR: IDR neural implicit surfaces with pluggable encoders.
+
+Components: representation ``idr``, renderer ``sphere-tracing``, refiner ``idr-fit`` and geometry
+evaluator ``chamfer``.
+"""
+
+from __future__ import annotations
+
+from recon_core import Evaluator, Refiner, Renderer, Representation, hookimpl
+
+from .chamfer import ChamferEvaluator
+from .fit import IDRFit
+from .renderer import SphereTracingRenderer
+from .representation import IDRRepresentation
+
+__all__ = ["IDRRepresentation", "SphereTracingRenderer", "IDRFit", "ChamferEvaluator"]
+
+
+@hookimpl
+def register_representations() -> list[type[Representation]]:
+    return [IDRRepresentation]
+
+
+@hookimpl
+def register_renderers() -> list[type[Renderer]]:
+    return [SphereTracingRenderer]
+
+
+@hookimpl
+def register_refiners() -> list[type[Refiner]]:
+    return [IDRFit]
+
+
+@hookimpl
+def register_evaluators() -> list[type[Evaluator]]:
+    return [ChamferEvaluator]

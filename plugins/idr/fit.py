@@ -1,0 +1,219 @@
+"""``idr-fit``: IDR's optimisation of an ``idr`` representation against masked posed images.
+
+Each step draws ``batch_rays`` random (view, pixel) pairs from a seeded private generator, traces
+them (no gradients), and minimises
+
+    L = L_rgb + w_eik · L_eikonal + w_mask · L_mask
+
+* L_rgb: L1 between rendered and observed colour on rays that hit the surface *and* are inside the
+  object mask, summed and divided by the batch size; colour is computed at the differentiable surface
+  point (implicit differentiation, :func:`raytrace.surface_points`);
+* L_eikonal: mean (‖∇f‖ − 1)² over the traced points and ``batch_rays / 2`` uniform points in the
+  bounding cube;
+* L_mask: on the other rays inside the bounding sphere, BCE-with-logits of ``−α · f(x)`` against the
+  mask (x: the surface point, or the minimal-SDF sample), summed, divided by α and the batch size;
+  α starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each of ``alpha_milestones``
+  (fractions of the run).
+
+Adam (``lr``; ``encoder_lr`` for encoder parameters, ``camera_lr`` for pose corrections), learning
+rate multiplied by ``lr_gamma`` at ``lr_milestones``. Needs object masks (``View.object_mask``, or
+``View.alpha > 0.5``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.nn.utils.parametrize as parametrize
+from torch import Tensor
+
+from recon_core import InputError, RefineContext, Refiner, Representation, Scene, Video, option
+
+from .raytrace import surface_points
+from .representation import IDRRepresentation, pixel_rays
+
+__all__ = ["IDRFit", "TrainingViews"]
+
+
+@dataclass
+class TrainingViews:
+    """Training data packed for random ray batches (V views, padded to P = max H·W pixels).
+
+    rgb [V, P, 3], mask [V, P] bool, K [V, 3, 3], c2w [V, 4, 4], width/npix [V] int64.
+    """
+
+    rgb: Tensor
+    mask: Tensor
+    K: Tensor
+    c2w: Tensor
+    width: Tensor
+    npix: Tensor
+
+    @staticmethod
+    def from_scene(scene: Scene, device: torch.device) -> "TrainingViews":
+        views = scene.train_views
+        if not views:
+            raise InputError("idr-fit needs training views")
+        npix = torch.tensor([v.height * v.width for v in views])
+        p = int(npix.max())
+        rgb = torch.zeros(len(views), p, 3)
+        mask = torch.zeros(len(views), p, dtype=torch.bool)
+        for i, v in enumerate(views):
+            img = v.image
+            if v.has("object_mask"):
+                m = v.object_mask
+            elif v.has("alpha"):
+                m = v.alpha > 0.5
+            else:
+                raise InputError(f"idr-fit needs object masks; view {v.name} has none", v.path)
+            rgb[i, : img.shape[0] * img.shape[1]] = img.reshape(-1, 3).float()
+            mask[i, : m.numel()] = m.reshape(-1).bool()
+        cams = scene.cameras(views)
+        return TrainingViews(rgb.to(device), mask.to(device), cams.K.to(device), cams.c2w.to(device),
+                             cams.width.to(device), npix.to(device))
+
+
+class IDRFit(Refiner):
+    """IDR training: RGB L1 + eikonal + mask losses, optional camera refinement (see module docstring)."""
+
+    name = "idr-fit"
+    description = "IDR optimisation (RGB L1 at differentiable surface points, eikonal, mask BCE; optional poses)"
+    requires = frozenset({"sdf", "neural-field"})
+
+    @dataclass
+    class Config:
+        steps: int = option(20000, "optimisation steps")
+        batch_rays: int = option(2048, "random rays per step")
+        lr: float = option(1e-4, "Adam learning rate of the networks (IDR: 1e-4)")
+        encoder_lr: float = option(1e-2, "Adam learning rate of encoder parameters (hash tables, FFB)")
+        camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)")
+        lr_milestones: list[float] = option(None, "fractions of the run where the lr is multiplied by lr_gamma",
+                                            factory=lambda: [0.5, 0.75])
+        lr_gamma: float = option(0.5, "lr decay factor")
+        eikonal_weight: float = option(0.1, "weight of the eikonal loss")
+        mask_weight: float = option(100.0, "weight of the mask loss")
+        alpha_init: float = option(50.0, "initial α of the mask loss")
+        alpha_factor: float = option(2.0, "α multiplier at each milestone")
+        alpha_milestones: list[float] = option(None, "fractions of the run where α is multiplied",
+                                               factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625])
+        log_every: int = option(100, "log losses every N steps (0: never)")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.rep: IDRRepresentation | None = None
+        self.data: TrainingViews | None = None
+        self.optimizer: torch.optim.Adam | None = None
+        self.generator: torch.Generator | None = None
+        self.last: dict[str, float] = {}
+
+    # -------------------------------------------------------------------------------- contract
+
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+        if not isinstance(rep, IDRRepresentation):
+            raise InputError(f"idr-fit trains the idr representation, not '{rep.name}'")
+        if not isinstance(data, Scene):
+            raise InputError("idr-fit needs posed views (a Scene)")
+        self.rep, self.ctx = rep, ctx
+        dev = rep.center.device
+        self.data = TrainingViews.from_scene(data, dev)
+        c = self.config
+        enc_params = list(rep.implicit.encoder.parameters())
+        enc_ids = {id(p) for p in enc_params}
+        net_params = [p for p in list(rep.implicit.parameters()) + list(rep.rendering.parameters()) if id(p) not in enc_ids]
+        groups = [{"params": net_params, "lr": c.lr, "base_lr": c.lr}]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": c.encoder_lr, "base_lr": c.encoder_lr})
+        if rep.config.refine_cameras:
+            groups.append({"params": [rep.pose_delta], "lr": c.camera_lr, "base_lr": c.camera_lr})
+        self.optimizer = torch.optim.Adam(groups, eps=1e-15 if enc_params else 1e-8)
+        self.generator = torch.Generator(device="cpu").manual_seed(int(ctx.seed))
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps
+
+    def _milestones_passed(self, step: int, fractions: list[float]) -> int:
+        return bisect.bisect_right(sorted(f * self.config.steps for f in fractions), step)
+
+    def alpha(self, step: int) -> float:
+        """Mask-loss α at ``step``."""
+        c = self.config
+        return c.alpha_init * c.alpha_factor ** self._milestones_passed(step, c.alpha_milestones)
+
+    def step(self, step: int) -> dict[str, float]:
+        assert self.rep is not None and self.data is not None and self.optimizer is not None, "setup() first"
+        with parametrize.cached():  # weight-normalised weights computed once per step
+            return self._step(step)
+
+    def _step(self, step: int) -> dict[str, float]:
+        c, rep, d = self.config, self.rep, self.data
+        dev = rep.center.device
+        decay = c.lr_gamma ** self._milestones_passed(step, c.lr_milestones)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * decay
+        alpha = self.alpha(step)
+
+        # ---- a random batch of rays
+        b = c.batch_rays
+        view = torch.randint(len(d.rgb), (b,), generator=self.generator).to(dev)
+        pix = (torch.rand(b, generator=self.generator).to(dev) * d.npix[view]).long().clamp_max(d.npix[view] - 1)
+        uv = torch.stack([pix % d.width[view], pix // d.width[view]], dim=-1).float() + 0.5
+        rgb_gt, mask_gt = d.rgb[view, pix], d.mask[view, pix]
+        c2w = rep.refined_c2w(view) if rep.config.refine_cameras else d.c2w[view]
+        origins, dirs = pixel_rays(d.K[view], c2w, uv)
+        o, v = rep.network_rays(origins, dirs)
+
+        # ---- trace (no grad), then differentiable quantities
+        tr = rep.trace(o.detach(), v.detach(), generator=self.generator)
+        hit = tr.hit & tr.in_sphere
+        h = hit.nonzero().squeeze(1)
+        x0 = o.detach()[h] + tr.t[h, None] * v.detach()[h]
+        rand_pts = (torch.rand(b // 2, 3, generator=self.generator).to(dev) * 2 - 1) * rep.config.trace_settings().radius
+        _, _, g = rep.implicit.sdf_and_gradient(torch.cat([x0, rand_pts]), create_graph=True)
+        eikonal = ((g.norm(dim=-1) - 1) ** 2).mean()
+
+        loss_rgb = torch.zeros((), device=dev)
+        rgb_mask = hit & mask_gt
+        if len(h):
+            xs = surface_points(rep.implicit.sdf, o[h], v[h], tr.t[h], g[: len(h)])
+            shaded = rep.shade(xs, v[h], create_graph=True)
+            sel = rgb_mask[h]
+            loss_rgb = (shaded.rgb[sel] - rgb_gt[h][sel]).abs().sum() / b
+
+        loss_mask = torch.zeros((), device=dev)
+        m_idx = (~rgb_mask & tr.in_sphere).nonzero().squeeze(1)
+        if len(m_idx):
+            xm = o[m_idx] + tr.t[m_idx, None] * v[m_idx]
+            logits = -alpha * rep.implicit.sdf(xm)
+            loss_mask = F.binary_cross_entropy_with_logits(logits, mask_gt[m_idx].float(), reduction="sum") / (alpha * b)
+
+        loss = loss_rgb + c.eikonal_weight * eikonal + c.mask_weight * loss_mask
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        n_rgb = int(rgb_mask.sum())
+        l1 = float(loss_rgb.detach()) * b / max(n_rgb, 1)
+        self.last = {
+            "loss": float(loss.detach()), "rgb_l1": l1, "eikonal": float(eikonal.detach()), "mask": float(loss_mask.detach()),
+            "alpha": alpha, "hit_iou": float((hit & mask_gt).sum()) / max(int((hit | mask_gt).sum()), 1),
+        }
+        if c.log_every and step % c.log_every == 0:
+            self.ctx.log(f"idr-fit {step}: " + " ".join(f"{k}={v:.4g}" for k, v in self.last.items()))
+        return self.last
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.optimizer is not None and self.generator is not None
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        assert self.optimizer is not None and self.generator is not None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+    def finish(self) -> dict[str, Any]:
+        return dict(self.last)

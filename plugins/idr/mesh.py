@@ -1,0 +1,57 @@
+"""Mesh extraction from an SDF by marching cubes (scikit-image), written as PLY (trimesh)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor
+
+from recon_core.io import atomic_path
+
+__all__ = ["extract_mesh", "sdf_grid", "write_mesh"]
+
+
+@torch.no_grad()
+def sdf_grid(sdf: Callable[[Tensor], Tensor], resolution: int, lo: Tensor, hi: Tensor, chunk: int = 65536) -> np.ndarray:
+    """Evaluate ``sdf`` (points [P, 3] → [P]) on a resolution³ grid spanning [lo, hi] (inclusive), indexed [i, j, k] = (x, y, z)."""
+    axes = [torch.linspace(float(lo[d]), float(hi[d]), resolution) for d in range(3)]
+    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    out = torch.cat([sdf(p).float().cpu() for p in pts.split(chunk)])
+    return out.reshape(resolution, resolution, resolution).numpy()
+
+
+def extract_mesh(
+    sdf: Callable[[Tensor], Tensor],
+    resolution: int,
+    lo: Tensor | tuple[float, float, float] = (-1.0, -1.0, -1.0),
+    hi: Tensor | tuple[float, float, float] = (1.0, 1.0, 1.0),
+    level: float = 0.0,
+    chunk: int = 65536,
+) -> trimesh.Trimesh:
+    """Zero level set of ``sdf`` (positive outside) in the box [lo, hi] as a mesh with outward normals.
+
+    Grid spacing is ``(hi − lo) / (resolution − 1)``. Raises ValueError when the level set is empty.
+    """
+    from skimage.measure import marching_cubes
+
+    lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    grid = sdf_grid(sdf, resolution, lo_t, hi_t, chunk)
+    if not (grid.min() < level < grid.max()):
+        raise ValueError(f"the SDF has no zero crossing in the box (range {grid.min():.3g}..{grid.max():.3g})")
+    spacing = ((hi_t - lo_t) / (resolution - 1)).numpy()
+    verts, faces, _, _ = marching_cubes(grid, level=level, spacing=tuple(spacing))
+    verts = verts + lo_t.numpy()
+    # skimage's winding with the default gradient direction makes faces face up the SDF: outwards
+    return trimesh.Trimesh(vertices=verts, faces=faces, process=False)
+
+
+def write_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
+    """Write ``mesh`` as binary PLY atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=".ply") as tmp:
+        mesh.export(tmp, file_type="ply")
+    return path

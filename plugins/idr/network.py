@@ -1,0 +1,148 @@
+"""IDR's networks (Yariv et al. 2020): an implicit SDF network and a rendering network.
+
+Both operate in the *normalised* frame where the object lies inside the unit sphere.
+
+ImplicitNetwork: ``x [N, 3] → [N, 1 + feature_dim]`` (SDF first, then the geometry feature).
+The input is ``γ(x) = encoder(x)`` with the raw x as its first three entries (prepended when the
+encoder does not include it). IDR's defaults: 8 hidden layers of 512, a skip connection into layer 4
+(``cat([h, γ(x)]) / √2``), weight normalisation, Softplus(β = 100), and geometric initialisation so
+that at start ``f(x) ≈ |x| − r`` (r = 0.6: the last bias is −r). The weights reading encoder features
+(beyond the raw x) start at zero, so the initial sphere does not depend on the encoder.
+
+RenderingNetwork: ``[x, γ_v(v), n, feature] → RGB`` with ``γ_v`` a 4-frequency positional encoding of
+the view direction, 4 hidden ReLU layers of 512, weight normalisation, sigmoid output in [0, 1]
+(IDR's tanh on images in [−1, 1] is the same function rescaled).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from recon_core import Encoder
+from recon_plugins.encoders import FourierEncoder
+
+__all__ = ["ImplicitNetwork", "RenderingNetwork"]
+
+
+class ImplicitNetwork(nn.Module):
+    """SDF + feature MLP with IDR's geometric initialisation (see module docstring)."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        width: int = 512,
+        n_layers: int = 8,
+        skip_in: Sequence[int] = (4,),
+        feature_dim: int = 256,
+        init_radius: float = 0.6,
+        softplus_beta: float = 100.0,
+        use_weight_norm: bool = True,
+        geometric_init: bool = True,
+    ) -> None:
+        super().__init__()
+        if encoder.in_dim != 3:
+            raise ValueError(f"the implicit network needs a 3-D encoder, got in_dim={encoder.in_dim}")
+        self.encoder = encoder
+        self.prepend_input = not getattr(encoder, "includes_input", False)
+        d_in = encoder.out_dim + (3 if self.prepend_input else 0)
+        self.d_in = d_in
+        self.feature_dim = feature_dim
+        self.skip_in = tuple(skip_in)
+        if self.skip_in and width <= d_in:
+            raise ValueError(f"the skip connection needs width > input size ({width} <= {d_in}); widen the network")
+        if any(not 0 < k <= n_layers for k in self.skip_in):
+            raise ValueError(f"skip layers must be in 1..{n_layers}, got {self.skip_in}")
+        dims = [d_in] + [width] * n_layers + [1 + feature_dim]
+        self.layers = nn.ModuleList()
+        n_lin = len(dims) - 1
+        for i in range(n_lin):
+            out_dim = dims[i + 1] - d_in if (i + 1) in self.skip_in else dims[i + 1]
+            lin = nn.Linear(dims[i], out_dim)
+            if geometric_init:
+                self._geometric_init(lin, i, n_lin, dims, out_dim, init_radius)
+            self.layers.append(weight_norm(lin) if use_weight_norm else lin)
+        self.activation = nn.Softplus(beta=softplus_beta)
+
+    def _geometric_init(self, lin: nn.Linear, i: int, n_lin: int, dims: list[int], out_dim: int, radius: float) -> None:
+        d_in = dims[0]
+        with torch.no_grad():
+            if i == n_lin - 1:  # last layer: f ≈ |x| − r
+                nn.init.normal_(lin.weight, mean=math.sqrt(math.pi) / math.sqrt(dims[i]), std=1e-4)
+                nn.init.constant_(lin.bias, -radius)
+                return
+            nn.init.constant_(lin.bias, 0.0)
+            nn.init.normal_(lin.weight, 0.0, math.sqrt(2) / math.sqrt(out_dim))
+            if i == 0:
+                lin.weight[:, 3:] = 0.0  # encoder features start switched off
+            elif i in self.skip_in:
+                lin.weight[:, -(d_in - 3):] = 0.0  # the re-injected encoder features too
+
+    def embed(self, x: Tensor) -> Tensor:
+        """x [N, 3] → γ(x) [N, d_in] with x as the first three entries."""
+        enc = self.encoder(x)
+        return torch.cat([x, enc], dim=-1) if self.prepend_input else enc
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N, 3] (normalised frame) → [N, 1 + feature_dim]: SDF, then features."""
+        inp = self.embed(x)
+        h = inp
+        for i, lin in enumerate(self.layers):
+            if i in self.skip_in:
+                h = torch.cat([h, inp], dim=-1) / math.sqrt(2)
+            h = lin(h)
+            if i < len(self.layers) - 1:
+                h = self.activation(h)
+        return h
+
+    def sdf(self, x: Tensor) -> Tensor:
+        """x [N, 3] → [N] signed distance (normalised units)."""
+        return self.forward(x)[:, 0]
+
+    def sdf_and_gradient(self, x: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, 3] → (sdf [N], features [N, feature_dim], ∇ₓsdf [N, 3]).
+
+        With ``create_graph`` the gradient is differentiable (eikonal loss, normals for shading).
+        """
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            out = self.forward(x)
+            sdf = out[:, 0]
+            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+        return sdf, out[:, 1:], grad
+
+
+class RenderingNetwork(nn.Module):
+    """IDR rendering network: (points, view dirs, normals, features) → RGB in [0, 1]."""
+
+    def __init__(
+        self,
+        feature_dim: int,
+        *,
+        width: int = 512,
+        n_layers: int = 4,
+        view_frequencies: int = 4,
+        use_weight_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.view_encoder = FourierEncoder(FourierEncoder.Config(n_frequencies=view_frequencies), in_dim=3)
+        dims = [3 + self.view_encoder.out_dim + 3 + feature_dim] + [width] * n_layers + [3]
+        self.layers = nn.ModuleList()
+        for i in range(len(dims) - 1):
+            lin = nn.Linear(dims[i], dims[i + 1])
+            self.layers.append(weight_norm(lin) if use_weight_norm else lin)
+
+    def forward(self, points: Tensor, view_dirs: Tensor, normals: Tensor, features: Tensor) -> Tensor:
+        """points/view_dirs/normals [N, 3], features [N, F] → rgb [N, 3] in [0, 1]."""
+        h = torch.cat([points, self.view_encoder(view_dirs), normals, features], dim=-1)
+        for i, lin in enumerate(self.layers):
+            h = lin(h)
+            if i < len(self.layers) - 1:
+                h = torch.relu(h)
+        return torch.sigmoid(h)

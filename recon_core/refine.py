@@ -1,0 +1,272 @@
+"""The refine stage: drives refiners step by step with progress, checkpoints, Ctrl-C and resume.
+
+A checkpoint is taken *between* steps and records where to continue::
+
+    {"representation": rep.state_dict(),
+     "position": {"refiner": i, "step": k},     # next refiner index and next step to run
+     "refiner": {"name": ..., "state": refiners[i].state_dict()} or None (k == 0),
+     "reports": [{"name": ..., "report": ...}],  # finish() reports of refiners already done
+     "rng": {"torch": ..., "numpy": ..., "python": ..., "cuda": [...]}}
+
+Resuming rebuilds the representation, loads the saved parameters and continues at (i, k):
+refiner i is set up again, given its saved state, and the global RNGs are restored *after* that
+setup when k > 0 (they were saved mid-loop) or *before* it when k == 0 (saved between refiners),
+so the resumed run consumes random numbers exactly as the uninterrupted one did. On CPU the final
+parameters are bit-identical.
+
+Signals: while refining, the first SIGINT/SIGTERM only sets a flag; the loop notices it before
+the next step, saves a checkpoint and raises :class:`Interrupted`. A second SIGINT interrupts at
+once (KeyboardInterrupt, no save).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .components import RefineContext, Refiner, Representation
+from .errors import InputError, Interrupted
+from .progress import progress_bar
+from .scene import Scene, Video
+
+__all__ = ["StopFlag", "catch_stop_signals", "rng_state", "set_rng_state", "RefinePosition", "run_refiners"]
+
+
+class StopFlag:
+    """Set when the user asked the run to stop; checked between refiner steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def set(self, signum: int = signal.SIGINT) -> None:
+        self.signal = signum
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def catch_stop_signals(flag: StopFlag) -> Iterator[StopFlag]:
+    """Route SIGINT/SIGTERM to ``flag`` inside the block (main thread only; else a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag and signum == signal.SIGINT:  # second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        flag.set(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------------------------ RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch / numpy / python (and CUDA) generator states, checkpointable."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8).cpu() for s in state["cuda"]])
+
+
+# -------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class RefinePosition:
+    """Where refining continues: refiner index and its next step (0 = not started)."""
+
+    refiner: int = 0
+    step: int = 0
+
+
+@dataclass
+class RefineResult:
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    """``[{"name": refiner name, "report": finish() result}]`` in run order."""
+
+
+def _state(
+    rep: Representation,
+    position: RefinePosition,
+    refiners: Sequence[tuple[str, Refiner]],
+    reports: list[dict[str, Any]],
+) -> dict[str, Any]:
+    current = None
+    if position.step > 0 and position.refiner < len(refiners):
+        name, refiner = refiners[position.refiner]
+        current = {"name": name, "state": refiner.state_dict()}
+    return {
+        "representation": dict(rep.state_dict()),
+        "position": {"refiner": position.refiner, "step": position.step},
+        "refiner": current,
+        "reports": list(reports),
+        "rng": rng_state(),
+    }
+
+
+def run_refiners(
+    rep: Representation,
+    data: Scene | Video,
+    refiners: Sequence[tuple[str, Refiner]],
+    ctx: RefineContext,
+    *,
+    save: Callable[[dict[str, Any], str], Path],
+    checkpoint_every: int = 500,
+    log_every: int = 100,
+    resume: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> RefineResult:
+    """Run ``refiners`` in order on ``rep``; see the module docstring for checkpoints and resume.
+
+    Args:
+        refiners: ``(name, refiner)`` pairs, configured but not set up.
+        save: ``save(state, label) -> folder`` persists a checkpoint (``RunDir.save_checkpoint``).
+        checkpoint_every: also checkpoint every this many steps (0: only at refiner ends).
+        log_every: pass the step's logs to ``log`` every this many steps (0: never).
+        resume: a checkpoint written by this function; the representation must already hold its
+            parameters (``rep.load_state_dict_resizing(resume["representation"])``).
+        stop: the flag SIGINT/SIGTERM set during the stage (a fresh one when None); tests
+            may also set it directly.
+
+    Raises:
+        Interrupted: after saving, when ``stop`` was set during the stage.
+    """
+    stop = stop if stop is not None else StopFlag()
+    start = RefinePosition(**resume["position"]) if resume else RefinePosition()
+    reports: list[dict[str, Any]] = list(resume["reports"]) if resume else []
+    ctx.should_stop = lambda: bool(stop)
+
+    def checkpoint(position: RefinePosition) -> Path:
+        label = f"refiner{position.refiner}-step{position.step}"
+        return save(_state(rep, position, refiners, reports), label)
+
+    def interrupted(position: RefinePosition) -> Interrupted:
+        folder = checkpoint(position)
+        log(f"interrupted by signal {stop.signal} at refiner {position.refiner} step {position.step}; saved {folder}")
+        return Interrupted(folder)
+
+    with catch_stop_signals(stop):
+        for index in range(start.refiner, len(refiners)):
+            name, refiner = refiners[index]
+            resuming = resume is not None and index == start.refiner
+            first = start.step if resuming else 0
+            if resuming and first == 0:
+                set_rng_state(resume["rng"])
+            saved_refiner_state = resume["refiner"]["state"] if resuming and first > 0 else None
+            if resuming and first > 0 and resume["refiner"]["name"] != name:
+                raise InputError(f"checkpoint is for refiner {resume['refiner']['name']}, but the config runs {name} here")
+            log(f"refiner {name} ({index + 1}/{len(refiners)}) starts at step {first}")
+
+            if refiner.run is not None:
+                report, saved_at_stop = _run_custom(refiner, index, rep, data, ctx, saved_refiner_state, first, checkpoint, resume, stop)
+                if saved_at_stop is not None:
+                    log(f"refiner {name} stopped by signal {stop.signal}; saved {saved_at_stop}")
+                    raise Interrupted(saved_at_stop)
+            else:
+                refiner.setup(rep, data, ctx)
+                if saved_refiner_state is not None:
+                    refiner.load_state_dict(saved_refiner_state)
+                    set_rng_state(resume["rng"])
+                total = int(refiner.total_steps)
+                with progress_bar(name, total=total, completed=first) as advance:
+                    for step in range(first, total):
+                        if stop:
+                            raise interrupted(RefinePosition(index, step))
+                        logs = _scalars(refiner.step(step))
+                        advance(1, **logs)
+                        done = step + 1
+                        if log_every and (done % log_every == 0 or done == total):
+                            log(f"{name} step {done}/{total}: " + " ".join(f"{k}={v:.6g}" for k, v in logs.items()))
+                        if checkpoint_every and done % checkpoint_every == 0 and done < total:
+                            checkpoint(RefinePosition(index, done))
+                report = refiner.finish()
+            reports.append({"name": name, "report": report or {}})
+            log(f"refiner {name} finished")
+            folder = checkpoint(RefinePosition(index + 1, 0))
+            if stop and index + 1 < len(refiners):
+                raise Interrupted(folder)
+        if not refiners and resume is None:
+            checkpoint(RefinePosition(0, 0))
+    return RefineResult(reports)
+
+
+def _scalars(logs: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric entries of a step's logs (numbers and one-element tensors) as floats."""
+    out = {}
+    for key, value in (logs or {}).items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def _run_custom(
+    refiner: Refiner,
+    index: int,
+    rep: Representation,
+    data: Scene | Video,
+    ctx: RefineContext,
+    saved_state: dict[str, Any] | None,
+    first: int,
+    checkpoint: Callable[[RefinePosition], Path],
+    resume: dict[str, Any] | None,
+    stop: StopFlag,
+) -> tuple[dict[str, Any], Path | None]:
+    """Hand the loop to a refiner's own ``run``, giving it the stop flag and a save function.
+
+    Returns its report and, when it saved after a stop request, the checkpoint it saved (the
+    run was interrupted); a ``run`` that ignores the request and completes is not interrupted.
+    """
+    saved_at_stop: list[Path] = []
+
+    def save_state(next_step: int) -> None:
+        folder = checkpoint(RefinePosition(index, next_step))
+        if stop:
+            saved_at_stop.append(folder)
+
+    ctx.save_state = save_state
+    ctx.resume_state = saved_state
+    ctx.start_step = first
+    if saved_state is not None and resume is not None:
+        set_rng_state(resume["rng"])
+    try:
+        report = refiner.run(rep, data, ctx) or {}  # type: ignore[misc]
+        return report, (saved_at_stop[-1] if saved_at_stop else None)
+    finally:
+        ctx.save_state, ctx.resume_state, ctx.start_step = None, None, 0

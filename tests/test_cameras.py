@@ -1,0 +1,91 @@
+"""recon_core.cameras: batched OpenCV pinhole cameras and conversions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import look_at
+
+from recon_core.cameras import Cameras, check_rigid, opengl_to_opencv
+from recon_core.errors import InputError
+
+
+def _project(cams: Cameras, point: torch.Tensor) -> torch.Tensor:
+    """Pixel coordinates [N, 2] of a world point (continuous, pixel centres at i + 0.5)."""
+    p = torch.cat([point, torch.ones(1)])
+    cam = (cams.viewmats @ p)[:, :3]
+    uvw = cams.K @ cam[..., None]
+    return uvw[:, :2, 0] / uvw[:, 2:, 0]
+
+
+def _cams(n: int = 3) -> Cameras:
+    poses = torch.stack([torch.tensor(look_at(torch.tensor([3 * math.cos(a), 3 * math.sin(a), 1.0]).numpy()),
+                                      dtype=torch.float32) for a in torch.linspace(0, 2, n).tolist()])
+    K = torch.tensor([[50.0, 0, 16], [0, 50.0, 12], [0, 0, 1]])
+    return Cameras.create(K, poses, 32, 24)
+
+
+def test_create_broadcasts_and_indexes():
+    cams = _cams(3)
+    assert cams.K.shape == (3, 3, 3) and cams.width.tolist() == [32] * 3 and cams.times is None
+    one = cams[1]
+    assert len(one) == 1 and torch.equal(one.c2w[0], cams.c2w[1])
+    assert len(cams[torch.tensor([0, 2])]) == 2
+    timed = Cameras.create(cams.K, cams.c2w, 32, 24, times=0.5, distortion=[0.1, 0.0, 0.0, 0.0])
+    assert timed.times.tolist() == [0.5] * 3 and timed.distortion.shape == (3, 4)
+
+
+def test_cat_keeps_optional_fields_only_when_all_have_them():
+    a = Cameras.create(torch.eye(3), torch.eye(4), 4, 4, distortion=[0.1, 0.2, 0.0, 0.0], times=1.0)
+    b = Cameras.create(torch.eye(3), torch.eye(4), 4, 4, distortion=[0.1, 0.2, 0.0, 0.0, 0.3, 0.4], times=2.0)
+    both = Cameras.cat([a, b])
+    assert both.distortion.shape == (2, 6) and both.distortion[0, 4:].tolist() == [0.0, 0.0]
+    assert both.times.tolist() == [1.0, 2.0]
+    assert Cameras.cat([a, Cameras.create(torch.eye(3), torch.eye(4), 4, 4)]).times is None
+
+
+def test_camera_looks_along_plus_z_and_centre_projects_to_principal_point():
+    cams = _cams(3)
+    uv = _project(cams, torch.zeros(3))  # every camera looks at the origin
+    assert torch.allclose(uv, torch.tensor([[16.0, 12.0]]).expand(3, 2), atol=1e-4)
+    assert torch.allclose(cams.viewmats @ cams.c2w, torch.eye(4).expand(3, 4, 4), atol=1e-5)
+    assert torch.allclose(cams.centers, cams.c2w[:, :3, 3])
+
+
+def test_scaled_keeps_the_pixel_centre_convention():
+    cams = _cams(2)
+    point = torch.tensor([0.3, -0.2, 0.1])
+    half = cams.scaled(0.5)
+    assert half.width.tolist() == [16, 16] and half.height.tolist() == [12, 12]
+    # with centres at i + 0.5 a continuous pixel coordinate simply scales
+    assert torch.allclose(_project(half, point), _project(cams, point) * 0.5, atol=1e-4)
+
+
+def test_opengl_to_opencv_flips_y_and_z():
+    gl = torch.eye(4, dtype=torch.float64)
+    gl[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    cv = opengl_to_opencv(gl)
+    assert torch.equal(cv[:3, 0], gl[:3, 0]) and torch.equal(cv[:3, 1], -gl[:3, 1]) and torch.equal(cv[:3, 2], -gl[:3, 2])
+    assert torch.equal(cv[:3, 3], gl[:3, 3])
+    assert torch.equal(opengl_to_opencv(cv), gl)  # its own inverse
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda m: m.__setitem__((0, 0), float("nan")), "NaN"),
+        (lambda m: m[:3, :3].mul_(2.0), "not rigid"),
+        (lambda m: m[:3, 0].neg_(), "not rigid"),  # a reflection
+    ],
+    ids=["nan", "scaled", "reflected"],
+)
+def test_check_rigid_rejects(make, message):
+    m = torch.eye(4)
+    make(m)
+    with pytest.raises(InputError, match=message):
+        check_rigid(m, "cams.json")
+    check_rigid(_cams(3).c2w)
+    with pytest.raises(InputError, match="shape"):
+        check_rigid(torch.eye(3))

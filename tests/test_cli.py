@@ -1,0 +1,329 @@
+"""The recon CLI: command contracts, exit codes, bad inputs, and real signals in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import BUILTIN_PLUGINS, PLUGINS_DIR, make_dist, write_toy_scene
+
+from recon_cli.main import make_cli
+from recon_core.registry import Registry
+from recon_core.rundir import RunDir
+
+
+@pytest.fixture
+def cli(toy_registry):
+    return make_cli(toy_registry)
+
+
+def invoke(cli, *args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def run_ok(cli, *args: str):
+    result = invoke(cli, *args)
+    assert result.exit_code == 0, result.output + (result.stderr or "")
+    return result
+
+
+# ------------------------------------------------------------------------------ information
+
+
+def test_list_plugins_json_contract(cli):
+    rows = json.loads(run_ok(cli, "list-plugins", "--json").stdout)
+    keys = {"name", "kind", "distribution", "version", "status", "detail", "description"}
+    assert all(set(r) == keys for r in rows)
+    assert {"name": "toy-grid", "kind": "representation", "status": "ok"}.items() <= next(
+        r for r in rows if r["name"] == "toy-grid").items()
+    assert "toy-grid" in run_ok(cli, "list-plugins").stdout
+
+
+def test_list_plugins_exits_0_with_a_broken_plugin(tmp_path, monkeypatch):
+    import recon_toy
+
+    (tmp_path / "broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_dist(tmp_path, "broken-dist", {"broken": "broken_mod"})
+    import importlib.metadata as md
+
+    eps = [ep for d in md.distributions(path=[str(tmp_path)]) for ep in d.entry_points]
+    registry = Registry(entry_points=eps, modules=[("toy", recon_toy)], disabled=())
+    result = invoke(make_cli(registry), "list-plugins", "--json")
+    assert result.exit_code == 0
+    broken = next(r for r in json.loads(result.stdout) if r["name"] == "broken")
+    assert broken["status"] == "failed" and "boom at import" in broken["detail"]
+    assert broken["distribution"] == "broken-dist"
+
+
+def test_plugin_info_json(cli):
+    info = json.loads(run_ok(cli, "plugin-info", "toy-fit", "--json").stdout)
+    assert info["kind"] == "refiner" and info["requires"] == ["image-grid"]
+    steps = next(o for o in info["options"] if o["name"] == "steps")
+    assert steps == {"name": "steps", "type": "int", "default": 40, "help": "Adam steps", "choices": None}
+    rep = json.loads(run_ok(cli, "plugin-info", "toy-grid", "--json").stdout)
+    assert rep["native_refiner"] == "toy-fit" and rep["default_renderer"] == {"cpu": "toy-grid-render"}
+    assert "grid resolution" in run_ok(cli, "plugin-info", "toy-grid").stdout
+
+
+def test_inspect_data_json(cli, toy_scene, toy_video):
+    out = json.loads(run_ok(cli, "inspect-data", toy_scene, "--json").stdout)
+    assert out["loader"] == "toy-folder" and out["scene"] == "toyscene" and out["point_cloud"] is None
+    v = out["views"][4]
+    assert (v["name"], v["split"], v["width"], v["height"]) == ("v4", "test", 12, 10)
+    assert v["object_mask"] is True and v["sky_mask"] is False and v["time"] is None
+    assert len(v["K"]) == 3 and len(v["c2w"]) == 4
+    video = json.loads(run_ok(cli, "inspect-data", toy_video, "--json").stdout)
+    assert video == {"loader": "toy-video", "name": "video", "frames": 5, "width": 8, "height": 6, "fps": 5.0}
+
+
+def test_doctor_json(cli):
+    report = json.loads(run_ok(cli, "doctor", "--json").stdout)
+    assert report["torch"]["version"] == torch.__version__
+    assert set(report) >= {"python", "torch", "gsplat", "tinycudann", "lpips", "weights", "plugins"}
+    assert "usable" in report["gsplat"] and report["lpips"]["usable"] is False  # the toy registry has no lpips
+    assert "lpips" in report["lpips"]["detail"]
+
+
+def test_doctor_lpips_agrees_with_the_evaluator(tmp_path, monkeypatch):
+    """doctor reports exactly what the lpips evaluator says about its weights."""
+    from recon_cli.main import make_cli
+    from recon_core.registry import Registry
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the backbone is absent
+    registry = Registry()
+    report = json.loads(run_ok(make_cli(registry), "doctor", "--json").stdout)
+    expected = registry.get("evaluator", "lpips")().unavailable_reason()
+    assert report["lpips"] == {"usable": False, "detail": expected}
+    assert "alexnet-owt-7be5be79.pth" in expected and str(tmp_path) in expected
+
+
+def test_plugins_add_commands(cli):
+    assert run_ok(cli, "toy-hello").stdout.strip() == "hello from the toy plugin"
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def test_run_eval_render_export(cli, toy_scene, tmp_path):
+    out = tmp_path / "run"
+    result = run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=8",
+                    "--eval", "psnr", "--fixer", "toy-smooth")
+    assert f"run folder: {out}" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"psnr", "psnr+toy-smooth"}
+
+    (out / "metrics.json").unlink()
+    run_ok(cli, "eval", out)
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["metrics"] == metrics["metrics"]
+
+    run_ok(cli, "render", out, "--cameras", "orbit", "--frames", "3")
+    assert sorted(p.name for p in (out / "renders-orbit").iterdir()) == ["00000.png", "00001.png", "00002.png", "renders.mp4"]
+    cams = tmp_path / "cams.json"
+    cams.write_text(json.dumps({"K": [[10, 0, 3], [0, 10, 2], [0, 0, 1]], "w": 6, "h": 4,
+                                "frames": [{"file_path": "images/a.png", "c2w": torch.eye(4).tolist()}]}))
+    run_ok(cli, "render", out, "--cameras", cams, "--out", tmp_path / "r2")
+    assert [p.name for p in (tmp_path / "r2").iterdir()] == ["a.png"]
+    run_ok(cli, "render", out, "--cameras", "train")
+    assert len(list((out / "renders-train").glob("*.png"))) == 4
+
+    assert run_ok(cli, "export", out, "--format", "npy", "--out", tmp_path / "ex").stdout.strip().endswith("grid.npy")
+    bad = invoke(cli, "export", out, "--format", "ply")
+    assert bad.exit_code == 2 and "cannot export 'ply'" in bad.stderr
+
+
+def test_config_file_reruns_the_same_run(cli, toy_scene, tmp_path):
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", tmp_path / "a", "--seed", "4",
+           "--set", "toy-fit.steps=6", "--set", "toy-grid.size=3", "--eval", "psnr")
+    run_ok(cli, "run", "--config", tmp_path / "a" / "config.json", "--out", tmp_path / "b")
+    a, b = (json.loads((tmp_path / x / "config.json").read_text()) for x in "ab")
+    assert a == b
+    ma, mb = (json.loads((tmp_path / x / "metrics.json").read_text())["metrics"] for x in "ab")
+    assert ma == mb
+
+
+def test_default_out_folder(cli, toy_scene, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "toy-fit.steps=1", "--eval", "none")
+    (folder,) = (tmp_path / "outputs" / "scene" / "toy-grid").iterdir()
+    assert (folder / "config.json").exists() and (folder / "checkpoints" / "latest.json").exists()
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _corrupt_image_scene(tmp_path: Path) -> Path:
+    root = write_toy_scene(tmp_path / "corrupt")
+    (root / "v2.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "missing: data path does not exist"),
+        ("empty", "empty: data folder is empty"),
+        ("unreadable", "v2.png: image cannot be read"),
+        ("unknown-repr", "unknown representation 'toy-grdi'; did you mean toy-grid"),
+        ("unknown-refiner", "unknown refiner 'nope'"),
+        ("malformed-set", "malformed --set 'toy-fit.steps'"),
+        ("unknown-set-plugin", "no component named 'ghost' in this run"),
+        ("unknown-set-key", "toy-fit has no option 'speed'"),
+        ("bad-set-value", "bad value for toy-fit.steps"),
+        ("combination", "refiner toy-fit needs image-grid; representation toy-sdf provides"),
+        ("no-loader", "no installed loader recognises this data"),
+        ("bad-config", "config.json: run configuration file is not valid JSON"),
+        ("resume-not-a-run", "not a recon run folder (no config.json)"),
+    ],
+)
+def test_bad_input_exits_2_with_one_paragraph(cli, toy_scene, tmp_path, case, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    (tmp_path / "config.json").write_text("{oops")
+    base = ["run", "--repr", "toy-grid", "--out", tmp_path / "out"]
+    args = {
+        "missing": [*base, "--data", tmp_path / "missing"],
+        "empty": [*base, "--data", tmp_path / "empty"],
+        "unreadable": [*base, "--data", _corrupt_image_scene(tmp_path)],
+        "unknown-repr": ["run", "--data", toy_scene, "--repr", "toy-grdi"],
+        "unknown-refiner": [*base, "--data", toy_scene, "--refiner", "nope"],
+        "malformed-set": [*base, "--data", toy_scene, "--set", "toy-fit.steps"],
+        "unknown-set-plugin": [*base, "--data", toy_scene, "--set", "ghost.steps=1"],
+        "unknown-set-key": [*base, "--data", toy_scene, "--set", "toy-fit.speed=1"],
+        "bad-set-value": [*base, "--data", toy_scene, "--set", "toy-fit.steps=many"],
+        "combination": ["run", "--data", toy_scene, "--repr", "toy-sdf", "--refiner", "toy-fit"],
+        "no-loader": [*base, "--data", tmp_path / "junk"],
+        "bad-config": ["run", "--config", tmp_path / "config.json"],
+        "resume-not-a-run": ["run", "--resume", tmp_path / "empty"],
+    }[case]
+    result = invoke(cli, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0])  # one paragraph, last
+
+
+def test_click_usage_errors_exit_2(cli):
+    assert invoke(cli, "run", "--device", "gpu").exit_code == 2
+    assert invoke(cli, "no-such-command").exit_code == 2
+
+
+def test_internal_errors_exit_1_with_traceback_only_in_debug(toy_scene, tmp_path, monkeypatch):
+    import recon_toy
+
+    def broken(self, rep, cameras, **kwargs):
+        raise ZeroDivisionError("renderer bug")
+
+    monkeypatch.setattr(recon_toy.ToyGridRenderer, "render", broken)
+    registry = Registry(entry_points=[], modules=[("toy", recon_toy)], disabled=())
+    args = ["run", "--data", toy_scene, "--repr", "toy-grid", "--refiner", "none", "--out", tmp_path / "o"]
+    plain = invoke(make_cli(registry), *args)
+    assert plain.exit_code == 1 and "internal error: ZeroDivisionError: renderer bug" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = invoke(make_cli(registry), "--debug", *args)
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+
+
+def test_resume_refuses_other_options(cli, toy_scene, tmp_path):
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", tmp_path / "r", "--set", "toy-fit.steps=1")
+    result = invoke(cli, "run", "--resume", tmp_path / "r", "--seed", "3")
+    assert result.exit_code == 2 and "drop --seed" in result.stderr
+
+
+# ------------------------------------------------------------------------- real signals
+
+
+def _subprocess_env(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "site"
+    make_dist(site, "recon-toy", {"toy": "recon_toy"})
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(PLUGINS_DIR), env.get("PYTHONPATH", "")])
+    env["RECON_DISABLE_PLUGINS"] = ",".join(BUILTIN_PLUGINS)  # only the toy plugin, whatever else is installed
+    return env
+
+
+def _final_params(run: Path) -> dict[str, torch.Tensor]:
+    return RunDir(run).load_checkpoint()["representation"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_run_saves_and_resume_matches_uninterrupted(cli, toy_scene, tmp_path, signum):
+    common = ["--data", str(toy_scene), "--repr", "toy-grid", "--seed", "1", "--eval", "psnr",
+              "--set", "toy-fit.steps=60", "--set", "run.checkpoint_every=5"]
+    run_ok(cli, "run", *common, "--out", tmp_path / "reference")
+
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recon_cli.main", "run", *common, "--set", "toy-fit.step_delay=0.05", "--out", str(out)],
+        env=_subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoints" / "latest.json").exists():  # first periodic checkpoint: mid-run
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "run did not start"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert f"recon run --resume {out}" in stderr and "Traceback" not in stderr
+    saved = RunDir(out).load_checkpoint()
+    assert saved["position"]["refiner"] == 0 and 5 <= saved["position"]["step"] < 60
+    assert not (out / "metrics.json").exists()
+
+    run_ok(cli, "run", "--resume", out)
+    reference, resumed = _final_params(tmp_path / "reference"), _final_params(out)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    m_ref, m_res = (json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "reference", out))
+    assert m_ref["metrics"] == m_res["metrics"] and m_ref["refiners"] == m_res["refiners"]
+
+
+def test_video_run_renders_frames(cli, toy_video, tmp_path):
+    out = tmp_path / "run"
+    run_ok(cli, "run", "--data", toy_video, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=2", "--eval", "psnr")
+    per_view = json.loads((out / "metrics.json").read_text())["per_view"]
+    assert [r["name"] for r in per_view] == [f"frame-{i:05d}" for i in range(5)]
+    run_ok(cli, "render", out, "--out", tmp_path / "frames")
+    assert len(list((tmp_path / "frames").glob("frame-*.png"))) == 5
+    bad = invoke(cli, "render", out, "--cameras", "orbit")
+    assert bad.exit_code == 2 and "renders its frames" in bad.stderr
+
+
+def test_render_and_inspect_bad_arguments(cli, toy_scene, tmp_path):
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", tmp_path / "r", "--set", "toy-fit.steps=1")
+    bad = invoke(cli, "render", tmp_path / "r", "--cameras", tmp_path / "nope.json")
+    assert bad.exit_code == 2 and "nope.json" in bad.stderr
+    missing = invoke(cli, "inspect-data", tmp_path / "absent")
+    assert missing.exit_code == 2 and "absent: data path does not exist" in missing.stderr
+    unknown = invoke(cli, "plugin-info", "toy-gird")
+    assert unknown.exit_code == 2 and "did you mean toy-grid" in unknown.stderr
+
+
+def test_ctrl_c_after_refining_names_the_checkpoint(cli, toy_scene, tmp_path, monkeypatch):
+    import recon_core.pipeline as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "evaluate_run", interrupted)
+    out = tmp_path / "r"
+    result = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=2")
+    assert result.exit_code == 130 and f"recon run --resume {out}" in result.stderr
+    monkeypatch.undo()
+    run_ok(cli, "run", "--resume", out)  # refining is done: resume only evaluates and exports
+    assert json.loads((out / "metrics.json").read_text())["refiners"]["toy-fit"]["steps"] == 2

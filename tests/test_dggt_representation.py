@@ -1,0 +1,217 @@
+"""The ``dggt`` representation: weights handling, build from frames, 4D queries, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recon_core import Bounds, Cameras, Scene, View
+from recon_core.errors import InputError, MissingWeightsError
+from recon_core.scene import Video
+from recon_plugins.dggt import DGGTConfig, DGGTRepresentation, register_representations
+from recon_plugins.dggt.network import DGGTNetwork
+from recon_plugins.dggt.representation import align_cameras, align_points
+
+H, W = 20, 30
+
+
+def _scene(n: int = 3) -> Scene:
+    g = torch.Generator().manual_seed(3)
+    K = torch.tensor([[30.0, 0, 15], [0, 30.0, 10], [0, 0, 1]])
+    views = []
+    for i in range(n):
+        c2w = torch.eye(4)
+        c2w[2, 3] = 0.4 * i
+        sky = torch.zeros(H, W, dtype=torch.bool)
+        sky[:4] = True
+        cam = Cameras.create(K, c2w, W, H, times=10.0 + 0.1 * i)
+        views.append(View(f"f{i}", cam, torch.rand(H, W, 3, generator=g), "train", sky_mask=sky))
+    test_view = View("t0", Cameras.create(K, torch.eye(4), W, H, times=10.0), torch.rand(H, W, 3, generator=g), "test")
+    return Scene("toy", views + [test_view], Bounds(torch.zeros(3), 1.0))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("w") / "tiny.pt"
+    torch.save(DGGTNetwork("tiny").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(checkpoint: Path) -> tuple[DGGTRepresentation, Scene, list[torch.Tensor]]:
+    scene = _scene()
+    original = [v.camera.c2w.clone() for v in scene.views]
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep.build(scene, device=torch.device("cpu"))
+    return rep, scene, original
+
+
+def test_registered_with_capabilities() -> None:
+    assert register_representations() == [DGGTRepresentation]
+    assert DGGTRepresentation.name == "dggt"
+    assert DGGTRepresentation.provides == {"gaussians-3d", "cameras", "dynamic"}
+    assert DGGTRepresentation.default_renderer == {"cpu": "torch-3dgs", "cuda": "gsplat"}
+    assert DGGTRepresentation.native_refiner is None
+
+
+def test_missing_checkpoint_says_what_to_download_and_where(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RECON_WEIGHTS_DIR", str(tmp_path))
+    [wf] = DGGTRepresentation.required_weights()
+    assert wf.path == tmp_path / "dggt" / "model_latest_waymo.pt" and not wf.present
+    assert "huggingface.co/xiaomi-research/dggt" in wf.source
+    with pytest.raises(MissingWeightsError) as info:
+        DGGTRepresentation().build(_scene(), device=torch.device("cpu"))
+    err = info.value
+    assert err.filename == "model_latest_waymo.pt" and err.expected_path == wf.path
+    assert "huggingface.co/xiaomi-research/dggt" in str(err) and str(wf.path) in str(err)
+    custom = tmp_path / "elsewhere.pt"
+    with pytest.raises(MissingWeightsError) as info:
+        DGGTRepresentation(DGGTConfig(checkpoint=str(custom))).build(_scene(), device=torch.device("cpu"))
+    assert info.value.expected_path == custom
+
+
+def test_init_fit_builds_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RECON_WEIGHTS_DIR", str(tmp_path))  # no checkpoint anywhere
+    scene = _scene()
+    given = [v.camera.c2w.clone() for v in scene.views]
+    for view in scene.train_views:
+        view.depth = torch.full((H, W), 2.0)
+        dyn = torch.zeros(H, W, dtype=torch.bool)
+        dyn[10:14, 10:16] = True
+        view.dynamic_mask = dyn
+    cfg = DGGTConfig(init="fit", size="tiny", fit_steps=3, fit_points=300, fit_dynamic_stride=2)
+    rep = DGGTRepresentation(cfg)
+    rep.build(scene, device=torch.device("cpu"))
+    assert all(torch.equal(v.camera.c2w, c) for v, c in zip(scene.views, given)), "fit keeps the given cameras"
+    assert torch.allclose(rep.cameras().c2w, torch.cat(given[:3]))
+    static = ~rep.is_dynamic
+    assert 0 < int(static.sum()) <= 300
+    assert int(rep.is_dynamic.sum()) == 3 * 2 * 3, "a 4x6 mask at stride 2 gives 2x3 Gaussians per frame"
+    dyn_means = rep.means[rep.is_dynamic & (rep.frame_ids == 1)]
+    cam1 = scene.train_views[1].camera
+    z = (dyn_means - cam1.c2w[0, :3, 3]) @ cam1.c2w[0, :3, :3]
+    assert torch.allclose(z[:, 2], torch.full((6,), 2.0), atol=1e-5), "lifted with the view's depth"
+    g0, g2 = rep.gaussians(10.0), rep.gaussians(10.2)
+    assert torch.allclose(g0.opacities[: int(static.sum())], g2.opacities[: int(static.sum())]), "static parts never fade"
+    assert torch.equal(g0.background(rep.cameras()[[0]]), torch.zeros(1, H, W, 3)), "untrained sky is black"
+    with pytest.raises(InputError, match="Scene"):
+        DGGTRepresentation(cfg).build(Video("v", 2, W, H, 10.0, read_frame=lambda i: torch.rand(H, W, 3)), device=torch.device("cpu"))
+
+
+def test_bad_width_is_an_input_error(checkpoint: Path) -> None:
+    with pytest.raises(InputError, match="multiple of 14"):
+        DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=30)).build(_scene(), device=torch.device("cpu"))
+
+
+def test_predicted_cameras_are_written_back(built) -> None:
+    rep, scene, original = built
+    cams = rep.cameras()
+    assert len(cams) == 3 and torch.equal(cams.width, torch.full((3,), W)) and torch.equal(cams.height, torch.full((3,), H))
+    assert torch.allclose(cams.times, torch.tensor([10.0, 10.1, 10.2]))
+    R = cams.c2w[:, :3, :3]
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-4), "rigid OpenCV c2w"
+    for i, view in enumerate(scene.train_views):
+        assert torch.allclose(view.camera.c2w[0], cams.c2w[i]) and torch.allclose(view.camera.K[0], cams.K[i])
+        assert view.camera.times is not None and float(view.camera.times[0]) == pytest.approx(10.0 + 0.1 * i)
+    # the test view had frame 0's original pose, so it must now sit exactly at frame 0's predicted pose
+    test_view = scene.split("test")[0]
+    assert torch.allclose(test_view.camera.c2w[0], cams.c2w[0], atol=1e-5)
+    assert not torch.allclose(test_view.camera.c2w[0], original[-1][0])
+    assert torch.allclose(scene.bounds.center, scene.cameras().centers.mean(0)), "bounds follow the new world"
+
+
+def test_align_cameras_recovers_a_similarity() -> None:
+    g = torch.Generator().manual_seed(0)
+    src = torch.eye(4).repeat(4, 1, 1)
+    src[:, :3, 3] = torch.randn(4, 3, generator=g)
+    q = torch.nn.functional.normalize(torch.randn(4, generator=g), dim=0)
+    from recon_plugins.dggt.pose_encoding import quat_to_mat
+
+    A = torch.eye(4)
+    A[:3, :3] = quat_to_mat(q)
+    A[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    s = 2.5
+    S = torch.diag(torch.tensor([s, s, s, 1.0]))
+    dst = A @ S @ src @ torch.diag(torch.tensor([1 / s, 1 / s, 1 / s, 1.0]))  # same cameras, scaled world
+    other = torch.eye(4)[None].clone()
+    other[0, :3, 3] = torch.tensor([0.3, -0.2, 0.9])
+    expected = A @ S @ other @ torch.diag(torch.tensor([1 / s, 1 / s, 1 / s, 1.0]))
+    assert torch.allclose(align_cameras(src, src, dst), dst, atol=1e-5)
+    assert torch.allclose(align_cameras(other, src, dst), expected, atol=1e-5)
+    assert torch.allclose(align_points(src[:, :3, 3], src, dst), dst[:, :3, 3], atol=1e-5), "camera centres are points too"
+
+
+def test_gaussians_at_each_frame_time(built) -> None:
+    rep, _, _ = built
+    static = ~rep.is_dynamic
+    assert static.any() and rep.is_dynamic.any()
+    base = torch.sigmoid(rep.opacities)
+    for k, t in enumerate([10.0, 10.1, 10.2]):
+        g = rep.gaussians(t)
+        keep = static | (rep.is_dynamic & (rep.frame_ids == k))
+        assert len(g) == int(keep.sum())
+        own_static = (static & (rep.frame_ids == k))[keep]
+        assert torch.allclose(g.opacities[own_static], base[keep][own_static], atol=1e-6), "no fading at its own time"
+        others = (static & (rep.frame_ids != k))[keep]
+        assert (g.opacities[others] <= base[keep][others] + 1e-7).all()
+        assert g.background is not None and g.sh is not None and g.sh_degree == 0
+    between = rep.gaussians(10.04)  # nearest frame: 0
+    assert len(between) == int((static | (rep.is_dynamic & (rep.frame_ids == 0))).sum())
+    timeless = rep.gaussians(None)
+    assert len(timeless) == int(static.sum()) and torch.allclose(timeless.opacities, base[static])
+
+
+def test_gaussians_are_differentiable(built) -> None:
+    rep, _, _ = built
+    g = rep.gaussians(10.1)
+    (g.opacities.sum() + g.means.sum() + g.scales.sum()).backward()
+    assert rep.lifespans.grad is not None and rep.lifespans.grad.abs().sum() > 0
+    assert rep.means.grad is not None and rep.opacities.grad is not None
+    rep.zero_grad(set_to_none=True)
+
+
+def test_sky_background_callable(built) -> None:
+    rep, scene, _ = built
+    g = rep.gaussians(10.0)
+    cams = scene.cameras(scene.train_views[:2])
+    bg = g.background(cams)
+    assert bg.shape == (2, H, W, 3) and torch.isfinite(bg).all()
+
+
+def test_export_one_ply_per_frame(built, tmp_path: Path) -> None:
+    from recon_plugins.gaussians.ply import read_splat_ply
+
+    rep, _, _ = built
+    paths = rep.export(tmp_path, "ply")
+    assert [p.name for p in paths] == ["point_cloud_t000.ply", "point_cloud_t001.ply", "point_cloud_t002.ply"]
+    for k, p in enumerate(paths):
+        splat = read_splat_ply(p)
+        g = rep.gaussians(float(rep.frame_times[k]))
+        assert len(splat) == len(g)
+        assert torch.allclose(torch.sigmoid(splat.logit_opacities), g.opacities.detach(), atol=1e-5)
+    with pytest.raises(InputError):
+        rep.export(tmp_path, "obj")
+
+
+def test_state_round_trip(built) -> None:
+    rep, _, _ = built
+    fresh = DGGTRepresentation(DGGTConfig(size="tiny"))
+    fresh.load_state_dict_resizing(rep.state_dict())
+    a, b = rep.gaussians(10.1), fresh.gaussians(10.1)
+    assert torch.equal(a.means, b.means) and torch.equal(a.opacities, b.opacities)
+    cams = rep.cameras()[[0]]
+    assert torch.allclose(a.background(cams), b.background(cams))
+
+
+def test_builds_from_a_video(checkpoint: Path) -> None:
+    frames = torch.rand(2, H, W, 3)
+    video = Video("clip", 2, W, H, 10.0, read_frame=lambda i: frames[i])
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep.build(video, device=torch.device("cpu"))
+    assert rep.num_frames == 2 and torch.allclose(rep.frame_times, torch.tensor([0.0, 0.1]))
+    assert len(rep.gaussians(0.1)) > 0
+    with pytest.raises(InputError, match="max_frames"):
+        DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, max_frames=1)).build(video, device=torch.device("cpu"))

@@ -1,0 +1,87 @@
+"""Tests of recon_plugins.encoders.ffb (FFB and style-modulated FFB)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder
+from recon_plugins.encoders.ffb import modulated_linear
+
+CFG = dict(n_levels=3, hidden_dim=16, out_features=12, log2_hashmap_size=10, base_resolution=4, max_resolution=32,
+           backend="torch")
+
+
+def make(cls, **kw):
+    torch.manual_seed(0)
+    return cls(cls.Config(**{**CFG, **kw}))
+
+
+def test_output_dimensions() -> None:
+    for cls in (FFBEncoder, FFBStyleModEncoder):
+        enc = make(cls)
+        y = enc(torch.rand(2, 7, 3) * 2 - 1)
+        assert y.shape == (2, 7, 12) and enc.out_dim == 12
+        assert make(cls, include_input=True).out_dim == 15
+        assert y.abs().max() <= 1.0  # average of sines
+
+
+def test_outputs_are_the_average_of_level_heads() -> None:
+    enc = make(FFBEncoder)
+    x = torch.rand(5, 3) * 2 - 1
+    net, c = enc.net, enc.config
+    emb = net.level_embeddings(x)
+    h = torch.sin(c.w0 * net.backbone[0](x))
+    heads = []
+    for lvl in range(c.n_levels):
+        h = torch.sin(c.w0 * net.backbone[lvl + 1](h)) + emb[lvl]
+        heads.append(torch.sin(c.w1 * net.heads[lvl](h)))
+    torch.testing.assert_close(enc(x), torch.stack(heads).mean(0))
+
+
+def test_fourier_maps_grow_per_level() -> None:
+    enc = make(FFBEncoder, n_levels=4, hidden_dim=256, base_sigma=1.0, exp_sigma=2.0)
+    std = enc.net.fourier_maps.detach().flatten(1).std(dim=1)
+    assert torch.all(std[1:] / std[:-1] > 1.5)
+
+
+def test_modulated_linear_identity_style_and_scaling() -> None:
+    lin = nn.Linear(6, 4)
+    h = torch.randn(10, 6)
+    torch.testing.assert_close(modulated_linear(h, torch.ones(10, 6), lin), lin(h))
+    # a uniform style scale is removed by demodulation
+    torch.testing.assert_close(modulated_linear(h, 3 * torch.ones(10, 6), lin), lin(h), atol=1e-5, rtol=1e-5)
+    s = torch.rand(10, 6) + 0.5
+    assert not torch.allclose(modulated_linear(h, s, lin), lin(h))
+
+
+def test_stylemod_starts_equal_to_ffb_and_then_differs() -> None:
+    a, b = make(FFBEncoder), make(FFBStyleModEncoder)
+    b.net.load_state_dict(a.net.state_dict(), strict=False)
+    x = torch.rand(9, 3) * 2 - 1
+    torch.testing.assert_close(a(x), b(x))
+    with torch.no_grad():
+        for lin in b.net.styles:
+            lin.weight.normal_(0, 1.0)
+        b.net.grid.params.uniform_(-1, 1)
+        a.net.grid.params.copy_(b.net.grid.params)
+    assert not torch.allclose(a(x), b(x), atol=1e-4)
+
+
+def test_gradients_reach_grid_and_inputs() -> None:
+    for cls in (FFBEncoder, FFBStyleModEncoder):
+        enc = make(cls)
+        with torch.no_grad():
+            enc.net.grid.params.uniform_(-0.1, 0.1)
+            if cls is FFBStyleModEncoder:
+                for lin in enc.net.styles:
+                    lin.weight.normal_(0, 0.1)
+        x = (torch.rand(16, 3) * 2 - 1).requires_grad_(True)
+        y = enc(x)
+        (gx,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+        y.sum().backward()
+        assert (gx.abs().sum(-1) > 0).all()
+        assert enc.net.grid.params.grad.abs().sum() > 0
+        assert enc.net.fourier_maps.grad.abs().sum() > 0
+        if cls is FFBStyleModEncoder:
+            assert all(lin.weight.grad.abs().sum() > 0 for lin in enc.net.styles)

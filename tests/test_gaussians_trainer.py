@@ -1,0 +1,394 @@
+"""The ``3dgs-train`` refiner and its densification strategy (recon_plugins.gaussians.trainer/strategy)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from recon_core.cameras import Cameras
+from recon_core.components import RefineContext
+from recon_core.errors import CombinationError
+from recon_core.imageops import psnr
+from recon_core.scene import Bounds, Scene, View
+from recon_plugins.gaussians.representation import PARAMETER_NAMES, GaussianSplat
+from recon_plugins.gaussians.ply import SplatPly
+from recon_plugins.gaussians.strategy import (
+    DefaultStrategy,
+    duplicate,
+    quat_to_rotmat,
+    remove,
+    reset_opacity,
+    screen_gradients,
+    split,
+)
+from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer, training_target
+
+# ------------------------------------------------------------------------------ strategy ops
+
+
+def make_params(n: int = 10, seed: int = 0) -> tuple[dict[str, nn.Parameter], dict[str, torch.optim.Optimizer]]:
+    """Raw 3dgs parameters with Adam optimizers that have taken one step (non-zero moments)."""
+    g = torch.Generator().manual_seed(seed)
+    params = {
+        "means": nn.Parameter(torch.randn(n, 3, generator=g)),
+        "quats": nn.Parameter(torch.randn(n, 4, generator=g)),
+        "scales": nn.Parameter(torch.log(torch.rand(n, 3, generator=g) * 0.1 + 0.01)),
+        "opacities": nn.Parameter(torch.randn(n, generator=g)),
+        "sh0": nn.Parameter(torch.randn(n, 1, 3, generator=g)),
+        "shN": nn.Parameter(torch.randn(n, 3, 3, generator=g)),
+    }
+    optimizers = {k: torch.optim.Adam([p], lr=1e-2) for k, p in params.items()}
+    loss = sum((p * torch.arange(1, p.numel() + 1).reshape(p.shape)).sum() for p in params.values())
+    loss.backward()
+    for opt in optimizers.values():
+        opt.step()
+    return params, optimizers
+
+
+def moments(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    p = opt.param_groups[0]["params"][0]
+    return opt.state[p]
+
+
+def check_consistent(params: dict[str, nn.Parameter], optimizers: dict[str, torch.optim.Optimizer], n: int) -> None:
+    for name, p in params.items():
+        assert p.shape[0] == n, name
+        opt = optimizers[name]
+        assert opt.param_groups[0]["params"][0] is p, f"{name}: optimizer not on the new parameter"
+        assert set(opt.state) == {p}
+        st = moments(opt)
+        assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
+
+
+def test_duplicate_appends_copies_with_zero_moments() -> None:
+    params, opts = make_params(10)
+    before = {k: v.detach().clone() for k, v in params.items()}
+    old_avg = moments(opts["sh0"])["exp_avg"].clone()
+    state = {"grad2d": torch.arange(10.0), "count": torch.ones(10), "scene_scale": 1.0}
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[1, 4, 7]] = True
+    duplicate(params, opts, state, mask)
+    check_consistent(params, opts, 13)
+    for k in params:
+        assert torch.equal(params[k][:10], before[k]) and torch.equal(params[k][10:], before[k][[1, 4, 7]])
+    avg = moments(opts["sh0"])["exp_avg"]
+    assert torch.equal(avg[:10], old_avg) and (avg[10:] == 0).all()
+    assert state["grad2d"].tolist() == list(range(10)) + [1.0, 4.0, 7.0] and state["scene_scale"] == 1.0
+
+
+def test_split_replaces_by_two_smaller_samples() -> None:
+    params, opts = make_params(10)
+    before = {k: v.detach().clone() for k, v in params.items()}
+    state = {"grad2d": torch.zeros(10), "count": torch.zeros(10)}
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[2, 5]] = True
+    split(params, opts, state, mask, torch.Generator().manual_seed(0))
+    check_consistent(params, opts, 12)
+    rest = [0, 1, 3, 4, 6, 7, 8, 9]
+    assert torch.equal(params["means"][:8], before["means"][rest])
+    children = [2, 5, 2, 5]  # first sample of each parent, then the second
+    assert torch.allclose(params["scales"][8:], before["scales"][children] - math.log(1.6))
+    assert torch.equal(params["opacities"][8:], before["opacities"][children])
+    assert torch.equal(params["shN"][8:], before["shN"][children])
+    # children are sampled from the parent Gaussian: offsets in its frame are eps * scale
+    rot = quat_to_rotmat(before["quats"][children])
+    local = torch.einsum("nji,nj->ni", rot, params["means"][8:].detach() - before["means"][children])
+    eps = local / torch.exp(before["scales"][children])
+    assert eps.abs().max() < 6 and not torch.allclose(params["means"][8:10], params["means"][10:12])
+    assert (moments(opts["means"])["exp_avg"][8:] == 0).all()
+    assert state["grad2d"].shape == (12,)
+
+
+def test_remove_and_reset_opacity() -> None:
+    params, opts = make_params(10)
+    before = {k: v.detach().clone() for k, v in params.items()}
+    state = {"grad2d": torch.arange(10.0), "count": torch.ones(10)}
+    mask = torch.tensor([True, False] * 5)
+    remove(params, opts, state, mask)
+    check_consistent(params, opts, 5)
+    assert torch.equal(params["quats"], before["quats"][1::2]) and state["grad2d"].tolist() == [1.0, 3.0, 5.0, 7.0, 9.0]
+    means_param = params["means"]
+    reset_opacity(params, opts, 0.01)
+    check_consistent(params, opts, 5)
+    assert params["means"] is means_param  # only the opacities are replaced
+    assert (torch.sigmoid(params["opacities"]) <= 0.01 + 1e-6).all()
+    assert (moments(opts["opacities"])["exp_avg"] == 0).all() and (moments(opts["means"])["exp_avg"] != 0).any()
+
+
+def test_strategy_grow_and_prune_counts() -> None:
+    params, opts = make_params(8)
+    with torch.no_grad():
+        params["scales"][:] = math.log(0.005)  # small (<= 0.01 x scene scale 1)
+        params["scales"][4:] = math.log(0.5)  # large
+        params["opacities"][:] = 3.0
+        params["opacities"][[3, 7]] = -8.0  # transparent → pruned
+    strategy = DefaultStrategy(grow_grad2d=0.1, grow_scale3d=0.01, refine_start=0, refine_every=1, reset_every=1000)
+    state = strategy.initialize_state(scene_scale=1.0, n=8)
+    state["grad2d"][:] = torch.tensor([0.5, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0])
+    state["count"][:] = 1.0
+    n_dup, n_split = strategy.grow(params, opts, state, torch.Generator().manual_seed(0))
+    assert (n_dup, n_split) == (3, 2)  # 0, 2, 3 small; 4, 5 large
+    assert len(params["means"]) == 8 + 3 + 2
+    n_pruned = strategy.prune(params, opts, state, step=10)
+    assert n_pruned == 2 + 1  # 3, 7 and the copy of 3
+    check_consistent(params, opts, 10)
+    assert state["grad2d"].shape == (10,)
+
+
+def test_strategy_respects_max_gaussians() -> None:
+    params, opts = make_params(6)
+    strategy = DefaultStrategy(grow_grad2d=0.1, max_gaussians=8)
+    state = strategy.initialize_state(1.0, n=6)
+    state["grad2d"][:] = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.0, 0.5])
+    state["count"][:] = 1.0
+    n_dup, n_split = strategy.grow(params, opts, state)
+    assert n_dup + n_split == 2 and len(params["means"]) == 8
+    # the two highest gradients (0 and 2) were grown
+    assert sorted(state["grad2d"][6:].tolist()) == pytest.approx([0.8, 0.9])
+
+
+def test_screen_gradients_are_pixel_gradients() -> None:
+    """For L = sum a_i u_i + b_i v_i, dL/du_i = a_i whatever the camera pose."""
+    gen = torch.Generator().manual_seed(0)
+    c2w = torch.eye(4)
+    angle = 0.3
+    c2w[:3, :3] = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]])
+    c2w[:3, 3] = -4.0 * c2w[:3, 2] + torch.tensor([0.2, -0.1, 0.0])  # looking at the origin
+    K = torch.tensor([[50.0, 0, 16], [0, 60.0, 12], [0, 0, 1]])
+    means = (torch.randn(20, 3, generator=gen) * 0.2).requires_grad_()
+    a, b = torch.randn(20, generator=gen), torch.randn(20, generator=gen)
+    cam = (means - c2w[:3, 3]) @ c2w[:3, :3]
+    u = K[0, 0] * cam[:, 0] / cam[:, 2] + K[0, 2]
+    v = K[1, 1] * cam[:, 1] / cam[:, 2] + K[1, 2]
+    (a * u + b * v).sum().backward()
+    grads = screen_gradients(means.detach(), means.grad, torch.full((20, 3), -5.0), K, c2w, 32, 24)
+    assert torch.allclose(grads.grad2d, torch.stack([a, b], -1), atol=1e-4)
+    behind = screen_gradients(-6.0 * c2w[None, :3, 2], torch.zeros(1, 3), torch.zeros(1, 3), K, c2w, 32, 24)
+    assert not behind.visible.any()
+    assert grads.visible.all()
+
+
+def test_strategy_accumulates_normalised_gradients() -> None:
+    from recon_plugins.gaussians.strategy import ScreenGrads
+
+    strategy = DefaultStrategy()
+    state = strategy.initialize_state(1.0, n=3)
+    g = ScreenGrads(torch.tensor([[3e-4, 0.0], [0.0, 4e-4], [1.0, 1.0]]), torch.tensor([True, True, False]), 200, 100)
+    strategy.accumulate(state, g)
+    strategy.accumulate(state, g)
+    assert torch.allclose(state["grad2d"], torch.tensor([2 * 3e-4 * 100, 2 * 4e-4 * 50, 0.0]))
+    assert state["count"].tolist() == [2.0, 2.0, 0.0]
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor = torch.zeros(3)) -> torch.Tensor:
+    """OpenCV camera-to-world looking from ``eye`` at ``target`` (world up +z)."""
+    z = torch.nn.functional.normalize(target - eye, dim=0)
+    x = torch.nn.functional.normalize(torch.linalg.cross(z, torch.tensor([0.0, 0.0, 1.0])), dim=0)
+    y = torch.linalg.cross(z, x)
+    c2w = torch.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
+    return c2w
+
+
+def ground_truth(n: int = 60, seed: int = 0) -> GaussianSplat:
+    g = torch.Generator().manual_seed(seed)
+    raw = SplatPly(
+        means=torch.randn(n, 3, generator=g) * 0.3,
+        quats=torch.randn(n, 4, generator=g),
+        log_scales=torch.log(torch.rand(n, 3, generator=g) * 0.08 + 0.04),
+        logit_opacities=torch.full((n,), 2.0),
+        sh0=torch.randn(n, 1, 3, generator=g),
+        shN=torch.zeros(n, 3, 3),
+    )
+    return GaussianSplat.from_raw(raw)
+
+
+def synthetic_scene(renderer, size: int = 32, n_views: int = 6) -> tuple[Scene, GaussianSplat]:
+    """Views of a random Gaussian scene rendered by ``renderer`` on a black background."""
+    gt = ground_truth()
+    K = torch.tensor([[1.2 * size, 0, size / 2], [0, 1.2 * size, size / 2], [0, 0, 1]])
+    views = []
+    for i in range(n_views):
+        a = 2 * math.pi * i / n_views
+        eye = torch.tensor([2.5 * math.cos(a), 2.5 * math.sin(a), 0.8 * (-1) ** i])
+        cam = Cameras.create(K, look_at(eye), size, size)
+        with torch.no_grad():
+            image = renderer.render(gt, cam, background=torch.zeros(3)).rgb[0].clamp(0, 1)
+        views.append(View(f"v{i}", cam, image))
+    scene = Scene("synthetic", views, Bounds.from_cameras(Cameras.cat([v.camera for v in views])))
+    return scene, gt
+
+
+def perturbed(gt: GaussianSplat, seed: int = 1) -> GaussianSplat:
+    g = torch.Generator().manual_seed(seed)
+    raw = gt.raw()
+    return GaussianSplat.from_raw(
+        SplatPly(
+            means=raw.means + 0.05 * torch.randn(raw.means.shape, generator=g),
+            quats=raw.quats,
+            log_scales=raw.log_scales + 0.3,
+            logit_opacities=torch.zeros_like(raw.logit_opacities),
+            sh0=torch.zeros_like(raw.sh0),  # grey
+            shN=raw.shN,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    renderers = pytest.importorskip("recon_plugins.gaussians.renderers")
+    return renderers.TorchGaussianRenderer()
+
+
+def mean_psnr(rep: GaussianSplat, scene: Scene, renderer) -> float:
+    with torch.no_grad():
+        out = renderer.render(rep, scene.cameras(), background=torch.zeros(3)).rgb
+        return float(torch.stack([psnr(out[i], v.image) for i, v in enumerate(scene.views)]).mean())
+
+
+def test_training_fits_a_synthetic_scene(renderer) -> None:
+    """Fit a perturbed copy (moved, grey, half-transparent, too large) back to its renders."""
+    scene, gt = synthetic_scene(renderer, size=16, n_views=4)
+    rep = perturbed(gt)
+    before = mean_psnr(rep, scene, renderer)
+    # a short run: higher rates than gsplat's; densification (which needs a long run to pay off) is
+    # exercised by test_resume_is_bit_identical and the strategy tests
+    cfg = GaussianTrainConfig(steps=50, background=[0.0, 0.0, 0.0], lr_sh0=0.05, lr_opacities=0.1, lr_means=1e-3,
+                              lr_scales=0.02, lr_quats=0.01, densify=False, sh_degree_interval=25)
+    trainer = GaussianTrainer(cfg)
+    trainer.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    degrees = []
+    for step in range(trainer.total_steps):
+        logs = trainer.step(step)
+        degrees.append(rep.active_sh_degree)
+        assert math.isfinite(logs["loss"])
+    summary = trainer.finish()
+    after = mean_psnr(rep, scene, renderer)
+    assert before < 21.5 and after > 27.0 and after > before + 6, (before, after)
+    assert degrees[0] == 0 and degrees[24] == 0 and degrees[25] == 1 and rep.active_sh_degree == 1
+    assert summary["gaussians"] == len(rep) == 60 and trainer._in_sync()
+
+
+def test_refiner_rejects_other_layouts(renderer) -> None:
+    scene, _ = synthetic_scene(renderer, size=8, n_views=2)
+
+    class Other(GaussianSplat):
+        name = "other"
+
+    rep = Other()
+    del rep.sh0
+    with pytest.raises(CombinationError, match="sh0"):
+        GaussianTrainer().setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+
+
+def test_training_target_composites_alpha_and_masks() -> None:
+    cam = Cameras.create(torch.eye(3), torch.eye(4), 2, 1)
+    rgb = torch.tensor([[[0.2, 0.4, 0.6], [0.8, 0.8, 0.8]]])
+    alpha = torch.tensor([[0.5, 0.0]])
+    white = rgb * alpha[..., None] + (1 - alpha[..., None])  # as the loader composites RGBA
+    view = View("a", cam, white, alpha=alpha)
+    black = training_target(view, torch.zeros(3))
+    assert torch.allclose(black, rgb * alpha[..., None], atol=1e-6)
+    mask_view = View("b", cam, rgb, object_mask=torch.tensor([[True, False]]))
+    assert torch.equal(training_target(mask_view, torch.tensor([0.0, 1.0, 0.0]))[0, 1], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(training_target(View("c", cam, rgb), torch.zeros(3)), rgb)
+
+
+def _run(rep: GaussianSplat, scene: Scene, renderer, steps: range, trainer: GaussianTrainer) -> list[dict[str, float]]:
+    return [trainer.step(s) for s in steps]
+
+
+def test_resume_is_bit_identical(renderer, tmp_path) -> None:
+    from recon_core.checkpoint import load_checkpoint, save_checkpoint
+
+    scene, gt = synthetic_scene(renderer, size=16, n_views=4)
+    cfg = GaussianTrainConfig(steps=8, background=[0.0, 0.0, 0.0], refine_start=1, refine_every=2, reset_every=6,
+                              grow_grad2d=1e-7, grow_scale3d=0.05, sh_degree_interval=3)
+    ctx = RefineContext(device=torch.device("cpu"), seed=3, renderer=renderer)
+
+    straight = perturbed(gt)
+    t1 = GaussianTrainer(cfg)
+    t1.setup(straight, scene, ctx)
+    logs_straight = [t1.step(s) for s in range(8)]
+    assert logs_straight[-1]["gaussians"] > 60  # densification happened inside the window
+
+    first = perturbed(gt)
+    t2 = GaussianTrainer(cfg)
+    t2.setup(first, scene, ctx)
+    logs_first = [t2.step(s) for s in range(5)]
+    save_checkpoint(tmp_path, {"rep": first.state_dict(), "refiner": t2.state_dict()})
+    [t2.step(s) for s in range(5, 7)]  # progress after the checkpoint must not leak into it
+
+    saved = load_checkpoint(tmp_path)
+    resumed = GaussianSplat()  # fresh process: new representation, restored by resizing
+    resumed.load_state_dict_resizing(saved["rep"])
+    t3 = GaussianTrainer(cfg)
+    t3.setup(resumed, scene, ctx)
+    t3.load_state_dict(saved["refiner"])
+    logs_resumed = [t3.step(s) for s in range(5, 8)]
+
+    assert logs_first + logs_resumed == logs_straight
+    for name in PARAMETER_NAMES:
+        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+    for name in PARAMETER_NAMES:
+        a, b = t1.optimizers[name].state_dict()["state"][0], t3.optimizers[name].state_dict()["state"][0]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_screen_gradients_match_the_renderers_means2d_gradient(renderer, monkeypatch) -> None:
+    """Our renderer-agnostic screen gradients agree with torch-3dgs's own means2d.grad (~1 %)."""
+    rasterize = pytest.importorskip("recon_plugins.gaussians.rasterize")
+    if not hasattr(rasterize, "project_gaussians"):
+        pytest.skip("rasterize.project_gaussians not available")
+    captured = {}
+    original = rasterize.project_gaussians
+
+    def spy(*args, **kwargs):
+        proj = original(*args, **kwargs)
+        proj.means2d.retain_grad()
+        captured["proj"] = proj
+        return proj
+
+    scene, gt = synthetic_scene(renderer, size=32, n_views=1)
+    monkeypatch.setattr(rasterize, "project_gaussians", spy)
+    rep = perturbed(gt)
+    view = scene.views[0]
+    pred = renderer.render(rep, view.camera, background=torch.zeros(3)).rgb[0]
+    (0.8 * (pred - view.image).abs().mean()).backward()
+    reference = captured["proj"].means2d.grad.reshape(-1, 2)
+    ours = screen_gradients(rep.means.detach(), rep.means.grad, rep.scales.detach(), view.camera.K[0], view.camera.c2w[0], 32, 32)
+    seen = reference.norm(dim=-1) > 1e-7
+    assert seen.sum() > 20
+    rel = (ours.grad2d[seen] - reference[seen]).norm(dim=-1) / reference[seen].norm(dim=-1)
+    assert float(rel.median()) < 0.05
+
+
+def test_plugin_registers_components() -> None:
+    import recon_plugins.gaussians as plugin
+    from recon_core.registry import Registry
+
+    registry = Registry(entry_points=[], modules=[("gaussians", plugin)])
+    assert registry.get("representation", "3dgs") is GaussianSplat
+    assert registry.get("refiner", "3dgs-train") is GaussianTrainer
+    assert registry.get("renderer", "torch-3dgs").name == "torch-3dgs"
+
+
+def test_load_state_dict_rejects_a_different_gaussian_count(renderer) -> None:
+    from recon_core.errors import InputError
+
+    scene, gt = synthetic_scene(renderer, size=8, n_views=2)
+    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer)
+    trainer = GaussianTrainer(GaussianTrainConfig(steps=2, densify=False))
+    trainer.setup(perturbed(gt), scene, ctx)
+    trainer.step(0)
+    state = trainer.state_dict()
+    other = GaussianTrainer(GaussianTrainConfig(steps=2, densify=False))
+    other.setup(ground_truth(n=7), scene, ctx)
+    with pytest.raises(InputError, match="60 Gaussians"):
+        other.load_state_dict(state)

@@ -1,0 +1,99 @@
+"""Tests of recon_plugins.idr.mesh and recon_plugins.idr.chamfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from recon_core import Bounds, Cameras, EvaluationInput, InputError, Scene, View
+from recon_plugins.idr.chamfer import ChamferEvaluator, chamfer
+from recon_plugins.idr.mesh import extract_mesh, write_mesh
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread is much faster than two on the shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def box_sphere_sdf(x: torch.Tensor) -> torch.Tensor:
+    """Union of a sphere (r 0.4 at (−0.3, 0, 0)) and a box (half-size 0.25 at (0.35, 0.1, 0))."""
+    s = (x - torch.tensor([-0.3, 0.0, 0.0])).norm(dim=-1) - 0.4
+    q = (x - torch.tensor([0.35, 0.1, 0.0])).abs() - 0.25
+    b = q.clamp_min(0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0)
+    return torch.minimum(s, b)
+
+
+def test_marching_cubes_of_analytic_sdf_is_within_grid_spacing() -> None:
+    res = 48
+    spacing = 2.0 / (res - 1)
+    mesh = extract_mesh(lambda x: (x.norm(dim=-1) - 0.6), res)
+    gt = trimesh.creation.icosphere(subdivisions=5, radius=0.6)
+    cd = chamfer(mesh, gt, density=20000)
+    assert cd.chamfer < 0.1 * spacing  # a smooth surface is recovered far below one cell
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert np.abs(r - 0.6).max() < spacing
+    # outward orientation: face normals point away from the centre
+    assert (np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center) > 0).mean() > 0.99
+    assert mesh.is_watertight
+
+
+def test_marching_cubes_of_union_with_sharp_edges_below_grid_spacing() -> None:
+    res = 64
+    spacing = 2.0 / (res - 1)
+    mesh = extract_mesh(box_sphere_sdf, res)
+    pts, _ = trimesh.sample.sample_surface(mesh, 20000, seed=0)
+    d = box_sphere_sdf(torch.from_numpy(np.asarray(pts)).float()).abs()
+    assert d.mean() < 0.1 * spacing and d.max() < spacing  # accuracy measured with the exact SDF
+
+
+def test_chamfer_known_values() -> None:
+    a = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    assert chamfer(a, a.copy()).chamfer < 5e-3
+    bigger = trimesh.creation.icosphere(subdivisions=4, radius=0.55)
+    assert chamfer(a, bigger).chamfer == pytest.approx(0.05, abs=5e-3)
+    # the outlier cut-off ignores far points (DTU's max_dist)
+    far = np.concatenate([np.asarray(a.vertices), np.array([[5.0, 0, 0]])])
+    cut = chamfer(far, np.asarray(a.vertices), max_dist=0.2)
+    assert cut.accuracy == pytest.approx(0.0, abs=1e-9)
+    assert chamfer(far, np.asarray(a.vertices)).accuracy > 1e-3
+
+
+def test_empty_level_set_raises() -> None:
+    with pytest.raises(ValueError, match="no zero crossing"):
+        extract_mesh(lambda x: x.norm(dim=-1) + 1.0, 16)
+
+
+def test_write_mesh_is_atomic_ply(tmp_path: Path) -> None:
+    mesh = extract_mesh(lambda x: x.norm(dim=-1) - 0.5, 24)
+    path = write_mesh(mesh, tmp_path / "mesh.ply")
+    assert path.exists() and [p.name for p in tmp_path.iterdir()] == ["mesh.ply"]
+    back = trimesh.load(path, force="mesh", process=False)
+    assert len(back.faces) == len(mesh.faces)
+
+
+def _scene(gt: Path | None) -> Scene:
+    cam = Cameras.create(torch.eye(3), torch.eye(4), 4, 4)
+    view = View("0", cam, torch.zeros(4, 4, 3))
+    return Scene("s", [view], Bounds(torch.zeros(3), 1.0), gt_mesh_path=gt)
+
+
+def test_chamfer_evaluator(tmp_path: Path) -> None:
+    gt_path = tmp_path / "gt.ply"
+    trimesh.creation.icosphere(subdivisions=4, radius=0.5).export(gt_path)
+    run = tmp_path / "run"
+    write_mesh(trimesh.creation.icosphere(subdivisions=4, radius=0.52), run / "mesh.ply")
+    ev = ChamferEvaluator()
+    assert ev.unavailable_reason() is None
+    assert ev.unavailable_reason(_scene(None)) is not None
+    value = ev.evaluate(EvaluationInput(rep=None, data=_scene(gt_path), run_dir=run))  # type: ignore[arg-type]
+    assert value == pytest.approx(0.02, abs=4e-3)
+    with pytest.raises(InputError, match="ground-truth"):
+        ev.evaluate(EvaluationInput(rep=None, data=_scene(None), run_dir=run))  # type: ignore[arg-type]

@@ -1,0 +1,100 @@
+"""Tests of recon_plugins.idr.network: geometric initialisation, skip connection, encoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recon_plugins.encoders import FFBEncoder, FourierEncoder, HashGridEncoder
+from recon_plugins.idr.network import ImplicitNetwork, RenderingNetwork
+
+SMALL = dict(width=128, n_layers=4, skip_in=(2,), feature_dim=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread is much faster than two on the shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def radial_profile(net: ImplicitNetwork, n_dirs: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    d = torch.randn(n_dirs, 3, generator=g)
+    d = d / d.norm(dim=-1, keepdim=True)
+    ts = torch.linspace(0.0, 1.0, 51)
+    with torch.no_grad():
+        f = net.sdf((d[:, None, :] * ts[None, :, None]).reshape(-1, 3)).reshape(n_dirs, -1)
+    return ts, f
+
+
+def test_geometric_init_is_a_sphere_sdf() -> None:
+    """IDR's init: f(x) ≈ |x| − 0.6 (the approximation is loose at finite width and Softplus β = 100)."""
+    torch.manual_seed(0)
+    net = ImplicitNetwork(FourierEncoder(), width=512, n_layers=8, skip_in=(4,), feature_dim=256)
+    ts, f = radial_profile(net)
+    assert (f[:, 0] < -0.1).all() and (f[:, -1] > 0.15).all()  # inside negative, boundary positive
+    crossing = ts[(f > 0).float().argmax(dim=1)]
+    assert crossing.min() > 0.3 and crossing.max() < 0.8
+    shell = (ts >= 0.3) & (ts <= 1.0)
+    assert (f[:, shell] - (ts[shell] - 0.6)).abs().mean() < 0.2
+    # monotone along rays, gradient ≈ unit length near the zero level set
+    assert ((f[:, 1:] - f[:, :-1])[:, 15:] > 0).float().mean() > 0.95
+    x = torch.randn(64, 3)
+    x = 0.6 * x / x.norm(dim=-1, keepdim=True)
+    _, feat, grad = net.sdf_and_gradient(x, create_graph=False)
+    assert feat.shape == (64, 256)
+    assert grad.norm(dim=-1).mean() == pytest.approx(1.0, abs=0.3)
+    cosine = (grad / grad.norm(dim=-1, keepdim=True) * x / 0.6).sum(-1)
+    assert cosine.mean() > 0.95  # gradient points outwards
+
+
+def test_geometric_init_tightens_towards_relu_limit() -> None:
+    """With a very sharp Softplus the init is |x| − r up to finite-width noise."""
+    torch.manual_seed(0)
+    net = ImplicitNetwork(FourierEncoder(), width=512, n_layers=8, skip_in=(4,), feature_dim=16, softplus_beta=1e4)
+    ts, f = radial_profile(net)
+    shell = (ts >= 0.3) & (ts <= 1.0)
+    assert (f[:, shell] - (ts[shell] - 0.6)).abs().mean() < 0.1
+
+
+@pytest.mark.parametrize("encoder", [
+    lambda: FourierEncoder(),
+    lambda: HashGridEncoder(HashGridEncoder.Config(n_levels=4, log2_hashmap_size=10, max_resolution=64, init_scale=0.5)),
+    lambda: FFBEncoder(FFBEncoder.Config(n_levels=2, hidden_dim=16, out_features=16, log2_hashmap_size=10)),
+])
+def test_encoder_features_are_switched_off_at_init(encoder) -> None:
+    """At init the SDF depends on x only through the raw coordinates, whatever the encoder."""
+    torch.manual_seed(0)
+    enc = encoder()
+    net = ImplicitNetwork(enc, **SMALL)
+    x = torch.rand(50, 3) * 2 - 1
+    with torch.no_grad():
+        before = net(x)
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p))
+        after = net(x)
+    torch.testing.assert_close(before, after)
+    assert net.d_in == (enc.out_dim if getattr(enc, "includes_input", False) else enc.out_dim + 3)
+    # but gradients still reach the encoder-reading weights (Adam then switches them on)
+    net(x)[:, 1:].sum().backward()
+    first = net.layers[0]
+    w_grad = first.parametrizations.weight.original1.grad
+    assert w_grad[:, 3:].abs().sum() > 0
+
+
+def test_skip_connection_and_widths() -> None:
+    net = ImplicitNetwork(FourierEncoder(), width=64, n_layers=4, skip_in=(2,), feature_dim=8)
+    shapes = [lin.weight.shape for lin in net.layers]
+    assert shapes[1] == (64 - 39, 64)  # the layer before the skip leaves room for γ(x)
+    assert shapes[2] == (64, 64) and shapes[-1] == (9, 64)
+    assert net(torch.rand(5, 3)).shape == (5, 9)
+
+
+def test_rendering_network_shapes_and_range() -> None:
+    rn = RenderingNetwork(16, width=32, n_layers=2)
+    rgb = rn(torch.rand(10, 3), torch.randn(10, 3), torch.randn(10, 3), torch.randn(10, 16))
+    assert rgb.shape == (10, 3) and (rgb > 0).all() and (rgb < 1).all()
+    assert rn.layers[0].weight.shape[1] == 3 + 27 + 3 + 16  # IDR: points, γ_v(view) 4 octaves, normal, feature

@@ -1,0 +1,118 @@
+"""Tests of recon_plugins.idr.raytrace: sphere tracing, fallback search, implicit differentiation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recon_plugins.idr.raytrace import TraceSettings, sphere_intersections, surface_points, trace
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread is much faster than two on the shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sphere_sdf(center: torch.Tensor, radius: torch.Tensor | float):
+    return lambda x: (x - center).norm(dim=-1) - radius
+
+
+def analytic_t(o: torch.Tensor, v: torch.Tensor, center: torch.Tensor, r: torch.Tensor | float) -> torch.Tensor:
+    """First intersection distance of rays with a sphere (nan when missed)."""
+    oc = o - center
+    b = (oc * v).sum(-1)
+    disc = b * b - ((oc * oc).sum(-1) - r**2)
+    return -b - disc.sqrt()
+
+
+def camera_rays(n: int, spread: float = 0.25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    o = torch.tensor([0.2, -0.3, -3.0]).expand(n, 3).clone()
+    target = (torch.rand(n, 3, generator=g) * 2 - 1) * spread
+    v = target - o
+    return o, v / v.norm(dim=-1, keepdim=True)
+
+
+def test_sphere_intersections() -> None:
+    o = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0]])
+    v = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    near, far, ok = sphere_intersections(o, v, 1.0)
+    assert ok.tolist() == [True, False]
+    assert near[0].item() == 2.0 and far[0].item() == 4.0
+
+
+def test_sphere_tracing_hits_analytic_sphere_at_right_depth() -> None:
+    c, r = torch.tensor([0.05, -0.1, 0.02]), 0.5
+    o, v = camera_rays(400, spread=0.7)
+    res = trace(sphere_sdf(c, r), o, v, TraceSettings(radius=1.0))
+    t_true = analytic_t(o, v, c, r)
+    should_hit = ~torch.isnan(t_true)
+    assert should_hit.sum() > 100 and (~should_hit).sum() > 20
+    assert torch.equal(res.hit, should_hit)
+    assert (res.t[should_hit] - t_true[should_hit]).abs().max() < 1e-3
+    # a ray missing the bounding sphere altogether is neither in the sphere nor hit
+    far = trace(sphere_sdf(c, r), torch.tensor([[0.0, 3.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]]))
+    assert not far.in_sphere.item() and not far.hit.item()
+
+
+def test_fallback_search_finds_surface_of_non_metric_sdf() -> None:
+    """f = 3·(|x| − r) overshoots every sphere-tracing step; the sampling + secant fallback must still hit."""
+    c, r = torch.zeros(3), 0.5
+    sdf = lambda x: 3.0 * ((x - c).norm(dim=-1) - r)  # noqa: E731
+    o, v = camera_rays(200, spread=0.3)
+    res = trace(sdf, o, v, TraceSettings(radius=1.0, iters=3))
+    t_true = analytic_t(o, v, c, r)
+    should = ~torch.isnan(t_true)
+    assert torch.equal(res.hit, should)
+    assert (res.t[should] - t_true[should]).abs().max() < 2e-3
+
+
+def test_missed_rays_return_minimal_sdf_sample() -> None:
+    sdf = sphere_sdf(torch.zeros(3), 0.3)
+    o = torch.tensor([[0.0, 0.5, -3.0]])
+    v = torch.tensor([[0.0, 0.0, 1.0]])
+    res = trace(sdf, o, v, TraceSettings(n_samples=201))
+    assert not res.hit.item() and res.in_sphere.item()
+    x = o + res.t[:, None] * v
+    assert abs(x[0, 2].item()) < 0.02  # the closest approach to the sphere is at z = 0
+
+
+def test_implicit_differentiation_gradient_matches_finite_differences() -> None:
+    """d x(θ) / dθ for θ = (sphere centre, radius, camera origin) equals finite differences of the exact intersection."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        center = torch.tensor([0.1, -0.05, 0.2], requires_grad=True)
+        radius = torch.tensor(0.45, requires_grad=True)
+        o = torch.tensor([[0.3, 0.1, -2.5]], requires_grad=True)
+        v = torch.tensor([[-0.05, -0.02, 1.0]])
+        v = v / v.norm()
+        sdf = lambda x: (x - center).norm(dim=-1) - radius  # noqa: E731
+        res = trace(sdf, o.detach(), v, TraceSettings(threshold=1e-10, iters=50))
+        assert res.hit.item()
+        x0 = (o + res.t[:, None] * v).detach().requires_grad_(True)
+        (g0,) = torch.autograd.grad(sdf(x0).sum(), x0)
+        x = surface_points(sdf, o, v, res.t, g0)
+        torch.testing.assert_close(x.detach(), x0.detach())
+        weights = torch.tensor([0.3, -0.7, 0.5])  # a scalar function of the point
+        grads = torch.autograd.grad((x[0] * weights).sum(), [center, radius, o])
+
+        def exact(cen: torch.Tensor, rad: torch.Tensor, orig: torch.Tensor) -> torch.Tensor:
+            t = analytic_t(orig, v, cen, rad)
+            return ((orig + t[:, None] * v)[0] * weights).sum()
+
+        eps = 1e-6
+        base = [center.detach(), radius.detach(), o.detach()]
+        for k, g in enumerate(grads):
+            fd = torch.zeros_like(base[k]).flatten()
+            for i in range(fd.numel()):
+                plus = [b.clone() for b in base]
+                minus = [b.clone() for b in base]
+                plus[k].view(-1)[i] += eps
+                minus[k].view(-1)[i] -= eps
+                fd[i] = (exact(*plus) - exact(*minus)) / (2 * eps)
+            torch.testing.assert_close(g.flatten(), fd, atol=1e-6, rtol=1e-5)
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -1,0 +1,84 @@
+"""What all loaders share (recon_plugins.loaders.common) and the contract every loader keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from loaders_support import gradient_image, ring_poses, write_ply, write_png
+
+from recon_core import Cameras, InputError
+from recon_plugins.loaders import register_loaders
+from recon_plugins.loaders.common import FrameSpec, bounds_from_points, build_views, read_ply_points
+
+K = np.array([[10.0, 0.0, 8.0], [0.0, 10.0, 6.0], [0.0, 0.0, 1.0]])
+
+
+def frames(tmp_path: Path, sizes: list[tuple[int, int]], **kw) -> list[FrameSpec]:  # noqa: ANN003
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        img = write_png(tmp_path / f"{i}.png", gradient_image(h, w, i))
+        out.append(FrameSpec(name=str(i), image=img, K=K, c2w=ring_poses(len(sizes))[i], **kw))
+    return out
+
+
+def test_mixed_sizes_only_rejected_when_the_format_requires_one(tmp_path: Path) -> None:
+    fs = frames(tmp_path, [(12, 16), (12, 18)])
+    assert [v.width for v in build_views(fs)] == [16, 18]
+    with pytest.raises(InputError, match="mixed sizes") as e:
+        build_views(fs, same_size=True)
+    assert e.value.path == tmp_path / "1.png"
+
+
+def test_distortion_is_padded_so_batches_keep_it(tmp_path: Path) -> None:
+    fs = frames(tmp_path, [(12, 16), (12, 16)])
+    fs[1].distortion = np.array([0.1, 0.2, 0.0, 0.0, 0.3])
+    cams = Cameras.cat([v.camera for v in build_views(fs)])
+    assert cams.distortion is not None and cams.distortion.shape == (2, 5)
+    assert torch.equal(cams.distortion[0], torch.zeros(5))
+
+
+def test_bad_intrinsics_and_poses(tmp_path: Path) -> None:
+    fs = frames(tmp_path, [(12, 16)])
+    fs[0].K = np.array([[-1.0, 0, 8], [0, 10, 6], [0, 0, 1]])
+    with pytest.raises(InputError, match="positive focal"):
+        build_views(fs)
+    fs = frames(tmp_path, [(12, 16)])
+    fs[0].c2w = np.diag([1.0, 1.0, 1.0, 1.0]) * 2
+    with pytest.raises(InputError, match="rigid"):
+        build_views(fs)
+    with pytest.raises(InputError, match="no frames"):
+        build_views([])
+
+
+def test_bounds_prefer_points_and_ignore_stragglers() -> None:
+    rng = np.random.default_rng(0)
+    pts = torch.from_numpy(np.concatenate([rng.normal(size=(500, 3)), [[1000.0, 0, 0]]])).float()
+    cams = Cameras.create(torch.eye(3), torch.from_numpy(np.stack(ring_poses(4, radius=50))).float(), 4, 4)
+    b = bounds_from_points(pts, cams)
+    assert b.radius < 5 and b.center.norm() < 0.5
+    assert bounds_from_points(None, cams).radius == pytest.approx(50.0, rel=1e-4)
+
+
+def test_ply_reader_colours_and_normals_optional(tmp_path: Path) -> None:
+    pts = np.arange(12, dtype=np.float32).reshape(4, 3)
+    pc = read_ply_points(write_ply(tmp_path / "a.ply", pts))
+    assert pc.colors is None and torch.equal(pc.points, torch.from_numpy(pts))
+    pc = read_ply_points(write_ply(tmp_path / "b.ply", pts, np.full((4, 3), 255, np.uint8)))
+    assert torch.equal(pc.colors, torch.ones(4, 3))
+
+
+@pytest.mark.parametrize("loader", register_loaders(), ids=lambda c: c.name)
+def test_every_loader_rejects_empty_and_missing_inputs(tmp_path: Path, loader) -> None:  # noqa: ANN001
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    lonely = write_png(tmp_path / "lonely.png", gradient_image(4, 4))
+    for path in (empty, tmp_path / "does-not-exist", lonely):
+        assert loader().detect(path) == 0
+        if path == lonely and loader.name == "video":
+            continue  # asked explicitly, FFmpeg opens a still image as a 1-frame video: fine
+        with pytest.raises(InputError) as e:
+            loader().load(path)
+        assert e.value.path is not None

@@ -1,0 +1,261 @@
+"""recon_core.pipeline: choosing components, combination checks, --set, evaluation, rendering."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import write_toy_scene
+
+from recon_core.cameras import check_rigid
+from recon_core.errors import CombinationError, InputError
+from recon_core.imageops import psnr
+from recon_core.pipeline import (
+    Pipeline,
+    detect_loader,
+    orbit_cameras,
+    read_cameras_file,
+    resolve_device,
+    resolve_run,
+)
+from recon_core.rundir import RunDir
+
+SHARED_CAMERAS = Path("/work/shared/datasets/object/cameras_opencv.json")
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def test_defaults_come_from_the_representation(toy_registry, toy_scene):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid")
+    assert spec.loader.name == "toy-folder"  # detected
+    assert spec.renderer.name == "toy-grid-render"  # default_renderer["cpu"]
+    assert [c.name for c in spec.refiners] == ["toy-fit"]  # native_refiner
+    assert [c.name for c in spec.evaluators] == ["psnr", "ssim"]  # lpips is not installed here
+    assert spec.device == "auto" and resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_refiner_lists_and_none(toy_registry, toy_scene):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-fit,toy-loop", "toy-fit"])
+    assert [c.name for c in spec.refiners] == ["toy-fit", "toy-loop", "toy-fit"]
+    assert resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["none"]).refiners == []
+    assert resolve_run(toy_registry, data=toy_scene, representation="toy-grid", evaluators=["none"]).evaluators == []
+
+
+def test_loader_detection_picks_highest_score_and_reports_none(toy_registry, toy_scene, toy_video, tmp_path):
+    assert detect_loader(toy_registry, toy_scene) == "toy-folder"
+    assert detect_loader(toy_registry, toy_video) == "toy-video"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("hi")
+    with pytest.raises(InputError, match="no installed loader recognises this data.*toy-folder, toy-video"):
+        detect_loader(toy_registry, tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"representation": "toy-sdf", "refiners": ["toy-fit"]},
+         "refiner toy-fit needs image-grid; representation toy-sdf provides neural-field, sdf; refiners that fit toy-sdf: none installed"),
+        ({"representation": "toy-grid", "renderer": "toy-sphere-render"},
+         "renderer toy-sphere-render needs sdf; representation toy-grid provides image-grid; renderers that fit toy-grid: toy-grid-render"),
+        ({"representation": "toy-grid", "encoder": "toy-fourier"},
+         "representation toy-grid takes no encoder (it does not provide neural-field); representations that take --encoder: toy-sdf"),
+    ],
+    ids=["refiner", "renderer", "encoder"],
+)
+def test_combination_errors_say_what_fits(toy_registry, toy_scene, kwargs, message):
+    with pytest.raises(CombinationError) as info:
+        resolve_run(toy_registry, data=toy_scene, **kwargs)
+    assert message in str(info.value)
+
+
+def test_representation_must_fit_the_loader(toy_registry, toy_video):
+    with pytest.raises(CombinationError, match="representation toy-sdf needs scene; loader toy-video provides video; "
+                                               "representations that fit toy-video: toy-grid"):
+        resolve_run(toy_registry, data=toy_video, representation="toy-sdf", refiners=["none"])
+
+
+def test_encoder_fits_a_neural_field(toy_registry, toy_scene):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-sdf", encoder="toy-fourier", refiners=["none"],
+                       evaluators=["none"], sets=["toy-fourier.levels=3"])
+    assert spec.encoder is not None and spec.encoder.config.levels == 3
+
+
+def test_set_options_parse_into_configs(toy_registry, toy_scene):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid",
+                       sets=["toy-fit.steps=7", "toy-grid.size=3", "run.checkpoint_every=2", "run.export=npy"])
+    assert spec.refiners[0].config.steps == 7 and spec.representation.config.size == 3
+    assert spec.options.checkpoint_every == 2 and spec.options.export == ["npy"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nobody.steps=3", "no component named 'nobody' in this run"),
+        ("toy-fit.stepz=3", "toy-fit has no option 'stepz'; its options: input_noise, lr, step_delay, steps"),
+        ("toy-fit.steps=three", "bad value for toy-fit.steps"),
+        ("toy-fit.steps", "malformed --set 'toy-fit.steps'"),
+        ("run.export=ply", "cannot export ply"),
+    ],
+)
+def test_bad_set_options_name_the_problem(toy_registry, toy_scene, text, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_run(toy_registry, data=toy_scene, representation="toy-grid", sets=[text])
+
+
+def test_config_round_trip(toy_registry, toy_scene):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", fixer="toy-smooth", seed=5,
+                       sets=["toy-fit.lr=0.2", "toy-grid.size=2"], evaluators=["psnr"])
+    doc = json.loads(json.dumps(spec.to_json()))
+    again = resolve_run(toy_registry, base=doc)
+    assert again.to_json() == spec.to_json()
+    # explicit arguments override the file; a renamed component starts from its defaults
+    changed = resolve_run(toy_registry, base=doc, refiners=["toy-loop"], seed=9)
+    assert changed.seed == 9 and changed.refiners[0].name == "toy-loop" and changed.refiners[0].config.lr == 0.05
+    assert changed.representation.config.size == 2
+
+
+def test_config_file_with_unknown_option_is_rejected(toy_registry, toy_scene):
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid").to_json()
+    doc["refiners"][0]["config"]["bogus"] = 1
+    with pytest.raises(InputError, match="unknown option.*bogus.*toy-fit"):
+        resolve_run(toy_registry, base=doc)
+
+
+def test_cuda_request_without_cuda_is_an_input_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(InputError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def _run(registry, data, out, **kwargs):
+    spec = resolve_run(registry, data=data, **kwargs)
+    return Pipeline(registry, spec, RunDir.create(out)).run(), RunDir(out)
+
+
+def test_run_writes_the_run_folder_and_honours_masks(toy_registry, toy_scene, tmp_path):
+    doc, run_dir = _run(toy_registry, toy_scene, tmp_path / "run", representation="toy-grid", fixer="toy-smooth",
+                        evaluators=["psnr,toy-unavailable,toy-params"], sets=["toy-fit.steps=10"])
+    on_disk = json.loads(run_dir.metrics_path.read_text())
+    assert on_disk["metrics"] == doc["metrics"]
+    assert set(on_disk) >= {"metrics", "per_view", "timings", "plugins", "refiners", "unavailable"}
+    assert set(on_disk["timings"]) >= {"load", "build", "refine", "render+evaluate", "export"}
+    assert on_disk["plugins"]["representation"]["name"] == "toy-grid"
+    assert [v["name"] for v in on_disk["per_view"]] == ["v4", "v5"]  # the test split
+    # unavailable evaluators are reported with their reason and never given a value
+    assert on_disk["unavailable"] == {"toy-unavailable": "its weights are not installed"}
+    assert "toy-unavailable" not in on_disk["metrics"]
+    assert on_disk["metrics"]["toy-params"] == 4 * 4 * 3
+    # metrics with and without the fixer
+    assert set(on_disk["metrics"]) == {"psnr", "psnr+toy-smooth", "toy-params"}
+
+    # psnr used the object mask of each test view: recompute from the written renders
+    from PIL import Image
+
+    for row in on_disk["per_view"]:
+        pred = torch.from_numpy(np.asarray(Image.open(run_dir.renders_dir / f"{row['name']}.png"), np.float32) / 255)
+        gt = torch.from_numpy(np.asarray(Image.open(toy_scene / f"{row['name']}.png"), np.float32) / 255)
+        mask = torch.from_numpy(np.asarray(Image.open(toy_scene / f"m{row['name'][1:]}.png")) > 127)
+        assert row["psnr"] == pytest.approx(float(psnr(pred, gt, mask)), abs=0.2)  # PNG quantisation
+        assert abs(row["psnr"] - float(psnr(pred, gt))) > 0.2  # and not the unmasked value
+    assert (run_dir.renders_dir / "fixed" / "v4.png").exists()
+    with av.open(str(run_dir.renders_dir / "renders.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in container.decode(video=0)) == 2
+    assert (run_dir.path / "grid.npy").exists() and doc["exports"] == [str(run_dir.path / "grid.npy")]
+    config = json.loads(run_dir.config_path.read_text())
+    assert config["refiners"][0]["config"]["steps"] == 10
+    assert "stage refine" in run_dir.log_path.read_text()
+
+
+def test_video_is_rendered_by_times_and_evaluated_per_frame(toy_registry, toy_video, tmp_path):
+    doc, run_dir = _run(toy_registry, toy_video, tmp_path / "run", representation="toy-grid", evaluators=["psnr"],
+                        sets=["toy-fit.steps=60", "toy-fit.lr=0.1", "run.render_chunk=2"])
+    assert [r["name"] for r in doc["per_view"]] == [f"frame-{i:05d}" for i in range(5)]
+    assert doc["metrics"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in doc["per_view"]]))
+    assert doc["metrics"]["psnr"] > 20  # one grid per frame: fitted frames are close
+    with av.open(str(run_dir.renders_dir / "renders.mp4")) as container:
+        frames = list(container.decode(video=0))
+        assert len(frames) == 5 and (frames[0].width, frames[0].height) == (8, 6)
+
+
+def test_single_view_run_writes_no_video(toy_registry, tmp_path):
+    data = write_toy_scene(tmp_path / "one", n_views=1, masks=False)  # one (test) view
+    doc, run_dir = _run(toy_registry, data, tmp_path / "run", representation="toy-grid", sets=["toy-fit.steps=2"],
+                        evaluators=["psnr"])
+    assert len(doc["per_view"]) == 1 and (run_dir.renders_dir / "v0.png").exists()
+    assert not (run_dir.renders_dir / "renders.mp4").exists()
+    assert not list(run_dir.renders_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_orbit_cameras_look_at_the_centre(toy_registry, toy_scene):
+    scene = toy_registry.create("loader", "toy-folder").load(toy_scene)
+    cams = orbit_cameras(scene, 12)
+    assert len(cams) == 12
+    check_rigid(cams.c2w)
+    center = scene.bounds.center
+    forward = cams.c2w[:, :3, 2]
+    to_center = center - cams.centers
+    cos = (forward * to_center).sum(-1) / to_center.norm(dim=-1)
+    assert torch.allclose(cos, torch.ones(12), atol=1e-5)
+    # on the circle of the input cameras (radius 3 around the centre, same height)
+    assert torch.allclose((cams.centers - center).norm(dim=-1), torch.full((12,), 3.0), atol=1e-4)
+    assert torch.equal(cams.K[0], scene.views[0].camera.K[0])
+
+
+@pytest.mark.skipif(not SHARED_CAMERAS.exists(), reason="shared dataset not present")
+def test_read_cameras_file_reads_the_shared_opencv_cameras():
+    cams, names = read_cameras_file(SHARED_CAMERAS)
+    doc = json.loads(SHARED_CAMERAS.read_text())
+    assert len(cams) == len(doc["frames"]) == 64 and names[0] == "0000"
+    assert torch.allclose(cams.c2w[5].double(), torch.tensor(doc["frames"][5]["c2w"], dtype=torch.float64), atol=1e-6)
+    assert int(cams.width[0]) == 200 and math.isclose(float(cams.K[0, 0, 2]), 100.0)
+
+
+def test_read_cameras_file_rejects_bad_files(tmp_path):
+    bad = tmp_path / "cams.json"
+    bad.write_text(json.dumps({"frames": [{"c2w": [[1, 0, 0, 0]] * 4}], "w": 4, "h": 4}))
+    with pytest.raises(InputError, match=r"cams.json.*frame 0"):
+        read_cameras_file(bad)
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_cameras_file(bad)
+
+
+def test_renderer_must_run_on_the_device(toy_registry, toy_scene):
+    import types
+
+    import recon_toy
+
+    from recon_core import hookimpl
+    from recon_core.registry import Registry
+
+    class CudaOnly(recon_toy.ToyGridRenderer):
+        name = "toy-cuda-render"
+        devices = ("cuda",)
+
+    extra = types.ModuleType("cuda_only_plugin")
+    extra.register_renderers = hookimpl(lambda: [CudaOnly])
+    registry = Registry(entry_points=[], modules=[("toy", recon_toy), ("cuda-only", extra)], disabled=())
+    with pytest.raises(CombinationError, match="renderer toy-cuda-render runs on cuda, not cpu; "
+                                               "renderers for toy-grid on cpu: toy-grid-render"):
+        resolve_run(registry, data=toy_scene, representation="toy-grid", renderer="toy-cuda-render", device="cpu")
+
+
+def test_malformed_config_entries_are_input_errors(toy_registry, toy_scene):
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid").to_json()
+    with pytest.raises(InputError, match="config entry 'refiners' must be a list"):
+        resolve_run(toy_registry, base={**doc, "refiners": "toy-fit"})
+    with pytest.raises(InputError, match="config entry 'representation' must be"):
+        resolve_run(toy_registry, base={**doc, "representation": {"config": {}}})
+    with pytest.raises(InputError, match="not a recon run configuration"):
+        resolve_run(toy_registry, base={"data": str(toy_scene)})

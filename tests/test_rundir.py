@@ -1,0 +1,110 @@
+"""recon_core.rundir (and the atomic writes of recon_core.io it relies on)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recon_core import io as rio
+from recon_core.errors import InputError
+from recon_core.rundir import RunDir, default_run_path
+
+
+def test_default_run_path_layout(tmp_path):
+    path = default_run_path("my scene/1", "3dgs", root=tmp_path)
+    assert path.parent == tmp_path / "my_scene_1" / "3dgs"
+    assert re.fullmatch(r"\d{8}-\d{6}", path.name)
+    path.mkdir(parents=True)
+    second = default_run_path("my scene/1", "3dgs", root=tmp_path)
+    assert second != path and second.name.startswith(path.name)
+
+
+def test_open_rejects_what_is_not_a_run(tmp_path):
+    with pytest.raises(InputError, match="run folder does not exist"):
+        RunDir.open(tmp_path / "nope")
+    with pytest.raises(InputError, match=r"no config\.json"):
+        RunDir.open(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        RunDir.create(tmp_path / "file")
+
+
+def test_config_metrics_and_log(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    run.write_config({"a": 1})
+    assert RunDir.open(tmp_path / "r").read_config() == {"a": 1}
+    run.write_metrics({"metrics": {}})
+    run.log("one")
+    run.log("two")
+    lines = run.log_path.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["one", "two"]
+    run.config_path.write_text("[1, 2]")
+    with pytest.raises(InputError, match="must hold a JSON object"):
+        run.read_config()
+
+
+def test_checkpoints_follow_the_pointer_and_prune(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    with pytest.raises(InputError, match="no checkpoint"):
+        run.load_checkpoint()
+    run.save_checkpoint({"w": torch.ones(2), "step": 1}, "first")
+    second = run.save_checkpoint({"w": torch.full((3,), 2.0), "step": 2}, "second")
+    assert run.latest_checkpoint() == second
+    state = run.load_checkpoint()
+    assert state["step"] == 2 and torch.equal(state["w"], torch.full((3,), 2.0))
+    assert [p for p in run.checkpoints_dir.iterdir() if p.is_dir()] == [second]
+
+
+def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    run.save_checkpoint({"w": torch.ones(2)}, "good")
+    real = rio.write_json
+
+    def crash_on_pointer(path, obj):
+        if Path(path).name == "latest.json":
+            raise OSError("disk full")
+        return real(path, obj)
+
+    import recon_core.rundir as rundir_module
+
+    monkeypatch.setattr(rundir_module, "write_json", crash_on_pointer)
+    with pytest.raises(OSError):
+        run.save_checkpoint({"w": torch.zeros(5)}, "bad")
+    monkeypatch.undo()
+    assert torch.equal(run.load_checkpoint()["w"], torch.ones(2))
+    # the next save succeeds and cleans up the orphan folder
+    run.save_checkpoint({"w": torch.zeros(1)}, "next")
+    assert len([p for p in run.checkpoints_dir.iterdir() if p.is_dir()]) == 1
+
+
+def test_exception_mid_write_leaves_the_old_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    rio.write_json(target, {"old": True})
+    with pytest.raises(RuntimeError):
+        with rio.atomic_path(target) as tmp:
+            tmp.write_text('{"new": tr')
+            raise RuntimeError("crash")
+    assert json.loads(target.read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_killed_process_mid_write_leaves_the_old_file(tmp_path):
+    """A real crash: the process dies (no cleanup at all) while the new content is half written."""
+    target = tmp_path / "config.json"
+    rio.write_json(target, {"version": 1})
+    script = (
+        "import os, sys\n"
+        "from recon_core.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    f = open(tmp, 'w'); f.write('{\"version\": 2, \"half'); f.flush()\n"
+        "    os._exit(9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert json.loads(target.read_text()) == {"version": 1}

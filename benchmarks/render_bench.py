@@ -13,8 +13,9 @@ Renderers:
     torch-3dgs   recon_plugins.gaussians.rasterize.rasterize_gaussians
     reference    recon_plugins.gaussians._reference.render_reference (every pixel x every
                  Gaussian, one Gaussian at a time; only where it fits in time and memory)
-    mxbonn       Mxbonn/gsplat-pytorch (pure-PyTorch tile loop), if ``--mxbonn PATH`` points at
-                 a checkout of it (kept outside this repository)
+    mxbonn       Mxbonn/gsplat-pytorch (pure-PyTorch loop over 8x8 tiles: its code needs the
+                 image size to be a multiple of the tile), if ``--mxbonn PATH`` points at a
+                 checkout of it (kept outside this repository)
 
 Usage::
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -44,7 +46,7 @@ ROW_KEYS = ("renderer", "n", "width", "height", "forward_s", "forward_backward_s
 # pixel-Gaussian pairs per image for a forward, and for forward + backward (autograd graph).
 REFERENCE_FORWARD_MAX_PAIRS = 4.0e8
 REFERENCE_BACKWARD_MAX_PAIRS = 2.5e7
-MXBONN_MAX_PAIRS = 1.0e11
+MXBONN_MAX_N = 100_000  # its fwd+bwd peak was 11 GB at 100k / 640x360
 
 
 def make_scene(n: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
@@ -93,9 +95,17 @@ def _render_fn(renderer: str, mxbonn: str | None) -> Callable[[dict[str, Any]], 
     if renderer == "mxbonn":
         if not mxbonn:
             raise ValueError("--mxbonn PATH is needed for the mxbonn renderer")
-        sys.path.insert(0, mxbonn)
-        from gsplat.project_gaussians import project_gaussians  # Mxbonn's package, from PATH
-        from gsplat.rasterize import rasterize_gaussians as mx_rasterize
+        # Mxbonn's package is also called "gsplat": load its two files by path under other names
+        import importlib.util
+
+        def load(name: str):
+            spec = importlib.util.spec_from_file_location(f"mxbonn_{name}", Path(mxbonn) / "gsplat" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+
+        project_gaussians = load("project_gaussians").project_gaussians
+        mx_rasterize = load("rasterize").rasterize_gaussians
 
         def run(s):
             K = s["Ks"][0]
@@ -105,7 +115,7 @@ def _render_fn(renderer: str, mxbonn: str | None) -> Callable[[dict[str, Any]], 
             )
             colors = (s["sh"][:, 0] * 0.28209479177387814 + 0.5).clamp_min(0.0)
             return mx_rasterize(
-                xys, depths, radii, conics, colors, s["opacities"][:, None], s["height"], s["width"], 16,
+                xys, depths, radii, conics, colors, s["opacities"], s["height"], s["width"], 8,
                 torch.zeros(3),
             )
 
@@ -122,7 +132,7 @@ def measure_one(renderer: str, n: int, width: int, height: int, repeats: int, th
     params = [scene[k] for k in ("means", "quats", "scales", "opacities", "sh")]
     pairs = n * width * height
     do_forward = renderer == "torch-3dgs" or (renderer == "reference" and pairs <= REFERENCE_FORWARD_MAX_PAIRS) or (
-        renderer == "mxbonn" and pairs <= MXBONN_MAX_PAIRS
+        renderer == "mxbonn" and n <= MXBONN_MAX_N
     )
     do_backward = renderer in ("torch-3dgs", "mxbonn") and do_forward or (
         renderer == "reference" and pairs <= REFERENCE_BACKWARD_MAX_PAIRS
@@ -140,21 +150,24 @@ def measure_one(renderer: str, n: int, width: int, height: int, repeats: int, th
             p.requires_grad_(True)
         run(scene).sum().backward()
 
-    def timed(fn: Callable[[], None]) -> float:
+    def timed(fn: Callable[[], None]) -> tuple[float, float]:
+        """Median wall-clock and process CPU seconds over ``repeats`` runs after a warm-up."""
         fn()  # warm-up
-        times = []
+        wall, cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        return statistics.median(wall), statistics.median(cpu)
 
     row: dict[str, Any] = dict(renderer=renderer, n=n, width=width, height=height, forward_s=None, forward_backward_s=None)
     if do_forward:
-        row["forward_s"] = timed(forward)
+        row["forward_s"], row["forward_cpu_s"] = timed(forward)
     if do_backward:
-        row["forward_backward_s"] = timed(forward_backward)
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        row["forward_backward_s"], row["forward_backward_cpu_s"] = timed(forward_backward)
+    ran = do_forward or do_backward
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 if ran else None
     row["baseline_rss_mb"] = baseline
     row["repeats"] = repeats
     row["threads"] = threads
@@ -170,13 +183,19 @@ def run_render_benchmark(
     mxbonn: str | None = None,
     timeout_s: float = 1800.0,
     isolate: bool = True,
+    omp_passive: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the grid; one row per (renderer, n, size) with keys ``ROW_KEYS`` (+ details).
 
     ``forward_s`` / ``forward_backward_s`` are None where a reference was not run (too slow or
     too big, see the ``*_MAX_PAIRS`` limits) or the subprocess failed (``error`` says why).
     ``isolate=False`` measures in this process (peak RSS then is not per configuration).
+    ``omp_passive`` sets ``OMP_WAIT_POLICY=PASSIVE`` in the subprocesses (all renderers alike):
+    on a shared, oversubscribed machine spinning OpenMP workers otherwise dominate the time.
     """
+    env = dict(os.environ)
+    if omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     rows = []
     for n in counts:
         for width, height in sizes:
@@ -187,7 +206,7 @@ def run_render_benchmark(
                     continue
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(args)]
                 try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
                     if proc.returncode != 0:
                         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
                     rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -203,10 +222,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     ours = {(r["n"], r["width"], r["height"]): r for r in rows if r["renderer"] == "torch-3dgs"}
     lines = [
-        "| renderer | N | size | forward s | fwd+bwd s | peak RSS MB | speed-up of torch-3dgs (fwd / fwd+bwd) |",
+        "| renderer | N | size | forward s (CPU s) | fwd+bwd s (CPU s) | peak RSS MB | speed-up of torch-3dgs, wall (fwd / fwd+bwd) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r.get("forward_s") is None and r.get("forward_backward_s") is None and not r.get("error"):
+            continue  # a reference skipped at this size
         mine = ours.get((r["n"], r["width"], r["height"]))
         ratio = ""
         if r["renderer"] != "torch-3dgs" and mine:
@@ -215,8 +236,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 parts.append("n/a" if r.get(key) is None or not mine.get(key) else f"{r[key] / mine[key]:.1f}x")
             ratio = " / ".join(parts)
         lines.append(
-            f"| {r['renderer']} | {r['n']} | {r['width']}x{r['height']} | {fmt(r.get('forward_s'))} | "
-            f"{fmt(r.get('forward_backward_s'))} | {fmt(r.get('peak_rss_mb'), 0)} | {ratio} |"
+            f"| {r['renderer']} | {r['n']} | {r['width']}x{r['height']} | {fmt(r.get('forward_s'))} ({fmt(r.get('forward_cpu_s'))}) | "
+            f"{fmt(r.get('forward_backward_s'))} ({fmt(r.get('forward_backward_cpu_s'))}) | {fmt(r.get('peak_rss_mb'), 0)} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -249,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mxbonn", help="path to a checkout of Mxbonn/gsplat-pytorch (adds the 'mxbonn' renderer)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--no-omp-passive", action="store_true", help="do not set OMP_WAIT_POLICY=PASSIVE")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure_one(**json.loads(args.one))))
@@ -257,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.mxbonn and "mxbonn" not in renderers:
         renderers.append("mxbonn")
     sizes = tuple(tuple(int(v) for v in s.split("x")) for s in args.sizes)
-    rows = run_render_benchmark(tuple(renderers), tuple(args.counts), sizes, args.repeats, args.threads, args.mxbonn)
+    rows = run_render_benchmark(
+        tuple(renderers), tuple(args.counts), sizes, args.repeats, args.threads, args.mxbonn, omp_passive=not args.no_omp_passive
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(format_table(rows))

@@ -13,7 +13,7 @@ PLUGINS_DIR = Path(__file__).parent / "plugins"
 if str(PLUGINS_DIR) not in sys.path:
     sys.path.insert(0, str(PLUGINS_DIR))
 
-BUILTIN_PLUGINS = ("metrics", "loaders", "gaussians", "d2gv", "idr", "encoders", "dggt")
+BUILTIN_PLUGINS = ("metrics", "loaders", "gaussians", "d2gv", "idr", "encoders", "dggt", "ttr", "difix", "reconx")
 """Entry points of this repository; subprocess tests block them to see only the toy plugin."""
 
 

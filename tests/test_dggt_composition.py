@@ -11,6 +11,15 @@ from recon_plugins.dggt.preprocess import plan_resize, resize_images, resize_mas
 from recon_plugins.dggt.sky import SkyModel, fibonacci_hemisphere
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_lifespan_opacity_formula() -> None:
     opacity = torch.tensor([0.8, 0.5, 0.3])
     gamma = torch.tensor([0.5, 2.0, 0.1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ from recon_core.scene import Video
 from recon_plugins.dggt import DGGTConfig, DGGTRepresentation, register_representations
 from recon_plugins.dggt.network import DGGTNetwork
 from recon_plugins.dggt.representation import align_cameras, align_points
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 H, W = 20, 30
 
@@ -97,6 +107,28 @@ def test_init_fit_builds_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_pa
     g0, g2 = rep.gaussians(10.0), rep.gaussians(10.2)
     assert torch.allclose(g0.opacities[: int(static.sum())], g2.opacities[: int(static.sum())]), "static parts never fade"
     assert torch.equal(g0.background(rep.cameras()[[0]]), torch.zeros(1, H, W, 3)), "untrained sky is black"
+    assert rep.sky_visible.any(), "forward-looking cameras see the upper half of the dome"
+    with torch.no_grad():
+        rep.sky_model.bg_field.layers[1].bias.fill_(0.5)  # every sky Gaussian: tanh(0.5)
+        sky = g0.background(rep.cameras()[[0]])[0, :, :, 0]
+    assert sky[0].mean().item() == pytest.approx(float(torch.tanh(torch.tensor(0.5))), abs=0.02), "top row: sky"
+    assert sky[-1].mean() < 0.5 * sky[0].mean(), "the dome stops at the horizon"
+    from recon_plugins.gaussians.renderers import TorchGaussianRenderer
+
+    class WithoutSky:
+        provides = rep.provides
+
+        def gaussians(self, time: float | None = None):
+            return dataclasses.replace(rep.gaussians(time), background=None)
+
+    cams = scene.cameras(scene.train_views)
+    with torch.no_grad():
+        out = TorchGaussianRenderer().render(rep, cams)
+        raw = TorchGaussianRenderer().render(WithoutSky(), cams)
+        backgrounds = rep.render_sky(cams)
+    assert out.rgb.shape == (3, H, W, 3) and torch.isfinite(out.rgb).all()
+    assert (raw.alpha < 0.9).any(), "some sky must show through"
+    assert torch.allclose(out.rgb, raw.rgb + (1 - raw.alpha) * backgrounds, atol=1e-5), "alpha·render + (1 − alpha)·sky"
     with pytest.raises(InputError, match="Scene"):
         DGGTRepresentation(cfg).build(Video("v", 2, W, H, 10.0, read_frame=lambda i: torch.rand(H, W, 3)), device=torch.device("cpu"))
 

@@ -18,6 +18,15 @@ from recon_plugins.dggt.weights import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[DGGTNetwork, Path]:
     torch.manual_seed(1)

@@ -56,3 +56,15 @@ def test_tcnn_backend_matches_torch() -> None:
     a = FourierEncoder(FourierEncoder.Config(**cfg, backend="tcnn")).cuda()(x)
     b = FourierEncoder(FourierEncoder.Config(**cfg, backend="torch")).cuda()(x)
     torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_all_encoders_registered_as_encoder_plugins() -> None:
+    from recon_core.registry import get_registry
+
+    reg = get_registry()
+    names = {r.name for r in reg.components("encoder")}
+    assert {"fourier", "hashgrid", "ffb", "ffb-stylemod"} <= names
+    for name in ("fourier", "hashgrid", "ffb", "ffb-stylemod"):
+        cls = reg.get("encoder", name)
+        enc = cls(cls.Config(**({"log2_hashmap_size": 8} if name != "fourier" else {})), in_dim=3)
+        assert enc(torch.zeros(4, 3)).shape == (4, enc.out_dim)

@@ -12,8 +12,17 @@ from recon_core.cameras import Cameras
 from recon_core.components import Renderer, Representation
 from recon_core.config import describe_options
 from recon_core.gaussians import Gaussians3D
-from recon_plugins.gaussians.rasterize import RasterizeSettings, rasterize_gaussians
+from recon_plugins.gaussians.rasterize import rasterize_gaussians
 from recon_plugins.gaussians.renderers import GsplatRenderer, TorchGaussianRenderer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny scenes: one intra-op thread is faster and immune to a busy, shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class _Blobs(Representation):
@@ -41,7 +50,7 @@ class _Blobs(Representation):
 
     def gaussians(self, time: float | None = None) -> Gaussians3D:
         self.asked.append(time)
-        shift = torch.tensor([0.3 * (time or 0.0), 0.0, 0.0])
+        shift = torch.tensor([0.3 * (time or 0.0), 0.0, 0.0], device=self.means.device)
         common = dict(means=self.means + shift, quats=self.quats, scales=self.scales, opacities=self.opacities, background=self.bg)
         if self.sh_degree is None:
             return Gaussians3D(colors=torch.sigmoid(self.sh[:, 0]), **common)

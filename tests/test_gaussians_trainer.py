@@ -300,10 +300,6 @@ def test_training_target_composites_alpha_and_masks() -> None:
     assert torch.equal(training_target(View("c", cam, rgb), torch.zeros(3)), rgb)
 
 
-def _run(rep: GaussianSplat, scene: Scene, renderer, steps: range, trainer: GaussianTrainer) -> list[dict[str, float]]:
-    return [trainer.step(s) for s in steps]
-
-
 def test_resume_is_bit_identical(renderer, tmp_path) -> None:
     from recon_core.checkpoint import load_checkpoint, save_checkpoint
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -104,6 +104,31 @@ def _set_lrs(opt: torch.optim.Optimizer, cfg: FitConfig, step: int, total: int) 
             group["lr"] = cfg.lr_mlp * (cfg.lr_mlp_final / cfg.lr_mlp) ** frac
 
 
+def _run_stage(
+    gop: GopModel,
+    cfg: FitConfig,
+    steps: int,
+    length: int,
+    size: tuple[int, int],
+    batch: Callable[[], tuple[Tensor, Tensor]],
+    *,
+    deform: bool,
+) -> None:
+    """``steps`` Adam steps of L2 (+ sparsity) on the (local frames [F], targets [F, H, W, 3]) from ``batch``."""
+    mask_mode = "straight-through" if cfg.prune else "none"
+    opt = _stage_optimizer(gop, cfg, with_mlp=deform)
+    for step in range(steps):
+        _set_lrs(opt, cfg, step, steps)
+        local, target = batch()
+        render = render_gaussians(gop.frame_gaussians(local, length, deform=deform, mask=mask_mode), *size)
+        loss = torch.mean((render - target) ** 2)
+        if cfg.prune:
+            loss = loss + cfg.sparsity_weight * torch.sigmoid(gop.mask_logit).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def fit_gop(job: GopJob) -> GopResult:
     """Fit one GoP (static stage, deformation stage, pruning); returns its pruned state."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -113,36 +138,19 @@ def fit_gop(job: GopJob) -> GopResult:
     gop = GopModel(job.state["xy"].shape[0], DeformSettings(**job.deform))
     gop.load_tensors(job.state)
     gen = torch.Generator().manual_seed(job.seed)
-    mask_mode = "straight-through" if cfg.prune else "none"
-
-    def loss_of(render: Tensor, target: Tensor) -> Tensor:
-        loss = torch.mean((render - target) ** 2)
-        if cfg.prune:
-            loss = loss + cfg.sparsity_weight * torch.sigmoid(gop.mask_logit).mean()
-        return loss
-
-    mean_frame = frames.mean(0, keepdim=True)
     all_local = torch.arange(F)
-    opt = _stage_optimizer(gop, cfg, with_mlp=False)
-    for step in range(cfg.static_steps):
-        _set_lrs(opt, cfg, step, cfg.static_steps)
-        g = gop.frame_gaussians(all_local[:1], F, deform=False, mask=mask_mode)
-        loss = loss_of(render_gaussians(g, H, W), mean_frame)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+    mean_frame = frames.mean(0, keepdim=True)  # static stage: same gradients as all frames (see top)
+    _run_stage(gop, cfg, cfg.static_steps, F, (H, W), lambda: (all_local[:1], mean_frame), deform=False)
     t_static = time.perf_counter() - t0
 
-    opt = _stage_optimizer(gop, cfg, with_mlp=True)
-    batch = max(1, min(cfg.frames_per_step, F))
-    for step in range(cfg.deform_steps):
-        _set_lrs(opt, cfg, step, cfg.deform_steps)
-        local = torch.randperm(F, generator=gen)[:batch]
-        g = gop.frame_gaussians(local, F, deform=True, mask=mask_mode)
-        loss = loss_of(render_gaussians(g, H, W), frames[local])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    per_step = max(1, min(cfg.frames_per_step, F))
+
+    def random_frames() -> tuple[Tensor, Tensor]:
+        local = torch.randperm(F, generator=gen)[:per_step]
+        return local, frames[local]
+
+    _run_stage(gop, cfg, cfg.deform_steps, F, (H, W), random_frames, deform=True)
 
     before = gop.num_gaussians
     kept = gop.prune() if cfg.prune else before

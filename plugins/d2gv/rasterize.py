@@ -32,6 +32,7 @@ tile). Gradients are plain autograd through these ops, hence exact.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -137,8 +138,7 @@ def rasterize_sum(
     )
     assert weights is None or weights.shape == (B, N)
     H, W = settings.height, settings.width
-    dump = B * H * W  # index of a scratch pixel that collects invalid window entries
-    out = means.new_zeros(dump + 1, C)
+    out = means.new_zeros(B * H * W, C)
 
     flat_means = means.reshape(B * N, 2)
     flat_conics = conics.reshape(B * N, 3)
@@ -166,9 +166,8 @@ def rasterize_sum(
                 frame_of[sel],
                 offs,
                 settings,
-                dump,
             )
-    img = out[:dump].reshape(B, H, W, C)
+    img = out.reshape(B, H, W, C)
     return img.clamp(0.0, 1.0) if settings.clamp else img
 
 
@@ -182,9 +181,8 @@ def _splat_windows(
     frame: Tensor,
     offs: Tensor,
     settings: RasterSettings,
-    dump: int,
 ) -> Tensor:
-    """Evaluate M Gaussians on their square windows and add them into ``out`` [B*H*W + 1, C].
+    """Evaluate M Gaussians on their square windows and add them into ``out`` [B*H*W, C].
 
     means [M, 2], conics [M, 3], colors [M, C], weights [M] | None, radii [M], frame [M];
     offs [S] are the window offsets 0..S-1 (S = 2R+1 ≥ 2r+1 for every radius r here).
@@ -201,17 +199,16 @@ def _splat_windows(
     a, b, c = conics[:, 0, None, None], conics[:, 1, None, None], conics[:, 2, None, None]
     dxw, dyh = dx[:, None, :], dy[:, :, None]  # [M, 1, S] (x along last axis), [M, S, 1]
     sigma = 0.5 * (a * dxw * dxw + c * dyh * dyh) + b * dxw * dyh  # [M, S(rows), S(cols)]
-    alpha = torch.exp(-sigma).clamp(max=1.0)
 
     r = radii[:, None].to(means.dtype)
     in_x = (dx.detach().abs() <= r) & (cols >= 0) & (cols < W)  # [M, S]
     in_y = (dy.detach().abs() <= r) & (rows >= 0) & (rows < H)
-    valid = in_y[:, :, None] & in_x[:, None, :] & (alpha.detach() >= settings.alpha_min)
-
-    contrib = alpha if weights is None else alpha * weights[:, None, None]
-    contrib = torch.where(valid, contrib, torch.zeros((), dtype=contrib.dtype, device=contrib.device))
-    pix = frame[:, None, None] * (H * W) + rows[:, :, None] * W + cols[:, None, :]
-    pix = torch.where(valid, pix, torch.full((), dump, dtype=pix.dtype, device=pix.device))
-    values = contrib[..., None] * colors[:, None, None, :]  # [M, S, S, C]
-    return out.index_add(0, pix.reshape(-1), values.reshape(-1, colors.shape[-1]))
+    # α >= alpha_min  ⇔  σ <= -ln(alpha_min): exp, colours and the scatter run on kept entries only
+    valid = in_y[:, :, None] & in_x[:, None, :] & (sigma.detach() <= -math.log(settings.alpha_min))
+    g, i, j = valid.nonzero(as_tuple=True)  # [K] Gaussian, window row, window column
+    alpha = torch.exp(-sigma[g, i, j]).clamp(max=1.0)
+    contrib = alpha if weights is None else alpha * weights[g]
+    pix = frame[g] * (H * W) + rows[g, i] * W + cols[g, j]
+    values = contrib[:, None] * colors[g]  # [K, C]
+    return out.index_add(0, pix, values)
 

@@ -1,7 +1,16 @@
 """DGGT: pose-free feed-forward 4D Gaussian reconstruction of driving scenes (arXiv 2512.03004).
 
-Provides the ``dggt`` representation. The network (:mod:`.network`) reproduces the published
-checkpoint's layout exactly; :mod:`.weights` loads ``model_latest_waymo.pt``.
+Provides the ``dggt`` representation. Modules:
+
+* :mod:`.layers`, :mod:`.dinov2`, :mod:`.aggregator` — the VGGT-1B backbone (DINOv2 ViT-L/14-reg4
+  patch embedding, 24 + 24 alternating frame/global blocks with RoPE and QK-norm);
+* :mod:`.heads` (camera head, one configurable DPT head), :mod:`.track` (track head),
+  :mod:`.sky` (sky hemisphere) and :mod:`.network` (the whole model, ``full``/``tiny`` sizes);
+  the ``full`` layout equals the published checkpoint key for key, and outputs match the
+  reference implementation (xiaomi-research/dggt) to float precision;
+* :mod:`.weights` (strict ``weights_only`` loading of ``model_latest_waymo.pt``),
+  :mod:`.pose_encoding`, :mod:`.preprocess` (518-wide inputs), :mod:`.composition`
+  (static/dynamic/lifespan rules), :mod:`.fit` (``init=fit``) and :mod:`.representation`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 ``recon demo-scene OUT`` renders a small object (a striped sphere beside a cube with coloured
 faces, both made of 3D Gaussians) with the ``torch-3dgs`` rasteriser from cameras on a sphere,
 and writes it in the nerfstudio layout (RGBA PNGs + ``transforms.json`` with OpenGL c2w and a
-per-frame ``split``), which ``recon run --data OUT --repr 3dgs`` then reconstructs.
+per-frame ``split``), which ``recon run --data OUT --repr 3dgs`` then reconstructs. Like a
+structure-from-motion result, it comes with a sparse coloured point cloud (``points3D.ply``:
+a few thousand surface points with jitter and colour noise) that initialises the Gaussians.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recon_core.io import write_json, write_png
+import numpy as np
+
+from recon_core.io import atomic_path, write_json, write_png
 
 from .rasterize import rasterize_gaussians
 
 __all__ = ["make_demo_scene", "look_at_opencv"]
+
+N_SPARSE_POINTS = 3000
+"""Points in the demo's ``points3D.ply``, about what SfM recovers from 48 small views."""
 
 
 def look_at_opencv(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
@@ -73,6 +80,7 @@ def make_demo_scene(out: str | Path, *, n_train: int = 40, n_test: int = 8, size
     up = torch.tensor([0.0, 0.0, 1.0])
     frames = []
     n = n_train + n_test
+    test_ids = {int((k + 0.5) * n / n_test) for k in range(n_test)}  # spread over the elevations
     golden = math.pi * (3.0 - math.sqrt(5.0))
     for i in range(n):
         z = 0.85 - 1.1 * (i + 0.5) / n  # elevations from about +58° down to -15°
@@ -90,11 +98,31 @@ def make_demo_scene(out: str | Path, *, n_train: int = 40, n_test: int = 8, size
         write_png(out / name, torch.cat([straight.clamp(0, 1), alpha[0]], dim=-1))
         c2w_gl = c2w @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
         frames.append(
-            {"file_path": name, "transform_matrix": c2w_gl.tolist(), "split": "train" if i % 6 != 5 or i >= 6 * n_test else "test"}
+            {"file_path": name, "transform_matrix": c2w_gl.tolist(), "split": "test" if i in test_ids else "train"}
         )
+    _write_sparse_points(out / "points3D.ply", g, generator)
     write_json(
         out / "transforms.json",
-        {"camera_model": "OPENCV", "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2, "w": size, "h": size, "frames": frames},
+        {
+            "camera_model": "OPENCV", "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2, "w": size, "h": size,
+            "ply_file_path": "points3D.ply", "frames": frames,
+        },
     )
     return out
+
+
+def _write_sparse_points(path: Path, g: dict[str, Tensor], generator: torch.Generator) -> None:
+    """A subset of the Gaussian centres with 1 cm jitter and colour noise, as x y z red green blue."""
+    from plyfile import PlyData, PlyElement
+
+    pick = torch.randperm(g["means"].shape[0], generator=generator)[:N_SPARSE_POINTS]
+    xyz = g["means"][pick] + 0.01 * torch.randn(len(pick), 3, generator=generator)
+    rgb = (g["colors"][pick] + 0.05 * torch.randn(len(pick), 3, generator=generator)).clamp(0, 1)
+    vertex = np.empty(len(pick), dtype=[(k, "f4") for k in "xyz"] + [(k, "u1") for k in ("red", "green", "blue")])
+    for i, k in enumerate("xyz"):
+        vertex[k] = xyz[:, i].numpy()
+    for i, k in enumerate(("red", "green", "blue")):
+        vertex[k] = (rgb[:, i] * 255).round().numpy().astype(np.uint8)
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(tmp))
 

@@ -20,23 +20,27 @@ Design (all vectorised; Python loops only over rounds of Gaussians and chunks of
 2. Packing — keep visible pairs only (``M`` of them), evaluate their colours.
 3. :func:`bin_gaussians` — each packed Gaussian covers the tiles its opacity-aware ellipse
    bounding box touches (no pixel outside it can reach ``alpha >= 1/255``, so the tighter box
-   changes nothing in the image); pairs are sorted by (tile, depth) with one int64 sort.
-4. :class:`_CompositeTiles` — a custom autograd function. Tiles are composited ``batch_size``
-   Gaussians at a time: for a chunk of tiles, log-alpha of all [tiles, pixels, batch] is one
-   matmul of fixed per-pixel monomials (u², uv, v², u, v, 1 in tile-local coordinates) with
-   per-(tile, Gaussian) coefficients; transmittance comes from ``cumprod`` with the stop rule as
-   a mask. A tile leaves the loop once all its pixels are done, which is what makes dense
-   scenes cheap. The backward recomputes the same blocks front to back (nothing of size
-   [pixels, Gaussians] is kept) and uses a hand-written gradient; it is checked with
-   ``torch.autograd.gradcheck``.
+   changes nothing in the image); pairs are generated front to back and put in (tile, depth)
+   order by one stable int32 sort on the tile id.
+4. :class:`_CompositeTiles` — a custom autograd function. Tiles (8x8 pixels by default) are
+   composited ``batch_size`` Gaussians at a time: for a chunk of tiles, log-alpha of a whole
+   [tiles, Gaussians, pixels] block is one GEMM of per-(tile, Gaussian) coefficients with fixed
+   per-pixel monomials (u², uv, v², u, v, 1 in tile-local coordinates); transmittance comes from
+   ``cumprod`` over the Gaussian axis with the stop rule as a mask. A tile leaves the loop once
+   its list is exhausted or all its pixels are done, which is what makes dense scenes cheap.
+   The backward is hand-written (checked by ``torch.autograd.gradcheck`` and against autograd
+   through the brute-force reference): it walks the same blocks front to back, reusing the
+   forward's blocks up to ``saved_block_elements`` and recomputing the rest; nothing of size
+   [pixels, all Gaussians] is ever formed.
 
-Memory is bounded by ``RasterizeSettings.max_block_elements``: the largest temporaries are a
-few float tensors of that many elements.
+Memory is bounded by ``RasterizeSettings.max_block_elements`` (the largest temporaries are a
+few float tensors of that many elements) plus ``saved_block_elements`` when training.
+Differentiable with respect to means, quats, scales, opacities, colours / SH and ``viewmats``
+(hence camera poses); not with respect to ``Ks``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -77,14 +81,19 @@ _PAD_LOG_OPACITY = -1.0e4
 class RasterizeSettings:
     """Options of the pure-PyTorch rasteriser (also the ``torch-3dgs`` renderer's config)."""
 
-    tile_size: int = option(16, "tile edge in pixels; Gaussians are binned per tile")
+    tile_size: int = option(8, "tile edge in pixels; Gaussians are binned per tile (8 is fastest on CPU)")
     batch_size: int = option(
-        64, "Gaussians composited per tile per round; tiles whose pixels are all done leave early"
+        32, "Gaussians composited per tile per round; tiles whose pixels are all done leave early"
     )
     max_block_elements: int = option(
         1 << 21,
         "largest [tiles, pixels, Gaussians] block evaluated at once; bounds memory "
         "(about 40 bytes per element in the backward)",
+    )
+    saved_block_elements: int = option(
+        1 << 25,
+        "when gradients are needed, forward blocks up to this many elements in total (about 17 "
+        "bytes each) are kept for the backward instead of being recomputed",
     )
     eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²), as gsplat does")
     near_plane: float = option(0.01, "Gaussians with camera z <= this are culled")
@@ -343,8 +352,9 @@ def bin_gaussians(
     half = extent[:, None] * torch.stack([cov2d[:, 0], cov2d[:, 2]], dim=-1).sqrt()  # [M, 2]
     limit = torch.tensor([width - 1, height - 1], device=device, dtype=means2d.dtype)
     # pixel indices whose centres (index + 0.5) lie in [mean - half, mean + half]
-    lo = torch.maximum(torch.ceil(means2d - half - 0.5), torch.zeros_like(limit))
-    hi = torch.minimum(torch.floor(means2d + half - 0.5), limit)
+    # (clamped on both sides so that the int conversion below is always in range)
+    lo = torch.minimum(torch.maximum(torch.ceil(means2d - half - 0.5), torch.zeros_like(limit)), limit + 1)
+    hi = torch.maximum(torch.minimum(torch.floor(means2d + half - 0.5), limit), torch.full_like(limit, -1))
     nonempty = (lo <= hi).all(-1)
     tlo = torch.div(lo.int(), tile_size, rounding_mode="floor")
     thi = torch.div(hi.int(), tile_size, rounding_mode="floor")
@@ -357,7 +367,7 @@ def bin_gaussians(
 
     # Work in depth order: pairs are generated front to back, so a stable sort by tile alone
     # yields (tile, depth) order, and the per-pair gathers below read memory sequentially.
-    order = torch.argsort(depths)
+    order = torch.argsort(depths, stable=True)
     counts, span_x = counts[order], span[order, 0]
     base = (camera_ids.int()[order] * (tiles_x * tiles_y) + tlo[order, 1] * tiles_x + tlo[order, 0]).int()
     owner = torch.repeat_interleave(torch.arange(m, device=device, dtype=torch.int32), counts)  # [P]
@@ -461,7 +471,8 @@ class _Blocks:
         self.bins = bins
         self.batch = settings.batch_size
         self.pixels = bins.tile_size * bins.tile_size
-        self.monomials = _pixel_monomials(bins.tile_size, means2d.dtype, means2d.device)  # [P, 6]
+        # [6, P] as a transposed view of a contiguous [P, 6]: the faster BLAS layout for both uses
+        self.monomials_t = _pixel_monomials(bins.tile_size, means2d.dtype, means2d.device).t()
         self.tiles_per_chunk = max(1, settings.max_block_elements // (self.pixels * self.batch))
         self.slot = torch.arange(self.batch, device=means2d.device)
 
@@ -476,33 +487,43 @@ class _Blocks:
     def weights(self, tiles: Tensor, rows: Tensor, trans_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Alpha and blending weights of one batch of Gaussians for a chunk of tiles.
 
+        Blocks are laid out [T, B, P] (tile, Gaussian slot, pixel) so that every matmul has a
+        wide output (the fast case for CPU BLAS) and products over Gaussians run along dim 1.
+
         Args:
             tiles: [T] global tile ids; rows: [T, B, 7 + D] table rows (front to back);
             trans_in: [T, P] transmittance entering the batch, 0 for pixels already done.
 
         Returns:
-            alpha [T, P, B] (clamped to 0.999, 0 where below 1/255), transmittance before each
-            Gaussian [T, P, B], ``alive`` [T, P, B] (not stopped yet), weights
-            w = alpha * T_before * alive [T, P, B], and 1 - alpha [T, P, B].
+            alpha [T, B, P] (clamped to 0.999, 0 where below 1/255), transmittance before each
+            Gaussian [T, B, P], ``alive`` [T, B, P] or [T, 1, P] (composited, i.e. not stopped
+            and not done), ``alive_last`` [T, P] (still running after the batch), weights
+            w = alpha * T_before * alive [T, B, P], and 1 - alpha [T, B, P].
         """
+        n, batch = rows.shape[:2]
         centre = _tile_centres(tiles, self.bins, rows.dtype)
         coef = _log_alpha_coefficients(rows[..., 0:2], rows[..., 2:5], rows[..., 5], centre)  # [T, B, 6]
-        log_alpha = torch.bmm(self.monomials.expand(tiles.shape[0], -1, -1), coef.transpose(1, 2))  # [T, P, B]
+        log_alpha = (coef.reshape(n * batch, 6) @ self.monomials_t).view(n, batch, self.pixels)
         # exp() of values that underflow is slow on CPU: floor at -30 (alpha ~ 1e-13), then
         # gsplat's rule: alpha = min(0.999, .), and alpha < 1/255 is skipped (set to exactly 0)
         alpha = log_alpha.clamp_min_(-30.0).exp_().clamp_max_(MAX_ALPHA)
         alpha = F.threshold(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
         one_minus = torch.rsub(alpha, 1.0)
-        # trans[..., 0] = T entering the batch, trans[..., i + 1] = T after Gaussian i
-        trans = alpha.new_empty(alpha.shape[:-1] + (alpha.shape[-1] + 1,))
-        trans[..., 0] = trans_in
-        one_minus[..., 0] *= trans_in  # fold T_in into the product, then restore the column
-        torch.cumprod(one_minus, dim=-1, out=trans[..., 1:])
-        one_minus[..., 0] = 1.0 - alpha[..., 0]
-        before, after = trans[..., :-1], trans[..., 1:]
-        alive = after > TRANSMITTANCE_MIN
-        weights = before.sub(after).mul_(alive)
-        return alpha, before, alive, weights, one_minus
+        # trans[:, 0] = T entering the batch, trans[:, i + 1] = T after Gaussian i
+        trans = alpha.new_empty(n, batch + 1, self.pixels)
+        trans[:, 0] = trans_in
+        one_minus[:, 0] *= trans_in  # fold T_in into the product, then restore the row
+        torch.cumprod(one_minus, dim=1, out=trans[:, 1:])
+        one_minus[:, 0] = 1.0 - alpha[:, 0]
+        before, after = trans[:, :-1], trans[:, 1:]
+        alive_last = after[:, -1] > TRANSMITTANCE_MIN  # [T, P]; False: done, or stops in this batch
+        if bool((~alive_last & (trans_in > 0)).any()):  # some pixel stops here: mask per Gaussian
+            alive = after > TRANSMITTANCE_MIN
+            weights = before.sub(after).mul_(alive)
+        else:  # nobody stops: every pixel still running is alive throughout (done ones have T = 0)
+            alive = (trans_in > 0)[:, None, :]
+            weights = before - after
+        return alpha, before, alive, alive_last, weights, one_minus
 
 
 def _below(value: float, dtype: torch.dtype) -> float:
@@ -523,19 +544,28 @@ class _CompositeTiles(torch.autograd.Function):
     with P = tile_size² pixels per tile in row-major order.
 
     Tiles are processed in rounds of ``batch_size`` Gaussians; the state of the tiles still in
-    play (accumulated features and sum of weights [A, P, D + 1], done flags [A, P]) is kept
+    play (accumulated features and sum of weights [A, D + 1, P], done flags [A, P]) is kept
     compact, so chunks are plain slices. A tile leaves when its list is exhausted or all its
     pixels are done. The backward replays the same rounds front to back with the same
-    chunking, keeping per pixel the transmittance and the running sum of w_k <dL/dF, f_k>.
+    chunking, keeping per pixel the transmittance and the running sum of w_k <dL/dF, f_k>;
+    with ``keep_blocks`` the forward's blocks (alpha, T before, alive, weights, 1 - alpha)
+    are reused up to ``settings.saved_block_elements`` elements.
+
+    Gradient (per pixel, composited Gaussians i, T_i before i, F = sum_k w_k f_k):
+    dL/dalpha_i = T_i <g, f_i> - (<g, F> + gT T_final - sum_{k<=i} w_k <g, f_k>) / (1 - alpha_i),
+    then d alpha / d log_alpha = alpha (zero where alpha was clamped to 0.999 or skipped), and
+    log_alpha = log o - sigma is linear in the per-pair coefficients.
     """
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int, settings: RasterizeSettings):  # type: ignore[override]
+    def forward(ctx, means2d, conics, opacities, features, bins: TileBins, width: int, height: int, settings: RasterizeSettings, keep_blocks: bool):  # type: ignore[override]
         blocks = _Blocks(means2d, conics, opacities, features, bins, settings)
+        budget = settings.saved_block_elements if keep_blocks else 0
+        saved: list[tuple[Tensor, ...] | None] = []  # per (round, chunk), in order
         n_tiles, pixels, dim = bins.count.shape[0], blocks.pixels, features.shape[1]
-        result = features.new_zeros(n_tiles, pixels, dim + 1)  # last channel: sum of weights
+        result = features.new_zeros(n_tiles, dim + 1, pixels)  # channels first; last: sum of weights
         active = torch.nonzero(bins.count > 0).squeeze(1)
-        state = features.new_zeros(active.shape[0], pixels, dim + 1)
+        state = features.new_zeros(active.shape[0], dim + 1, pixels)
         done = ~_pixel_in_image(bins, width, height)[active]
         rounds: list[Tensor] = []
         r = 0
@@ -545,20 +575,27 @@ class _CompositeTiles(torch.autograd.Function):
                 tiles = active[sl]
                 _, rows = blocks.gather(tiles, r)
                 acc = state[sl]  # a view: updated in place
-                trans_in = torch.rsub(acc[..., dim], 1.0).masked_fill_(done[sl], 0.0)
-                _, _, alive, weights, _ = blocks.weights(tiles, rows, trans_in)
-                acc += torch.bmm(weights, rows[..., 6:])
-                done[sl] |= ~alive[..., -1]
+                trans_in = torch.rsub(acc[:, dim], 1.0).masked_fill_(done[sl], 0.0)
+                block = blocks.weights(tiles, rows, trans_in)
+                alive_last, weights = block[3], block[4]
+                if budget >= weights.numel():
+                    budget -= weights.numel()
+                    saved.append(block)
+                else:
+                    saved.append(None)
+                acc += torch.bmm(rows[..., 6:].transpose(1, 2), weights)  # [T, D + 1, P]
+                done[sl] |= ~alive_last
             r += 1
             keep = (bins.count[active] > r * blocks.batch) & ~done.all(-1)
             if not bool(keep.all()):
                 leave = ~keep
                 result[active[leave]] = state[leave]
                 active, state, done = active[keep], state[keep], done[keep]
-        out = result[..., :dim]
-        trans = torch.rsub(result[..., dim], 1.0)
+        out = result[:, :dim].transpose(1, 2).contiguous()  # [n_tiles, P, D]
+        trans = torch.rsub(result[:, dim], 1.0)
         ctx.save_for_backward(means2d, conics, opacities, features, out, trans)
         ctx.rounds, ctx.bins, ctx.settings, ctx.size = rounds, bins, settings, (width, height)
+        ctx.blocks = saved
         return out, trans
 
     @staticmethod
@@ -573,11 +610,12 @@ class _CompositeTiles(torch.autograd.Function):
         in_image = _pixel_in_image(bins, width, height)
         # d T_final / d alpha_i = -T_final / (1 - alpha_i): folds into one per-pixel constant
         pixel_const = (grad_out * out).sum(-1) + grad_trans * trans_final  # [n_tiles, P]
-        active = ctx.rounds[0] if ctx.rounds else torch.zeros(0, dtype=torch.long)
-        g_out, const = grad_out[active], pixel_const[active]
+        active = ctx.rounds[0] if ctx.rounds else torch.zeros(0, dtype=torch.long, device=means2d.device)
+        g_out, const = grad_out[active].transpose(1, 2).contiguous(), pixel_const[active]  # [A, D, P], [A, P]
         sum_w = trans_final.new_zeros(active.shape[0], blocks.pixels)
         running = torch.zeros_like(sum_w)  # sum over composited k of w_k <dL/dF, f_k>
         done = ~in_image[active]
+        saved = iter(ctx.blocks)
         for r, now in enumerate(ctx.rounds):
             if now.shape[0] != active.shape[0]:  # tiles left after the previous round
                 keep = torch.isin(active, now)
@@ -587,28 +625,33 @@ class _CompositeTiles(torch.autograd.Function):
                 tiles = active[sl]
                 ids, rows = blocks.gather(tiles, r)
                 trans_in = torch.rsub(sum_w[sl], 1.0).masked_fill_(done[sl], 0.0)
-                alpha, before, alive, weights, one_minus = blocks.weights(tiles, rows, trans_in)
-                feats = rows[..., 6 : 6 + dim]  # [T, B, D]
-                g = g_out[sl]  # [T, P, D]
-                h = torch.bmm(g, feats.transpose(1, 2))  # [T, P, B]: <dL/dF, f_i>
-                cum = torch.cumsum(weights * h, dim=-1).add_(running[sl, :, None])
+                block = next(saved, None)  # None: not kept, or a second backward (retain_graph)
+                if block is None:
+                    block = blocks.weights(tiles, rows, trans_in)
+                alpha, before, alive, alive_last, weights, one_minus = block
+                stopped = ~alive_last
+                g = g_out[sl]  # [T, D, P]
+                h = torch.bmm(rows[..., 6 : 6 + dim], g)  # [T, B, P]: <dL/dF, f_i>
+                cum = torch.cumsum(weights * h, dim=1).add_(running[sl, None, :])
                 # dL/dalpha_i = T_i h_i - (<g, F> + gT T_final - sum_{k<=i} w_k h_k) / (1 - alpha_i)
-                g_alpha = (const[sl, :, None] - cum).div_(one_minus).neg_().addcmul_(before, h)
-                smooth = alive & (alpha < MAX_ALPHA)  # thresholded alphas are 0: no gradient anyway
+                g_alpha = (cum - const[sl, None, :]).div_(one_minus).addcmul_(before, h)
+                smooth = alive & (alpha < MAX_ALPHA)  # clamped alphas pass no gradient; skipped ones are 0
                 g_log_alpha = g_alpha.mul_(alpha).mul_(smooth)  # d alpha / d log_alpha = alpha
-                g_coef = torch.bmm(blocks.monomials.t().expand(tiles.shape[0], -1, -1), g_log_alpha).transpose(1, 2)
+                n_t, batch = ids.shape
+                g_coef = (blocks.monomials_t @ g_log_alpha.view(n_t * batch, -1).t()).t().reshape(n_t, batch, 6)
                 centre = _tile_centres(tiles, bins, rows.dtype)
                 gm, gc, go = _log_alpha_coefficients_backward(
                     g_coef, rows[..., 0:2], rows[..., 2:5], rows[..., 5].exp(), centre
                 )
-                g_feat = torch.bmm(weights.transpose(1, 2), g)  # [T, B, D]
+                g_feat = torch.bmm(g, weights.transpose(1, 2)).transpose(1, 2)  # [T, B, D]
                 grad_table.index_add_(0, ids.reshape(-1), torch.cat([gm, gc, go[..., None], g_feat], dim=-1).reshape(-1, 6 + dim))
-                running[sl] = cum[..., -1]
-                sum_w[sl] += weights.sum(-1)
-                done[sl] |= ~alive[..., -1]
+                running[sl] = cum[:, -1]
+                sum_w[sl] += weights.sum(1)
+                done[sl] |= stopped
         m = means2d.shape[0]
         grad_table = grad_table[:m]
-        return grad_table[:, 0:2], grad_table[:, 2:5], grad_table[:, 5], grad_table[:, 6:], None, None, None, None
+        ctx.blocks = []  # free them; a second backward recomputes
+        return grad_table[:, 0:2], grad_table[:, 2:5], grad_table[:, 5], grad_table[:, 6:], None, None, None, None, None
 
 
 def _pixel_in_image(bins: TileBins, width: int, height: int) -> Tensor:
@@ -641,7 +684,8 @@ def composite_tiles(
     Returns:
         features [C, H, W, D] = sum_i w_i f_i (no background) and alpha [C, H, W, 1] = 1 - T.
     """
-    out, trans = _CompositeTiles.apply(means2d, conics, opacities, features, bins, width, height, settings)
+    keep_blocks = torch.is_grad_enabled() and any(t.requires_grad for t in (means2d, conics, opacities, features))
+    out, trans = _CompositeTiles.apply(means2d, conics, opacities, features, bins, width, height, settings, keep_blocks)
     ts = bins.tile_size
 
     def untile(x: Tensor) -> Tensor:

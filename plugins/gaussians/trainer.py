@@ -19,6 +19,11 @@ outside the mask. The colour is also stored on the representation (``set_backgro
 ``3dgs`` ``background_color`` buffer, returned as ``Gaussians3D.background``), so evaluation
 and later renders composite the same colour without being told.
 
+Densification needs the loss gradient w.r.t. the projected (2D) means. Rather than reaching into
+a renderer for its ``means2d``, it is derived from the world-space gradient of the means
+(:func:`.strategy.screen_gradients`), so any differentiable Gaussian renderer works; on
+``torch-3dgs`` it agrees with the rasteriser's own ``means2d.grad`` to about 1 % (tested).
+
 Works on every representation in the 3dgs layout: ``nn.Parameter`` attributes ``means``,
 ``quats``, ``scales``, ``opacities``, ``sh0``, ``shN`` as described in
 :mod:`.representation` (an ``active_sh_degree`` attribute, when present, is driven).
@@ -206,7 +211,10 @@ class GaussianTrainer(Refiner):
         out = self.ctx.renderer.render(rep, camera, background=self.background)
         pred = out.rgb[0]
         l1 = (pred - target).abs().mean()
-        loss = (1.0 - cfg.ssim_weight) * l1 + cfg.ssim_weight * (1.0 - ssim(pred, target))
+        if min(view.height, view.width) >= 11:  # SSIM's 11x11 window needs at least that many pixels
+            loss = (1.0 - cfg.ssim_weight) * l1 + cfg.ssim_weight * (1.0 - ssim(pred, target))
+        else:
+            loss = l1
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()

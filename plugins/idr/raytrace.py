@@ -114,7 +114,8 @@ def _sample_and_secant(sdf: SDF, o: Tensor, v: Tensor, t0: Tensor, t1: Tensor, s
     r = len(t0)
     u = torch.linspace(0.0, 1.0, s.n_samples, device=o.device)
     if generator is not None:  # jitter inside the bins during training
-        jitter = (torch.rand(r, s.n_samples, generator=generator, device=o.device) - 0.5) / max(s.n_samples - 1, 1)
+        jitter = torch.rand(r, s.n_samples, generator=generator, device=generator.device).to(o.device)
+        jitter = (jitter - 0.5) / max(s.n_samples - 1, 1)
         u = (u + jitter).clamp(0.0, 1.0).sort(dim=-1).values
     ts = t0[:, None] + (t1 - t0)[:, None] * u  # [R, S]
     vals = sdf((o[:, None, :] + ts[..., None] * v[:, None, :]).reshape(-1, 3)).reshape(r, s.n_samples)

@@ -1,0 +1,315 @@
+"""The ``difix3d+`` refiner: progressive 3D update with a fixer (Difix3D+, CVPR 2025, gsplat version).
+
+Starting from a trained Gaussian representation (run it after ``3dgs-train``)::
+
+    every fix_every steps (first at step 0):
+        novel = shift_poses(current, targets, shift_distance)   # camera_path.py
+        renders, alpha = renderer(novel)
+        fixed = ctx.fixer.fix(renders, nearest training image per novel camera, views=novel views)
+        pseudo-views = (novel cameras, fixed images, masks alpha > alpha_threshold)   # replace the last set
+        current = novel
+    each step: a pseudo-view with probability novel_prob (once there are any), else a training view;
+        loss = weight · ((1 - w) L1 + w (1 - SSIM)), weight novel_weight (pred and target masked)
+        or real_weight; Adam on the 3dgs parameters (+ optional densification).
+
+``targets`` are the cameras of the scene's evaluated views (its test split): their *poses* only,
+never their images (as in nv-tlabs/Difix3D ``examples/gsplat/simple_trainer_difix3d.py``, which
+shifts toward the validation poses). ``current`` starts at the training cameras. Only the most
+recent set of pseudo-views is trained on, as in that script.
+
+The optimisation pieces are those of ``3dgs-train``: an inner :class:`GaussianTrainer` is set up
+on the representation (its Adam optimizers, learning rates, densification strategy and
+``training_target`` compositing; its options can be given in ``train``); this refiner picks the
+view, weights/masks the loss and drives the same optimizer/strategy calls. The means' learning
+rate stays at 3dgs-train's final value (``lr_means x scene scale x lr_means_final``), i.e. it
+continues where a full 3dgs-train schedule ends. ``state_dict`` holds everything needed to resume
+bit-identically: the inner trainer's state, this refiner's generator and view orders, the
+current novel poses and the pseudo-views themselves (images and masks).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recon_core.cameras import Cameras
+from recon_core.components import RefineContext, Refiner, Representation
+from recon_core.config import config_from_dict, option
+from recon_core.errors import CombinationError, InputError
+from recon_core.imageops import ssim
+from recon_core.scene import Scene, Video, View
+
+from recon_plugins.gaussians.strategy import screen_gradients
+from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer, training_target
+
+from .camera_path import nearest_assignments, shift_poses
+
+__all__ = ["Difix3DPlus", "Difix3DPlusConfig", "PseudoViews", "weighted_photometric_loss"]
+
+
+@dataclass
+class Difix3DPlusConfig:
+    steps: int = option(6000, "optimisation steps of the progressive stage")
+    fix_every: int = option(2000, "render, fix and distil new novel views every this many steps (first at step 0)")
+    shift_distance: float = option(0.5, "scene units each novel camera moves from the nearest current camera toward "
+                                        "its target per round (rotation slerped by the same fraction)")
+    novel_prob: float = option(0.3, "probability that a step trains on a pseudo-view once there are some")
+    novel_weight: float = option(0.3, "loss weight of pseudo-views")
+    real_weight: float = option(1.5, "loss weight of training views")
+    alpha_threshold: float = option(0.5, "pseudo-view pixels count where the render's alpha exceeds this")
+    fix_batch: int = option(8, "novel views rendered and fixed per call")
+    background: list[float] = option(help="RGB background of renders and targets", factory=lambda: [1.0, 1.0, 1.0])
+    train: dict[str, Any] = option(help="3dgs-train options for the optimisation pieces (learning rates, ssim_weight, "
+                                        "densify, ...); densify defaults to false here", factory=dict)
+
+
+@dataclass
+class PseudoViews:
+    """Fixed novel views distilled into the representation.
+
+    c2w [M, 4, 4], K [M, 3, 3] float32; width/height [M] int64; images: M tensors (H, W, 3) in
+    [0, 1]; masks: M bool tensors (H, W), True where the render was opaque enough.
+    """
+
+    c2w: Tensor
+    K: Tensor
+    width: Tensor
+    height: Tensor
+    images: list[Tensor]
+    masks: list[Tensor]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def camera(self, i: int) -> Cameras:
+        return Cameras(K=self.K[i:i + 1], c2w=self.c2w[i:i + 1], width=self.width[i:i + 1], height=self.height[i:i + 1])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"c2w": self.c2w, "K": self.K, "width": self.width, "height": self.height,
+                "images": list(self.images), "masks": list(self.masks)}
+
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> "PseudoViews":
+        return PseudoViews(state["c2w"].float(), state["K"].float(), state["width"].long(), state["height"].long(),
+                           [t.float() for t in state["images"]], [t.to(torch.bool) for t in state["masks"]])
+
+
+def weighted_photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float, weight: float = 1.0,
+                              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``weight · ((1 - w) L1 + w (1 - SSIM))`` of pred/target (H, W, 3), both zeroed outside ``mask``
+    (H, W) when given (the Difix3D recipe); L1 only below 11 pixels; returns (loss, unweighted L1)."""
+    if mask is not None:
+        m = mask.to(pred.dtype)[..., None]
+        pred, target = pred * m, target * m
+    l1 = (pred - target).abs().mean()
+    if min(pred.shape[0], pred.shape[1]) < 11:  # SSIM's 11x11 window needs that many pixels (as 3dgs-train)
+        return weight * l1, l1
+    return weight * ((1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target))), l1
+
+
+class _Cycler:
+    """Indices 0..n-1 in a fresh random order every epoch (drawn from the caller's generator)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.order = torch.zeros(0, dtype=torch.int64)
+        self.position = 0
+
+    def next(self, generator: torch.Generator) -> int:
+        if self.position >= len(self.order):
+            self.order = torch.randperm(self.n, generator=generator)
+            self.position = 0
+        self.position += 1
+        return int(self.order[self.position - 1])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n, self.order, self.position = int(state["n"]), state["order"].to(torch.int64).cpu(), int(state["position"])
+
+
+class Difix3DPlus(Refiner):
+    """Progressive distillation of fixed novel views (Difix3D+) into a 3D Gaussian representation."""
+
+    name = "difix3d+"
+    description = "Difix3D+ progressive 3D update: fix renders of cameras moved toward novel views, distil them back"
+    Config = Difix3DPlusConfig
+    requires = frozenset({"gaussians-3d"})
+
+    # ----------------------------------------------------------------------------------- setup
+
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+        cfg = self.config
+        if not isinstance(data, Scene):
+            raise InputError("difix3d+ needs posed views (a Scene), not a video")
+        if ctx.fixer is None:
+            raise CombinationError("difix3d+ needs a fixer to correct its novel views: add --fixer difix "
+                                   "(or --fixer nearest-gt to test the loop with ground truth)")
+        for name in ("steps", "fix_every", "fix_batch"):
+            if int(getattr(cfg, name)) < 1:
+                raise InputError(f"difix3d+.{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.shift_distance <= 0 or not 0.0 <= cfg.novel_prob <= 1.0:
+            raise InputError("difix3d+ needs shift_distance > 0 and 0 <= novel_prob <= 1")
+        train = {"densify": False, **dict(cfg.train), "steps": int(cfg.steps), "background": list(cfg.background)}
+        self.inner = GaussianTrainer(config_from_dict(GaussianTrainConfig, train, "difix3d+.train"))
+        self.inner.setup(rep, data, ctx)  # optimizers, strategy, background, scene scale; checks the layout
+        self.rep, self.ctx, self.device = rep, ctx, ctx.device
+        self.background = self.inner.background
+        self.views = self.inner.views
+        self._set_means_lr()
+        targets = data.eval_views
+        self.targets = Cameras.cat([v.camera for v in targets]).to("cpu")
+        if set(map(id, targets)) <= set(map(id, self.views)):
+            ctx.log("difix3d+: the scene has no held-out cameras; novel views will coincide with training cameras")
+        self.train_c2w = torch.stack([v.camera.c2w[0].cpu() for v in self.views])
+        self.current_poses = self.train_c2w.clone()
+        self.generator = torch.Generator().manual_seed(int(ctx.seed) + 1)
+        self.real_order = _Cycler(len(self.views))
+        self.pseudo_order = _Cycler(0)
+        self.pseudo: PseudoViews | None = None
+        self.rounds = 0
+        self._targets: dict[int, Tensor] = {}
+        self.last_loss = float("nan")
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.config.steps)
+
+    def _set_means_lr(self) -> None:
+        c = self.inner.config
+        self.inner.optimizers["means"].param_groups[0]["lr"] = c.lr_means * self.inner.scene_scale * c.lr_means_final
+
+    def _real_target(self, index: int) -> Tensor:
+        if index not in self._targets:
+            self._targets[index] = training_target(self.views[index], self.background.cpu())
+        return self._targets[index]
+
+    # ------------------------------------------------------------------------------ fix round
+
+    @torch.no_grad()
+    def fix_round(self) -> PseudoViews:
+        """Move the novel cameras one step, render them, fix them, and make them the pseudo-views."""
+        cfg, ctx = self.config, self.ctx
+        novel = shift_poses(self.current_poses, self.targets.c2w, float(cfg.shift_distance))
+        cams = self.targets.with_c2w(novel)
+        nearest = nearest_assignments(self.train_c2w, novel)
+        images: list[Tensor] = []
+        masks: list[Tensor] = []
+        for start in range(0, len(cams), int(cfg.fix_batch)):
+            idx = list(range(start, min(start + int(cfg.fix_batch), len(cams))))
+            for group in _same_size_groups(cams, idx):
+                batch = cams[group]
+                out = ctx.renderer.render(self.rep, batch.to(self.device), background=self.background)
+                rgb = out.rgb.detach().float().clamp(0, 1)
+                h, w = batch.size(0)
+                refs = torch.stack([_resized(self._real_target(int(nearest[i])), h, w) for i in group]).to(rgb.device)
+                views = [View(f"novel-{self.rounds}-{i:04d}", cams[i], None, "train") for i in group]
+                fixed = ctx.fixer.fix(rgb, refs, views=views)  # type: ignore[union-attr]
+                if fixed.shape != rgb.shape:
+                    raise RuntimeError(f"fixer {ctx.fixer.name} returned {tuple(fixed.shape)} for renders {tuple(rgb.shape)}")  # type: ignore[union-attr]
+                alpha = out.alpha[..., 0] if out.alpha is not None else torch.ones(rgb.shape[:3], device=rgb.device)
+                images += list(fixed.detach().float().clamp(0, 1).cpu())
+                masks += list((alpha > float(cfg.alpha_threshold)).cpu())
+        self.pseudo = PseudoViews(novel, cams.K.clone(), cams.width.clone(), cams.height.clone(), images, masks)
+        self.pseudo_order = _Cycler(len(images))
+        moved = float((novel[:, :3, 3] - self.current_poses[nearest_assignments(self.current_poses, novel), :3, 3]).norm(dim=-1).mean())
+        left = float((novel[:, :3, 3] - self.targets.c2w[:, :3, 3]).norm(dim=-1).mean())
+        self.current_poses = novel
+        self.rounds += 1
+        ctx.log(f"difix3d+: round {self.rounds}: fixed {len(images)} novel views "
+                f"(moved {moved:.3f}, {left:.3f} from their targets on average)")
+        return self.pseudo
+
+    # ------------------------------------------------------------------------------------ step
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, inner, rep = self.config, self.inner, self.rep
+        if not inner._in_sync():  # parameters were replaced (a checkpoint was loaded): rebuild like 3dgs-train
+            inner.optimizers = inner._build_optimizers()
+            inner.strategy_state = inner.strategy.initialize_state(inner.scene_scale, rep.means.shape[0], self.device)
+            self._set_means_lr()
+        if step % int(cfg.fix_every) == 0:
+            self.fix_round()
+        use_pseudo = self.pseudo is not None and len(self.pseudo) > 0 and \
+            float(torch.rand(1, generator=self.generator)) < float(cfg.novel_prob)
+        if use_pseudo:
+            assert self.pseudo is not None
+            i = self.pseudo_order.next(self.generator)
+            camera = self.pseudo.camera(i).to(self.device)
+            target, mask, weight = self.pseudo.images[i].to(self.device), self.pseudo.masks[i].to(self.device), cfg.novel_weight
+            width, height = int(self.pseudo.width[i]), int(self.pseudo.height[i])
+        else:
+            i = self.real_order.next(self.generator)
+            view = self.views[i]
+            camera = view.camera.to(self.device)
+            target, mask, weight = self._real_target(i).to(self.device), None, cfg.real_weight
+            width, height = view.width, view.height
+        pred = self.ctx.renderer.render(rep, camera, background=self.background).rgb[0]
+        loss, l1 = weighted_photometric_loss(pred, target, inner.config.ssim_weight, float(weight), mask)
+        for opt in inner.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        densify = inner.config.densify and step < inner.config.refine_stop and rep.means.grad is not None
+        grads = screen_gradients(rep.means.detach(), rep.means.grad, rep.scales.detach(), camera.K[0], camera.c2w[0],
+                                 width, height) if densify else None
+        for opt in inner.optimizers.values():
+            opt.step()
+        if grads is not None:
+            params = inner._params()
+            report = inner.strategy.step_post_backward(params, inner.optimizers, inner.strategy_state, step, grads, inner.generator)
+            if any(report.values()):
+                for name, p in params.items():
+                    setattr(rep, name, p)
+        self.last_loss = float(loss.detach())
+        with torch.no_grad():
+            mse = ((pred.detach() - target) ** 2).mean().clamp_min(1e-12)
+        return {"loss": self.last_loss, "l1": float(l1.detach()), "psnr": float(-10.0 * torch.log10(mse)),
+                "pseudo": float(use_pseudo), "gaussians": float(rep.means.shape[0])}
+
+    # --------------------------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Inner 3dgs-train state, generator, view orders, novel poses and pseudo-views (deep copies)."""
+        return copy.deepcopy({
+            "trainer": self.inner.state_dict(),
+            "generator": self.generator.get_state(),
+            "real_order": self.real_order.state_dict(),
+            "pseudo_order": self.pseudo_order.state_dict(),
+            "rounds": self.rounds,
+            "current_poses": self.current_poses,
+            "pseudo": None if self.pseudo is None else self.pseudo.state_dict(),
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["trainer"])
+        self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+        self.real_order.load_state_dict(state["real_order"])
+        self.pseudo_order.load_state_dict(state["pseudo_order"])
+        self.rounds = int(state["rounds"])
+        self.current_poses = state["current_poses"].float().cpu()
+        self.pseudo = None if state["pseudo"] is None else PseudoViews.from_state(state["pseudo"])
+
+    def finish(self) -> dict[str, Any]:
+        self.inner.finish()
+        return {"rounds": self.rounds, "pseudo_views": 0 if self.pseudo is None else len(self.pseudo),
+                "gaussians": int(self.rep.means.shape[0]), "final_loss": self.last_loss}
+
+
+def _same_size_groups(cams: Cameras, indices: list[int]) -> list[list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in indices:
+        groups.setdefault(cams.size(i), []).append(i)
+    return list(groups.values())
+
+
+def _resized(image: Tensor, h: int, w: int) -> Tensor:
+    """(H', W', 3) → (h, w, 3) (bilinear, antialiased) when the sizes differ."""
+    if image.shape[:2] == (h, w):
+        return image
+    x = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).clamp(0, 1)

@@ -1,0 +1,124 @@
+"""The ``reconx`` representation: a ``3dgs`` whose ``build`` makes a global point cloud from a
+sparse set of views (ReconX stage 1) and whose native refiner is ``confidence`` (generation +
+confidence-aware fitting, stages 2-3), so ``recon run --repr reconx`` runs the whole method.
+
+Sparse selection: ``views`` names a split file (``{"train": ["images/0000.png", ...], "test": [...]}``,
+the format of ``split_sparse3.json``; a relative path is looked up next to the data) or is a comma
+list of view names; the chosen views are stored in ``input_views`` and used by ``build`` and by the
+``confidence`` refiner. Evaluation uses the loader's test split; a split file's ``test`` list that
+disagrees with it is reported in the log. Without ``views``, the scene's training views are the inputs.
+
+It subclasses :class:`~recon_plugins.gaussians.GaussianSplat` (two levels instead of one): it *is* a
+3dgs (same parameters, renderers, PLY export, checkpoints); only the initialisation differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from recon_core.components import Encoder
+from recon_core.config import option
+from recon_core.errors import InputError
+from recon_core.gaussians import num_sh_bases, rgb_to_sh
+from recon_core.scene import Scene, Video, View
+from recon_plugins.gaussians import GaussianSplat
+from recon_plugins.gaussians.init import knn_scales
+from recon_plugins.gaussians.ply import SplatPly
+
+from .pointcloud import POINT_CLOUD_SOURCES, PointCloudSettings, global_point_cloud
+
+__all__ = ["ReconXSplat", "ReconXConfig", "select_views"]
+
+
+@dataclass
+class ReconXConfig:
+    views: str | None = option(None, "sparse input views: a split file (JSON with a 'train' list, relative to the data "
+                                     "folder or absolute) or comma-separated view names (default: the training views)")
+    pointcloud: str = option("auto", "global point cloud: auto (depth if every view has it, else triangulate), depth, "
+                                     "triangulate (pycolmap, known poses), dggt (network depth + pose heads)",
+                             choices=tuple(POINT_CLOUD_SOURCES))
+    dggt_checkpoint: str | None = option(None, "DGGT checkpoint for pointcloud=dggt (default: weights_dir()/dggt/...)")
+    num_points: int = option(30_000, "at most this many Gaussians from the global point cloud")
+    sh_degree: int = option(0, "highest spherical-harmonics degree stored (0-3; 0: view-independent colour, "
+                               "safer with few views)")
+    init_opacity: float = option(0.5, "initial opacity of every Gaussian (the cloud is already on the surface)")
+    init_scale: float = option(1.0, "initial scale = this x mean distance to the 3 nearest neighbours")
+    seed: int = option(0, "seed of the initialisation's random choices (subsampling, rotations)")
+    background: list[float] | None = option(None, "RGB colour behind the Gaussians in every render (None: the "
+                                                  "renderer's; the confidence refiner sets the colour it fits on)")
+
+
+def select_views(scene: Scene, spec: str | None) -> list[View]:
+    """The sparse inputs named by ``spec`` (see the module docstring), in the order given."""
+    train = scene.train_views or list(scene.views)
+    if not spec:
+        return train
+    root = scene.source if scene.source is None or scene.source.is_dir() else scene.source.parent
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    if spec.endswith(".json"):
+        if not path.is_file():
+            raise InputError("reconx.views: split file not found", path)
+        try:
+            doc = json.loads(path.read_text())
+            names = [Path(n).stem for n in doc["train"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"reconx.views: expected a JSON object with a 'train' list of file names ({e})", path) from None
+        test = [Path(n).stem for n in doc.get("test", [])]
+        if test and sorted(test) != sorted(v.name for v in scene.eval_views):
+            raise InputError(f"reconx.views: the split file's test list ({len(test)} views) differs from the scene's "
+                             f"evaluated views ({len(scene.eval_views)}); evaluation uses the loader's test split", path)
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+    by_name = {v.name: v for v in scene.views}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(f"reconx.views names views the scene lacks: {', '.join(missing)}", scene.source)
+    if not names:
+        raise InputError("reconx.views selects no view", scene.source)
+    return [by_name[n] for n in names]
+
+
+class ReconXSplat(GaussianSplat):
+    """ReconX (Liu et al. 2024) on 3D Gaussians: global point cloud of sparse views → 3dgs."""
+
+    name = "reconx"
+    description = "ReconX sparse-view 3DGS: global point cloud init (depth/pycolmap/dggt) + confidence refiner"
+    Config = ReconXConfig
+    native_refiner = "confidence"
+
+    def __init__(self, config: ReconXConfig | None = None) -> None:
+        super().__init__(config)
+        self.input_views: list[str] = []
+        """Names of the sparse input views (set by ``build``; read by the ``confidence`` refiner)."""
+
+    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
+        """Select the sparse views, build their global point cloud and start one Gaussian per point
+        (colour from the point, scale from its 3 nearest neighbours, random rotation)."""
+        cfg = self.config
+        if not isinstance(data, Scene):
+            raise InputError("the reconx representation needs posed views (a Scene), not a video")
+        views = select_views(data, cfg.views)
+        self.input_views = [v.name for v in views]
+        generator = torch.Generator().manual_seed(int(cfg.seed))
+        settings = PointCloudSettings(cfg.dggt_checkpoint, device=str(device))
+        pc = global_point_cloud(views, cfg.pointcloud, int(cfg.num_points), generator, settings)
+        n = len(pc)
+        dist = knn_scales(pc.points, k=3) * float(cfg.init_scale)
+        raw = SplatPly(
+            means=pc.points,
+            quats=F.normalize(torch.rand(n, 4, generator=generator), dim=-1),
+            log_scales=torch.log(dist)[:, None].repeat(1, 3),
+            logit_opacities=torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
+            sh0=rgb_to_sh(pc.colors)[:, None, :],
+            shN=torch.zeros(n, num_sh_bases(cfg.sh_degree) - 1, 3),
+        )
+        self.set_raw(raw, device)
+        self.active_sh_degree = int(cfg.sh_degree)

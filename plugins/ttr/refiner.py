@@ -1,0 +1,562 @@
+"""The ``ttr`` refiner: test-time refinement of poses and Gaussians (DGGT-TTR), with a held-out guard.
+
+Stages (each optional; ``total_steps = steps_pose + steps_gs`` of the enabled ones):
+
+1. **pose** (``steps_pose``): a per-frame se(3) correction ``xi = (omega, tau)`` [N, 6] is
+   left-multiplied onto each optimised view's world-to-camera matrix (:mod:`.poses`); frame 0
+   (the first optimised view in time order) stays fixed; Adam with ``lr_pose`` (rotation) and
+   ``lr_pose_translation`` (translation, default: the same).
+2. **attributes** (``steps_gs``): opacity, colour (SH) and rotation always; position
+   (``refine_xyz``) and scale (``refine_scale``) optionally; the pose corrections keep moving at
+   ``pose_lr_factor_gs`` times their rate; one Adam learning rate per parameter group.
+
+One step renders ``views_per_step`` optimised views (0: all of them, as the fork does; a subset
+is drawn from a private seeded generator) at their corrected poses — each at its own time for
+dynamic representations, which the renderer handles through ``cameras.times`` — and minimises
+``L1 + ssim_weight * (1 - SSIM)`` over non-sky pixels (:func:`masked_photometric_loss`; masks are
+the loaders' nearest-neighbour sky masks).
+
+**Held-out guard** (beyond the fork): views of the ``test``/``val`` split, plus ``holdout``
+training frames, are never optimised (:func:`.holdout.split_views`). Their PSNR over non-sky
+pixels is measured at the start of each stage and every ``eval_every`` steps; each stage ends
+with the parameters (pose corrections included) of its best held-out score, and stops early after
+``patience`` checks without improvement (0: never). Held-out views keep their *given* poses: they
+are not optimised, and correcting them from the images would mean fitting them (the choice
+NeRF-style evaluation avoids); so their score measures the refined scene from independent poses.
+The pose stage is not guarded (pose corrections of the optimised views cannot change
+held-out renders); without held-out views the guard is off and each stage keeps its last
+parameters.
+
+**What is refined, discovered by protocol** (no class is hard-coded):
+
+* parameters: ``rep.refinable_parameters()`` when the representation defines it — a mapping
+  from the role names below to its ``nn.Parameter`` objects (roles it lacks are left out) —,
+  otherwise the attributes of the 3dgs layout with those names: ``means`` [N, 3] (position),
+  ``quats`` [N, 4] (rotation), ``scales`` [N, 3] (log-scale), ``opacities`` [N] (logit),
+  ``sh0`` [N, 1, 3] and ``shN`` [N, K-1, 3] (colour). ``opacities``, ``sh0`` and ``quats`` are
+  required.
+* cameras: a representation providing "cameras" with a ``cameras()`` method supplies the
+  starting poses of the views it covers (matched by time, else by order); otherwise they are the
+  scene's. At ``finish()`` the refined poses are written into the scene views' cameras and, for
+  such a representation, back into it through ``rep.set_cameras(cameras)`` when defined (else
+  its ``camera_c2w`` [S, 4, 4] buffer, the dggt layout), so render/eval/export use them.
+
+The step-wise contract holds: ``state_dict()`` keeps the pose corrections, the current stage's
+optimizer state, the guard, the best-so-far snapshot, the view-sampling generator and the
+metrics measured so far, so an interrupted run resumes bit-identically on CPU.
+
+``finish()`` reports, per stage, train and held-out PSNR / SSIM (and LPIPS when the evaluator's
+weights are present) before and after, and the optimised views' pose error (mean rotation
+degrees, mean camera-centre metres) against ``true_poses`` (a ``cameras_opencv.json``-style
+file) when given: in the data's world frame, and after the best rigid alignment onto the true
+poses (:func:`.poses.align_rigid`; frame 0 fixes the gauge at its *given* pose, whose own error
+the absolute numbers keep).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recon_core.cameras import Cameras
+from recon_core.components import RefineContext, Refiner, Representation
+from recon_core.config import option
+from recon_core.errors import CombinationError, InputError
+from recon_core.imageops import psnr, ssim
+from recon_core.scene import Scene, Video, View
+
+from .holdout import HoldoutGuard, split_views
+from .poses import align_rigid, apply_corrections, pose_errors
+
+__all__ = [
+    "TTRConfig",
+    "TestTimeRefiner",
+    "ROLES",
+    "refinable_parameters",
+    "masked_photometric_loss",
+    "representation_cameras",
+]
+
+ROLES = ("means", "quats", "scales", "opacities", "sh0", "shN")
+"""Parameter roles TTR knows (3dgs layout names; see the module doc)."""
+_ALWAYS = ("opacities", "sh0", "quats")
+"""Roles the attribute stage always refines (``shN`` too when present)."""
+
+
+@dataclass
+class TTRConfig:
+    refine_pose: bool = option(True, "stage 1: refine per-frame se(3) pose corrections (frame 0 fixed)")
+    refine_gs: bool = option(True, "stage 2: refine Gaussian opacity, colour and rotation (+ xyz/scale when enabled)")
+    refine_xyz: bool = option(False, "stage 2 also refines positions (may overfit: the held-out guard watches)")
+    refine_scale: bool = option(False, "stage 2 also refines scales (may overfit: the held-out guard watches)")
+    steps_pose: int = option(50, "steps of stage 1")
+    steps_gs: int = option(50, "steps of stage 2")
+    lr_pose: float = option(1e-4, "Adam learning rate of the pose corrections' rotation (radians)")
+    lr_pose_translation: float | None = option(None, "Adam learning rate of the pose corrections' translation (metres; default lr_pose)")
+    pose_lr_factor_gs: float = option(0.1, "stage 2 pose learning rate = this x stage 1's (0 freezes the poses)")
+    lr_opacity: float = option(0.05, "learning rate of the logit opacities")
+    lr_color: float = option(3e-3, "learning rate of the SH DC colour (higher bands: / 20)")
+    lr_rotation: float = option(1e-3, "learning rate of the quaternions")
+    lr_scale: float = option(1e-3, "learning rate of the log-scales (refine_scale)")
+    lr_xyz: float = option(1e-4, "learning rate of the positions in world units (refine_xyz)")
+    lr_final: float = option(1.0, "every learning rate decays exponentially to this fraction over its stage (1: constant, as the fork)")
+    ssim_weight: float = option(0.2, "loss = L1 + w (1 - SSIM) over non-sky pixels")
+    views_per_step: int = option(0, "optimised views rendered per step (0: all, as the fork)")
+    holdout: int = option(0, "also hold out this many training frames (evenly spaced, never frame 0) besides the test split")
+    eval_every: int = option(10, "measure held-out PSNR every this many steps")
+    patience: int = option(0, "end a stage after this many held-out checks without a new best (0: run every step)")
+    true_poses: str | None = option(None, "cameras_opencv.json-style file of true poses: report pose errors")
+    lpips: bool = option(True, "report LPIPS before/after when the lpips evaluator's weights are present")
+    eval_chunk: int = option(4, "views rendered per renderer call when measuring")
+
+
+# ------------------------------------------------------------------------------------ pieces
+
+
+def refinable_parameters(rep: Representation) -> dict[str, nn.Parameter]:
+    """The representation's parameters by role (see the module doc's protocol)."""
+    method = getattr(rep, "refinable_parameters", None)
+    if callable(method):
+        groups = dict(method())
+    else:
+        groups = {n: getattr(rep, n, None) for n in ROLES}
+    return {role: p for role, p in groups.items() if role in ROLES and isinstance(p, nn.Parameter)}
+
+
+def masked_photometric_loss(pred: Tensor, target: Tensor, valid: Tensor, ssim_weight: float = 0.2) -> Tensor:
+    """``L1 + ssim_weight * (1 - SSIM)`` over ``valid`` pixels only.
+
+    Args:
+        pred, target: [N, H, W, 3] (or [H, W, 3]) images in [0, 1].
+        valid: [N, H, W] (or [H, W]) bool, True where the pixel counts (non-sky).
+
+    Both images are set to 0 outside ``valid`` before comparing, so invalid pixels of either image
+    change neither the value nor the gradient; L1 is averaged over valid pixels and channels,
+    SSIM (:func:`recon_core.imageops.ssim`) over window centres on valid pixels.
+    """
+    m = valid[..., None].to(pred.dtype)
+    p, t = pred * m, target * m
+    l1 = (p - t).abs().sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
+    return l1 + ssim_weight * (1.0 - ssim(p, t, valid))
+
+
+def representation_cameras(rep: Representation) -> Cameras | None:
+    """The representation's own cameras when it provides "cameras" through ``cameras()``."""
+    if "cameras" not in getattr(rep, "provides", frozenset()):
+        return None
+    method = getattr(rep, "cameras", None)
+    if not callable(method):
+        return None
+    cams = method()
+    return cams if isinstance(cams, Cameras) and len(cams) > 0 else None
+
+
+def _match_cameras(cams: Cameras, views: list[View]) -> list[int | None]:
+    """For each view, the index of its camera in ``cams``: by time (within 1 ms), else by order."""
+    if cams.times is not None and all(v.time is not None for v in views):
+        times = cams.times.detach().cpu().double()
+        out: list[int | None] = []
+        for v in views:
+            d = (times - float(v.time)).abs()  # type: ignore[arg-type]
+            i = int(torch.argmin(d))
+            out.append(i if float(d[i]) < 1e-3 else None)
+        return out
+    return list(range(len(views))) if len(cams) == len(views) else [None] * len(views)
+
+
+def _read_true_poses(path: str) -> dict[str, Tensor]:
+    """{view name: c2w [4, 4]} from a cameras_opencv.json-style file."""
+    from recon_core.pipeline import read_cameras_file
+
+    cams, names = read_cameras_file(path)  # type: ignore[arg-type]
+    return {name: cams.c2w[i] for i, name in enumerate(names)}
+
+
+# ----------------------------------------------------------------------------------- refiner
+
+
+class TestTimeRefiner(Refiner):
+    """DGGT-TTR: pose then attribute refinement against the input views, with a held-out guard."""
+
+    __test__ = False  # not a pytest class despite the name
+
+    name = "ttr"
+    description = "test-time refinement: se(3) poses, then Gaussian attributes; held-out guard keeps the best"
+    Config = TTRConfig
+    requires = frozenset({"gaussians-3d"})
+
+    # ----------------------------------------------------------------------------------- setup
+
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+        cfg: TTRConfig = self.config
+        if not isinstance(data, Scene):
+            raise InputError("ttr needs posed views (a Scene), not a video")
+        self.params = refinable_parameters(rep)
+        missing = [r for r in _ALWAYS if r not in self.params]
+        if cfg.refine_gs and missing:
+            raise CombinationError(
+                f"ttr needs the parameters {', '.join(missing)} of '{rep.name}' (3dgs layout names, or a "
+                "refinable_parameters() method returning them); use another refiner or ttr.refine_gs=false"
+            )
+        for flag, role in (("refine_xyz", "means"), ("refine_scale", "scales")):
+            if getattr(cfg, flag) and role not in self.params:
+                raise CombinationError(f"ttr.{flag} needs the '{role}' parameter, which '{rep.name}' does not expose")
+        try:
+            self.views, self.held = split_views(data, int(cfg.holdout))
+        except ValueError as e:
+            raise InputError(f"ttr: {e}") from None
+        if not self.views:
+            raise InputError("ttr needs at least one training view", data.source)
+        self.rep, self.scene, self.ctx, self.device = rep, data, ctx, ctx.device
+
+        cams = Cameras.cat([v.camera for v in self.views]).to(self.device)
+        self.from_rep = [None] * len(self.views)
+        rep_cams = representation_cameras(rep)
+        if rep_cams is not None:
+            self.from_rep = _match_cameras(rep_cams, self.views)
+            c2w, K = cams.c2w.clone(), cams.K.clone()
+            for i, j in enumerate(self.from_rep):
+                if j is not None:
+                    c2w[i] = rep_cams.c2w[j].to(c2w)
+                    K[i] = rep_cams.K[j].to(K)
+            cams = Cameras(K=K, c2w=c2w, width=cams.width, height=cams.height, distortion=cams.distortion, times=cams.times)
+        self.cams = cams
+        self.base_c2w = cams.c2w.detach().clone()
+        self.omega = nn.Parameter(torch.zeros(len(self.views), 3, device=self.device))
+        """[N, 3] axis-angle part of the pose corrections (radians); row 0 stays 0."""
+        self.tau = nn.Parameter(torch.zeros(len(self.views), 3, device=self.device))
+        """[N, 3] translation part of the pose corrections (metres, camera axes); row 0 stays 0."""
+        self.free = torch.ones(len(self.views), 1, device=self.device)
+        self.free[0] = 0.0  # frame 0 is the fixed reference
+
+        self.held_cams = Cameras.cat([v.camera for v in self.held]).to(self.device) if self.held else None
+        self.targets = [(v.image.float().to(self.device), _valid(v).to(self.device)) for v in self.views]
+        self.held_targets = [(v.image.float().to(self.device), _valid(v).to(self.device)) for v in self.held]
+        self.true_c2w = self._true_poses(cfg.true_poses)
+        self.lpips_unavailable: str | None = None
+        self.evaluators = self._evaluators()
+
+        self.stages = [s for s, on, n in (("pose", cfg.refine_pose, cfg.steps_pose), ("attributes", cfg.refine_gs, cfg.steps_gs))
+                       if on and int(n) > 0]
+        self.stage_steps = {"pose": int(cfg.steps_pose), "attributes": int(cfg.steps_gs)}
+        self.generator = torch.Generator().manual_seed(int(ctx.seed))
+        self.stage_index = -1
+        self.stage_done = True
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.guard = HoldoutGuard(patience=int(cfg.patience))
+        self.snapshot: dict[str, Tensor] | None = None
+        self.measured: dict[str, Any] | None = None  # metrics of the current parameters, when known
+        self.reports: list[dict[str, Any]] = []
+        self.stage_before: dict[str, Any] = {}
+        self.history: list[tuple[str, int, float]] = []
+        """Held-out checks: (stage, step within the stage, mean held-out PSNR in dB)."""
+        self.last_loss = float("nan")
+
+    def _true_poses(self, path: str | None) -> Tensor | None:
+        """True c2w [N, 4, 4] (float64) of the optimised views by view name, or None without a file."""
+        if not path:
+            return None
+        poses = _read_true_poses(path)
+        missing = [v.name for v in self.views if v.name not in poses]
+        if missing:
+            raise InputError(f"true_poses has no pose for view(s) {', '.join(missing[:5])}", path)
+        return torch.stack([poses[v.name] for v in self.views]).to(self.device, torch.float64)
+
+    def _evaluators(self) -> dict[str, Any]:
+        """SSIM (and LPIPS when usable) evaluators from the metrics plugin, when it is installed."""
+        out: dict[str, Any] = {}
+        try:
+            from recon_plugins.metrics import LPIPS, SSIM
+        except ImportError:
+            return out
+        out["ssim"] = SSIM()
+        if self.config.lpips:
+            lp = LPIPS()
+            self.lpips_unavailable = lp.unavailable_reason()
+            if self.lpips_unavailable is None:
+                out["lpips"] = lp
+        return out
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.stage_steps[s] for s in self.stages)
+
+    # ------------------------------------------------------------------------------- cameras
+
+    def corrected_c2w(self) -> Tensor:
+        """[N, 4, 4] current camera-to-world of the optimised views (differentiable w.r.t. ``omega``, ``tau``)."""
+        return apply_corrections(self.base_c2w, torch.cat([self.omega, self.tau], dim=1) * self.free)
+
+    def _cameras(self, index: list[int], c2w: Tensor) -> Cameras:
+        return self.cams[index].with_c2w(c2w[index])
+
+    # -------------------------------------------------------------------------------- stages
+
+    def _locate(self, step: int) -> tuple[int, int]:
+        """(stage index, step within the stage) of a global step."""
+        for i, s in enumerate(self.stages):
+            n = self.stage_steps[s]
+            if step < n:
+                return i, step
+            step -= n
+        raise IndexError("step beyond total_steps")
+
+    def _trained(self, stage: int) -> dict[str, nn.Parameter]:
+        """Representation parameters a stage refines, by role."""
+        if self.stages[stage] == "pose":
+            return {}
+        cfg = self.config
+        roles = list(_ALWAYS) + ["shN"] + (["means"] if cfg.refine_xyz else []) + (["scales"] if cfg.refine_scale else [])
+        return {r: self.params[r] for r in roles if r in self.params and self.params[r].numel() > 0}
+
+    def _build_optimizer(self, stage: int) -> torch.optim.Optimizer:
+        cfg = self.config
+        lrs = {"opacities": cfg.lr_opacity, "sh0": cfg.lr_color, "shN": cfg.lr_color / 20.0, "quats": cfg.lr_rotation,
+               "scales": cfg.lr_scale, "means": cfg.lr_xyz}
+        groups: list[dict[str, Any]] = [{"params": [p], "lr": float(lrs[r]), "name": r} for r, p in self._trained(stage).items()]
+        factor = 1.0 if self.stages[stage] == "pose" else float(cfg.pose_lr_factor_gs)
+        if cfg.refine_pose and factor > 0:
+            lr_rot = float(cfg.lr_pose) * factor
+            lr_trans = float(cfg.lr_pose if cfg.lr_pose_translation is None else cfg.lr_pose_translation) * factor
+            groups.append({"params": [self.omega], "lr": lr_rot, "name": "pose_rotation"})
+            groups.append({"params": [self.tau], "lr": lr_trans, "name": "pose_translation"})
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        return torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-15)
+
+    def _enter_stage(self, stage: int) -> None:
+        self.stage_index = stage
+        self.stage_done = False
+        self.optimizer = self._build_optimizer(stage)
+        self.guard = HoldoutGuard(patience=int(self.config.patience))
+        if self.measured is None:
+            self.measured = self._measure()
+        self.stage_before = self.measured
+        if self._guarded(stage):
+            self._check(0, self.measured["heldout"]["psnr"])
+        name = self.stages[stage]
+        self.ctx.log(f"ttr: stage {name} starts ({self.stage_steps[name]} steps); "
+                     f"train PSNR {self.measured['train']['psnr']:.3f} dB, held-out {self.measured['heldout'].get('psnr', math.nan):.3f} dB")
+
+    def _guarded(self, stage: int) -> bool:
+        """Whether the held-out guard watches ``stage``: there are held-out views and the stage
+        changes the representation (pose corrections alone cannot change held-out renders, which
+        use the given poses)."""
+        return bool(self.held) and bool(self._trained(stage))
+
+    def _check(self, local_step: int, score: float) -> None:
+        """Feed a held-out score to the guard; snapshot the parameters on a new best."""
+        self.history.append((self.stages[self.stage_index], local_step, float(score)))
+        if self.guard.update(score, local_step):
+            trained = self._trained(self.stage_index)
+            self.snapshot = {"omega": self.omega.detach().clone(), "tau": self.tau.detach().clone(), **{r: p.detach().clone() for r, p in trained.items()}}
+
+    def _end_stage(self, steps_run: int) -> None:
+        restored = False
+        if self._guarded(self.stage_index) and self.snapshot is not None:
+            with torch.no_grad():
+                self.omega.copy_(self.snapshot["omega"])
+                self.tau.copy_(self.snapshot["tau"])
+                for r, p in self._trained(self.stage_index).items():
+                    p.copy_(self.snapshot[r])
+            restored = True
+        self.measured = self._measure()
+        name = self.stages[self.stage_index]
+        self.reports.append({
+            "stage": name,
+            "steps_run": steps_run,
+            "stopped_early": bool(self.guard.stopped),
+            "kept_step": self.guard.best_step if restored else steps_run,
+            "best_heldout_psnr": self.guard.best if restored else None,
+            "before": self.stage_before,
+            "after": self.measured,
+        })
+        self.stage_done = True
+        self.snapshot = None
+        self.ctx.log(f"ttr: stage {name} ends after {steps_run} steps, keeping step {self.reports[-1]['kept_step']}; "
+                     f"train PSNR {self.measured['train']['psnr']:.3f} dB, held-out {self.measured['heldout'].get('psnr', math.nan):.3f} dB")
+
+    # ------------------------------------------------------------------------------ measuring
+
+    @torch.no_grad()
+    def _render(self, cams: Cameras) -> Tensor:
+        chunk = max(1, int(self.config.eval_chunk))
+        parts = [self.ctx.renderer.render(self.rep, cams[list(range(s, min(s + chunk, len(cams))))]).rgb
+                 for s in range(0, len(cams), chunk)]
+        return torch.cat(parts).clamp(0.0, 1.0)
+
+    def _scores(self, cams: Cameras, targets: list[tuple[Tensor, Tensor]], full: bool) -> dict[str, float]:
+        """Mean per-view PSNR over valid pixels (and SSIM/LPIPS when ``full``)."""
+        pred = self._render(cams)
+        out: dict[str, list[float]] = {"psnr": []}
+        for i, (target, valid) in enumerate(targets):
+            out["psnr"].append(float(psnr(pred[i], target, valid)))
+            if full:
+                for name, ev in self.evaluators.items():
+                    out.setdefault(name, []).append(float(ev.compute(pred[i], target, valid)))
+        return {k: sum(v) / len(v) for k, v in out.items()}
+
+    def heldout_psnr(self) -> float:
+        """Mean PSNR (dB) of the held-out views at their given poses, over non-sky pixels."""
+        assert self.held_cams is not None
+        return self._scores(self.held_cams, self.held_targets, full=False)["psnr"]
+
+    def _measure(self) -> dict[str, Any]:
+        """Train / held-out image metrics and the optimised views' pose error, for the current state."""
+        c2w = self.corrected_c2w().detach()
+        out: dict[str, Any] = {"train": self._scores(self.cams.with_c2w(c2w), self.targets, full=True), "heldout": {}}
+        if self.held_cams is not None:
+            out["heldout"] = self._scores(self.held_cams, self.held_targets, full=True)
+        if self.true_c2w is not None:
+            rot, trans = pose_errors(c2w.double(), self.true_c2w)
+            aligned = align_rigid(c2w, self.true_c2w) @ c2w.double()
+            rot_a, trans_a = pose_errors(aligned, self.true_c2w)
+            out["pose_error"] = {"rotation_deg": float(rot.mean()), "translation_m": float(trans.mean()),
+                                 "rotation_deg_max": float(rot.max()), "translation_m_max": float(trans.max()),
+                                 "aligned_rotation_deg": float(rot_a.mean()), "aligned_translation_m": float(trans_a.mean())}
+        return out
+
+    # ------------------------------------------------------------------------------------ step
+
+    def _pick_views(self) -> list[int]:
+        n, k = len(self.views), int(self.config.views_per_step)
+        if k <= 0 or k >= n:
+            return list(range(n))
+        return sorted(torch.randperm(n, generator=self.generator)[:k].tolist())
+
+    def step(self, step: int) -> dict[str, float]:
+        stage, local = self._locate(step)
+        if stage != self.stage_index:
+            self._enter_stage(stage)
+        if self.stage_done:  # stopped early by the guard: the rest of the stage is skipped
+            return {"skipped": 1.0}
+        cfg = self.config
+        index = self._pick_views()
+        c2w = self.corrected_c2w()
+        pred = self.ctx.renderer.render(self.rep, self._cameras(index, c2w)).rgb
+        target = torch.stack([self.targets[i][0] for i in index])
+        valid = torch.stack([self.targets[i][1] for i in index])
+        loss = masked_photometric_loss(pred, target, valid, cfg.ssim_weight)
+        assert self.optimizer is not None
+        tensors = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        for p, g in zip(tensors, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+        n = self.stage_steps[self.stages[stage]]
+        decay = float(cfg.lr_final) ** (local / max(n - 1, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * decay
+        self.optimizer.step()
+        for p in tensors:
+            p.grad = None
+        self.measured = None
+        logs = {"loss": float(loss.detach()), "stage": float(stage)}
+        self.last_loss = logs["loss"]
+        done = local + 1
+        if self._guarded(stage) and (done % max(1, int(cfg.eval_every)) == 0 or done == n):
+            score = self.heldout_psnr()
+            self._check(done, score)
+            logs["heldout_psnr"] = score
+            if self.guard.stopped and done < n:
+                self.ctx.log(f"ttr: held-out PSNR has not improved for {self.guard.patience} checks; stopping stage "
+                             f"{self.stages[stage]} at step {done}")
+                self._end_stage(done)
+                return logs
+        if done == n:
+            self._end_stage(done)
+        return logs
+
+    # --------------------------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Pose corrections, optimizer, guard, best snapshot, generator, metrics so far (deep copies)."""
+        return copy.deepcopy({
+            "omega": self.omega.detach(),
+            "tau": self.tau.detach(),
+            "stage_index": self.stage_index,
+            "stage_done": self.stage_done,
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "guard": self.guard.state_dict(),
+            "snapshot": self.snapshot,
+            "measured": self.measured,
+            "stage_before": self.stage_before,
+            "reports": self.reports,
+            "history": self.history,
+            "generator": self.generator.get_state(),
+            "last_loss": self.last_loss,
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where ``state_dict`` was taken (after ``setup`` on the restored representation)."""
+        with torch.no_grad():
+            self.omega.copy_(state["omega"].to(self.omega))
+            self.tau.copy_(state["tau"].to(self.tau))
+        self.stage_index = int(state["stage_index"])
+        if self.stage_index >= 0:
+            self.optimizer = self._build_optimizer(self.stage_index)
+            if state["optimizer"] is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+        self.stage_done = bool(state["stage_done"])
+        self.guard.load_state_dict(state["guard"])
+        self.snapshot = {k: v.to(self.device) for k, v in state["snapshot"].items()} if state["snapshot"] else None
+        self.measured = copy.deepcopy(state["measured"])
+        self.stage_before = copy.deepcopy(state["stage_before"])
+        self.reports = copy.deepcopy(state["reports"])
+        self.history = [tuple(h) for h in state["history"]]  # type: ignore[misc]
+        self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+        self.last_loss = float(state["last_loss"])
+
+    # --------------------------------------------------------------------------------- finish
+
+    def finish(self) -> dict[str, Any]:
+        """Write the refined poses back and report per-stage before/after metrics."""
+        c2w = self.corrected_c2w().detach()
+        self._write_back(c2w)
+        report: dict[str, Any] = {
+            "optimised_views": len(self.views),
+            "heldout_views": len(self.held),
+            "heldout_poses": "given (never optimised)",
+            "stages": self.reports,
+            "final_loss": self.last_loss,
+        }
+        if self.lpips_unavailable:
+            report["lpips_unavailable"] = self.lpips_unavailable
+        if self.reports:
+            first, last = self.reports[0]["before"], self.reports[-1]["after"]
+            report["train_psnr"] = {"before": first["train"]["psnr"], "after": last["train"]["psnr"]}
+            if self.held:
+                report["heldout_psnr"] = {"before": first["heldout"]["psnr"], "after": last["heldout"]["psnr"]}
+            if "pose_error" in first:
+                report["pose_error"] = {"before": first["pose_error"], "after": last["pose_error"]}
+        return report
+
+    def _write_back(self, c2w: Tensor) -> None:
+        """Refined poses into the scene views' cameras and, when it holds them, the representation."""
+        for i, view in enumerate(self.views):
+            view.camera = view.camera.with_c2w(c2w[i : i + 1].to(view.camera.c2w))
+        rep_cams = representation_cameras(self.rep)
+        if rep_cams is None or all(j is None for j in self.from_rep):
+            return
+        new = rep_cams.c2w.detach().clone()
+        for i, j in enumerate(self.from_rep):
+            if j is not None:
+                new[j] = c2w[i].to(new)
+        setter = getattr(self.rep, "set_cameras", None)
+        if callable(setter):
+            setter(rep_cams.with_c2w(new))
+        elif isinstance(getattr(self.rep, "camera_c2w", None), Tensor) and self.rep.camera_c2w.shape == new.shape:
+            self.rep.camera_c2w = new
+        else:
+            self.ctx.log(f"ttr: '{self.rep.name}' has no set_cameras(); its own cameras keep the unrefined poses")
+
+
+def _valid(view: View) -> Tensor:
+    """[H, W] bool: pixels that count (not sky; every pixel without a sky mask)."""
+    if view.has("sky_mask"):
+        return ~view.sky_mask.to(torch.bool)
+    return torch.ones(view.height, view.width, dtype=torch.bool)

@@ -1,0 +1,118 @@
+"""The ``render-fix`` generator and its camera path (plugins/reconx/generator.py)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recon_core.cameras import Cameras
+from recon_core.components import Fixer, RefineContext
+from recon_core.scene import Bounds, Scene, View
+from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
+from recon_plugins.gaussians.ply import SplatPly
+from recon_plugins.reconx.generator import RenderFixConfig, RenderFixGenerator, camera_path, look_at_point
+
+
+def _look_at(position: list[float], target: list[float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+    pos = torch.tensor(position, dtype=torch.float64)
+    forward = torch.tensor(target, dtype=torch.float64) - pos
+    forward = forward / forward.norm()
+    right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    right = right / right.norm()
+    down = torch.linalg.cross(forward, right)
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, pos
+    return c2w.float()
+
+
+def _ring(n: int, radius: float = 3.0, target: list[float] = (0.0, 0.0, 0.0), size: int = 16) -> Cameras:
+    c2w = torch.stack([_look_at([target[0] + radius * math.cos(2 * math.pi * i / n), target[1] + radius * math.sin(2 * math.pi * i / n),
+                                 target[2] + 1.0], target) for i in range(n)])
+    K = torch.tensor([[16.0, 0, size / 2], [0, 16.0, size / 2], [0, 0, 1]])
+    return Cameras.create(K, c2w, size, size)
+
+
+def test_look_at_point_is_where_the_optical_axes_meet() -> None:
+    cams = _ring(3, target=[0.2, -0.1, 0.3])
+    assert torch.allclose(look_at_point(cams.c2w, torch.zeros(3)).float(), torch.tensor([0.2, -0.1, 0.3]), atol=1e-4)
+    parallel = cams.c2w[:1].repeat(2, 1, 1)
+    assert torch.equal(look_at_point(parallel, torch.ones(3)), torch.ones(3, dtype=torch.float64))
+
+
+def test_orbit_path_stays_on_the_sphere_between_the_inputs() -> None:
+    cams = _ring(3)
+    pivot = torch.zeros(3, dtype=torch.float64)
+    path = camera_path(cams, 9, pivot, "orbit", closed=True)
+    assert len(path) == 9
+    radius = float(cams.centers[0].norm())
+    for i in range(9):
+        c2w = path.c2w[i].double()
+        assert abs(float(c2w[:3, 3].norm()) - radius) < 1e-4
+        assert torch.allclose(c2w[:3, 2], -c2w[:3, 3] / c2w[:3, 3].norm(), atol=1e-5)  # looks at the pivot
+        assert torch.allclose(c2w[:3, :3].T @ c2w[:3, :3], torch.eye(3, dtype=torch.float64), atol=1e-5)
+    # 3 evenly spaced inputs, 9 views: 3 per segment, none on an input
+    dist = torch.cdist(path.centers.double(), cams.centers.double()).min(dim=1).values
+    assert float(dist.min()) > 0.3
+    open_path = camera_path(cams, 4, pivot, "orbit", closed=False)
+    assert len(open_path) == 4
+
+
+def _tiny_rep() -> GaussianSplat:
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    raw = SplatPly(
+        means=(torch.rand(n, 3, generator=g) - 0.5) * 0.8,
+        quats=torch.nn.functional.normalize(torch.rand(n, 4, generator=g), dim=-1),
+        log_scales=torch.full((n, 3), math.log(0.15)),
+        logit_opacities=torch.full((n,), 2.0),
+        sh0=torch.rand(n, 1, 3, generator=g),
+        shN=torch.zeros(n, 0, 3),
+    )
+    rep = GaussianSplat.from_raw(raw)
+    rep.set_background([1.0, 1.0, 1.0])
+    return rep
+
+
+class _Inverter(Fixer):
+    name = "invert"
+
+    def fix(self, images, references=None, *, views=None):  # noqa: ANN001, ANN201
+        assert references is not None and references.shape == images.shape
+        return 1.0 - images
+
+
+def _scene_and_ctx(fixer: Fixer | None = None) -> tuple[Scene, RefineContext, GaussianSplat]:
+    rep = _tiny_rep()
+    renderer = TorchGaussianRenderer()
+    cams = _ring(3)
+    with torch.no_grad():  # inputs are renders of the model itself: everything is consistent
+        images = renderer.render(rep, cams).rgb
+    views = [View(f"in{i}", cams[i], images[i].clone()) for i in range(3)]
+    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer)
+    return Scene("tiny", views, Bounds(torch.zeros(3), 1.0)), ctx, rep
+
+
+def test_generated_views_follow_the_contract_and_change_nothing() -> None:
+    scene, ctx, rep = _scene_and_ctx()
+    before = {k: v.clone() for k, v in rep.state_dict().items()}
+    views = RenderFixGenerator(RenderFixConfig(num_views=3)).generate(rep, scene, ctx)
+    assert [v.name for v in views] == ["gen-0000", "gen-0001", "gen-0002"]
+    for v in views:
+        assert v.split == "train" and len(v.camera) == 1 and (v.height, v.width) == (16, 16)
+        assert v.image.shape == (16, 16, 3) and v.confidence.shape == (16, 16)
+        assert float(v.confidence.min()) >= 0 and float(v.confidence.max()) <= 1
+    assert all(torch.equal(before[k], v) for k, v in rep.state_dict().items())
+    # the inputs are renders of this model, so surface pixels seen by an input are fully confident
+    conf = torch.stack([v.confidence for v in views])
+    assert float((conf == 1.0).float().mean()) > 0.05 and abs(float(conf.min()) - 0.3) < 1e-6
+    again = RenderFixGenerator(RenderFixConfig(num_views=3)).generate(rep, scene, ctx)
+    assert all(torch.equal(a.image, b.image) and torch.equal(a.confidence, b.confidence) for a, b in zip(views, again))
+
+
+def test_the_run_fixer_is_used_and_its_disagreement_lowers_confidence() -> None:
+    scene, ctx, rep = _scene_and_ctx(_Inverter())
+    plain = RenderFixGenerator(RenderFixConfig(num_views=2, fix="none")).generate(rep, scene, ctx)
+    fixed = RenderFixGenerator(RenderFixConfig(num_views=2)).generate(rep, scene, ctx)  # auto: the run's fixer
+    assert torch.allclose(fixed[0].image, 1.0 - plain[0].image, atol=1e-6)
+    assert float(fixed[0].confidence.mean()) < float(plain[0].confidence.mean())

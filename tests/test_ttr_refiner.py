@@ -1,0 +1,337 @@
+"""Tests of plugins/ttr/refiner.py on synthetic scenes rendered by our own torch-3dgs renderer."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import recon_plugins.ttr as ttr_module
+from recon_core.cameras import Cameras
+from recon_core.components import RefineContext
+from recon_core.errors import CombinationError
+from recon_core.registry import Registry
+from recon_core.scene import Bounds, Scene, View
+from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
+from recon_plugins.gaussians.ply import SplatPly
+from recon_plugins.ttr import TestTimeRefiner, TTRConfig, masked_photometric_loss
+from recon_plugins.ttr.poses import pose_errors, se3_exp
+
+W, H, F = 96, 72, 84.0
+
+
+def _gaussians(seed: int = 0, n: int = 700) -> SplatPly:
+    """Opaque coloured blobs filling the view frustum from 1.5 to 10 m: strong parallax makes
+    rotation and translation distinguishable (a shallow scene confuses a yaw with a sideways step)."""
+    g = torch.Generator().manual_seed(seed)
+    depth = 1.5 + 8.5 * torch.rand(n, generator=g) ** 1.5
+    u, v = (torch.rand(2, n, generator=g) * 2 - 1) * torch.tensor([[0.7], [0.55]])
+    means = torch.stack([u * depth, v * depth, depth], dim=1)
+    rgb = torch.rand(n, 3, generator=g) * 0.9 + 0.05
+    return SplatPly(
+        means=means,
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1),
+        log_scales=torch.log((torch.rand(n, 3, generator=g) * 0.02 + 0.025) * depth[:, None]),
+        logit_opacities=torch.full((n,), 2.0),
+        sh0=((rgb - 0.5) / 0.28209479177387814)[:, None, :],
+        shN=torch.zeros(n, 0, 3),
+    )
+
+
+def _true_c2w(n: int) -> torch.Tensor:
+    """Cameras on a short sideways track looking down +z (OpenCV)."""
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    for i in range(n):
+        c2w[i, 0, 3] = -0.6 + 1.2 * i / max(n - 1, 1)
+        c2w[i, 2, 3] = 0.1 * i
+    return c2w
+
+
+def make_scene(
+    n: int = 5,
+    test: tuple[int, ...] = (2,),
+    rot_deg: float = 1.5,
+    trans_m: float = 0.05,
+    sky_rows: int = 0,
+    seed: int = 0,
+    train_image_fn: Any = None,
+) -> tuple[Scene, GaussianSplat, torch.Tensor]:
+    """(scene with perturbed training poses, the true Gaussians as a 3dgs representation, true c2w [n, 4, 4]).
+
+    Images are renders at the true poses. Training views other than the first get a pose
+    perturbation of ``rot_deg`` degrees about a random axis and ``trans_m`` metres; test views
+    keep their true poses. ``sky_rows`` top rows are marked sky; ``train_image_fn`` may alter
+    training images (e.g. to make them inconsistent with the held-out view).
+    """
+    rep = GaussianSplat.from_raw(_gaussians(seed))
+    rep.set_background([0.0, 0.0, 0.0])
+    K = torch.tensor([[F, 0.0, W / 2], [0.0, F, H / 2], [0.0, 0.0, 1.0]])
+    truth = _true_c2w(n)
+    with torch.no_grad():
+        images = TorchGaussianRenderer().render(rep, Cameras.create(K, truth, W, H)).rgb.clamp(0, 1)
+    g = torch.Generator().manual_seed(100 + seed)
+    views = []
+    for i in range(n):
+        split = "test" if i in test else "train"
+        c2w = truth[i].clone()
+        if split == "train" and i > 0:
+            axis = torch.nn.functional.normalize(torch.randn(3, generator=g), dim=0)
+            shift = torch.nn.functional.normalize(torch.randn(3, generator=g), dim=0) * trans_m
+            delta = se3_exp(torch.cat([axis * math.radians(rot_deg), shift])[None].double())[0].float()
+            c2w = torch.linalg.inv(delta @ torch.linalg.inv(c2w))
+        image = images[i]
+        if split == "train" and train_image_fn is not None:
+            image = train_image_fn(image)
+        sky = torch.zeros(H, W, dtype=torch.bool)
+        sky[:sky_rows] = True
+        views.append(View(f"{i:04d}", Cameras.create(K, c2w, W, H, times=0.1 * i), image, split, sky_mask=sky))
+    scene = Scene("synthetic", views, Bounds.from_cameras(Cameras.cat([v.camera for v in views])))
+    return scene, rep, truth
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """One torch thread: on a shared, oversubscribed CPU the rasteriser runs several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ctx(seed: int = 0) -> RefineContext:
+    return RefineContext(device=torch.device("cpu"), seed=seed, renderer=TorchGaussianRenderer(), log=lambda m: None)
+
+
+def _run(refiner: TestTimeRefiner, rep: Any, scene: Scene, seed: int = 0) -> dict[str, Any]:
+    refiner.setup(rep, scene, _ctx(seed))
+    for step in range(refiner.total_steps):
+        refiner.step(step)
+    return refiner.finish()
+
+
+def _write_true_poses(path: Path, scene: Scene, truth: torch.Tensor) -> Path:
+    frames = [{"file_path": f"images/{v.name}.png", "c2w": truth[i].tolist()} for i, v in enumerate(scene.views)]
+    path.write_text(json.dumps({"K": scene.views[0].camera.K[0].tolist(), "w": W, "h": H, "frames": frames}))
+    return path
+
+
+# ------------------------------------------------------------------------------------- poses
+
+
+def test_recovers_a_small_pose_perturbation_and_keeps_frame_0_fixed(tmp_path: Path) -> None:
+    scene, rep, truth = make_scene(n=4)
+    train_idx = [0, 1, 3]
+    frame0 = scene.views[0].camera.c2w.clone()
+    before_rot, before_trans = pose_errors(torch.cat([scene.views[i].camera.c2w for i in train_idx]).double(), truth[train_idx].double())
+    true_file = _write_true_poses(tmp_path / "cameras_opencv.json", scene, truth)
+    refiner = TestTimeRefiner(TTRConfig(refine_gs=False, steps_pose=60, lr_pose=5e-3, lr_pose_translation=5e-3, lr_final=0.2, true_poses=str(true_file), lpips=False))
+    report = _run(refiner, rep, scene)
+    after_rot, after_trans = pose_errors(torch.cat([scene.views[i].camera.c2w for i in train_idx]).double(), truth[train_idx].double())
+    # written back into the scene's views; frame 0 untouched, bit for bit
+    assert torch.equal(scene.views[0].camera.c2w, frame0)
+    assert float(after_rot[1:].mean()) * 5 <= float(before_rot[1:].mean()), (before_rot, after_rot)
+    assert float(after_trans[1:].mean()) < float(before_trans[1:].mean())
+    # the report measures the same thing from the true-poses file
+    pe = report["pose_error"]
+    assert pe["before"]["rotation_deg"] == pytest.approx(float(before_rot.mean()), rel=1e-4)
+    assert pe["after"]["rotation_deg"] == pytest.approx(float(after_rot.mean()), rel=1e-3)
+    assert report["train_psnr"]["after"] > report["train_psnr"]["before"] + 3.0
+    # the test view was never optimised: its pose is the given one
+    assert torch.equal(scene.views[2].camera.c2w, truth[2:3])
+    assert report["stages"][0]["kept_step"] == 60  # the pose stage is not guarded: it keeps its last step
+
+
+# --------------------------------------------------------------------------------------- sky
+
+
+def test_sky_pixels_do_not_contribute_to_the_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 20, 24, 3, generator=g, requires_grad=True)
+    target = torch.rand(2, 20, 24, 3, generator=g)
+    sky = torch.zeros(2, 20, 24, dtype=torch.bool)
+    sky[:, :7] = True
+    sky[1, :, 20:] = True
+    loss = masked_photometric_loss(pred, target, ~sky)
+    (grad,) = torch.autograd.grad(loss, pred)
+    assert float(grad[sky].abs().max()) == 0.0 and float(grad[~sky].abs().max()) > 0.0
+    other_pred = torch.where(sky[..., None], torch.rand(pred.shape, generator=g), pred.detach())
+    other_target = torch.where(sky[..., None], torch.rand(target.shape, generator=g), target)
+    assert float(masked_photometric_loss(other_pred, other_target, ~sky)) == pytest.approx(float(loss.detach()), abs=1e-7)
+    assert float(masked_photometric_loss(pred.detach(), other_target, torch.ones_like(sky))) != pytest.approx(float(loss.detach()), abs=1e-4)
+
+
+def test_refinement_ignores_what_the_sky_pixels_show() -> None:
+    """Two scenes that differ only in their sky pixels refine to the same parameters."""
+    results = []
+    for garbage in (False, True):
+        fn = (lambda im: torch.cat([torch.rand(12, W, 3, generator=torch.Generator().manual_seed(3)), im[12:]])) if garbage else None
+        scene, rep, _ = make_scene(n=3, test=(), sky_rows=12, train_image_fn=fn)
+        refiner = TestTimeRefiner(TTRConfig(steps_pose=2, steps_gs=2, lr_pose=3e-3, lpips=False))
+        _run(refiner, rep, scene)
+        results.append((refiner.corrected_c2w().detach(), rep.sh0.detach().clone(), rep.opacities.detach().clone()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- held-out guard
+
+
+def _tinted(image: torch.Tensor) -> torch.Tensor:
+    """A training image whose colours disagree with the held-out view's (a strong colour cast)."""
+    return (image * torch.tensor([1.0, 0.45, 0.45]) + torch.tensor([0.25, 0.0, 0.0])).clamp(0, 1)
+
+
+def test_heldout_guard_keeps_the_best_parameters_when_heldout_psnr_falls() -> None:
+    scene, rep, _ = make_scene(rot_deg=0.0, trans_m=0.0, train_image_fn=_tinted)
+    start = {k: v.detach().clone() for k, v in rep.state_dict().items()}
+    refiner = TestTimeRefiner(TTRConfig(refine_pose=False, steps_gs=12, eval_every=3, lr_color=2e-2, lpips=False))
+    report = _run(refiner, rep, scene)
+    stage = report["stages"][0]
+    # fitting the tinted training views raises train PSNR but lowers held-out PSNR at every check
+    heldout_scores = [score for stage, _, score in refiner.history if stage == "attributes"]
+    assert max(heldout_scores[1:]) < heldout_scores[0]
+    assert stage["kept_step"] == 0
+    for k, v in rep.state_dict().items():  # the guard restored the initial parameters
+        assert torch.equal(v, start[k]), k
+    assert report["heldout_psnr"]["after"] == pytest.approx(report["heldout_psnr"]["before"], abs=1e-6)
+
+
+def test_heldout_guard_stops_early_after_patience_checks() -> None:
+    scene, rep, _ = make_scene(rot_deg=0.0, trans_m=0.0, train_image_fn=_tinted)
+    refiner = TestTimeRefiner(TTRConfig(refine_pose=False, steps_gs=30, eval_every=2, patience=2, lr_color=2e-2, lpips=False))
+    refiner.setup(rep, scene, _ctx())
+    logs = [refiner.step(s) for s in range(refiner.total_steps)]
+    stage = refiner.finish()["stages"][0]
+    assert stage["stopped_early"] and stage["steps_run"] == 4
+    assert all(entry == {"skipped": 1.0} for entry in logs[4:])
+
+
+def test_without_heldout_views_the_last_parameters_are_kept() -> None:
+    scene, rep, _ = make_scene(n=3, test=(), rot_deg=0.0, trans_m=0.0, train_image_fn=_tinted)
+    start = rep.sh0.detach().clone()
+    report = _run(TestTimeRefiner(TTRConfig(refine_pose=False, steps_gs=3, lr_color=2e-2, lpips=False)), rep, scene)
+    assert report["heldout_views"] == 0 and not torch.equal(rep.sh0, start)
+
+
+def test_holdout_option_takes_training_frames_out() -> None:
+    scene, rep, _ = make_scene(n=6, test=())
+    refiner = TestTimeRefiner(TTRConfig(holdout=2, lpips=False))
+    refiner.setup(rep, scene, _ctx())
+    assert [v.name for v in refiner.views][0] == "0000"
+    assert len(refiner.views) == 4 and len(refiner.held) == 2 and "0000" not in {v.name for v in refiner.held}
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def test_interrupt_and_resume_is_bit_identical() -> None:
+    cfg = TTRConfig(steps_pose=4, steps_gs=4, lr_pose=3e-3, refine_xyz=True, refine_scale=True, views_per_step=2,
+                    eval_every=2, lpips=False)
+    scene, rep, _ = make_scene(n=4, test=(3,))
+    full = TestTimeRefiner(cfg)
+    report_full = _run(full, rep, scene)
+
+    scene2, rep2, _ = make_scene(n=4, test=(3,))
+    first = TestTimeRefiner(cfg)
+    first.setup(rep2, scene2, _ctx())
+    for s in range(5):  # stop inside stage 2
+        first.step(s)
+    saved_rep = copy.deepcopy(rep2.state_dict())
+    saved = first.state_dict()
+
+    scene3, rep3, _ = make_scene(n=4, test=(3,))
+    rep3.load_state_dict_resizing(saved_rep)
+    resumed = TestTimeRefiner(cfg)
+    resumed.setup(rep3, scene3, _ctx())
+    resumed.load_state_dict(saved)
+    for s in range(5, resumed.total_steps):
+        resumed.step(s)
+    report_resumed = resumed.finish()
+    for k, v in rep.state_dict().items():
+        assert torch.equal(v, rep3.state_dict()[k]), k
+    assert torch.equal(full.corrected_c2w(), resumed.corrected_c2w())
+    assert report_full["stages"] == report_resumed["stages"]
+
+
+def test_refine_stage_driver_interrupts_and_resumes_ttr_bit_identically() -> None:
+    """Through recon_core.refine.run_refiners: Ctrl-C mid-stage, checkpoint, resume."""
+    from recon_core.errors import Interrupted
+    from recon_core.refine import StopFlag, run_refiners
+
+    cfg = TTRConfig(steps_pose=3, steps_gs=3, lr_pose=3e-3, refine_xyz=True, views_per_step=2, eval_every=2, lpips=False)
+    saved: dict[str, Any] = {}
+
+    def save(state: dict[str, Any], label: str) -> Path:
+        saved[label] = copy.deepcopy(state)
+        return Path(label)
+
+    scene, rep, _ = make_scene(n=4, test=(3,))
+    full = run_refiners(rep, scene, [("ttr", TestTimeRefiner(cfg))], _ctx(), save=save, checkpoint_every=0, log_every=0)
+
+    scene2, rep2, _ = make_scene(n=4, test=(3,))
+    stop = StopFlag()
+    with pytest.raises(Interrupted):
+        run_refiners(rep2, scene2, [("ttr", TestTimeRefiner(cfg))], _ctx(), save=save, checkpoint_every=0, log_every=4,
+                     stop=stop, log=lambda m: stop.set() if "step 4/6" in m else None)
+    state = saved["refiner0-step4"]
+    scene3, rep3, _ = make_scene(n=4, test=(3,))
+    rep3.load_state_dict_resizing(state["representation"])
+    resumed = run_refiners(rep3, scene3, [("ttr", TestTimeRefiner(cfg))], _ctx(), save=save, checkpoint_every=0, resume=state)
+    for k, v in rep.state_dict().items():
+        assert torch.equal(v, rep3.state_dict()[k]), k
+    assert full.reports == resumed.reports
+    assert all(torch.equal(a.camera.c2w, b.camera.c2w) for a, b in zip(scene.views, scene3.views))
+
+
+# ---------------------------------------------------------------------- protocol and plugin
+
+
+class _PosedSplat(GaussianSplat):
+    """A 3dgs representation that holds its own (refinable) cameras, like dggt."""
+
+    name = "posed-splat"
+    provides = frozenset({"gaussians-3d", "cameras"})
+
+    def cameras(self) -> Cameras:
+        return self._cams
+
+    def set_cameras(self, cameras: Cameras) -> None:
+        self._cams = cameras
+
+
+def test_starts_from_and_writes_back_the_representations_cameras() -> None:
+    scene, base, truth = make_scene()
+    rep = _PosedSplat.from_raw(base.raw())
+    rep.set_background([0.0, 0.0, 0.0])
+    train = [v for v in scene.views if v.split == "train"]
+    # the representation's poses are the true ones; the scene's are perturbed
+    rep._cams = Cameras.cat([v.camera for v in train]).with_c2w(truth[[0, 1, 3, 4]])
+    refiner = TestTimeRefiner(TTRConfig(refine_gs=False, steps_pose=1, lr_pose=1e-9, lpips=False))
+    report = _run(refiner, rep, scene)
+    assert report["train_psnr"]["before"] > 40  # rendered from the representation's (true) poses
+    assert torch.allclose(rep._cams.c2w, truth[[0, 1, 3, 4]], atol=1e-5)
+    assert torch.allclose(scene.views[1].camera.c2w[0], truth[1], atol=1e-5)
+
+
+def test_registered_as_a_refiner_requiring_gaussians() -> None:
+    registry = Registry(entry_points=[], modules=[("ttr", ttr_module)])
+    cls = registry.get("refiner", "ttr")
+    assert cls is TestTimeRefiner and cls.requires == frozenset({"gaussians-3d"})
+
+
+def test_representation_without_attribute_parameters_is_refused() -> None:
+    scene, rep, _ = make_scene(n=3)
+
+    class Bare(GaussianSplat):
+        def refinable_parameters(self) -> dict[str, torch.nn.Parameter]:
+            return {"means": self.means}
+
+    bare = Bare.from_raw(rep.raw())
+    with pytest.raises(CombinationError, match="opacities"):
+        TestTimeRefiner(TTRConfig()).setup(bare, scene, _ctx())
+    TestTimeRefiner(TTRConfig(refine_gs=False)).setup(bare, scene, _ctx())  # poses alone need no attributes

@@ -3,30 +3,42 @@
 For one video, in one run:
 
 1. reads the first ``--frames`` frames with PyAV, resized to ``--size`` (FFmpeg's swscale, bicubic),
-2. fits ``d2gv`` with ``d2gv-fit`` (local worker processes), recording wall and CPU seconds,
+2. fits ``d2gv`` with ``d2gv-fit`` (local worker processes), recording the CPU seconds of the GoP
+   fits (``time.process_time`` in each worker, summed) and of the whole fit including worker
+   start-up (``resource`` usage of this process and its children), and the wall seconds,
 3. exports the fp16 model, decodes it again and measures mean PSNR / MS-SSIM of the *decoded*
    frames and the payload bytes per frame,
-4. decode FPS of the decoded model with 1 and with all-cores torch threads (the better is
-   reported; on a shared machine one thread often wins): one warm-up pass, then the median of
-   ``--repeats`` passes over all frames,
+4. decode FPS of the decoded model (``decode.Decoder``: MLP + rasteriser + clamp + 8-bit RGB for
+   every frame, GoP constants included) with 1 torch thread, all-cores OpenMP threads, and
+   all-cores frame threads (the best is reported): one warm-up pass, then the median of
+   ``--repeats`` passes over all frames; the same with the MLP in bfloat16 (and that decode's
+   PSNR); ``--decode-gaussians N`` adds the measurements for an unfitted model with N Gaussians
+   in every GoP,
 5. H.264 (libx264 through PyAV, yuv420p, preset medium) at several CRFs on the same frames: bytes
    per frame (sum of packet sizes), mean PSNR after decoding to RGB, and PyAV decode FPS (decode +
    conversion to RGB, FFmpeg threads automatic) with the same warm-up/median protocol; the H.264
    bytes at D2GV's PSNR are interpolated linearly in log(bytes) between the bracketing CRFs.
+
+``--kernel-only`` instead times the summation rasteriser alone (forward, forward + backward) for
+the compiled kernel and its PyTorch twin in the same run (``--kernel-gaussians`` Gaussians sized
+as the fitter initialises them, or the Gaussians of frame 0 of ``--decode-only``'s model).
 
 Usage::
 
     python benchmarks/d2gv_bench.py --video /work/shared/datasets/video/bigbuckbunny.mp4 \\
         --size 320x180 --frames 36 --gop 12 --gaussians 8000 --static-steps 300 --deform-steps 300 \\
         --json bench_bunny.json
+    python benchmarks/d2gv_bench.py --video /work/shared/datasets/video/bigbuckbunny.mp4 --kernel-only
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import json
 import math
+import resource
 import statistics
 import tempfile
 import time
@@ -38,9 +50,11 @@ import torch
 
 from recon_core import RefineContext, Video
 from recon_core.imageops import psnr
+from recon_plugins.d2gv.decode import Decoder
 from recon_plugins.d2gv.executors import cpu_count
 from recon_plugins.d2gv.fit import D2GVFit, FitConfig, evaluate_frames
-from recon_plugins.d2gv.renderer import Torch2DGS
+from recon_plugins.d2gv.rasterize import RasterSettings, project_cholesky, rasterize_sum, resolve_backend
+from recon_plugins.d2gv.renderer import Torch2DGS, Torch2DGSConfig
 from recon_plugins.d2gv.representation import D2GV, D2GVConfig
 
 
@@ -126,6 +140,56 @@ def bytes_at_psnr(points: list[dict], target: float) -> float | None:
     return None
 
 
+def rusage_cpu() -> float:
+    """CPU seconds (user + system) of this process and of its finished children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def decode_speed(rep: D2GV, repeats: int, backend: str = "auto", mlp_dtype: torch.dtype = torch.float32) -> dict:
+    """Decode FPS of every frame to uint8 (wall and CPU time) with 1 torch thread, with all-cores
+    OpenMP threads inside each op, and with all-cores frame threads (``Decoder(workers=...)``, one
+    torch thread each); the best wall-clock rate is reported as ``fps``."""
+    T, cores = rep.num_frames, cpu_count()
+    modes = {"1 thread": (1, 1)}
+    if cores > 1:
+        modes.update({f"{cores} OpenMP threads": (cores, 1), f"{cores} frame threads": (1, cores)})
+    by_mode, by_cpu = {}, {}
+    for name, (threads, workers) in modes.items():
+        torch.set_num_threads(threads)
+        by_mode[name] = T / timed_median(lambda: Decoder(rep, backend, mlp_dtype=mlp_dtype, workers=workers).frames_uint8(), repeats)
+        by_cpu[name] = T / statistics.median(CPU_TIMES)
+    torch.set_num_threads(cores)
+    return {"fps": max(by_mode.values()), "fps_by_mode": by_mode, "fps_cpu_time_by_mode": by_cpu}
+
+
+def kernel_times(means, conics, colors, radii, H: int, W: int, repeats: int) -> dict:
+    """Milliseconds (wall, CPU) of the rasteriser forward and forward + backward per backend and thread count."""
+    out: dict = {"gaussians": int(means.shape[1]), "mean_radius": float(radii.float().mean())}
+    cot = torch.randn(1, H, W, colors.shape[-1], generator=torch.Generator().manual_seed(0))
+    for backend in ("cpp", "torch"):
+        settings = RasterSettings(H, W, backend=backend)
+
+        def fwd() -> None:
+            with torch.no_grad():
+                rasterize_sum(means, conics, colors, radii, None, settings)
+
+        def fwd_bwd() -> None:
+            leaves = [t.detach().requires_grad_(True) for t in (means, conics, colors)]
+            img = rasterize_sum(leaves[0], leaves[1], leaves[2], radii, None, settings)
+            torch.autograd.grad((img * cot).sum(), leaves)
+
+        for threads in sorted({1, cpu_count()}):
+            torch.set_num_threads(threads)
+            row = {}
+            for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+                row[name + "_ms"] = 1e3 * timed_median(fn, repeats)
+                row[name + "_cpu_ms"] = 1e3 * statistics.median(CPU_TIMES)
+            out[f"{backend}_{threads}t"] = row
+    torch.set_num_threads(cpu_count())
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", required=True)
@@ -136,6 +200,12 @@ def main() -> None:
     p.add_argument("--static-steps", type=int, default=300)
     p.add_argument("--deform-steps", type=int, default=300)
     p.add_argument("--frames-per-step", type=int, default=2)
+    p.add_argument("--lr-gaussians", type=float, default=FitConfig.lr_gaussians)
+    p.add_argument("--lr-step-every", type=int, default=FitConfig.lr_step_every)
+    p.add_argument("--lr-mlp", type=float, default=FitConfig.lr_mlp)
+    p.add_argument("--sparsity", type=float, default=FitConfig.sparsity_weight)
+    p.add_argument("--mlp-bf16", action="store_true", help="fit with the deformation MLP in bfloat16 (FitConfig.mlp_bf16)")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpp", "torch"), help="rasteriser used for fitting and decoding")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--executor", default="local")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: automatic)")
@@ -144,6 +214,9 @@ def main() -> None:
     p.add_argument("--json", default="")
     p.add_argument("--export-dir", default="", help="keep the exported model here")
     p.add_argument("--decode-only", default="", help="skip fitting: measure the model exported in this folder")
+    p.add_argument("--decode-gaussians", type=int, default=0, help="also decode an unfitted model with this many Gaussians per GoP")
+    p.add_argument("--kernel-only", action="store_true", help="only time the rasteriser (compiled kernel vs PyTorch twin)")
+    p.add_argument("--kernel-gaussians", type=int, default=20000)
     args = p.parse_args()
 
     W, H = (int(v) for v in args.size.lower().split("x"))
@@ -151,9 +224,23 @@ def main() -> None:
     frames = torch.from_numpy(frames_u8).float() / 255
     T = frames.shape[0]
     video = Video(Path(args.video).stem, T, W, H, fps, lambda i: frames[i], gop_length=args.gop, source=Path(args.video))
-    print(f"{video.name}: {T} frames at {W}x{H}, GoP {args.gop}, {cpu_count()} cores", flush=True)
+    print(f"{video.name}: {T} frames at {W}x{H}, GoP {args.gop}, {cpu_count()} cores, rasteriser {resolve_backend(args.backend, frames)}", flush=True)
 
-    wall, cpu = float("nan"), float("nan")
+    if args.kernel_only:
+        if args.decode_only:
+            model = D2GV.from_export(args.decode_only)
+        else:
+            model = D2GV(D2GVConfig(num_gaussians=args.kernel_gaussians))
+            model.build(video)
+        _, g = next(model.frame_gaussians(torch.tensor([0])))
+        means, conics, radii = project_cholesky(g.xy.detach(), g.chol.detach(), H, W)
+        result = {"size": [W, H], "load_avg_1min": os.getloadavg()[0], "kernel": kernel_times(means, conics, g.color.detach(), radii, H, W, args.repeats)}
+        print(json.dumps(result, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return
+
+    wall, cpu, cpu_total = float("nan"), float("nan"), float("nan")
     if args.decode_only:
         decoded = D2GV.from_export(args.decode_only)
     else:
@@ -163,36 +250,49 @@ def main() -> None:
             static_steps=args.static_steps,
             deform_steps=args.deform_steps,
             frames_per_step=args.frames_per_step,
+            lr_gaussians=args.lr_gaussians,
+            lr_step_every=args.lr_step_every,
+            lr_mlp=args.lr_mlp,
+            sparsity_weight=args.sparsity,
+            mlp_bf16=args.mlp_bf16,
+            backend=args.backend,
             executor=args.executor,
             workers=args.workers,
             threads_per_worker=args.threads,
             evaluate=False,
         )
         with tempfile.TemporaryDirectory(prefix="d2gv-bench-") as tmp:
-            ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(), out_dir=Path(tmp), log=print)
-            t0 = time.perf_counter()
+            ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(Torch2DGSConfig(backend=args.backend)), out_dir=Path(tmp), log=print)
+            t0, c0 = time.perf_counter(), rusage_cpu()
             report = D2GVFit(cfg).run(rep, video, ctx)
-            wall, cpu = time.perf_counter() - t0, report["cpu_seconds"]
+            wall, cpu, cpu_total = time.perf_counter() - t0, report["cpu_seconds"], rusage_cpu() - c0
             export_dir = Path(args.export_dir) if args.export_dir else Path(tmp) / "export"
             rep.export(export_dir, "d2gv")
             decoded = D2GV.from_export(export_dir)
     if (decoded.height, decoded.width, decoded.num_frames) != (H, W, T):
         raise SystemExit(f"the exported model is {decoded.width}x{decoded.height}, {decoded.num_frames} frames; the video is {W}x{H}, {T}")
-    metrics = evaluate_frames(decoded, video)
+    metrics = evaluate_frames(decoded, video, Torch2DGS(Torch2DGSConfig(backend=args.backend)))
     payload = decoded.payload_bytes()
 
-    renderer = Torch2DGS()
-
-    def decode_all() -> None:
-        with torch.inference_mode():
-            renderer.render(decoded, None)
-
-    d2gv_fps_by_threads, d2gv_fps_cpu = {}, {}
-    for threads in sorted({1, cpu_count()}):  # on a busy machine 1 thread can beat 2
-        torch.set_num_threads(threads)
-        d2gv_fps_by_threads[threads] = T / timed_median(decode_all, args.repeats)
-        d2gv_fps_cpu[threads] = T / statistics.median(CPU_TIMES)
-    d2gv_fps = max(d2gv_fps_by_threads.values())
+    with torch.no_grad():  # the same model decoded with the MLP in bfloat16
+        bf16_frames = Decoder(decoded, args.backend, mlp_dtype=torch.bfloat16).frames()
+        bf16_psnr = sum(float(psnr(bf16_frames[i], frames[i])) for i in range(T)) / T
+    load_before = os.getloadavg()[0]
+    speed = decode_speed(decoded, args.repeats, args.backend)
+    speed_bf16 = decode_speed(decoded, args.repeats, args.backend, torch.bfloat16)
+    synthetic = None
+    if args.decode_gaussians:
+        synthetic_rep = D2GV(D2GVConfig(num_gaussians=args.decode_gaussians))
+        synthetic_rep.build(video)
+        with torch.no_grad():  # a deformation that moves things, as a fitted MLP would
+            g = torch.Generator().manual_seed(0)
+            for gop in synthetic_rep.gops:
+                gop.deform.head.weight.copy_(torch.randn(gop.deform.head.weight.shape, generator=g) * 0.01)
+        synthetic = {
+            "gaussians_per_gop": args.decode_gaussians,
+            **decode_speed(synthetic_rep, args.repeats, args.backend),
+            "bf16_mlp": decode_speed(synthetic_rep, args.repeats, args.backend, torch.bfloat16),
+        }
     h264 = [h264_point(frames_u8, fps, int(c), args.repeats) for c in args.crf.split(",")]
     result = {
         "video": args.video,
@@ -204,15 +304,22 @@ def main() -> None:
         "static_steps": None if args.decode_only else args.static_steps,
         "deform_steps": None if args.decode_only else args.deform_steps,
         "frames_per_step": None if args.decode_only else args.frames_per_step,
+        "fit_options": None if args.decode_only else {k: getattr(args, k) for k in ("lr_gaussians", "lr_step_every", "lr_mlp", "sparsity", "mlp_bf16")},
+        "backend": resolve_backend(args.backend, frames),
         "train_wall_seconds": wall,
         "train_cpu_seconds": cpu,
+        "train_cpu_seconds_with_startup": cpu_total,
         "mean_psnr": metrics["mean_psnr"],
         "mean_ms_ssim": metrics.get("mean_ms_ssim"),
         "psnr_per_frame": metrics["psnr"],
         "bytes_per_frame": payload / T,
-        "decode_fps": d2gv_fps,
-        "decode_fps_by_threads": d2gv_fps_by_threads,
-        "decode_fps_cpu_time_by_threads": d2gv_fps_cpu,
+        "decode_fps": speed["fps"],
+        "decode_fps_by_mode": speed["fps_by_mode"],
+        "decode_fps_cpu_time_by_mode": speed["fps_cpu_time_by_mode"],
+        "decode_bf16_mlp": {"mean_psnr": bf16_psnr, **speed_bf16},
+        "decode_synthetic": synthetic,
+        "load_avg_1min_before_decode": load_before,
+        "load_avg_1min_after": os.getloadavg()[0],
         "h264": h264,
         "h264_bytes_per_frame_at_d2gv_psnr": bytes_at_psnr(h264, metrics["mean_psnr"]),
         "h264_decode_fps_median": statistics.median(pt["decode_fps"] for pt in h264),

@@ -1,30 +1,36 @@
 """ReconX-3DGS sparse-view benchmark: (a) plain ``3dgs-train`` vs (b) the ReconX pipeline.
 
-Both runs see the same three input views of ``split_sparse3.json`` and are scored on its 16 test
-views (object-masked PSNR / SSIM; LPIPS when its backbone weights are present, else reported as
-unavailable). The sparse split is applied the way a loader option would: a ``transforms.json``
-holding only the split's frames (absolute paths into the dataset, ``split`` per frame) is written
-to a temporary folder, and both runs go through ``recon``'s own pipeline (resolve_run + Pipeline,
-what ``recon run`` calls) on it:
+Both runs load the same data with the loader's ``split_file`` option (``split_sparse3.json``: three
+input views, 16 test views), go through ``recon``'s own pipeline (resolve_run + Pipeline, what
+``recon run`` calls) and are scored on the test views by the pipeline's evaluators (PSNR and SSIM
+inside the test views' object masks; LPIPS when its backbone weights are present, else reported
+as unavailable). The script adds full-image PSNR (the saved 8-bit renders against the images
+composited on the same white background), which also counts anything drawn outside the object.
 
     (a) --repr 3dgs   --refiner 3dgs-train  (default options, ``--set 3dgs-train.steps=STEPS``)
     (b) --repr reconx                        (native refiner ``confidence``, ``STEPS`` steps)
 
-Usage (CPU, one command, re-runnable; prints a Markdown table and writes JSON)::
+Per run it reports wall time, CPU time of this process (``time.process_time``) and the 1-minute
+load average before and after (the machine may be shared). Usage (CPU, re-runnable; prints a
+Markdown table and optionally writes JSON)::
 
-    python benchmarks/reconx_bench.py [--steps 300] [--downscale 2] [--data /work/shared/datasets/object] [--out OUT.json]
+    python benchmarks/reconx_bench.py --steps 300 1000 [--downscale 1] [--threads 1] [--out OUT.json]
+        [--only baseline|reconx] [--set confidence.KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from recon_core.pipeline import Pipeline, resolve_run
@@ -34,83 +40,86 @@ from recon_core.rundir import RunDir
 DEFAULT_DATA = Path("/work/shared/datasets/object")
 
 
-def sparse_transforms(data: Path, split_file: Path, out_dir: Path) -> Path:
-    """Write ``out_dir/transforms.json``: ``data``'s transforms restricted to the split's frames,
-    each with the split's ``split`` and absolute file paths. Returns the folder."""
-    meta = json.loads((data / "transforms.json").read_text())
-    split = json.loads(split_file.read_text())
-    wanted = {name: s for s in ("train", "val", "test") for name in split.get(s, [])}
-    frames = []
-    for fr in meta["frames"]:
-        if fr["file_path"] not in wanted:
-            continue
-        fr = dict(fr, split=wanted[fr["file_path"]])
-        for key in ("file_path", "mask_path", "depth_path", "depth_file_path"):
-            if fr.get(key):
-                fr[key] = str((data / fr[key]).resolve())
-        frames.append(fr)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "transforms.json").write_text(json.dumps({**meta, "frames": frames}, indent=1))
-    return out_dir
+def full_image_psnr(renders: Path, targets: dict[str, torch.Tensor]) -> float:
+    """Mean over views of the PSNR (dB) of ``renders/NAME.png`` against ``targets[NAME]`` (H, W, 3)."""
+    from PIL import Image
+
+    values = []
+    for name, target in targets.items():
+        pred = torch.from_numpy(np.asarray(Image.open(renders / f"{name}.png").convert("RGB"), dtype=np.float64) / 255.0)
+        mse = float(((pred - target.double()) ** 2).mean())
+        values.append(-10.0 * math.log10(max(mse, 1e-12)))
+    return sum(values) / len(values)
 
 
-def registry() -> Registry:
-    """Installed plugins, plus ``reconx`` registered directly when its entry point is not installed yet."""
-    reg = Registry()
-    if not any(r.name == "reconx" and r.kind == "representation" for r in reg.rows()):
-        import recon_plugins.reconx as reconx
-
-        reg = Registry(modules=[("reconx", reconx)])
-    return reg
-
-
-def run_one(reg: Registry, data: Path, out: Path, label: str, downscale: float, **kwargs: Any) -> dict[str, Any]:
-    sets = ["run.save_renders=false", "run.export=", "run.log_every=25", f"nerfstudio.downscale={downscale}", *kwargs.pop("sets", [])]
+def run_one(reg: Registry, data: Path, out: Path, label: str, common: list[str], **kwargs: Any) -> dict[str, Any]:
+    sets = ["run.save_renders=true", "run.export=", "run.log_every=100", *common, *kwargs.pop("sets", [])]
     spec = resolve_run(reg, data=data, loader="nerfstudio", device="cpu", seed=0, evaluators=["psnr", "ssim", "lpips"],
                        sets=sets, **kwargs)
-    start = time.perf_counter()
-    doc = Pipeline(reg, spec, RunDir.create(out / label)).run()
-    return {"label": label, "seconds": time.perf_counter() - start, "metrics": doc["metrics"],
-            "unavailable": doc["unavailable"], "refiners": doc.get("refiners", {})}
+    run_dir = RunDir.create(out / label.split()[0].strip("()"))
+    load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    doc = Pipeline(reg, spec, run_dir).run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"label": label, "wall_s": wall, "cpu_s": cpu, "load": [load_before, os.getloadavg()[0]],
+            "metrics": doc["metrics"], "unavailable": doc["unavailable"], "refiners": doc.get("refiners", {}),
+            "renders": str(run_dir.renders_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", default="split_sparse3.json")
-    parser.add_argument("--steps", type=int, default=300, help="optimisation steps of both runs (ReconX paper: 1000)")
-    parser.add_argument("--downscale", type=float, default=2.0, help="nerfstudio.downscale of both runs (1: full 200x200)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, nargs="+", default=[300, 1000], help="optimisation steps of both runs (ReconX: 1000)")
+    parser.add_argument("--downscale", type=float, default=1.0, help="nerfstudio.downscale of both runs (1: full 200x200)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--only", choices=("baseline", "reconx"), default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for the ReconX run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    reg = registry()
+    reg = Registry()
+    common = [f"nerfstudio.downscale={args.downscale:g}", f"nerfstudio.split_file={args.split}"]
     results = []
     with tempfile.TemporaryDirectory(prefix="reconx-bench-") as tmp:
-        sparse = sparse_transforms(args.data, args.data / args.split, Path(tmp) / "data")
-        if args.only in (None, "baseline"):
-            results.append(run_one(reg, sparse, Path(tmp), "(a) 3dgs + 3dgs-train", args.downscale, representation="3dgs",
-                                   refiners=["3dgs-train"], sets=[f"3dgs-train.steps={args.steps}"]))
-        if args.only in (None, "reconx"):
-            label = "(b) reconx (confidence + render-fix)" + "".join(f" --set {x}" for x in args.sets)
-            results.append(run_one(reg, sparse, Path(tmp), label, args.downscale, representation="reconx",
-                                   sets=[f"confidence.steps={args.steps}", *args.sets]))
-    print(f"\n{args.data.name}, {args.split}: 3 input views, 16 test views, downscale {args.downscale:g}, "
-          f"{args.steps} steps, CPU\n")
-    print("| run | PSNR | SSIM | LPIPS | time (s) |\n|---|---|---|---|---|")
+        from recon_plugins.loaders.nerfstudio import NerfstudioConfig, NerfstudioLoader
+
+        scene = NerfstudioLoader(NerfstudioConfig(downscale=args.downscale, split_file=args.split)).load(args.data)
+        targets = {v.name: v.image.float() for v in scene.eval_views}
+        for steps in args.steps:
+            runs = []
+            if args.only in (None, "baseline"):
+                runs.append(run_one(reg, args.data, Path(tmp) / f"{steps}", "(a) 3dgs + 3dgs-train", common,
+                                    representation="3dgs", refiners=["3dgs-train"], sets=[f"3dgs-train.steps={steps}"]))
+            if args.only in (None, "reconx"):
+                label = "(b) reconx" + "".join(f" --set {x}" for x in args.sets)
+                runs.append(run_one(reg, args.data, Path(tmp) / f"{steps}", label, common, representation="reconx",
+                                    sets=[f"confidence.steps={steps}", *args.sets]))
+            for r in runs:
+                r["steps"] = steps
+                r["metrics"]["psnr_full"] = full_image_psnr(Path(r.pop("renders")), targets)
+            results += runs
+    print(f"\n{args.data.name}, {args.split}: {len(scene.train_views)} input views, {len(targets)} test views, "
+          f"downscale {args.downscale:g}, CPU, {args.threads} thread(s)\n")
+    print("| steps | run | PSNR (masked) | SSIM (masked) | LPIPS | PSNR (full image) | Gaussians | wall (s) | CPU (s) | load before/after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m = r["metrics"]
         lp = f"{m['lpips']:.4f}" if m.get("lpips") is not None else "unavailable"
-        print(f"| {r['label']} | {m['psnr']:.2f} | {m['ssim']:.4f} | {lp} | {r['seconds']:.0f} |")
-    for r in results:
+        report = next(iter(r["refiners"].values()), {}) if r["refiners"] else {}
+        gaussians = report.get("gaussians", "?") if isinstance(report, dict) else "?"
+        print(f"| {r['steps']} | {r['label']} | {m['psnr']:.2f} | {m['ssim']:.4f} | {lp} | {m['psnr_full']:.2f} | {gaussians} | "
+              f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
+    for r in results[:2]:
         for name, why in r["unavailable"].items():
             print(f"{r['label']}: {name} unavailable: {why}")
-    if len(results) == 2:
-        print(f"\nReconX - baseline test PSNR: {results[1]['metrics']['psnr'] - results[0]['metrics']['psnr']:+.2f} dB")
+    for steps in args.steps:
+        pair = [r for r in results if r["steps"] == steps]
+        if len(pair) == 2:
+            print(f"{steps} steps: ReconX - baseline test PSNR {pair[1]['metrics']['psnr'] - pair[0]['metrics']['psnr']:+.2f} dB (masked), "
+                  f"{pair[1]['metrics']['psnr_full'] - pair[0]['metrics']['psnr_full']:+.2f} dB (full image)")
     if args.out:
-        args.out.write_text(json.dumps({"steps": args.steps, "downscale": args.downscale, "results": results}, indent=1, default=str))
+        args.out.write_text(json.dumps({"downscale": args.downscale, "split": args.split, "results": results}, indent=1, default=str))
     return 0
 
 

@@ -173,6 +173,10 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
                 for w in cls.required_weights()
             ],
         )
+        try:
+            info["uses"] = [{"kind": k, "name": n} for k, n in cls.uses(cls.Config())]
+        except Exception:  # noqa: BLE001 - a Config without defaults: nothing to show
+            info["uses"] = []
         if row.kind == "representation":
             info.update(default_renderer=dict(cls.default_renderer), native_refiner=cls.native_refiner,
                         export_formats=list(cls.export_formats))
@@ -194,6 +198,9 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
     for label in ("provides", "requires", "needs_packages"):
         if info[label]:
             console.print(f"{label}: {', '.join(info[label])}", highlight=False)
+    if info["uses"]:
+        console.print("creates (default options): " + ", ".join(f"{u['kind']} {u['name']}" for u in info["uses"])
+                      + " (configure with --set NAME.KEY=VALUE)", highlight=False)
     for label in ("default_renderer", "native_refiner", "export_formats", "devices"):
         if info.get(label):
             console.print(f"{label}: {info[label]}", highlight=False)

@@ -14,10 +14,15 @@ Capability names used by the built-in plugins (see docs/conventions.md):
     "cameras"        a representation holds (refinable) cameras
     "dynamic"        a representation varies with time
     "neural-field"   a representation that uses an input Encoder
+The kind names "fixer", "encoder" and "generator" are capabilities too: the run provides
+"fixer" when it has a ``--fixer``, "encoder" with an ``--encoder``, and "generator" when one of
+its components creates a generator (see :meth:`Component.uses`). A refiner that cannot work
+without a fixer requires "fixer", so ``recon run`` refuses it up front without ``--fixer``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +103,26 @@ class Component:
         """Weights files this component loads (``recon doctor`` reports each as present or not)."""
         return []
 
+    @classmethod
+    def uses(cls, config: Any) -> list[tuple[str, str]]:
+        """``(kind, name)`` of the components this one creates through ``RefineContext.create``
+        when configured with ``config``.
+
+        The pipeline resolves them before any work (an unknown name is an input error), checks
+        their ``requires``, lets ``--set NAME.KEY=VALUE`` configure them and records their options
+        in the run's ``config.json``. The default follows a convention: a ``str`` option named
+        after a component kind (e.g. ``generator: str = "render-fix"``) names a component of that
+        kind (``"none"`` or empty: none). Override it when a component creates others otherwise.
+        """
+        if not dataclasses.is_dataclass(config):
+            return []
+        out = []
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.name in KINDS and isinstance(value, str) and value.strip() and value.strip() != "none":
+                out.append((f.name, value.strip()))
+        return out
+
 
 # --------------------------------------------------------------------------------------- loader
 
@@ -146,6 +171,20 @@ class Representation(Component, nn.Module):
     def build(self, data: Scene | Video, *, encoder: "Encoder | None" = None, device: torch.device) -> None:
         """Create and initialise the parameters from the loaded data (on ``device``)."""
         raise NotImplementedError
+
+    def cameras(self) -> Cameras | None:
+        """The cameras this representation holds (representations providing "cameras", e.g. ones
+        predicted by a network), in the order of its input frames, or None.
+
+        For a :class:`Video` input, frame ``i`` is rendered (and evaluated) from camera ``i``
+        when there is one camera per frame.
+        """
+        return None
+
+    def set_cameras(self, cameras: Cameras) -> None:
+        """Replace the held cameras (same count and order as :meth:`cameras`), e.g. with poses a
+        refiner corrected; the new cameras are saved with the representation's state."""
+        raise NotImplementedError(f"{self.name} holds no cameras that can be set")
 
     def gaussians(self, time: float | None = None) -> "Gaussians3D":
         """Activated 3D Gaussians at ``time`` (representations providing "gaussians-3d")."""
@@ -224,7 +263,8 @@ class RefineContext:
     out_dir: Path | None = None
     log: Callable[[str], None] = print
     create: Callable[[str, str], Component] | None = None
-    """``create(kind, name)`` builds another configured component of this run (e.g. a generator)."""
+    """``create(kind, name)`` builds another component of this run (e.g. a generator) with the
+    run's options for it: declare what you create in :meth:`Component.uses`."""
     options: dict[str, Any] = field(default_factory=dict)
     # For refiners with a custom ``run`` (the step loop handles these itself otherwise):
     should_stop: Callable[[], bool] = lambda: False

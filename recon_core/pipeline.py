@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .cameras import Cameras, check_rigid
 from .components import (
+    KINDS,
     Component,
     Encoder,
     EvaluationInput,
@@ -45,7 +46,7 @@ from .config import config_from_dict, config_to_dict, option, parse_set_option
 from .errors import CombinationError, InputError
 from .io import write_png
 from .progress import progress_bar, stderr_console
-from .refine import StopFlag, run_refiners
+from .refine import StopFlag, restore_cameras, run_refiners
 from .registry import Registry
 from .rundir import RunDir, read_json
 from .scene import Scene, Video, View
@@ -112,11 +113,13 @@ class RunSpec:
     refiners: list[Choice] = field(default_factory=list)
     fixer: Choice | None = None
     evaluators: list[Choice] = field(default_factory=list)
+    used: list[Choice] = field(default_factory=list)
+    """Components the others create through ``ctx.create`` (declared by their ``uses``)."""
     options: RunOptions = field(default_factory=RunOptions)
 
     def choices(self) -> list[Choice]:
         single = [self.loader, self.representation, self.renderer, self.encoder, self.fixer]
-        return [c for c in single if c is not None] + self.refiners + self.evaluators
+        return [c for c in single if c is not None] + self.refiners + self.evaluators + self.used
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +134,7 @@ class RunSpec:
             "refiners": [c.to_json() for c in self.refiners],
             "fixer": self.fixer.to_json() if self.fixer else None,
             "evaluators": [c.to_json() for c in self.evaluators],
+            "used": [{"kind": c.kind, **c.to_json()} for c in self.used],
             "run": config_to_dict(self.options),
         }
 
@@ -194,6 +198,14 @@ def _alternatives(registry: Registry, kind: str, fits: Callable[[type[Component]
     return ", ".join(names) or "none installed"
 
 
+_ADD_PART = {
+    "fixer": "add --fixer NAME",
+    "encoder": "add --encoder NAME",
+    "generator": "name one in an option of the component that creates it (e.g. --set REFINER.generator=NAME)",
+}
+"""How a user adds a run part that a component requires (the kind names as capabilities)."""
+
+
 def check_combination(
     registry: Registry,
     device: torch.device,
@@ -204,13 +216,16 @@ def check_combination(
     encoder: type[Encoder] | None = None,
     fixer: type[Fixer] | None = None,
     evaluators: Sequence[type[Evaluator]] = (),
+    used: Sequence[type[Component]] = (),
 ) -> None:
     """Raise CombinationError (listing what would fit instead) unless the parts fit together.
 
     A representation's ``requires`` must be met by the loader's ``provides``; every other
     component's ``requires`` by the union of what the loader, representation, renderer, encoder
-    and fixer provide; the renderer must support ``device``; an encoder needs a representation
-    that provides "neural-field".
+    and fixer provide, plus the kinds of the run's optional parts ("fixer" with a fixer,
+    "encoder" with an encoder, "generator" when a ``used`` component is a generator); the
+    renderer must support ``device``; an encoder needs a representation that provides
+    "neural-field". ``used`` are the components created through ``ctx.create``.
     """
     problems: list[str] = []
     rep = representation
@@ -225,7 +240,7 @@ def check_combination(
     base_pool = set(loader.provides | rep.provides)
     base_pool |= encoder.provides if encoder else set()
     base_pool |= fixer.provides if fixer else set()
-    pool = base_pool | renderer.provides
+    pool = base_pool | renderer.provides | {c.kind for c in (encoder, fixer, *used) if c is not None}
 
     def fits_rep(c: type[Component]) -> bool:
         return c.requires <= base_pool and device.type in c.devices  # type: ignore[attr-defined]
@@ -249,17 +264,23 @@ def check_combination(
             f"representation {rep.name} takes no encoder (it does not provide neural-field); "
             f"representations that take --encoder: {alts}"
         )
-    for kind, classes in (("encoder", [encoder]), ("refiner", refiners), ("fixer", [fixer]), ("evaluator", evaluators)):
-        for cls in classes:
-            if cls is None:
-                continue
-            missing = cls.requires - pool
-            if missing:
-                alts = _alternatives(registry, kind, lambda c: c.requires <= pool)
-                problems.append(
-                    f"{kind} {cls.name} needs {_fmt(missing)}; representation {rep.name} provides {_fmt(rep.provides)}; "
-                    f"{kind}s that fit {rep.name}: {alts}"
-                )
+    others: list[type[Component] | None] = [encoder, *refiners, fixer, *evaluators, *used]
+    for cls in others:
+        if cls is None:
+            continue
+        missing = cls.requires - pool
+        for part in sorted(missing & set(_ADD_PART)):
+            problems.append(
+                f"{cls.kind} {cls.name} needs a {part}: {_ADD_PART[part]} "
+                f"(installed {part}s: {_alternatives(registry, part, lambda c: True)})"
+            )
+        missing -= set(_ADD_PART)
+        if missing:
+            alts = _alternatives(registry, cls.kind, lambda c: c.requires <= pool)
+            problems.append(
+                f"{cls.kind} {cls.name} needs {_fmt(missing)}; representation {rep.name} provides {_fmt(rep.provides)}; "
+                f"{cls.kind}s that fit {rep.name}: {alts}"
+            )
     if problems:
         raise CombinationError(". ".join(problems))
 
@@ -315,7 +336,9 @@ def resolve_run(
     ``base`` is a config dict (``config.json`` of an earlier run); explicit arguments override
     it, and a component whose name changes loses the options the file gave it. ``refiners``
     and ``evaluators`` accept comma lists; ``["none"]`` means none. ``sets`` are
-    ``PLUGIN.KEY=VALUE`` strings (``run.KEY`` for :class:`RunOptions`).
+    ``PLUGIN.KEY=VALUE`` strings (``run.KEY`` for :class:`RunOptions`); they also configure the
+    components the chosen ones create through ``ctx.create`` (declared by ``Component.uses``;
+    ``RunSpec.used``), and a name the run never creates is an InputError.
     """
     base = dict(base or {})
     if base and base.get("recon_config") != CONFIG_FORMAT:
@@ -371,10 +394,7 @@ def resolve_run(
     refiner_classes = [registry.get("refiner", n) for n, _ in refiner_entries]
 
     explicit_evals = _list_choices(base, "evaluators", _split_names(evaluators))
-    check_combination(
-        registry, dev, loader_cls, rep_cls, renderer_cls, refiner_classes, encoder_cls, fixer_cls,
-        [registry.get("evaluator", n) for n, _ in explicit_evals or []],  # type: ignore[misc]
-    )
+    eval_classes = [registry.get("evaluator", n) for n, _ in explicit_evals or []]
     if explicit_evals is None:  # the defaults that are installed, usable and fit
         pool = loader_cls.provides | rep_cls.provides | renderer_cls.provides
         explicit_evals = [
@@ -395,25 +415,15 @@ def resolve_run(
     choices += [("evaluator", n, registry.get("evaluator", n), c) for n, c in explicit_evals]
     run_values: dict[str, Any] = dict(base.get("run") or {})
 
-    overrides = _parse_sets(sets, [c[1] for c in choices])
-    for name, values in overrides.items():
-        if name == "run":
-            run_values.update(values)
-            continue
-        known = set().union(*(_field_names(cls.Config) for _, n, cls, _ in choices if n == name))
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(
-                f"--set {name}.{unknown[0]}: {name} has no option '{unknown[0]}'; "
-                f"its options: {', '.join(sorted(known)) or 'none'} (see `recon plugin-info {name}`)"
-            )
-    configs = []
-    for kind, name, cls, values in choices:
-        # one name may belong to two kinds (loader idr, representation idr): a --set goes to
-        # whichever has that option
-        fields = _field_names(cls.Config)
-        mine = {k: v for k, v in overrides.get(name, {}).items() if k in fields}
-        configs.append(Choice(kind, name, config_from_dict(cls.Config, {**values, **mine}, where=name)))
+    overrides = _parse_sets(sets)
+    run_values.update(overrides.pop("run", {}))
+    configs = [_configure(kind, name, cls, values, overrides) for kind, name, cls, values in choices]
+    used = _used_choices(registry, configs, _file_used(base), overrides)
+    check_combination(
+        registry, dev, loader_cls, rep_cls, renderer_cls, refiner_classes, encoder_cls, fixer_cls, eval_classes,
+        used=[registry.get(c.kind, c.name) for c in used],
+    )
+    _check_overrides(registry, sets, overrides, configs + used)
     options = config_from_dict(RunOptions, run_values, where="run")
     if options.export is not None:
         bad = [f for f in options.export if f not in rep_cls.export_formats]
@@ -436,6 +446,7 @@ def resolve_run(
         refiners=by_kind.get("refiner", []),
         fixer=by_kind.get("fixer", [None])[0],
         evaluators=by_kind.get("evaluator", []),
+        used=used,
         options=options,
     )
 
@@ -455,18 +466,116 @@ def _list_choices(base: dict[str, Any], role: str, given: list[str] | None) -> l
     return [(n, file_configs.get(n, {})) for n in given]
 
 
-def _parse_sets(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``["a.k=v"]`` → ``{"a": {"k": "v"}}``; InputError for malformed text or unknown targets."""
+def _parse_sets(sets: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["a.k=v"]`` → ``{"a": {"k": "v"}}``; InputError for malformed text."""
     out: dict[str, dict[str, str]] = {}
     for text in sets:
         target, key, value = parse_set_option(text)
-        if target != "run" and target not in names:
-            raise InputError(
-                f"--set '{text}': no component named '{target}' in this run; "
-                f"its components are: {', '.join(dict.fromkeys(names))}, run"
-            )
         out.setdefault(target, {})[key] = value
     return out
+
+
+def _configure(kind: str, name: str, cls: type[Component], values: dict[str, Any],
+               overrides: dict[str, dict[str, str]]) -> Choice:
+    """A component's config: ``values`` (from a config file) updated by its ``--set`` options.
+
+    One name may belong to two kinds (loader idr, representation idr): a ``--set`` goes to
+    whichever has that option (unknown options are reported by :func:`_check_overrides`).
+    """
+    fields = _field_names(cls.Config)
+    mine = {k: v for k, v in overrides.get(name, {}).items() if k in fields}
+    return Choice(kind, name, config_from_dict(cls.Config, {**values, **mine}, where=name))
+
+
+def _file_used(base: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The ``used`` entries of a config file: ``{(kind, name): options}``."""
+    entries = base.get("used") or []
+    if not isinstance(entries, list):
+        raise InputError("config entry 'used' must be a list")
+    out = {}
+    for entry in entries:
+        name, config = _entry(entry, "used")
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind not in KINDS:
+            raise InputError(f"config entry 'used' for {name} needs a \"kind\" (one of {', '.join(KINDS)})")
+        out[(kind, name)] = config
+    return out
+
+
+def _used_choices(
+    registry: Registry,
+    chosen: Sequence[Choice],
+    from_file: dict[tuple[str, str], dict[str, Any]],
+    overrides: dict[str, dict[str, str]],
+) -> list[Choice]:
+    """The components that the chosen ones (and, in turn, those) create through ``ctx.create``,
+    as their ``uses`` declares, configured from the file's ``used`` entries and ``--set``.
+    Components already chosen for the run are not repeated."""
+    seen = {(c.kind, c.name) for c in chosen}
+    used: list[Choice] = []
+    queue = list(chosen)
+    while queue:
+        owner = queue.pop(0)
+        for kind, name in registry.get(owner.kind, owner.name).uses(owner.config):
+            if (kind, name) in seen:
+                continue
+            seen.add((kind, name))
+            try:
+                cls = registry.get(kind, name)
+            except InputError as e:
+                raise InputError(f"{owner.kind} {owner.name} uses {kind} '{name}': {e}") from None
+            choice = _configure(kind, name, cls, from_file.get((kind, name), {}), overrides)
+            used.append(choice)
+            queue.append(choice)
+    return used
+
+
+_FLAGS = {"loader": "--loader", "representation": "--repr", "renderer": "--renderer", "refiner": "--refiner",
+          "encoder": "--encoder", "fixer": "--fixer", "evaluator": "--eval"}
+"""The ``recon run`` option that puts a component of each kind into a run."""
+
+
+def _default_users(registry: Registry, name: str) -> list[str]:
+    """``"KIND NAME"`` of the installed components whose default config uses component ``name``."""
+    out = []
+    for row in registry.rows():
+        if row.cls is None or row.kind not in KINDS:
+            continue
+        try:
+            uses = row.cls.uses(row.cls.Config())
+        except Exception:  # noqa: BLE001 - a Config without defaults: no default use to report
+            continue
+        if any(n == name for _, n in uses):
+            out.append(f"{row.kind} {row.name}")
+    return out
+
+
+def _check_overrides(registry: Registry, sets: Sequence[str], overrides: dict[str, dict[str, str]],
+                     run: Sequence[Choice]) -> None:
+    """InputError for a ``--set`` naming a component this run does not create, or an unknown option."""
+    names = ", ".join(dict.fromkeys(c.name for c in run))
+    for name, values in overrides.items():
+        text = next((t for t in sets if parse_set_option(t)[0] == name), name)
+        mine = [c for c in run if c.name == name]
+        if not mine:
+            kinds = sorted({r.kind for r in registry.rows() if r.name == name and r.kind in KINDS})
+            if kinds:
+                flags = [f"{_FLAGS[k]} {name}" for k in kinds if k in _FLAGS]
+                hints = [f"add it with {' or '.join(flags)}"] if flags else []
+                users = _default_users(registry, name)
+                hints += [f"components that create it: {', '.join(users)}"] if users else []
+                raise InputError(
+                    f"--set '{text}': {name} ({'/'.join(kinds)}) is installed but this run never creates it"
+                    f"{' (' + '; '.join(hints) + ')' if hints else ''}; its components are: {names}, run"
+                )
+            raise InputError(f"--set '{text}': no component named '{name}' in this run; its components are: {names}, run")
+        known = set().union(*(_field_names(type(c.config)) for c in mine))
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(
+                f"--set {name}.{unknown[0]}: {name} has no option '{unknown[0]}'; "
+                f"its options: {', '.join(sorted(known)) or 'none'} (see `recon plugin-info {name}`)"
+            )
 
 
 # ------------------------------------------------------------------------------------- running
@@ -517,6 +626,7 @@ def _plugins_json(registry: Registry, spec: RunSpec) -> dict[str, Any]:
         "refiners": [one(c) for c in spec.refiners],
         "fixer": one(spec.fixer) if spec.fixer else None,
         "evaluators": [one(c) for c in spec.evaluators],
+        "used": [{"kind": c.kind, **one(c)} for c in spec.used],
     }
 
 
@@ -629,9 +739,12 @@ class Pipeline:
         return doc
 
     def _create_by_name(self, kind: str, name: str) -> Component:
+        """``ctx.create``: a component of this run with its configured options (``--set``
+        included); one that no component declared in ``uses`` gets its defaults."""
         for c in self.spec.choices():
             if c.kind == kind and c.name == name:
                 return _create(self.registry, c)
+        self.log(f"creating {kind} {name} with default options (no component of the run declares it in uses())")
         return self.registry.create(kind, name)
 
 
@@ -707,13 +820,21 @@ def render_items(
     fixer: Fixer | None = None,
     chunk: int = 8,
 ) -> Iterator[_Item]:
-    """Render evaluated views (or given ``cameras``, or every video frame) chunk by chunk."""
+    """Render evaluated views (or given ``cameras``, or every video frame) chunk by chunk.
+
+    Video frame ``i`` is rendered at its time, from the representation's camera ``i`` when it
+    holds one per frame (e.g. poses a network predicted from the frames), else without cameras.
+    """
     chunk = max(1, chunk)
     with torch.no_grad():
         if isinstance(data, Video):
+            frame_cams = rep.cameras()
+            if frame_cams is not None and len(frame_cams) != data.num_frames:
+                frame_cams = None
             for start in range(0, data.num_frames, chunk):
                 idx = list(range(start, min(start + chunk, data.num_frames)))
-                out = renderer.render(rep, None, times=data.timestamps[idx].to(device))
+                cams = None if frame_cams is None else frame_cams[idx].to(device)
+                out = renderer.render(rep, cams, times=data.timestamps[idx].to(device))
                 rgb = _check_render(out.rgb, len(idx), (data.height, data.width), renderer.name)
                 fixed = fixer.fix(rgb.to(device)).detach().float().clamp(0, 1).cpu() if fixer else None
                 for j, i in enumerate(idx):
@@ -918,6 +1039,7 @@ def restore_run(registry: Registry, run_dir: RunDir, device: str | None = None, 
     data = _load_data(registry, spec)
     rep = _build(registry, spec, data, dev)
     rep.load_state_dict_resizing(checkpoint["representation"])
+    restore_cameras(data, checkpoint)  # e.g. poses a refiner corrected
     renderer = _create(registry, spec.renderer)
     assert isinstance(renderer, Renderer)
     return RestoredRun(spec, run_dir, data, rep, renderer, dev, checkpoint)

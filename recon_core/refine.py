@@ -6,9 +6,15 @@ A checkpoint is taken *between* steps and records where to continue::
      "position": {"refiner": i, "step": k},     # next refiner index and next step to run
      "refiner": {"name": ..., "state": refiners[i].state_dict()} or None (k == 0),
      "reports": [{"name": ..., "report": ...}],  # finish() reports of refiners already done
-     "rng": {"torch": ..., "numpy": ..., "python": ..., "cuda": [...]}}
+     "rng": {"torch": ..., "numpy": ..., "python": ..., "cuda": [...]},
+     "cameras": {"names": [...], "K": [N, 3, 3], "c2w": [N, 4, 4]} or None (a video)}
 
-Resuming rebuilds the representation, loads the saved parameters and continues at (i, k):
+``cameras`` are the scene's view cameras at that moment: a refiner may correct them (``ttr``
+writes refined poses into the views), and the data loaded again on resume has the original
+ones. :func:`restore_cameras` puts the saved ones back (on resume and when a finished run is
+restored for ``recon eval/render``).
+
+Resuming rebuilds the representation, loads the saved parameters and cameras and continues at (i, k):
 refiner i is set up again, given its saved state, and the global RNGs are restored *after* that
 setup when k > 0 (they were saved mid-loop) or *before* it when k == 0 (saved between refiners),
 so the resumed run consumes random numbers exactly as the uninterrupted one did. On CPU the final
@@ -32,12 +38,22 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .cameras import Cameras
 from .components import RefineContext, Refiner, Representation
 from .errors import InputError, Interrupted
 from .progress import progress_bar
 from .scene import Scene, Video
 
-__all__ = ["StopFlag", "catch_stop_signals", "rng_state", "set_rng_state", "RefinePosition", "run_refiners"]
+__all__ = [
+    "StopFlag",
+    "catch_stop_signals",
+    "rng_state",
+    "set_rng_state",
+    "camera_state",
+    "restore_cameras",
+    "RefinePosition",
+    "run_refiners",
+]
 
 
 class StopFlag:
@@ -102,6 +118,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.to(torch.uint8).cpu() for s in state["cuda"]])
 
 
+# ------------------------------------------------------------------------------------- cameras
+
+
+def camera_state(data: Scene | Video) -> dict[str, Any] | None:
+    """The scene's view cameras, checkpointable: names [N], K [N, 3, 3], c2w [N, 4, 4]; None for a video."""
+    if not isinstance(data, Scene):
+        return None
+    return {
+        "names": [v.name for v in data.views],
+        "K": torch.stack([v.camera.K[0].detach().cpu() for v in data.views]),
+        "c2w": torch.stack([v.camera.c2w[0].detach().cpu() for v in data.views]),
+    }
+
+
+def restore_cameras(data: Scene | Video, checkpoint: dict[str, Any]) -> None:
+    """Give the scene's views the cameras saved in ``checkpoint`` (no-op without any).
+
+    Raises InputError when the checkpoint's views are not the data's (the data changed).
+    """
+    saved = checkpoint.get("cameras")
+    if saved is None or not isinstance(data, Scene):
+        return
+    names = [v.name for v in data.views]
+    if list(saved["names"]) != names:
+        raise InputError(
+            f"the checkpoint's cameras are for {len(saved['names'])} other views than the data's {len(names)} "
+            "(did the data change since the run?)", data.source,
+        )
+    for i, view in enumerate(data.views):
+        cam = view.camera
+        view.camera = Cameras(
+            K=saved["K"][i : i + 1].to(cam.K), c2w=saved["c2w"][i : i + 1].to(cam.c2w), width=cam.width,
+            height=cam.height, distortion=cam.distortion, times=cam.times,
+        )
+
+
 # -------------------------------------------------------------------------------------- runner
 
 
@@ -121,6 +173,7 @@ class RefineResult:
 
 def _state(
     rep: Representation,
+    data: Scene | Video,
     position: RefinePosition,
     refiners: Sequence[tuple[str, Refiner]],
     reports: list[dict[str, Any]],
@@ -135,6 +188,7 @@ def _state(
         "refiner": current,
         "reports": list(reports),
         "rng": rng_state(),
+        "cameras": camera_state(data),
     }
 
 
@@ -159,7 +213,8 @@ def run_refiners(
         checkpoint_every: also checkpoint every this many steps (0: only at refiner ends).
         log_every: pass the step's logs to ``log`` every this many steps (0: never).
         resume: a checkpoint written by this function; the representation must already hold its
-            parameters (``rep.load_state_dict_resizing(resume["representation"])``).
+            parameters (``rep.load_state_dict_resizing(resume["representation"])``); the saved
+            cameras are given back to the scene's views here (:func:`restore_cameras`).
         stop: the flag SIGINT/SIGTERM set during the stage (a fresh one when None); tests
             may also set it directly.
 
@@ -167,13 +222,15 @@ def run_refiners(
         Interrupted: after saving, when ``stop`` was set during the stage.
     """
     stop = stop if stop is not None else StopFlag()
+    if resume is not None:
+        restore_cameras(data, resume)
     start = RefinePosition(**resume["position"]) if resume else RefinePosition()
     reports: list[dict[str, Any]] = list(resume["reports"]) if resume else []
     ctx.should_stop = lambda: bool(stop)
 
     def checkpoint(position: RefinePosition) -> Path:
         label = f"refiner{position.refiner}-step{position.step}"
-        return save(_state(rep, position, refiners, reports), label)
+        return save(_state(rep, data, position, refiners, reports), label)
 
     def interrupted(position: RefinePosition) -> Interrupted:
         folder = checkpoint(position)

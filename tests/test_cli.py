@@ -72,6 +72,9 @@ def test_plugin_info_json(cli):
     rep = json.loads(run_ok(cli, "plugin-info", "toy-grid", "--json").stdout)
     assert rep["native_refiner"] == "toy-fit" and rep["default_renderer"] == {"cpu": "toy-grid-render"}
     assert "grid resolution" in run_ok(cli, "plugin-info", "toy-grid").stdout
+    augment = json.loads(run_ok(cli, "plugin-info", "toy-augment", "--json").stdout)
+    assert augment["uses"] == [{"kind": "generator", "name": "toy-jitter"}] and info["uses"] == []
+    assert "creates (default options): generator toy-jitter" in run_ok(cli, "plugin-info", "toy-augment").stdout
 
 
 def test_inspect_data_json(cli, toy_scene, toy_video):
@@ -83,6 +86,25 @@ def test_inspect_data_json(cli, toy_scene, toy_video):
     assert len(v["K"]) == 3 and len(v["c2w"]) == 4
     video = json.loads(run_ok(cli, "inspect-data", toy_video, "--json").stdout)
     assert video == {"loader": "toy-video", "name": "video", "frames": 5, "width": 8, "height": 6, "fps": 5.0}
+
+
+DATASETS = Path("/work/shared/datasets")
+
+
+@pytest.mark.skipif(not (DATASETS / "street").is_dir(), reason="needs the shared street dataset")
+def test_inspect_data_street_shows_20_timed_views_with_sky_masks():
+    out = json.loads(run_ok(make_cli(Registry()), "inspect-data", DATASETS / "street", "--json").stdout)
+    views = out["views"]
+    assert out["loader"] == "dggt" and len(views) == 20
+    assert [v["time"] for v in views] == pytest.approx([0.1 * i for i in range(20)], abs=1e-6)
+    assert all(v["sky_mask"] for v in views) and {(v["width"], v["height"]) for v in views} == {(320, 180)}
+    assert [v["name"] for v in views if v["split"] == "test"] == [f"{i:04d}" for i in range(20) if i % 5 == 2]
+
+
+@pytest.mark.skipif(not (DATASETS / "video" / "bikes.mp4").is_file(), reason="needs the shared bikes video")
+def test_inspect_data_bikes_shows_250_frames_of_640x272():
+    out = json.loads(run_ok(make_cli(Registry()), "inspect-data", DATASETS / "video" / "bikes.mp4", "--json").stdout)
+    assert out == {"loader": "video", "name": "bikes", "frames": 250, "width": 640, "height": 272, "fps": 25.0}
 
 
 def test_doctor_json(cli):
@@ -151,6 +173,17 @@ def test_config_file_reruns_the_same_run(cli, toy_scene, tmp_path):
     assert ma == mb
 
 
+def test_config_file_reproduces_options_of_created_components(cli, toy_scene, tmp_path):
+    """--set for a generator a refiner creates is recorded in config.json and re-applied by --config."""
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--refiner", "toy-augment", "--out", tmp_path / "a",
+           "--set", "toy-augment.steps=4", "--set", "toy-jitter.noise=0.3", "--eval", "psnr")
+    run_ok(cli, "run", "--config", tmp_path / "a" / "config.json", "--out", tmp_path / "b")
+    a, b = (json.loads((tmp_path / x / "config.json").read_text()) for x in "ab")
+    assert a == b and a["used"] == [{"kind": "generator", "name": "toy-jitter", "config": {"noise": 0.3, "copies": 1}}]
+    ra, rb = (json.loads((tmp_path / x / "metrics.json").read_text())["refiners"]["toy-augment"] for x in "ab")
+    assert ra == rb and ra["generator_config"]["noise"] == 0.3
+
+
 def test_default_out_folder(cli, toy_scene, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "toy-fit.steps=1", "--eval", "none")
@@ -180,6 +213,8 @@ def _corrupt_image_scene(tmp_path: Path) -> Path:
         ("unknown-set-key", "toy-fit has no option 'speed'"),
         ("bad-set-value", "bad value for toy-fit.steps"),
         ("combination", "refiner toy-fit needs image-grid; representation toy-sdf provides"),
+        ("needs-fixer", "refiner toy-polish needs a fixer: add --fixer NAME"),
+        ("set-not-created", "toy-jitter (generator) is installed but this run never creates it"),
         ("no-loader", "no installed loader recognises this data"),
         ("bad-config", "config.json: run configuration file is not valid JSON"),
         ("resume-not-a-run", "not a recon run folder (no config.json)"),
@@ -202,6 +237,8 @@ def test_bad_input_exits_2_with_one_paragraph(cli, toy_scene, tmp_path, case, me
         "unknown-set-key": [*base, "--data", toy_scene, "--set", "toy-fit.speed=1"],
         "bad-set-value": [*base, "--data", toy_scene, "--set", "toy-fit.steps=many"],
         "combination": ["run", "--data", toy_scene, "--repr", "toy-sdf", "--refiner", "toy-fit"],
+        "needs-fixer": [*base, "--data", toy_scene, "--refiner", "toy-polish"],
+        "set-not-created": [*base, "--data", toy_scene, "--set", "toy-jitter.noise=0.1"],
         "no-loader": [*base, "--data", tmp_path / "junk"],
         "bad-config": ["run", "--config", tmp_path / "config.json"],
         "resume-not-a-run": ["run", "--resume", tmp_path / "empty"],

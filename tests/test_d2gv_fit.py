@@ -56,6 +56,33 @@ def test_fit_improves_every_gop_and_reports_metrics(tmp_path):
     assert all(checkpoint_exists(tmp_path / "d2gv-gops", f"gop_{i:05d}") for i in range(2))
 
 
+def test_learning_rates_continue_across_stages():
+    cfg = FitConfig(static_steps=300, deform_steps=101, lr_gaussians=4e-3, lr_step_every=100, lr_mlp=1e-3, lr_mlp_final=1e-5)
+    gop = fit_module.GopModel(4, fit_module.DeformSettings(width=8))
+    opt = fit_module._optimizer(gop, cfg)
+
+    def lrs(step):
+        fit_module._set_lrs(opt, cfg, step)
+        return {g["name"]: g["lr"] for g in opt.param_groups}
+
+    assert lrs(0) == {"gaussians": 4e-3, "mask": cfg.lr_mask, "mlp": 0.0}
+    assert lrs(299)["mlp"] == 0.0 and lrs(299)["gaussians"] == pytest.approx(1e-3)
+    first = lrs(300)  # the deformation stage starts where the static schedule left off
+    assert first["gaussians"] == pytest.approx(5e-4) and first["mlp"] == pytest.approx(1e-3)
+    assert lrs(350)["mlp"] == pytest.approx(1e-4)  # halfway in log space
+    assert lrs(400)["mlp"] == pytest.approx(1e-5) and lrs(400)["gaussians"] == pytest.approx(2.5e-4)
+
+
+def test_bfloat16_mlp_fit_trains_the_deformation(tmp_path):
+    video, rep = _setup(num_frames=4, gop_length=4, n=100)
+    before = _mean_psnr(rep, video)
+    cfg = FitConfig(executor="inline", mlp_bf16=True, **dict(FAST, static_steps=20, deform_steps=15, evaluate=False))
+    D2GVFit(cfg).run(rep, video, _ctx(tmp_path))
+    assert _mean_psnr(rep, video) > before + 3
+    head = rep.gops[0].deform.head.weight
+    assert head.dtype == torch.float32 and head.abs().sum() > 0  # the zero-initialised head learned
+
+
 def test_pruning_removes_gaussians_with_strong_sparsity(tmp_path):
     video, rep = _setup(num_frames=3, gop_length=3)
     cfg = FitConfig(executor="inline", static_steps=60, deform_steps=0, sparsity_weight=1.0, lr_mask=0.1, evaluate=False, threads_per_worker=1)

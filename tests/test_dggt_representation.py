@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -247,3 +251,68 @@ def test_builds_from_a_video(checkpoint: Path) -> None:
     assert len(rep.gaussians(0.1)) > 0
     with pytest.raises(InputError, match="max_frames"):
         DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, max_frames=1)).build(video, device=torch.device("cpu"))
+
+
+def test_set_cameras_replaces_the_held_cameras_and_checks_them(checkpoint: Path) -> None:
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep.build(_scene(), device=torch.device("cpu"))
+    cams = rep.cameras()
+    moved = cams.c2w.clone()
+    moved[1:, :3, 3] += torch.tensor([0.05, -0.02, 0.1])
+    rep.set_cameras(cams.with_c2w(moved))
+    assert torch.equal(rep.cameras().c2w, moved) and torch.equal(rep.cameras().K, cams.K)
+    fresh = DGGTRepresentation(DGGTConfig(size="tiny"))
+    fresh.load_state_dict_resizing(rep.state_dict())  # saved with the state
+    assert torch.equal(fresh.cameras().c2w, moved)
+    with pytest.raises(InputError, match="holds 3 input cameras; set_cameras got 2"):
+        rep.set_cameras(cams[[0, 1]])
+    with pytest.raises(InputError, match="other sizes"):
+        rep.set_cameras(cams.scaled(0.5))
+    with pytest.raises(InputError, match="times"):
+        rep.set_cameras(dataclasses.replace(cams, times=cams.times + 1.0))
+
+
+def test_recon_run_on_a_video_renders_each_frame_from_its_predicted_camera(checkpoint: Path, tmp_path: Path) -> None:
+    """`recon run --data clip.mp4 --repr dggt` (tiny random weights): DGGT predicts the poses of
+    the frames; evaluation renders frame i from predicted camera i at frame i's time."""
+    from click.testing import CliRunner
+    from loaders_support import write_video
+    from PIL import Image
+
+    from recon_cli.main import make_cli
+    from recon_core.pipeline import restore_run
+    from recon_core.registry import Registry
+    from recon_core.rundir import RunDir
+
+    torch.manual_seed(5)
+    net = DGGTNetwork("tiny")
+    with torch.no_grad():  # random weights, but fields of view pinned to 1 rad (ReLU'd random ones may be 0)
+        net.camera_head.pose_branch.fc2.weight[7:] = 0.0
+        net.camera_head.pose_branch.fc2.bias[7:] = 1.0 / net.camera_head.iterations
+    pinned = tmp_path / "tiny.pt"
+    torch.save(net.state_dict(), pinned)
+    clip = write_video(tmp_path / "clip.mp4", 3, w=32, h=24)
+    out = tmp_path / "run"
+    registry = Registry()
+    args = ["run", "--data", str(clip), "--repr", "dggt", "--device", "cpu", "--eval", "psnr", "--out", str(out),
+            "--set", f"dggt.checkpoint={pinned}", "--set", "dggt.size=tiny", "--set", "dggt.width=28"]
+    result = CliRunner().invoke(make_cli(registry), args)
+    assert result.exit_code == 0, result.output + (result.stderr or "")
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [r["name"] for r in doc["per_view"]] == ["frame-00000", "frame-00001", "frame-00002"]
+    assert sorted(p.name for p in out.glob("point_cloud_t*.ply")) == [f"point_cloud_t{k:03d}.ply" for k in range(3)]
+    restored = restore_run(registry, RunDir(out), device="cpu", evaluators=["none"])
+    cams = restored.rep.cameras()
+    assert len(cams) == 3 and cams.width.tolist() == [32] * 3 and cams.height.tolist() == [24] * 3
+    assert torch.allclose(cams.times, restored.data.timestamps)
+    assert torch.allclose(cams.K[:, 0, 0], torch.tensor(16 / math.tan(0.5)), rtol=1e-5)
+    assert float((cams.c2w[1:] - cams.c2w[0]).abs().max()) > 1e-3, "the frames got different predicted poses"
+    for i in range(3):
+        with torch.no_grad():
+            expected = restored.renderer.render(restored.rep, cams[[i]]).rgb[0].clamp(0, 1)
+        png = torch.from_numpy(np.asarray(Image.open(out / "renders" / f"frame-{i:05d}.png"), dtype=np.float32) / 255)
+        assert float((png - expected).abs().max()) <= 0.5 / 255 + 1e-4, i
+        if i:  # and not from frame 0's camera
+            with torch.no_grad():
+                other = restored.renderer.render(restored.rep, cams[[0]], times=cams.times[[i]]).rgb[0]
+            assert float((png - other.clamp(0, 1)).abs().max()) > 4 / 255  # 8x the tolerance above

@@ -168,6 +168,29 @@ def test_difix3d_plus_needs_a_fixer(renderer) -> None:
         Difix3DPlus().setup(start_from(gt), scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
 
 
+def test_recon_run_refuses_difix3d_plus_without_a_fixer_up_front(tmp_path: Path) -> None:
+    """difix3d+ requires "fixer": `recon run` exits 2 naming --fixer before creating the run folder."""
+    from click.testing import CliRunner
+
+    import recon_plugins.difix as plugin
+    from recon_cli.main import make_cli
+    from recon_core.registry import Registry
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "transforms.json").write_text('{"frames": []}')  # enough to pick a loader; nothing is loaded
+    registry = Registry()
+    if not any(r.name == "difix3d+" for r in registry.rows()):
+        registry = Registry(modules=[("difix", plugin)])
+    assert registry.get("refiner", "difix3d+").requires == {"gaussians-3d", "fixer"}
+    out = tmp_path / "run"
+    result = CliRunner().invoke(make_cli(registry), ["run", "--data", str(data), "--repr", "3dgs", "--refiner",
+                                                     "3dgs-train,difix3d+", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "refiner difix3d+ needs a fixer: add --fixer NAME (installed fixers: " in result.stderr
+    assert "nearest-gt" in result.stderr and not out.exists()
+
+
 # ------------------------------------------------------------------------------------ loop
 
 
@@ -248,7 +271,9 @@ def test_pipeline_runs_3dgs_train_then_difix3d_plus_with_nearest_gt(tmp_path: Pa
     from recon_core.registry import Registry
     from recon_core.rundir import RunDir
 
-    registry = Registry(modules=[("difix", plugin)])
+    registry = Registry()
+    if not any(r.name == "difix3d+" for r in registry.rows()):
+        registry = Registry(modules=[("difix", plugin)])
     spec = resolve_run(registry, data=OBJECT, representation="3dgs", refiners=["3dgs-train", "difix3d+"],
                        fixer="nearest-gt", evaluators=["psnr"], device="cpu", seed=0,
                        sets=["3dgs.num_points=500", "3dgs-train.steps=6", "difix3d+.steps=4", "difix3d+.fix_every=2",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -85,3 +86,24 @@ def test_gradients_reach_grid_and_inputs() -> None:
         assert enc.net.fourier_maps.grad.abs().sum() > 0
         if cls is FFBStyleModEncoder:
             assert all(lin.weight.grad.abs().sum() > 0 for lin in enc.net.styles)
+
+
+@pytest.mark.parametrize("cls", [FFBEncoder, FFBStyleModEncoder])
+def test_active_levels_equal_zeroed_finer_grid_levels(cls) -> None:
+    """Coarse-to-fine: locking levels ≥ k equals zeroing those levels' table rows."""
+    torch.manual_seed(0)
+    enc = cls(cls.Config(n_levels=3, hidden_dim=16, out_features=8, log2_hashmap_size=8, base_resolution=4,
+                         max_resolution=32, backend="torch"))
+    with torch.no_grad():
+        enc.net.grid.params.uniform_(-1, 1)
+    x = torch.rand(40, 3) * 2 - 1
+    full = enc(x).detach()
+    enc.active_levels = 1
+    assert enc.net.grid.active_levels == 1 and enc.n_grid_levels == 3
+    locked = enc(x).detach()
+    enc.active_levels = None
+    lay, f = enc.net.grid.layout, enc.config.n_features_per_level
+    with torch.no_grad():
+        enc.net.grid.params[lay.offsets[1] * f:] = 0.0
+    torch.testing.assert_close(locked, enc(x).detach(), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(locked, full)

@@ -1,7 +1,10 @@
-"""Parity and gradient tests for the pure-PyTorch rasteriser (plugins/gaussians/rasterize.py).
+"""Parity and gradient tests for the rasteriser (plugins/gaussians/rasterize.py).
 
 References: gsplat's own pure-PyTorch projection and SH (``gsplat.cuda._torch_impl``) and the
-brute-force per-pixel compositor in ``plugins/gaussians/_reference.py``.
+brute-force per-pixel compositor in ``plugins/gaussians/_reference.py``. Whole renders run with
+both compositing backends (``torch``: the pure-PyTorch twin; ``cpp``: the compiled CPU kernels,
+whose own parity tests are in test_gaussians_cpu_kernel.py); tests of the torch twin's internals
+(chunking, saved blocks, binning) force ``backend="torch"``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import pytest
 import torch
 
+from recon_core.cpp_extension import cpp_disabled
 from recon_plugins.gaussians._reference import composite_reference, render_reference
 from recon_plugins.gaussians.rasterize import (
     RasterizeSettings,
@@ -23,6 +27,9 @@ from recon_plugins.gaussians.rasterize import (
 )
 
 gsplat_torch = pytest.importorskip("gsplat.cuda._torch_impl")
+
+# "cpp" is skipped only when RECON_NO_CPP=1 asks for no compiled code; a failed build fails.
+BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1"))]
 
 
 @pytest.fixture(autouse=True)
@@ -146,6 +153,7 @@ def _render_both(scene, n_cams, width, height, settings, background=None):
     return ours, ref
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "sh_degree, tile_size, batch_size, background",
     [
@@ -155,11 +163,13 @@ def _render_both(scene, n_cams, width, height, settings, background=None):
         (2, 4, 5, (1.0, 1.0, 1.0)),
     ],
 )
-def test_rasterize_matches_bruteforce(sh_degree, tile_size, batch_size, background):
+def test_rasterize_matches_bruteforce(sh_degree, tile_size, batch_size, background, backend):
     # dense and opaque enough that many pixels stop early (transmittance < 1e-4)
     scene = _scene(250, seed=3, sh_degree=sh_degree, opacity=(0.3, 0.99), scale=(0.03, 0.12))
     bg = None if background is None else torch.tensor(background, dtype=torch.float64)
-    settings = RasterizeSettings(tile_size=tile_size, batch_size=batch_size, max_block_elements=4096)
+    settings = RasterizeSettings(
+        tile_size=tile_size, cpp_tile_size=tile_size, batch_size=batch_size, max_block_elements=4096, backend=backend
+    )
     (rgb, alpha, depth), (rgb_r, alpha_r, depth_r) = _render_both(scene, 2, 37, 29, settings, bg)
     assert rgb.shape == (2, 29, 37, 3) and alpha.shape == depth.shape == (2, 29, 37, 1)
     assert (alpha_r > 0.999).sum() > 50, "scene should exercise early termination"
@@ -169,9 +179,10 @@ def test_rasterize_matches_bruteforce(sh_degree, tile_size, batch_size, backgrou
     torch.testing.assert_close(depth, depth_r, rtol=0, atol=1e-9)
 
 
-def test_rasterize_float32_close_to_float64_reference():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rasterize_float32_close_to_float64_reference(backend):
     scene = _scene(200, seed=4, sh_degree=1)
-    settings = RasterizeSettings()
+    settings = RasterizeSettings(backend=backend)
     scene32 = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in scene.items()}
     c2w, ks = _cameras(1, 48, 40)
     rgb, alpha, _ = rasterize_gaussians(
@@ -188,13 +199,16 @@ def test_chunking_does_not_change_result():
     scene = _scene(300, seed=5, opacity=(0.5, 0.99))
     c2w, ks = _cameras(2, 50, 34)
     args = (scene["means"], scene["quats"], scene["scales"], scene["opacities"], torch.linalg.inv(c2w), ks, 50, 34)
-    a = rasterize_gaussians(*args, colors=scene["colors"], settings=RasterizeSettings(max_block_elements=1))
-    b = rasterize_gaussians(*args, colors=scene["colors"], settings=RasterizeSettings(max_block_elements=1 << 24, batch_size=512))
+    a = rasterize_gaussians(*args, colors=scene["colors"], settings=RasterizeSettings(max_block_elements=1, backend="torch"))
+    b = rasterize_gaussians(
+        *args, colors=scene["colors"], settings=RasterizeSettings(max_block_elements=1 << 24, batch_size=512, backend="torch")
+    )
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
 
 
-def test_pixel_centre_convention():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pixel_centre_convention(backend):
     """A small isotropic Gaussian projected exactly onto the centre of pixel (row 3, col 5)."""
     width, height, f = 12, 8, 10.0
     # principal point at the centre of pixel (3, 5); the Gaussian sits on the optical axis
@@ -204,6 +218,7 @@ def test_pixel_centre_convention():
         torch.tensor([[x, y, z]], dtype=torch.float64), torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64),
         torch.full((1, 3), 0.1, dtype=torch.float64), torch.tensor([0.9], dtype=torch.float64),
         torch.eye(4, dtype=torch.float64)[None], ks, width, height, colors=torch.ones(1, 3, dtype=torch.float64),
+        settings=RasterizeSettings(backend=backend),
     )
     a = alpha[0, ..., 0]
     assert divmod(int(a.argmax()), width) == (3, 5)
@@ -215,7 +230,8 @@ def test_pixel_centre_convention():
     assert float(depth[0, 3, 5, 0]) == pytest.approx(z)
 
 
-def test_nothing_visible_gives_empty_images_and_zero_gradients():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nothing_visible_gives_empty_images_and_zero_gradients(backend):
     scene = _scene(20, seed=6)
     scene["means"][:, 2] = -3.0  # all behind the camera
     means = scene["means"].requires_grad_(True)
@@ -223,6 +239,7 @@ def test_nothing_visible_gives_empty_images_and_zero_gradients():
     rgb, alpha, depth = rasterize_gaussians(
         means, scene["quats"], scene["scales"], scene["opacities"], torch.linalg.inv(c2w), ks, 16, 16,
         colors=scene["colors"], background=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64),
+        settings=RasterizeSettings(backend=backend),
     )
     assert torch.all(alpha == 0) and torch.all(depth == 0)
     torch.testing.assert_close(rgb[0, 0, 0], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
@@ -255,12 +272,13 @@ def test_composite_gradcheck():
     assert torch.autograd.gradcheck(fn, (means2d, conics, opac, feats), eps=1e-6, atol=1e-7)
 
 
-def test_full_render_gradcheck_including_pose():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_render_gradcheck_including_pose(backend):
     """gradcheck of rgb, alpha and depth w.r.t. every Gaussian parameter and the c2w pose."""
     scene = _scene(8, seed=8, sh_degree=1, scale=(0.1, 0.25))
     c2w, _ = _cameras(1, 10, 8)
     ks = torch.tensor([[[22.0, 0.0, 5.0], [0.0, 20.0, 4.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
-    settings = RasterizeSettings(tile_size=4, batch_size=3)
+    settings = RasterizeSettings(tile_size=4, cpp_tile_size=4, batch_size=3, backend=backend)
     inputs = [scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["sh"], c2w]
     inputs = [t.clone().requires_grad_() for t in inputs]
 
@@ -275,11 +293,14 @@ def test_full_render_gradcheck_including_pose():
     assert torch.autograd.gradcheck(fn, tuple(inputs), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
-@pytest.mark.parametrize("saved_block_elements", [0, 1 << 25])
-def test_gradients_match_autograd_through_reference(saved_block_elements):
+@pytest.mark.parametrize(
+    "backend, saved_block_elements",
+    [("torch", 0), ("torch", 1 << 25), pytest.param("cpp", 0, marks=BACKENDS[1].marks)],
+)
+def test_gradients_match_autograd_through_reference(backend, saved_block_elements):
     """Hand-written backward vs plain autograd through the brute-force reference, bigger scene.
 
-    Run with forward blocks recomputed in the backward (0) and kept from the forward.
+    Torch twin: with forward blocks recomputed in the backward (0) and kept from the forward.
     """
     scene = _scene(120, seed=9, sh_degree=2, opacity=(0.3, 0.99), scale=(0.03, 0.1))
     c2w, ks = _cameras(2, 30, 22)
@@ -299,7 +320,9 @@ def test_gradients_match_autograd_through_reference(saved_block_elements):
         loss = (rgb * w_rgb).sum() + (alpha * w_a).sum() + (depth * w_d).sum()
         return torch.autograd.grad(loss, params)
 
-    settings = RasterizeSettings(tile_size=8, batch_size=16, max_block_elements=8 * 64 * 16, saved_block_elements=saved_block_elements)
+    settings = RasterizeSettings(
+        tile_size=8, batch_size=16, max_block_elements=8 * 64 * 16, saved_block_elements=saved_block_elements, backend=backend
+    )
     ours = grads(rasterize_gaussians, settings=settings)
     ref = grads(render_reference)
     for name, a, b in zip([*names, "c2w", "background"], ours, ref):
@@ -319,12 +342,14 @@ def test_composite_reference_independent_check():
     torch.testing.assert_close(alpha[0, 0, 0, 0], torch.tensor(1 - 0.5 * 0.2, dtype=torch.float64))
 
 
-def test_second_backward_with_retain_graph_recomputes_blocks():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_backward_with_retain_graph_recomputes_blocks(backend):
     scene = _scene(60, seed=11, opacity=(0.5, 0.99))
     c2w, ks = _cameras(1, 24, 16)
     means = scene["means"].clone().requires_grad_()
     rgb, alpha, _ = rasterize_gaussians(
-        means, scene["quats"], scene["scales"], scene["opacities"], torch.linalg.inv(c2w), ks, 24, 16, colors=scene["colors"]
+        means, scene["quats"], scene["scales"], scene["opacities"], torch.linalg.inv(c2w), ks, 24, 16, colors=scene["colors"],
+        settings=RasterizeSettings(backend=backend),
     )
     loss = rgb.sum() + alpha.sum()
     (g1,) = torch.autograd.grad(loss, means, retain_graph=True)

@@ -10,9 +10,11 @@ from torch import nn
 
 from recon_core.cameras import Cameras
 from recon_core.components import Renderer, Representation
-from recon_core.config import describe_options
+from recon_core.config import config_from_dict, describe_options
+from recon_core.cpp_extension import cpp_disabled
+from recon_core.errors import InputError
 from recon_core.gaussians import Gaussians3D
-from recon_plugins.gaussians.rasterize import rasterize_gaussians
+from recon_plugins.gaussians.rasterize import RasterizeSettings, rasterize_gaussians
 from recon_plugins.gaussians.renderers import GsplatRenderer, TorchGaussianRenderer
 
 
@@ -77,7 +79,7 @@ def test_component_declarations():
     assert TorchGaussianRenderer.requires == frozenset({"gaussians-3d"}) == GsplatRenderer.requires
     assert "cpu" in TorchGaussianRenderer.devices and GsplatRenderer.devices == ("cuda",)
     names = {o["name"] for o in describe_options(TorchGaussianRenderer.Config)}
-    assert {"tile_size", "batch_size", "max_block_elements", "eps2d", "near_plane", "far_plane"} <= names
+    assert {"tile_size", "batch_size", "max_block_elements", "eps2d", "near_plane", "far_plane", "backend"} <= names
     assert dataclasses.is_dataclass(GsplatRenderer.Config)
 
 
@@ -166,6 +168,22 @@ def test_gradients_reach_gaussians_and_camera_pose():
             return float((o.rgb * torch.linspace(0, 1, 32)[None, None, :, None]).sum() + o.depth.sum())
         fd = (f(eps) - f(-eps)) / (2 * eps)
     assert c2w.grad[0, 0, 3].item() == pytest.approx(fd, rel=0.05, abs=1e-2)
+
+
+@pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1: compiled path disabled")
+def test_backend_option_switches_engines_with_the_same_images_and_gradients():
+    rep = _Blobs(sh_degree=1)
+    cams = _cams(2, width=30, height=22)
+    results = []
+    for backend in ("cpp", "torch"):
+        renderer = TorchGaussianRenderer(config_from_dict(RasterizeSettings, {"backend": backend}, "torch-3dgs"))
+        out = renderer.render(rep, cams, background=torch.tensor([0.3, 0.3, 0.3]))
+        grads = torch.autograd.grad(out.rgb.sum() + out.depth.sum(), [rep.means, rep.sh])
+        results.append((out.rgb.detach(), out.alpha.detach(), out.depth.detach(), *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    with pytest.raises(InputError, match="backend"):
+        config_from_dict(RasterizeSettings, {"backend": "cuda"}, "torch-3dgs")
 
 
 def test_missing_cameras_is_an_input_error():

@@ -275,6 +275,37 @@ def test_training_fits_a_synthetic_scene(renderer) -> None:
     assert summary["gaussians"] == len(rep) == 60 and trainer._in_sync()
 
 
+def test_public_optimisation_api_matches_plain_adam_and_follows_replaced_parameters(renderer) -> None:
+    """What ``confidence`` / ``difix3d+`` call: schedule, optimize (= zero_grad, backward, Adam), sync."""
+    scene, gt = synthetic_scene(renderer, size=8, n_views=2)
+    rep = perturbed(gt)
+    trainer = GaussianTrainer(GaussianTrainConfig(steps=10, densify=False, background=[0.0, 0.0, 0.0]))
+    trainer.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    # the means' lr decays exponentially from lr_means x scale to lr_means_final of it
+    trainer.schedule(5)
+    start = trainer.config.lr_means * trainer.scene_scale
+    assert trainer.optimizers["means"].param_groups[0]["lr"] == pytest.approx(start * 0.01**0.5)
+    assert trainer.set_means_lr(1.0) == pytest.approx(start * 0.01)
+    # one optimize() step equals an independent Adam step with the same rates on a copy
+    copy = {n: nn.Parameter(getattr(rep, n).detach().clone()) for n in PARAMETER_NAMES}
+    reference = {n: torch.optim.Adam([p], lr=trainer.optimizers[n].param_groups[0]["lr"], eps=1e-15) for n, p in copy.items()}
+    camera = scene.views[0].camera
+
+    def loss_of(params) -> torch.Tensor:
+        return sum(((p - p.detach().mean()) ** 2).sum() for p in params)
+
+    assert trainer.optimize(loss_of([getattr(rep, n) for n in PARAMETER_NAMES]), 5, camera) is False
+    loss_of(copy.values()).backward()
+    for opt in reference.values():
+        opt.step()
+    for n in PARAMETER_NAMES:
+        assert torch.allclose(getattr(rep, n), copy[n], atol=1e-6), n
+    assert trainer.sync_optimizers() is False
+    # parameters replaced from outside (a checkpoint load): fresh optimizers on the new tensors
+    rep.set_raw(rep.raw())
+    assert trainer.sync_optimizers() is True and trainer._in_sync() and trainer.sync_optimizers() is False
+
+
 def test_refiner_rejects_other_layouts(renderer) -> None:
     scene, _ = synthetic_scene(renderer, size=8, n_views=2)
 

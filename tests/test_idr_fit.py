@@ -221,3 +221,76 @@ def test_export_mesh(tmp_path: Path) -> None:
     mesh = trimesh.load(files[0], force="mesh")
     r = (torch.from_numpy(mesh.vertices).float()).norm(dim=-1)
     assert 0.2 < float(r.mean()) < 0.9  # the geometric-init sphere (radius ≈ 0.6)
+
+
+def test_schedules_follow_the_driver_progress() -> None:
+    """A time-budgeted driver sets ``progress``; the α milestones then follow it, not step / steps."""
+    fit = IDRFit(IDRFit.Config(steps=100000))
+    assert fit.alpha(10) == 50 and fit.fraction(10) == pytest.approx(1e-4)
+    fit.progress = 0.3  # past the 0.125 and 0.25 milestones
+    assert fit.alpha(10) == 200 and fit.fraction(10) == 0.3
+    fit.progress = 1.0
+    assert fit.alpha(10) == 50 * 2**5
+
+
+def test_coarse_to_fine_level_schedule() -> None:
+    fit = IDRFit(IDRFit.Config(steps=100, c2f_start_levels=2, c2f_until=0.5))
+    levels = [fit.active_levels(s, 6) for s in range(100)]
+    assert levels[0] == 2 and levels[9] == 2 and levels[10] == 3 and levels[39] == 5 and levels[40] == 6
+    assert levels == sorted(levels) and levels[-1] == 6
+    assert fit.active_levels(0, 1) == 1  # never more than the encoder has
+    assert IDRFit(IDRFit.Config(steps=100, c2f_until=0.0)).active_levels(0, 6) == 6  # disabled
+
+
+def test_fit_unlocks_grid_levels_of_the_encoder() -> None:
+    scene = tiny_scene(4, 12)
+    torch.manual_seed(1)
+    enc = HashGridEncoder(HashGridEncoder.Config(n_levels=3, log2_hashmap_size=8, max_resolution=32))
+    rep = build(scene, enc, preset="grid", sdf_width=None, sdf_layers=None, skip_in=None, feature_dim=None,
+                color_width=None, color_layers=None)
+    assert len(rep.implicit.layers) == 3 and rep.implicit.skip_in == ()  # the grid preset: 2 hidden layers, no skip
+    fit = make_fit(rep, scene, steps=10, c2f_start_levels=1, c2f_until=0.5)
+    fit.step(0)
+    assert enc.active_levels == 1
+    before = enc.params.detach().clone().view(-1, 2)
+    fit.step(1)
+    moved = (enc.params.detach().view(-1, 2) - before).abs().sum(-1) > 0
+    lay = enc.layout
+    assert moved[: lay.sizes[0]].any() and not moved[lay.offsets[1]:].any()  # locked levels get no update
+    fit.progress = 0.6
+    fit.step(2)
+    assert enc.active_levels == 3
+
+
+def test_every_network_weight_receives_gradients() -> None:
+    """Regression: a weight-norm cache opened around the (no-grad) trace froze all weights."""
+    scene = tiny_scene(4, 12)
+    rep = build(scene, small_hashgrid())
+    fit = make_fit(rep, scene, steps=10, c2f_until=0.0)
+    before = {n: p.detach().clone() for n, p in rep.named_parameters()}
+    fit.step(0)
+    fit.step(1)  # the encoder-reading weights start at zero: the tables get gradients from step 1
+    for n, p in rep.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+        assert not torch.equal(p.detach(), before[n]), n
+
+
+def test_only_grid_tables_get_the_encoder_lr() -> None:
+    from recon_plugins.encoders import FFBEncoder
+
+    scene = tiny_scene(2, 8)
+    torch.manual_seed(0)
+    enc = FFBEncoder(FFBEncoder.Config(n_levels=2, hidden_dim=16, out_features=8, log2_hashmap_size=8,
+                                       max_resolution=32, backend="torch"))
+    rep = build(scene, enc)
+    fit = make_fit(rep, scene, encoder_lr=2e-2)
+    groups = {g["lr"]: {id(p) for p in g["params"]} for g in fit.optimizer.param_groups}
+    assert groups[2e-2] == {id(enc.net.grid.params)}  # the hash table only
+    assert {id(p) for p in enc.net.backbone.parameters()} <= groups[1e-3]  # SIREN weights: the network lr
+    assert id(enc.net.fourier_maps) in groups[1e-3]
+    assert sum(len(v) for v in groups.values()) == len(list(rep.parameters()))
+    fit = make_fit(rep, scene, encoder_lr=2e-2, encoder_weights_lr=3e-4)
+    groups = {g["lr"]: {id(p) for p in g["params"]} for g in fit.optimizer.param_groups}
+    assert groups[3e-4] == {id(p) for p in enc.parameters()} - {id(enc.net.grid.params)}
+    assert groups[2e-2] == {id(enc.net.grid.params)}
+    assert sum(len(v) for v in groups.values()) == len(list(rep.parameters()))

@@ -158,3 +158,16 @@ def test_layout_problems(tmp_path: Path) -> None:
     np.savez(empty / "cameras.npz", world_mat_0=np.eye(4))
     with pytest.raises(InputError, match="no images"):
         IdrLoader().load(empty)
+
+
+def test_every_eighth_view_is_held_out_by_default_as_in_colmap(tmp_path: Path) -> None:
+    write_idr(tmp_path, n=17)
+    scene = IdrLoader().load(tmp_path)
+    assert [v.name for v in scene.views if v.split == "test"] == ["000007", "000015"]
+    assert [v.name for v in scene.eval_views] == ["000007", "000015"]  # evaluation renders only these
+    assert len(scene.train_views) == 15
+    assert IdrLoader(IdrConfig(test_every=3)).load(tmp_path).split("test")[0].name == "000002"
+    everything = IdrLoader(IdrConfig(test_every=0)).load(tmp_path)
+    assert {v.split for v in everything.views} == {"train"} and len(everything.eval_views) == 17
+    with pytest.raises(InputError, match="idr.test_every must be >= 0"):
+        IdrLoader(IdrConfig(test_every=-1)).load(tmp_path)

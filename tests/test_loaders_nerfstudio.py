@@ -124,6 +124,41 @@ def test_object_dataset_loads_with_splits_and_mesh() -> None:
     assert v.object_mask is not None and v.depth is not None and v.alpha is not None
 
 
+@pytest.mark.skipif(not OBJECT.is_dir(), reason="needs the shared object dataset")
+def test_split_file_restricts_the_object_scene_to_its_frames() -> None:
+    scene = load(OBJECT, split_file="split_sparse3.json")  # relative: next to the data
+    assert [v.name for v in scene.train_views] == ["0000", "0015", "0029"]  # transforms order
+    assert [v.name for v in scene.eval_views] == [f"{i:04d}" for i in range(48, 64)]
+    assert len(scene.views) == 19
+    full = load(OBJECT)
+    assert torch.equal(scene.views[1].camera.c2w, full.views[15].camera.c2w)
+
+
+def test_split_file_errors_name_the_file(tmp_path: Path) -> None:
+    write_transforms(tmp_path / "data", n=4)
+    split = tmp_path / "split.json"
+
+    def attempt(doc: Any) -> None:
+        split.write_text(json.dumps(doc))
+        load(tmp_path / "data", split_file=str(split))  # absolute path
+
+    split.write_text(json.dumps({"train": ["images/0002.png", "./images/0000.png"], "val": ["images/0003"]}))
+    scene = load(tmp_path / "data", split_file=str(split))
+    assert [(v.name, v.split) for v in scene.views] == [("0000", "train"), ("0002", "train"), ("0003", "val")]
+    for doc, message in [
+        ({"train": ["images/0009.png"]}, "lists 'images/0009.png' under 'train', but no frame"),
+        ({"train": ["images/0001.png"], "test": ["images/0001.png"]}, "under both 'train' and 'test'"),
+        ({"train": ["images/0001.png"], "holdout": []}, "unknown key(s) holdout"),
+        ({"train": "images/0001.png"}, "'train' must be a list of file paths"),
+        ({"train": []}, "split file lists no frames"),
+    ]:
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+            attempt(doc)
+        assert str(split) in str(info.value)
+    with pytest.raises(InputError, match="split file is missing"):
+        load(tmp_path / "data", split_file="nope.json")
+
+
 def test_loading_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_transforms(tmp_path, n=3, masks=True)
     calls = []

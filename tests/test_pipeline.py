@@ -259,3 +259,71 @@ def test_malformed_config_entries_are_input_errors(toy_registry, toy_scene):
         resolve_run(toy_registry, base={**doc, "representation": {"config": {}}})
     with pytest.raises(InputError, match="not a recon run configuration"):
         resolve_run(toy_registry, base={"data": str(toy_scene)})
+
+
+# ------------------------------------------------------- components created through the context
+
+
+def test_set_reaches_a_component_created_through_the_context(toy_registry, toy_scene, tmp_path):
+    """toy-augment creates its generator with ctx.create: --set toy-jitter.* must configure it."""
+    sets = ["toy-augment.steps=3", "toy-jitter.noise=0.2", "toy-jitter.copies=2"]
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-augment"],
+                       evaluators=["psnr"], sets=sets)
+    assert [(c.kind, c.name, c.config.noise, c.config.copies) for c in spec.used] == [("generator", "toy-jitter", 0.2, 2)]
+    doc, run_dir = _run(toy_registry, toy_scene, tmp_path / "run", representation="toy-grid", refiners=["toy-augment"],
+                        evaluators=["psnr"], sets=sets)
+    report = doc["refiners"]["toy-augment"]
+    assert report["generator_config"] == {"noise": 0.2, "copies": 2} and report["generated"] == 2 * 4
+    assert [(p["kind"], p["name"]) for p in doc["plugins"]["used"]] == [("generator", "toy-jitter")]
+    # config.json records the generator's options: --config reproduces them
+    config = json.loads(run_dir.config_path.read_text())
+    assert config["used"] == [{"kind": "generator", "name": "toy-jitter", "config": {"noise": 0.2, "copies": 2}}]
+    again = resolve_run(toy_registry, base=config)
+    assert again.to_json() == config
+    # without --set the generator gets its defaults
+    default, _ = _run(toy_registry, toy_scene, tmp_path / "default", representation="toy-grid", refiners=["toy-augment"],
+                      evaluators=["none"], sets=["toy-augment.steps=1"])
+    assert default["refiners"]["toy-augment"]["generator_config"] == {"noise": 0.02, "copies": 1}
+
+
+@pytest.mark.parametrize(
+    ("refiners", "sets", "message"),
+    [
+        (["toy-fit"], ["toy-jitter.noise=0.2"],
+         "--set 'toy-jitter.noise=0.2': toy-jitter (generator) is installed but this run never creates it (components that create it: refiner toy-augment)"),
+        (["toy-augment"], ["toy-augment.generator=none", "toy-jitter.noise=0.2"], "this run never creates it"),
+        (["toy-augment"], ["toy-jitter.nois=1"], "toy-jitter has no option 'nois'; its options: copies, noise"),
+        (["toy-augment"], ["toy-augment.generator=nope"], "refiner toy-augment uses generator 'nope': unknown generator 'nope'"),
+    ],
+    ids=["not-created", "generator-turned-off", "unknown-option", "unknown-generator"],
+)
+def test_components_created_through_the_context_are_checked_up_front(toy_registry, toy_scene, refiners, sets, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=refiners, sets=sets)
+
+
+def test_a_config_file_keeps_options_only_for_components_still_created(toy_registry, toy_scene):
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-augment"],
+                      sets=["toy-jitter.copies=3"]).to_json()
+    assert resolve_run(toy_registry, base=doc, refiners=["toy-fit"]).used == []
+    with pytest.raises(InputError, match="config entry 'used' for toy-jitter needs a \"kind\""):
+        resolve_run(toy_registry, base={**doc, "used": [{"name": "toy-jitter", "config": {}}]})
+
+
+def test_real_plugins_declare_what_they_create():
+    """The ReconX confidence refiner's generator option is a declared use: --set render-fix.* reaches it."""
+    from recon_core.registry import Registry
+
+    registry = Registry()
+    if not any(r.name == "confidence" and r.kind == "refiner" for r in registry.rows()):
+        pytest.skip("reconx plugin not installed")
+    cls = registry.get("refiner", "confidence")
+    assert cls.uses(cls.Config()) == [("generator", "render-fix")]
+    assert cls.uses(cls.Config(generator="none")) == []
+
+
+def test_a_refiner_needing_a_fixer_is_refused_without_one(toy_registry, toy_scene):
+    with pytest.raises(CombinationError, match=r"refiner toy-polish needs a fixer: add --fixer NAME \(installed fixers: toy-smooth\)"):
+        resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-polish"])
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-polish"], fixer="toy-smooth")
+    assert spec.fixer is not None and spec.fixer.name == "toy-smooth"

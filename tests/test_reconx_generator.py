@@ -96,7 +96,7 @@ def _scene_and_ctx(fixer: Fixer | None = None) -> tuple[Scene, RefineContext, Ga
 def test_generated_views_follow_the_contract_and_change_nothing() -> None:
     scene, ctx, rep = _scene_and_ctx()
     before = {k: v.clone() for k, v in rep.state_dict().items()}
-    views = RenderFixGenerator(RenderFixConfig(num_views=3)).generate(rep, scene, ctx)
+    views = RenderFixGenerator(RenderFixConfig(num_views=3, fix="reproject")).generate(rep, scene, ctx)
     assert [v.name for v in views] == ["gen-0000", "gen-0001", "gen-0002"]
     for v in views:
         assert v.split == "train" and len(v.camera) == 1 and (v.height, v.width) == (16, 16)
@@ -106,7 +106,7 @@ def test_generated_views_follow_the_contract_and_change_nothing() -> None:
     # the inputs are renders of this model, so surface pixels seen by an input are fully confident
     conf = torch.stack([v.confidence for v in views])
     assert float((conf == 1.0).float().mean()) > 0.05 and abs(float(conf.min()) - 0.3) < 1e-6
-    again = RenderFixGenerator(RenderFixConfig(num_views=3)).generate(rep, scene, ctx)
+    again = RenderFixGenerator(RenderFixConfig(num_views=3, fix="reproject")).generate(rep, scene, ctx)
     assert all(torch.equal(a.image, b.image) and torch.equal(a.confidence, b.confidence) for a, b in zip(views, again))
 
 
@@ -116,3 +116,26 @@ def test_the_run_fixer_is_used_and_its_disagreement_lowers_confidence() -> None:
     fixed = RenderFixGenerator(RenderFixConfig(num_views=2)).generate(rep, scene, ctx)  # auto: the run's fixer
     assert torch.allclose(fixed[0].image, 1.0 - plain[0].image, atol=1e-6)
     assert float(fixed[0].confidence.mean()) < float(plain[0].confidence.mean())
+
+
+def test_without_a_fixer_the_render_is_kept_and_known_empty_space_becomes_background() -> None:
+    scene, ctx, rep = _scene_and_ctx()
+    renderer = ctx.renderer
+    with torch.no_grad():  # silhouettes of the inputs: where the model is opaque
+        alphas = renderer.render(rep, Cameras.cat([v.camera for v in scene.views])).alpha[..., 0]
+    masked = Scene("tiny", [View(v.name, v.camera, v.image, object_mask=alphas[i] > 0.5) for i, v in enumerate(scene.views)],
+                   scene.bounds)
+    plain = RenderFixGenerator(RenderFixConfig(num_views=4, free_space=False)).generate(rep, masked, ctx)
+    carved = RenderFixGenerator(RenderFixConfig(num_views=4, carve_resolution=48)).generate(rep, masked, ctx)
+    with torch.no_grad():
+        renders = renderer.render(rep, Cameras.cat([v.camera for v in plain])).rgb.clamp(0, 1)
+    emptied = 0
+    for p, c, r in zip(plain, carved, renders):
+        assert torch.allclose(p.image, r, atol=1e-6)  # auto without a fixer: the render itself
+        changed = (p.image - c.image).abs().amax(-1) > 0
+        # outside the inputs' visual hull: white background, fully confident; elsewhere untouched
+        assert torch.equal(c.image[changed], torch.ones_like(c.image[changed])) and bool((c.confidence[changed] == 1).all())
+        same = ~changed & (c.confidence != 1)
+        assert torch.equal(c.confidence[same], p.confidence[same])
+        emptied += int(changed.sum())
+    assert emptied > 0  # the tiny model's translucent fringe outside the hull was removed

@@ -112,3 +112,27 @@ def test_confidence_refiner_resumes_with_its_generated_views(tmp_path: Path, reg
         ref_c.step(s)
     for k, v in rep_a.state_dict().items():
         assert torch.allclose(v, rep_c.state_dict()[k], atol=1e-6), k
+
+
+def test_regenerate_every_makes_the_views_again_from_the_current_model(tmp_path: Path, registry: Registry) -> None:
+    from recon_core.components import RefineContext
+    from recon_plugins.gaussians import TorchGaussianRenderer
+    from recon_plugins.loaders.nerfstudio import NerfstudioLoader
+    from recon_plugins.reconx import ConfidenceConfig, ConfidenceRefiner, ReconXConfig, ReconXSplat
+
+    scene = NerfstudioLoader().load(_write_ground_plane_scene(tmp_path / "plane"))
+    messages: list[str] = []
+    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=messages.append,
+                        create=lambda kind, name: registry.create(kind, name))
+    rep = ReconXSplat(ReconXConfig(views="0000,0002", num_points=300))
+    rep.build(scene, device=torch.device("cpu"))
+    refiner = ConfidenceRefiner(ConfidenceConfig(steps=6, generated_views=2, generate_at=0.0, regenerate_every=2,
+                                                 lambda_lpips=0.0))
+    refiner.setup(rep, scene, ctx)
+    images = []
+    for s in range(6):
+        refiner.step(s)
+        images.append(refiner.generated[0].image.clone())
+    assert sum("generated" in m for m in messages) == 3  # steps 0, 2 and 4
+    assert torch.equal(images[0], images[1]) and not torch.equal(images[1], images[2])  # renders of the newer model
+    assert len(refiner.views) == 4

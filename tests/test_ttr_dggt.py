@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -70,3 +72,61 @@ def test_ttr_refines_dggt_poses_and_writes_them_into_the_representation(monkeypa
         view = next(v for v in scene.views if v.name == name)
         assert torch.allclose(view.camera.c2w[0], refined[i], atol=1e-6), "scene views and representation agree"
     assert report["heldout_views"] == 1 and len(report["stages"]) == 2
+
+
+def test_ttr_refines_the_poses_dggt_predicted_for_a_video(tmp_path: Any) -> None:
+    """A video has no cameras: ttr pairs its frames with the representation's predicted cameras and
+    hands the refined poses back through ``set_cameras``."""
+    from recon_core.scene import Video
+    from recon_plugins.dggt.network import DGGTNetwork
+
+    torch.manual_seed(5)
+    net = DGGTNetwork("tiny")
+    with torch.no_grad():  # random weights, but fields of view pinned to 1 rad (ReLU'd random ones may be 0)
+        net.camera_head.pose_branch.fc2.weight[7:] = 0.0
+        net.camera_head.pose_branch.fc2.bias[7:] = 1.0 / net.camera_head.iterations
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(net.state_dict(), checkpoint)
+    frames = torch.rand(4, H, W, 3, generator=torch.Generator().manual_seed(1))
+    video = Video("clip", 4, W, H, 10.0, read_frame=lambda i: frames[i])
+    rep = dggt.DGGTRepresentation(dggt.DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep.build(video, device=torch.device("cpu"))
+    given = rep.cameras().c2w.clone()
+    assert torch.allclose(rep.cameras().K[:, 0, 0], torch.tensor(W / 2 / math.tan(0.5)), rtol=1e-5)
+    refiner = TestTimeRefiner(TTRConfig(steps_pose=3, steps_gs=2, lr_pose=1e-2, holdout=1, eval_every=1, lpips=False))
+    refiner.setup(rep, video, RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
+    assert [v.name for v in refiner.views] + [v.name for v in refiner.held] == ["frame-00000", "frame-00001", "frame-00003", "frame-00002"]
+    assert torch.equal(refiner.views[1].image, frames[1])
+    for step in range(refiner.total_steps):
+        refiner.step(step)
+    report = refiner.finish()
+    refined = rep.cameras().c2w
+    assert torch.equal(refined[0], given[0]) and torch.equal(refined[2], given[2]), "frame 0 fixed, held-out frame untouched"
+    assert not torch.allclose(refined[[1, 3]], given[[1, 3]]), "the other frames' poses moved"
+    assert report["optimised_views"] == 3 and report["heldout_views"] == 1
+
+
+def test_ttr_refuses_non_finite_cameras() -> None:
+    from recon_core.errors import InputError
+
+    scene = _scene()
+    rep = dggt.DGGTRepresentation(dggt.DGGTConfig(init="fit", size="tiny", fit_steps=1, fit_points=50))
+    rep.build(scene, device=torch.device("cpu"))
+    cams = rep.cameras()
+    K = cams.K.clone()
+    K[1, 0, 0] = float("inf")  # what a zero predicted field of view decodes to
+    rep.set_cameras(dataclasses.replace(cams, K=K))
+    with pytest.raises(InputError, match="ttr: the cameras of f1 are not finite"):
+        TestTimeRefiner(TTRConfig(lpips=False)).setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0,
+                                                                                renderer=TorchGaussianRenderer()))
+
+
+def test_ttr_on_a_video_needs_a_representation_with_one_camera_per_frame() -> None:
+    from recon_core.errors import InputError
+    from recon_core.scene import Video
+    from recon_plugins.gaussians import GaussianSplat
+
+    video = Video("clip", 2, W, H, 10.0, read_frame=lambda i: torch.zeros(H, W, 3))
+    with pytest.raises(InputError, match="ttr needs posed views: a Scene, or a video whose representation holds one camera per frame"):
+        TestTimeRefiner(TTRConfig()).setup(GaussianSplat(), video, RefineContext(device=torch.device("cpu"), seed=0,
+                                                                               renderer=TorchGaussianRenderer()))

@@ -335,3 +335,90 @@ def test_representation_without_attribute_parameters_is_refused() -> None:
     with pytest.raises(CombinationError, match="opacities"):
         TestTimeRefiner(TTRConfig()).setup(bare, scene, _ctx())
     TestTimeRefiner(TTRConfig(refine_gs=False)).setup(bare, scene, _ctx())  # poses alone need no attributes
+
+
+# ------------------------------------------------------------------- through the pipeline
+
+
+def _write_nerfstudio_scene(root: Path, scene: Scene, rep: GaussianSplat) -> Path:
+    """``scene`` as a nerfstudio folder (PNG images, OpenGL poses, splits) plus ``init.ply`` holding ``rep``."""
+    from recon_core.io import write_png
+    from recon_plugins.gaussians.ply import write_splat_ply
+
+    root.mkdir(parents=True)
+    frames = []
+    for v in scene.views:
+        write_png(root / f"{v.name}.png", v.image)
+        gl = v.camera.c2w[0].double() @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+        frames.append({"file_path": f"{v.name}.png", "transform_matrix": gl.tolist(), "split": v.split})
+    meta = {"camera_model": "PINHOLE", "fl_x": F, "fl_y": F, "cx": W / 2, "cy": H / 2, "w": W, "h": H, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    write_splat_ply(root / "init.ply", rep.raw())
+    return root
+
+
+def test_pipeline_resume_after_ttr_keeps_the_refined_poses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ttr`` then ``3dgs-train`` on a 3dgs run, interrupted (real SIGINT) inside 3dgs-train and resumed:
+    the refined poses come back from the checkpoint, so poses, parameters and metrics equal an
+    uninterrupted run's, and ``restore_run`` (recon eval/render) sees the refined poses too."""
+    import signal
+
+    from recon_core.errors import Interrupted
+    from recon_core.pipeline import Pipeline, resolve_run, restore_run
+    from recon_core.rundir import RunDir
+    from recon_plugins.gaussians.trainer import GaussianTrainer
+
+    scene, rep, truth = make_scene(n=4, test=(3,), rot_deg=1.0, trans_m=0.03)
+    data = _write_nerfstudio_scene(tmp_path / "data", scene, rep)
+    registry = Registry()
+    sets = ["3dgs.init=ply", f"3dgs.ply_path={data / 'init.ply'}", "3dgs.sh_degree=0", "ttr.steps_pose=4", "ttr.steps_gs=0",
+            "ttr.lr_pose=3e-3", "ttr.lpips=false", "3dgs-train.steps=4", "3dgs-train.densify=false",
+            "3dgs-train.background=0,0,0", "run.checkpoint_every=2", "run.save_renders=false", "run.export=ply"]
+
+    def run(out: Path, resume: bool = False) -> dict[str, Any]:
+        if resume:
+            run_dir = RunDir.open(out)
+            spec = resolve_run(registry, base=run_dir.read_config())
+        else:
+            spec = resolve_run(registry, data=data, representation="3dgs", refiners=["ttr,3dgs-train"], evaluators=["psnr"],
+                               device="cpu", seed=2, sets=sets)
+            run_dir = RunDir.create(out)
+        return Pipeline(registry, spec, run_dir).run(resume=resume)
+
+    reference_doc = run(tmp_path / "ref")
+    original = GaussianTrainer.step
+    calls = {"n": 0}
+
+    def step(self: GaussianTrainer, i: int) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)  # the stop flag is set; the loop saves after this step
+        return original(self, i)
+
+    with monkeypatch.context() as m:
+        m.setattr(GaussianTrainer, "step", step)
+        with pytest.raises(Interrupted):
+            run(tmp_path / "cut")
+    cut = RunDir(tmp_path / "cut")
+    assert cut.load_checkpoint()["position"] == {"refiner": 1, "step": 2}  # after ttr, inside 3dgs-train
+    resumed_doc = run(tmp_path / "cut", resume=True)
+
+    ref, got = RunDir(tmp_path / "ref").load_checkpoint(), cut.load_checkpoint()
+    assert ref["cameras"]["names"] == got["cameras"]["names"] == ["0000", "0001", "0002", "0003"]
+    assert torch.equal(ref["cameras"]["c2w"], got["cameras"]["c2w"])
+    for key, value in ref["representation"].items():
+        assert torch.equal(value, got["representation"][key]), key
+    assert resumed_doc["metrics"] == reference_doc["metrics"]
+    assert resumed_doc["refiners"] == reference_doc["refiners"]
+    # ttr really moved the training poses (frame 0 and the test view keep the given ones) ...
+    loaded = torch.stack([v.camera.c2w[0] for v in _loaded_views(registry, data)])
+    moved = (got["cameras"]["c2w"] - loaded).abs().amax(dim=(1, 2))
+    assert float(moved[0]) == 0.0 and float(moved[3]) == 0.0 and float(moved[1:3].min()) > 1e-5
+    # ... and a restored run (recon eval / render) renders from the refined poses
+    restored = restore_run(registry, cut, device="cpu", evaluators=["none"])
+    assert torch.equal(torch.stack([v.camera.c2w[0] for v in restored.data.views]), got["cameras"]["c2w"])
+
+
+def _loaded_views(registry: Registry, data: Path) -> list[View]:
+    """The views as the loader gives them (the poses before any refinement)."""
+    return registry.create("loader", "nerfstudio").load(data).views

@@ -1,7 +1,10 @@
 """D2GV plugin: videos as deformable 2D Gaussians per group of pictures.
 
 Components: representation ``d2gv``, renderer ``torch-2dgs``, refiner ``d2gv-fit``.
-Fast op ``rasterize.rasterize_sum`` has its dense twin ``_reference._rasterize_sum``.
+The op ``rasterize.rasterize_sum`` runs a compiled C++/OpenMP kernel on CPU (``_cpp.py``,
+``csrc/``) with its PyTorch twin ``_torch_impl._rasterize_sum`` (any device, and the fallback);
+``_reference._rasterize_sum_dense`` is a brute-force version for tests. ``decode.Decoder``
+decodes frames for inference.
 """
 
 from __future__ import annotations

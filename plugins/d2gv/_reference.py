@@ -1,6 +1,6 @@
-"""Dense brute-force twins of the fast ops in ``rasterize.py`` (for parity tests only).
+"""Dense brute-force version of ``rasterize.rasterize_sum`` (for parity tests only).
 
-``_rasterize_sum`` is the PyTorch implementation of :func:`rasterize_sum` that evaluates every
+``_rasterize_sum_dense`` is a PyTorch implementation of :func:`rasterize_sum` that evaluates every
 Gaussian at every pixel ([B, H·W, N] tensors), with the same contribution rule: pixel centres at
 i + 0.5, α = min(1, exp(-σ)), skipped when α < ``alpha_min`` or outside the square footprint
 ``|dx|, |dy| <= r``, summed, clamped to [0, 1]. It skips nothing for speed, so it only fits small
@@ -14,10 +14,10 @@ from torch import Tensor
 
 from .rasterize import RasterSettings
 
-__all__ = ["_rasterize_sum"]
+__all__ = ["_rasterize_sum_dense"]
 
 
-def _rasterize_sum(
+def _rasterize_sum_dense(
     means: Tensor,
     conics: Tensor,
     colors: Tensor,

@@ -10,9 +10,11 @@ process, a worker process or a Ray task):
 
 Both stages use learnable pruning: the contribution of Gaussian n is multiplied by the
 straight-through mask [sigmoid(m_n) > 0.2] and ``sparsity_weight · mean(sigmoid(m))`` is added to
-the loss; the pruned Gaussians are removed at the end. Adam; Gaussians at ``lr_gaussians`` halved
-every ``lr_step_every`` steps of a stage; the MLP from ``lr_mlp`` to ``lr_mlp_final``
-exponentially over the deformation stage.
+the loss; the pruned Gaussians are removed at the end. One Adam for both stages: the Gaussians at
+``lr_gaussians`` halved every ``lr_step_every`` steps, counted over both stages (so the
+deformation stage starts at the decayed rate and does not undo the static fit); the MLP from
+``lr_mlp`` to ``lr_mlp_final`` exponentially over the deformation stage. ``mlp_bf16`` runs the MLP
+under bfloat16 autocast while fitting (decoding stays float32).
 
 The refiner overrides ``run``: it hands one job per unfinished GoP to an executor
 (``executors.py``), writes each finished GoP to ``<out_dir>/d2gv-gops/gop_XXXXX.*`` (checkpoint
@@ -62,6 +64,8 @@ class FitConfig:
     work_dir: str = option("", "where finished GoPs are saved (empty: <run dir>/d2gv-gops, or a temp dir)")
     evaluate: bool = option(True, "render every frame after fitting and report PSNR / MS-SSIM")
     seed: int = option(0, "seed of the frame sampling")
+    backend: str = option("auto", "rasteriser: auto (compiled C++ on CPU when it builds), cpp, torch", choices=("auto", "cpp", "torch"))
+    mlp_bf16: bool = option(False, "run the deformation MLP in bfloat16 while fitting (CPU autocast: ~3x faster where the CPU has AVX512-BF16/AMX, slower elsewhere)")
 
 
 @dataclass
@@ -84,43 +88,50 @@ class GopResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _stage_optimizer(gop: GopModel, cfg: FitConfig, with_mlp: bool) -> torch.optim.Optimizer:
+def _optimizer(gop: GopModel, cfg: FitConfig) -> torch.optim.Optimizer:
+    """One Adam for both stages, so the Gaussians keep their moments and their lr schedule across
+    the switch (the MLP gets no gradients in the static stage)."""
     groups = [
         {"params": [gop.xy, gop.chol, gop.color], "lr": cfg.lr_gaussians, "name": "gaussians"},
         {"params": [gop.mask_logit], "lr": cfg.lr_mask if cfg.prune else 0.0, "name": "mask"},
+        {"params": list(gop.deform.parameters()), "lr": 0.0, "name": "mlp"},
     ]
-    if with_mlp:
-        groups.append({"params": list(gop.deform.parameters()), "lr": cfg.lr_mlp, "name": "mlp"})
     return torch.optim.Adam(groups)
 
 
-def _set_lrs(opt: torch.optim.Optimizer, cfg: FitConfig, step: int, total: int) -> None:
-    """Step decay for the Gaussians, exponential lr_mlp → lr_mlp_final for the MLP."""
+def _set_lrs(opt: torch.optim.Optimizer, cfg: FitConfig, step: int) -> None:
+    """Learning rates at global ``step`` (static steps first, then deformation steps): the
+    Gaussians' halves every ``lr_step_every`` steps; the MLP's goes lr_mlp → lr_mlp_final
+    exponentially over the deformation stage (0 before it)."""
     for group in opt.param_groups:
         if group["name"] == "gaussians":
             group["lr"] = cfg.lr_gaussians * 0.5 ** (step // max(cfg.lr_step_every, 1))
         elif group["name"] == "mlp":
-            frac = step / max(total - 1, 1)
-            group["lr"] = cfg.lr_mlp * (cfg.lr_mlp_final / cfg.lr_mlp) ** frac
+            k = step - cfg.static_steps
+            frac = k / max(cfg.deform_steps - 1, 1)
+            group["lr"] = 0.0 if k < 0 else cfg.lr_mlp * (cfg.lr_mlp_final / cfg.lr_mlp) ** frac
 
 
 def _run_stage(
     gop: GopModel,
+    opt: torch.optim.Optimizer,
     cfg: FitConfig,
-    steps: int,
+    steps: range,
     length: int,
     size: tuple[int, int],
     batch: Callable[[], tuple[Tensor, Tensor]],
     *,
     deform: bool,
 ) -> None:
-    """``steps`` Adam steps of L2 (+ sparsity) on the (local frames [F], targets [F, H, W, 3]) from ``batch``."""
+    """Adam steps ``steps`` (global indices) of L2 (+ sparsity) on the (local frames [F], targets
+    [F, H, W, 3]) from ``batch``."""
     mask_mode = "straight-through" if cfg.prune else "none"
-    opt = _stage_optimizer(gop, cfg, with_mlp=deform)
-    for step in range(steps):
-        _set_lrs(opt, cfg, step, steps)
+    for step in steps:
+        _set_lrs(opt, cfg, step)
         local, target = batch()
-        render = render_gaussians(gop.frame_gaussians(local, length, deform=deform, mask=mask_mode), *size)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=deform and cfg.mlp_bf16):
+            gaussians = gop.frame_gaussians(local, length, deform=deform, mask=mask_mode)
+        render = render_gaussians(gaussians, *size, backend=cfg.backend)
         loss = torch.mean((render - target) ** 2)
         if cfg.prune:
             loss = loss + cfg.sparsity_weight * torch.sigmoid(gop.mask_logit).mean()
@@ -140,8 +151,9 @@ def fit_gop(job: GopJob) -> GopResult:
     gen = torch.Generator().manual_seed(job.seed)
     all_local = torch.arange(F)
 
+    opt = _optimizer(gop, cfg)
     mean_frame = frames.mean(0, keepdim=True)  # static stage: same gradients as all frames (see top)
-    _run_stage(gop, cfg, cfg.static_steps, F, (H, W), lambda: (all_local[:1], mean_frame), deform=False)
+    _run_stage(gop, opt, cfg, range(cfg.static_steps), F, (H, W), lambda: (all_local[:1], mean_frame), deform=False)
     t_static = time.perf_counter() - t0
 
     per_step = max(1, min(cfg.frames_per_step, F))
@@ -150,12 +162,13 @@ def fit_gop(job: GopJob) -> GopResult:
         local = torch.randperm(F, generator=gen)[:per_step]
         return local, frames[local]
 
-    _run_stage(gop, cfg, cfg.deform_steps, F, (H, W), random_frames, deform=True)
+    deform_steps = range(cfg.static_steps, cfg.static_steps + cfg.deform_steps)
+    _run_stage(gop, opt, cfg, deform_steps, F, (H, W), random_frames, deform=True)
 
     before = gop.num_gaussians
     kept = gop.prune() if cfg.prune else before
     with torch.no_grad():
-        render = render_gaussians(gop.frame_gaussians(all_local, F, mask="none"), H, W)
+        render = render_gaussians(gop.frame_gaussians(all_local, F, mask="none"), H, W, backend=cfg.backend)
         fit_psnr = float(psnr(render, frames))
     stats = {
         "seconds": time.perf_counter() - t0,

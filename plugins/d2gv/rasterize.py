@@ -1,4 +1,4 @@
-"""Summation rasteriser for image-space 2D Gaussians (GaussianImage / D2GV), pure PyTorch.
+"""Summation rasteriser for image-space 2D Gaussians (GaussianImage / D2GV).
 
 Conventions (see also docs/conventions.md):
 
@@ -17,28 +17,37 @@ Image model (accumulated summation, no alpha compositing, opacity 1)::
 
 where a Gaussian contributes to pixel p only when ``α_n(p) >= alpha_min`` (1/255) and p lies in
 its square footprint ``|dx| <= r_n, |dy| <= r_n`` with ``r_n = ceil(3 √λmax(Σ_n))``. This rule does
-not depend on any tiling, so the dense reference (``_reference.py``) computes the same image and
-the same gradients. ``w_n`` is an optional per-Gaussian weight (the pruning mask).
+not depend on any tiling, so every implementation computes the same image and the same gradients.
+``w_n`` is an optional per-Gaussian weight (the pruning mask). Unlike the CUDA reference kernel
+nothing is capped per tile (it renders only the first 256 Gaussians of a tile).
 
-How the work is organised: the CUDA reference bins Gaussians into 16×16 tiles because GPU
-threads share a tile's Gaussian list in shared memory. On a CPU there is no such benefit and a
-tile costs 256 evaluations per Gaussian touching it, even for a Gaussian of radius 2. Here each
-Gaussian is evaluated on its own footprint window instead: Gaussians are grouped by radius into
-buckets of window half-size R ∈ {1, 2, 3, 4, 6, 8, 12, …} (window side 2R+1), every bucket is evaluated as one batched tensor
-expression, chunked to bound memory, and scattered into the image with ``index_add_``. Unlike
-the reference kernel nothing is capped per tile (it renders only the first 256 Gaussians of a
-tile). Gradients are plain autograd through these ops, hence exact.
+Implementations of :func:`rasterize_sum` (``RasterSettings.backend``):
+
+* ``"cpp"``: compiled C++/OpenMP kernel for CPU tensors (``_cpp.py``, ``csrc/rasterize_sum.cpp``):
+  16×16 tiles rendered in parallel in the forward pass, a per-Gaussian gather in the backward pass.
+* ``"torch"``: its PyTorch twin ``_torch_impl._rasterize_sum`` (any device, plain autograd).
+* ``"auto"`` (default): ``"cpp"`` for float32/float64 CPU tensors when the extension is available
+  (built on first use; ``RECON_NO_CPP=1`` disables it), otherwise ``"torch"``.
+
+``_reference._rasterize_sum_dense`` evaluates every Gaussian at every pixel, for tests only.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["RasterSettings", "project_cholesky", "rasterize_sum", "footprint_radii"]
+from recon_core import InputError
+
+from . import _cpp
+from ._torch_impl import _rasterize_sum
+
+__all__ = ["RasterSettings", "Backend", "project_cholesky", "rasterize_sum", "resolve_backend", "footprint_radii"]
+
+Backend = Literal["auto", "cpp", "torch"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,10 @@ class RasterSettings:
         height, width: output size in pixels.
         alpha_min: contributions with α below this are skipped (the reference uses 1/255).
         clamp: clamp the summed colour to [0, 1] (the image model does; off only for debugging).
-        chunk_evals: at most this many (Gaussian, pixel) evaluations are materialised at once.
+        chunk_evals: at most this many (Gaussian, pixel) evaluations are materialised at once
+            (PyTorch twin only).
+        backend: ``"auto"``, ``"cpp"`` (fails if the extension is unavailable or the tensors are
+            not float32/float64 on the CPU) or ``"torch"`` (see the module docstring).
     """
 
     height: int
@@ -57,6 +69,7 @@ class RasterSettings:
     alpha_min: float = 1.0 / 255.0
     clamp: bool = True
     chunk_evals: int = 1 << 22
+    backend: Backend = "auto"
 
 
 def footprint_radii(cov: Tensor, n_sigma: float = 3.0) -> Tensor:
@@ -96,16 +109,24 @@ def project_cholesky(xy: Tensor, chol: Tensor, height: int, width: int) -> tuple
     return means, conics, radii
 
 
-def _window_half_sizes(radii: Tensor) -> Tensor:
-    """Window half-size per Gaussian: the smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, … that is ≥ r.
+def resolve_backend(backend: str, *tensors: Tensor) -> str:
+    """``"cpp"`` or ``"torch"``: which implementation ``backend`` picks for these tensors.
 
-    Grouping by these values keeps the number of groups logarithmic while wasting at most
-    (4/3)² of the evaluations on any window.
+    Raises:
+        InputError: unknown ``backend``, or ``"cpp"`` asked for where it cannot run.
     """
-    r = radii.clamp_min(1)
-    pow2 = torch.pow(2, torch.ceil(torch.log2(r.double()))).long()
-    three_quarters = (3 * pow2) // 4
-    return torch.where((pow2 >= 4) & (three_quarters >= r), three_quarters, pow2)
+    if backend not in ("auto", "cpp", "torch"):
+        raise InputError(f"unknown rasteriser backend {backend!r}; choose auto, cpp or torch")
+    if backend == "torch":
+        return "torch"
+    fits = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+    if backend == "auto":
+        return "cpp" if fits and _cpp.extension() is not None else "torch"
+    if not fits:
+        raise InputError("rasteriser backend 'cpp' needs float32/float64 CPU tensors")
+    if _cpp.extension() is None:
+        raise InputError("rasteriser backend 'cpp' is unavailable (the C++ extension did not build, or RECON_NO_CPP=1)")
+    return "cpp"
 
 
 def rasterize_sum(
@@ -124,12 +145,12 @@ def rasterize_sum(
         colors: [B, N, C] colours (any C; 3 for RGB).
         radii: [B, N] int64 footprint radii (``project_cholesky``); Gaussians with radius 0 are skipped.
         weights: [B, N] per-Gaussian multipliers (pruning mask), or None for all ones.
-        settings: output size and cut-offs.
+        settings: output size, cut-offs and backend.
     Returns:
-        [B, H, W, C] float images, clamped to [0, 1] when ``settings.clamp``.
+        [B, H, W, C] float images, clamped to [0, 1] when ``settings.clamp``; differentiable with
+        respect to means, conics, colors and weights.
     """
     B, N, _ = means.shape
-    C = colors.shape[-1]
     assert conics.shape == (B, N, 3) and colors.shape[:2] == (B, N) and radii.shape == (B, N), (
         means.shape,
         conics.shape,
@@ -137,78 +158,18 @@ def rasterize_sum(
         radii.shape,
     )
     assert weights is None or weights.shape == (B, N)
-    H, W = settings.height, settings.width
-    out = means.new_zeros(B * H * W, C)
-
-    flat_means = means.reshape(B * N, 2)
-    flat_conics = conics.reshape(B * N, 3)
-    flat_colors = colors.reshape(B * N, C)
-    flat_weights = None if weights is None else weights.reshape(B * N)
-    flat_radii = radii.reshape(B * N)
-    frame_of = torch.arange(B, device=means.device).repeat_interleave(N)
-
-    alive = flat_radii > 0
-    half = _window_half_sizes(flat_radii)
-    for R in torch.unique(half[alive]).tolist():
-        ids = torch.nonzero(alive & (half == R)).squeeze(1)
-        side = 2 * int(R) + 1
-        per_chunk = max(1, settings.chunk_evals // (side * side))
-        offs = torch.arange(side, device=means.device)
-        for start in range(0, ids.numel(), per_chunk):
-            sel = ids[start : start + per_chunk]
-            out = _splat_windows(
-                out,
-                flat_means[sel],
-                flat_conics[sel],
-                flat_colors[sel],
-                None if flat_weights is None else flat_weights[sel],
-                flat_radii[sel],
-                frame_of[sel],
-                offs,
-                settings,
-            )
-    img = out.reshape(B, H, W, C)
+    tensors = (means, conics, colors) if weights is None else (means, conics, colors, weights)
+    if resolve_backend(settings.backend, *tensors) == "torch":
+        return _rasterize_sum(means, conics, colors, radii, weights, settings)
+    dtype = torch.promote_types(torch.promote_types(means.dtype, conics.dtype), colors.dtype)
+    img = _cpp.rasterize_sum_cpp(
+        means.to(dtype),
+        conics.to(dtype),
+        colors.to(dtype),
+        radii,
+        None if weights is None else weights.to(dtype),
+        settings.height,
+        settings.width,
+        settings.alpha_min,
+    )
     return img.clamp(0.0, 1.0) if settings.clamp else img
-
-
-def _splat_windows(
-    out: Tensor,
-    means: Tensor,
-    conics: Tensor,
-    colors: Tensor,
-    weights: Tensor | None,
-    radii: Tensor,
-    frame: Tensor,
-    offs: Tensor,
-    settings: RasterSettings,
-) -> Tensor:
-    """Evaluate M Gaussians on their square windows and add them into ``out`` [B*H*W, C].
-
-    means [M, 2], conics [M, 3], colors [M, C], weights [M] | None, radii [M], frame [M];
-    offs [S] are the window offsets 0..S-1 (S = 2R+1 ≥ 2r+1 for every radius r here).
-    """
-    H, W = settings.height, settings.width
-    # First pixel column/row whose centre lies within r of the mean: ceil(μ - r - 0.5).
-    m_det = means.detach()
-    j0 = torch.ceil(m_det[:, 0] - radii - 0.5).long()
-    i0 = torch.ceil(m_det[:, 1] - radii - 0.5).long()
-    cols = j0[:, None] + offs[None, :]  # [M, S]
-    rows = i0[:, None] + offs[None, :]  # [M, S]
-    dx = (cols.to(means.dtype) + 0.5) - means[:, 0:1]  # [M, S]
-    dy = (rows.to(means.dtype) + 0.5) - means[:, 1:2]  # [M, S]
-    a, b, c = conics[:, 0, None, None], conics[:, 1, None, None], conics[:, 2, None, None]
-    dxw, dyh = dx[:, None, :], dy[:, :, None]  # [M, 1, S] (x along last axis), [M, S, 1]
-    sigma = 0.5 * (a * dxw * dxw + c * dyh * dyh) + b * dxw * dyh  # [M, S(rows), S(cols)]
-
-    r = radii[:, None].to(means.dtype)
-    in_x = (dx.detach().abs() <= r) & (cols >= 0) & (cols < W)  # [M, S]
-    in_y = (dy.detach().abs() <= r) & (rows >= 0) & (rows < H)
-    # α >= alpha_min  ⇔  σ <= -ln(alpha_min): exp, colours and the scatter run on kept entries only
-    valid = in_y[:, :, None] & in_x[:, None, :] & (sigma.detach() <= -math.log(settings.alpha_min))
-    g, i, j = valid.nonzero(as_tuple=True)  # [K] Gaussian, window row, window column
-    alpha = torch.exp(-sigma[g, i, j]).clamp(max=1.0)
-    contrib = alpha if weights is None else alpha * weights[g]
-    pix = frame[g] * (H * W) + rows[g, i] * W + cols[g, j]
-    values = contrib[:, None] * colors[g]  # [K, C]
-    return out.index_add(0, pix, values)
-

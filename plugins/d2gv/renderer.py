@@ -1,8 +1,11 @@
-"""``torch-2dgs``: pure-PyTorch summation renderer of image-space 2D Gaussians (CPU or CUDA).
+"""``torch-2dgs``: summation renderer of image-space 2D Gaussians (CPU or CUDA).
 
 Renders video frames of a representation providing "gaussians-2d" (``d2gv``), chosen by time in
-seconds or by integer frame index. Differentiable (plain autograd); wrap calls in
-``torch.inference_mode()`` when only decoding.
+seconds or by integer frame index. The rasteriser is ``rasterize.rasterize_sum``: the compiled
+C++/OpenMP kernel for CPU tensors when it builds, its PyTorch twin otherwise (``backend``).
+Differentiable when gradients are enabled; under ``torch.no_grad()``/``torch.inference_mode()`` it
+decodes through ``decode.Decoder`` (pruned Gaussians dropped, per-GoP constants precomputed),
+which gives the same images faster.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import Tensor
 from recon_core import InputError, Renderer, RenderOutput, option
 from recon_core.cameras import Cameras
 
+from .decode import Decoder
 from .rasterize import RasterSettings, project_cholesky, rasterize_sum
 from .representation import FrameGaussians
 
@@ -24,13 +28,15 @@ __all__ = ["Torch2DGSConfig", "Torch2DGS", "render_gaussians"]
 @dataclass
 class Torch2DGSConfig:
     frames_per_batch: int = option(8, "frames rasterised together (memory grows linearly)")
-    chunk_evals: int = option(1 << 22, "max (Gaussian, pixel) evaluations held at once per chunk")
+    chunk_evals: int = option(1 << 22, "max (Gaussian, pixel) evaluations held at once per chunk (torch backend)")
+    backend: str = option("auto", "rasteriser: auto (compiled C++ for CPU tensors when it builds), cpp, torch", choices=("auto", "cpp", "torch"))
 
 
-def render_gaussians(g: FrameGaussians, height: int, width: int, chunk_evals: int = 1 << 22) -> Tensor:
+def render_gaussians(g: FrameGaussians, height: int, width: int, chunk_evals: int = 1 << 22, backend: str = "auto") -> Tensor:
     """Rasterise the F frames of ``g`` → [F, H, W, 3] in [0, 1] (differentiable)."""
     means, conics, radii = project_cholesky(g.xy, g.chol, height, width)
-    return rasterize_sum(means, conics, g.color, radii, g.weights, RasterSettings(height, width, chunk_evals=chunk_evals))
+    settings = RasterSettings(height, width, chunk_evals=chunk_evals, backend=backend)  # type: ignore[arg-type]
+    return rasterize_sum(means, conics, g.color, radii, g.weights, settings)
 
 
 class Torch2DGS(Renderer):
@@ -65,11 +71,13 @@ class Torch2DGS(Renderer):
         if not hasattr(rep, "frame_gaussians"):
             raise InputError(f"torch-2dgs cannot render '{getattr(rep, 'name', rep)}' (it needs 2D Gaussian frames)")
         frames = rep.frame_indices(times)
+        if not torch.is_grad_enabled():
+            return RenderOutput(rgb=Decoder(rep, self.config.backend).frames(frames))
         H, W = rep.height, rep.width
         out = torch.empty(frames.numel(), H, W, 3, device=rep.gop_starts.device)
         parts = []
         for pos, g in rep.frame_gaussians(frames, max_frames=self.config.frames_per_batch):
-            img = render_gaussians(g, H, W, self.config.chunk_evals)
+            img = render_gaussians(g, H, W, self.config.chunk_evals, self.config.backend)
             if img.requires_grad:
                 parts.append((pos, img))
             else:

@@ -100,18 +100,26 @@ class GopModel(nn.Module):
         return straight_through_mask(self.mask_logit)
 
     def frame_gaussians(self, local: Tensor, length: int, *, deform: bool = True, mask: MaskMode = "hard") -> FrameGaussians:
-        """Gaussians of the GoP frames ``local`` [F] (0-based within a GoP of ``length`` frames)."""
+        """Gaussians of the GoP frames ``local`` [F] (0-based within a GoP of ``length`` frames).
+
+        With ``mask="hard"`` the pruned Gaussians are left out (weights None): the same image as
+        multiplying them by 0, and the MLP never runs for them.
+        """
         F = local.shape[0]
-        chol = self.cholesky()[None].expand(F, -1, -1)
+        xy_raw, chol, color_raw = self.xy, self.cholesky(), self.color
+        m = self.mask(mask)
+        if mask == "hard":
+            keep = m > 0
+            xy_raw, chol, color_raw, m = xy_raw[keep], chol[keep], color_raw[keep], None
+        chol = chol[None].expand(F, -1, -1)
         if deform:
             t = gop_times(length, self.xy.device)[local]
-            dxy, dcol = self.deform(torch.tanh(self.xy), t)
-            xy = torch.tanh(self.xy[None] + dxy)
-            color = self.color[None] + dcol
+            dxy, dcol = self.deform(torch.tanh(xy_raw), t)
+            xy = torch.tanh(xy_raw[None] + dxy)
+            color = color_raw[None] + dcol
         else:
-            xy = torch.tanh(self.xy)[None].expand(F, -1, -1)
-            color = self.color[None].expand(F, -1, -1)
-        m = self.mask(mask)
+            xy = torch.tanh(xy_raw)[None].expand(F, -1, -1)
+            color = color_raw[None].expand(F, -1, -1)
         weights = None if m is None else m[None].expand(F, -1)
         return FrameGaussians(xy, chol, color, weights, local)
 

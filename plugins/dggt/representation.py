@@ -8,6 +8,10 @@ point cloud and bounds are moved into that frame by the similarity that maps the
 poses onto the predicted ones). ``init=fit`` needs no weights: a short static 3dgs fit plus
 per-frame dynamic Gaussians from the dynamic masks, with the scene's own cameras (:mod:`.fit`).
 
+A :class:`Video` (``recon run --data clip.mp4 --repr dggt``) has no cameras at all: the network
+predicts one per frame, ``cameras()`` returns them (the pipeline renders and evaluates frame i
+from camera i at its time), and ``set_cameras`` takes corrected ones (``ttr`` refines them).
+
 Parameters follow the ``3dgs`` layout (raw values: ``means``, ``quats`` wxyz, ``scales`` log,
 ``opacities`` logit, ``sh0``/``shN`` SH) so Gaussian refiners can optimise them, plus
 ``lifespans`` (log γ, DGGT-normalised time units) and the sky colour MLP
@@ -271,6 +275,20 @@ class DGGTRepresentation(Representation):
             width=self.camera_size[0].expand(n).clone(), height=self.camera_size[1].expand(n).clone(),
             times=self.frame_times if n else None,
         )
+
+    def set_cameras(self, cameras: Cameras) -> None:
+        """Replace the input cameras (e.g. poses ``ttr`` refined): one per input frame, in order,
+        at the input frames' resolution; their times, if any, must be the frames' times."""
+        n = self.num_frames
+        if len(cameras) != n:
+            raise InputError(f"dggt holds {n} input cameras; set_cameras got {len(cameras)}")
+        size = self.camera_size.tolist()
+        if n and (cameras.width.tolist() != [size[0]] * n or cameras.height.tolist() != [size[1]] * n):
+            raise InputError(f"dggt's input cameras are {size[0]}x{size[1]}; set_cameras got other sizes")
+        if cameras.times is not None and n and not torch.allclose(cameras.times.to(self.frame_times), self.frame_times, atol=1e-4):
+            raise InputError("set_cameras got cameras whose times are not dggt's input frame times")
+        self.camera_c2w = cameras.c2w.detach().to(self.camera_c2w.device, torch.float32).clone()
+        self.camera_K = cameras.K.detach().to(self.camera_K.device, torch.float32).clone()
 
     def _time_map(self) -> TimeMap:
         t = self.frame_times

@@ -43,7 +43,6 @@ from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import ssim
 from recon_core.scene import Scene, Video, View
 
-from recon_plugins.gaussians.strategy import screen_gradients
 from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer, training_target
 
 from .camera_path import nearest_assignments, shift_poses
@@ -139,7 +138,7 @@ class Difix3DPlus(Refiner):
     name = "difix3d+"
     description = "Difix3D+ progressive 3D update: fix renders of cameras moved toward novel views, distil them back"
     Config = Difix3DPlusConfig
-    requires = frozenset({"gaussians-3d"})
+    requires = frozenset({"gaussians-3d", "fixer"})  # recon run refuses it without --fixer, before any work
 
     # ----------------------------------------------------------------------------------- setup
 
@@ -161,7 +160,7 @@ class Difix3DPlus(Refiner):
         self.rep, self.ctx, self.device = rep, ctx, ctx.device
         self.background = self.inner.background
         self.views = self.inner.views
-        self._set_means_lr()
+        self.inner.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
         targets = data.eval_views
         self.targets = Cameras.cat([v.camera for v in targets]).to("cpu")
         if set(map(id, targets)) <= set(map(id, self.views)):
@@ -179,10 +178,6 @@ class Difix3DPlus(Refiner):
     @property
     def total_steps(self) -> int:
         return int(self.config.steps)
-
-    def _set_means_lr(self) -> None:
-        c = self.inner.config
-        self.inner.optimizers["means"].param_groups[0]["lr"] = c.lr_means * self.inner.scene_scale * c.lr_means_final
 
     def _real_target(self, index: int) -> Tensor:
         if index not in self._targets:
@@ -229,10 +224,8 @@ class Difix3DPlus(Refiner):
 
     def step(self, step: int) -> dict[str, float]:
         cfg, inner, rep = self.config, self.inner, self.rep
-        if not inner._in_sync():  # parameters were replaced (a checkpoint was loaded): rebuild like 3dgs-train
-            inner.optimizers = inner._build_optimizers()
-            inner.strategy_state = inner.strategy.initialize_state(inner.scene_scale, rep.means.shape[0], self.device)
-            self._set_means_lr()
+        if inner.sync_optimizers():  # parameters were replaced (a checkpoint was loaded): rebuilt like 3dgs-train
+            inner.set_means_lr(1.0)
         if step % int(cfg.fix_every) == 0:
             self.fix_round()
         use_pseudo = self.pseudo is not None and len(self.pseudo) > 0 and \
@@ -242,29 +235,14 @@ class Difix3DPlus(Refiner):
             i = self.pseudo_order.next(self.generator)
             camera = self.pseudo.camera(i).to(self.device)
             target, mask, weight = self.pseudo.images[i].to(self.device), self.pseudo.masks[i].to(self.device), cfg.novel_weight
-            width, height = int(self.pseudo.width[i]), int(self.pseudo.height[i])
         else:
             i = self.real_order.next(self.generator)
             view = self.views[i]
             camera = view.camera.to(self.device)
             target, mask, weight = self._real_target(i).to(self.device), None, cfg.real_weight
-            width, height = view.width, view.height
         pred = self.ctx.renderer.render(rep, camera, background=self.background).rgb[0]
         loss, l1 = weighted_photometric_loss(pred, target, inner.config.ssim_weight, float(weight), mask)
-        for opt in inner.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        densify = inner.config.densify and step < inner.config.refine_stop and rep.means.grad is not None
-        grads = screen_gradients(rep.means.detach(), rep.means.grad, rep.scales.detach(), camera.K[0], camera.c2w[0],
-                                 width, height) if densify else None
-        for opt in inner.optimizers.values():
-            opt.step()
-        if grads is not None:
-            params = inner._params()
-            report = inner.strategy.step_post_backward(params, inner.optimizers, inner.strategy_state, step, grads, inner.generator)
-            if any(report.values()):
-                for name, p in params.items():
-                    setattr(rep, name, p)
+        inner.optimize(loss, step, camera)  # 3dgs-train: backward, Adam, densification when enabled
         self.last_loss = float(loss.detach())
         with torch.no_grad():
             mse = ((pred.detach() - target) ** 2).mean().clamp_min(1e-12)

@@ -137,6 +137,19 @@ class _FFBBase:
     def out_dim(self) -> int:
         return self.config.out_features + (self.in_dim if self.config.include_input else 0)
 
+    @property
+    def n_grid_levels(self) -> int:
+        return self.config.n_levels
+
+    @property
+    def active_levels(self) -> int | None:
+        """Coarse-to-fine: grid levels in use (the others give zero features, hence zero Fourier features)."""
+        return self.net.grid.active_levels
+
+    @active_levels.setter
+    def active_levels(self, value: int | None) -> None:
+        self.net.grid.active_levels = value
+
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in_dim] in [-bound, bound] → [..., out_dim] (raw x first if ``include_input``)."""
         flat = x.reshape(-1, self.in_dim)

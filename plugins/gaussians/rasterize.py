@@ -1,7 +1,15 @@
-"""Pure-PyTorch 3D Gaussian splatting rasteriser (the ``torch-3dgs`` renderer's engine).
+"""3D Gaussian splatting rasteriser of the ``torch-3dgs`` renderer: PyTorch, plus compiled CPU kernels.
 
-Runs on any device (written for CPU). It follows gsplat's conventions so that images agree
-with the CUDA path (see ``docs/conventions.md``):
+Projection, SH and packing are PyTorch ops (autograd carries their gradients, camera poses
+included). Binning and compositing, forward and backward, have two same-named twins:
+:func:`composite_gaussians`, compiled C++ with OpenMP (``rasterize_cpu.cpp``, built on first
+use by :mod:`._cpp`; CPU tensors), and :func:`_composite_gaussians`, pure PyTorch (any device).
+``RasterizeSettings.backend`` picks one ("auto": the compiled kernels for CPU tensors when they
+could be built, else PyTorch with one warning); both give the same images and gradients
+(``tests/test_gaussians_cpu_kernel.py``). The rest of this docstring describes the PyTorch twin.
+
+It follows gsplat's conventions so that images agree with the CUDA path (see
+``docs/conventions.md``):
 
 * cameras: world-to-camera OpenCV ``viewmats`` [C, 4, 4] and intrinsics ``Ks`` [C, 3, 3];
   pixel (row i, column j) has its centre at (x, y) = (j + 0.5, i + 0.5), the same as gsplat's
@@ -48,6 +56,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon_core.config import option
+from recon_core.cpp_extension import cpp_disabled
+from recon_core.errors import InputError
+
+from . import _cpp
 
 __all__ = [
     "ALPHA_THRESHOLD",
@@ -62,6 +74,8 @@ __all__ = [
     "sh_to_colors",
     "bin_gaussians",
     "composite_tiles",
+    "composite_gaussians",
+    "select_backend",
     "rasterize_gaussians",
 ]
 
@@ -95,13 +109,22 @@ class RasterizeSettings:
         "when gradients are needed, forward blocks up to this many elements in total (about 17 "
         "bytes each) are kept for the backward instead of being recomputed",
     )
+    backend: str = option(
+        "auto",
+        "compositing engine: 'cpp' (compiled, multi-threaded, CPU tensors), 'torch' (pure PyTorch, "
+        "any device) or 'auto' (cpp for CPU tensors when it could be built, else torch)",
+        choices=("auto", "cpp", "torch"),
+    )
+    cpp_tile_size: int = option(16, "tile edge in pixels of the compiled path (tile_size is the torch path's)")
     eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²), as gsplat does")
     near_plane: float = option(0.01, "Gaussians with camera z <= this are culled")
     far_plane: float = option(1e10, "Gaussians with camera z >= this are culled")
 
     def __post_init__(self) -> None:
-        if self.tile_size < 1 or self.batch_size < 1 or self.max_block_elements < 1:
-            raise ValueError("tile_size, batch_size and max_block_elements must be positive")
+        if min(self.tile_size, self.cpp_tile_size, self.batch_size, self.max_block_elements) < 1:
+            raise ValueError("tile_size, cpp_tile_size, batch_size and max_block_elements must be positive")
+        if self.backend not in ("auto", "cpp", "torch"):
+            raise ValueError(f"backend must be 'auto', 'cpp' or 'torch', got {self.backend!r}")
 
 
 # ------------------------------------------------------------------------------- projection
@@ -484,7 +507,7 @@ class _Blocks:
         ids = torch.where(valid, self.bins.ids.index_select(0, idx.reshape(-1)).view_as(idx), self.pad)
         return ids, self.table.index_select(0, ids.reshape(-1)).view(ids.shape + (self.table.shape[1],))
 
-    def weights(self, tiles: Tensor, rows: Tensor, trans_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def weights(self, tiles: Tensor, rows: Tensor, trans_in: Tensor) -> tuple[Tensor, ...]:
         """Alpha and blending weights of one batch of Gaussians for a chunk of tiles.
 
         Blocks are laid out [T, B, P] (tile, Gaussian slot, pixel) so that every matmul has a
@@ -498,7 +521,9 @@ class _Blocks:
             alpha [T, B, P] (clamped to 0.999, 0 where below 1/255), transmittance before each
             Gaussian [T, B, P], ``alive`` [T, B, P] or [T, 1, P] (composited, i.e. not stopped
             and not done), ``alive_last`` [T, P] (still running after the batch), weights
-            w = alpha * T_before * alive [T, B, P], and 1 - alpha [T, B, P].
+            w = alpha * T_before * alive [T, B, P], 1 - alpha [T, B, P], and the transmittance
+            after the batch's last composited Gaussian [T, P] (a product, like the compiled
+            path's, not 1 - sum of weights: near T = 1e-4 the difference matters in float32).
         """
         n, batch = rows.shape[:2]
         centre = _tile_centres(tiles, self.bins, rows.dtype)
@@ -520,10 +545,13 @@ class _Blocks:
         if bool((~alive_last & (trans_in > 0)).any()):  # some pixel stops here: mask per Gaussian
             alive = after > TRANSMITTANCE_MIN
             weights = before.sub(after).mul_(alive)
+            # alive is monotone along the batch: T after the last alive Gaussian is trans[:, count]
+            trans_out = trans.gather(1, alive.sum(1, keepdim=True)).squeeze(1)
         else:  # nobody stops: every pixel still running is alive throughout (done ones have T = 0)
             alive = (trans_in > 0)[:, None, :]
             weights = before - after
-        return alpha, before, alive, alive_last, weights, one_minus
+            trans_out = after[:, -1]
+        return alpha, before, alive, alive_last, weights, one_minus, trans_out
 
 
 def _below(value: float, dtype: torch.dtype) -> float:
@@ -566,6 +594,8 @@ class _CompositeTiles(torch.autograd.Function):
         result = features.new_zeros(n_tiles, dim + 1, pixels)  # channels first; last: sum of weights
         active = torch.nonzero(bins.count > 0).squeeze(1)
         state = features.new_zeros(active.shape[0], dim + 1, pixels)
+        result_t = features.new_ones(n_tiles, pixels)  # transmittance, a running product
+        tstate = features.new_ones(active.shape[0], pixels)
         done = ~_pixel_in_image(bins, width, height)[active]
         rounds: list[Tensor] = []
         r = 0
@@ -575,9 +605,10 @@ class _CompositeTiles(torch.autograd.Function):
                 tiles = active[sl]
                 _, rows = blocks.gather(tiles, r)
                 acc = state[sl]  # a view: updated in place
-                trans_in = torch.rsub(acc[:, dim], 1.0).masked_fill_(done[sl], 0.0)
+                trans_in = tstate[sl].masked_fill(done[sl], 0.0)
                 block = blocks.weights(tiles, rows, trans_in)
                 alive_last, weights = block[3], block[4]
+                tstate[sl] = torch.where(done[sl], tstate[sl], block[6])
                 if budget >= weights.numel():
                     budget -= weights.numel()
                     saved.append(block)
@@ -590,9 +621,10 @@ class _CompositeTiles(torch.autograd.Function):
             if not bool(keep.all()):
                 leave = ~keep
                 result[active[leave]] = state[leave]
-                active, state, done = active[keep], state[keep], done[keep]
+                result_t[active[leave]] = tstate[leave]
+                active, state, tstate, done = active[keep], state[keep], tstate[keep], done[keep]
         out = result[:, :dim].transpose(1, 2).contiguous()  # [n_tiles, P, D]
-        trans = torch.rsub(result[:, dim], 1.0)
+        trans = result_t
         ctx.save_for_backward(means2d, conics, opacities, features, out, trans)
         ctx.rounds, ctx.bins, ctx.settings, ctx.size = rounds, bins, settings, (width, height)
         ctx.blocks = saved
@@ -612,23 +644,23 @@ class _CompositeTiles(torch.autograd.Function):
         pixel_const = (grad_out * out).sum(-1) + grad_trans * trans_final  # [n_tiles, P]
         active = ctx.rounds[0] if ctx.rounds else torch.zeros(0, dtype=torch.long, device=means2d.device)
         g_out, const = grad_out[active].transpose(1, 2).contiguous(), pixel_const[active]  # [A, D, P], [A, P]
-        sum_w = trans_final.new_zeros(active.shape[0], blocks.pixels)
-        running = torch.zeros_like(sum_w)  # sum over composited k of w_k <dL/dF, f_k>
+        tstate = trans_final.new_ones(active.shape[0], blocks.pixels)  # as in the forward
+        running = torch.zeros_like(tstate)  # sum over composited k of w_k <dL/dF, f_k>
         done = ~in_image[active]
         saved = iter(ctx.blocks)
         for r, now in enumerate(ctx.rounds):
             if now.shape[0] != active.shape[0]:  # tiles left after the previous round
                 keep = torch.isin(active, now)
                 active, g_out, const = active[keep], g_out[keep], const[keep]
-                sum_w, running, done = sum_w[keep], running[keep], done[keep]
+                tstate, running, done = tstate[keep], running[keep], done[keep]
             for sl in _chunks(active.shape[0], blocks.tiles_per_chunk):
                 tiles = active[sl]
                 ids, rows = blocks.gather(tiles, r)
-                trans_in = torch.rsub(sum_w[sl], 1.0).masked_fill_(done[sl], 0.0)
+                trans_in = tstate[sl].masked_fill(done[sl], 0.0)
                 block = next(saved, None)  # None: not kept, or a second backward (retain_graph)
                 if block is None:
                     block = blocks.weights(tiles, rows, trans_in)
-                alpha, before, alive, alive_last, weights, one_minus = block
+                alpha, before, alive, alive_last, weights, one_minus, trans_out = block
                 stopped = ~alive_last
                 g = g_out[sl]  # [T, D, P]
                 h = torch.bmm(rows[..., 6 : 6 + dim], g)  # [T, B, P]: <dL/dF, f_i>
@@ -646,7 +678,7 @@ class _CompositeTiles(torch.autograd.Function):
                 g_feat = torch.bmm(g, weights.transpose(1, 2)).transpose(1, 2)  # [T, B, D]
                 grad_table.index_add_(0, ids.reshape(-1), torch.cat([gm, gc, go[..., None], g_feat], dim=-1).reshape(-1, 6 + dim))
                 running[sl] = cum[:, -1]
-                sum_w[sl] += weights.sum(1)
+                tstate[sl] = torch.where(done[sl], tstate[sl], trans_out)
                 done[sl] |= stopped
         m = means2d.shape[0]
         grad_table = grad_table[:m]
@@ -694,6 +726,130 @@ def composite_tiles(
         return x.reshape(n_cameras, bins.tiles_y * ts, bins.tiles_x * ts, d)[:, :height, :width]
 
     return untile(out), 1.0 - untile(trans[..., None])
+
+
+# ------------------------------------------------------------ binning + compositing (both paths)
+
+
+def select_backend(settings: RasterizeSettings, reference: Tensor) -> str:
+    """The compositing engine ``settings.backend`` resolves to for tensors like ``reference``.
+
+    ``"auto"`` gives ``"cpp"`` for float32/float64 CPU tensors when the compiled extension
+    could be built (the first call builds it; a failure warns once), else ``"torch"``.
+    ``"cpp"`` raises :class:`~recon_core.errors.InputError` when that is impossible.
+    """
+    if settings.backend == "torch":
+        return "torch"
+    usable = reference.device.type == "cpu" and reference.dtype in (torch.float32, torch.float64)
+    if settings.backend == "cpp":
+        if not usable:
+            raise InputError(
+                f"backend 'cpp' needs float32/float64 CPU tensors, got {reference.dtype} on {reference.device}; "
+                "use backend 'torch' (or 'auto') on other devices"
+            )
+        if _cpp.extension() is None:
+            reason = "RECON_NO_CPP is set" if cpp_disabled() else "it could not be built (see the warning above)"
+            raise InputError(f"backend 'cpp' is unavailable: {reason}; use backend 'torch' or 'auto'")
+        return "cpp"
+    return "cpp" if usable and _cpp.extension() is not None else "torch"
+
+
+def composite_gaussians(
+    means2d: Tensor,  # [M, 2]
+    conics: Tensor,  # [M, 3]
+    opacities: Tensor,  # [M]
+    features: Tensor,  # [M, D]
+    cov2d: Tensor,  # [M, 3]
+    depths: Tensor,  # [M]
+    camera_ids: Tensor,  # [M]
+    n_cameras: int,
+    width: int,
+    height: int,
+    settings: RasterizeSettings,
+) -> tuple[Tensor, Tensor]:
+    """Bin packed Gaussians into tiles and composite them, with the compiled CPU kernels.
+
+    The tile lists are those of :func:`bin_gaussians` (opacity-aware boxes, front to back by
+    depth, ties by packed index) with ``settings.cpp_tile_size``; each tile is one OpenMP work
+    item (``torch.get_num_threads()`` threads), each pixel runs gsplat's loop. The backward
+    replays each pixel front to back (the formula of :class:`_CompositeTiles`) and sums
+    per-(tile, Gaussian) gradient slots, so results do not depend on the thread count.
+    Differentiable in means2d, conics, opacities and features; ``cov2d`` and ``depths`` only
+    place Gaussians in tiles. Needs contiguous-able float32/float64 CPU tensors.
+
+    Args:
+        means2d, conics, opacities, features: packed Gaussians (opacities >= 1/255).
+        cov2d: [M, 3] dilated 2D covariance (xx, xy, yy), for the tile boxes.
+        depths: [M] camera z, the sort key.
+        camera_ids: [M] int64 camera of each packed Gaussian.
+
+    Returns:
+        features [C, H, W, D] = sum_i w_i f_i (no background) and alpha [C, H, W, 1] = 1 - T.
+    """
+    ext = _cpp.extension()
+    if ext is None:
+        raise InputError("the compiled CPU rasteriser is unavailable; use _composite_gaussians (pure PyTorch)")
+    image, alpha = _CompositeCpp.apply(
+        means2d, conics, opacities, features, cov2d.detach(), depths.detach(), camera_ids,
+        (n_cameras, width, height, settings.cpp_tile_size), ext,
+    )
+    return image, alpha[..., None]
+
+
+def _composite_gaussians(
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    features: Tensor,
+    cov2d: Tensor,
+    depths: Tensor,
+    camera_ids: Tensor,
+    n_cameras: int,
+    width: int,
+    height: int,
+    settings: RasterizeSettings,
+) -> tuple[Tensor, Tensor]:
+    """PyTorch implementation of :func:`composite_gaussians` (any device): :func:`bin_gaussians`
+    with ``settings.tile_size``, then :func:`composite_tiles`. Same arguments and outputs."""
+    bins = bin_gaussians(
+        means2d.detach(), cov2d.detach(), opacities.detach(), depths.detach(), camera_ids,
+        n_cameras, width, height, settings.tile_size,
+    )
+    return composite_tiles(means2d, conics, opacities, features, bins, n_cameras, width, height, settings)
+
+
+class _CompositeCpp(torch.autograd.Function):
+    """Autograd wrapper of the compiled kernels (``rasterize_cpu.cpp``): binning + compositing."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, cov2d, depths, camera_ids, geometry, ext):  # type: ignore[override]
+        n_cameras, width, height, tile_size = geometry
+        dtype = means2d.dtype
+        means2d, conics, opacities, features, cov2d = (
+            t.detach().to(dtype).contiguous() for t in (means2d, conics, opacities, features, cov2d)
+        )
+        offsets, ids = ext.bin_gaussians(
+            means2d, cov2d, opacities, depths.to(dtype).contiguous(), camera_ids.long().contiguous(),
+            n_cameras, width, height, tile_size,
+        )
+        image, alpha, trans, last = ext.composite_forward(
+            means2d, conics, opacities, cov2d, features, offsets, ids, n_cameras, width, height, tile_size
+        )
+        ctx.save_for_backward(means2d, conics, opacities, cov2d, features, offsets, ids, trans, last)
+        ctx.geometry, ctx.ext = geometry, ext
+        return image, alpha  # alpha = sum of weights = 1 - trans
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_image: Tensor, grad_alpha: Tensor):  # type: ignore[override]
+        means2d, conics, opacities, cov2d, features, offsets, ids, trans, last = ctx.saved_tensors
+        n_cameras, width, height, tile_size = ctx.geometry
+        g_means, g_conics, g_opac, g_feat = ctx.ext.composite_backward(
+            means2d, conics, opacities, cov2d, features, offsets, ids, trans, last,
+            grad_image.to(trans.dtype).contiguous(), grad_alpha.neg().to(trans.dtype).contiguous(),
+            n_cameras, width, height, tile_size,
+        )
+        return g_means, g_conics, g_opac, g_feat, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------- whole render
@@ -760,11 +916,9 @@ def rasterize_gaussians(
     else:
         rgb = colors.index_select(0, gauss_ids)
     features = torch.cat([rgb, depths[:, None]], dim=-1)  # [M, 4]
-    bins = bin_gaussians(
-        means2d.detach(), proj.cov2d.detach().reshape(-1, 3).index_select(0, flat), opac.detach(), depths.detach(), cam_ids,
-        n_cams, width, height, settings.tile_size,
-    )
-    image, alpha = composite_tiles(means2d, conics, opac, features, bins, n_cams, width, height, settings)
+    cov2d = proj.cov2d.detach().reshape(-1, 3).index_select(0, flat)
+    composite = composite_gaussians if select_backend(settings, means) == "cpp" else _composite_gaussians
+    image, alpha = composite(means2d, conics, opac, features, cov2d, depths, cam_ids, n_cams, width, height, settings)
     rgb_out = image[..., :3]
     depth = image[..., 3:] / alpha.clamp_min(1e-10)
     if background is not None:

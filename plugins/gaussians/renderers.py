@@ -1,4 +1,4 @@
-"""Gaussian renderer components: ``torch-3dgs`` (pure PyTorch, any device) and ``gsplat`` (CUDA).
+"""Gaussian renderer components: ``torch-3dgs`` (CPU: compiled kernels, else PyTorch) and ``gsplat`` (CUDA).
 
 Both take any representation providing "gaussians-3d" and share the same batching rules
 (:func:`render_gaussian_batches`):
@@ -112,14 +112,18 @@ def render_gaussian_batches(
 
 
 class TorchGaussianRenderer(Renderer):
-    """``torch-3dgs``: pure-PyTorch tile rasteriser with gsplat's conventions (CPU or any device).
+    """``torch-3dgs``: tile rasteriser with gsplat's conventions (CPU or any device).
 
-    Differentiable with respect to every Gaussian parameter and to the camera poses (c2w).
-    Options are :class:`~recon_plugins.gaussians.rasterize.RasterizeSettings`.
+    On CPU tensors the binning and compositing run in compiled, multi-threaded C++
+    (``rasterize_cpu.cpp``, built on first use); elsewhere, or when it cannot be built (one
+    warning), in pure PyTorch. ``backend`` forces either (``--set torch-3dgs.backend=torch``).
+    Both give the same images and gradients. Differentiable with respect to every Gaussian
+    parameter and to the camera poses (c2w). Options are
+    :class:`~recon_plugins.gaussians.rasterize.RasterizeSettings`.
     """
 
     name = "torch-3dgs"
-    description = "Pure-PyTorch 3D Gaussian splatting (runs on CPU); gsplat's conventions"
+    description = "3D Gaussian splatting on CPU (compiled C++/OpenMP, PyTorch fallback) or any device; gsplat's conventions"
     Config = RasterizeSettings
     requires = frozenset({"gaussians-3d"})
     devices = ("cpu", "cuda")

@@ -27,6 +27,15 @@ a renderer for its ``means2d``, it is derived from the world-space gradient of t
 Works on every representation in the 3dgs layout: ``nn.Parameter`` attributes ``means``,
 ``quats``, ``scales``, ``opacities``, ``sh0``, ``shN`` as described in
 :mod:`.representation` (an ``active_sh_degree`` attribute, when present, is driven).
+
+Other refiners reuse the optimisation with their own choice of view and loss (``confidence``
+/ ReconX, ``difix3d+``) through a small public API; set the trainer up, then per step::
+
+    trainer.sync_optimizers()          # rebuild Adam (and strategy state) if the parameters were replaced
+    trainer.schedule(step)             # means lr decay + SH degree (or trainer.set_means_lr(fraction))
+    pred = renderer.render(rep, camera, background=trainer.background).rgb[0]
+    loss = my_loss(pred, target)
+    trainer.optimize(loss, step, camera)   # zero_grad, backward, Adam step, densification
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recon_core.cameras import Cameras
 from recon_core.components import RefineContext, Refiner, Representation
 from recon_core.config import option
 from recon_core.errors import CombinationError, InputError
@@ -144,7 +154,7 @@ class GaussianTrainer(Refiner):
         )
         stored = _stored_sh_degree(rep)
         self.max_sh_degree = stored if cfg.sh_degree is None else max(0, min(int(cfg.sh_degree), stored))
-        self.optimizers = self._build_optimizers()
+        self.optimizers = self.build_optimizers()
         self.strategy_state = self.strategy.initialize_state(self.scene_scale, rep.means.shape[0], self.device)
         self.order = torch.zeros(0, dtype=torch.int64)
         self.position = 0
@@ -158,7 +168,14 @@ class GaussianTrainer(Refiner):
     def _params(self) -> dict[str, nn.Parameter]:
         return {n: getattr(self.rep, n) for n in PARAMETER_NAMES}
 
-    def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def _in_sync(self) -> bool:
+        return all(self.optimizers[n].param_groups[0]["params"][0] is p for n, p in self._params().items())
+
+    # ---------------------------------------------------------------- public optimisation API
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Fresh Adam optimizers (one per 3dgs parameter, gsplat's learning rates) on the
+        representation's current parameters; the means' lr is the undecayed one."""
         cfg = self.config
         lrs = {
             "means": cfg.lr_means * self.scene_scale,
@@ -170,8 +187,52 @@ class GaussianTrainer(Refiner):
         }
         return {n: torch.optim.Adam([p], lr=lrs[n], eps=1e-15) for n, p in self._params().items()}
 
-    def _in_sync(self) -> bool:
-        return all(self.optimizers[n].param_groups[0]["params"][0] is p for n, p in self._params().items())
+    def sync_optimizers(self) -> bool:
+        """Rebuild ``optimizers`` and the strategy state when the representation's parameters were
+        replaced from outside (e.g. a checkpoint was loaded); True when they were rebuilt."""
+        if self._in_sync():
+            return False
+        self.optimizers = self.build_optimizers()
+        self.strategy_state = self.strategy.initialize_state(self.scene_scale, self.rep.means.shape[0], self.device)
+        return True
+
+    def set_means_lr(self, fraction: float) -> float:
+        """Set the means' lr to its value at ``fraction`` (0: first step, 1: last) of the exponential
+        decay, ``lr_means x scene scale x lr_means_final ** fraction``; returns it."""
+        cfg = self.config
+        lr = cfg.lr_means * self.scene_scale * cfg.lr_means_final ** float(fraction)
+        self.optimizers["means"].param_groups[0]["lr"] = lr
+        return lr
+
+    def schedule(self, step: int) -> None:
+        """Per-step schedules: the means' lr decay over ``steps`` and the SH degree in use."""
+        self.set_means_lr(step / max(self.total_steps, 1))
+        if hasattr(self.rep, "active_sh_degree"):
+            self.rep.active_sh_degree = min(step // max(int(self.config.sh_degree_interval), 1), self.max_sh_degree)
+
+    def optimize(self, loss: Tensor, step: int, camera: Cameras) -> bool:
+        """Backpropagate ``loss`` (of a render through ``camera``, one camera), take one Adam step
+        and, when ``densify`` is on, one densification step; True when the Gaussian set changed
+        (the representation then holds new parameters, and ``optimizers`` follow them)."""
+        cfg, rep = self.config, self.rep
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = None
+        if cfg.densify and step < cfg.refine_stop and rep.means.grad is not None:
+            h, w = camera.size(0)
+            grads = screen_gradients(rep.means.detach(), rep.means.grad, rep.scales.detach(), camera.K[0], camera.c2w[0], w, h)
+        for opt in self.optimizers.values():
+            opt.step()
+        if grads is None:
+            return False
+        params = self._params()
+        report = self.strategy.step_post_backward(params, self.optimizers, self.strategy_state, step, grads, self.generator)
+        if not any(report.values()):
+            return False
+        for name, p in params.items():
+            setattr(rep, name, p)
+        return True
 
     # ------------------------------------------------------------------------------------ step
 
@@ -195,47 +256,24 @@ class GaussianTrainer(Refiner):
 
     def step(self, step: int) -> dict[str, float]:
         cfg = self.config
-        rep = self.rep
-        if not self._in_sync():  # the parameters were replaced (e.g. a checkpoint was loaded)
-            self.optimizers = self._build_optimizers()
-            self.strategy_state = self.strategy.initialize_state(self.scene_scale, rep.means.shape[0], self.device)
-        fraction = step / max(self.total_steps, 1)
-        self.optimizers["means"].param_groups[0]["lr"] = cfg.lr_means * self.scene_scale * cfg.lr_means_final**fraction
-        if hasattr(rep, "active_sh_degree"):
-            rep.active_sh_degree = min(step // max(int(cfg.sh_degree_interval), 1), self.max_sh_degree)
-
+        self.sync_optimizers()
+        self.schedule(step)
         index = self._next_view()
         view = self.views[index]
         camera = view.camera.to(self.device)
         target = self._target(index)
-        out = self.ctx.renderer.render(rep, camera, background=self.background)
-        pred = out.rgb[0]
+        pred = self.ctx.renderer.render(self.rep, camera, background=self.background).rgb[0]
         l1 = (pred - target).abs().mean()
         if min(view.height, view.width) >= 11:  # SSIM's 11x11 window needs at least that many pixels
             loss = (1.0 - cfg.ssim_weight) * l1 + cfg.ssim_weight * (1.0 - ssim(pred, target))
         else:
             loss = l1
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-
-        grads = None
-        if cfg.densify and step < cfg.refine_stop and rep.means.grad is not None:
-            grads = screen_gradients(rep.means.detach(), rep.means.grad, rep.scales.detach(), camera.K[0], camera.c2w[0],
-                                     view.width, view.height)
-        for opt in self.optimizers.values():
-            opt.step()
+        self.optimize(loss, step, camera)
         logs = {"loss": float(loss.detach()), "l1": float(l1.detach())}
-        if grads is not None:
-            params = self._params()
-            report = self.strategy.step_post_backward(params, self.optimizers, self.strategy_state, step, grads, self.generator)
-            if any(report.values()):
-                for name, p in params.items():
-                    setattr(rep, name, p)
         with torch.no_grad():
             mse = ((pred.detach() - target) ** 2).mean().clamp_min(1e-12)
         logs["psnr"] = float(-10.0 * torch.log10(mse))
-        logs["gaussians"] = float(rep.means.shape[0])
+        logs["gaussians"] = float(self.rep.means.shape[0])
         self.last_loss = logs["loss"]
         return logs
 
@@ -255,7 +293,7 @@ class GaussianTrainer(Refiner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the optimizers on the representation's current (restored) parameters, then load."""
-        self.optimizers = self._build_optimizers()
+        self.optimizers = self.build_optimizers()
         n = self.rep.means.shape[0]
         for name, opt in self.optimizers.items():
             saved = state["optimizers"][name]

@@ -15,9 +15,19 @@ them (no gradients), and minimises
   α starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each of ``alpha_milestones``
   (fractions of the run).
 
-Adam (``lr``; ``encoder_lr`` for encoder parameters, ``camera_lr`` for pose corrections), learning
+Adam (``lr``; ``encoder_lr`` for the grid feature tables of hash-grid encoders, including the grid
+inside FFB — the encoder's other weights, e.g. FFB's SIREN and Fourier maps, are network weights and
+use ``lr``, or ``encoder_weights_lr`` when set; ``camera_lr`` for pose corrections), learning
 rate multiplied by ``lr_gamma`` at ``lr_milestones``. Needs object masks (``View.object_mask``, or
 ``View.alpha > 0.5``).
+
+Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1]: ``step / steps`` by
+default; a driver with another budget (e.g. CPU time, as the benchmark) sets :attr:`IDRFit.progress`
+to its own fraction before each step, so the milestones are reached whatever the step rate.
+
+Coarse-to-fine (Neuralangelo, NFFB): encoders with grid levels (``hashgrid``, ``ffb``, ``ffb-stylemod``
+expose ``n_grid_levels`` and ``active_levels``) start with ``c2f_start_levels`` levels; the others are
+unlocked one by one, evenly until ``c2f_until`` of the run. Locked levels output zeros (no gradient).
 """
 
 from __future__ import annotations
@@ -32,8 +42,9 @@ import torch.nn.utils.parametrize as parametrize
 from torch import Tensor
 
 from recon_core import InputError, RefineContext, Refiner, Representation, Scene, Video, option
+from recon_plugins.encoders import HashGridEncoder
 
-from .raytrace import surface_points
+from .raytrace import TraceResult, surface_points
 from .representation import IDRRepresentation, pixel_rays
 
 __all__ = ["IDRFit", "TrainingViews"]
@@ -89,7 +100,9 @@ class IDRFit(Refiner):
         steps: int = option(20000, "optimisation steps")
         batch_rays: int = option(2048, "random rays per step")
         lr: float = option(1e-4, "Adam learning rate of the networks (IDR: 1e-4)")
-        encoder_lr: float = option(1e-2, "Adam learning rate of encoder parameters (hash tables, FFB)")
+        encoder_lr: float = option(1e-2, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb)")
+        encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
+                                                  "Fourier maps); none: lr")
         camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)")
         lr_milestones: list[float] = option(None, "fractions of the run where the lr is multiplied by lr_gamma",
                                             factory=lambda: [0.5, 0.75])
@@ -100,6 +113,8 @@ class IDRFit(Refiner):
         alpha_factor: float = option(2.0, "α multiplier at each milestone")
         alpha_milestones: list[float] = option(None, "fractions of the run where α is multiplied",
                                                factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625])
+        c2f_start_levels: int = option(4, "grid levels active at the start (encoders with grid levels)")
+        c2f_until: float = option(0.5, "fraction of the run at which all grid levels are active (0: no coarse-to-fine)")
         log_every: int = option(100, "log losses every N steps (0: never)")
 
     def __init__(self, config: Any = None) -> None:
@@ -109,6 +124,8 @@ class IDRFit(Refiner):
         self.optimizer: torch.optim.Adam | None = None
         self.generator: torch.Generator | None = None
         self.last: dict[str, float] = {}
+        self.progress: float | None = None
+        """Run progress in [0, 1] set by a driver with its own budget; None: ``step / steps``."""
 
     # -------------------------------------------------------------------------------- contract
 
@@ -121,10 +138,16 @@ class IDRFit(Refiner):
         dev = rep.center.device
         self.data = TrainingViews.from_scene(data, dev)
         c = self.config
-        enc_params = list(rep.implicit.encoder.parameters())
+        # only the feature tables get the high grid lr: FFB's SIREN weights at 1e-2 diverge within 50 steps
+        enc_params = [m.params for m in rep.implicit.encoder.modules() if isinstance(m, HashGridEncoder)]
         enc_ids = {id(p) for p in enc_params}
-        net_params = [p for p in list(rep.implicit.parameters()) + list(rep.rendering.parameters()) if id(p) not in enc_ids]
+        enc_weights = [] if c.encoder_weights_lr is None else [
+            p for p in rep.implicit.encoder.parameters() if id(p) not in enc_ids]
+        special = enc_ids | {id(p) for p in enc_weights}
+        net_params = [p for p in list(rep.implicit.parameters()) + list(rep.rendering.parameters()) if id(p) not in special]
         groups = [{"params": net_params, "lr": c.lr, "base_lr": c.lr}]
+        if enc_weights:
+            groups.append({"params": enc_weights, "lr": c.encoder_weights_lr, "base_lr": c.encoder_weights_lr})
         if enc_params:
             groups.append({"params": enc_params, "lr": c.encoder_lr, "base_lr": c.encoder_lr})
         if rep.config.refine_cameras:
@@ -136,8 +159,21 @@ class IDRFit(Refiner):
     def total_steps(self) -> int:
         return self.config.steps
 
+    def fraction(self, step: int) -> float:
+        """Progress of the run at ``step``: :attr:`progress` when a driver sets it, else ``step / steps``."""
+        return float(self.progress) if self.progress is not None else step / max(self.config.steps, 1)
+
     def _milestones_passed(self, step: int, fractions: list[float]) -> int:
-        return bisect.bisect_right(sorted(f * self.config.steps for f in fractions), step)
+        return bisect.bisect_right(sorted(fractions), self.fraction(step))
+
+    def active_levels(self, step: int, n_levels: int) -> int:
+        """Grid levels unlocked at ``step`` (coarse-to-fine, see module docstring)."""
+        c = self.config
+        start = max(1, min(c.c2f_start_levels, n_levels))
+        if c.c2f_until <= 0 or start >= n_levels:
+            return n_levels
+        k = int(self.fraction(step) / c.c2f_until * (n_levels - start + 1))
+        return min(n_levels, start + k)
 
     def alpha(self, step: int) -> float:
         """Mask-loss α at ``step``."""
@@ -146,8 +182,7 @@ class IDRFit(Refiner):
 
     def step(self, step: int) -> dict[str, float]:
         assert self.rep is not None and self.data is not None and self.optimizer is not None, "setup() first"
-        with parametrize.cached():  # weight-normalised weights computed once per step
-            return self._step(step)
+        return self._step(step)
 
     def _step(self, step: int) -> dict[str, float]:
         c, rep, d = self.config, self.rep, self.data
@@ -156,6 +191,9 @@ class IDRFit(Refiner):
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * decay
         alpha = self.alpha(step)
+        enc = rep.implicit.encoder
+        if hasattr(enc, "active_levels"):
+            enc.active_levels = self.active_levels(step, enc.n_grid_levels)
 
         # ---- a random batch of rays
         b = c.batch_rays
@@ -167,8 +205,31 @@ class IDRFit(Refiner):
         origins, dirs = pixel_rays(d.K[view], c2w, uv)
         o, v = rep.network_rays(origins, dirs)
 
-        # ---- trace (no grad), then differentiable quantities
+        # ---- trace (no grad; it caches the weight-normalised weights for itself only) ...
         tr = rep.trace(o.detach(), v.detach(), generator=self.generator)
+        # ... then the differentiable part, with weights computed once *with* their graph. (A cache
+        # opened around the trace would hold graph-less weights: the weights would never train.)
+        with parametrize.cached():
+            loss, loss_rgb, eikonal, loss_mask, hit, rgb_mask = self._losses(tr, o, v, rgb_gt, mask_gt, alpha)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        n_rgb = int(rgb_mask.sum())
+        l1 = float(loss_rgb.detach()) * b / max(n_rgb, 1)
+        self.last = {
+            "loss": float(loss.detach()), "rgb_l1": l1, "eikonal": float(eikonal.detach()), "mask": float(loss_mask.detach()),
+            "alpha": alpha, "hit_iou": float((hit & mask_gt).sum()) / max(int((hit | mask_gt).sum()), 1),
+        }
+        if c.log_every and step % c.log_every == 0:
+            self.ctx.log(f"idr-fit {step}: " + " ".join(f"{k}={v:.4g}" for k, v in self.last.items()))
+        return self.last
+
+    def _losses(self, tr: TraceResult, o: Tensor, v: Tensor, rgb_gt: Tensor, mask_gt: Tensor, alpha: float) -> tuple[Tensor, ...]:
+        """(loss, L_rgb, L_eikonal, L_mask, hit, rgb_mask) of one traced batch (see module docstring)."""
+        c, rep = self.config, self.rep
+        dev = rep.center.device
+        b = len(o)
         hit = tr.hit & tr.in_sphere
         h = hit.nonzero().squeeze(1)
         x0 = o.detach()[h] + tr.t[h, None] * v.detach()[h]
@@ -192,19 +253,7 @@ class IDRFit(Refiner):
             loss_mask = F.binary_cross_entropy_with_logits(logits, mask_gt[m_idx].float(), reduction="sum") / (alpha * b)
 
         loss = loss_rgb + c.eikonal_weight * eikonal + c.mask_weight * loss_mask
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-        n_rgb = int(rgb_mask.sum())
-        l1 = float(loss_rgb.detach()) * b / max(n_rgb, 1)
-        self.last = {
-            "loss": float(loss.detach()), "rgb_l1": l1, "eikonal": float(eikonal.detach()), "mask": float(loss_mask.detach()),
-            "alpha": alpha, "hit_iou": float((hit & mask_gt).sum()) / max(int((hit | mask_gt).sum()), 1),
-        }
-        if c.log_every and step % c.log_every == 0:
-            self.ctx.log(f"idr-fit {step}: " + " ".join(f"{k}={v:.4g}" for k, v in self.last.items()))
-        return self.last
+        return loss, loss_rgb, eikonal, loss_mask, hit, rgb_mask
 
     def state_dict(self) -> dict[str, Any]:
         assert self.optimizer is not None and self.generator is not None

@@ -18,6 +18,11 @@ Noisy initial cameras: with ``init_cameras="linear"`` the views get the cameras 
 for scoring through :func:`true_cameras` (same views, same resolution), or by loading again
 with the default ``init_cameras="true"``.
 
+Splits: cameras.npz has none. As in the ``colmap`` loader, every ``test_every``-th image in name
+order (indices 7, 15, 23, … for the default 8) is a ``test`` view, so evaluation renders an
+eighth of the views (IDR renders slowly: about 20 s per view on a CPU); ``test_every=0`` makes
+every view ``train`` (and evaluation then renders them all).
+
 Masks: grey > 127.5 is object. ``Scene.gt_mesh_path`` is set when the folder has ``gt_mesh.ply``,
 ``mesh.ply`` or a DTU ``stl*_total.ply``; that mesh is in the *world* frame, which is the scene
 frame only when scale_mat is the identity (map it with the inverse of ``scale_mat_0`` otherwise).
@@ -127,6 +132,7 @@ class IdrConfig:
     downscale: float = option(1.0, "divide image sizes by this (antialiased; intrinsics scaled to match)")
     pixel_offset: float = option(0.0, "added to cx, cy: 0.5 for files whose pixel centres are at integer coordinates (original IDR)")
     background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto")
+    test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; 0 = all train")
 
 
 class IdrLoader(Loader):
@@ -171,6 +177,9 @@ class IdrLoader(Loader):
         path = Path(path)
         if not path.is_dir():
             raise InputError("an IDR dataset must be a folder", path)
+        n = int(self.config.test_every)
+        if n < 0:
+            raise InputError(f"idr.test_every must be >= 0 (0: every view is a training view), got {n}")
         images, masks = self._files(path)
         cams = self._cameras(path, len(images), self.config.init_cameras)
         frames = [
@@ -179,6 +188,7 @@ class IdrLoader(Loader):
                 image=img,
                 K=K,
                 c2w=c2w,
+                split="test" if n > 0 and i % n == n - 1 else "train",
                 object_mask=None if masks is None else masks[i],
                 source=path / "cameras.npz",
             )
@@ -200,5 +210,6 @@ def true_cameras(path: Path, config: IdrConfig | None = None) -> Cameras:
     """The true cameras (``cameras.npz``) of an IDR folder, batched in view order, at the resolution
     the loader produces with ``config`` — what to score refined ``init_cameras="linear"`` poses against."""
     config = config or IdrConfig()
-    loader = IdrLoader(IdrConfig(init_cameras="true", downscale=config.downscale, pixel_offset=config.pixel_offset))
+    loader = IdrLoader(IdrConfig(init_cameras="true", downscale=config.downscale, pixel_offset=config.pixel_offset,
+                                 test_every=config.test_every))
     return Cameras.cat([v.camera for v in loader.load(Path(path)).views])

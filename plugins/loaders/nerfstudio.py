@@ -19,6 +19,12 @@ Fields read (top level = shared by all frames; any may be overridden per frame):
   capture frame to this one. It is validated and exposed by :func:`parse_transforms`, but
   nothing needs applying: poses and points are already consistent).
 
+Split file (option ``split_file``): a JSON object ``{"train": [file paths], "test": [...]}`` (``val``
+allowed too; the format of the benchmark's ``split_sparse3.json``), paths written as the frames'
+``file_path`` (relative to the transforms file's folder). Only the listed frames are loaded, each
+with the split that lists it, in the transforms file's order; a listed path that no frame has, or
+one listed under two splits, is an InputError naming the split file.
+
 Pixel centres: nerfstudio and Blender use i + 0.5 (cx = w/2 for a centred camera), as recon does.
 RGBA images: alpha becomes ``View.alpha`` and the object mask (alpha > 0.5, unless a mask_path
 is given); RGB is composited onto the ``background`` option.
@@ -40,7 +46,7 @@ from recon_core import Cameras, InputError, Loader, Scene, opengl_to_opencv, opt
 from . import imageio
 from .common import FrameSpec, as_float, as_matrix, bounds_from_points, build_views, read_json, read_ply_points, resolve_file
 
-__all__ = ["NerfstudioLoader", "TransformsData", "parse_transforms", "transforms_files"]
+__all__ = ["NerfstudioLoader", "TransformsData", "parse_transforms", "transforms_files", "apply_split_file"]
 
 SPLITS = ("train", "val", "test")
 DISTORTION_MODELS = {"OPENCV": ("k1", "k2", "p1", "p2", "k3", "k4")}
@@ -221,6 +227,8 @@ class NerfstudioConfig:
     background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto")
     depth_scale: float = option(0.001, "metres per unit of 16-bit PNG depth (nerfstudio: millimetres)")
     alpha_mask: bool = option(True, "use the alpha channel of RGBA images as object mask when no mask_path is given")
+    split_file: str | None = option(None, "JSON {\"train\": [file paths], \"test\": [...]} (paths as the frames' file_path; "
+                                          "relative to the data folder or absolute): load only these frames, with these splits")
 
 
 class NerfstudioLoader(Loader):
@@ -239,6 +247,10 @@ class NerfstudioLoader(Loader):
 
     def load(self, path: Path) -> Scene:
         data = parse_transforms(Path(path))
+        if self.config.split_file:
+            root = Path(path) if Path(path).is_dir() else Path(path).parent
+            split_path = Path(self.config.split_file).expanduser()
+            data.frames = apply_split_file(data.frames, split_path if split_path.is_absolute() else root / split_path, root)
         for f in data.frames:
             f.alpha_mask = self.config.alpha_mask
         views = build_views(
@@ -248,6 +260,45 @@ class NerfstudioLoader(Loader):
             depth_scale=self.config.depth_scale,
         )
         return make_scene(Path(path), views, data)
+
+
+def apply_split_file(frames: list[FrameSpec], split_file: Path, base: Path) -> list[FrameSpec]:
+    """The ``frames`` a split file lists, each given the split that lists it (see the module doc).
+
+    Paths in the file are relative to ``base`` (the transforms file's folder) or absolute; a path
+    without a suffix also matches a ``.png`` frame (Blender writes ``./train/r_0``).
+    """
+    from recon_core.rundir import read_json as read_object
+
+    doc = read_object(split_file, "split")
+    unknown = sorted(set(doc) - set(SPLITS))
+    if unknown:
+        raise InputError(f"split file has unknown key(s) {', '.join(unknown)}; expected {', '.join(SPLITS)}", split_file)
+    by_path: dict[Path, int] = {}
+    for i, f in enumerate(frames):
+        image = f.image.resolve()
+        by_path[image] = i
+        by_path.setdefault(image.with_suffix(""), i)
+    chosen: dict[int, str] = {}
+    for split in SPLITS:
+        entries = doc.get(split, [])
+        if not isinstance(entries, list) or not all(isinstance(e, str) and e.strip() for e in entries):
+            raise InputError(f"split file's '{split}' must be a list of file paths", split_file)
+        for entry in entries:
+            i = by_path.get(resolve_file(base, entry, f"{split} entry", split_file).resolve())
+            if i is None:
+                raise InputError(f"split file lists {entry!r} under '{split}', but no frame of the transforms has that file_path",
+                                 split_file)
+            if chosen.get(i, split) != split:
+                raise InputError(f"split file lists {entry!r} under both '{chosen[i]}' and '{split}'", split_file)
+            chosen[i] = split
+    if not chosen:
+        raise InputError("split file lists no frames", split_file)
+    out = []
+    for i in sorted(chosen):
+        frames[i].split = chosen[i]  # type: ignore[assignment]
+        out.append(frames[i])
+    return out
 
 
 def make_scene(path: Path, views: list, data: TransformsData) -> Scene:

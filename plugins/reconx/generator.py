@@ -12,12 +12,18 @@ point cloud. ``render-fix`` produces them without one:
 2. **render** the current reconstruction at each camera (the run's renderer, the representation's
    background).
 3. **fix**: with ``fix=auto`` the run's fixer when it has one (``--fixer difix``; each render gets
-   its nearest input image as reference), else ``reproject``: every rendered surface pixel is
-   reprojected (rendered depth) into the input views, and where an input view sees the same surface
-   (depth test) its colour replaces the render's (the best-agreeing view's). ``none`` keeps renders.
+   its nearest input image as reference), else ``none``: the render is kept. ``reproject`` (opt-in)
+   reprojects every rendered surface pixel (rendered depth) into the input views and, where an
+   input view sees the same surface (depth test), replaces the render by its colour (the
+   best-agreeing view's). On ``split_sparse3`` these copies of the inputs carry no new information
+   and their resampling noise cost 0.3-0.6 dB of test PSNR at 1000 steps (docs/benchmarks.md), hence
+   the default.
 4. **confidence** (:func:`recon_plugins.reconx.confidence.consistency_map`): photometric agreement
    of the final image with the input views that see the same surface; ``unseen`` where no input
    sees it (including empty pixels: the background no input confirms).
+5. **free space** (``free_space``): pixels whose ray crosses only space the inputs prove empty
+   (outside a silhouette or in front of an observed depth, :mod:`.carving`) become the background
+   with confidence 1.
 
 Views are named ``gen-0000`` …; the scene and the representation are not modified; the result
 depends only on its inputs (no randomness).
@@ -40,6 +46,7 @@ from recon_core.errors import InputError
 from recon_core.scene import Scene, View
 from recon_plugins.gaussians.trainer import training_target
 
+from .carving import carve, view_mask
 from .confidence import ConsistencySettings, consistency_map
 
 __all__ = ["RenderFixGenerator", "RenderFixConfig", "look_at_point", "camera_path"]
@@ -50,11 +57,15 @@ class RenderFixConfig:
     num_views: int = option(12, "how many views to generate along the path")
     path: str = option("orbit", "camera path: orbit (around the look-at point) or linear", choices=("orbit", "linear"))
     closed: bool = option(True, "also interpolate between the last and the first input (a loop, for 360° captures)")
-    fix: str = option("auto", "auto (the run's fixer, else reproject), fixer, reproject, none",
+    fix: str = option("auto", "auto (the run's fixer, else none), fixer, reproject (observed colours replace the "
+                              "render), none (the render itself, weighted by its consistency with the inputs)",
                       choices=("auto", "fixer", "reproject", "none"))
     depth_tolerance: float = option(0.03, "relative depth difference still counted as the same surface")
     color_sigma: float = option(0.1, "colour difference scale of the photometric agreement")
     unseen: float = option(0.3, "confidence of pixels no input view sees")
+    free_space: bool = option(True, "pixels whose ray crosses only space the inputs show empty (outside their "
+                                    "silhouettes or in front of their depth, carving.py) become background, confidence 1")
+    carve_resolution: int = option(128, "free_space: voxels along the longest side of the carved box")
 
 
 def look_at_point(c2w: Tensor, fallback: Tensor) -> Tensor:
@@ -141,13 +152,20 @@ class RenderFixGenerator(Generator):
         fallback = scene.point_cloud.points.mean(0) if scene.point_cloud is not None and len(scene.point_cloud) else scene.bounds.center
         pivot = look_at_point(input_cams.c2w, fallback.cpu())
         cams = camera_path(input_cams, int(cfg.num_views), pivot, cfg.path, cfg.closed)
-        mode = cfg.fix if cfg.fix != "auto" else ("fixer" if ctx.fixer is not None else "reproject")
+        mode = cfg.fix if cfg.fix != "auto" else ("fixer" if ctx.fixer is not None else "none")
         if mode == "fixer" and ctx.fixer is None:
             raise InputError("render-fix.fix=fixer needs a fixer in the run (e.g. --fixer difix)")
         settings = ConsistencySettings(cfg.depth_tolerance, cfg.color_sigma, cfg.unseen)
         background = getattr(rep, "background_color", None)
         bg = background.cpu() if background is not None and bool(torch.isfinite(background).all()) else torch.ones(3)
 
+        volume = None
+        if cfg.free_space and any(view_mask(v) is not None for v in inputs):
+            box = _box_points(rep, scene)
+            if box is not None and len(box):
+                low, high = box.min(0).values, box.max(0).values
+                pad = 0.05 * float((high - low).norm())
+                volume = carve(inputs, low - pad, high + pad, int(cfg.carve_resolution), float(cfg.depth_tolerance))
         with torch.no_grad():
             others = []
             for v in inputs:  # input colours over the same background, with the model's depth
@@ -170,8 +188,20 @@ class RenderFixGenerator(Generator):
                     image = torch.where(seen[..., None], color, image)
                     conf = torch.where(seen, torch.ones_like(conf), conf)
                 conf = torch.where(depth > 0, conf, torch.full_like(conf, cfg.unseen))
+                if volume is not None:  # known empty space: the background, for certain
+                    empty = ~volume.silhouette(cam)
+                    image = torch.where(empty[..., None], bg.to(image), image)
+                    conf = torch.where(empty, torch.ones_like(conf), conf)
                 views.append(View(f"gen-{k:04d}", cam, image.contiguous(), "train", confidence=conf.contiguous()))
         return views
+
+
+def _box_points(rep: Representation, scene: Scene) -> Tensor | None:
+    """Points [P, 3] (CPU) whose box is carved: the Gaussians' means, else the scene's point cloud, else None."""
+    means = getattr(rep, "means", None)
+    if isinstance(means, Tensor) and len(means):
+        return means.detach().float().cpu()
+    return scene.point_cloud.points.float().cpu() if scene.point_cloud is not None else None
 
 
 def _surface_depth(depth: Tensor, alpha: Tensor) -> Tensor:

@@ -16,6 +16,9 @@ Sources (the ``reconx`` representation's ``pointcloud`` option), each a function
     MissingWeightsError names the file and where it is expected.
 ``auto``
     ``depth`` when every view has a depth map, else ``triangulate``.
+
+:func:`complete_points` adds what no input sees: points on the outer boundary of the volume that
+space carving (:mod:`.carving`) leaves unknown, coloured like their nearest observed points.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from recon_core.errors import InputError, MissingWeightsError
 from recon_core.scene import PointCloud, View
 from recon_plugins.gaussians.init import points_from_depth, unproject_depth
 
+from .carving import CarvedVolume
+
 __all__ = [
     "PointCloudSettings",
     "POINT_CLOUD_SOURCES",
@@ -42,6 +47,7 @@ __all__ = [
     "triangulated_points",
     "dggt_points",
     "points_from_network",
+    "complete_points",
 ]
 
 
@@ -219,3 +225,25 @@ def global_point_cloud(views: Sequence[View], source: str, max_points: int, gene
     pc = POINT_CLOUD_SOURCES[source](views, max_points, generator, settings)
     colors = pc.colors if pc.colors is not None else torch.full((len(pc), 3), 0.5)
     return PointCloud(pc.points.float().cpu(), colors.float().cpu())
+
+
+def complete_points(pc: PointCloud, volume: CarvedVolume, generator: torch.Generator, neighbours: int = 8) -> PointCloud:
+    """Points for the surface no input sees (ReconX gets it from its generated frames).
+
+    One point per voxel of ``volume.shell()`` (the boundary of the unobserved volume), placed
+    uniformly at random inside its voxel, coloured with the mean colour of its ``neighbours``
+    nearest points of ``pc`` (the observed surface): a conservative surface and a smooth guess of
+    its colour. Returns only the new points (float32, CPU).
+    """
+    shell = volume.shell()
+    if len(shell) == 0 or len(pc) == 0:
+        return PointCloud(torch.zeros(0, 3), torch.zeros(0, 3))
+    points = shell + (torch.rand(shell.shape, generator=generator) - 0.5) * volume.voxel
+    observed = pc.points.float().cpu()
+    colors = pc.colors.float().cpu() if pc.colors is not None else torch.full((len(pc), 3), 0.5)
+    k = min(int(neighbours), len(observed))
+    out = []
+    for chunk in points.split(4096):  # bounded memory: a 4096 x P distance matrix at a time
+        idx = torch.cdist(chunk, observed).topk(k, largest=False).indices
+        out.append(colors[idx].mean(1))
+    return PointCloud(points, torch.cat(out))

@@ -16,13 +16,15 @@ disabled, a warning names the missing file, and ``finish()`` reports ``lpips: "u
 
 Views: the representation's ``input_views`` (the ``reconx`` sparse selection) when it has them,
 else the scene's training views; plus, with a ``generator`` (default ``render-fix``), pseudo-views
-generated once ``generate_at`` of the steps are done (ReconX: generated frames join the inputs).
+generated once ``generate_at`` of the steps are done (ReconX: generated frames join the inputs),
+and again every ``regenerate_every`` steps when set (from the current reconstruction).
 Confidence maps come from the ``source`` option (:mod:`.confidence`); generated views carry their
 own map, which every source multiplies in.
 
-Optimizers and learning rates are those of ``3dgs-train`` (an inner
-:class:`~recon_plugins.gaussians.trainer.GaussianTrainer` with ``densify=False`` is set up and its
-Adam optimizers, background handling and targets are reused).
+Optimizers and learning rates are those of ``3dgs-train``: an inner
+:class:`~recon_plugins.gaussians.trainer.GaussianTrainer` with ``densify=False`` is set up, and each
+step goes through its public optimisation API (``sync_optimizers``, ``schedule``, ``optimize``);
+its background handling and training targets are reused.
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ class ConfidenceConfig:
     generator: str = option("render-fix", "generator of extra views along a path between the inputs ('none': inputs only)")
     generated_views: int = option(12, "how many views the generator makes (forwarded as its num_views option)")
     generate_at: float = option(0.3, "generate once this fraction of the steps is done (fit the inputs first)")
+    regenerate_every: int = option(0, "generate the views again from the current reconstruction every N steps after "
+                                      "the first generation (0: once)")
     background: list[float] = option(help="RGB background behind the Gaussians", factory=lambda: [1.0, 1.0, 1.0])
     sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)")
     sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps")
@@ -243,29 +247,21 @@ class ConfidenceRefiner(Refiner):
 
     def step(self, step: int) -> dict[str, float]:
         cfg, rep, engine = self.config, self.rep, self.engine
-        if self.generate_step is not None and step >= self.generate_step and not self.generated:
+        if self.generate_step is not None and step >= self.generate_step and (not self.generated or (
+                cfg.regenerate_every > 0 and step > self.generate_step and (step - self.generate_step) % cfg.regenerate_every == 0)):
             self._generate()
         elif cfg.confidence_every > 0 and step > 0 and step % cfg.confidence_every == 0 and cfg.source == "consistency":
             self._update_confidence()
-        if not engine._in_sync():  # parameters replaced (a checkpoint was loaded): fresh optimizers
-            engine.optimizers = engine._build_optimizers()
-        fraction = step / max(self.total_steps, 1)
-        engine.optimizers["means"].param_groups[0]["lr"] = (
-            engine.config.lr_means * engine.scene_scale * engine.config.lr_means_final**fraction
-        )
-        if hasattr(rep, "active_sh_degree"):
-            rep.active_sh_degree = min(step // max(int(cfg.sh_degree_interval), 1), engine.max_sh_degree)
+        engine.sync_optimizers()  # parameters replaced (a checkpoint was loaded): fresh optimizers
+        engine.schedule(step)  # 3dgs-train's means lr decay and SH degree
 
         index = self._next_view()
         view = self.views[index]
-        out = self.ctx.renderer.render(rep, view.camera.to(self.ctx.device), background=engine.background)
+        camera = view.camera.to(self.ctx.device)
+        out = self.ctx.renderer.render(rep, camera, background=engine.background)
         pred, target = out.rgb[0], self.targets[index]
         loss, terms = confidence_loss(pred, target, self.confidences[index], self.weights, self.lpips)
-        for opt in engine.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in engine.optimizers.values():
-            opt.step()
+        engine.optimize(loss, step, camera)  # densify=False: backward + Adam only
         self.last_loss = float(loss.detach())
         with torch.no_grad():
             mse = ((pred.detach() - target) ** 2).mean().clamp_min(1e-12)
@@ -292,7 +288,7 @@ class ConfidenceRefiner(Refiner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         engine = self.engine
-        engine.optimizers = engine._build_optimizers()
+        engine.optimizers = engine.build_optimizers()
         for name, opt in engine.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.generator.set_state(state["generator"].cpu().to(torch.uint8))
@@ -316,4 +312,5 @@ class ConfidenceRefiner(Refiner):
             "confidence_source": self.config.source,
             "lpips": "used" if self.lpips is not None else (f"unavailable: {self.lpips_reason}" if self.lpips_reason else "off"),
             "gaussians": int(self.rep.means.shape[0]),
+            "completed_points": int(getattr(self.rep, "completed_points", 0)),
         }

@@ -8,6 +8,12 @@ list of view names; the chosen views are stored in ``input_views`` and used by `
 ``confidence`` refiner. Evaluation uses the loader's test split; a split file's ``test`` list that
 disagrees with it is reported in the log. Without ``views``, the scene's training views are the inputs.
 
+Unseen surfaces: ReconX gets them from its video diffusion model (the generated frames' point
+cloud initialises the Gaussians). Without such a model, ``complete=carve`` (default) adds one
+Gaussian per voxel on the boundary of the volume that the inputs' silhouettes and depth maps leave
+unknown (:mod:`.carving`, :func:`.pointcloud.complete_points`): the largest surface consistent with
+the inputs, coloured like the nearest observed points, one voxel in size.
+
 It subclasses :class:`~recon_plugins.gaussians.GaussianSplat` (two levels instead of one): it *is* a
 3dgs (same parameters, renderers, PLY export, checkpoints); only the initialisation differs.
 """
@@ -26,12 +32,13 @@ from recon_core.components import Encoder
 from recon_core.config import option
 from recon_core.errors import InputError
 from recon_core.gaussians import num_sh_bases, rgb_to_sh
-from recon_core.scene import Scene, Video, View
+from recon_core.scene import PointCloud, Scene, Video, View
 from recon_plugins.gaussians import GaussianSplat
 from recon_plugins.gaussians.init import knn_scales
 from recon_plugins.gaussians.ply import SplatPly
 
-from .pointcloud import POINT_CLOUD_SOURCES, PointCloudSettings, global_point_cloud
+from .carving import carve, view_mask
+from .pointcloud import POINT_CLOUD_SOURCES, PointCloudSettings, complete_points, global_point_cloud
 
 __all__ = ["ReconXSplat", "ReconXConfig", "select_views"]
 
@@ -45,6 +52,12 @@ class ReconXConfig:
                              choices=tuple(POINT_CLOUD_SOURCES))
     dggt_checkpoint: str | None = option(None, "DGGT checkpoint for pointcloud=dggt (default: weights_dir()/dggt/...)")
     num_points: int = option(30_000, "at most this many Gaussians from the global point cloud")
+    complete: str = option("carve", "points for surfaces no input sees: carve (the boundary of the volume that the "
+                                    "inputs' silhouettes and depth leave unknown, see carving.py; needs an object "
+                                    "mask or alpha on every input, else nothing is added), none",
+                           choices=("carve", "none"))
+    carve_resolution: int = option(128, "complete=carve: voxels along the longest side of the point cloud's box")
+    carve_tolerance: float = option(0.02, "complete=carve: relative depth difference counted as the observed surface")
     sh_degree: int = option(0, "highest spherical-harmonics degree stored (0-3; 0: view-independent colour, "
                                "safer with few views)")
     init_opacity: float = option(0.5, "initial opacity of every Gaussian (the cloud is already on the surface)")
@@ -98,10 +111,13 @@ class ReconXSplat(GaussianSplat):
         super().__init__(config)
         self.input_views: list[str] = []
         """Names of the sparse input views (set by ``build``; read by the ``confidence`` refiner)."""
+        self.completed_points = 0
+        """How many Gaussians ``build`` added for unseen surfaces (``complete``)."""
 
     def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
-        """Select the sparse views, build their global point cloud and start one Gaussian per point
-        (colour from the point, scale from its 3 nearest neighbours, random rotation)."""
+        """Select the sparse views, build their global point cloud (+ the carved completion) and start
+        one Gaussian per point (colour from the point, scale from its 3 nearest observed neighbours or
+        one voxel for completion points, random rotation)."""
         cfg = self.config
         if not isinstance(data, Scene):
             raise InputError("the reconx representation needs posed views (a Scene), not a video")
@@ -110,8 +126,17 @@ class ReconXSplat(GaussianSplat):
         generator = torch.Generator().manual_seed(int(cfg.seed))
         settings = PointCloudSettings(cfg.dggt_checkpoint, device=str(device))
         pc = global_point_cloud(views, cfg.pointcloud, int(cfg.num_points), generator, settings)
+        dist = knn_scales(pc.points, k=3)
+        if cfg.complete == "carve" and len(pc) and all(view_mask(v) is not None for v in views):  # silhouettes needed
+            low, high = pc.points.min(0).values, pc.points.max(0).values
+            pad = 0.05 * float((high - low).norm())  # the unseen surface may reach a little beyond the seen one
+            volume = carve(views, low - pad, high + pad, int(cfg.carve_resolution), float(cfg.carve_tolerance))
+            extra = complete_points(pc, volume, generator)
+            self.completed_points = len(extra)
+            pc = PointCloud(torch.cat([pc.points, extra.points]), torch.cat([pc.colors, extra.colors]))
+            dist = torch.cat([dist, torch.full((len(extra),), volume.voxel)])  # one voxel: the shell is one voxel thick
         n = len(pc)
-        dist = knn_scales(pc.points, k=3) * float(cfg.init_scale)
+        dist = dist * float(cfg.init_scale)
         raw = SplatPly(
             means=pc.points,
             quats=F.normalize(torch.rand(n, 4, generator=generator), dim=-1),

@@ -37,9 +37,12 @@ parameters.
   required.
 * cameras: a representation providing "cameras" with a ``cameras()`` method supplies the
   starting poses of the views it covers (matched by time, else by order); otherwise they are the
-  scene's. At ``finish()`` the refined poses are written into the scene views' cameras and, for
-  such a representation, back into it through ``rep.set_cameras(cameras)`` when defined (else
-  its ``camera_c2w`` [S, 4, 4] buffer, the dggt layout), so render/eval/export use them.
+  scene's. At ``finish()`` the refined poses are written into the scene views' cameras (the
+  pipeline checkpoints those, so a resumed run keeps them) and, for such a representation, back
+  into it through ``rep.set_cameras(cameras)`` (:class:`~recon_core.Representation`), so
+  render/eval/export use them.
+* a video (no cameras): the representation's cameras, one per frame (e.g. dggt's predicted
+  poses), pair with the frames; every frame is a training view (``holdout`` takes some out).
 
 The step-wise contract holds: ``state_dict()`` keeps the pose corrections, the current stage's
 optimizer state, the guard, the best-so-far snapshot, the view-sampling generator and the
@@ -68,7 +71,7 @@ from recon_core.components import RefineContext, Refiner, Representation
 from recon_core.config import option
 from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import psnr, ssim
-from recon_core.scene import Scene, Video, View
+from recon_core.scene import Bounds, Scene, Video, View
 
 from .holdout import HoldoutGuard, split_views
 from .poses import align_rigid, apply_corrections, pose_errors
@@ -80,6 +83,7 @@ __all__ = [
     "refinable_parameters",
     "masked_photometric_loss",
     "representation_cameras",
+    "video_scene",
 ]
 
 ROLES = ("means", "quats", "scales", "opacities", "sh0", "shN")
@@ -156,6 +160,22 @@ def representation_cameras(rep: Representation) -> Cameras | None:
     return cams if isinstance(cams, Cameras) and len(cams) > 0 else None
 
 
+def video_scene(video: Video, cameras: Cameras | None) -> Scene:
+    """A video's frames as training views at the representation's cameras (one per frame, e.g.
+    dggt's predicted poses), named ``frame-00000``… like the pipeline's per-frame renders."""
+    if cameras is None or len(cameras) != video.num_frames:
+        have = "no cameras" if cameras is None else f"{len(cameras)} cameras"
+        raise InputError(
+            f"ttr needs posed views: a Scene, or a video whose representation holds one camera per frame "
+            f"(e.g. dggt, which predicts them); this one has {have} for {video.num_frames} frames", video.source
+        )
+    times = cameras.times if cameras.times is not None else video.timestamps
+    cams = Cameras(K=cameras.K.detach().cpu(), c2w=cameras.c2w.detach().cpu(), width=cameras.width.cpu(),
+                   height=cameras.height.cpu(), times=times.detach().float().cpu().clone())
+    views = [View(f"frame-{i:05d}", cams[i], (lambda i=i: video.frame(i)), "train") for i in range(len(cams))]
+    return Scene(video.name, views, Bounds.from_cameras(cams), source=video.source)
+
+
 def _match_cameras(cams: Cameras, views: list[View]) -> list[int | None]:
     """For each view, the index of its camera in ``cams``: by time (within 1 ms), else by order."""
     if cams.times is not None and all(v.time is not None for v in views):
@@ -194,8 +214,8 @@ class TestTimeRefiner(Refiner):
 
     def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
         cfg: TTRConfig = self.config
-        if not isinstance(data, Scene):
-            raise InputError("ttr needs posed views (a Scene), not a video")
+        if isinstance(data, Video):
+            data = video_scene(data, representation_cameras(rep))
         self.params = refinable_parameters(rep)
         missing = [r for r in _ALWAYS if r not in self.params]
         if cfg.refine_gs and missing:
@@ -225,6 +245,11 @@ class TestTimeRefiner(Refiner):
                     c2w[i] = rep_cams.c2w[j].to(c2w)
                     K[i] = rep_cams.K[j].to(K)
             cams = Cameras(K=K, c2w=c2w, width=cams.width, height=cams.height, distortion=cams.distortion, times=cams.times)
+        finite = torch.isfinite(cams.K).flatten(1).all(1) & torch.isfinite(cams.c2w).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = [v.name for v, ok in zip(self.views, finite.tolist()) if not ok]
+            raise InputError(f"ttr: the cameras of {', '.join(bad[:5])} are not finite (a network that predicted "
+                             "them may have output a zero field of view)")
         self.cams = cams
         self.base_c2w = cams.c2w.detach().clone()
         self.omega = nn.Parameter(torch.zeros(len(self.views), 3, device=self.device))
@@ -289,8 +314,12 @@ class TestTimeRefiner(Refiner):
     # ------------------------------------------------------------------------------- cameras
 
     def corrected_c2w(self) -> Tensor:
-        """[N, 4, 4] current camera-to-world of the optimised views (differentiable w.r.t. ``omega``, ``tau``)."""
-        return apply_corrections(self.base_c2w, torch.cat([self.omega, self.tau], dim=1) * self.free)
+        """[N, 4, 4] current camera-to-world of the optimised views (differentiable w.r.t. ``omega``, ``tau``).
+
+        Frame 0 is the given pose bit for bit (the float64 round trip of a zero correction may
+        change the last float32 bit of an arbitrary pose)."""
+        corrected = apply_corrections(self.base_c2w, torch.cat([self.omega, self.tau], dim=1) * self.free)
+        return torch.where(self.free[:, :, None] > 0, corrected, self.base_c2w)
 
     def _cameras(self, index: list[int], c2w: Tensor) -> Cameras:
         return self.cams[index].with_c2w(c2w[index])
@@ -546,12 +575,9 @@ class TestTimeRefiner(Refiner):
         for i, j in enumerate(self.from_rep):
             if j is not None:
                 new[j] = c2w[i].to(new)
-        setter = getattr(self.rep, "set_cameras", None)
-        if callable(setter):
-            setter(rep_cams.with_c2w(new))
-        elif isinstance(getattr(self.rep, "camera_c2w", None), Tensor) and self.rep.camera_c2w.shape == new.shape:
-            self.rep.camera_c2w = new
-        else:
+        try:
+            self.rep.set_cameras(rep_cams.with_c2w(new))
+        except NotImplementedError:
             self.ctx.log(f"ttr: '{self.rep.name}' has no set_cameras(); its own cameras keep the unrefined poses")
 
 

@@ -9,6 +9,9 @@
   through a custom ``run`` loop.
 - ``toy-sdf`` representation (a sphere) and ``toy-sphere-render``: a second capability family
   ("sdf") for combination checks.
+- ``toy-augment`` refiner: ``toy-fit`` on the training views plus the views of a generator it
+  creates through ``ctx.create`` (option ``generator``, default ``toy-jitter``: copies of the
+  training views with noise of std ``noise``); ``toy-polish`` refiner requires a fixer.
 - evaluators ``psnr``, ``ssim`` (recon_core.imageops), ``toy-params`` (geometry: parameter
   count), ``toy-unavailable`` (always unavailable); fixer ``toy-smooth`` (3x3 box blur);
   encoder ``toy-fourier``; a ``toy-hello`` CLI command.
@@ -18,6 +21,7 @@ Registered through ``Registry(modules=[("toy", recon_toy)])`` or an entry point 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -36,6 +40,7 @@ from recon_core import (
     Cameras,
     Encoder,
     Fixer,
+    Generator,
     GeometryEvaluator,
     ImageEvaluator,
     InputError,
@@ -266,6 +271,68 @@ class ToyLoop(ToyFit):
         return self.finish()
 
 
+@dataclass
+class JitterConfig:
+    noise: float = option(0.02, "std of the noise added to each training image")
+    copies: int = option(1, "noisy copies of each training view")
+
+
+class ToyJitter(Generator):
+    """Noisy copies of the training views (confidence 1), from a private seeded generator."""
+
+    name = "toy-jitter"
+    Config = JitterConfig
+    requires = frozenset({"image-grid"})
+
+    def generate(self, rep: Representation, scene: Scene, ctx: Any) -> list[View]:
+        gen = torch.Generator().manual_seed(ctx.seed + 7)
+        out = []
+        for k in range(self.config.copies):
+            for v in scene.train_views:
+                image = (v.image + self.config.noise * torch.randn(v.image.shape, generator=gen)).clamp(0, 1)
+                out.append(View(f"{v.name}-jitter{k}", v.camera, image, "train", confidence=torch.ones(v.height, v.width)))
+        return out
+
+
+@dataclass
+class AugmentConfig:
+    steps: int = option(10, "Adam steps")
+    lr: float = option(0.05, "learning rate")
+    input_noise: float = option(0.0, "std of noise added to targets (private generator)")
+    step_delay: float = option(0.0, "seconds to sleep per step")
+    generator: str = option("toy-jitter", "generator of extra training views ('none': training views only)")
+
+
+class ToyAugment(ToyFit):
+    """toy-fit on the training views plus generated ones (the generator comes from ``ctx.create``)."""
+
+    name = "toy-augment"
+    Config = AugmentConfig
+
+    def setup(self, rep: Representation, data: Scene | Video, ctx: Any) -> None:
+        super().setup(rep, data, ctx)
+        assert isinstance(data, Scene)
+        self.generated: list[View] = []
+        self.generator_config: Any = None
+        if self.config.generator != "none":
+            gen = ctx.create("generator", self.config.generator)
+            self.generator_config = gen.config
+            self.generated = gen.generate(rep, data, ctx)
+            self.data = Scene(data.name, list(data.views) + self.generated, data.bounds, source=data.source)
+
+    def finish(self) -> dict[str, Any]:
+        cfg = self.generator_config
+        return {**super().finish(), "generated": len(self.generated),
+                "generator_config": None if cfg is None else dataclasses.asdict(cfg)}
+
+
+class ToyPolish(ToyFit):
+    """toy-fit that needs a fixer in the run (declared in ``requires``)."""
+
+    name = "toy-polish"
+    requires = frozenset({"image-grid", "fixer"})
+
+
 # ----------------------------------------------------------------------------------- sdf family
 
 
@@ -388,7 +455,7 @@ def register_renderers() -> list[type]:
 
 @hookimpl
 def register_refiners() -> list[type]:
-    return [ToyFit, ToyLoop]
+    return [ToyFit, ToyLoop, ToyAugment, ToyPolish]
 
 
 @hookimpl
@@ -399,6 +466,11 @@ def register_evaluators() -> list[type]:
 @hookimpl
 def register_fixers() -> list[type]:
     return [ToySmooth]
+
+
+@hookimpl
+def register_generators() -> list[type]:
+    return [ToyJitter]
 
 
 @hookimpl

@@ -1,0 +1,23 @@
+"""Loader of the compiled CPU hash-grid kernel (``hashgrid_cpu.cpp``), built on first use.
+
+:func:`extension` returns the module, or ``None`` (with one warning naming the reason) when it
+cannot be built; :mod:`.hashgrid` then uses its pure-PyTorch twin. ``RECON_NO_CPP=1`` turns the
+compiled path off (see :mod:`recon_core.cpp_extension`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from recon_core.cpp_extension import load_extension
+
+__all__ = ["EXTENSION_NAME", "SOURCES", "extension"]
+
+EXTENSION_NAME = "recon_hashgrid_cpu"
+SOURCES = [Path(__file__).with_name("hashgrid_cpu.cpp")]
+
+
+def extension() -> ModuleType | None:
+    """The compiled module (built and cached on the first call), or ``None`` if unavailable."""
+    return load_extension(EXTENSION_NAME, SOURCES)

@@ -1,0 +1,191 @@
+// Multiresolution hash-grid encoding on the CPU: forward and first-order backward.
+//
+// Same definition as recon_plugins.encoders.hashgrid.hash_grid_encode (the PyTorch twin, which
+// follows tiny-cuda-nn's HashGrid): per level l, p = u * scale_l + 0.5, trilinear (multilinear)
+// blend of the 2^D cell corners v = floor(p) + corner, row index dense (sum v_d res_l^d) or
+// hashed (xor of v_d * prime_d in uint32), both modulo the level size, plus the level offset.
+// Only the first n_active levels are evaluated; the others output zeros (coarse-to-fine).
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+constexpr int kMaxDim = 7;
+constexpr uint32_t kPrimes[kMaxDim] = {1u, 2654435761u, 805459861u, 3674653429u, 2097192037u, 1434869437u, 2165219737u};
+
+struct Level {
+  float scale;
+  int64_t res, size, offset;
+  bool dense;
+};
+
+std::vector<Level> make_levels(const std::vector<double>& scales, const std::vector<int64_t>& res,
+                               const std::vector<int64_t>& sizes, const std::vector<int64_t>& offsets,
+                               const std::vector<bool>& dense) {
+  TORCH_CHECK(scales.size() == res.size() && res.size() == sizes.size() && sizes.size() == offsets.size() &&
+                  offsets.size() == dense.size(),
+              "hash grid layout lists must have one entry per level");
+  std::vector<Level> out(scales.size());
+  for (size_t l = 0; l < scales.size(); ++l)
+    out[l] = {static_cast<float>(scales[l]), res[l], sizes[l], offsets[l], dense[l]};
+  return out;
+}
+
+inline int64_t floor_mod(int64_t a, int64_t m) {
+  int64_t r = a % m;
+  return r < 0 ? r + m : r;
+}
+
+// Corner rows and weights of one point at one level (C = 2^D corners).
+// dw[c * D + d] = d weight_c / d frac_d.
+struct Cell {
+  int64_t row[1 << kMaxDim];
+  float w[1 << kMaxDim];
+  float dw[(1 << kMaxDim) * kMaxDim];
+};
+
+inline void cell(const float* u, int D, const Level& lv, bool want_dw, Cell& out) {
+  float frac[kMaxDim];
+  int64_t base[kMaxDim];
+  for (int d = 0; d < D; ++d) {
+    const float p = u[d] * lv.scale + 0.5f;
+    const float b = std::floor(p);
+    base[d] = static_cast<int64_t>(b);
+    frac[d] = p - b;
+  }
+  const int C = 1 << D;
+  for (int c = 0; c < C; ++c) {
+    int64_t dense_idx = 0, stride = 1;
+    uint32_t h = 0;
+    float w = 1.f;
+    for (int d = 0; d < D; ++d) {
+      const int bit = (c >> d) & 1;
+      const int64_t v = base[d] + bit;
+      dense_idx += v * stride;
+      stride *= lv.res;
+      h ^= static_cast<uint32_t>(v) * kPrimes[d];
+      w *= bit ? frac[d] : 1.f - frac[d];
+    }
+    const int64_t idx = lv.dense ? floor_mod(dense_idx, lv.size) : static_cast<int64_t>(h) % lv.size;
+    out.row[c] = idx + lv.offset;
+    out.w[c] = w;
+    if (want_dw) {
+      for (int d = 0; d < D; ++d) {
+        float g = ((c >> d) & 1) ? 1.f : -1.f;
+        for (int e = 0; e < D; ++e)
+          if (e != d) g *= ((c >> e) & 1) ? frac[e] : 1.f - frac[e];
+        out.dw[c * D + d] = g;
+      }
+    }
+  }
+}
+
+void check_inputs(const torch::Tensor& u, const torch::Tensor& table, size_t n_levels) {
+  TORCH_CHECK(u.dim() == 2 && u.size(1) >= 1 && u.size(1) <= kMaxDim, "u must be [N, D] with 1 <= D <= 7");
+  TORCH_CHECK(table.dim() == 2, "table must be [R, F]");
+  TORCH_CHECK(u.scalar_type() == torch::kFloat32 && table.scalar_type() == torch::kFloat32, "float32 tensors expected");
+  TORCH_CHECK(!u.is_cuda() && !table.is_cuda(), "CPU tensors expected");
+  TORCH_CHECK(n_levels >= 1, "at least one level");
+}
+
+int n_threads() { return std::max(1, at::get_num_threads()); }
+
+}  // namespace
+
+torch::Tensor hashgrid_forward(torch::Tensor u, torch::Tensor table, std::vector<double> scales, std::vector<int64_t> res,
+                               std::vector<int64_t> sizes, std::vector<int64_t> offsets, std::vector<bool> dense,
+                               int64_t n_active) {
+  const auto levels = make_levels(scales, res, sizes, offsets, dense);
+  check_inputs(u, table, levels.size());
+  u = u.contiguous();
+  table = table.contiguous();
+  const int64_t N = u.size(0), L = static_cast<int64_t>(levels.size()), F = table.size(1);
+  const int D = static_cast<int>(u.size(1));
+  const int64_t A = std::max<int64_t>(0, std::min<int64_t>(n_active, L));
+  auto out = torch::zeros({N, L * F}, u.options());
+  const float* up = u.data_ptr<float>();
+  const float* tp = table.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int C = 1 << D;
+#pragma omp parallel for schedule(static) num_threads(n_threads())
+  for (int64_t i = 0; i < N; ++i) {
+    Cell cl;
+    for (int64_t l = 0; l < A; ++l) {
+      cell(up + i * D, D, levels[l], false, cl);
+      float* o = op + i * L * F + l * F;
+      for (int c = 0; c < C; ++c) {
+        const float* t = tp + cl.row[c] * F;
+        for (int64_t f = 0; f < F; ++f) o[f] += cl.w[c] * t[f];
+      }
+    }
+  }
+  return out;
+}
+
+// grad_out [N, L*F] -> (grad_u [N, D] or empty, grad_table [R, F] or empty).
+std::vector<torch::Tensor> hashgrid_backward(torch::Tensor grad_out, torch::Tensor u, torch::Tensor table,
+                                             std::vector<double> scales, std::vector<int64_t> res,
+                                             std::vector<int64_t> sizes, std::vector<int64_t> offsets,
+                                             std::vector<bool> dense, int64_t n_active, bool need_u,
+                                             bool need_table) {
+  const auto levels = make_levels(scales, res, sizes, offsets, dense);
+  check_inputs(u, table, levels.size());
+  u = u.contiguous();
+  table = table.contiguous();
+  grad_out = grad_out.contiguous().to(torch::kFloat32);
+  const int64_t N = u.size(0), L = static_cast<int64_t>(levels.size()), F = table.size(1);
+  TORCH_CHECK(grad_out.size(0) == N && grad_out.size(1) == L * F, "grad_out must be [N, L*F]");
+  const int D = static_cast<int>(u.size(1));
+  const int64_t A = std::max<int64_t>(0, std::min<int64_t>(n_active, L));
+  auto grad_u = need_u ? torch::zeros({N, D}, u.options()) : torch::Tensor();
+  auto grad_table = need_table ? torch::zeros_like(table) : torch::Tensor();
+  const float* up = u.data_ptr<float>();
+  const float* tp = table.data_ptr<float>();
+  const float* gp = grad_out.data_ptr<float>();
+  float* gu = need_u ? grad_u.data_ptr<float>() : nullptr;
+  float* gt = need_table ? grad_table.data_ptr<float>() : nullptr;
+  const int C = 1 << D;
+  const int threads = n_threads();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < N; ++i) {
+    Cell cl;
+    for (int64_t l = 0; l < A; ++l) {
+      const Level& lv = levels[l];
+      cell(up + i * D, D, lv, need_u, cl);
+      const float* g = gp + i * L * F + l * F;
+      for (int c = 0; c < C; ++c) {
+        if (need_table) {
+          float* dst = gt + cl.row[c] * F;
+          for (int64_t f = 0; f < F; ++f) {
+            const float v = cl.w[c] * g[f];
+            if (threads > 1) {
+#pragma omp atomic
+              dst[f] += v;
+            } else {
+              dst[f] += v;
+            }
+          }
+        }
+        if (need_u) {
+          const float* t = tp + cl.row[c] * F;
+          float dot = 0.f;
+          for (int64_t f = 0; f < F; ++f) dot += t[f] * g[f];
+          for (int d = 0; d < D; ++d) gu[i * D + d] += lv.scale * cl.dw[c * D + d] * dot;
+        }
+      }
+    }
+  }
+  return {grad_u, grad_table};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &hashgrid_forward, "hash-grid encoding forward (CPU)");
+  m.def("backward", &hashgrid_backward, "hash-grid encoding backward (CPU): grad_u, grad_table");
+}

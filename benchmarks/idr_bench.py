@@ -42,13 +42,14 @@ ENCODERS = {
     "fourier": lambda: FourierEncoder(FourierEncoder.Config(n_frequencies=6)),
     "hashgrid": lambda: HashGridEncoder(HashGridEncoder.Config(
         n_levels=12, n_features_per_level=2, log2_hashmap_size=15, base_resolution=16, max_resolution=512)),
-    # FFB: Fourier-map std σ₀ = 1 growing ×1.5 per level (not 2 / ×2: the highest levels then reached
-    # σ = 64 and the eikonal loss spiked to 1e1–1e3 during training).
+    # FFB: Fourier-map std σ₀ = 1 growing ×1.5 per level and grids up to N = 128. With σ growing ×2 to 64,
+    # or grids up to 512, the eikonal loss blew up (10–1e3) once the fine levels were unlocked: their
+    # features, sin(2π g B) added into ω₀ = 30 SIREN layers, have huge spatial derivatives.
     "ffb": lambda: FFBEncoder(FFBEncoder.Config(
-        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=512,
+        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=128,
         base_sigma=1.0, exp_sigma=1.5)),
     "ffb-stylemod": lambda: FFBStyleModEncoder(FFBStyleModEncoder.Config(
-        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=512,
+        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=128,
         base_sigma=1.0, exp_sigma=1.5)),
 }
 
@@ -149,17 +150,22 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
         step += 1
     train_time, train_wall = clock() - t0, time.perf_counter() - w0
     rep.eval()
-    mesh = rep.extract_mesh(args.mesh_res)
-    mesh.export(out / f"{name}_mesh.ply")
     gt = trimesh.load(scene.gt_mesh_path, force="mesh", process=False)
-    cd = chamfer(mesh, gt)
+    try:
+        mesh = rep.extract_mesh(args.mesh_res)
+        mesh.export(out / f"{name}_mesh.ply")
+        cd = chamfer(mesh, gt)
+    except ValueError as e:  # a diverged run can lose its surface: record it instead of crashing
+        print(f"  {name}: no surface ({e})", flush=True)
+        cd = None
     test = scene.split("test")[:: args.test_stride]
     ren = SphereTracingRenderer().render(rep, scene.cameras(test), background=torch.full((3,), args.background))
     target = torch.stack([v.image.float() for v in test])
     masks = torch.stack([v.object_mask for v in test])
     res = {
         "encoder": name, "preset": preset, "steps": step, "load_start": load0, "load_end": os.getloadavg()[0], "train_seconds": round(train_time, 1), "budget": args.budget, "train_wall_seconds": round(train_wall, 1),
-        "chamfer": cd.chamfer, "accuracy": cd.accuracy, "completeness": cd.completeness,
+        "chamfer": cd.chamfer if cd else float("inf"), "accuracy": cd.accuracy if cd else float("inf"),
+        "completeness": cd.completeness if cd else float("inf"),
         "psnr_full": float(psnr(ren.rgb, target)), "psnr_mask": float(psnr(ren.rgb, target, masks)),
         "mask_iou": float(((ren.alpha[..., 0] > 0.5) & masks).sum() / ((ren.alpha[..., 0] > 0.5) | masks).sum()),
         "encoder_params": sum(p.numel() for p in rep.implicit.encoder.parameters()),

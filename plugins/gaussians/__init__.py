@@ -45,7 +45,8 @@ def register_renderers() -> list[type]:
 
 @hookimpl
 def register_commands(cli) -> None:  # noqa: ANN001 - click.Group
-    """Add ``recon demo-scene OUT``: a generated scene for a first run without downloads."""
+    """Add ``recon demo-scene OUT`` (a generated scene for a first run without downloads) and
+    ``recon bench render`` (speed and memory of the Gaussian rasterisers)."""
     import click
 
     @cli.command("demo-scene")

@@ -11,7 +11,8 @@ background the images were composited on, and inside the object mask).
 The budget counts this process's CPU time (one torch thread) and only the training loop; meshing and
 evaluation come after it. idr-fit's schedules (mask α doublings, lr decay, coarse-to-fine grid levels)
 follow the fraction of the budget used. Network preset and hash-table lr are chosen per encoder
-(``AUTO_PRESET``, ``TABLE_LR``).
+(``AUTO_PRESET``); grid tables use their encoder's ``table_lr`` (hashgrid 1e-2, ffb 1e-3) unless
+``--encoder-lr`` is given.
 
 Uses the ``idr`` loader when installed, otherwise reads cameras.npz itself (world_mat_i = K·[R|t],
 P = world_mat_i · scale_mat_i decomposed by RQ), views 0-47 train and 48-63 test.
@@ -37,26 +38,18 @@ from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder, FourierEncode
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
 from recon_plugins.idr.chamfer import chamfer
 
+# FFB: the encoder's defaults (NFFB's SDF grid and Fourier maps: N = 8 growing ×1.3 per level to 30,
+# σ₀ = 5 growing ×1.2; the SIREN backbone carries the high frequencies) with a CPU-sized SIREN/table.
+FFB_SDF = dict(n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15)
+
 # Encoder settings sized for a 2-core CPU (names → constructors).
 ENCODERS = {
     "fourier": lambda: FourierEncoder(FourierEncoder.Config(n_frequencies=6)),
     "hashgrid": lambda: HashGridEncoder(HashGridEncoder.Config(
         n_levels=12, n_features_per_level=2, log2_hashmap_size=15, base_resolution=16, max_resolution=512)),
-    # FFB: Fourier-map std σ₀ = 1 growing ×1.5 per level and grids up to N = 128. With σ growing ×2 to 64,
-    # or grids up to 512, the eikonal loss blew up (10–1e3) once the fine levels were unlocked: their
-    # features, sin(2π g B) added into ω₀ = 30 SIREN layers, have huge spatial derivatives.
-    "ffb": lambda: FFBEncoder(FFBEncoder.Config(
-        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=128,
-        base_sigma=1.0, exp_sigma=1.5)),
-    "ffb-stylemod": lambda: FFBStyleModEncoder(FFBStyleModEncoder.Config(
-        n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15, base_resolution=16, max_resolution=128,
-        base_sigma=1.0, exp_sigma=1.5)),
+    "ffb": lambda: FFBEncoder(FFBEncoder.Config(**FFB_SDF)),
+    "ffb-stylemod": lambda: FFBStyleModEncoder(FFBStyleModEncoder.Config(**FFB_SDF)),
 }
-
-# Adam lr of the hash tables: instant-NGP's 1e-2 for the plain grid; FFB passes the grid features through
-# sin(2π g B), where 1e-2 made training unstable (eikonal spikes), so its tables use 1e-3.
-TABLE_LR = {"fourier": 1e-2, "hashgrid": 1e-2, "ffb": 1e-3, "ffb-stylemod": 1e-3}
-
 
 # Network preset per encoder with ``--preset auto``: Fourier features need IDR's deeper MLP (scaled
 # down to "small" for the CPU); grid encoders hold the detail in their tables and use a tiny MLP.
@@ -131,7 +124,7 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
                                                      mesh_resolution=args.mesh_res))
     rep.build(scene, encoder=ENCODERS[name](), device=torch.device("cpu"))
     fit = IDRFit(IDRFit.Config(steps=args.max_steps, batch_rays=args.batch, lr=args.lr,
-                               encoder_lr=TABLE_LR[name] if args.encoder_lr is None else args.encoder_lr,
+                               encoder_lr=args.encoder_lr,
                                c2f_start_levels=args.c2f_start, c2f_until=args.c2f_until, log_every=0))
     log = []
     fit.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer()))
@@ -188,7 +181,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--samples", type=int, default=32, help="fallback samples per unconverged ray")
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--encoder-lr", type=float, default=None, help="hash-table lr (default: per encoder, TABLE_LR)")
+    ap.add_argument("--encoder-lr", type=float, default=None, help="hash-table lr (default: the encoder's table_lr)")
     ap.add_argument("--mesh-res", type=int, default=128)
     ap.add_argument("--test-stride", type=int, default=4, help="evaluate every k-th test view")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a contended CPU)")

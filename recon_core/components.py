@@ -331,6 +331,11 @@ class Encoder(Component, nn.Module):
     """Coordinate encoding for neural fields: [..., in_dim] → [..., out_dim]."""
 
     kind = "encoder"
+    # Optimiser hints that trainers use unless told otherwise (None: the trainer's own choice).
+    table_lr: float | None = None
+    """Recommended Adam lr of grid feature tables (instant-NGP: 1e-2)."""
+    weights_lr: float | None = None
+    """Recommended Adam lr of the encoder's other weights (None: the network lr)."""
 
     def __init__(self, config: Any = None, in_dim: int = 3) -> None:
         nn.Module.__init__(self)

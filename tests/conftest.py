@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 PLUGINS_DIR = Path(__file__).parent / "plugins"
 if str(PLUGINS_DIR) not in sys.path:
@@ -26,6 +31,34 @@ def look_at(position: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarr
     down = np.cross(forward, right)
     c2w = np.eye(4)
     c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, position
+    return c2w
+
+
+def look_at_torch(
+    eye: torch.Tensor | Sequence[float],
+    target: torch.Tensor | Sequence[float] = (0.0, 0.0, 0.0),
+    up: torch.Tensor | Sequence[float] = (0.0, 0.0, 1.0),
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Torch twin of :func:`look_at`: a [4, 4] OpenCV camera-to-world from ``eye`` towards ``target``.
+
+    Computed and returned in ``dtype``; by default the dtype of ``eye`` when it is a tensor, else
+    torch's default dtype. ``up`` must not be parallel to the viewing direction.
+    """
+    import torch
+
+    if dtype is None:
+        dtype = eye.dtype if isinstance(eye, torch.Tensor) else torch.get_default_dtype()
+    eye, target, up = (torch.as_tensor(v, dtype=dtype) for v in (eye, target, up))
+    forward = target - eye
+    forward = forward / forward.norm()
+    right = torch.linalg.cross(forward, up)
+    norm = right.norm()
+    if not norm > 1e-6:
+        raise ValueError(f"look_at_torch: up {up.tolist()} is parallel to the viewing direction {forward.tolist()}")
+    right = right / norm
+    c2w = torch.eye(4, dtype=dtype)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, torch.linalg.cross(forward, right), forward, eye
     return c2w
 
 
@@ -77,6 +110,26 @@ def make_dist(site: Path, name: str, entry_points: dict[str, str], version: str 
     lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
     (info / "entry_points.txt").write_text(f"[recon.plugins]\n{lines}")
     return info
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a test module on one intra-op torch thread; opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+
+    Unit tests use tiny networks and scenes: splitting them across OpenMP threads costs more than it
+    saves, and on the busy, shared 2-core machines this suite runs on a second thread mostly waits
+    for a core held by another process. One thread is several times faster there and keeps the
+    reduction order, hence the results, the same from run to run. Module scope, so that
+    module-scoped fixtures (built networks, rendered scenes) also run on one thread; a test that
+    changes the thread count itself must restore it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

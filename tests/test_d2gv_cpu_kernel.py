@@ -17,7 +17,10 @@ from recon_plugins.d2gv import _cpp
 from recon_plugins.d2gv._reference import _rasterize_sum_dense
 from recon_plugins.d2gv.rasterize import RasterSettings, project_cholesky, rasterize_sum, resolve_backend
 
-pytestmark = pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1: the compiled path is switched off")
+pytestmark = [
+    pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1: the compiled path is switched off"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,14 +28,6 @@ def extension():
     ext = _cpp.extension()
     assert ext is not None, "the C++ rasteriser did not build (see the RuntimeWarning; RECON_CPP_VERBOSE=1 shows the compiler)"
     return ext
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_scene(seed: int, B: int, N: int, H: int, W: int, C: int = 3, crowd: int = 0, dtype=torch.float32):
@@ -144,8 +139,12 @@ def test_result_does_not_depend_on_thread_count():
     inputs, radii = random_scene(5, 2, 400, H, W, 3, crowd=300)
     cot = torch.randn(2, H, W, 3, generator=torch.Generator().manual_seed(1))
     img1, g1 = grads("cpp", inputs, radii, True, H, W, True, cot)
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    img2, g2 = grads("cpp", inputs, radii, True, H, W, True, cot)
+    try:
+        img2, g2 = grads("cpp", inputs, radii, True, H, W, True, cot)
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(img1, img2)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)

@@ -13,13 +13,7 @@ from recon_plugins.d2gv.representation import D2GV, D2GVConfig
 
 from test_d2gv_representation import tiny_video
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def deformed_rep(num_frames: int = 7, gop_length: int = 3, n: int = 80) -> D2GV:
@@ -103,7 +97,11 @@ def test_frame_threads_give_the_same_frames_and_restore_thread_count():
     rep = deformed_rep(num_frames=9, gop_length=3)
     order = torch.tensor([8, 0, 4, 5, 1])
     one = Decoder(rep).frames_uint8(order)
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    two = Decoder(rep, workers=3).frames_uint8(order)
-    assert torch.get_num_threads() == 2
+    try:
+        two = Decoder(rep, workers=3).frames_uint8(order)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(one, two)

@@ -10,14 +10,7 @@ from recon_plugins.dggt.composition import TimeMap, compose_pixel_gaussians, lif
 from recon_plugins.dggt.preprocess import plan_resize, resize_images, resize_masks
 from recon_plugins.dggt.sky import SkyModel, fibonacci_hemisphere
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lifespan_opacity_formula() -> None:

@@ -11,14 +11,7 @@ import torch
 from recon_plugins.dggt.layers import RotaryPositionEmbedding2D
 from recon_plugins.dggt.network import DGGT_SIZES, DGGTNetwork
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REFERENCE = Path(__file__).parents[1] / "plugins" / "dggt" / "reference_state_dict.json"
 SHARED_REFERENCE = Path("/work/shared/reference/dggt_state_dict.json")

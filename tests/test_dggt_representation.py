@@ -19,14 +19,7 @@ from recon_plugins.dggt import DGGTConfig, DGGTRepresentation, register_represen
 from recon_plugins.dggt.network import DGGTNetwork
 from recon_plugins.dggt.representation import align_cameras, align_points
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run far faster on one thread (no OpenMP hand-offs on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 H, W = 20, 30
 

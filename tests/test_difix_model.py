@@ -38,19 +38,12 @@ from recon_plugins.difix.model import (  # noqa: E402
 )
 from recon_plugins.difix.weights import load_difix, merge_lora, read_component_state  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LORA_TARGETS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out",
                 "skip_conv_1", "skip_conv_2", "to_k", "to_q", "to_v", "to_out.0")
 """Decoder module-name endings Difix puts its rank-4 LoRA on (nv-tlabs/Difix3D src/model.py)."""
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is ~50x faster than two on this shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ------------------------------------------------------------------------------ tiny pipeline
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.checkpoint import load_checkpoint, save_checkpoint
@@ -25,6 +26,8 @@ from recon_plugins.gaussians.ply import SplatPly
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
 from recon_plugins.gaussians.representation import GaussianSplat
 from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BLACK = [0.0, 0.0, 0.0]
 FAST = {"lr_sh0": 0.05, "lr_opacities": 0.1, "lr_means": 1e-3, "lr_scales": 0.02, "lr_quats": 0.01,
@@ -42,15 +45,6 @@ def pose(R: torch.Tensor, t: list[float]) -> torch.Tensor:
     c2w[:3, :3], c2w[:3, 3] = R, torch.tensor(t)
     return c2w
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is ~50x faster than two on this shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ------------------------------------------------------------------------------ camera path
 
@@ -99,14 +93,6 @@ def test_masked_loss_ignores_pixels_outside_the_mask() -> None:
     assert float(weighted_photometric_loss(pred.detach(), target, 0.2, 0.3)[0]) == pytest.approx(0.3 * float(full))
 
 
-def _look_at(eye: torch.Tensor) -> torch.Tensor:
-    z = torch.nn.functional.normalize(-eye, dim=0)
-    x = torch.nn.functional.normalize(torch.linalg.cross(z, torch.tensor([0.0, 0.0, 1.0])), dim=0)
-    c2w = torch.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, torch.linalg.cross(z, x), z, eye
-    return c2w
-
-
 def ground_truth(n: int = 60, seed: int = 0) -> GaussianSplat:
     g = torch.Generator().manual_seed(seed)
     return GaussianSplat.from_raw(SplatPly(
@@ -122,7 +108,7 @@ def scene_with_held_out(renderer: TorchGaussianRenderer, size: int = 16) -> tupl
     views = []
     for i, deg in enumerate([0, 40, 80, 120, 200, 260, 320]):
         a = math.radians(deg)
-        cam = Cameras.create(K, _look_at(torch.tensor([2.5 * math.cos(a), 2.5 * math.sin(a), 0.6])), size, size)
+        cam = Cameras.create(K, look_at_torch(torch.tensor([2.5 * math.cos(a), 2.5 * math.sin(a), 0.6])), size, size)
         with torch.no_grad():
             image = renderer.render(gt, cam, background=torch.zeros(3)).rgb[0].clamp(0, 1)
         views.append(View(f"v{i}", cam, image, "train" if deg <= 120 else "test"))

@@ -19,6 +19,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import look_at_torch
 
 from recon_core.cpp_extension import cpp_disabled
 from recon_core.errors import InputError
@@ -32,6 +33,8 @@ from recon_plugins.gaussians.rasterize import (
     select_backend,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 needs_cpp = pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1: compiled path disabled")
 
 
@@ -44,25 +47,7 @@ def ext():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------- scenes
-
-
-def _look_at(eye: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[4, 4] OpenCV c2w looking from ``eye`` at ``target``."""
-    z = torch.nn.functional.normalize(target - eye, dim=0)
-    x = torch.nn.functional.normalize(torch.linalg.cross(torch.tensor([0.0, -1.0, 0.0], dtype=eye.dtype), z), dim=0)
-    c2w = torch.eye(4, dtype=eye.dtype)
-    c2w[:3, :3] = torch.stack([x, torch.linalg.cross(z, x), z], dim=1)
-    c2w[:3, 3] = eye
-    return c2w
 
 
 def _cameras(n_cams: int, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +56,7 @@ def _cameras(n_cams: int, width: int, height: int) -> tuple[torch.Tensor, torch.
     for i in range(n_cams):
         angle = 0.3 * i
         eye = torch.tensor([math.sin(angle) * 3.0, 0.15 * i, 3.0 - math.cos(angle) * 3.0], dtype=torch.float64)
-        c2ws.append(_look_at(eye, torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)))
+        c2ws.append(look_at_torch(eye, torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64), up=(0.0, 1.0, 0.0)))
         f = 1.4 * height * (1.0 + 0.1 * i)
         ks.append(torch.tensor([[f, 0.0, width / 2 + i], [0.0, f * 1.05, height / 2 - i], [0.0, 0.0, 1.0]], dtype=torch.float64))
     return torch.stack(c2ws), torch.stack(ks)
@@ -273,12 +258,16 @@ def test_composite_gradcheck(ext):
 def test_results_do_not_depend_on_the_thread_count(ext):
     means2d, conics, opac, feats, cov2d, depths, cams, n_cams, width, height = _packed(2000, seed=7, dtype=torch.float32, width=70, height=50)
     outs = []
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
-        inputs = [t.clone().requires_grad_() for t in (means2d, conics, opac, feats)]
-        image, alpha = composite_gaussians(*inputs, cov2d, depths, cams, n_cams, width, height, RasterizeSettings())
-        grads = torch.autograd.grad(image.sum() + (alpha * alpha).sum(), inputs)
-        outs.append((image.detach(), alpha.detach(), *grads))
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            inputs = [t.clone().requires_grad_() for t in (means2d, conics, opac, feats)]
+            image, alpha = composite_gaussians(*inputs, cov2d, depths, cams, n_cams, width, height, RasterizeSettings())
+            grads = torch.autograd.grad(image.sum() + (alpha * alpha).sum(), inputs)
+            outs.append((image.detach(), alpha.detach(), *grads))
+    finally:
+        torch.set_num_threads(before)  # one_thread is module-scoped: later tests keep one thread
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             assert torch.equal(a, b)

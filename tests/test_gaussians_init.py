@@ -6,24 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.errors import InputError
 from recon_core.scene import Bounds, PointCloud, Scene, View
 from recon_plugins.gaussians.init import initial_points, knn_scales, points_from_depth, random_points, unproject_depth
-
-
-def look_at(eye: list[float], target: list[float], up: list[float] = (0.0, 0.0, 1.0)) -> torch.Tensor:
-    """OpenCV camera-to-world (x right, y down, z forward) looking from ``eye`` at ``target``."""
-    eye_t, target_t, up_t = (torch.tensor(v, dtype=torch.float64) for v in (eye, target, up))
-    z = target_t - eye_t
-    z = z / z.norm()
-    x = torch.linalg.cross(z, up_t)
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye_t
-    return c2w
 
 
 def plane_depth(K: torch.Tensor, c2w: torch.Tensor, h: int, w: int, normal: torch.Tensor, offset: float) -> torch.Tensor:
@@ -43,7 +31,7 @@ def camera(c2w: torch.Tensor, w: int = 12, h: int = 10) -> Cameras:
 
 
 def test_unproject_depth_reproduces_plane_points() -> None:
-    c2w = look_at([2.0, -3.0, 1.5], [0.0, 0.0, 0.0])
+    c2w = look_at_torch([2.0, -3.0, 1.5], dtype=torch.float64)
     cam = camera(c2w)
     normal = torch.tensor([0.2, 0.1, 1.0], dtype=torch.float64)
     normal = normal / normal.norm()

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from conftest import look_at_torch
 
 from recon_core.cpp_extension import cpp_disabled
 from recon_plugins.gaussians._reference import composite_reference, render_reference
@@ -26,30 +27,12 @@ from recon_plugins.gaussians.rasterize import (
     sh_to_colors,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 gsplat_torch = pytest.importorskip("gsplat.cuda._torch_impl")
 
 # "cpp" is skipped only when RECON_NO_CPP=1 asks for no compiled code; a failed build fails.
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1"))]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny scenes: one intra-op thread is faster and immune to a busy, shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _look_at(eye: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[4, 4] OpenCV c2w looking from ``eye`` at ``target`` (y down)."""
-    z = torch.nn.functional.normalize(target - eye, dim=0)
-    x = torch.nn.functional.normalize(torch.linalg.cross(torch.tensor([0.0, -1.0, 0.0], dtype=eye.dtype), z), dim=0)
-    y = torch.linalg.cross(z, x)
-    c2w = torch.eye(4, dtype=eye.dtype)
-    c2w[:3, :3] = torch.stack([x, y, z], dim=1)
-    c2w[:3, 3] = eye
-    return c2w
 
 
 def _scene(n: int, seed: int, dtype=torch.float64, sh_degree: int | None = None, opacity=(0.1, 0.9), scale=(0.02, 0.08)):
@@ -77,7 +60,7 @@ def _cameras(n_cams: int, width: int, height: int, dtype=torch.float64):
     for i in range(n_cams):
         angle = 0.25 * i
         eye = torch.tensor([math.sin(angle) * 3.0, 0.2 * i, 3.0 - math.cos(angle) * 3.0], dtype=dtype)
-        c2ws.append(_look_at(eye, torch.tensor([0.0, 0.0, 3.0], dtype=dtype)))
+        c2ws.append(look_at_torch(eye, torch.tensor([0.0, 0.0, 3.0], dtype=dtype), up=(0.0, 1.0, 0.0)))
         f = 1.5 * height * (1.0 + 0.1 * i)
         ks.append(torch.tensor([[f, 0.0, width / 2 + i], [0.0, f * 1.05, height / 2 - i], [0.0, 0.0, 1.0]], dtype=dtype))
     return torch.stack(c2ws), torch.stack(ks)

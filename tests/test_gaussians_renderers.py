@@ -17,14 +17,7 @@ from recon_core.gaussians import Gaussians3D
 from recon_plugins.gaussians.rasterize import RasterizeSettings, rasterize_gaussians
 from recon_plugins.gaussians.renderers import GsplatRenderer, TorchGaussianRenderer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny scenes: one intra-op thread is faster and immune to a busy, shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Blobs(Representation):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.components import RefineContext
@@ -186,16 +187,6 @@ def test_strategy_accumulates_normalised_gradients() -> None:
 # -------------------------------------------------------------------------------- training
 
 
-def look_at(eye: torch.Tensor, target: torch.Tensor = torch.zeros(3)) -> torch.Tensor:
-    """OpenCV camera-to-world looking from ``eye`` at ``target`` (world up +z)."""
-    z = torch.nn.functional.normalize(target - eye, dim=0)
-    x = torch.nn.functional.normalize(torch.linalg.cross(z, torch.tensor([0.0, 0.0, 1.0])), dim=0)
-    y = torch.linalg.cross(z, x)
-    c2w = torch.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
-
-
 def ground_truth(n: int = 60, seed: int = 0) -> GaussianSplat:
     g = torch.Generator().manual_seed(seed)
     raw = SplatPly(
@@ -217,7 +208,7 @@ def synthetic_scene(renderer, size: int = 32, n_views: int = 6) -> tuple[Scene, 
     for i in range(n_views):
         a = 2 * math.pi * i / n_views
         eye = torch.tensor([2.5 * math.cos(a), 2.5 * math.sin(a), 0.8 * (-1) ** i])
-        cam = Cameras.create(K, look_at(eye), size, size)
+        cam = Cameras.create(K, look_at_torch(eye), size, size)
         with torch.no_grad():
             image = renderer.render(gt, cam, background=torch.zeros(3)).rgb[0].clamp(0, 1)
         views.append(View(f"v{i}", cam, image))

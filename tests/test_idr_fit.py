@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import look_at_torch
 from torch import nn
 
 from recon_core import Bounds, Cameras, RefineContext, Scene, View
@@ -16,29 +17,11 @@ from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
 from recon_plugins.idr.renderer import pixel_grid
 from recon_plugins.idr.representation import pixel_rays, so3_exp
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CENTER, RADIUS = torch.tensor([0.15, 0.0, 0.05]), 0.35
 TINY = dict(preset="small", sdf_width=64, sdf_layers=2, skip_in=[1], feature_dim=8, color_width=32, color_layers=1,
             trace_samples=16, chunk=100)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def look_at(eye: torch.Tensor) -> torch.Tensor:
-    """OpenCV c2w looking at the origin (z forward, y down) with world up +z."""
-    z = -eye / eye.norm()
-    x = torch.linalg.cross(z, torch.tensor([0.0, 0.0, 1.0]))
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)
-    c2w = torch.eye(4)
-    c2w[:3, :3] = torch.stack([x, y, z], dim=1)
-    c2w[:3, 3] = eye
-    return c2w
 
 
 def sphere_hit(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -54,7 +37,7 @@ def tiny_scene(n_views: int = 6, size: int = 20) -> Scene:
     views = []
     for i in range(n_views):
         a = 2 * math.pi * i / n_views
-        c2w = look_at(torch.tensor([2.5 * math.cos(a), 2.5 * math.sin(a), 0.8]))
+        c2w = look_at_torch(torch.tensor([2.5 * math.cos(a), 2.5 * math.sin(a), 0.8]))
         uv = pixel_grid(size, size)
         o, d = pixel_rays(K.expand(len(uv), 3, 3), c2w.expand(len(uv), 4, 4), uv)
         t, hit = sphere_hit(o, d)
@@ -286,11 +269,25 @@ def test_only_grid_tables_get_the_encoder_lr() -> None:
     fit = make_fit(rep, scene, encoder_lr=2e-2)
     groups = {g["lr"]: {id(p) for p in g["params"]} for g in fit.optimizer.param_groups}
     assert groups[2e-2] == {id(enc.net.grid.params)}  # the hash table only
-    assert {id(p) for p in enc.net.backbone.parameters()} <= groups[1e-3]  # SIREN weights: the network lr
-    assert id(enc.net.fourier_maps) in groups[1e-3]
+    # SIREN weights and Fourier maps: the encoder's weights_lr, not the network lr
+    assert groups[enc.weights_lr] == {id(p) for p in enc.parameters()} - {id(enc.net.grid.params)}
+    assert id(enc.net.fourier_maps) not in groups[1e-3]
     assert sum(len(v) for v in groups.values()) == len(list(rep.parameters()))
     fit = make_fit(rep, scene, encoder_lr=2e-2, encoder_weights_lr=3e-4)
     groups = {g["lr"]: {id(p) for p in g["params"]} for g in fit.optimizer.param_groups}
     assert groups[3e-4] == {id(p) for p in enc.parameters()} - {id(enc.net.grid.params)}
     assert groups[2e-2] == {id(enc.net.grid.params)}
     assert sum(len(v) for v in groups.values()) == len(list(rep.parameters()))
+
+
+def test_table_lr_defaults_to_the_encoders_recommendation() -> None:
+    """Without encoder_lr, hash tables train at their encoder's table_lr (hashgrid 1e-2, ffb 1e-3)."""
+    from recon_plugins.encoders import FFBEncoder
+
+    scene = tiny_scene(2, 8)
+    ffb = FFBEncoder(FFBEncoder.Config(n_levels=2, hidden_dim=16, out_features=8, log2_hashmap_size=8, backend="torch"))
+    for enc, expected in ((small_hashgrid(), 1e-2), (ffb, 1e-3)):
+        fit = make_fit(build(scene, enc), scene)
+        (group,) = [g for g in fit.optimizer.param_groups if any(p is enc.net.grid.params if hasattr(enc, "net")
+                                                                  else p is enc.params for p in g["params"])]
+        assert group["lr"] == expected == enc.table_lr

@@ -13,14 +13,7 @@ from recon_core import Bounds, Cameras, EvaluationInput, InputError, Scene, View
 from recon_plugins.idr.chamfer import ChamferEvaluator, chamfer
 from recon_plugins.idr.mesh import extract_mesh, write_mesh
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread is much faster than two on the shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box_sphere_sdf(x: torch.Tensor) -> torch.Tensor:

@@ -8,16 +8,9 @@ import torch
 from recon_plugins.encoders import FFBEncoder, FourierEncoder, HashGridEncoder
 from recon_plugins.idr.network import ImplicitNetwork, RenderingNetwork
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(width=128, n_layers=4, skip_in=(2,), feature_dim=32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread is much faster than two on the shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def radial_profile(net: ImplicitNetwork, n_dirs: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,13 +7,7 @@ import torch
 
 from recon_plugins.idr.raytrace import TraceSettings, sphere_intersections, surface_points, trace
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread is much faster than two on the shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sphere_sdf(center: torch.Tensor, radius: torch.Tensor | float):

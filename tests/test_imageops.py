@@ -4,7 +4,6 @@ NumPy implementation) and the masking helpers."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -14,16 +13,9 @@ from skimage.metrics import structural_similarity
 
 from recon_core import imageops
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STANDARD = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small filters are fastest single-threaded; OpenMP threads spin badly on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _textured(h: int, w: int, seed: int) -> torch.Tensor:

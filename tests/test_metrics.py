@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,7 @@ from recon_core.registry import Registry
 from recon_plugins import metrics
 from recon_plugins.metrics.perceptual import BACKBONES, LPIPS, LPIPSConfig, linear_weights_path
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small filters are fastest single-threaded; OpenMP threads spin badly on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(h: int = 64, w: int = 80, seed: int = 0) -> torch.Tensor:

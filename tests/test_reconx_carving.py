@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.errors import InputError
@@ -13,38 +14,16 @@ from recon_core.scene import PointCloud, View
 from recon_plugins.reconx.carving import FREE, SURFACE, UNKNOWN, carve
 from recon_plugins.reconx.pointcloud import complete_points
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to a busy, shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CENTRE = torch.tensor([0.1, -0.2, 0.05])
 RADIUS = 0.5
 SIZE = 48
 
 
-def _look_at(position: list[float], target: torch.Tensor = CENTRE) -> torch.Tensor:
-    pos = torch.tensor(position, dtype=torch.float64)
-    forward = target.double() - pos
-    forward = forward / forward.norm()
-    helper = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    if abs(float(forward @ helper)) > 0.99:
-        helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    right = torch.linalg.cross(forward, helper)
-    right = right / right.norm()
-    down = torch.linalg.cross(forward, right)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, pos
-    return c2w
-
-
 def _camera(position: list[float]) -> Cameras:
     K = torch.tensor([[40.0, 0.0, SIZE / 2], [0.0, 40.0, SIZE / 2], [0.0, 0.0, 1.0]])
-    return Cameras.create(K, _look_at(position)[None].float(), SIZE, SIZE)
+    return Cameras.create(K, look_at_torch(position, CENTRE, dtype=torch.float64)[None].float(), SIZE, SIZE)
 
 
 def _sphere_view(name: str, camera: Cameras) -> View:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.components import Fixer, RefineContext
@@ -14,21 +15,10 @@ from recon_plugins.gaussians.ply import SplatPly
 from recon_plugins.reconx.generator import RenderFixConfig, RenderFixGenerator, camera_path, look_at_point
 
 
-def _look_at(position: list[float], target: list[float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
-    pos = torch.tensor(position, dtype=torch.float64)
-    forward = torch.tensor(target, dtype=torch.float64) - pos
-    forward = forward / forward.norm()
-    right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-    right = right / right.norm()
-    down = torch.linalg.cross(forward, right)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, pos
-    return c2w.float()
-
-
 def _ring(n: int, radius: float = 3.0, target: list[float] = (0.0, 0.0, 0.0), size: int = 16) -> Cameras:
-    c2w = torch.stack([_look_at([target[0] + radius * math.cos(2 * math.pi * i / n), target[1] + radius * math.sin(2 * math.pi * i / n),
-                                 target[2] + 1.0], target) for i in range(n)])
+    eyes = [[target[0] + radius * math.cos(2 * math.pi * i / n), target[1] + radius * math.sin(2 * math.pi * i / n), target[2] + 1.0]
+            for i in range(n)]
+    c2w = torch.stack([look_at_torch(eye, target, dtype=torch.float64).float() for eye in eyes])
     K = torch.tensor([[16.0, 0, size / 2], [0, 16.0, size / 2], [0, 0, 1]])
     return Cameras.create(K, c2w, size, size)
 

@@ -8,20 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import look_at
 
 from recon_core.pipeline import Pipeline, resolve_run
 from recon_core.registry import Registry
 from recon_core.rundir import RunDir
-
-
-def _look_at(position: np.ndarray) -> np.ndarray:
-    forward = -position / np.linalg.norm(position)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, position
-    return c2w
 
 
 def _write_ground_plane_scene(root: Path, n: int = 5, size: int = 20) -> Path:
@@ -34,7 +25,7 @@ def _write_ground_plane_scene(root: Path, n: int = 5, size: int = 20) -> Path:
     frames = []
     for i in range(n):
         angle = 2 * np.pi * i / n
-        c2w = _look_at(np.array([2.0 * np.cos(angle), 2.0 * np.sin(angle), 1.5]))
+        c2w = look_at(np.array([2.0 * np.cos(angle), 2.0 * np.sin(angle), 1.5]))
         v, u = np.mgrid[0:size, 0:size] + 0.5
         rays = np.stack([(u - size / 2) / f, (v - size / 2) / f, np.ones_like(u)], -1) @ c2w[:3, :3].T
         t = -c2w[2, 3] / rays[..., 2]  # ray-plane intersection (every ray goes down)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.errors import InputError, MissingWeightsError
@@ -16,24 +17,13 @@ from recon_plugins.reconx.representation import ReconXConfig, ReconXSplat, selec
 DATA = Path("/work/shared/datasets/object")
 
 
-def _look_at(position: list[float]) -> torch.Tensor:
-    pos = torch.tensor(position, dtype=torch.float64)
-    forward = -pos / pos.norm()
-    right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-    right = right / right.norm()
-    down = torch.linalg.cross(forward, right)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, pos
-    return c2w
-
-
 def _view_with_known_points(name: str, position: list[float], seed: int) -> tuple[View, torch.Tensor]:
     """A 12x10 view whose depth map holds 15 random pixels at random depths; returns the view and
     the world points those pixels see (computed independently, in float64)."""
     g = torch.Generator().manual_seed(seed)
     w, h = 12, 10
     K = torch.tensor([[11.0, 0.0, 6.0], [0.0, 9.0, 5.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    c2w = _look_at(position)
+    c2w = look_at_torch(position, dtype=torch.float64)
     pixels = torch.randperm(w * h, generator=g)[:15]
     depth = torch.zeros(h, w)
     z = 1.0 + 2.0 * torch.rand(15, generator=g, dtype=torch.float64)

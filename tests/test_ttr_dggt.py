@@ -13,17 +13,11 @@ from recon_core import Bounds, Cameras, RefineContext, Scene, View
 from recon_plugins.gaussians import TorchGaussianRenderer
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 dggt = pytest.importorskip("recon_plugins.dggt")
 
 H, W = 20, 30
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _scene() -> Scene:

@@ -22,6 +22,8 @@ from recon_plugins.gaussians.ply import SplatPly
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig, masked_photometric_loss
 from recon_plugins.ttr.poses import pose_errors, se3_exp
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 W, H, F = 96, 72, 84.0
 
 
@@ -92,15 +94,6 @@ def make_scene(
         views.append(View(f"{i:04d}", Cameras.create(K, c2w, W, H, times=0.1 * i), image, split, sky_mask=sky))
     scene = Scene("synthetic", views, Bounds.from_cameras(Cameras.cat([v.camera for v in views])))
     return scene, rep, truth
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """One torch thread: on a shared, oversubscribed CPU the rasteriser runs several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ctx(seed: int = 0) -> RefineContext:

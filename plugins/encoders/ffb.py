@@ -38,10 +38,13 @@ class FFBConfig:
     out_features: int = option(64, "output width of the averaged output layers")
     n_features_per_level: int = option(2, "grid features per level F")
     log2_hashmap_size: int = option(19, "hash table size per level is at most 2^T rows")
-    base_resolution: int = option(16, "coarsest grid resolution")
-    max_resolution: int = option(1024, "finest grid resolution")
-    base_sigma: float = option(2.0, "std σ₀ of the level-0 Fourier map B_0")
-    exp_sigma: float = option(2.0, "growth γ of the Fourier map std per level")
+    # Grid and Fourier-map defaults follow NFFB's SDF configuration (N = 8 growing ×1.3 per level,
+    # σ₀ = 5 growing ×1.2): with finer grids or faster-growing σ, ∇ₓ of the level features becomes so
+    # large that IDR's eikonal loss blows up once the fine levels train (docs/benchmarks.md, IDR).
+    base_resolution: int = option(8, "coarsest grid resolution")
+    max_resolution: int = option(30, "finest grid resolution")
+    base_sigma: float = option(5.0, "std σ₀ of the level-0 Fourier map B_0")
+    exp_sigma: float = option(1.2, "growth γ of the Fourier map std per level")
     w0: float = option(30.0, "SIREN frequency ω₀ of the backbone")
     w1: float = option(30.0, "SIREN frequency ω₁ of the output layers")
     bound: float = option(1.0, "inputs are expected in [-bound, bound]^D")
@@ -132,6 +135,12 @@ class _FFBBase:
     config: FFBConfig
     in_dim: int
     net: FourierFilterBank
+    # Recommended Adam lrs (trainers use them unless told otherwise). The grid features pass through
+    # sin(2π g B) and the SIREN amplifies weight changes by ω₀: with instant-NGP's 1e-2 table lr, or the
+    # IDR networks' 5e-4 for the SIREN, IDR's eikonal loss blew up within a few hundred steps
+    # (docs/benchmarks.md, IDR). 1e-4 is SIREN's and NFFB's lr.
+    table_lr = 1e-3
+    weights_lr = 1e-4
 
     @property
     def out_dim(self) -> int:

@@ -178,6 +178,7 @@ class HashGridEncoder(Encoder):
 
     name = "hashgrid"
     description = "instant-NGP multiresolution hash grid, trilinear (torch; tinycudann on CUDA when installed)"
+    table_lr = 1e-2  # instant-NGP's
 
     @dataclass
     class Config:

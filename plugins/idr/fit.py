@@ -15,10 +15,11 @@ them (no gradients), and minimises
   α starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each of ``alpha_milestones``
   (fractions of the run).
 
-Adam (``lr``; ``encoder_lr`` for the grid feature tables of hash-grid encoders, including the grid
-inside FFB — the encoder's other weights, e.g. FFB's SIREN and Fourier maps, are network weights and
-use ``lr``, or ``encoder_weights_lr`` when set; ``camera_lr`` for pose corrections), learning
-rate multiplied by ``lr_gamma`` at ``lr_milestones``. Needs object masks (``View.object_mask``, or
+Adam with parameter groups: the networks at ``lr``; grid feature tables of hash-grid encoders
+(including the grid inside FFB) at ``encoder_lr``, by default the encoder's ``table_lr``; an encoder's
+other weights (FFB's SIREN and Fourier maps) at ``encoder_weights_lr``, by default the encoder's
+``weights_lr`` when it declares one, else ``lr``; pose corrections at ``camera_lr``. Every lr is
+multiplied by ``lr_gamma`` at ``lr_milestones``. Needs object masks (``View.object_mask``, or
 ``View.alpha > 0.5``).
 
 Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1]: ``step / steps`` by
@@ -100,9 +101,10 @@ class IDRFit(Refiner):
         steps: int = option(20000, "optimisation steps")
         batch_rays: int = option(2048, "random rays per step")
         lr: float = option(1e-4, "Adam learning rate of the networks (IDR: 1e-4)")
-        encoder_lr: float = option(1e-2, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb)")
+        encoder_lr: float | None = option(None, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb); "
+                                          "none: the encoder's table_lr (hashgrid 1e-2, ffb 1e-3)")
         encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
-                                                  "Fourier maps); none: lr")
+                                                  "Fourier maps); none: the encoder's weights_lr (ffb 1e-4), else lr")
         camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)")
         lr_milestones: list[float] = option(None, "fractions of the run where the lr is multiplied by lr_gamma",
                                             factory=lambda: [0.5, 0.75])
@@ -139,17 +141,19 @@ class IDRFit(Refiner):
         self.data = TrainingViews.from_scene(data, dev)
         c = self.config
         # only the feature tables get the high grid lr: FFB's SIREN weights at 1e-2 diverge within 50 steps
-        enc_params = [m.params for m in rep.implicit.encoder.modules() if isinstance(m, HashGridEncoder)]
+        encoder = rep.implicit.encoder
+        enc_params = [m.params for m in encoder.modules() if isinstance(m, HashGridEncoder)]
         enc_ids = {id(p) for p in enc_params}
-        enc_weights = [] if c.encoder_weights_lr is None else [
-            p for p in rep.implicit.encoder.parameters() if id(p) not in enc_ids]
+        weights_lr = c.encoder_weights_lr if c.encoder_weights_lr is not None else encoder.weights_lr
+        enc_weights = [] if weights_lr is None else [p for p in encoder.parameters() if id(p) not in enc_ids]
         special = enc_ids | {id(p) for p in enc_weights}
         net_params = [p for p in list(rep.implicit.parameters()) + list(rep.rendering.parameters()) if id(p) not in special]
         groups = [{"params": net_params, "lr": c.lr, "base_lr": c.lr}]
         if enc_weights:
-            groups.append({"params": enc_weights, "lr": c.encoder_weights_lr, "base_lr": c.encoder_weights_lr})
+            groups.append({"params": enc_weights, "lr": float(weights_lr), "base_lr": float(weights_lr)})
         if enc_params:
-            groups.append({"params": enc_params, "lr": c.encoder_lr, "base_lr": c.encoder_lr})
+            table_lr = c.encoder_lr if c.encoder_lr is not None else float(encoder.table_lr or 1e-2)
+            groups.append({"params": enc_params, "lr": table_lr, "base_lr": table_lr})
         if rep.config.refine_cameras:
             groups.append({"params": [rep.pose_delta], "lr": c.camera_lr, "base_lr": c.camera_lr})
         self.optimizer = torch.optim.Adam(groups, eps=1e-15 if enc_params else 1e-8)

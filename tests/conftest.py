@@ -62,6 +62,22 @@ def look_at_torch(
     return c2w
 
 
+def tiny_dggt_checkpoint(path: Path, seed: int = 5) -> Path:
+    """Save a random "tiny" DGGT network whose predicted fields of view are pinned to 1 rad (ReLU'd
+    random ones may be 0) to ``path``; returns ``path``."""
+    import torch
+
+    from recon_plugins.dggt.network import DGGTNetwork
+
+    torch.manual_seed(seed)
+    net = DGGTNetwork("tiny")
+    with torch.no_grad():
+        net.camera_head.pose_branch.fc2.weight[7:] = 0.0
+        net.camera_head.pose_branch.fc2.bias[7:] = 1.0 / net.camera_head.iterations
+    torch.save(net.state_dict(), path)
+    return path
+
+
 def write_toy_scene(root: Path, n_views: int = 6, width: int = 12, height: int = 10, masks: bool = True) -> Path:
     """A toy.json folder: smooth colour images from cameras on a circle; the last 2 are test views."""
     from PIL import Image

@@ -18,6 +18,7 @@ from recon_core.scene import Video
 from recon_plugins.dggt import DGGTConfig, DGGTRepresentation, register_representations
 from recon_plugins.dggt.network import DGGTNetwork
 from recon_plugins.dggt.representation import align_cameras, align_points
+from conftest import tiny_dggt_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -277,13 +278,7 @@ def test_recon_run_on_a_video_renders_each_frame_from_its_predicted_camera(check
     from recon_core.registry import Registry
     from recon_core.rundir import RunDir
 
-    torch.manual_seed(5)
-    net = DGGTNetwork("tiny")
-    with torch.no_grad():  # random weights, but fields of view pinned to 1 rad (ReLU'd random ones may be 0)
-        net.camera_head.pose_branch.fc2.weight[7:] = 0.0
-        net.camera_head.pose_branch.fc2.bias[7:] = 1.0 / net.camera_head.iterations
-    pinned = tmp_path / "tiny.pt"
-    torch.save(net.state_dict(), pinned)
+    pinned = tiny_dggt_checkpoint(tmp_path / "tiny.pt")
     clip = write_video(tmp_path / "clip.mp4", 3, w=32, h=24)
     out = tmp_path / "run"
     registry = Registry()

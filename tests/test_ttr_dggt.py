@@ -12,6 +12,7 @@ import torch
 from recon_core import Bounds, Cameras, RefineContext, Scene, View
 from recon_plugins.gaussians import TorchGaussianRenderer
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig
+from conftest import tiny_dggt_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,15 +73,8 @@ def test_ttr_refines_the_poses_dggt_predicted_for_a_video(tmp_path: Any) -> None
     """A video has no cameras: ttr pairs its frames with the representation's predicted cameras and
     hands the refined poses back through ``set_cameras``."""
     from recon_core.scene import Video
-    from recon_plugins.dggt.network import DGGTNetwork
 
-    torch.manual_seed(5)
-    net = DGGTNetwork("tiny")
-    with torch.no_grad():  # random weights, but fields of view pinned to 1 rad (ReLU'd random ones may be 0)
-        net.camera_head.pose_branch.fc2.weight[7:] = 0.0
-        net.camera_head.pose_branch.fc2.bias[7:] = 1.0 / net.camera_head.iterations
-    checkpoint = tmp_path / "tiny.pt"
-    torch.save(net.state_dict(), checkpoint)
+    checkpoint = tiny_dggt_checkpoint(tmp_path / "tiny.pt")
     frames = torch.rand(4, H, W, 3, generator=torch.Generator().manual_seed(1))
     video = Video("clip", 4, W, H, 10.0, read_frame=lambda i: frames[i])
     rep = dggt.DGGTRepresentation(dggt.DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))

@@ -40,15 +40,15 @@ from recon_plugins.idr.chamfer import chamfer
 
 # FFB: the encoder's defaults (NFFB's SDF grid and Fourier maps: N = 8 growing ×1.3 per level to 30,
 # σ₀ = 5 growing ×1.2; the SIREN backbone carries the high frequencies) with a CPU-sized SIREN/table.
-FFB_SDF = dict(n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15)
+FFB_CPU = dict(n_levels=6, hidden_dim=64, out_features=64, log2_hashmap_size=15)
 
 # Encoder settings sized for a 2-core CPU (names → constructors).
 ENCODERS = {
     "fourier": lambda: FourierEncoder(FourierEncoder.Config(n_frequencies=6)),
     "hashgrid": lambda: HashGridEncoder(HashGridEncoder.Config(
         n_levels=12, n_features_per_level=2, log2_hashmap_size=15, base_resolution=16, max_resolution=512)),
-    "ffb": lambda: FFBEncoder(FFBEncoder.Config(**FFB_SDF)),
-    "ffb-stylemod": lambda: FFBStyleModEncoder(FFBStyleModEncoder.Config(**FFB_SDF)),
+    "ffb": lambda: FFBEncoder(FFBEncoder.Config(**FFB_CPU)),
+    "ffb-stylemod": lambda: FFBStyleModEncoder(FFBStyleModEncoder.Config(**FFB_CPU)),
 }
 
 # Network preset per encoder with ``--preset auto``: Fourier features need IDR's deeper MLP (scaled

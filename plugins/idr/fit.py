@@ -152,7 +152,7 @@ class IDRFit(Refiner):
         if enc_weights:
             groups.append({"params": enc_weights, "lr": float(weights_lr), "base_lr": float(weights_lr)})
         if enc_params:
-            table_lr = c.encoder_lr if c.encoder_lr is not None else float(encoder.table_lr or 1e-2)
+            table_lr = c.encoder_lr if c.encoder_lr is not None else float(encoder.table_lr or HashGridEncoder.table_lr)
             groups.append({"params": enc_params, "lr": table_lr, "base_lr": table_lr})
         if rep.config.refine_cameras:
             groups.append({"params": [rep.pose_delta], "lr": c.camera_lr, "base_lr": c.camera_lr})

@@ -124,7 +124,7 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
                                                      mesh_resolution=args.mesh_res))
     rep.build(scene, encoder=ENCODERS[name](), device=torch.device("cpu"))
     fit = IDRFit(IDRFit.Config(steps=args.max_steps, batch_rays=args.batch, lr=args.lr,
-                               encoder_lr=args.encoder_lr,
+                               encoder_lr=args.encoder_lr, **({"lr_milestones": args.lr_milestones} if args.lr_milestones else {}),
                                c2f_start_levels=args.c2f_start, c2f_until=args.c2f_until, log_every=0))
     log = []
     fit.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer()))
@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--samples", type=int, default=32, help="fallback samples per unconverged ray")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr-milestones", type=float, nargs="+", default=None,
+                    help="budget fractions where every lr halves (default: idr-fit's, IDR's 0.5 0.75)")
     ap.add_argument("--encoder-lr", type=float, default=None, help="hash-table lr (default: the encoder's table_lr)")
     ap.add_argument("--mesh-res", type=int, default=128)
     ap.add_argument("--test-stride", type=int, default=4, help="evaluate every k-th test view")

@@ -336,6 +336,8 @@ class Encoder(Component, nn.Module):
     """Recommended Adam lr of grid feature tables (instant-NGP: 1e-2)."""
     weights_lr: float | None = None
     """Recommended Adam lr of the encoder's other weights (None: the network lr)."""
+    lr_milestones: tuple[float, ...] | None = None
+    """Recommended fractions of a run at which trainers decay every lr (None: the trainer's schedule)."""
 
     def __init__(self, config: Any = None, in_dim: int = 3) -> None:
         nn.Module.__init__(self)

@@ -291,3 +291,20 @@ def test_table_lr_defaults_to_the_encoders_recommendation() -> None:
         (group,) = [g for g in fit.optimizer.param_groups if any(p is enc.net.grid.params if hasattr(enc, "net")
                                                                   else p is enc.params for p in g["params"])]
         assert group["lr"] == expected == enc.table_lr
+
+
+def test_lr_schedule_defaults_to_the_encoders_milestones() -> None:
+    """Without lr_milestones the encoder's schedule applies (ffb: 5 halvings), else IDR's (2 halvings)."""
+    from recon_plugins.encoders import FFBEncoder
+
+    scene = tiny_scene(2, 8)
+    ffb = FFBEncoder(FFBEncoder.Config(n_levels=2, hidden_dim=16, out_features=8, log2_hashmap_size=8, backend="torch"))
+    for enc, kw, halvings in ((ffb, {}, 5), (small_hashgrid(), {}, 2), (ffb, {"lr_milestones": [0.3]}, 1)):
+        fit = make_fit(build(scene, enc), scene, c2f_until=0.0, **kw)
+        fit.progress = 0.25
+        fit.step(0)
+        assert all(g["lr"] == g["base_lr"] for g in fit.optimizer.param_groups)
+        fit.progress = 0.95
+        fit.step(1)
+        for g in fit.optimizer.param_groups:
+            assert g["lr"] == pytest.approx(g["base_lr"] * 0.5**halvings)

@@ -141,6 +141,9 @@ class _FFBBase:
     # (docs/benchmarks.md, IDR). 1e-4 is SIREN's and NFFB's lr.
     table_lr = 1e-3
     weights_lr = 1e-4
+    # NFFB halves its lr every tenth of training; with IDR's two halvings (50 %, 75 %) FFB's eikonal
+    # loss kept fluctuating to the end of a 60-minute run and its surface stopped improving.
+    lr_milestones = (0.5, 0.6, 0.7, 0.8, 0.9)
 
     @property
     def out_dim(self) -> int:

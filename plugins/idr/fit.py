@@ -19,7 +19,8 @@ Adam with parameter groups: the networks at ``lr``; grid feature tables of hash-
 (including the grid inside FFB) at ``encoder_lr``, by default the encoder's ``table_lr``; an encoder's
 other weights (FFB's SIREN and Fourier maps) at ``encoder_weights_lr``, by default the encoder's
 ``weights_lr`` when it declares one, else ``lr``; pose corrections at ``camera_lr``. Every lr is
-multiplied by ``lr_gamma`` at ``lr_milestones``. Needs object masks (``View.object_mask``, or
+multiplied by ``lr_gamma`` at ``lr_milestones``: by default the encoder's ``lr_milestones`` when it
+declares them (FFB: every tenth from half-way, like NFFB's step decay), else IDR's 50 % and 75 %. Needs object masks (``View.object_mask``, or
 ``View.alpha > 0.5``).
 
 Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1]: ``step / steps`` by
@@ -95,6 +96,7 @@ class IDRFit(Refiner):
     name = "idr-fit"
     description = "IDR optimisation (RGB L1 at differentiable surface points, eikonal, mask BCE; optional poses)"
     requires = frozenset({"sdf", "neural-field"})
+    IDR_LR_MILESTONES = (0.5, 0.75)  # IDR halves its lr at 1000 and 1500 of 2000 epochs
 
     @dataclass
     class Config:
@@ -106,8 +108,8 @@ class IDRFit(Refiner):
         encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
                                                   "Fourier maps); none: the encoder's weights_lr (ffb 1e-4), else lr")
         camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)")
-        lr_milestones: list[float] = option(None, "fractions of the run where the lr is multiplied by lr_gamma",
-                                            factory=lambda: [0.5, 0.75])
+        lr_milestones: list[float] | None = option(None, "fractions of the run where the lr is multiplied by lr_gamma; "
+                                                   "none: the encoder's lr_milestones (ffb 0.5…0.9), else IDR's 0.5, 0.75")
         lr_gamma: float = option(0.5, "lr decay factor")
         eikonal_weight: float = option(0.1, "weight of the eikonal loss")
         mask_weight: float = option(100.0, "weight of the mask loss")
@@ -127,6 +129,7 @@ class IDRFit(Refiner):
         self.generator: torch.Generator | None = None
         self.last: dict[str, float] = {}
         self.progress: float | None = None
+        self.lr_milestones: list[float] = []
         """Run progress in [0, 1] set by a driver with its own budget; None: ``step / steps``."""
 
     # -------------------------------------------------------------------------------- contract
@@ -157,6 +160,8 @@ class IDRFit(Refiner):
         if rep.config.refine_cameras:
             groups.append({"params": [rep.pose_delta], "lr": c.camera_lr, "base_lr": c.camera_lr})
         self.optimizer = torch.optim.Adam(groups, eps=1e-15 if enc_params else 1e-8)
+        self.lr_milestones = sorted(c.lr_milestones if c.lr_milestones is not None
+                                    else encoder.lr_milestones or self.IDR_LR_MILESTONES)
         self.generator = torch.Generator(device="cpu").manual_seed(int(ctx.seed))
 
     @property
@@ -191,7 +196,7 @@ class IDRFit(Refiner):
     def _step(self, step: int) -> dict[str, float]:
         c, rep, d = self.config, self.rep, self.data
         dev = rep.center.device
-        decay = c.lr_gamma ** self._milestones_passed(step, c.lr_milestones)
+        decay = c.lr_gamma ** self._milestones_passed(step, self.lr_milestones)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * decay
         alpha = self.alpha(step)

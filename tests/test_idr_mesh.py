@@ -11,7 +11,7 @@ import trimesh
 
 from recon_core import Bounds, Cameras, EvaluationInput, InputError, Scene, View
 from recon_plugins.idr.chamfer import ChamferEvaluator, chamfer
-from recon_plugins.idr.mesh import extract_mesh, write_mesh
+from recon_plugins.idr.mesh import drop_enclosed_voids, extract_mesh, write_mesh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,6 +57,26 @@ def test_chamfer_known_values() -> None:
     cut = chamfer(far, np.asarray(a.vertices), max_dist=0.2)
     assert cut.accuracy == pytest.approx(0.0, abs=1e-9)
     assert chamfer(far, np.asarray(a.vertices)).accuracy > 1e-3
+
+
+def test_drop_voids_removes_the_inner_surface_of_a_hollow_ball_only() -> None:
+    # solid shell 0.3 < |x| < 0.6 beside a solid ball: the inner sphere bounds a void no camera sees
+    def sdf(x: torch.Tensor) -> torch.Tensor:
+        r = (x - torch.tensor([-0.3, 0.0, 0.0])).norm(dim=-1)
+        shell = torch.maximum(r - 0.6, 0.3 - r)
+        ball = (x - torch.tensor([0.65, 0.0, 0.0])).norm(dim=-1) - 0.2
+        return torch.minimum(shell, ball)
+
+    raw = extract_mesh(sdf, 48)
+    solid = extract_mesh(sdf, 48, drop_voids=True)
+    assert len(raw.split(only_watertight=False)) == 3
+    parts = sorted(solid.split(only_watertight=False), key=lambda c: c.area)
+    assert len(parts) == 2 and all(c.volume > 0 for c in parts)
+    assert parts[0].area == pytest.approx(4 * np.pi * 0.2**2, rel=0.05)  # the ball
+    assert parts[1].area == pytest.approx(4 * np.pi * 0.6**2, rel=0.05)  # the shell's outside
+    assert raw.area - solid.area == pytest.approx(4 * np.pi * 0.3**2, rel=0.05)  # the void's surface
+    ball = extract_mesh(lambda x: x.norm(dim=-1) - 0.5, 24)
+    assert drop_enclosed_voids(ball) is ball  # nothing to drop: unchanged
 
 
 def test_empty_level_set_raises() -> None:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from recon_core.io import atomic_path
 
-__all__ = ["extract_mesh", "sdf_grid", "write_mesh"]
+__all__ = ["drop_enclosed_voids", "extract_mesh", "sdf_grid", "write_mesh"]
 
 
 @torch.no_grad()
@@ -31,10 +31,12 @@ def extract_mesh(
     hi: Tensor | tuple[float, float, float] = (1.0, 1.0, 1.0),
     level: float = 0.0,
     chunk: int = 65536,
+    drop_voids: bool = False,
 ) -> trimesh.Trimesh:
     """Zero level set of ``sdf`` (positive outside) in the box [lo, hi] as a mesh with outward normals.
 
-    Grid spacing is ``(hi − lo) / (resolution − 1)``. Raises ValueError when the level set is empty.
+    Grid spacing is ``(hi − lo) / (resolution − 1)``. ``drop_voids`` removes the surfaces of enclosed
+    voids (:func:`drop_enclosed_voids`). Raises ValueError when the level set is empty.
     """
     from skimage.measure import marching_cubes
 
@@ -46,7 +48,25 @@ def extract_mesh(
     verts, faces, _, _ = marching_cubes(grid, level=level, spacing=tuple(spacing))
     verts = verts + lo_t.numpy()
     # skimage's winding with the default gradient direction makes faces face up the SDF: outwards
-    return trimesh.Trimesh(vertices=verts, faces=faces, process=False)
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
+    return drop_enclosed_voids(mesh) if drop_voids else mesh
+
+
+def drop_enclosed_voids(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """``mesh`` without the closed components that bound a void inside the solid.
+
+    With outward normals, a closed component around a pocket of positive SDF (empty space enclosed by
+    the object) has negative signed volume. No camera outside the object can see such a surface, so
+    photometric training leaves whatever the SDF happened to hold there; evaluating or exporting it
+    adds geometry nobody observed. Open components (cut by the box) and solid parts are kept.
+    """
+    parts = mesh.split(only_watertight=False)
+    keep = [c for c in parts if not (c.is_watertight and c.volume < 0)]
+    if len(keep) == len(parts):
+        return mesh
+    if not keep:  # only voids: the outer surface must have been cut by the box; leave the mesh alone
+        return mesh
+    return trimesh.util.concatenate(keep)
 
 
 def write_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:

@@ -83,6 +83,7 @@ class IDRConfig:
     secant_steps: int = option(8, "secant refinement steps")
     chunk: int = option(8192, "rays per chunk when rendering")
     mesh_resolution: int = option(256, "marching-cubes grid resolution for the mesh export")
+    mesh_drop_voids: bool = option(True, "leave out surfaces of voids enclosed by the object (unseen by any camera)")
     refine_cameras: bool = option(False, "hold learnable corrections of the training poses")
 
     def sizes(self) -> dict[str, Any]:
@@ -204,17 +205,18 @@ class IDRRepresentation(Representation):
 
     # ------------------------------------------------------------------------------ export
 
-    def extract_mesh(self, resolution: int | None = None) -> trimesh.Trimesh:
-        """Zero level set in world coordinates by marching cubes over the bounding cube."""
+    def extract_mesh(self, resolution: int | None = None, drop_voids: bool | None = None) -> trimesh.Trimesh:
+        """Zero level set in world coordinates by marching cubes over the bounding cube (``None``: config values)."""
         self._check_built()
         res = resolution or self.config.mesh_resolution
+        drop = self.config.mesh_drop_voids if drop_voids is None else drop_voids
         dev = self.center.device
 
         def f(x: Tensor) -> Tensor:
             return self.implicit.sdf(x.to(dev)).detach()
 
         with parametrize.cached():
-            mesh = extract_mesh(f, res, (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
+            mesh = extract_mesh(f, res, (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0), drop_voids=drop)
         mesh.vertices = mesh.vertices * float(self.scale) + self.center.cpu().numpy()
         return mesh
 

@@ -62,9 +62,8 @@ def drop_enclosed_voids(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """
     parts = mesh.split(only_watertight=False)
     keep = [c for c in parts if not (c.is_watertight and c.volume < 0)]
-    if len(keep) == len(parts):
-        return mesh
-    if not keep:  # only voids: the outer surface must have been cut by the box; leave the mesh alone
+    # nothing to drop, or only voids (then the outer surface was cut by the box): leave the mesh alone
+    if not keep or len(keep) == len(parts):
         return mesh
     return trimesh.util.concatenate(keep)
 

@@ -151,7 +151,7 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
         mesh.export(out / f"{name}_mesh.ply")
         cd = chamfer(mesh, gt)
         solid = drop_enclosed_voids(mesh)  # what `recon` exports by default (mesh_drop_voids)
-        cd_solid = chamfer(solid, gt)
+        cd_solid = cd if solid is mesh else chamfer(solid, gt)  # same mesh, same seeded samples
     except ValueError as e:  # a diverged run can lose its surface: record it instead of crashing
         print(f"  {name}: no surface ({e})", flush=True)
         cd = cd_solid = None

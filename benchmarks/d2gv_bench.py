@@ -48,7 +48,7 @@ import av
 import numpy as np
 import torch
 
-from recon_core import RefineContext, Video
+from recon_core import RunContext, Video
 from recon_core.imageops import psnr
 from recon_plugins.d2gv.decode import Decoder
 from recon_plugins.d2gv.executors import cpu_count
@@ -262,7 +262,7 @@ def main() -> None:
             evaluate=False,
         )
         with tempfile.TemporaryDirectory(prefix="d2gv-bench-") as tmp:
-            ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(Torch2DGSConfig(backend=args.backend)), out_dir=Path(tmp), log=print)
+            ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(Torch2DGSConfig(backend=args.backend)), out_dir=Path(tmp), log=print)
             t0, c0 = time.perf_counter(), rusage_cpu()
             report = D2GVFit(cfg).run(rep, video, ctx)
             wall, cpu, cpu_total = time.perf_counter() - t0, report["cpu_seconds"], rusage_cpu() - c0

@@ -33,7 +33,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from recon_core import Bounds, Cameras, RefineContext, Scene, View
+from recon_core import Bounds, Cameras, RunContext, Scene, View
 from recon_core.imageops import psnr
 from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder, FourierEncoder, HashGridEncoder
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
@@ -129,7 +129,7 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
                                encoder_lr=args.encoder_lr, **({"lr_milestones": args.lr_milestones} if args.lr_milestones else {}),
                                c2f_start_levels=args.c2f_start, c2f_until=args.c2f_until, log_every=0))
     log = []
-    fit.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer()))
+    fit.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer()))
     # CPU time of this process is the fair budget on a shared machine (wall time depends on the others' load)
     clock = time.process_time if args.budget == "cpu" else time.perf_counter
     t0, w0 = clock(), time.perf_counter()

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from recon_core import RefineContext, Scene, View
+from recon_core import RunContext, Scene, View
 from recon_plugins.gaussians import GaussianSplat, GaussianSplatConfig, GaussianTrainConfig, GaussianTrainer, TorchGaussianRenderer
 from recon_plugins.loaders.dggt import DggtConfig, DggtLoader
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig
@@ -60,7 +60,7 @@ def fit_views(scene: Scene) -> Scene:
     return Scene(scene.name, views, scene.bounds, source=scene.source)
 
 
-def fit(scene: Scene, steps: int, points: int, ctx: RefineContext, cache: Path) -> GaussianSplat:
+def fit(scene: Scene, steps: int, points: int, ctx: RunContext, cache: Path) -> GaussianSplat:
     if cache.exists():
         rep = GaussianSplat(GaussianSplatConfig(sh_degree=0))
         rep.load_state_dict_resizing(torch.load(cache, weights_only=True))
@@ -94,7 +94,7 @@ def _steps(name: str, refiner: TestTimeRefiner, start: int) -> None:
             print(f"[{name}] step {step + 1}/{refiner.total_steps}: " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()), flush=True)
 
 
-def run_variants(base: GaussianSplat, scene: Scene, configs: dict[str, TTRConfig], ctx: RefineContext) -> dict[str, dict[str, Any]]:
+def run_variants(base: GaussianSplat, scene: Scene, configs: dict[str, TTRConfig], ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Run every variant; the pose stage, identical in all of them, runs once and is resumed from.
 
     That uses the refiner's step-wise contract: the pose stage does not touch the representation
@@ -220,7 +220,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     started = datetime.now(timezone.utc)
-    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: print(m, flush=True))
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: print(m, flush=True))
     scene = load_noisy_scene(args.data, args.downscale)
     t0 = time.time()
     cache = args.out / f"fit_ds{args.downscale:g}_{args.fit_steps}_{args.fit_points}.pt"

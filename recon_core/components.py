@@ -43,9 +43,11 @@ __all__ = [
     "Loader",
     "Representation",
     "Renderer",
+    "CameraRenderer",
+    "FrameRenderer",
     "RenderOutput",
     "Refiner",
-    "RefineContext",
+    "RunContext",
     "Encoder",
     "Fixer",
     "Evaluator",
@@ -105,7 +107,7 @@ class Component:
 
     @classmethod
     def uses(cls, config: Any) -> list[tuple[str, str]]:
-        """``(kind, name)`` of the components this one creates through ``RefineContext.create``
+        """``(kind, name)`` of the components this one creates through ``RunContext.create``
         when configured with ``config``.
 
         The pipeline resolves them before any work (an unknown name is an input error), checks
@@ -157,6 +159,9 @@ class Representation(Component, nn.Module):
     """
 
     kind = "representation"
+    rendered_by: ClassVar[str] = "cameras"
+    """Which kind of renderer draws it: "cameras" (a :class:`CameraRenderer`, posed views) or
+    "frames" (a :class:`FrameRenderer`, video frames by index, e.g. image-space 2D Gaussians)."""
     default_renderer: ClassVar[Mapping[str, str]] = {}
     native_refiner: ClassVar[str | None] = None
     export_formats: ClassVar[tuple[str, ...]] = ()
@@ -168,8 +173,12 @@ class Representation(Component, nn.Module):
     def renderer_for(self, device: torch.device) -> str:
         return self.default_renderer.get(device.type) or self.default_renderer["cpu"]
 
-    def build(self, data: Scene | Video, *, encoder: "Encoder | None" = None, device: torch.device) -> None:
-        """Create and initialise the parameters from the loaded data (on ``device``)."""
+    def build(self, data: Scene | Video, ctx: "RunContext") -> None:
+        """Create and initialise the parameters from the loaded data on ``ctx.device``.
+
+        ``ctx`` carries the run's seed, renderer, encoder (``--encoder``) and ``create(kind, name)``
+        for any other component (configured by ``--set``; declare it in :meth:`Component.uses`).
+        """
         raise NotImplementedError
 
     def cameras(self) -> Cameras | None:
@@ -229,23 +238,39 @@ class RenderOutput:
     rgb: Tensor
     alpha: Tensor | None = None
     depth: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    """Intermediate results for optimisation strategies, in gsplat's ``info`` shape: ``means2d``
+    [C, N, 2] (gradient retained), ``radii`` [C, N, 2], ``width``, ``height``, ``n_cameras``."""
 
 
 class Renderer(Component):
-    """Representation + cameras (or frame times, for videos) → images."""
+    """Common base of the two renderer kinds; plugins subclass :class:`CameraRenderer` or
+    :class:`FrameRenderer`. ``renders`` matches :attr:`Representation.rendered_by`."""
 
     kind = "renderer"
+    renders: ClassVar[str] = ""
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
-    def render(
-        self,
-        rep: Representation,
-        cameras: Cameras | None,
-        *,
-        times: Tensor | None = None,
-        background: Tensor | None = None,
-    ) -> RenderOutput:
-        """Render every camera (or, for video representations, every time in ``times``)."""
+
+class CameraRenderer(Renderer):
+    """Representation + posed cameras → images. A dynamic representation is drawn at each
+    camera's ``cameras.times[i]`` (static ones ignore times)."""
+
+    renders = "cameras"
+
+    def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
+        """Render every camera; ``background`` [3] (or [N, 3]) is composited where alpha < 1,
+        unless the representation draws its own (e.g. a sky model)."""
+        raise NotImplementedError
+
+
+class FrameRenderer(Renderer):
+    """Representation + video frame indices → images (representations in image space)."""
+
+    renders = "frames"
+
+    def render_frames(self, rep: Representation, frames: Tensor, *, background: Tensor | None = None) -> RenderOutput:
+        """Render the frames with the given indices [N] (int64) of the video the representation encodes."""
         raise NotImplementedError
 
 
@@ -253,18 +278,26 @@ class Renderer(Component):
 
 
 @dataclass
-class RefineContext:
-    """What the pipeline hands a refiner: device, seed and the other components of the run."""
+class RunContext:
+    """What the pipeline hands a representation's ``build`` and every refiner: the device, the
+    seed, the run's background and the other components of the run. Nothing else in a component
+    reaches for global state (the registry, the device)."""
 
     device: torch.device
     seed: int
-    renderer: Renderer
+    renderer: Renderer | None = None
+    encoder: "Encoder | None" = None
     fixer: "Fixer | None" = None
+    background: Tensor | None = None
+    """[3] RGB the run composites behind what it renders (``--set run.background=R,G,B``);
+    targets of views with alpha or object masks are composited on it too."""
     out_dir: Path | None = None
     log: Callable[[str], None] = print
     create: Callable[[str, str], Component] | None = None
     """``create(kind, name)`` builds another component of this run (e.g. a generator) with the
     run's options for it: declare what you create in :meth:`Component.uses`."""
+    load: Callable[[Path], Scene | Video] | None = None
+    """``load(path)`` reads another dataset with the loader that best recognises it."""
     options: dict[str, Any] = field(default_factory=dict)
     # For refiners with a custom ``run`` (the step loop handles these itself otherwise):
     should_stop: Callable[[], bool] = lambda: False
@@ -301,7 +334,7 @@ class Refiner(Component):
 
     kind = "refiner"
 
-    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         raise NotImplementedError
 
     @property
@@ -364,8 +397,8 @@ class Fixer(Component):
 
     kind = "fixer"
 
-    def prepare(self, device: torch.device) -> None:
-        pass
+    def prepare(self, ctx: RunContext) -> None:
+        """Load weights (raise MissingWeightsError when absent); ``ctx`` as for build."""
 
     def fix(self, images: Tensor, references: Tensor | None = None, *, views: Sequence[View] | None = None) -> Tensor:
         raise NotImplementedError
@@ -420,5 +453,5 @@ class Generator(Component):
 
     kind = "generator"
 
-    def generate(self, rep: Representation, scene: Scene, ctx: RefineContext) -> list[View]:
+    def generate(self, rep: Representation, scene: Scene, ctx: RunContext) -> list[View]:
         raise NotImplementedError

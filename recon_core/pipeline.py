@@ -37,7 +37,7 @@ from .components import (
     GeometryEvaluator,
     ImageEvaluator,
     Loader,
-    RefineContext,
+    RunContext,
     Refiner,
     Renderer,
     Representation,
@@ -707,7 +707,7 @@ class Pipeline:
                 rep.load_state_dict_resizing(checkpoint["representation"])
 
         refiners = [(c.name, _create(registry, c)) for c in spec.refiners]
-        ctx = RefineContext(
+        ctx = RunContext(
             device=device,
             seed=spec.seed,
             renderer=renderer,

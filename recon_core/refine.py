@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .cameras import Cameras
-from .components import RefineContext, Refiner, Representation
+from .components import RunContext, Refiner, Representation
 from .errors import InputError, Interrupted
 from .progress import progress_bar
 from .scene import Scene, Video
@@ -196,7 +196,7 @@ def run_refiners(
     rep: Representation,
     data: Scene | Video,
     refiners: Sequence[tuple[str, Refiner]],
-    ctx: RefineContext,
+    ctx: RunContext,
     *,
     save: Callable[[dict[str, Any], str], Path],
     checkpoint_every: int = 500,
@@ -298,7 +298,7 @@ def _run_custom(
     index: int,
     rep: Representation,
     data: Scene | Video,
-    ctx: RefineContext,
+    ctx: RunContext,
     saved_state: dict[str, Any] | None,
     first: int,
     checkpoint: Callable[[RefinePosition], Path],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon_core import InputError, RefineContext
+from recon_core import InputError, RunContext
 from recon_core.checkpoint import checkpoint_exists
 from recon_core.imageops import psnr
 from recon_plugins.d2gv import fit as fit_module
@@ -29,8 +29,8 @@ def _setup(num_frames=6, gop_length=3, n=120):
     return video, rep
 
 
-def _ctx(tmp_path: Path, **kw) -> RefineContext:
-    return RefineContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(), out_dir=tmp_path, log=lambda m: None, **kw)
+def _ctx(tmp_path: Path, **kw) -> RunContext:
+    return RunContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(), out_dir=tmp_path, log=lambda m: None, **kw)
 
 
 def _mean_psnr(rep, video) -> float:

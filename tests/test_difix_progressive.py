@@ -15,7 +15,7 @@ from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.checkpoint import load_checkpoint, save_checkpoint
-from recon_core.components import RefineContext
+from recon_core.components import RunContext
 from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import psnr
 from recon_core.scene import Bounds, Scene, View
@@ -151,7 +151,7 @@ def test_nearest_gt_returns_the_nearest_pooled_ground_truth(renderer) -> None:
 def test_difix3d_plus_needs_a_fixer(renderer) -> None:
     scene, gt = scene_with_held_out(renderer)
     with pytest.raises(CombinationError, match="needs a fixer"):
-        Difix3DPlus().setup(start_from(gt), scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+        Difix3DPlus().setup(start_from(gt), scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
 
 
 def test_recon_run_refuses_difix3d_plus_without_a_fixer_up_front(tmp_path: Path) -> None:
@@ -181,7 +181,7 @@ def test_recon_run_refuses_difix3d_plus_without_a_fixer_up_front(tmp_path: Path)
 
 
 def _run(refiner, rep, scene, renderer, fixer, steps: range, seed: int = 0) -> list[dict[str, float]]:
-    refiner.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=seed, renderer=renderer, fixer=fixer,
+    refiner.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=seed, renderer=renderer, fixer=fixer,
                                             log=lambda m: None))
     return [refiner.step(s) for s in steps]
 
@@ -233,7 +233,7 @@ def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path) -> 
 
     resumed = GaussianSplat.from_raw(raw)
     b = Difix3DPlus(cfg)
-    b.setup(resumed, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer, log=lambda m: None))
+    b.setup(resumed, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer, log=lambda m: None))
     b.load_state_dict(state)
     for s in range(4, 8):
         b.step(s)

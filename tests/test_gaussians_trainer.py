@@ -10,7 +10,7 @@ from torch import nn
 from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
-from recon_core.components import RefineContext
+from recon_core.components import RunContext
 from recon_core.errors import CombinationError
 from recon_core.imageops import psnr
 from recon_core.scene import Bounds, Scene, View
@@ -253,7 +253,7 @@ def test_training_fits_a_synthetic_scene(renderer) -> None:
     cfg = GaussianTrainConfig(steps=50, background=[0.0, 0.0, 0.0], lr_sh0=0.05, lr_opacities=0.1, lr_means=1e-3,
                               lr_scales=0.02, lr_quats=0.01, densify=False, sh_degree_interval=25)
     trainer = GaussianTrainer(cfg)
-    trainer.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
     degrees = []
     for step in range(trainer.total_steps):
         logs = trainer.step(step)
@@ -271,7 +271,7 @@ def test_public_optimisation_api_matches_plain_adam_and_follows_replaced_paramet
     scene, gt = synthetic_scene(renderer, size=8, n_views=2)
     rep = perturbed(gt)
     trainer = GaussianTrainer(GaussianTrainConfig(steps=10, densify=False, background=[0.0, 0.0, 0.0]))
-    trainer.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
     # the means' lr decays exponentially from lr_means x scale to lr_means_final of it
     trainer.schedule(5)
     start = trainer.config.lr_means * trainer.scene_scale
@@ -306,7 +306,7 @@ def test_refiner_rejects_other_layouts(renderer) -> None:
     rep = Other()
     del rep.sh0
     with pytest.raises(CombinationError, match="sh0"):
-        GaussianTrainer().setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+        GaussianTrainer().setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
 
 
 def test_training_target_composites_alpha_and_masks() -> None:
@@ -328,7 +328,7 @@ def test_resume_is_bit_identical(renderer, tmp_path) -> None:
     scene, gt = synthetic_scene(renderer, size=16, n_views=4)
     cfg = GaussianTrainConfig(steps=8, background=[0.0, 0.0, 0.0], refine_start=1, refine_every=2, reset_every=6,
                               grow_grad2d=1e-7, grow_scale3d=0.05, sh_degree_interval=3)
-    ctx = RefineContext(device=torch.device("cpu"), seed=3, renderer=renderer)
+    ctx = RunContext(device=torch.device("cpu"), seed=3, renderer=renderer)
 
     straight = perturbed(gt)
     t1 = GaussianTrainer(cfg)
@@ -401,7 +401,7 @@ def test_load_state_dict_rejects_a_different_gaussian_count(renderer) -> None:
     from recon_core.errors import InputError
 
     scene, gt = synthetic_scene(renderer, size=8, n_views=2)
-    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=renderer)
     trainer = GaussianTrainer(GaussianTrainConfig(steps=2, densify=False))
     trainer.setup(perturbed(gt), scene, ctx)
     trainer.step(0)

@@ -10,7 +10,7 @@ import torch
 from conftest import look_at_torch
 from torch import nn
 
-from recon_core import Bounds, Cameras, RefineContext, Scene, View
+from recon_core import Bounds, Cameras, RunContext, Scene, View
 from recon_core.registry import get_registry
 from recon_plugins.encoders import FourierEncoder, HashGridEncoder
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
@@ -63,7 +63,7 @@ def small_hashgrid() -> HashGridEncoder:
 
 def make_fit(rep: IDRRepresentation, scene: Scene, steps: int = 50, seed: int = 0, **kw) -> IDRFit:
     fit = IDRFit(IDRFit.Config(steps=steps, batch_rays=128, lr=1e-3, log_every=0, **kw))
-    fit.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=seed, renderer=SphereTracingRenderer()))
+    fit.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=seed, renderer=SphereTracingRenderer()))
     return fit
 
 

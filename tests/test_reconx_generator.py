@@ -8,7 +8,7 @@ import torch
 from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
-from recon_core.components import Fixer, RefineContext
+from recon_core.components import Fixer, RunContext
 from recon_core.scene import Bounds, Scene, View
 from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
 from recon_plugins.gaussians.ply import SplatPly
@@ -72,14 +72,14 @@ class _Inverter(Fixer):
         return 1.0 - images
 
 
-def _scene_and_ctx(fixer: Fixer | None = None) -> tuple[Scene, RefineContext, GaussianSplat]:
+def _scene_and_ctx(fixer: Fixer | None = None) -> tuple[Scene, RunContext, GaussianSplat]:
     rep = _tiny_rep()
     renderer = TorchGaussianRenderer()
     cams = _ring(3)
     with torch.no_grad():  # inputs are renders of the model itself: everything is consistent
         images = renderer.render(rep, cams).rgb
     views = [View(f"in{i}", cams[i], images[i].clone()) for i in range(3)]
-    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer)
     return Scene("tiny", views, Bounds(torch.zeros(3), 1.0)), ctx, rep
 
 

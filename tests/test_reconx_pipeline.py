@@ -68,13 +68,13 @@ def test_repr_reconx_runs_point_cloud_generation_and_confidence_fit(tmp_path: Pa
 
 
 def test_confidence_refiner_resumes_with_its_generated_views(tmp_path: Path, registry: Registry) -> None:
-    from recon_core.components import RefineContext
+    from recon_core.components import RunContext
     from recon_plugins.gaussians import TorchGaussianRenderer
     from recon_plugins.loaders.nerfstudio import NerfstudioLoader
     from recon_plugins.reconx import ConfidenceConfig, ConfidenceRefiner, ReconXConfig, ReconXSplat
 
     scene = NerfstudioLoader().load(_write_ground_plane_scene(tmp_path / "plane"))
-    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None,
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None,
                         create=lambda kind, name: registry.create(kind, name))
     cfg = ConfidenceConfig(steps=4, generated_views=2, generate_at=0.25, lambda_lpips=0.0)
 
@@ -106,14 +106,14 @@ def test_confidence_refiner_resumes_with_its_generated_views(tmp_path: Path, reg
 
 
 def test_regenerate_every_makes_the_views_again_from_the_current_model(tmp_path: Path, registry: Registry) -> None:
-    from recon_core.components import RefineContext
+    from recon_core.components import RunContext
     from recon_plugins.gaussians import TorchGaussianRenderer
     from recon_plugins.loaders.nerfstudio import NerfstudioLoader
     from recon_plugins.reconx import ConfidenceConfig, ConfidenceRefiner, ReconXConfig, ReconXSplat
 
     scene = NerfstudioLoader().load(_write_ground_plane_scene(tmp_path / "plane"))
     messages: list[str] = []
-    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=messages.append,
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=messages.append,
                         create=lambda kind, name: registry.create(kind, name))
     rep = ReconXSplat(ReconXConfig(views="0000,0002", num_points=300))
     rep.build(scene, device=torch.device("cpu"))

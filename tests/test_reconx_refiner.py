@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recon_core.cameras import Cameras
-from recon_core.components import RefineContext
+from recon_core.components import RunContext
 from recon_core.imageops import ssim_map
 from recon_core.scene import Bounds, Scene, View
 from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
@@ -76,7 +76,7 @@ def _camera(position: list[float], size: int = 16) -> Cameras:
     return Cameras.create(K, c2w[None].float(), size, size)
 
 
-def _tiny_setup(confidences: list[torch.Tensor | None]) -> tuple[GaussianSplat, Scene, RefineContext]:
+def _tiny_setup(confidences: list[torch.Tensor | None]) -> tuple[GaussianSplat, Scene, RunContext]:
     g = torch.Generator().manual_seed(0)
     n = 40
     raw = SplatPly(
@@ -91,7 +91,7 @@ def _tiny_setup(confidences: list[torch.Tensor | None]) -> tuple[GaussianSplat, 
     positions = [[2.0, 0.0, 0.3], [0.0, 2.0, 0.3], [-2.0, 0.0, 0.3]]
     views = [View(f"v{i}", _camera(p), torch.rand(16, 16, 3, generator=g), confidence=c) for i, (p, c) in enumerate(zip(positions, confidences))]
     scene = Scene("tiny", views, Bounds(torch.zeros(3), 1.0))
-    ctx = RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None)
     return rep, scene, ctx
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from recon_core import Bounds, Cameras, RefineContext, Scene, View
+from recon_core import Bounds, Cameras, RunContext, Scene, View
 from recon_plugins.gaussians import TorchGaussianRenderer
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig
 from conftest import tiny_dggt_checkpoint
@@ -53,7 +53,7 @@ def test_ttr_refines_dggt_poses_and_writes_them_into_the_representation(monkeypa
 
     monkeypatch.setattr(rep, "gaussians", spy)
     refiner = TestTimeRefiner(TTRConfig(steps_pose=3, steps_gs=3, lr_pose=1e-2, eval_every=1, lpips=False))
-    refiner.setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
+    refiner.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
     assert [v.name for v in refiner.views] == ["f0", "f1", "f3"] and [v.name for v in refiner.held] == ["f2"]
     for step in range(refiner.total_steps):
         refiner.step(step)
@@ -82,7 +82,7 @@ def test_ttr_refines_the_poses_dggt_predicted_for_a_video(tmp_path: Any) -> None
     given = rep.cameras().c2w.clone()
     assert torch.allclose(rep.cameras().K[:, 0, 0], torch.tensor(W / 2 / math.tan(0.5)), rtol=1e-5)
     refiner = TestTimeRefiner(TTRConfig(steps_pose=3, steps_gs=2, lr_pose=1e-2, holdout=1, eval_every=1, lpips=False))
-    refiner.setup(rep, video, RefineContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
+    refiner.setup(rep, video, RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
     assert [v.name for v in refiner.views] + [v.name for v in refiner.held] == ["frame-00000", "frame-00001", "frame-00003", "frame-00002"]
     assert torch.equal(refiner.views[1].image, frames[1])
     for step in range(refiner.total_steps):
@@ -105,7 +105,7 @@ def test_ttr_refuses_non_finite_cameras() -> None:
     K[1, 0, 0] = float("inf")  # what a zero predicted field of view decodes to
     rep.set_cameras(dataclasses.replace(cams, K=K))
     with pytest.raises(InputError, match="ttr: the cameras of f1 are not finite"):
-        TestTimeRefiner(TTRConfig(lpips=False)).setup(rep, scene, RefineContext(device=torch.device("cpu"), seed=0,
+        TestTimeRefiner(TTRConfig(lpips=False)).setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0,
                                                                                 renderer=TorchGaussianRenderer()))
 
 
@@ -116,5 +116,5 @@ def test_ttr_on_a_video_needs_a_representation_with_one_camera_per_frame() -> No
 
     video = Video("clip", 2, W, H, 10.0, read_frame=lambda i: torch.zeros(H, W, 3))
     with pytest.raises(InputError, match="ttr needs posed views: a Scene, or a video whose representation holds one camera per frame"):
-        TestTimeRefiner(TTRConfig()).setup(GaussianSplat(), video, RefineContext(device=torch.device("cpu"), seed=0,
+        TestTimeRefiner(TTRConfig()).setup(GaussianSplat(), video, RunContext(device=torch.device("cpu"), seed=0,
                                                                                renderer=TorchGaussianRenderer()))

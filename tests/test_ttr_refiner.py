@@ -13,7 +13,7 @@ import torch
 
 import recon_plugins.ttr as ttr_module
 from recon_core.cameras import Cameras
-from recon_core.components import RefineContext
+from recon_core.components import RunContext
 from recon_core.errors import CombinationError
 from recon_core.registry import Registry
 from recon_core.scene import Bounds, Scene, View
@@ -96,8 +96,8 @@ def make_scene(
     return scene, rep, truth
 
 
-def _ctx(seed: int = 0) -> RefineContext:
-    return RefineContext(device=torch.device("cpu"), seed=seed, renderer=TorchGaussianRenderer(), log=lambda m: None)
+def _ctx(seed: int = 0) -> RunContext:
+    return RunContext(device=torch.device("cpu"), seed=seed, renderer=TorchGaussianRenderer(), log=lambda m: None)
 
 
 def _run(refiner: TestTimeRefiner, rep: Any, scene: Scene, seed: int = 0) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from recon_core import InputError, Interrupted, RefineContext, Refiner, Video, option
+from recon_core import InputError, Interrupted, RunContext, Refiner, Video, option
 from recon_core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from recon_core.imageops import psnr
 
@@ -224,14 +224,14 @@ class D2GVFit(Refiner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done = {int(i) for i in state.get("done", [])}
 
-    def _work_dir(self, ctx: RefineContext) -> Path:
+    def _work_dir(self, ctx: RunContext) -> Path:
         if self.config.work_dir:
             return Path(self.config.work_dir)
         if ctx.out_dir is not None:
             return Path(ctx.out_dir) / "d2gv-gops"
         return Path(tempfile.mkdtemp(prefix="d2gv-gops-"))
 
-    def _job(self, rep: D2GV, video: Video, index: int, ctx: RefineContext) -> GopJob:
+    def _job(self, rep: D2GV, video: Video, index: int, ctx: RunContext) -> GopJob:
         r = rep.gop_ranges()[index]
         frames = torch.stack([video.frame(i) for i in r]).float()
         state = {k: v.detach().cpu() for k, v in rep.gops[index].state_dict().items()}
@@ -250,7 +250,7 @@ class D2GVFit(Refiner):
         rep.gops[index].load_tensors(saved["state"])
         return True
 
-    def run(self, rep: D2GV, data: Video, ctx: RefineContext) -> dict[str, Any]:  # type: ignore[override]
+    def run(self, rep: D2GV, data: Video, ctx: RunContext) -> dict[str, Any]:  # type: ignore[override]
         """Fit all unfinished GoPs through the configured executor; return the fit report."""
         if not isinstance(data, Video) or not isinstance(rep, D2GV):
             raise InputError("d2gv-fit fits a d2gv representation to a video")

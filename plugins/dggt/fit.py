@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from recon_core.components import RefineContext, Renderer
+from recon_core.components import RunContext, Renderer
 from recon_core.errors import InputError
 from recon_core.gaussians import sh_to_rgb
 from recon_core.scene import Scene, View
@@ -57,7 +57,7 @@ def fit_pixel_gaussians(
     static = GaussianSplat(GaussianSplatConfig(sh_degree=0, num_points=int(num_points), seed=seed))
     static.build(scene, device=device)
     trainer = GaussianTrainer(GaussianTrainConfig(steps=int(steps), background=[0.0, 0.0, 0.0], densify=False))
-    trainer.setup(static, scene, RefineContext(device=device, seed=seed, renderer=renderer))
+    trainer.setup(static, scene, RunContext(device=device, seed=seed, renderer=renderer))
     for step in range(trainer.total_steps):
         trainer.step(step)
     with torch.no_grad():

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from recon_core.cameras import Cameras
-from recon_core.components import RefineContext, Refiner, Representation
+from recon_core.components import RunContext, Refiner, Representation
 from recon_core.config import config_from_dict, option
 from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import ssim
@@ -142,7 +142,7 @@ class Difix3DPlus(Refiner):
 
     # ----------------------------------------------------------------------------------- setup
 
-    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         cfg = self.config
         if not isinstance(data, Scene):
             raise InputError("difix3d+ needs posed views (a Scene), not a video")

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from recon_core.cameras import Cameras
-from recon_core.components import RefineContext, Refiner, Representation
+from recon_core.components import RunContext, Refiner, Representation
 from recon_core.config import option
 from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import ssim
@@ -120,7 +120,7 @@ class GaussianTrainer(Refiner):
 
     # ----------------------------------------------------------------------------------- setup
 
-    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         cfg = self.config
         if not isinstance(data, Scene):
             raise InputError("3dgs-train needs posed views (a Scene), not a video")

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor
 
-from recon_core import InputError, RefineContext, Refiner, Representation, Scene, Video, option
+from recon_core import InputError, RunContext, Refiner, Representation, Scene, Video, option
 from recon_plugins.encoders import HashGridEncoder
 
 from .raytrace import TraceResult, surface_points
@@ -134,7 +134,7 @@ class IDRFit(Refiner):
 
     # -------------------------------------------------------------------------------- contract
 
-    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         if not isinstance(rep, IDRRepresentation):
             raise InputError(f"idr-fit trains the idr representation, not '{rep.name}'")
         if not isinstance(data, Scene):

@@ -40,7 +40,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
 from recon_core.cameras import Cameras
-from recon_core.components import Generator, RefineContext, Representation
+from recon_core.components import Generator, RunContext, Representation
 from recon_core.config import option
 from recon_core.errors import InputError
 from recon_core.scene import Scene, View
@@ -143,7 +143,7 @@ class RenderFixGenerator(Generator):
     Config = RenderFixConfig
     requires = frozenset({"gaussians-3d"})
 
-    def generate(self, rep: Representation, scene: Scene, ctx: RefineContext) -> list[View]:
+    def generate(self, rep: Representation, scene: Scene, ctx: RunContext) -> list[View]:
         cfg = self.config
         inputs = scene.train_views or list(scene.views)
         if len(inputs) < 2:

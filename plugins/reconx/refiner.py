@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from recon_core.cameras import Cameras
-from recon_core.components import Generator, RefineContext, Refiner, Representation
+from recon_core.components import Generator, RunContext, Refiner, Representation
 from recon_core.config import option
 from recon_core.errors import InputError
 from recon_core.imageops import ssim_map
@@ -165,7 +165,7 @@ class ConfidenceRefiner(Refiner):
     Config = ConfidenceConfig
     requires = frozenset({"gaussians-3d"})
 
-    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         cfg = self.config
         if not isinstance(data, Scene):
             raise InputError("the confidence refiner needs posed views (a Scene), not a video")

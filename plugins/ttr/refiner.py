@@ -67,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from recon_core.cameras import Cameras
-from recon_core.components import RefineContext, Refiner, Representation
+from recon_core.components import RunContext, Refiner, Representation
 from recon_core.config import option
 from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import psnr, ssim
@@ -212,7 +212,7 @@ class TestTimeRefiner(Refiner):
 
     # ----------------------------------------------------------------------------------- setup
 
-    def setup(self, rep: Representation, data: Scene | Video, ctx: RefineContext) -> None:
+    def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         cfg: TTRConfig = self.config
         if isinstance(data, Video):
             data = video_scene(data, representation_cameras(rep))

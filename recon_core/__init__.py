@@ -24,7 +24,8 @@ from .components import (
 )
 from .config import option
 from .errors import CombinationError, InputError, Interrupted, MissingWeightsError, ReconError
-from .gaussians import SH_C0, Gaussians3D
+from .gaussians import SH_C0, SPLAT_KEYS, GaussianRepresentation, Gaussians3D
+from .optim import GaussianOptimizer, OptimConfig, StrategyConfig
 from .hookspecs import hookimpl
 from .scene import Bounds, PointCloud, Scene, Video, View
 
@@ -41,6 +42,8 @@ __all__ = [
     "Evaluator",
     "Fixer",
     "FrameRenderer",
+    "GaussianOptimizer",
+    "GaussianRepresentation",
     "Gaussians3D",
     "Generator",
     "GeometryEvaluator",
@@ -49,6 +52,7 @@ __all__ = [
     "Interrupted",
     "Loader",
     "MissingWeightsError",
+    "OptimConfig",
     "PointCloud",
     "ReconError",
     "RunContext",
@@ -57,7 +61,9 @@ __all__ = [
     "Renderer",
     "Representation",
     "SH_C0",
+    "SPLAT_KEYS",
     "Scene",
+    "StrategyConfig",
     "Video",
     "View",
     "check_rigid",

@@ -109,6 +109,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def _jsonable(v: Any) -> Any:
+    if dataclasses.is_dataclass(v):
+        return config_to_dict(v)
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, dict):
@@ -129,6 +131,9 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -
         )
     kwargs = {}
     for name, value in values.items():
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            kwargs[name] = config_from_dict(hints[name], value, f"{where}.{name}")
+            continue
         parsed = parse_value(hints[name], value, f"{where}.{name}")
         choices = fields[name].metadata.get("choices")
         if choices and parsed not in choices:

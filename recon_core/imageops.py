@@ -227,3 +227,12 @@ def masked_crop(images: Sequence[Tensor], mask: Tensor, background: float = 1.0,
             crop = F.pad(chw, pads, value=background).permute(1, 2, 0)
         out.append(crop)
     return out
+
+
+def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None) -> Tensor:
+    """(1 - w) L1 + w (1 - SSIM) of (H, W, 3) images; L1 alone below SSIM's 11x11 window."""
+    l1 = (pred - target).abs()
+    l1 = l1.mean() if mask is None else l1[mask].mean()
+    if ssim_weight <= 0 or min(pred.shape[0], pred.shape[1]) < 11:
+        return l1
+    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target, mask))

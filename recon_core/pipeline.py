@@ -609,7 +609,10 @@ def _build(registry: Registry, spec: RunSpec, data: Scene | Video, device: torch
         encoder = encoder.to(device)
     rep = _create(registry, spec.representation)
     assert isinstance(rep, Representation)
-    rep.build(data, encoder=encoder, device=device)
+    renderer = _create(registry, spec.renderer)
+    ctx = RunContext(device=device, seed=spec.seed, renderer=renderer, encoder=encoder, background=torch.ones(3),
+                     create=lambda kind, name: registry.create(kind, name))
+    rep.build(data, ctx)
     return rep
 
 
@@ -695,7 +698,7 @@ class Pipeline:
         if spec.fixer is not None:  # weights problems should surface before any long work
             fixer = _create(registry, spec.fixer)
             assert isinstance(fixer, Fixer)
-            fixer.prepare(device)
+            fixer.prepare(RunContext(device=device, seed=spec.seed))
         renderer = _create(registry, spec.renderer)
         assert isinstance(renderer, Renderer)
 
@@ -715,6 +718,7 @@ class Pipeline:
             out_dir=self.run_dir.path,
             log=self.log,
             create=lambda kind, name: self._create_by_name(kind, name),
+            background=torch.ones(3),
         )
         with self._timed("refine"):
             result = run_refiners(
@@ -833,8 +837,10 @@ def render_items(
                 frame_cams = None
             for start in range(0, data.num_frames, chunk):
                 idx = list(range(start, min(start + chunk, data.num_frames)))
-                cams = None if frame_cams is None else frame_cams[idx].to(device)
-                out = renderer.render(rep, cams, times=data.timestamps[idx].to(device))
+                if frame_cams is None:
+                    out = renderer.render_frames(rep, torch.tensor(idx, device=device))
+                else:
+                    out = renderer.render(rep, frame_cams[idx].to(device), background=torch.ones(3, device=device))
                 rgb = _check_render(out.rgb, len(idx), (data.height, data.width), renderer.name)
                 fixed = fixer.fix(rgb.to(device)).detach().float().clamp(0, 1).cpu() if fixer else None
                 for j, i in enumerate(idx):
@@ -845,7 +851,7 @@ def render_items(
             labels = list(names) if names is not None else [f"{i:05d}" for i in range(len(cameras))]
             for start in range(0, len(cameras), chunk):
                 cams = cameras[list(range(start, min(start + chunk, len(cameras))))]
-                out = renderer.render(rep, cams.to(device))
+                out = renderer.render(rep, cams.to(device), background=torch.ones(3, device=device))
                 rgb = _check_render(out.rgb, len(cams), cams.size(0), renderer.name)
                 fixed = fixer.fix(rgb.to(device)).detach().float().clamp(0, 1).cpu() if fixer else None
                 for j in range(len(cams)):
@@ -854,7 +860,7 @@ def render_items(
         assert views is not None
         for batch in _scene_chunks(views, chunk):
             cams = Cameras.cat([v.camera for v in batch]).to(device)
-            out = renderer.render(rep, cams)
+            out = renderer.render(rep, cams, background=torch.ones(3, device=device))
             rgb = _check_render(out.rgb, len(batch), (batch[0].height, batch[0].width), renderer.name)
             fixed = None
             if fixer is not None:

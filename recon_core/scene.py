@@ -111,6 +111,25 @@ class View:
     def time(self) -> float | None:
         return None if self.camera.times is None else float(self.camera.times[0])
 
+    def image_on(self, background: Tensor) -> Tensor:
+        """The image this view should render to over ``background`` [3]: (H, W, 3) float32.
+
+        A view with alpha is re-composited onto ``background`` (its current background is the
+        median colour of its fully transparent pixels); a view with only an object mask gets
+        ``background`` outside the mask; other views are returned unchanged. This is the target
+        every refiner compares renders with, so renders and targets share one background.
+        """
+        image = self.image.float()
+        bg = background.to(image)
+        if self.has("alpha"):
+            a = self.alpha.float()[..., None]
+            clear = image[a[..., 0] < 1.0 / 255.0]
+            current = clear.median(dim=0).values if len(clear) else bg
+            return (image + (bg - current) * (1.0 - a)).clamp(0.0, 1.0)
+        if self.has("object_mask"):
+            return torch.where(self.object_mask.to(torch.bool)[..., None], image, bg)
+        return image
+
     def __repr__(self) -> str:
         return f"View({self.name!r}, {self.width}x{self.height}, split={self.split!r})"
 

@@ -2,15 +2,14 @@
 the Gaussian renderers ``torch-3dgs`` (CPU/any device) and ``gsplat`` (CUDA).
 
 Registered through the ``recon.plugins`` entry point exactly as a third-party plugin would be.
-Other plugins build a ``3dgs`` representation from tensors with
-:meth:`GaussianSplat.from_gaussians` (activated values) or :meth:`GaussianSplat.from_raw`.
+Other plugins do not import it: they mix with it through recon_core's Gaussian scene protocol
+(:class:`recon_core.GaussianRepresentation`) and optimisation engine (:mod:`recon_core.optim`).
 """
 
 from __future__ import annotations
 
 from recon_core.hookspecs import hookimpl
 
-from .ply import SplatPly, read_splat_ply, write_splat_ply
 from .renderers import GsplatRenderer, TorchGaussianRenderer
 from .representation import GaussianSplat, GaussianSplatConfig
 from .trainer import GaussianTrainConfig, GaussianTrainer
@@ -22,9 +21,6 @@ __all__ = [
     "GaussianTrainConfig",
     "GsplatRenderer",
     "TorchGaussianRenderer",
-    "SplatPly",
-    "read_splat_ply",
-    "write_splat_ply",
 ]
 
 

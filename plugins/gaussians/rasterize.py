@@ -870,6 +870,7 @@ def rasterize_gaussians(
     sh_degree: int = 0,
     background: Tensor | None = None,  # [C, 3] or [3]
     settings: RasterizeSettings | None = None,
+    info: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Render N Gaussians into C same-sized pinhole cameras (pure PyTorch, any device).
 
@@ -889,6 +890,9 @@ def rasterize_gaussians(
         sh_degree: 0–3.
         background: [3] or [C, 3] colour composited as rgb + (1 - alpha) * background.
         settings: :class:`RasterizeSettings`.
+        info: when given, filled in gsplat's shape for densification strategies: ``means2d``
+            [C, N, 2] (its gradient retained when it has one), ``radii`` [C, N, 2], ``width``,
+            ``height``, ``n_cameras``.
 
     Returns:
         rgb [C, H, W, 3], alpha [C, H, W, 1], depth [C, H, W, 1]. Depth is the expected camera
@@ -901,6 +905,10 @@ def rasterize_gaussians(
     proj = project_gaussians(
         means, quats, scales, viewmats, Ks, width, height, settings.eps2d, settings.near_plane, settings.far_plane
     )
+    if info is not None:
+        if proj.means2d.requires_grad:
+            proj.means2d.retain_grad()
+        info.update(means2d=proj.means2d, radii=proj.radii, width=width, height=height, n_cameras=n_cams)
     with torch.no_grad():
         visible = (proj.radii > 0).all(-1) & (opacities >= ALPHA_THRESHOLD)[None, :]
         cam_ids, gauss_ids = torch.nonzero(visible, as_tuple=True)

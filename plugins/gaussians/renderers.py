@@ -4,14 +4,16 @@ Both take any representation providing "gaussians-3d" and share the same batchin
 (:func:`render_gaussian_batches`):
 
 * Gaussians come from ``rep.gaussians(time)``. For a representation providing "dynamic",
-  camera i is rendered at ``times[i]`` when ``times`` is given, else at ``cameras.times[i]``,
-  else at ``time=None``; cameras sharing a time share one ``gaussians()`` call. A static
-  representation is asked once, with ``time=None``.
+  camera i is rendered at ``cameras.times[i]``, else at ``time=None``; cameras sharing a time
+  share one ``gaussians()`` call. A static representation is asked once, with ``time=None``.
 * Cameras are rendered in groups of equal (time, height, width). When sizes differ inside one
   batch the outputs are zero-padded at the bottom/right to the largest size (alpha = 0 there).
 * Background: the representation's ``Gaussians3D.background(cameras)`` image when it has one
   (scene content, e.g. a sky model), otherwise the ``background`` colour [3] (or [N, 3]),
   otherwise black; composited as ``rgb + (1 - alpha) * background``.
+* ``info`` (for densification strategies, gsplat's shape) holds ``means2d`` [C, N, 2] and
+  ``radii`` [C, N, 2] of ``rep.splats``' rows, ``width``, ``height``, ``n_cameras`` when the
+  cameras form one group and the Gaussians are every row of the splats; else it is empty.
 * depth is the expected camera z, ``sum_i w_i z_i / alpha`` where alpha > 0 and 0 elsewhere.
 
 Both follow gsplat's conventions (pixel centres at i + 0.5, world-to-camera ``viewmats`` =
@@ -27,18 +29,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from recon_core.cameras import Cameras
-from recon_core.components import Renderer, RenderOutput, Representation
-from recon_core.config import option
-from recon_core.errors import InputError
-from recon_core.gaussians import Gaussians3D
+from recon_core import CameraRenderer, Cameras, Gaussians3D, InputError, RenderOutput, Representation, option
 
 from .rasterize import RasterizeSettings, rasterize_gaussians
 
 __all__ = ["TorchGaussianRenderer", "GsplatRenderer", "GsplatSettings", "render_gaussian_batches"]
 
-RasterizeFn = Callable[[Gaussians3D, Cameras], tuple[Tensor, Tensor, Tensor]]
-"""(gaussians, same-sized cameras) -> rgb [n, H, W, 3] (no background), alpha, depth [n, H, W, 1]."""
+RasterizeFn = Callable[[Gaussians3D, Cameras, dict], tuple[Tensor, Tensor, Tensor]]
+"""(gaussians, same-sized cameras, info to fill) -> rgb [n, H, W, 3] (no background), alpha, depth [n, H, W, 1]."""
 
 
 def render_gaussian_batches(
@@ -46,7 +44,6 @@ def render_gaussian_batches(
     cameras: Cameras | None,
     rasterize: RasterizeFn,
     *,
-    times: Tensor | None = None,
     background: Tensor | None = None,
 ) -> RenderOutput:
     """Render every camera with ``rasterize``, grouping by time and image size (see module doc).
@@ -55,7 +52,6 @@ def render_gaussian_batches(
         rep: a representation providing "gaussians-3d".
         cameras: N cameras.
         rasterize: renders one group of same-sized cameras without background.
-        times: [N] per-camera times overriding ``cameras.times`` (dynamic representations).
         background: [3] or [N, 3] colour, used when the Gaussians carry no background callable.
 
     Returns:
@@ -65,9 +61,7 @@ def render_gaussian_batches(
         raise InputError("Gaussian renderers need cameras to render")
     n = len(cameras)
     dynamic = "dynamic" in getattr(rep, "provides", frozenset())
-    frame_times = times if times is not None else cameras.times
-    if frame_times is not None and frame_times.reshape(-1).shape[0] != n:
-        raise InputError(f"got {frame_times.numel()} times for {n} cameras")
+    frame_times = cameras.times
     time_of = [None] * n
     if dynamic and frame_times is not None:
         time_of = [float(t) for t in frame_times.reshape(-1).tolist()]
@@ -82,7 +76,8 @@ def render_gaussian_batches(
             cache[time] = rep.gaussians(time)
         gauss = cache[time]
         cams = cameras[index].to(gauss.means.device)
-        rgb, alpha, depth = rasterize(gauss, cams)
+        info: dict = {}
+        rgb, alpha, depth = rasterize(gauss, cams, info if len(groups) == 1 and gauss.rows is None else {})
         if gauss.background is not None:
             bg = gauss.background(cams).to(rgb)
         elif background is not None:
@@ -96,7 +91,7 @@ def render_gaussian_batches(
         parts.append((index, rgb, alpha, depth))
 
     if len(parts) == 1 and parts[0][0] == list(range(n)):
-        return RenderOutput(rgb=parts[0][1], alpha=parts[0][2], depth=parts[0][3])
+        return RenderOutput(rgb=parts[0][1], alpha=parts[0][2], depth=parts[0][3], info=info)
     height, width = int(cameras.height.max()), int(cameras.width.max())
     ref = parts[0][1]
     rgb_all = ref.new_zeros(n, height, width, 3)
@@ -111,7 +106,7 @@ def render_gaussian_batches(
     return RenderOutput(rgb=rgb_all, alpha=alpha_all, depth=depth_all)
 
 
-class TorchGaussianRenderer(Renderer):
+class TorchGaussianRenderer(CameraRenderer):
     """``torch-3dgs``: tile rasteriser with gsplat's conventions (CPU or any device).
 
     On CPU tensors the binning and compositing run in compiled, multi-threaded C++
@@ -128,21 +123,14 @@ class TorchGaussianRenderer(Renderer):
     requires = frozenset({"gaussians-3d"})
     devices = ("cpu", "cuda")
 
-    def render(
-        self,
-        rep: Representation,
-        cameras: Cameras | None,
-        *,
-        times: Tensor | None = None,
-        background: Tensor | None = None,
-    ) -> RenderOutput:
-        return render_gaussian_batches(rep, cameras, self._rasterize, times=times, background=background)
+    def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
+        return render_gaussian_batches(rep, cameras, self._rasterize, background=background)
 
-    def _rasterize(self, g: Gaussians3D, cams: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    def _rasterize(self, g: Gaussians3D, cams: Cameras, info: dict) -> tuple[Tensor, Tensor, Tensor]:
         return rasterize_gaussians(
             g.means, g.quats, g.scales, g.opacities, cams.viewmats.to(g.means.dtype), cams.K.to(g.means.dtype),
             int(cams.width[0]), int(cams.height[0]),
-            colors=g.colors, sh=g.sh, sh_degree=g.sh_degree, settings=self.config,
+            colors=g.colors, sh=g.sh, sh_degree=g.sh_degree, settings=self.config, info=info,
         )
 
 
@@ -157,7 +145,7 @@ class GsplatSettings:
     packed: bool = option(True, "gsplat's packed mode (less memory for large scenes)")
 
 
-class GsplatRenderer(Renderer):
+class GsplatRenderer(CameraRenderer):
     """``gsplat``: the same interface through ``gsplat.rasterization`` on CUDA."""
 
     name = "gsplat"
@@ -168,24 +156,17 @@ class GsplatRenderer(Renderer):
     needs_packages = ("gsplat",)
     install_hint = "pip install gsplat (needs a CUDA toolkit matching torch)"
 
-    def render(
-        self,
-        rep: Representation,
-        cameras: Cameras | None,
-        *,
-        times: Tensor | None = None,
-        background: Tensor | None = None,
-    ) -> RenderOutput:
-        return render_gaussian_batches(rep, cameras, self._rasterize, times=times, background=background)
+    def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
+        return render_gaussian_batches(rep, cameras, self._rasterize, background=background)
 
-    def _rasterize(self, g: Gaussians3D, cams: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    def _rasterize(self, g: Gaussians3D, cams: Cameras, info: dict) -> tuple[Tensor, Tensor, Tensor]:
         from gsplat import rasterization
 
         if g.means.device.type != "cuda":
             raise InputError("the gsplat renderer needs CUDA tensors; use torch-3dgs on CPU")
         cfg: GsplatSettings = self.config
         colors = g.sh if g.sh is not None else g.colors
-        out, alpha, _ = rasterization(
+        out, alpha, meta = rasterization(
             g.means, g.quats, g.scales, g.opacities, colors,
             cams.viewmats.to(g.means.dtype), cams.K.to(g.means.dtype),
             int(cams.width[0]), int(cams.height[0]),
@@ -193,4 +174,5 @@ class GsplatRenderer(Renderer):
             sh_degree=g.sh_degree if g.sh is not None else None,
             packed=cfg.packed, tile_size=cfg.tile_size, render_mode="RGB+ED",
         )
+        info.update(meta)  # gsplat's own info: means2d, radii, width, height, n_cameras, gaussian_ids (packed)
         return out[..., :3], alpha, out[..., 3:]

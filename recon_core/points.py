@@ -15,10 +15,11 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from recon_core.errors import InputError
-from recon_core.scene import Bounds, PointCloud, Scene, View
+from .errors import InputError
+from .gaussians import num_sh_bases, rgb_to_sh
+from .scene import Bounds, PointCloud, Scene, View
 
-__all__ = ["unproject_depth", "points_from_depth", "random_points", "knn_scales", "initial_points"]
+__all__ = ["unproject_depth", "points_from_depth", "random_points", "knn_scales", "initial_points", "splats_from_points"]
 
 
 def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -136,3 +137,19 @@ def initial_points(scene: Scene, method: str, num_points: int, generator: torch.
     if method == "random":
         return random_points(scene.bounds, num_points, generator), method
     raise InputError(f"unknown init '{method}': use auto, points, depth or random")
+
+
+def splats_from_points(pc: PointCloud, scales: Tensor, opacity: float, sh_degree: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Raw splats of one isotropic Gaussian per point: scale ``scales`` [P] (world units), the
+    point's colour as SH DC, ``opacity`` everywhere and a random rotation (gsplat's habit)."""
+    n = len(pc)
+    colors = pc.colors if pc.colors is not None else torch.full((n, 3), 0.5)
+    quats = torch.rand(n, 4, generator=generator)
+    return {
+        "means": pc.points.float(),
+        "quats": quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+        "scales": torch.log(scales.float().clamp_min(1e-12))[:, None].repeat(1, 3),
+        "opacities": torch.full((n,), float(torch.logit(torch.tensor(float(opacity))))),
+        "sh0": rgb_to_sh(colors.float())[:, None, :],
+        "shN": torch.zeros(n, num_sh_bases(sh_degree) - 1, 3),
+    }

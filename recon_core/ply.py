@@ -19,52 +19,35 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 from torch import Tensor
 
-from recon_core.errors import InputError
-from recon_core.io import atomic_path
+from .errors import InputError
+from .gaussians import SPLAT_KEYS
+from .io import atomic_path
 
-__all__ = ["SplatPly", "read_splat_ply", "write_splat_ply", "ply_property_names", "MAX_SH_DEGREE"]
+__all__ = ["read_splat_ply", "write_splat_ply", "check_splats", "ply_property_names", "MAX_SH_DEGREE"]
 
 MAX_SH_DEGREE = 4
 """Highest SH degree the reader accepts (3 is what 3DGS uses; 4 is read for completeness)."""
 
 
-@dataclass(frozen=True)
-class SplatPly:
-    """Raw 3DGS parameters as stored in a PLY (all float32, on the CPU).
-
-    means: [N, 3]; quats: [N, 4] wxyz (not normalised); log_scales: [N, 3];
-    logit_opacities: [N]; sh0: [N, 1, 3] SH DC; shN: [N, K-1, 3] higher bands
-    (K = (sh_degree+1)^2, so [N, 0, 3] at degree 0).
-    """
-
-    means: Tensor
-    quats: Tensor
-    log_scales: Tensor
-    logit_opacities: Tensor
-    sh0: Tensor
-    shN: Tensor
-
-    def __post_init__(self) -> None:
-        n = self.means.shape[0]
-        assert self.means.shape == (n, 3) and self.quats.shape == (n, 4) and self.log_scales.shape == (n, 3)
-        assert self.logit_opacities.shape == (n,) and self.sh0.shape == (n, 1, 3)
-        assert self.shN.ndim == 3 and self.shN.shape[0] == n and self.shN.shape[2] == 3
-        assert math.isqrt(self.shN.shape[1] + 1) ** 2 == self.shN.shape[1] + 1, "shN must hold (d+1)^2-1 bands"
-
-    def __len__(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def sh_degree(self) -> int:
-        return math.isqrt(self.shN.shape[1] + 1) - 1
+def check_splats(splats: Mapping[str, Tensor]) -> int:
+    """Check the shapes of raw splats (the keys of :data:`~recon_core.gaussians.SPLAT_KEYS`);
+    return the SH degree their ``shN`` holds."""
+    n = splats["means"].shape[0]
+    shapes = {k: tuple(splats[k].shape) for k in SPLAT_KEYS}
+    ok = shapes["means"] == (n, 3) and shapes["quats"] == (n, 4) and shapes["scales"] == (n, 3)
+    ok = ok and shapes["opacities"] == (n,) and shapes["sh0"] == (n, 1, 3)
+    ok = ok and len(shapes["shN"]) == 3 and shapes["shN"][0] == n and shapes["shN"][2] == 3
+    if not ok or math.isqrt(shapes["shN"][1] + 1) ** 2 != shapes["shN"][1] + 1:
+        raise ValueError(f"splats have inconsistent shapes: {shapes}")
+    return math.isqrt(shapes["shN"][1] + 1) - 1
 
 
 def ply_property_names(sh_degree: int, normals: bool = True) -> list[str]:
@@ -85,18 +68,20 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
-def write_splat_ply(path: str | Path, splat: SplatPly, normals: bool = True) -> Path:
-    """Write ``splat`` to ``path`` (binary little-endian float32, INRIA layout) atomically."""
+def write_splat_ply(path: str | Path, splats: Mapping[str, Tensor], normals: bool = True) -> Path:
+    """Write raw ``splats`` (gsplat names, see :data:`~recon_core.gaussians.SPLAT_KEYS`; other
+    keys are ignored) to ``path`` (binary little-endian float32, INRIA layout) atomically."""
     path = Path(path)
-    n = len(splat)
-    k_rest = splat.shN.shape[1]
-    f_rest = splat.shN.transpose(1, 2).reshape(n, 3 * k_rest)  # channel-major: R bands, G bands, B bands
-    columns = [splat.means]
+    degree = check_splats(splats)
+    n = splats["means"].shape[0]
+    shN = splats["shN"].detach().cpu()
+    f_rest = shN.transpose(1, 2).reshape(n, 3 * shN.shape[1])  # channel-major: R bands, G bands, B bands
+    columns = [splats["means"]]
     if normals:
         columns.append(torch.zeros(n, 3))
-    columns += [splat.sh0.reshape(n, 3), f_rest, splat.logit_opacities.reshape(n, 1), splat.log_scales, splat.quats]
+    columns += [splats["sh0"].reshape(n, 3), f_rest, splats["opacities"].reshape(n, 1), splats["scales"], splats["quats"]]
     data = np.concatenate([_np(c) for c in columns], axis=1)
-    names = ply_property_names(splat.sh_degree, normals)
+    names = ply_property_names(degree, normals)
     vertex = np.empty(n, dtype=[(name, "<f4") for name in names])
     for i, name in enumerate(names):
         vertex[name] = data[:, i]
@@ -106,8 +91,9 @@ def write_splat_ply(path: str | Path, splat: SplatPly, normals: bool = True) -> 
     return path
 
 
-def read_splat_ply(path: str | Path) -> SplatPly:
-    """Read a 3DGS PLY (INRIA layout, with or without normals, SH degree 0..4).
+def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
+    """Read a 3DGS PLY (INRIA layout, with or without normals, SH degree 0..4) into raw splats
+    with gsplat's names (``means``, ``quats``, ``scales`` log, ``opacities`` logit, ``sh0``, ``shN``).
 
     Rows with any non-finite value are dropped with a warning. Raises InputError naming the
     file when it is not a PLY, has no ``vertex`` element, lacks a required property or has an
@@ -170,11 +156,11 @@ def read_splat_ply(path: str | Path) -> SplatPly:
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a[finite]))  # noqa: E731
     k_rest = n_rest // 3
     shN = t(rest).reshape(int(finite.sum()), 3, k_rest).transpose(1, 2).contiguous()  # back from channel-major
-    return SplatPly(
-        means=t(means),
-        quats=t(quats),
-        log_scales=t(scales),
-        logit_opacities=t(opacity),
-        sh0=t(dc).reshape(-1, 1, 3),
-        shN=shN,
-    )
+    return {
+        "means": t(means),
+        "quats": t(quats),
+        "scales": t(scales),
+        "opacities": t(opacity),
+        "sh0": t(dc).reshape(-1, 1, 3),
+        "shN": shN,
+    }

@@ -1,0 +1,196 @@
+"""The Gaussian optimisation engine: Adam per splat entry, learning-rate schedules, densification.
+
+It is a library object, not a refiner: ``3dgs-train``, ``confidence`` (ReconX), ``difix3d+``
+and a third party's refiner each pick their own views and loss and hand the loss to the same
+engine. It works on any :class:`~recon_core.gaussians.GaussianRepresentation` and edits its
+``splats`` in place (gsplat's shape: one Adam optimizer per trainable entry, a strategy object
+and a state dict)::
+
+    engine = GaussianOptimizer(rep, config.optim, scene_scale=1.1 * scene.bounds.radius, total_steps=n)
+    for step in range(n):
+        engine.schedule(step)                                  # means lr decay, SH degree in use
+        out = renderer.render(rep, camera, background=ctx.background)
+        engine.before_backward(step, out.info)                 # strategies that read means2d
+        loss = my_loss(out.rgb[0], target) + engine.regularisation()
+        engine.step(loss, step, out.info, camera)              # backward, Adam, densification
+
+Learning rates follow gsplat's ``examples/simple_trainer.py``: means 1.6e-4 x scene scale,
+decaying exponentially to 1 % at the last step; quats 1e-3, scales 5e-3, opacities 5e-2, sh0
+2.5e-3, shN 2.5e-3 / 20; Adam eps 1e-15. The SH degree in use rises by one every
+``sh_degree_interval`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .cameras import Cameras
+from .config import option
+from .errors import InputError
+from .gaussians import GaussianRepresentation
+from .strategies import StrategyConfig, make_strategy
+
+__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "default_scene_scale"]
+
+
+@dataclass
+class OptimConfig:
+    """Learning rates and schedules of the engine; ``strategy`` is its densification."""
+
+    lr_means: float = option(1.6e-4, "learning rate of the means, times the scene scale")
+    lr_means_final: float = option(0.01, "the means' learning rate decays exponentially to this fraction at the last step")
+    lr_quats: float = option(1e-3, "learning rate of the quaternions")
+    lr_scales: float = option(5e-3, "learning rate of the log-scales")
+    lr_opacities: float = option(5e-2, "learning rate of the logit opacities")
+    lr_sh0: float = option(2.5e-3, "learning rate of the SH DC coefficients")
+    lr_shN: float = option(2.5e-3 / 20, "learning rate of the higher SH bands")
+    lr_lifespans: float = option(0.0, "learning rate of the log lifespans of dynamic representations (0: frozen)")
+    sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)")
+    sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps")
+    densify: bool = option(True, "add/remove Gaussians with the strategy")
+    strategy: StrategyConfig = option(help="densification strategy and its settings", factory=StrategyConfig)
+
+
+class GaussianOptimizer:
+    """Adam + schedules + a densification strategy over a Gaussian representation's ``splats``.
+
+    Args:
+        rep: the representation; its refinable float entries with a learning rate > 0 are trained.
+        config: :class:`OptimConfig`.
+        scene_scale: scales the means' lr and the strategies' size thresholds.
+        total_steps: length of the run (the means' lr decays over it).
+        generator: CPU generator of the strategy's random choices (reproducible splits).
+    """
+
+    def __init__(self, rep: GaussianRepresentation, config: OptimConfig, *, scene_scale: float, total_steps: int,
+                 generator: torch.Generator | None = None) -> None:
+        if not isinstance(rep, GaussianRepresentation):
+            raise InputError(f"'{rep.name}' is not a Gaussian representation (it does not hold splats)")
+        self.rep, self.config = rep, config
+        self.scene_scale = float(scene_scale)
+        self.total_steps = max(int(total_steps), 1)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.strategy = make_strategy(config.strategy) if config.densify else None
+        stored = rep.max_sh_degree
+        self.max_sh_degree = stored if config.sh_degree is None else max(0, min(int(config.sh_degree), stored))
+        self.optimizers = self.build_optimizers()
+        self.state = self.strategy.initialize_state(self.scene_scale) if self.strategy else {}
+
+    # ------------------------------------------------------------------------- optimizers
+
+    def learning_rates(self) -> dict[str, float]:
+        """Undecayed learning rate of every entry the engine trains."""
+        cfg = self.config
+        lrs = {
+            "means": cfg.lr_means * self.scene_scale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
+            "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "lifespans": cfg.lr_lifespans,
+        }
+        splats = self.rep.splats
+        return {k: lr for k, lr in lrs.items() if lr > 0 and k in splats and k in self.rep.refinable and splats[k].is_floating_point()}
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Fresh Adam optimizers on the current entries; only trained entries keep a gradient
+        (gsplat's strategies require exactly one optimizer per entry with ``requires_grad``)."""
+        lrs = self.learning_rates()
+        for key, p in self.rep.splats.items():
+            p.requires_grad_(key in lrs)
+        return {k: torch.optim.Adam([self.rep.splats[k]], lr=lr, eps=1e-15) for k, lr in lrs.items()}
+
+    def in_sync(self) -> bool:
+        return all(opt.param_groups[0]["params"][0] is self.rep.splats[k] for k, opt in self.optimizers.items())
+
+    def sync(self) -> bool:
+        """Rebuild the optimizers and the strategy state when the splats were replaced from
+        outside (e.g. a checkpoint loaded); True when they were rebuilt."""
+        if self.in_sync():
+            return False
+        self.optimizers = self.build_optimizers()
+        self.state = self.strategy.initialize_state(self.scene_scale) if self.strategy else {}
+        return True
+
+    # -------------------------------------------------------------------------- schedules
+
+    def set_means_lr(self, fraction: float) -> float:
+        """The means' lr at ``fraction`` (0: first step, 1: last) of its exponential decay."""
+        cfg = self.config
+        lr = cfg.lr_means * self.scene_scale * cfg.lr_means_final ** float(fraction)
+        if "means" in self.optimizers:
+            self.optimizers["means"].param_groups[0]["lr"] = lr
+        return lr
+
+    def schedule(self, step: int, total_steps: int | None = None) -> None:
+        """Per-step schedules: the means' lr decay and the SH degree in use."""
+        self.set_means_lr(step / max(total_steps or self.total_steps, 1))
+        self.rep.active_sh_degree = min(step // max(int(self.config.sh_degree_interval), 1), self.max_sh_degree)
+
+    def finish(self) -> None:
+        """Leave the representation rendering every trained SH band."""
+        self.rep.active_sh_degree = self.max_sh_degree
+
+    # ------------------------------------------------------------------------------ steps
+
+    def regularisation(self) -> Tensor | float:
+        """The strategy's own loss terms (MCMC: mean opacity and mean scale), else 0."""
+        s = self.config.strategy
+        if self.strategy is None or s.name != "mcmc":
+            return 0.0
+        splats = self.rep.splats
+        return s.opacity_reg * torch.sigmoid(splats["opacities"]).mean() + s.scale_reg * torch.exp(splats["scales"]).mean()
+
+    def before_backward(self, step: int, info: dict[str, Any]) -> None:
+        """Let the strategy prepare (gsplat's keep the gradient of ``info["means2d"]``)."""
+        if self.strategy is not None:
+            self.strategy.step_pre_backward(self.rep.splats, self.optimizers, self.state, step, info)
+
+    def step(self, loss: Tensor, step: int, info: dict[str, Any], cameras: Cameras) -> dict[str, int]:
+        """Backpropagate ``loss`` (of a render of ``cameras``), take one Adam step, then one
+        densification step; returns the strategy's counts (empty when nothing changed)."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+        if self.strategy is None:
+            return {}
+        means_lr = self.optimizers["means"].param_groups[0]["lr"] if "means" in self.optimizers else 0.0
+        report = self.strategy.step_post_backward(
+            self.rep.splats, self.optimizers, self.state, step, {**info, "cameras": cameras},
+            generator=self.generator, lr=means_lr,
+        )
+        return {k: v for k, v in (report or {}).items() if v}
+
+    # ----------------------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer moments, strategy state and the generator (deep copies)."""
+        return copy.deepcopy({
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "strategy": self.state,
+            "generator": self.generator.get_state(),
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the optimizers on the representation's current (restored) splats, then load."""
+        self.optimizers = self.build_optimizers()
+        n = len(self.rep)
+        for key, opt in self.optimizers.items():
+            saved = state["optimizers"][key]
+            for entry in saved.get("state", {}).values():
+                for name, value in entry.items():
+                    if name != "step" and isinstance(value, Tensor) and value.shape[:1] != (n,):
+                        raise InputError(f"optimizer checkpoint holds {value.shape[0]} Gaussians for '{key}', the representation {n}")
+            opt.load_state_dict(saved)
+        device = self.rep.splats["means"].device
+        self.state = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in state["strategy"].items()}
+        self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+
+
+def default_scene_scale(bounds_radius: float) -> float:
+    """1.1 x the radius of the scene's bounds (gsplat: 1.1 x the largest camera distance)."""
+    return 1.1 * float(bounds_radius)
+

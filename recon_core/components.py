@@ -433,6 +433,11 @@ class ImageEvaluator(Evaluator):
         """pred/target float32 (H, W, 3) in [0, 1]; mask bool (H, W): only True pixels count."""
         raise NotImplementedError
 
+    def loss_map(self, pred: Tensor, target: Tensor) -> Tensor:
+        """A differentiable per-pixel map (H, W) of the metric, lower = closer, for refiners that
+        use the metric as a loss term (e.g. LPIPS in ReconX). Metrics without one raise."""
+        raise NotImplementedError(f"the {self.name} metric has no differentiable map")
+
 
 class GeometryEvaluator(Evaluator):
     """A metric over the whole reconstruction (e.g. Chamfer distance to a ground-truth mesh)."""

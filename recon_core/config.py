@@ -24,9 +24,11 @@ __all__ = [
 ]
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, factory: Any = None) -> Any:
-    """A config field with help text (``factory`` for mutable defaults)."""
-    meta = {"help": help, "choices": choices}
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, factory: Any = None,
+           component: str | None = None) -> Any:
+    """A config field with help text (``factory`` for mutable defaults; ``component``: the field
+    names a component of that kind which this one creates)."""
+    meta = {"help": help, "choices": choices, "component": component}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -409,3 +409,36 @@ def knn_distances(points: Tensor, k: int = 3, lone: float = 1.0, chunk_size: int
             out.append(d.topk(kk + 1, dim=1, largest=False).values[:, 1:].mean(dim=1))
         mean = torch.cat(out)
     return mean.to(dtype=dtype, device=points.device)
+
+
+# ------------------------------------------------------------------- frames of camera sets
+
+
+def camera_similarity(src_c2w: Tensor, dst_c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The similarity ``(R, t, s)`` taking the world of cameras ``src_c2w`` [S, 4, 4] onto the world
+    of the same cameras posed as ``dst_c2w`` [S, 4, 4]: rigid through camera 0, scaled by the ratio
+    of the mean camera distances from camera 0 (scale 1 when the cameras barely move).
+
+    This is how a network's predicted frame (camera 0 at the origin, unknown scale) is mapped onto
+    known poses; :func:`apply_similarity` moves points, ``x -> s R x + t``.
+    """
+    d_src = (src_c2w[1:, :3, 3] - src_c2w[:1, :3, 3]).norm(dim=-1)
+    d_dst = (dst_c2w[1:, :3, 3] - dst_c2w[:1, :3, 3]).norm(dim=-1)
+    use_scale = len(d_src) > 0 and float(d_src.mean()) > 1e-6
+    s = (d_dst.mean() / d_src.mean()) if use_scale else torch.ones((), dtype=src_c2w.dtype, device=src_c2w.device)
+    R = dst_c2w[0, :3, :3] @ src_c2w[0, :3, :3].transpose(-1, -2)
+    t = dst_c2w[0, :3, 3] - s * (R @ src_c2w[0, :3, 3])
+    return R, t, s
+
+
+def apply_similarity(points: Tensor, R: Tensor, t: Tensor, s: Tensor | float) -> Tensor:
+    """``s R x + t`` for points [..., 3]."""
+    return s * (points @ R.transpose(-1, -2)) + t
+
+
+def transform_c2w(c2w: Tensor, R: Tensor, t: Tensor, s: Tensor | float) -> Tensor:
+    """Camera-to-world poses [..., 4, 4] moved by the similarity ``(R, t, s)`` (rotations stay rotations)."""
+    out = c2w.clone()
+    out[..., :3, :3] = R @ c2w[..., :3, :3]
+    out[..., :3, 3] = apply_similarity(c2w[..., :3, 3], R, t, s)
+    return out

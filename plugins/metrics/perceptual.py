@@ -152,6 +152,20 @@ class LPIPS(ImageEvaluator):
         return float(value.flatten()[0])
 
 
+    def loss_map(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The spatial LPIPS map (H, W) of (H, W, 3) images in [0, 1], differentiable w.r.t. both
+        (the network's weights stay frozen)."""
+        model = self.network(pred.device)
+        model.spatial = True
+        for p in model.parameters():
+            p.requires_grad_(False)
+        to_batch = lambda x: x.to(torch.float32).permute(2, 0, 1)[None]  # noqa: E731
+        try:
+            return model(to_batch(pred), to_batch(target), normalize=True)[0, 0]
+        finally:
+            model.spatial = False
+
+
 def _load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

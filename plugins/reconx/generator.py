@@ -44,7 +44,6 @@ from recon_core.components import Generator, RunContext, Representation
 from recon_core.config import option
 from recon_core.errors import InputError
 from recon_core.scene import Scene, View
-from recon_plugins.gaussians.trainer import training_target
 
 from .carving import carve, view_mask
 from .confidence import ConsistencySettings, consistency_map
@@ -156,8 +155,7 @@ class RenderFixGenerator(Generator):
         if mode == "fixer" and ctx.fixer is None:
             raise InputError("render-fix.fix=fixer needs a fixer in the run (e.g. --fixer difix)")
         settings = ConsistencySettings(cfg.depth_tolerance, cfg.color_sigma, cfg.unseen)
-        background = getattr(rep, "background_color", None)
-        bg = background.cpu() if background is not None and bool(torch.isfinite(background).all()) else torch.ones(3)
+        bg = ctx.background.cpu().float() if ctx.background is not None else torch.ones(3)
 
         volume = None
         if cfg.free_space and any(view_mask(v) is not None for v in inputs):
@@ -169,19 +167,19 @@ class RenderFixGenerator(Generator):
         with torch.no_grad():
             others = []
             for v in inputs:  # input colours over the same background, with the model's depth
-                out = ctx.renderer.render(rep, v.camera.to(ctx.device))
-                others.append((_surface_depth(out.depth[0], out.alpha[0]), training_target(v, bg), v.camera.K[0], v.camera.c2w[0]))
+                out = ctx.renderer.render(rep, v.camera.to(ctx.device), background=bg.to(ctx.device))
+                others.append((_surface_depth(out.depth[0], out.alpha[0]), v.image_on(bg), v.camera.K[0], v.camera.c2w[0]))
             views = []
             for k in range(len(cams)):
                 cam = cams[k]
-                out = ctx.renderer.render(rep, cam.to(ctx.device))
+                out = ctx.renderer.render(rep, cam.to(ctx.device), background=bg.to(ctx.device))
                 if out.depth is None or out.alpha is None:
                     raise InputError(f"render-fix needs depth and alpha from the renderer; {ctx.renderer.name} gives none")
                 image = out.rgb[0].detach().float().clamp(0, 1).cpu()
                 depth = _surface_depth(out.depth[0], out.alpha[0])
                 if mode == "fixer":
                     ref = _nearest(inputs, cam)
-                    image = ctx.fixer.fix(image[None].to(ctx.device), training_target(ref, bg)[None].to(ctx.device))[0]
+                    image = ctx.fixer.fix(image[None].to(ctx.device), ref.image_on(bg)[None].to(ctx.device))[0]
                     image = image.detach().float().clamp(0, 1).cpu()
                 conf, seen, color = consistency_map(depth, image, cam.K[0], cam.c2w[0], others, settings)
                 if mode == "reproject":  # observed colours replace the render; they agree with their view

@@ -10,10 +10,12 @@ Sources (the ``reconx`` representation's ``pointcloud`` option), each a function
     pycolmap: SIFT features of the sparse images, exhaustive matching, then triangulation with the
     *known* poses and intrinsics (``pycolmap.triangulate_points``; no pose estimation).
 ``dggt``
-    the ``dggt`` network's depth and camera heads: predicted per-pixel depth, unprojected with the
-    predicted cameras, then moved into the scene's frame by the similarity mapping the predicted
-    input poses onto the known ones. Needs the published checkpoint; without it a
-    MissingWeightsError names the file and where it is expected.
+    the run's ``dggt`` representation (created through the run, so ``--set dggt.KEY=VALUE``
+    applies, e.g. ``dggt.checkpoint``), built on copies of the views: the centres and colours of
+    its static Gaussians, moved from its predicted frame into the scene's by the similarity that
+    maps the predicted input poses onto the known ones (:func:`recon_core.geometry.camera_similarity`).
+    Needs the published checkpoint; without it a MissingWeightsError names the file and where it
+    is expected.
 ``auto``
     ``depth`` when every view has a depth map, else ``triangulate``.
 
@@ -23,7 +25,7 @@ space carving (:mod:`.carving`) leaves unknown, coloured like their nearest obse
 
 from __future__ import annotations
 
-import math
+import copy
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,9 +35,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from recon_core.errors import InputError, MissingWeightsError
+from recon_core import Bounds, Cameras, InputError, RunContext, Scene
+from recon_core.gaussians import GaussianRepresentation, sh_to_rgb
+from recon_core.geometry import apply_similarity, camera_similarity
+from recon_core.points import points_from_depth
 from recon_core.scene import PointCloud, View
-from recon_plugins.gaussians.init import points_from_depth, unproject_depth
 
 from .carving import CarvedVolume
 
@@ -46,23 +50,15 @@ __all__ = [
     "depth_points",
     "triangulated_points",
     "dggt_points",
-    "points_from_network",
     "complete_points",
 ]
 
 
 @dataclass(frozen=True)
 class PointCloudSettings:
-    """Options shared by the sources (the representation forwards its own).
+    """What the sources share: the run's context (``dggt`` builds a representation through it)."""
 
-    dggt_checkpoint: path of the DGGT checkpoint (None: its default location).
-    dggt_min_confidence: keep DGGT depth pixels whose confidence is at least this quantile (0-1).
-    device: where networks run.
-    """
-
-    dggt_checkpoint: str | None = None
-    dggt_min_confidence: float = 0.3
-    device: str = "cpu"
+    ctx: RunContext | None = None
 
 
 def depth_points(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:
@@ -157,47 +153,25 @@ def _known_pose_reconstruction(pycolmap, db: Path, views: Sequence[View], names:
 
 
 def dggt_points(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:
-    """Depth + camera heads of the DGGT network, aligned to the known poses (see module doc)."""
-    from recon_plugins.dggt.weights import CHECKPOINT_FILENAME, CHECKPOINT_SOURCE, default_checkpoint_path, load_network
-
-    path = Path(settings.dggt_checkpoint) if settings.dggt_checkpoint else default_checkpoint_path()
-    if not path.is_file():
-        raise MissingWeightsError("reconx pointcloud=dggt", CHECKPOINT_FILENAME, path, CHECKPOINT_SOURCE)
-    device = torch.device(settings.device)
-    net = load_network(path, "full", device)
-    return points_from_network(net, views, max_points, generator, settings.dggt_min_confidence)
-
-
-def points_from_network(net: torch.nn.Module, views: Sequence[View], max_points: int, generator: torch.Generator,
-                        min_confidence: float = 0.3) -> PointCloud:
-    """Run a DGGT network (any size) on ``views``; its depth, unprojected with its predicted cameras
-    and moved into the views' frame (similarity of predicted onto known input poses)."""
-    from recon_plugins.dggt.pose_encoding import extrinsics_to_c2w, pose_encoding_to_extri_intri
-    from recon_plugins.dggt.preprocess import plan_resize, resize_images
-    from recon_plugins.dggt.representation import align_points
-
-    w0, h0 = views[0].width, views[0].height
-    if any((v.width, v.height) != (w0, h0) for v in views):
-        raise InputError("pointcloud=dggt needs views of one size")
-    plan = plan_resize(w0, h0, target_width=min(518, math.ceil(w0 / 14) * 14))
-    device = next(net.parameters()).device
-    images = resize_images(torch.stack([v.image.float() for v in views]), plan).to(device)
+    """The static Gaussians of the run's ``dggt`` representation, in the views' frame (module doc)."""
+    ctx = settings.ctx
+    if ctx is None or ctx.create is None:
+        raise InputError("pointcloud=dggt needs a run context that can create the dggt representation")
+    rep = ctx.create("representation", "dggt")
+    if not isinstance(rep, GaussianRepresentation):
+        raise InputError("pointcloud=dggt: the installed 'dggt' is not a Gaussian representation with cameras")
+    copies = [copy.copy(v) for v in views]  # dggt writes its predicted cameras into the views it is given
+    rep.build(Scene("reconx-inputs", copies, Bounds.from_cameras(Cameras.cat([v.camera for v in copies]))), ctx)
     with torch.no_grad():
-        out = net(images, heads=("depth",))
-    hw = (plan.height, plan.width)
-    extri, K = pose_encoding_to_extri_intri(out.pose_enc[0].float(), hw)
-    c2w_pred = extrinsics_to_c2w(extri).cpu()
-    depth = out.depth[0, ..., 0].float().cpu()
-    conf = out.depth_conf[0].float().cpu()
-    threshold = torch.quantile(conf.flatten(), float(min_confidence))
-    pts, cols = [], []
-    for s in range(len(views)):
-        p, idx = unproject_depth(depth[s], K[s].cpu(), c2w_pred[s], conf[s] >= threshold)
-        pts.append(p)
-        cols.append(images[s].permute(1, 2, 0).reshape(-1, 3).cpu()[idx])
-    given = torch.stack([v.camera.c2w[0] for v in views]).float()
-    points = align_points(torch.cat(pts), c2w_pred, given)
-    return _subsample(PointCloud(points.float(), torch.cat(cols).clamp(0, 1)), max_points, generator)
+        g = rep.gaussians(None)
+        predicted = rep.cameras()
+        if predicted is None or len(predicted) != len(views):
+            raise InputError("pointcloud=dggt: the dggt representation returned no camera per input view")
+        given = torch.stack([v.camera.c2w[0] for v in views]).float()
+        R, t, s = camera_similarity(predicted.c2w.float().cpu(), given)
+        points = apply_similarity(g.means.float().cpu(), R, t, s)
+        colors = sh_to_rgb(g.sh[:, 0].float().cpu()).clamp(0, 1)
+    return _subsample(PointCloud(points, colors), max_points, generator)
 
 
 def _auto(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:

@@ -10,9 +10,11 @@ Loss of one view i (one view per step, as ``3dgs-train``)::
 
 with defaults λ = 0.8 / 0.2 / 0.5, 1000 steps and no densification (the paper's setting). The
 means are divided by the pixel count (not by Σ C), so a pixel or a view of zero confidence gives
-exactly zero gradient. The LPIPS term needs torchvision's backbone weights (read, never
-downloaded, by :mod:`recon_plugins.metrics.perceptual`); when they are absent the term is
-disabled, a warning names the missing file, and ``finish()`` reports ``lpips: "unavailable: …"``.
+exactly zero gradient. The LPIPS term is the run's ``lpips`` evaluator's differentiable map
+(:meth:`recon_core.ImageEvaluator.loss_map`; ``--set lpips.net=vgg`` picks the backbone); when
+its weights are absent the term is disabled, a warning names the missing file, and ``finish()``
+reports ``lpips: "unavailable: …"``. SSIM follows :func:`recon_core.imageops.photometric_loss`:
+11x11 windows, left out on images smaller than that.
 
 Views: the representation's ``input_views`` (the ``reconx`` sparse selection) when it has them,
 else the scene's training views; plus, with a ``generator`` (default ``render-fix``), pseudo-views
@@ -21,10 +23,10 @@ and again every ``regenerate_every`` steps when set (from the current reconstruc
 Confidence maps come from the ``source`` option (:mod:`.confidence`); generated views carry their
 own map, which every source multiplies in.
 
-Optimizers and learning rates are those of ``3dgs-train``: an inner
-:class:`~recon_plugins.gaussians.trainer.GaussianTrainer` with ``densify=False`` is set up, and each
-step goes through its public optimisation API (``sync_optimizers``, ``schedule``, ``optimize``);
-its background handling and training targets are reused.
+Optimisation is recon's Gaussian engine (:class:`recon_core.optim.GaussianOptimizer`, the one
+``3dgs-train`` uses: gsplat's learning rates and schedules), with densification off by default
+(``--set confidence.optim.densify=true`` turns it on). Targets are the views on the run's
+background (:meth:`recon_core.View.image_on`).
 """
 
 from __future__ import annotations
@@ -33,22 +35,21 @@ import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from recon_core.cameras import Cameras
-from recon_core.components import Generator, RunContext, Refiner, Representation
-from recon_core.config import option
-from recon_core.errors import InputError
-from recon_core.imageops import ssim_map
-from recon_core.scene import Scene, Video, View
-from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer, training_target
+from recon_core import (
+    Cameras, CombinationError, Generator, GaussianRepresentation, ImageEvaluator, InputError, Refiner, Representation,
+    RunContext, Scene, Video, View, option,
+)
+from recon_core.imageops import psnr, ssim_map
+from recon_core.optim import GaussianOptimizer, OptimConfig, default_scene_scale
 
 from .confidence import ConsistencySettings, confidence_maps
 
-__all__ = ["ConfidenceRefiner", "ConfidenceConfig", "LossWeights", "confidence_loss", "spatial_lpips", "selected_views"]
+__all__ = ["ConfidenceRefiner", "ConfidenceConfig", "LossWeights", "confidence_loss", "lpips_map", "selected_views"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def confidence_loss(
     target: Tensor,
     confidence: Tensor,
     weights: LossWeights = LossWeights(),
-    lpips_map: "nn.Module | None" = None,
+    lpips_map: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Confidence-weighted L1 + (1 − SSIM) + LPIPS of one view (see the module docstring).
 
@@ -73,7 +74,7 @@ def confidence_loss(
         pred, target: (H, W, 3) images in [0, 1] (``pred`` differentiable).
         confidence: (H, W) per-pixel confidence C in [0, 1].
         weights: λ_rgb, λ_ssim, λ_lpips.
-        lpips_map: a module ``(pred, target) -> (H, W)`` spatial LPIPS, or None (term left out).
+        lpips_map: ``(pred, target) -> (H, W)`` differentiable LPIPS map, or None (term left out).
 
     Returns:
         the scalar loss and its weighted terms ``{"l1", "ssim", "lpips"}`` (lpips only when used).
@@ -84,41 +85,29 @@ def confidence_loss(
     c = confidence.to(pred)
     terms: dict[str, Tensor] = {}
     terms["l1"] = weights.rgb * (c * (pred - target).abs().mean(-1)).mean()
-    window = min(11, min(h, w) if min(h, w) % 2 else min(h, w) - 1)
-    if weights.ssim and window >= 3:
-        r = window // 2
-        s = ssim_map(pred, target, window)[0].mean(-1)  # (H - 2r, W - 2r)
+    if weights.ssim and min(h, w) >= 11:  # the rule of imageops.photometric_loss
+        r = 5
+        s = ssim_map(pred, target, 11)[0].mean(-1)  # (H - 2r, W - 2r)
         terms["ssim"] = weights.ssim * (c[r : h - r, r : w - r] * (1.0 - s)).mean()
     if weights.lpips and lpips_map is not None:
         terms["lpips"] = weights.lpips * (c * lpips_map(pred, target)).mean()
     return sum(terms.values()), terms  # type: ignore[return-value]
 
 
-class _SpatialLPIPS(nn.Module):
-    """(H, W, 3) pred/target in [0, 1] → (H, W) LPIPS map (the lpips network with ``spatial=True``)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.net.spatial = True
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        to_batch = lambda x: x.permute(2, 0, 1)[None].float()  # noqa: E731
-        return self.net(to_batch(pred), to_batch(target), normalize=True)[0, 0]
-
-
-def spatial_lpips(net: str, device: torch.device) -> tuple[nn.Module | None, str | None]:
-    """The differentiable LPIPS map (built as the ``lpips`` metric builds it), or (None, why not)."""
+def lpips_map(ctx: RunContext) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, str | None]:
+    """The run's ``lpips`` evaluator's differentiable (H, W) map, or (None, why not)."""
+    if ctx.create is None:
+        return None, "the run context cannot create the lpips evaluator"
     try:
-        from recon_plugins.metrics.perceptual import LPIPS, LPIPSConfig, build_network
-    except ImportError as e:  # the metrics plugin is not installed
-        return None, f"the metrics plugin is unavailable ({e})"
-    reason = LPIPS(LPIPSConfig(net=net)).unavailable_reason()
+        metric = ctx.create("evaluator", "lpips")
+    except Exception as e:  # noqa: BLE001 - not installed, or failed to load: the term is optional
+        return None, f"the lpips evaluator is unavailable ({e})"
+    if not isinstance(metric, ImageEvaluator):
+        return None, "the installed 'lpips' is not an image evaluator"
+    reason = metric.unavailable_reason()
     if reason is not None:
         return None, reason
-    return _SpatialLPIPS(build_network(net)).to(device), None
+    return metric.loss_map, None
 
 
 def selected_views(rep: Representation, scene: Scene) -> list[View]:
@@ -139,22 +128,22 @@ class ConfidenceConfig:
     steps: int = option(1000, "optimisation steps (ReconX: 1000)")
     lambda_rgb: float = option(0.8, "weight of the L1 term")
     lambda_ssim: float = option(0.2, "weight of the 1 - SSIM term")
-    lambda_lpips: float = option(0.5, "weight of the LPIPS term (disabled, with a warning, when its weights are absent)")
-    lpips_net: str = option("alex", "LPIPS backbone", choices=("alex", "vgg"))
+    lambda_lpips: float = option(0.5, "weight of the LPIPS term (the lpips evaluator's map, --set lpips.net=vgg for "
+                                      "VGG; disabled, with a warning, when its weights are absent)")
     source: str = option("supplied", "confidence source: supplied (View.confidence, else 1), consistency "
                                      "(x multi-view consistency of the current reconstruction), none")
     confidence_every: int = option(0, "recompute computed confidence maps every N steps (0: once, and after generation)")
     depth_tolerance: float = option(0.03, "consistency: relative depth difference still counted as the same surface")
     color_sigma: float = option(0.1, "consistency: colour difference scale of the photometric agreement")
     unseen: float = option(0.5, "consistency: confidence of pixels no other view sees")
-    generator: str = option("render-fix", "generator of extra views along a path between the inputs ('none': inputs only)")
+    generator: str = option("render-fix", "generator of extra views along a path between the inputs ('none': inputs only)",
+                            component="generator")
     generated_views: int = option(12, "how many views the generator makes (forwarded as its num_views option)")
     generate_at: float = option(0.3, "generate once this fraction of the steps is done (fit the inputs first)")
     regenerate_every: int = option(0, "generate the views again from the current reconstruction every N steps after "
                                       "the first generation (0: once)")
-    background: list[float] = option(help="RGB background behind the Gaussians", factory=lambda: [1.0, 1.0, 1.0])
-    sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)")
-    sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps")
+    optim: OptimConfig = option(help="learning rates and schedules (3dgs-train's); densification off as in ReconX",
+                                factory=lambda: OptimConfig(densify=False))
 
 
 class ConfidenceRefiner(Refiner):
@@ -165,24 +154,33 @@ class ConfidenceRefiner(Refiner):
     Config = ConfidenceConfig
     requires = frozenset({"gaussians-3d"})
 
+    @classmethod
+    def uses(cls, config: Any) -> list[tuple[str, str]]:
+        used = super().uses(config)
+        if config.lambda_lpips > 0:
+            used.append(("evaluator", "lpips"))
+        return used
+
     def setup(self, rep: Representation, data: Scene | Video, ctx: RunContext) -> None:
         cfg = self.config
         if not isinstance(data, Scene):
             raise InputError("the confidence refiner needs posed views (a Scene), not a video")
+        if not isinstance(rep, GaussianRepresentation):
+            raise CombinationError(f"the confidence refiner needs a Gaussian representation; '{rep.name}' is not one")
         if not 0.0 <= cfg.generate_at <= 1.0:
             raise InputError(f"confidence.generate_at must be in [0, 1], got {cfg.generate_at}")
         self.rep, self.scene, self.ctx = rep, data, ctx
         self.inputs = selected_views(rep, data)
         if not self.inputs:
             raise InputError("the confidence refiner needs at least one view", data.source)
-        # 3dgs-train's optimizers, learning rates and background handling, without densification
-        self.engine = GaussianTrainer(GaussianTrainConfig(steps=cfg.steps, densify=False, background=list(cfg.background),
-                                                          sh_degree=cfg.sh_degree, sh_degree_interval=cfg.sh_degree_interval))
-        self.engine.setup(rep, Scene(data.name, self.inputs, data.bounds, data.point_cloud, source=data.source), ctx)
+        self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(ctx.device, torch.float32)
+        self.generator = torch.Generator().manual_seed(int(ctx.seed))
+        self.engine = GaussianOptimizer(rep, cfg.optim, scene_scale=default_scene_scale(data.bounds.radius),
+                                        total_steps=self.total_steps, generator=self.generator)
         self.weights = LossWeights(cfg.lambda_rgb, cfg.lambda_ssim, cfg.lambda_lpips)
         self.lpips, self.lpips_reason = (None, None)
         if cfg.lambda_lpips > 0:
-            self.lpips, self.lpips_reason = spatial_lpips(cfg.lpips_net, ctx.device)
+            self.lpips, self.lpips_reason = lpips_map(ctx)
             if self.lpips is None:
                 message = f"confidence: LPIPS term disabled (λ_lpips={cfg.lambda_lpips} not applied): {self.lpips_reason}"
                 warnings.warn(message, stacklevel=2)
@@ -191,7 +189,6 @@ class ConfidenceRefiner(Refiner):
         self.generated: list[View] = []
         self.generate_step = int(round(cfg.generate_at * self.total_steps)) if cfg.generator != "none" else None
         self._refresh_views()
-        self.generator = torch.Generator().manual_seed(int(ctx.seed))
         self.order = torch.zeros(0, dtype=torch.int64)
         self.position = 0
         self.last_loss = float("nan")
@@ -205,8 +202,8 @@ class ConfidenceRefiner(Refiner):
     def _refresh_views(self) -> None:
         """Views = inputs + generated; targets over the background; confidence maps from the source."""
         self.views = self.inputs + self.generated
-        bg = self.engine.background.cpu()
-        self.targets = [training_target(v, bg) for v in self.views]
+        bg = self.background.cpu()
+        self.targets = [v.image_on(bg) for v in self.views]
         self._update_confidence()
 
     def _update_confidence(self) -> None:
@@ -252,31 +249,28 @@ class ConfidenceRefiner(Refiner):
             self._generate()
         elif cfg.confidence_every > 0 and step > 0 and step % cfg.confidence_every == 0 and cfg.source == "consistency":
             self._update_confidence()
-        engine.sync_optimizers()  # parameters replaced (a checkpoint was loaded): fresh optimizers
-        engine.schedule(step)  # 3dgs-train's means lr decay and SH degree
+        engine.sync()  # splats replaced (a checkpoint was loaded): fresh optimizers
+        engine.schedule(step)  # the means' lr decay and SH degree
 
         index = self._next_view()
         view = self.views[index]
         camera = view.camera.to(self.ctx.device)
-        out = self.ctx.renderer.render(rep, camera, background=engine.background)
+        out = self.ctx.renderer.render(rep, camera, background=self.background)
+        engine.before_backward(step, out.info)
         pred, target = out.rgb[0], self.targets[index]
         loss, terms = confidence_loss(pred, target, self.confidences[index], self.weights, self.lpips)
-        engine.optimize(loss, step, camera)  # densify=False: backward + Adam only
+        engine.step(loss + engine.regularisation(), step, out.info, camera)
         self.last_loss = float(loss.detach())
-        with torch.no_grad():
-            mse = ((pred.detach() - target) ** 2).mean().clamp_min(1e-12)
-        logs = {"loss": self.last_loss, "psnr": float(-10.0 * torch.log10(mse)), "views": float(len(self.views))}
+        logs = {"loss": self.last_loss, "psnr": float(psnr(pred.detach(), target)), "views": float(len(self.views))}
         logs.update({k: float(v.detach()) for k, v in terms.items()})
         return logs
 
     # ------------------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer moments, view order, the private generator and the generated views."""
-        engine = self.engine
+        """The engine's state (optimizers, strategy, generator), view order and the generated views."""
         return copy.deepcopy({
-            "optimizers": {n: opt.state_dict() for n, opt in engine.optimizers.items()},
-            "generator": self.generator.get_state(),
+            "engine": self.engine.state_dict(),
             "order": self.order,
             "position": self.position,
             "generated": [
@@ -287,11 +281,7 @@ class ConfidenceRefiner(Refiner):
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        engine = self.engine
-        engine.optimizers = engine.build_optimizers()
-        for name, opt in engine.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+        self.engine.load_state_dict(state["engine"])
         self.order = state["order"].to(torch.int64).cpu()
         self.position = int(state["position"])
         self.generated = [
@@ -303,14 +293,13 @@ class ConfidenceRefiner(Refiner):
             self._refresh_views()
 
     def finish(self) -> dict[str, Any]:
-        if hasattr(self.rep, "active_sh_degree"):
-            self.rep.active_sh_degree = self.engine.max_sh_degree
+        self.engine.finish()
         return {
             "final_loss": self.last_loss,
             "input_views": [v.name for v in self.inputs],
             "generated_views": len(self.generated),
             "confidence_source": self.config.source,
             "lpips": "used" if self.lpips is not None else (f"unavailable: {self.lpips_reason}" if self.lpips_reason else "off"),
-            "gaussians": int(self.rep.means.shape[0]),
+            "gaussians": len(self.rep),
             "completed_points": int(getattr(self.rep, "completed_points", 0)),
         }

@@ -14,28 +14,21 @@ Gaussian per voxel on the boundary of the volume that the inputs' silhouettes an
 unknown (:mod:`.carving`, :func:`.pointcloud.complete_points`): the largest surface consistent with
 the inputs, coloured like the nearest observed points, one voxel in size.
 
-It subclasses :class:`~recon_plugins.gaussians.GaussianSplat` (two levels instead of one): it *is* a
-3dgs (same parameters, renderers, PLY export, checkpoints); only the initialisation differs.
+It implements recon's Gaussian scene protocol (:class:`recon_core.GaussianRepresentation`), so it
+has the 3dgs parameters, renderers, PLY export and checkpoints; only the initialisation differs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from recon_core.components import Encoder
-from recon_core.config import option
-from recon_core.errors import InputError
-from recon_core.gaussians import num_sh_bases, rgb_to_sh
-from recon_core.scene import PointCloud, Scene, Video, View
-from recon_plugins.gaussians import GaussianSplat
-from recon_plugins.gaussians.init import knn_scales
-from recon_plugins.gaussians.ply import SplatPly
+from recon_core import GaussianRepresentation, InputError, PointCloud, RunContext, Scene, Video, View, option
+from recon_core.points import knn_scales, splats_from_points
 
 from .carving import carve, view_mask
 from .pointcloud import POINT_CLOUD_SOURCES, PointCloudSettings, complete_points, global_point_cloud
@@ -50,7 +43,6 @@ class ReconXConfig:
     pointcloud: str = option("auto", "global point cloud: auto (depth if every view has it, else triangulate), depth, "
                                      "triangulate (pycolmap, known poses), dggt (network depth + pose heads)",
                              choices=tuple(POINT_CLOUD_SOURCES))
-    dggt_checkpoint: str | None = option(None, "DGGT checkpoint for pointcloud=dggt (default: weights_dir()/dggt/...)")
     num_points: int = option(30_000, "at most this many Gaussians from the global point cloud")
     complete: str = option("carve", "points for surfaces no input sees: carve (the boundary of the volume that the "
                                     "inputs' silhouettes and depth leave unknown, see carving.py; needs an object "
@@ -63,8 +55,6 @@ class ReconXConfig:
     init_opacity: float = option(0.5, "initial opacity of every Gaussian (the cloud is already on the surface)")
     init_scale: float = option(1.0, "initial scale = this x mean distance to the 3 nearest neighbours")
     seed: int = option(0, "seed of the initialisation's random choices (subsampling, rotations)")
-    background: list[float] | None = option(None, "RGB colour behind the Gaussians in every render (None: the "
-                                                  "renderer's; the confidence refiner sets the colour it fits on)")
 
 
 def select_views(scene: Scene, spec: str | None) -> list[View]:
@@ -99,7 +89,7 @@ def select_views(scene: Scene, spec: str | None) -> list[View]:
     return [by_name[n] for n in names]
 
 
-class ReconXSplat(GaussianSplat):
+class ReconXSplat(GaussianRepresentation):
     """ReconX (Liu et al. 2024) on 3D Gaussians: global point cloud of sparse views → 3dgs."""
 
     name = "reconx"
@@ -107,14 +97,20 @@ class ReconXSplat(GaussianSplat):
     Config = ReconXConfig
     native_refiner = "confidence"
 
+    @classmethod
+    def uses(cls, config: Any) -> list[tuple[str, str]]:
+        """pointcloud=dggt builds the run's ``dggt`` representation (``--set dggt.checkpoint=...``)."""
+        return super().uses(config) + ([("representation", "dggt")] if config.pointcloud == "dggt" else [])
+
     def __init__(self, config: ReconXConfig | None = None) -> None:
-        super().__init__(config)
+        config = config if config is not None else ReconXConfig()
+        super().__init__(config, sh_degree=int(config.sh_degree))
         self.input_views: list[str] = []
         """Names of the sparse input views (set by ``build``; read by the ``confidence`` refiner)."""
         self.completed_points = 0
         """How many Gaussians ``build`` added for unseen surfaces (``complete``)."""
 
-    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
+    def build(self, data: Scene | Video, ctx: RunContext) -> None:
         """Select the sparse views, build their global point cloud (+ the carved completion) and start
         one Gaussian per point (colour from the point, scale from its 3 nearest observed neighbours or
         one voxel for completion points, random rotation)."""
@@ -124,7 +120,7 @@ class ReconXSplat(GaussianSplat):
         views = select_views(data, cfg.views)
         self.input_views = [v.name for v in views]
         generator = torch.Generator().manual_seed(int(cfg.seed))
-        settings = PointCloudSettings(cfg.dggt_checkpoint, device=str(device))
+        settings = PointCloudSettings(ctx)
         pc = global_point_cloud(views, cfg.pointcloud, int(cfg.num_points), generator, settings)
         dist = knn_scales(pc.points, k=3)
         if cfg.complete == "carve" and len(pc) and all(view_mask(v) is not None for v in views):  # silhouettes needed
@@ -135,15 +131,6 @@ class ReconXSplat(GaussianSplat):
             self.completed_points = len(extra)
             pc = PointCloud(torch.cat([pc.points, extra.points]), torch.cat([pc.colors, extra.colors]))
             dist = torch.cat([dist, torch.full((len(extra),), volume.voxel)])  # one voxel: the shell is one voxel thick
-        n = len(pc)
-        dist = dist * float(cfg.init_scale)
-        raw = SplatPly(
-            means=pc.points,
-            quats=F.normalize(torch.rand(n, 4, generator=generator), dim=-1),
-            log_scales=torch.log(dist)[:, None].repeat(1, 3),
-            logit_opacities=torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
-            sh0=rgb_to_sh(pc.colors)[:, None, :],
-            shN=torch.zeros(n, num_sh_bases(cfg.sh_degree) - 1, 3),
-        )
-        self.set_raw(raw, device)
+        scales = dist * float(cfg.init_scale)
+        self.set_splats(splats_from_points(pc, scales, float(cfg.init_opacity), int(cfg.sh_degree), generator), ctx.device)
         self.active_sh_degree = int(cfg.sh_degree)

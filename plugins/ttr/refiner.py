@@ -27,15 +27,13 @@ The pose stage is not guarded (pose corrections of the optimised views cannot ch
 held-out renders); without held-out views the guard is off and each stage keeps its last
 parameters.
 
-**What is refined, discovered by protocol** (no class is hard-coded):
+**What is refined, through recon's Gaussian scene protocol** (no class is hard-coded):
 
-* parameters: ``rep.refinable_parameters()`` when the representation defines it — a mapping
-  from the role names below to its ``nn.Parameter`` objects (roles it lacks are left out) —,
-  otherwise the attributes of the 3dgs layout with those names: ``means`` [N, 3] (position),
-  ``quats`` [N, 4] (rotation), ``scales`` [N, 3] (log-scale), ``opacities`` [N] (logit),
-  ``sh0`` [N, 1, 3] and ``shN`` [N, K-1, 3] (colour). ``opacities``, ``sh0`` and ``quats`` are
-  required.
-* cameras: a representation providing "cameras" with a ``cameras()`` method supplies the
+* parameters: the entries of ``rep.splats`` (:class:`recon_core.GaussianRepresentation`) named
+  in ``rep.refinable``: ``means`` (position), ``quats`` (rotation), ``scales`` (log-scale),
+  ``opacities`` (logit), ``sh0`` and ``shN`` (colour). ``opacities``, ``sh0`` and ``quats``
+  are required.
+* cameras: a representation providing "cameras" (``Representation.cameras()``) supplies the
   starting poses of the views it covers (matched by time, else by order); otherwise they are the
   scene's. At ``finish()`` the refined poses are written into the scene views' cameras (the
   pipeline checkpoints those, so a resumed run keeps them) and, for such a representation, back
@@ -66,12 +64,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recon_core.cameras import Cameras
-from recon_core.components import RunContext, Refiner, Representation
-from recon_core.config import option
-from recon_core.errors import CombinationError, InputError
+from recon_core import (
+    Bounds, Cameras, CombinationError, GaussianRepresentation, ImageEvaluator, InputError, Refiner, Representation,
+    RunContext, Scene, Video, View, option,
+)
 from recon_core.imageops import psnr, ssim
-from recon_core.scene import Bounds, Scene, Video, View
 
 from .holdout import HoldoutGuard, split_views
 from .poses import align_rigid, apply_corrections, pose_errors
@@ -123,13 +120,10 @@ class TTRConfig:
 
 
 def refinable_parameters(rep: Representation) -> dict[str, nn.Parameter]:
-    """The representation's parameters by role (see the module doc's protocol)."""
-    method = getattr(rep, "refinable_parameters", None)
-    if callable(method):
-        groups = dict(method())
-    else:
-        groups = {n: getattr(rep, n, None) for n in ROLES}
-    return {role: p for role, p in groups.items() if role in ROLES and isinstance(p, nn.Parameter)}
+    """The representation's refinable splat entries TTR knows (:data:`ROLES`), by name."""
+    if not isinstance(rep, GaussianRepresentation):
+        raise CombinationError(f"ttr needs a Gaussian representation (recon_core.GaussianRepresentation); '{rep.name}' is not one")
+    return {k: rep.splats[k] for k in ROLES if k in rep.splats and k in rep.refinable}
 
 
 def masked_photometric_loss(pred: Tensor, target: Tensor, valid: Tensor, ssim_weight: float = 0.2) -> Tensor:
@@ -150,14 +144,9 @@ def masked_photometric_loss(pred: Tensor, target: Tensor, valid: Tensor, ssim_we
 
 
 def representation_cameras(rep: Representation) -> Cameras | None:
-    """The representation's own cameras when it provides "cameras" through ``cameras()``."""
-    if "cameras" not in getattr(rep, "provides", frozenset()):
-        return None
-    method = getattr(rep, "cameras", None)
-    if not callable(method):
-        return None
-    cams = method()
-    return cams if isinstance(cams, Cameras) and len(cams) > 0 else None
+    """The representation's own cameras (``Representation.cameras()``), when it holds any."""
+    cams = rep.cameras() if "cameras" in rep.provides else None
+    return cams if cams is not None and len(cams) > 0 else None
 
 
 def video_scene(video: Video, cameras: Cameras | None) -> Scene:
@@ -220,8 +209,8 @@ class TestTimeRefiner(Refiner):
         missing = [r for r in _ALWAYS if r not in self.params]
         if cfg.refine_gs and missing:
             raise CombinationError(
-                f"ttr needs the parameters {', '.join(missing)} of '{rep.name}' (3dgs layout names, or a "
-                "refinable_parameters() method returning them); use another refiner or ttr.refine_gs=false"
+                f"ttr needs the refinable splat entries {', '.join(missing)} of '{rep.name}'; "
+                "use another refiner or ttr.refine_gs=false"
             )
         for flag, role in (("refine_xyz", "means"), ("refine_scale", "scales")):
             if getattr(cfg, flag) and role not in self.params:
@@ -233,6 +222,7 @@ class TestTimeRefiner(Refiner):
         if not self.views:
             raise InputError("ttr needs at least one training view", data.source)
         self.rep, self.scene, self.ctx, self.device = rep, data, ctx, ctx.device
+        self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(self.device, torch.float32)
 
         cams = Cameras.cat([v.camera for v in self.views]).to(self.device)
         self.from_rep = [None] * len(self.views)
@@ -293,19 +283,30 @@ class TestTimeRefiner(Refiner):
         return torch.stack([poses[v.name] for v in self.views]).to(self.device, torch.float64)
 
     def _evaluators(self) -> dict[str, Any]:
-        """SSIM (and LPIPS when usable) evaluators from the metrics plugin, when it is installed."""
+        """The run's SSIM (and LPIPS, when usable) evaluators, created through the run context."""
         out: dict[str, Any] = {}
-        try:
-            from recon_plugins.metrics import LPIPS, SSIM
-        except ImportError:
-            return out
-        out["ssim"] = SSIM()
-        if self.config.lpips:
-            lp = LPIPS()
-            self.lpips_unavailable = lp.unavailable_reason()
-            if self.lpips_unavailable is None:
-                out["lpips"] = lp
+        for name in self._reported_metrics(self.config):
+            try:
+                ev = self.ctx.create("evaluator", name) if self.ctx.create is not None else None
+            except Exception as e:  # noqa: BLE001 - an extra report: a missing metric plugin must not stop TTR
+                self.ctx.log(f"ttr: the {name} evaluator is unavailable ({e})")
+                continue
+            if not isinstance(ev, ImageEvaluator):
+                continue
+            reason = ev.unavailable_reason()
+            if reason is None:
+                out[name] = ev
+            elif name == "lpips":
+                self.lpips_unavailable = reason
         return out
+
+    @staticmethod
+    def _reported_metrics(config: TTRConfig) -> list[str]:
+        return ["ssim"] + (["lpips"] if config.lpips else [])
+
+    @classmethod
+    def uses(cls, config: Any) -> list[tuple[str, str]]:
+        return super().uses(config) + [("evaluator", n) for n in cls._reported_metrics(config)]
 
     @property
     def total_steps(self) -> int:
@@ -415,7 +416,7 @@ class TestTimeRefiner(Refiner):
     @torch.no_grad()
     def _render(self, cams: Cameras) -> Tensor:
         chunk = max(1, int(self.config.eval_chunk))
-        parts = [self.ctx.renderer.render(self.rep, cams[list(range(s, min(s + chunk, len(cams))))]).rgb
+        parts = [self.ctx.renderer.render(self.rep, cams[list(range(s, min(s + chunk, len(cams))))], background=self.background).rgb
                  for s in range(0, len(cams), chunk)]
         return torch.cat(parts).clamp(0.0, 1.0)
 
@@ -467,7 +468,7 @@ class TestTimeRefiner(Refiner):
         cfg = self.config
         index = self._pick_views()
         c2w = self.corrected_c2w()
-        pred = self.ctx.renderer.render(self.rep, self._cameras(index, c2w)).rgb
+        pred = self.ctx.renderer.render(self.rep, self._cameras(index, c2w), background=self.background).rgb
         target = torch.stack([self.targets[i][0] for i in index])
         valid = torch.stack([self.targets[i][1] for i in index])
         loss = masked_photometric_loss(pred, target, valid, cfg.ssim_weight)

@@ -88,9 +88,9 @@ class Gaussians3D:
         sh: [N, K, 3] spherical-harmonic coefficients, K = (sh_degree + 1)^2, or None.
         colors: [N, 3] view-independent RGB, used when ``sh`` is None.
         sh_degree: the degree to evaluate (may be lower than the stored K allows).
-        background: optional callable (cameras) -> [N_cams, H, W, 3] image that is part of the
-            scene (e.g. DGGT's sky model), composited behind the Gaussians instead of the run's
-            background colour.
+        background: optional callable (cameras, renderer) -> [N_cams, H, W, 3] image that is part
+            of the scene (e.g. DGGT's sky model, drawn by the same renderer), composited behind the
+            Gaussians instead of the run's background colour.
         rows: [N] int64 rows of ``rep.splats`` these Gaussians come from, or None when they are
             every row in order (strategies that read a renderer's per-Gaussian ``info`` need that).
     """

@@ -1,8 +1,9 @@
 """``dggt.init=fit``: a DGGT-shaped 4D scene without the network weights (e.g. to run TTR).
 
-Static part: a ``3dgs`` representation initialised from the scene and optimised for a few
-steps with ``3dgs-train`` on a black background (the untrained sky renders black), then kept
-as static Gaussians that never fade (a very long lifespan). Dynamic part, per input frame: the
+Static part: Gaussians initialised from the scene (:mod:`recon_core.points`) and optimised for
+a few steps with recon's Gaussian engine (:class:`recon_core.optim.GaussianOptimizer`, no
+densification, :func:`recon_core.imageops.photometric_loss`) on a black background (the untrained
+sky renders black), then kept as static Gaussians that never fade (a very long lifespan). Dynamic part, per input frame: the
 pixels of that frame's dynamic mask, lifted to 3D with the view's depth (or, without one, the
 depth the static fit renders) and coloured by the image. Cameras are the scene's own.
 """
@@ -14,10 +15,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from recon_core.components import RunContext, Renderer
-from recon_core.errors import InputError
+from recon_core import GaussianRepresentation, InputError, OptimConfig, RunContext, Scene, View
 from recon_core.gaussians import sh_to_rgb
-from recon_core.scene import Scene, View
+from recon_core.imageops import photometric_loss
+from recon_core.optim import GaussianOptimizer, default_scene_scale
+from recon_core.points import initial_points, knn_scales, splats_from_points
 
 from .composition import PixelGaussians, unproject_depth
 
@@ -45,21 +47,41 @@ def _dynamic_gaussians(view: View, frame: int, depth: Tensor, valid: Tensor, str
     ]
 
 
-def fit_pixel_gaussians(
-    scene: Scene, views: Sequence[View], renderer: Renderer, device: torch.device, *, steps: int, num_points: int,
-    dynamic_stride: int, seed: int = 0,
-) -> PixelGaussians:
-    """Static 3dgs fit of ``views`` + per-frame dynamic Gaussians (see module doc)."""
-    from recon_plugins.gaussians import GaussianSplat, GaussianSplatConfig, GaussianTrainConfig, GaussianTrainer
+class StaticGaussians(GaussianRepresentation):
+    """The static part while it is fitted (never registered: a plain Gaussian set)."""
 
+    name = "dggt-static"
+
+
+def fit_static(scene: Scene, ctx: RunContext, *, steps: int, num_points: int, seed: int = 0) -> StaticGaussians:
+    """SH-degree-0 Gaussians from the scene's points, fitted to its training views on black."""
+    generator = torch.Generator().manual_seed(seed)
+    static = StaticGaussians(sh_degree=0)
+    pc, _ = initial_points(scene, "auto", num_points, generator)
+    static.set_splats(splats_from_points(pc, knn_scales(pc.points, k=3), 0.1, 0, generator), ctx.device)
+    views = scene.train_views or list(scene.views)
+    engine = GaussianOptimizer(static, OptimConfig(densify=False), scene_scale=default_scene_scale(scene.bounds.radius),
+                               total_steps=steps, generator=generator)
+    black = torch.zeros(3, device=ctx.device)
+    targets = [v.image_on(black.cpu()).to(ctx.device) for v in views]
+    for step in range(steps):
+        engine.schedule(step)
+        i = int(torch.randint(len(views), (1,), generator=generator))
+        camera = views[i].camera.to(ctx.device)
+        out = ctx.renderer.render(static, camera, background=black)
+        engine.step(photometric_loss(out.rgb[0], targets[i]), step, out.info, camera)
+    engine.finish()
+    return static
+
+
+def fit_pixel_gaussians(
+    scene: Scene, views: Sequence[View], ctx: RunContext, *, steps: int, num_points: int, dynamic_stride: int, seed: int = 0,
+) -> PixelGaussians:
+    """Static fit of the scene + per-frame dynamic Gaussians of ``views`` (see module doc)."""
     if not isinstance(scene, Scene):
         raise InputError("dggt.init=fit needs posed views (a Scene); a video has no cameras to fit with")
-    static = GaussianSplat(GaussianSplatConfig(sh_degree=0, num_points=int(num_points), seed=seed))
-    static.build(scene, device=device)
-    trainer = GaussianTrainer(GaussianTrainConfig(steps=int(steps), background=[0.0, 0.0, 0.0], densify=False))
-    trainer.setup(static, scene, RunContext(device=device, seed=seed, renderer=renderer))
-    for step in range(trainer.total_steps):
-        trainer.step(step)
+    device, renderer = ctx.device, ctx.renderer
+    static = fit_static(scene, ctx, steps=int(steps), num_points=int(num_points), seed=seed)
     with torch.no_grad():
         g = static.gaussians(None)
         n = len(g)
@@ -75,7 +97,7 @@ def fit_pixel_gaussians(
                 depth = view.depth.to(device).float()
                 valid = depth > 0
             else:
-                out = renderer.render(static, view.camera.to(device))
+                out = renderer.render(static, view.camera.to(device), background=torch.zeros(3, device=device))
                 depth, valid = out.depth[0, ..., 0], out.alpha[0, ..., 0] > 0.5
             parts.append(_dynamic_gaussians(view, frame, depth, valid, max(1, int(dynamic_stride))))
     return PixelGaussians(*[torch.cat(column, dim=0) for column in zip(*parts)])

@@ -12,12 +12,13 @@ A :class:`Video` (``recon run --data clip.mp4 --repr dggt``) has no cameras at a
 predicts one per frame, ``cameras()`` returns them (the pipeline renders and evaluates frame i
 from camera i at its time), and ``set_cameras`` takes corrected ones (``ttr`` refines them).
 
-Parameters follow the ``3dgs`` layout (raw values: ``means``, ``quats`` wxyz, ``scales`` log,
-``opacities`` logit, ``sh0``/``shN`` SH) so Gaussian refiners can optimise them, plus
-``lifespans`` (log γ, DGGT-normalised time units) and the sky colour MLP
-(``sky_model.bg_field``). ``gaussians(time)`` returns, at a scene time t: every static Gaussian
-with opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²), the dynamic Gaussians of the input frame
-nearest to t, and a ``background`` callable rendering the sky.
+It implements recon's Gaussian scene protocol (:class:`recon_core.GaussianRepresentation`): the
+``splats`` hold gsplat's six entries plus ``times`` (the scene time of the frame a Gaussian was
+predicted from), ``lifespans`` (log γ, DGGT-normalised time units) and ``dynamic`` (bool, not
+refinable), so any Gaussian refiner optimises it and any strategy keeps the rows aligned. The sky
+colour MLP is ``sky_model.bg_field``. ``gaussians(time)`` returns, at a scene time t: every
+static Gaussian with opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²), the dynamic Gaussians of the
+input frame nearest to t, and a ``background`` callable rendering the sky with the run's renderer.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from typing import ClassVar, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from recon_core.cameras import Cameras
-from recon_core.components import Encoder, Representation, WeightFile
-from recon_core.config import option
-from recon_core.errors import InputError, MissingWeightsError
-from recon_core.gaussians import Gaussians3D, rgb_to_sh
-from recon_core.scene import Bounds, PointCloud, Scene, Video, View
+from recon_core import (
+    Bounds, CameraRenderer, Cameras, GaussianRepresentation, Gaussians3D, InputError, MissingWeightsError, PointCloud,
+    RunContext, Scene, Video, View, option,
+)
+from recon_core.components import WeightFile
+from recon_core.gaussians import SPLAT_KEYS, activate, rgb_to_sh, splats_from_activated
+from recon_core.geometry import apply_similarity, camera_similarity, transform_c2w
+from recon_core.ply import write_splat_ply
 
 from .composition import PixelGaussians, TimeMap, compose_pixel_gaussians, lifespan_opacity, unproject_depth
 from .network import DGGT_SIZES
@@ -60,36 +63,15 @@ class DGGTConfig:
     fit_dynamic_stride: int = option(2, "init=fit: one dynamic Gaussian per this many pixels (each way) of a dynamic mask")
 
 
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return torch.log(p) - torch.log1p(-p)
-
-
-def _similarity(src_ref: Tensor, dst_ref: Tensor) -> tuple[Tensor, Tensor, float]:
-    """(src camera 0 pose, dst camera 0 pose, scale) mapping the world of ``src_ref`` [S, 4, 4]
-    onto that of ``dst_ref`` (the same S cameras): rigid through camera 0, scaled by the ratio of
-    mean camera distances from camera 0 (1 when the cameras barely move, as in DGGT)."""
-    d_src = (src_ref[1:, :3, 3] - src_ref[:1, :3, 3]).norm(dim=-1)
-    d_dst = (dst_ref[1:, :3, 3] - dst_ref[:1, :3, 3]).norm(dim=-1)
-    scale = float(d_dst.mean() / d_src.mean()) if len(d_src) and float(d_src.mean()) > 1e-6 else 1.0
-    return src_ref[0], dst_ref[0], scale
-
-
 def align_cameras(c2w: Tensor, src_ref: Tensor, dst_ref: Tensor) -> Tensor:
-    """Camera poses c2w [N, 4, 4] from the world of ``src_ref`` into that of ``dst_ref`` (see
-    :func:`_similarity`)."""
-    src0, dst0, scale = _similarity(src_ref, dst_ref)
-    rel = torch.linalg.inv(src0) @ c2w  # poses relative to source camera 0
-    rel = rel.clone()
-    rel[:, :3, 3] *= scale
-    return dst0 @ rel
+    """Camera poses c2w [N, 4, 4] from the world of ``src_ref`` into that of ``dst_ref`` (the same
+    cameras in two frames; :func:`recon_core.geometry.camera_similarity`)."""
+    return transform_c2w(c2w, *camera_similarity(src_ref, dst_ref))
 
 
 def align_points(points: Tensor, src_ref: Tensor, dst_ref: Tensor) -> Tensor:
     """World points [P, 3] from the world of ``src_ref`` into that of ``dst_ref``."""
-    src0, dst0, scale = _similarity(src_ref, dst_ref)
-    local = (points - src0[:3, 3]) @ src0[:3, :3] * scale  # R0ᵀ (p − t0), scaled
-    return local @ dst0[:3, :3].T + dst0[:3, 3]
+    return apply_similarity(points, *camera_similarity(src_ref, dst_ref))
 
 
 class _Built(NamedTuple):
@@ -104,36 +86,20 @@ class _Built(NamedTuple):
     sky_visible: Tensor  # [n] bool
 
 
-class DGGTRepresentation(Representation):
+class DGGTRepresentation(GaussianRepresentation):
     """DGGT (arXiv 2512.03004): pose-free feed-forward 4D Gaussians for driving scenes."""
 
     name = "dggt"
     description = "DGGT feed-forward 4D Gaussians from unposed frames (static + dynamic + sky, lifespans)"
     Config = DGGTConfig
     provides = frozenset({"gaussians-3d", "cameras", "dynamic"})
-    default_renderer = {"cpu": "torch-3dgs", "cuda": "gsplat"}
     native_refiner = None
-    export_formats = ("ply",)
-
-    PER_GAUSSIAN: ClassVar[tuple[str, ...]] = (
-        "means", "quats", "scales", "opacities", "sh0", "shN", "lifespans", "frame_ids", "is_dynamic",
-    )
-    """Per-Gaussian tensors (dim 0 = Gaussian): a refiner that adds or removes Gaussians must
-    index all of them together, not only the six of the 3dgs layout."""
-
-    means: nn.Parameter
-    quats: nn.Parameter
-    scales: nn.Parameter
-    opacities: nn.Parameter
-    sh0: nn.Parameter
-    shN: nn.Parameter
-    lifespans: nn.Parameter
+    refinable = frozenset(SPLAT_KEYS) | {"lifespans"}
 
     def __init__(self, config: DGGTConfig | None = None) -> None:
-        super().__init__(config)
-        self._set_gaussians(torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3), torch.zeros(0))
-        self.register_buffer("frame_ids", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("is_dynamic", torch.zeros(0, dtype=torch.bool))
+        super().__init__(config, sh_degree=0)
+        self._set_gaussians(torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3),
+                            torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         self.register_buffer("frame_times", torch.zeros(0))
         self.register_buffer("camera_c2w", torch.zeros(0, 4, 4))
         self.register_buffer("camera_K", torch.zeros(0, 3, 3))
@@ -166,20 +132,20 @@ class DGGTRepresentation(Representation):
 
     # ----------------------------------------------------------------------------- build
 
-    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
+    def build(self, data: Scene | Video, ctx: RunContext) -> None:
         """Predict the 4D scene from ``data`` (see module doc); init=network needs the checkpoint."""
-        cfg = self.config
+        cfg, device = self.config, ctx.device
         patch = DGGT_SIZES[cfg.size].patch_size
         if cfg.width < patch or cfg.width % patch:
             raise InputError(f"dggt.width must be a positive multiple of {patch} (518 for the published model), got {cfg.width}")
         if cfg.init == "network":
             self._require_checkpoint()  # before reading any frame
         views, images, sky, times = _input_frames(data, cfg.max_frames)
-        built = self._fit(data, views, images, device) if cfg.init == "fit" else self._predict(images, sky, device)
+        built = self._fit(data, views, images, ctx) if cfg.init == "fit" else self._predict(images, sky, device)
         g = built.gaussians
-        self._set_gaussians(g.means, g.quats, torch.log(g.scales.clamp_min(1e-12)), _logit(g.opacity), g.rgb, torch.log(g.lifespan.clamp_min(1e-12)))
-        self.frame_ids, self.is_dynamic = g.frame, g.dynamic
-        self.frame_times = times.to(device)
+        times = times.to(device)
+        self._set_gaussians(g.means, g.quats, g.scales, g.opacity, g.rgb, times[g.frame], g.lifespan, g.dynamic)
+        self.frame_times = times
         self.camera_c2w, self.camera_K = built.c2w, built.K
         self.camera_size = torch.tensor(built.size, device=device)
         self.sky_model = built.sky_model
@@ -209,18 +175,15 @@ class DGGTRepresentation(Representation):
         del net, out
         return _Built(g, c2w, plan.K_to_source(K_net), (plan.src_width, plan.src_height), sky_model, samples, visible)
 
-    def _fit(self, data: Scene | Video, views: list[View], images: Tensor, device: torch.device) -> _Built:
-        """Fit without weights (init=fit): static 3dgs fit + per-frame dynamic Gaussians, black sky."""
-        from recon_core.registry import get_registry
-
+    def _fit(self, data: Scene | Video, views: list[View], images: Tensor, ctx: RunContext) -> _Built:
+        """Fit without weights (init=fit): static fit + per-frame dynamic Gaussians, black sky."""
         from .fit import fit_pixel_gaussians
 
-        cfg = self.config
+        cfg, device = self.config, ctx.device
         if not isinstance(data, Scene):
             raise InputError("dggt.init=fit needs posed views (a Scene); a video has no cameras to fit with")
-        renderer = get_registry().create("renderer", self.renderer_for(device))
         g = fit_pixel_gaussians(
-            data, views, renderer, device, steps=int(cfg.fit_steps), num_points=int(cfg.fit_points),
+            data, views, ctx, steps=int(cfg.fit_steps), num_points=int(cfg.fit_points),
             dynamic_stride=int(cfg.fit_dynamic_stride),
         )
         cams = data.cameras(views).to(device)
@@ -231,13 +194,12 @@ class DGGTRepresentation(Representation):
         samples, visible = sky_model.sample(images.permute(0, 3, 1, 2).to(device), cams.viewmats, cams.K)
         return _Built(g, cams.c2w, cams.K, (int(cams.width[0]), int(cams.height[0])), sky_model, samples, visible)
 
-    def _set_gaussians(self, means: Tensor, quats: Tensor, log_scales: Tensor, logit_opacity: Tensor, rgb: Tensor, log_lifespan: Tensor) -> None:
-        values = {
-            "means": means, "quats": quats, "scales": log_scales, "opacities": logit_opacity,
-            "sh0": rgb_to_sh(rgb)[:, None, :], "shN": rgb.new_zeros(rgb.shape[0], 0, 3), "lifespans": log_lifespan,
-        }
-        for name, value in values.items():
-            setattr(self, name, nn.Parameter(value.detach().float().contiguous()))
+    def _set_gaussians(self, means: Tensor, quats: Tensor, scales: Tensor, opacity: Tensor, rgb: Tensor,
+                       times: Tensor, lifespan: Tensor, dynamic: Tensor) -> None:
+        """Fill ``splats`` from activated per-pixel Gaussians (scales, opacity in [0, 1], RGB, γ)."""
+        raw = splats_from_activated(Gaussians3D(means=means, quats=quats, scales=scales, opacities=opacity, colors=rgb), 0)
+        raw.update(times=times.float(), lifespans=torch.log(lifespan.clamp_min(1e-12)), dynamic=dynamic.bool())
+        self.set_splats(raw, means.device)
 
     def _write_cameras(self, scene: Scene, inputs: Sequence[View]) -> None:
         """Replace every view's camera with the predicted one (inputs) or an aligned one (others)."""
@@ -259,9 +221,6 @@ class DGGTRepresentation(Representation):
         scene.bounds = Bounds.from_cameras(scene.cameras())
 
     # --------------------------------------------------------------------------- queries
-
-    def __len__(self) -> int:
-        return self.means.shape[0]
 
     @property
     def num_frames(self) -> int:
@@ -301,39 +260,25 @@ class DGGTRepresentation(Representation):
         """
         if self.num_frames == 0:
             raise InputError("the dggt representation has not been built yet")
-        sizes = {name: getattr(self, name).shape[0] for name in self.PER_GAUSSIAN}
-        if len(set(sizes.values())) != 1:
-            raise RuntimeError(
-                f"dggt's per-Gaussian tensors disagree in length ({sizes}); a refiner changed some of "
-                f"them only (densifying refiners must index all of {', '.join(self.PER_GAUSSIAN)})"
-            )
-        opacity = torch.sigmoid(self.opacities)
-        static = ~self.is_dynamic
+        sp = self.splats
+        opacity = torch.sigmoid(sp["opacities"])
+        static = ~sp["dynamic"]
         if time is None:
             keep = static
         else:
             tmap = self._time_map()
-            frame = int(torch.argmin((self.frame_times - float(time)).abs()))
-            tau_frames = tmap.tau(self.frame_times)
-            tau = tmap.tau(float(time))
-            faded = lifespan_opacity(opacity, tau, tau_frames[self.frame_ids], torch.exp(self.lifespans))
+            nearest = self.frame_times[int(torch.argmin((self.frame_times - float(time)).abs()))]
+            faded = lifespan_opacity(opacity, tmap.tau(float(time)), tmap.tau(sp["times"]), torch.exp(sp["lifespans"]))
             opacity = torch.where(static, faded, opacity)
-            keep = static | (self.frame_ids == frame)
-        return Gaussians3D(
-            means=self.means[keep],
-            quats=self.quats[keep],
-            scales=torch.exp(self.scales[keep]),
-            opacities=opacity[keep],
-            sh=torch.cat([self.sh0, self.shN], dim=1)[keep],
-            sh_degree=0,
-            background=self.render_sky,
-        )
+            keep = static | (sp["times"] == nearest)
+        rows = torch.nonzero(keep).flatten()
+        return activate(sp, 0, rows, opacities=opacity[rows], background=self.render_sky)
 
-    def render_sky(self, cameras: Cameras) -> Tensor:
-        """The sky behind the Gaussians for ``cameras`` → [N, H, W, 3] (same-sized cameras)."""
+    def render_sky(self, cameras: Cameras, renderer: CameraRenderer) -> Tensor:
+        """The sky behind the Gaussians for ``cameras`` → [N, H, W, 3] (same-sized cameras), drawn
+        by ``renderer`` (the one rendering the Gaussians)."""
         colors = self.sky_model.colors(self.sky_samples)
-        cams = cameras.to(self.sky_samples.device)
-        return self.sky_model.render(colors, self.sky_visible, cams.viewmats, cams.K, int(cams.width[0]), int(cams.height[0]))
+        return self.sky_model.render(colors, self.sky_visible, cameras, renderer)
 
     # ---------------------------------------------------------------------------- export
 
@@ -342,17 +287,11 @@ class DGGTRepresentation(Representation):
         ``gaussians(t_k)`` (static, lifespan-faded, plus frame k's dynamic ones). No sky."""
         if fmt != "ply":
             raise InputError(f"dggt cannot export '{fmt}'; formats: {', '.join(self.export_formats)}")
-        from recon_plugins.gaussians.ply import SplatPly, write_splat_ply
-
         paths = []
         for k, t in enumerate(self.frame_times.tolist()):
-            g = self.gaussians(t)
             with torch.no_grad():
-                splat = SplatPly(
-                    means=g.means.cpu(), quats=g.quats.cpu(), log_scales=torch.log(g.scales).cpu(),
-                    logit_opacities=_logit(g.opacities).cpu(), sh0=g.sh[:, :1].cpu(), shN=g.sh[:, 1:].cpu(),
-                )
-            paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_t{k:03d}.ply", splat))
+                splats = splats_from_activated(self.gaussians(t))
+            paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_t{k:03d}.ply", splats))
         return paths
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SkyModel", "fibonacci_hemisphere", "project_points"]
+from recon_core import CameraRenderer, Cameras, Gaussians3D, Representation
+
+__all__ = ["SkyModel", "SkyLayer", "fibonacci_hemisphere", "project_points"]
 
 
 def fibonacci_hemisphere(n: int, radius: float) -> Tensor:
@@ -105,30 +107,30 @@ class SkyModel(nn.Module):
         outputs (range [−1, 1], used as is, as in DGGT's training)."""
         return self.bg_field(samples)[:, :3]
 
-    def render(self, colors: Tensor, visible: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int) -> Tensor:
-        """Render the coloured hemisphere into same-sized cameras → [V, height, width, 3].
+    def render(self, colors: Tensor, visible: Tensor, cameras: Cameras, renderer: CameraRenderer) -> Tensor:
+        """Render the coloured hemisphere into same-sized ``cameras`` with the run's ``renderer``
+        → [V, H, W, 3]; like DGGT, alpha-composited over black where no sky Gaussian covers.
 
         Args:
             colors: [M, 3] from :meth:`colors`; visible: [n] mask from :meth:`sample`.
-            viewmats: [V, 4, 4] world→camera; Ks: [V, 3, 3] (pixel centres at i + 0.5).
-
-        Like DGGT, the sky Gaussians are rasterised (alpha-composited, black where uncovered):
-        with gsplat on CUDA, as DGGT does, otherwise with recon's pure-PyTorch rasteriser
-        (``recon_plugins.gaussians.rasterize``), which follows gsplat's conventions.
         """
-        means = self.bg_pcd[visible]
-        args = dict(
-            means=means, quats=self.bg_quat[visible], scales=self.bg_scales[visible].exp(),
-            opacities=self.bg_opacity[visible, 0], viewmats=viewmats.to(means.dtype), Ks=Ks.to(means.dtype),
-            width=int(width), height=int(height),
-        )
-        if means.is_cuda:
-            try:
-                from gsplat.rendering import rasterization
-            except ImportError:
-                pass
-            else:
-                return rasterization(colors=colors, **args)[0]
-        from recon_plugins.gaussians.rasterize import rasterize_gaussians
+        layer = SkyLayer(Gaussians3D(
+            means=self.bg_pcd[visible], quats=self.bg_quat[visible], scales=self.bg_scales[visible].exp(),
+            opacities=self.bg_opacity[visible, 0], colors=colors,
+        ))
+        black = torch.zeros(3, dtype=colors.dtype, device=colors.device)
+        return renderer.render(layer, cameras.to(colors.device), background=black).rgb
 
-        return rasterize_gaussians(colors=colors, **args)[0]
+
+class SkyLayer(Representation):
+    """The sky's Gaussians as something a Gaussian renderer can draw (never registered)."""
+
+    name = "dggt-sky"
+    provides = frozenset({"gaussians-3d"})
+
+    def __init__(self, gaussians: Gaussians3D) -> None:
+        super().__init__()
+        self._gaussians = gaussians
+
+    def gaussians(self, time: float | None = None) -> Gaussians3D:
+        return self._gaussians

@@ -81,9 +81,7 @@ class NearestGTFixer(Fixer):
         self.set_pool(views)
 
     def _target(self, view: View) -> Tensor:
-        from recon_plugins.gaussians.trainer import training_target
-
-        return training_target(view, self.background)
+        return view.image_on(self.background)
 
     def fix(self, images: Tensor, references: Tensor | None = None, *, views: Sequence[View] | None = None) -> Tensor:
         """[N, H, W, 3]: for each of ``views`` (required, one per image), the nearest pooled view's image."""

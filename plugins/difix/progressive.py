@@ -17,14 +17,14 @@ never their images (as in nv-tlabs/Difix3D ``examples/gsplat/simple_trainer_difi
 shifts toward the validation poses). ``current`` starts at the training cameras. Only the most
 recent set of pseudo-views is trained on, as in that script.
 
-The optimisation pieces are those of ``3dgs-train``: an inner :class:`GaussianTrainer` is set up
-on the representation (its Adam optimizers, learning rates, densification strategy and
-``training_target`` compositing; its options can be given in ``train``); this refiner picks the
-view, weights/masks the loss and drives the same optimizer/strategy calls. The means' learning
-rate stays at 3dgs-train's final value (``lr_means x scene scale x lr_means_final``), i.e. it
-continues where a full 3dgs-train schedule ends. ``state_dict`` holds everything needed to resume
-bit-identically: the inner trainer's state, this refiner's generator and view orders, the
-current novel poses and the pseudo-views themselves (images and masks).
+Optimisation is recon's Gaussian engine (:class:`recon_core.optim.GaussianOptimizer`, the one
+``3dgs-train`` uses; its options under ``optim``, densification off by default); this refiner
+picks the view, weights/masks the loss (:func:`recon_core.imageops.photometric_loss`) and hands
+it to the engine. Renders and targets use the run's background. The means' learning rate stays
+at the engine's final value (``lr_means x scene scale x lr_means_final``), i.e. it continues where
+a full 3dgs-train schedule ends. ``state_dict`` holds everything needed to resume
+bit-identically: the engine's state, this refiner's generator and view orders, the current
+novel poses and the pseudo-views themselves (images and masks).
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recon_core.cameras import Cameras
-from recon_core.components import RunContext, Refiner, Representation
-from recon_core.config import config_from_dict, option
-from recon_core.errors import CombinationError, InputError
-from recon_core.imageops import ssim
-from recon_core.scene import Scene, Video, View
-
-from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer, training_target
+from recon_core import (
+    Cameras, CombinationError, GaussianRepresentation, InputError, OptimConfig, Refiner, Representation, RunContext,
+    Scene, Video, View, option,
+)
+from recon_core.imageops import photometric_loss, psnr
+from recon_core.optim import GaussianOptimizer, default_scene_scale
 
 from .camera_path import nearest_assignments, shift_poses
 
@@ -61,9 +59,9 @@ class Difix3DPlusConfig:
     real_weight: float = option(1.5, "loss weight of training views")
     alpha_threshold: float = option(0.5, "pseudo-view pixels count where the render's alpha exceeds this")
     fix_batch: int = option(8, "novel views rendered and fixed per call")
-    background: list[float] = option(help="RGB background of renders and targets", factory=lambda: [1.0, 1.0, 1.0])
-    train: dict[str, Any] = option(help="3dgs-train options for the optimisation pieces (learning rates, ssim_weight, "
-                                        "densify, ...); densify defaults to false here", factory=dict)
+    ssim_weight: float = option(0.2, "loss = weight x ((1 - w) L1 + w (1 - SSIM))")
+    optim: OptimConfig = option(help="learning rates, schedules and densification (3dgs-train's engine; densify off here)",
+                                factory=lambda: OptimConfig(densify=False))
 
 
 @dataclass
@@ -99,15 +97,12 @@ class PseudoViews:
 
 def weighted_photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float, weight: float = 1.0,
                               mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``weight · ((1 - w) L1 + w (1 - SSIM))`` of pred/target (H, W, 3), both zeroed outside ``mask``
-    (H, W) when given (the Difix3D recipe); L1 only below 11 pixels; returns (loss, unweighted L1)."""
+    """``weight x`` :func:`~recon_core.imageops.photometric_loss` of pred/target (H, W, 3), both zeroed
+    outside ``mask`` (H, W) when given (the Difix3D recipe); returns (loss, unweighted L1)."""
     if mask is not None:
         m = mask.to(pred.dtype)[..., None]
         pred, target = pred * m, target * m
-    l1 = (pred - target).abs().mean()
-    if min(pred.shape[0], pred.shape[1]) < 11:  # SSIM's 11x11 window needs that many pixels (as 3dgs-train)
-        return weight * l1, l1
-    return weight * ((1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target))), l1
+    return weight * photometric_loss(pred, target, ssim_weight), (pred - target).abs().mean()
 
 
 class _Cycler:
@@ -154,13 +149,16 @@ class Difix3DPlus(Refiner):
                 raise InputError(f"difix3d+.{name} must be >= 1, got {getattr(cfg, name)}")
         if cfg.shift_distance <= 0 or not 0.0 <= cfg.novel_prob <= 1.0:
             raise InputError("difix3d+ needs shift_distance > 0 and 0 <= novel_prob <= 1")
-        train = {"densify": False, **dict(cfg.train), "steps": int(cfg.steps), "background": list(cfg.background)}
-        self.inner = GaussianTrainer(config_from_dict(GaussianTrainConfig, train, "difix3d+.train"))
-        self.inner.setup(rep, data, ctx)  # optimizers, strategy, background, scene scale; checks the layout
+        if not isinstance(rep, GaussianRepresentation):
+            raise CombinationError(f"difix3d+ needs a Gaussian representation (recon_core.GaussianRepresentation); '{rep.name}' is not one")
         self.rep, self.ctx, self.device = rep, ctx, ctx.device
-        self.background = self.inner.background
-        self.views = self.inner.views
-        self.inner.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
+        self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(self.device, torch.float32)
+        self.views = data.train_views or list(data.views)
+        if not self.views:
+            raise InputError("difix3d+ needs at least one training view", data.source)
+        self.engine = GaussianOptimizer(rep, cfg.optim, scene_scale=default_scene_scale(data.bounds.radius),
+                                        total_steps=int(cfg.steps), generator=torch.Generator().manual_seed(int(ctx.seed)))
+        self.engine.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
         targets = data.eval_views
         self.targets = Cameras.cat([v.camera for v in targets]).to("cpu")
         if set(map(id, targets)) <= set(map(id, self.views)):
@@ -181,7 +179,7 @@ class Difix3DPlus(Refiner):
 
     def _real_target(self, index: int) -> Tensor:
         if index not in self._targets:
-            self._targets[index] = training_target(self.views[index], self.background.cpu())
+            self._targets[index] = self.views[index].image_on(self.background.cpu())
         return self._targets[index]
 
     # ------------------------------------------------------------------------------ fix round
@@ -223,9 +221,9 @@ class Difix3DPlus(Refiner):
     # ------------------------------------------------------------------------------------ step
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, inner, rep = self.config, self.inner, self.rep
-        if inner.sync_optimizers():  # parameters were replaced (a checkpoint was loaded): rebuilt like 3dgs-train
-            inner.set_means_lr(1.0)
+        cfg, engine, rep = self.config, self.engine, self.rep
+        if engine.sync():  # splats were replaced (a checkpoint was loaded): fresh optimizers
+            engine.set_means_lr(1.0)
         if step % int(cfg.fix_every) == 0:
             self.fix_round()
         use_pseudo = self.pseudo is not None and len(self.pseudo) > 0 and \
@@ -240,21 +238,21 @@ class Difix3DPlus(Refiner):
             view = self.views[i]
             camera = view.camera.to(self.device)
             target, mask, weight = self._real_target(i).to(self.device), None, cfg.real_weight
-        pred = self.ctx.renderer.render(rep, camera, background=self.background).rgb[0]
-        loss, l1 = weighted_photometric_loss(pred, target, inner.config.ssim_weight, float(weight), mask)
-        inner.optimize(loss, step, camera)  # 3dgs-train: backward, Adam, densification when enabled
+        out = self.ctx.renderer.render(rep, camera, background=self.background)
+        engine.before_backward(step, out.info)
+        pred = out.rgb[0]
+        loss, l1 = weighted_photometric_loss(pred, target, cfg.ssim_weight, float(weight), mask)
+        engine.step(loss + engine.regularisation(), step, out.info, camera)
         self.last_loss = float(loss.detach())
-        with torch.no_grad():
-            mse = ((pred.detach() - target) ** 2).mean().clamp_min(1e-12)
-        return {"loss": self.last_loss, "l1": float(l1.detach()), "psnr": float(-10.0 * torch.log10(mse)),
-                "pseudo": float(use_pseudo), "gaussians": float(rep.means.shape[0])}
+        return {"loss": self.last_loss, "l1": float(l1.detach()), "psnr": float(psnr(pred.detach(), target)),
+                "pseudo": float(use_pseudo), "gaussians": float(len(rep))}
 
     # --------------------------------------------------------------------------------- resume
 
     def state_dict(self) -> dict[str, Any]:
-        """Inner 3dgs-train state, generator, view orders, novel poses and pseudo-views (deep copies)."""
+        """Engine state, generator, view orders, novel poses and pseudo-views (deep copies)."""
         return copy.deepcopy({
-            "trainer": self.inner.state_dict(),
+            "engine": self.engine.state_dict(),
             "generator": self.generator.get_state(),
             "real_order": self.real_order.state_dict(),
             "pseudo_order": self.pseudo_order.state_dict(),
@@ -264,7 +262,8 @@ class Difix3DPlus(Refiner):
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state["trainer"])
+        self.engine.load_state_dict(state["engine"])
+        self.engine.set_means_lr(1.0)
         self.generator.set_state(state["generator"].cpu().to(torch.uint8))
         self.real_order.load_state_dict(state["real_order"])
         self.pseudo_order.load_state_dict(state["pseudo_order"])
@@ -273,9 +272,9 @@ class Difix3DPlus(Refiner):
         self.pseudo = None if state["pseudo"] is None else PseudoViews.from_state(state["pseudo"])
 
     def finish(self) -> dict[str, Any]:
-        self.inner.finish()
+        self.engine.finish()
         return {"rounds": self.rounds, "pseudo_views": 0 if self.pseudo is None else len(self.pseudo),
-                "gaussians": int(self.rep.means.shape[0]), "final_loss": self.last_loss}
+                "gaussians": len(self.rep), "final_loss": self.last_loss}
 
 
 def _same_size_groups(cams: Cameras, indices: list[int]) -> list[list[int]]:

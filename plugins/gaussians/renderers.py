@@ -45,6 +45,7 @@ def render_gaussian_batches(
     rasterize: RasterizeFn,
     *,
     background: Tensor | None = None,
+    renderer: CameraRenderer | None = None,
 ) -> RenderOutput:
     """Render every camera with ``rasterize``, grouping by time and image size (see module doc).
 
@@ -52,6 +53,7 @@ def render_gaussian_batches(
         rep: a representation providing "gaussians-3d".
         cameras: N cameras.
         rasterize: renders one group of same-sized cameras without background.
+        renderer: the renderer calling, handed to a scene background (e.g. a sky of Gaussians).
         background: [3] or [N, 3] colour, used when the Gaussians carry no background callable.
 
     Returns:
@@ -79,7 +81,7 @@ def render_gaussian_batches(
         info: dict = {}
         rgb, alpha, depth = rasterize(gauss, cams, info if len(groups) == 1 and gauss.rows is None else {})
         if gauss.background is not None:
-            bg = gauss.background(cams).to(rgb)
+            bg = gauss.background(cams, renderer).to(rgb)
         elif background is not None:
             bg = background.to(rgb)
             bg = bg[index] if bg.ndim == 2 else bg
@@ -124,7 +126,7 @@ class TorchGaussianRenderer(CameraRenderer):
     devices = ("cpu", "cuda")
 
     def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
-        return render_gaussian_batches(rep, cameras, self._rasterize, background=background)
+        return render_gaussian_batches(rep, cameras, self._rasterize, background=background, renderer=self)
 
     def _rasterize(self, g: Gaussians3D, cams: Cameras, info: dict) -> tuple[Tensor, Tensor, Tensor]:
         return rasterize_gaussians(
@@ -157,7 +159,7 @@ class GsplatRenderer(CameraRenderer):
     install_hint = "pip install gsplat (needs a CUDA toolkit matching torch)"
 
     def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
-        return render_gaussian_batches(rep, cameras, self._rasterize, background=background)
+        return render_gaussian_batches(rep, cameras, self._rasterize, background=background, renderer=self)
 
     def _rasterize(self, g: Gaussians3D, cams: Cameras, info: dict) -> tuple[Tensor, Tensor, Tensor]:
         from gsplat import rasterization

@@ -13,6 +13,9 @@ leave at least one full window at the coarsest scale (renormalising the first we
 one), and when even one 11x11 window does not fit, it shrinks the window to the largest odd size
 that does (sigma scaled with it). 200x200 and 320x180 keep all five scales.
 
+:func:`photometric_loss` is the one training loss ``(1 - w) L1 + w (1 - SSIM)`` (3DGS, w = 0.2);
+:func:`psnr` the one PSNR (losses' logs and the ``psnr`` metric alike).
+
 Masked comparisons for metrics whose value depends on a neighbourhood (MS-SSIM, LPIPS) use
 :func:`masked_crop`: both images are composited onto the same background outside the mask and
 cropped to the mask's bounding box, so pixels outside the mask have no effect on the result.
@@ -31,6 +34,7 @@ __all__ = [
     "psnr",
     "ssim_map",
     "ssim",
+    "photometric_loss",
     "gaussian_window",
     "MS_SSIM_WEIGHTS",
     "MsSsimPlan",
@@ -100,6 +104,32 @@ def ssim(pred: Tensor, target: Tensor, mask: Tensor | None = None, window_size: 
     r = window_size // 2
     m = m[:, r : m.shape[1] - r, r : m.shape[2] - r].to(s.dtype)[..., None].expand_as(s)
     return (s * m).sum() / m.sum().clamp_min(1)
+
+
+def photometric_loss(
+    pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None, window_size: int = 11
+) -> Tensor:
+    """``(1 - w) · L1 + w · (1 - SSIM)`` of (H, W, C) or (N, H, W, C) images, differentiable.
+
+    Rules:
+
+    * **Small images**: when the image is smaller than SSIM's window (``window_size``, 11) on
+      either side, or ``ssim_weight`` is 0, the loss is the plain L1 (not scaled by 1 - w).
+    * **Mask** (bool (H, W) or (N, H, W), True = counts): both images are set to 0 outside the
+      mask first, so pixels outside it change neither the value nor the gradient; L1 is averaged
+      over the masked pixels and channels, SSIM (:func:`ssim`) over the window centres that lie
+      on masked pixels. A mask with no window centre (only a thin border strip) gives an SSIM of 0,
+      i.e. a constant ``w`` added to the loss, without gradient.
+    """
+    if mask is not None:
+        m = mask.to(pred.dtype)[..., None]
+        pred, target = pred * m, target * m
+        l1 = (pred - target).abs().sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
+    else:
+        l1 = (pred - target).abs().mean()
+    if ssim_weight == 0 or min(pred.shape[-3], pred.shape[-2]) < window_size:
+        return l1
+    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target, mask, window_size))
 
 
 # ------------------------------------------------------------------------------------- MS-SSIM
@@ -228,11 +258,3 @@ def masked_crop(images: Sequence[Tensor], mask: Tensor, background: float = 1.0,
         out.append(crop)
     return out
 
-
-def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None) -> Tensor:
-    """(1 - w) L1 + w (1 - SSIM) of (H, W, 3) images; L1 alone below SSIM's 11x11 window."""
-    l1 = (pred - target).abs()
-    l1 = l1.mean() if mask is None else l1[mask].mean()
-    if ssim_weight <= 0 or min(pred.shape[0], pred.shape[1]) < 11:
-        return l1
-    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target, mask))

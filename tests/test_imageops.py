@@ -187,3 +187,68 @@ def test_masked_crop_ignores_outside_pixels_and_pads():
     assert padded.shape == (8, 15, 3)
     assert torch.equal(padded[2:6], ca) and torch.all(padded[:2] == 0.25) and torch.all(padded[6:] == 0.25)
     assert math.isclose(float(padded[0, 0, 0]), 0.25)
+
+
+# ------------------------------------------------------------------------------ photometric loss
+
+
+def test_photometric_loss_of_constant_images_is_known():
+    a, b, w = 0.3, 0.7, 0.2
+    pred, target = torch.full((16, 20, 3), a, dtype=torch.float64), torch.full((16, 20, 3), b, dtype=torch.float64)
+    c1 = 0.01**2
+    ssim_const = (2 * a * b + c1) / (a * a + b * b + c1)  # zero variances: the contrast term is 1
+    expected = (1 - w) * abs(a - b) + w * (1 - ssim_const)
+    assert float(imageops.photometric_loss(pred, target, w)) == pytest.approx(expected, abs=1e-12)
+    assert float(imageops.photometric_loss(pred, pred, w)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_photometric_loss_matches_l1_and_skimage_ssim():
+    a = _textured(40, 50, seed=3)
+    b = _noisy(a, 0.1, seed=4)
+    ref = structural_similarity(
+        a.numpy(), b.numpy(), channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1
+    )
+    l1 = float((a - b).abs().mean())
+    assert float(imageops.photometric_loss(a, b, 0.3)) == pytest.approx(0.7 * l1 + 0.3 * (1 - ref), abs=1e-9)
+    assert float(imageops.photometric_loss(a, b, 0.0)) == pytest.approx(l1, abs=1e-12)
+    batched = imageops.photometric_loss(torch.stack([a, a]), torch.stack([b, b]), 0.3)
+    assert float(batched) == pytest.approx(0.7 * l1 + 0.3 * (1 - ref), abs=1e-9)
+
+
+def test_photometric_loss_falls_back_to_l1_below_the_ssim_window():
+    a = _textured(10, 40, seed=5)  # 10 rows < 11
+    b = _noisy(a, 0.1, seed=6)
+    assert float(imageops.photometric_loss(a, b, 0.2)) == float((a - b).abs().mean())
+    mask = torch.zeros(10, 40, dtype=torch.bool)
+    mask[:, :8] = True
+    assert float(imageops.photometric_loss(a, b, 0.2, mask)) == pytest.approx(float((a - b)[:, :8].abs().mean()), abs=1e-12)
+
+
+def test_photometric_loss_ignores_pixels_outside_the_mask():
+    a = _textured(30, 30, seed=7)
+    b = _noisy(a, 0.05, seed=8)
+    mask = torch.zeros(30, 30, dtype=torch.bool)
+    mask[3:25, 5:28] = True
+    pred = a.clone().requires_grad_(True)
+    loss = imageops.photometric_loss(pred, b, 0.2, mask)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad[~mask] == 0).all() and (pred.grad[mask] != 0).any()
+    # changing either image outside the mask changes nothing
+    a2, b2 = a.clone(), b.clone()
+    a2[~mask], b2[~mask] = 1.0, 0.0
+    assert float(imageops.photometric_loss(a2, b2, 0.2, mask)) == pytest.approx(loss.item(), abs=1e-12)
+    # the known parts: L1 over masked pixels, SSIM over window centres on masked pixels
+    m = mask[..., None].double()
+    l1 = float((a - b)[mask].abs().mean())
+    s = float(imageops.ssim(a * m, b * m, mask))
+    assert loss.item() == pytest.approx(0.8 * l1 + 0.2 * (1 - s), abs=1e-12)
+    assert loss.item() != pytest.approx(float(imageops.photometric_loss(a, b, 0.2)), abs=1e-6)
+
+
+def test_psnr_with_a_batch_mask():
+    target = torch.full((2, 8, 9, 3), 0.5, dtype=torch.float64)
+    pred = target + 0.01  # 40 dB
+    mask = torch.zeros(2, 8, 9, dtype=torch.bool)
+    mask[0, :2] = mask[1, 5:] = True
+    pred[~mask] = 1.0
+    assert float(imageops.psnr(pred, target, mask)) == pytest.approx(40.0, abs=1e-9)

@@ -68,7 +68,7 @@ from recon_core import (
     Bounds, Cameras, CombinationError, GaussianRepresentation, ImageEvaluator, InputError, Refiner, Representation,
     RunContext, Scene, Video, View, option,
 )
-from recon_core.imageops import psnr, ssim
+from recon_core.imageops import photometric_loss, psnr
 
 from .holdout import HoldoutGuard, split_views
 from .poses import align_rigid, apply_corrections, pose_errors
@@ -133,14 +133,11 @@ def masked_photometric_loss(pred: Tensor, target: Tensor, valid: Tensor, ssim_we
         pred, target: [N, H, W, 3] (or [H, W, 3]) images in [0, 1].
         valid: [N, H, W] (or [H, W]) bool, True where the pixel counts (non-sky).
 
-    Both images are set to 0 outside ``valid`` before comparing, so invalid pixels of either image
-    change neither the value nor the gradient; L1 is averaged over valid pixels and channels,
-    SSIM (:func:`recon_core.imageops.ssim`) over window centres on valid pixels.
+    This is :func:`recon_core.imageops.photometric_loss` (masked) with its SSIM weight w / (1 + w),
+    scaled by 1 + w: ``(1 + w)((1 - w') L1 + w' (1 - SSIM)) = L1 + w (1 - SSIM)``.
     """
-    m = valid[..., None].to(pred.dtype)
-    p, t = pred * m, target * m
-    l1 = (p - t).abs().sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
-    return l1 + ssim_weight * (1.0 - ssim(p, t, valid))
+    w = float(ssim_weight)
+    return (1.0 + w) * photometric_loss(pred, target, w / (1.0 + w), valid)
 
 
 def representation_cameras(rep: Representation) -> Cameras | None:

@@ -1,4 +1,4 @@
-"""Where 3D Gaussians start: point clouds, unprojected depth maps, random points; kNN scales.
+"""Where 3D Gaussians start: point clouds, unprojected depth maps, random points; their first splats.
 
 Conventions (docs/conventions.md): cameras are OpenCV camera-to-world, intrinsics K have pixel
 centres at i + 0.5, so pixel (u, v) (column u, row v) has its centre at (u + 0.5, v + 0.5) and
@@ -17,13 +17,14 @@ from torch import Tensor
 
 from .errors import InputError
 from .gaussians import num_sh_bases, rgb_to_sh
+from .geometry import knn_distances, unproject_depth
 from .scene import Bounds, PointCloud, Scene, View
 
-__all__ = ["unproject_depth", "points_from_depth", "random_points", "knn_scales", "initial_points", "splats_from_points"]
+__all__ = ["unproject_valid_depth", "points_from_depth", "random_points", "initial_points", "splats_from_points"]
 
 
-def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """World points of every valid pixel of a z-depth map.
+def unproject_valid_depth(depth: Tensor, K: Tensor, c2w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """World points of the valid pixels of a z-depth map (:func:`recon_core.geometry.unproject_depth`).
 
     Args:
         depth: (H, W) float z-depth along the optical axis; 0 or non-finite = no point.
@@ -34,17 +35,11 @@ def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor, mask: Tensor | None =
     Returns:
         points [P, 3] float32 world coordinates and pixel_index [P] int64 (row-major v * W + u).
     """
-    h, w = depth.shape
     valid = torch.isfinite(depth) & (depth > 0)
     if mask is not None:
         valid &= mask.to(torch.bool)
     idx = torch.nonzero(valid.reshape(-1), as_tuple=False)[:, 0]
-    v, u = idx // w, idx % w
-    z = depth.reshape(-1)[idx].double()
-    pix = torch.stack([u.double() + 0.5, v.double() + 0.5, torch.ones_like(z)], dim=-1)  # [P, 3]
-    rays = pix @ torch.linalg.inv(K.double()).T  # [P, 3], z component 1 (K's last row is 0 0 1)
-    cam = rays * (z / rays[:, 2])[:, None]
-    world = cam @ c2w[:3, :3].double().T + c2w[:3, 3].double()
+    world = unproject_depth(depth.double(), K.double(), c2w.double()).reshape(-1, 3)[idx]
     return world.float(), idx
 
 
@@ -72,7 +67,7 @@ def points_from_depth(views: Sequence[View], max_points: int, generator: torch.G
         depth = view.depth
         if depth.shape != (view.height, view.width):
             raise InputError(f"depth map is {tuple(depth.shape)}, expected {(view.height, view.width)}", view.path)
-        pts, idx = unproject_depth(depth.float(), view.camera.K[0], view.camera.c2w[0], _foreground(view))
+        pts, idx = unproject_valid_depth(depth.float(), view.camera.K[0], view.camera.c2w[0], _foreground(view))
         if len(idx) > per_view:
             keep = torch.randperm(len(idx), generator=generator)[:per_view]
             pts, idx = pts[keep], idx[keep]
@@ -91,21 +86,6 @@ def random_points(bounds: Bounds, n: int, generator: torch.Generator) -> PointCl
     radius = bounds.radius * torch.rand(n, 1, generator=generator) ** (1.0 / 3.0)
     points = bounds.center.float().cpu() + direction * radius
     return PointCloud(points=points, colors=torch.rand(n, 3, generator=generator))
-
-
-def knn_scales(points: Tensor, k: int = 3, min_scale: float = 1e-7) -> Tensor:
-    """Mean distance from each point to its ``k`` nearest other points: [P] (at least ``min_scale``).
-
-    With fewer than ``k + 1`` points the available neighbours are used; a lone point gets 1.
-    """
-    p = points.detach().cpu().double().numpy()
-    n = len(p)
-    if n <= 1:
-        return torch.ones(n, dtype=torch.float32)
-    kk = min(k, n - 1)
-    dist, _ = cKDTree(p).query(p, k=kk + 1)  # the first neighbour is the point itself
-    mean = np.asarray(dist, dtype=np.float64).reshape(n, kk + 1)[:, 1:].mean(axis=1)
-    return torch.from_numpy(np.maximum(mean, min_scale)).float()
 
 
 def initial_points(scene: Scene, method: str, num_points: int, generator: torch.Generator) -> tuple[PointCloud, str]:
@@ -139,10 +119,15 @@ def initial_points(scene: Scene, method: str, num_points: int, generator: torch.
     raise InputError(f"unknown init '{method}': use auto, points, depth or random")
 
 
-def splats_from_points(pc: PointCloud, scales: Tensor, opacity: float, sh_degree: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """Raw splats of one isotropic Gaussian per point: scale ``scales`` [P] (world units), the
-    point's colour as SH DC, ``opacity`` everywhere and a random rotation (gsplat's habit)."""
+def splats_from_points(pc: PointCloud, opacity: float, sh_degree: int, generator: torch.Generator,
+                       scales: Tensor | None = None, scale_factor: float = 1.0) -> dict[str, Tensor]:
+    """Raw splats of one isotropic Gaussian per point: the point's colour as SH DC, ``opacity``
+    everywhere, a random rotation (gsplat's habit) and scale ``scale_factor x scales`` [P] (world
+    units; default: the mean distance to the 3 nearest neighbours, as 3DGS, at least 1e-7)."""
     n = len(pc)
+    if scales is None:
+        scales = knn_distances(pc.points.float(), 3).clamp_min(1e-7)
+    scales = scales * float(scale_factor)
     colors = pc.colors if pc.colors is not None else torch.full((n, 3), 0.5)
     quats = torch.rand(n, 4, generator=generator)
     return {

@@ -19,7 +19,7 @@ from recon_core import GaussianRepresentation, InputError, OptimConfig, RunConte
 from recon_core.gaussians import sh_to_rgb
 from recon_core.imageops import photometric_loss
 from recon_core.optim import GaussianOptimizer, default_scene_scale
-from recon_core.points import initial_points, knn_scales, splats_from_points
+from recon_core.points import initial_points, splats_from_points
 
 from .composition import PixelGaussians, unproject_depth
 
@@ -58,7 +58,7 @@ def fit_static(scene: Scene, ctx: RunContext, *, steps: int, num_points: int, se
     generator = torch.Generator().manual_seed(seed)
     static = StaticGaussians(sh_degree=0)
     pc, _ = initial_points(scene, "auto", num_points, generator)
-    static.set_splats(splats_from_points(pc, knn_scales(pc.points, k=3), 0.1, 0, generator), ctx.device)
+    static.set_splats(splats_from_points(pc, 0.1, 0, generator), ctx.device)
     views = scene.train_views or list(scene.views)
     engine = GaussianOptimizer(static, OptimConfig(densify=False), scene_scale=default_scene_scale(scene.bounds.radius),
                                total_steps=steps, generator=generator)

@@ -15,7 +15,7 @@ import torch
 from recon_core import GaussianRepresentation, InputError, RunContext, Scene, Video, option
 from recon_core.gaussians import num_sh_bases
 from recon_core.ply import check_splats, read_splat_ply
-from recon_core.points import initial_points, knn_scales, splats_from_points
+from recon_core.points import initial_points, splats_from_points
 
 __all__ = ["GaussianSplat", "GaussianSplatConfig"]
 
@@ -77,6 +77,6 @@ class GaussianSplat(GaussianRepresentation):
             raise InputError("the 3dgs representation needs posed views (a Scene), not a video")
         generator = torch.Generator().manual_seed(int(cfg.seed))
         pc, _ = initial_points(data, cfg.init, int(cfg.num_points), generator)
-        scales = knn_scales(pc.points, k=3) * float(cfg.init_scale)
-        self.set_splats(splats_from_points(pc, scales, float(cfg.init_opacity), int(cfg.sh_degree), generator), ctx.device)
+        splats = splats_from_points(pc, float(cfg.init_opacity), int(cfg.sh_degree), generator, scale_factor=float(cfg.init_scale))
+        self.set_splats(splats, ctx.device)
         self.active_sh_degree = int(cfg.sh_degree)

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from recon_core import GaussianRepresentation, InputError, PointCloud, RunContext, Scene, Video, View, option
-from recon_core.points import knn_scales, splats_from_points
+from recon_core.geometry import knn_distances
+from recon_core.points import splats_from_points
 
 from .carving import carve, view_mask
 from .pointcloud import POINT_CLOUD_SOURCES, PointCloudSettings, complete_points, global_point_cloud
@@ -122,7 +123,7 @@ class ReconXSplat(GaussianRepresentation):
         generator = torch.Generator().manual_seed(int(cfg.seed))
         settings = PointCloudSettings(ctx)
         pc = global_point_cloud(views, cfg.pointcloud, int(cfg.num_points), generator, settings)
-        dist = knn_scales(pc.points, k=3)
+        dist = knn_distances(pc.points, 3).clamp_min(1e-7)
         if cfg.complete == "carve" and len(pc) and all(view_mask(v) is not None for v in views):  # silhouettes needed
             low, high = pc.points.min(0).values, pc.points.max(0).values
             pad = 0.05 * float((high - low).norm())  # the unseen surface may reach a little beyond the seen one
@@ -131,6 +132,6 @@ class ReconXSplat(GaussianRepresentation):
             self.completed_points = len(extra)
             pc = PointCloud(torch.cat([pc.points, extra.points]), torch.cat([pc.colors, extra.colors]))
             dist = torch.cat([dist, torch.full((len(extra),), volume.voxel)])  # one voxel: the shell is one voxel thick
-        scales = dist * float(cfg.init_scale)
-        self.set_splats(splats_from_points(pc, scales, float(cfg.init_opacity), int(cfg.sh_degree), generator), ctx.device)
+        splats = splats_from_points(pc, float(cfg.init_opacity), int(cfg.sh_degree), generator, dist, float(cfg.init_scale))
+        self.set_splats(splats, ctx.device)
         self.active_sh_degree = int(cfg.sh_degree)

@@ -179,9 +179,9 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
             info["uses"] = []
         if row.kind == "representation":
             info.update(default_renderer=dict(cls.default_renderer), native_refiner=cls.native_refiner,
-                        export_formats=list(cls.export_formats))
+                        export_formats=list(cls.export_formats), rendered_by=cls.rendered_by)
         if row.kind == "renderer":
-            info["devices"] = list(cls.devices)
+            info.update(devices=list(cls.devices), renders=cls.renders)
     if as_json:
         _echo_json(info)
         return
@@ -201,7 +201,7 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
     if info["uses"]:
         console.print("creates (default options): " + ", ".join(f"{u['kind']} {u['name']}" for u in info["uses"])
                       + " (configure with --set NAME.KEY=VALUE)", highlight=False)
-    for label in ("default_renderer", "native_refiner", "export_formats", "devices"):
+    for label in ("default_renderer", "native_refiner", "export_formats", "rendered_by", "devices", "renders"):
         if info.get(label):
             console.print(f"{label}: {info[label]}", highlight=False)
     if info["options"]:
@@ -224,13 +224,10 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
 @click.pass_context
 def inspect_data(ctx: click.Context, path: Path, loader_name: str | None, as_json: bool) -> None:
     """Load PATH with the detected (or given) loader and describe it."""
-    from recon_core.pipeline import check_data_path, detect_loader
+    from recon_core.resolve import open_data
     from recon_core.scene import Scene
 
-    reg = _registry(ctx)
-    check_data_path(path)
-    name = loader_name or detect_loader(reg, path)
-    data = reg.create("loader", name).load(path)  # type: ignore[attr-defined]
+    name, data = open_data(_registry(ctx), path, loader_name)
     if isinstance(data, Scene):
         out: dict[str, Any] = {
             "loader": name,
@@ -302,7 +299,8 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
         device: str | None, seed: int | None, out: Path | None, sets: tuple[str, ...], config_file: Path | None,
         resume_dir: Path | None) -> None:
     """Reconstruct: load → build → refine → render → fix → evaluate → export."""
-    from recon_core.pipeline import Pipeline, resolve_run
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
     from recon_core.rundir import RunDir, default_run_path, read_json
 
     reg = _registry(ctx)
@@ -360,20 +358,12 @@ def _print_metrics(doc: dict[str, Any]) -> None:
 @click.pass_context
 def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], device: str | None) -> None:
     """Re-evaluate a run folder from its latest checkpoint (rewrites metrics.json)."""
-    from recon_core.components import Fixer
-    from recon_core.pipeline import _create, evaluate_run, restore_run
+    from recon_core.restore import restore_run
     from recon_core.rundir import RunDir, read_json
 
-    reg = _registry(ctx)
     folder = RunDir.open(run_dir)
-    restored = restore_run(reg, folder, device=device, evaluators=list(evaluators) if evaluators else None)
-    fixer = None
-    if restored.spec.fixer is not None:
-        fixer = _create(reg, restored.spec.fixer)
-        assert isinstance(fixer, Fixer)
-        fixer.prepare(restored.device)
-    doc = evaluate_run(reg, restored.spec, folder, restored.rep, restored.data, restored.renderer, fixer,
-                       restored.device, {}, folder.log)
+    restored = restore_run(_registry(ctx), folder, device=device, evaluators=list(evaluators) if evaluators else None)
+    doc = restored.evaluate()
     if folder.metrics_path.exists():
         previous = read_json(folder.metrics_path, "metrics")
         doc["refiners"] = previous.get("refiners", {})
@@ -392,7 +382,7 @@ def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], dev
 @click.pass_context
 def render(ctx: click.Context, run_dir: Path, cameras: str, frames: int, fps: float, out: Path | None, device: str | None) -> None:
     """Render a run's representation from chosen cameras to PNGs and renders.mp4."""
-    from recon_core.pipeline import orbit_cameras, read_cameras_file, render_to_folder, restore_run
+    from recon_core.restore import orbit_cameras, read_cameras_file, render_to_folder, restore_run
     from recon_core.rundir import RunDir
     from recon_core.scene import Scene
 
@@ -429,7 +419,7 @@ def render(ctx: click.Context, run_dir: Path, cameras: str, frames: int, fps: fl
 @click.pass_context
 def export(ctx: click.Context, run_dir: Path, fmt: str, out: Path | None) -> None:
     """Export a run's representation (Representation.export)."""
-    from recon_core.pipeline import restore_run
+    from recon_core.restore import restore_run
     from recon_core.rundir import RunDir
 
     reg = _registry(ctx)

@@ -22,7 +22,6 @@ without a fixer requires "fixer", so ``recon run`` refuses it up front without `
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .cameras import Cameras
-from .config import EmptyConfig
+from .config import EmptyConfig, component_uses
 from .scene import Scene, Video, View
 
 if TYPE_CHECKING:
@@ -112,18 +111,12 @@ class Component:
 
         The pipeline resolves them before any work (an unknown name is an input error), checks
         their ``requires``, lets ``--set NAME.KEY=VALUE`` configure them and records their options
-        in the run's ``config.json``. The default follows a convention: a ``str`` option named
-        after a component kind (e.g. ``generator: str = "render-fix"``) names a component of that
-        kind (``"none"`` or empty: none). Override it when a component creates others otherwise.
+        in the run's ``config.json``. The default lists the options declared with
+        ``option(..., component=KIND)`` (e.g. ``generator: str = option("render-fix", ...,
+        component="generator")``; ``"none"`` or empty: none), nested configs included. Override
+        it when a component creates others otherwise.
         """
-        if not dataclasses.is_dataclass(config):
-            return []
-        out = []
-        for f in dataclasses.fields(config):
-            value = getattr(config, f.name)
-            if f.name in KINDS and isinstance(value, str) and value.strip() and value.strip() != "none":
-                out.append((f.name, value.strip()))
-        return out
+        return component_uses(config)
 
 
 # --------------------------------------------------------------------------------------- loader

@@ -2,6 +2,27 @@
 
 A component's ``Config`` is a dataclass whose fields are declared with :func:`option`, so
 ``recon plugin-info`` can print them and ``--set PLUGIN.KEY=VALUE`` can parse into them.
+
+Nested configs: a field whose type is a dataclass is a group of options, addressed with dotted
+keys (``--set 3dgs-train.strategy.grow_grad2d=0.0003``), stored as a nested object in
+``config.json`` and listed by ``plugin-info`` as ``strategy.grow_grad2d``. A nested class may
+name one of its fields as its selector (``__selector__ = "name"``); then the group itself takes a
+string that sets that field (``--set 3dgs-train.strategy=mcmc`` is ``strategy.name=mcmc``)::
+
+    @dataclass
+    class StrategyConfig:
+        __selector__ = "name"
+        name: str = option("default", "densification", choices=("default", "mcmc"))
+        grow_grad2d: float = option(2e-4, "gradient threshold of densification")
+
+    @dataclass
+    class TrainConfig:
+        steps: int = option(1000, "iterations")
+        strategy: StrategyConfig = option(factory=StrategyConfig, help="densification strategy")
+
+Sub-components: an option made with ``option(..., component=KIND)`` names a component of that
+kind the owner creates through ``RunContext.create`` (``"none"`` or empty: none);
+:func:`component_uses` lists them (the default :meth:`Component.uses`).
 """
 
 from __future__ import annotations
@@ -9,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Iterable, Mapping, Union
 
 from .errors import InputError
 
@@ -21,13 +42,23 @@ __all__ = [
     "describe_options",
     "parse_value",
     "parse_set_option",
+    "nested_config",
+    "component_uses",
+    "option_names",
 ]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, factory: Any = None,
            component: str | None = None) -> Any:
-    """A config field with help text (``factory`` for mutable defaults; ``component``: the field
-    names a component of that kind which this one creates)."""
+    """A config field with help text.
+
+    Args:
+        factory: builds the default (mutable defaults, and nested configs: ``factory=SubConfig``).
+        choices: the allowed values.
+        component: the option names a component of this kind (e.g. ``"generator"``) that the
+            owner creates through ``RunContext.create``; ``"none"`` or empty means none. The
+            pipeline resolves it before any work and ``--set NAME.KEY=VALUE`` configures it.
+    """
     meta = {"help": help, "choices": choices, "component": component}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
@@ -105,13 +136,26 @@ def parse_value(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def nested_config(tp: Any) -> type | None:
+    """The dataclass of a nested config field's type ``tp`` (``X`` or ``X | None``), else None."""
+    _, inner = _is_optional(tp)
+    return inner if isinstance(inner, type) and dataclasses.is_dataclass(inner) else None
+
+
+def _selector(cls: type) -> str | None:
+    selector = getattr(cls, "__selector__", None)
+    if selector is not None and selector not in {f.name for f in dataclasses.fields(cls)}:
+        raise TypeError(f"{cls.__name__}.__selector__ = {selector!r} is not one of its fields")
+    return selector
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    """A JSON-ready dict of a config dataclass (tuples become lists, nested configs dicts)."""
     return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def _jsonable(v: Any) -> Any:
-    if dataclasses.is_dataclass(v):
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return config_to_dict(v)
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
@@ -120,45 +164,146 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
-    """Build ``cls`` from a (possibly partial) dict, checking names, types and choices."""
-    if not isinstance(values, dict):
+def option_names(cls: type, prefix: str = "") -> list[str]:
+    """Every settable option of ``cls``, nested ones dotted (``strategy.grow_grad2d``)."""
+    hints = _hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        sub = nested_config(hints[f.name])
+        if sub is None or _selector(sub) is not None:
+            out.append(prefix + f.name)
+        if sub is not None:
+            out += option_names(sub, f"{prefix}{f.name}.")
+    return out
+
+
+def config_from_dict(cls: type, values: Mapping[str, Any] | Iterable[tuple[str, Any]], where: str = "config") -> Any:
+    """Build ``cls`` from a (possibly partial) mapping, checking names, types and choices.
+
+    Keys may be dotted paths into nested configs (``"strategy.grow_grad2d"``); a nested config
+    may also be given as a mapping, as an instance, or (when its class declares
+    ``__selector__``) as a string setting the selector field. ``values`` may be a sequence of
+    ``(key, value)`` pairs: they apply in order, so a later dotted key refines an earlier group.
+    """
+    if isinstance(values, Mapping):
+        items = list(values.items())
+    elif isinstance(values, (list, tuple)) and all(isinstance(i, tuple) and len(i) == 2 for i in values):
+        items = list(values)
+    else:
         raise InputError(f"options for {where} must be a mapping of option names to values, not {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted({str(k).partition(".")[0] for k, _ in items} - set(fields))
     if unknown:
         raise InputError(
-            f"unknown option(s) {', '.join(unknown)} for {where}; known options: {', '.join(sorted(fields)) or 'none'}"
+            f"unknown option(s) {', '.join(unknown)} for {where}; known options: {', '.join(sorted(option_names(cls))) or 'none'}"
         )
-    kwargs = {}
-    for name, value in values.items():
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
-            kwargs[name] = config_from_dict(hints[name], value, f"{where}.{name}")
+    flat: dict[str, Any] = {}
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for key, value in items:
+        head, dot, rest = str(key).partition(".")
+        sub = nested_config(hints[head])
+        if sub is None:
+            if dot:
+                raise InputError(f"unknown option {where}.{key}: {where}.{head} is a single value, not a group of options")
+            flat[head] = value
             continue
+        group = groups.setdefault(head, [])
+        if dot:
+            group.append((rest, value))
+        elif value is None and _is_optional(hints[head])[0]:
+            groups[head] = []
+            flat[head] = None
+        elif isinstance(value, Mapping):
+            group += list(value.items())
+        elif isinstance(value, sub):
+            group += list(config_to_dict(value).items())
+        elif isinstance(value, str) and _selector(sub) is not None:
+            group.append((_selector(sub), value))  # type: ignore[arg-type]
+        else:
+            selector = _selector(sub)
+            raise InputError(
+                f"bad value for {where}.{head}: it is a group of options; set {where}.{head}.KEY=VALUE "
+                f"(options: {', '.join(option_names(sub)) or 'none'})"
+                + (f" or {where}.{head}=<{selector}>" if selector else "")
+            )
+        flat.pop(head, None)
+    kwargs = {}
+    for name, value in flat.items():
         parsed = parse_value(hints[name], value, f"{where}.{name}")
         choices = fields[name].metadata.get("choices")
         if choices and parsed not in choices:
             raise InputError(f"bad value for {where}.{name}: '{parsed}' is not one of {', '.join(map(str, choices))}")
         kwargs[name] = parsed
+    for name, group in groups.items():
+        if name not in flat:
+            sub = nested_config(hints[name])
+            kwargs[name] = config_from_dict(sub, group, f"{where}.{name}")  # type: ignore[arg-type]
     return cls(**kwargs)
 
 
-def describe_options(cls: type) -> list[dict[str, Any]]:
-    """Name, type, default and help of every option, for plugin-info."""
+def component_uses(config: Any) -> list[tuple[str, str]]:
+    """``(kind, name)`` of the options declared with ``option(..., component=KIND)`` in ``config``
+    (nested configs included) whose value names a component (not empty, not ``"none"``)."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return []
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = f.metadata.get("component")
+        if kind and isinstance(value, str) and value.strip() and value.strip() != "none":
+            out.append((kind, value.strip()))
+        elif dataclasses.is_dataclass(value):
+            out += component_uses(value)
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def describe_options(cls: type, prefix: str = "") -> list[dict[str, Any]]:
+    """Name, type, default and help of every option, for plugin-info.
+
+    Options of nested configs follow with dotted names (``strategy.grow_grad2d``); a nested
+    config with a selector is also listed under its own name (a string setting the selector).
+    """
     hints = _hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = None
+        default = _default(f)
         tp = hints[f.name]
+        sub = nested_config(tp)
+        if sub is not None:
+            selector = _selector(sub)
+            if selector is not None:
+                sel_field = next(s for s in dataclasses.fields(sub) if s.name == selector)
+                chosen = getattr(default, selector, None) if default is not None else _default(sel_field)
+                help_text = f.metadata.get("help", "") or sub.__name__
+                out.append({
+                    "name": prefix + f.name,
+                    "type": "str",
+                    "default": _jsonable(chosen),
+                    "help": f"{help_text} (sets {prefix}{f.name}.{selector})",
+                    "choices": list(sel_field.metadata["choices"]) if sel_field.metadata.get("choices") else None,
+                })
+            nested = describe_options(sub, f"{prefix}{f.name}.")
+            if default is not None:  # the owner's defaults win over the nested class's
+                for entry in nested:
+                    path = entry["name"][len(prefix) + len(f.name) + 1:].split(".")
+                    value: Any = default
+                    for part in path:
+                        value = getattr(value, part, None)
+                    entry["default"] = _jsonable(value)
+            out += nested
+            continue
         out.append(
             {
-                "name": f.name,
+                "name": prefix + f.name,
                 "type": _type_name(tp),
                 "default": _jsonable(default),
                 "help": f.metadata.get("help", ""),
@@ -176,13 +321,17 @@ def _type_name(tp: Any) -> str:
 
 
 def parse_set_option(text: str) -> tuple[str, str, str]:
-    """Split ``PLUGIN.KEY=VALUE`` (from ``--set``) into its three parts."""
+    """Split ``PLUGIN.KEY=VALUE`` (from ``--set``) into its three parts.
+
+    The plugin is the text before the first dot; the key may be a dotted path into nested
+    configs (``3dgs-train.strategy.grow_grad2d=0.0003`` → ``("3dgs-train", "strategy.grow_grad2d", ...)``).
+    """
     if "=" not in text:
         raise InputError(f"malformed --set '{text}': expected PLUGIN.KEY=VALUE (e.g. 3dgs-train.steps=1000)")
     target, value = text.split("=", 1)
     if "." not in target:
         raise InputError(f"malformed --set '{text}': expected PLUGIN.KEY=VALUE (e.g. 3dgs-train.steps=1000)")
-    plugin, key = target.rsplit(".", 1)
-    if not plugin.strip() or not key.strip():
+    plugin, key = target.split(".", 1)
+    if not plugin.strip() or not key.strip() or any(not part.strip() for part in key.split(".")):
         raise InputError(f"malformed --set '{text}': plugin and key must not be empty")
     return plugin.strip(), key.strip(), value

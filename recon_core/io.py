@@ -10,12 +10,16 @@ import contextlib
 import json
 import os
 import tempfile
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "write_bytes", "write_png"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["atomic_path", "write_json", "write_bytes", "write_png", "Mp4Writer"]
 
 
 @contextlib.contextmanager
@@ -57,3 +61,45 @@ def write_png(path: str | Path, image: Any) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(tmp, format="PNG")
     return Path(path)
+
+
+class Mp4Writer:
+    """H.264 video written through PyAV to a temporary file, renamed into place on close."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        import av
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.stem}.partial.mp4")
+        self.container = av.open(str(self._tmp), mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.pix_fmt = "yuv420p"
+        self._size: tuple[int, int] | None = None
+
+    def add(self, image: "Tensor") -> None:
+        """Append an (H, W, 3) float [0, 1] frame (padded to even size, as yuv420p needs)."""
+        import av
+
+        arr = (image.numpy().clip(0, 1) * 255 + 0.5).astype(np.uint8)
+        h, w = arr.shape[:2]
+        arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self._size is None:
+            self._size = arr.shape[:2]
+            self.stream.height, self.stream.width = self._size
+        if arr.shape[:2] != self._size:
+            return  # frames of another size cannot go into the same stream
+        frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self, keep: bool = True) -> None:
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+        if keep and self._size is not None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)

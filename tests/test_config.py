@@ -84,7 +84,7 @@ def test_describe_options():
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("3dgs-train.steps=100", ("3dgs-train", "steps", "100")), ("a.b.c=x=y", ("a.b", "c", "x=y")), ("run.export=", ("run", "export", ""))],
+    [("3dgs-train.steps=100", ("3dgs-train", "steps", "100")), ("a.b.c=x=y", ("a", "b.c", "x=y")), ("run.export=", ("run", "export", ""))],
 )
 def test_parse_set_option(text, expected):
     assert parse_set_option(text) == expected

@@ -6,12 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recon_core.components import RunContext
 from recon_plugins.d2gv import decode
 from recon_plugins.d2gv.decode import Decoder
 from recon_plugins.d2gv.renderer import Torch2DGS, Torch2DGSConfig, render_gaussians
 from recon_plugins.d2gv.representation import D2GV, D2GVConfig
 
 from test_d2gv_representation import tiny_video
+
+CPU = RunContext(torch.device("cpu"), seed=0)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,7 +23,7 @@ def deformed_rep(num_frames: int = 7, gop_length: int = 3, n: int = 80) -> D2GV:
     """A model whose frames differ through the MLP, with a third of GoP 1 pruned."""
     video = tiny_video(num_frames=num_frames, gop_length=gop_length)
     rep = D2GV(D2GVConfig(num_gaussians=n, mlp_width=24))
-    rep.build(video)
+    rep.build(video, CPU)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for gop in rep.gops:
@@ -72,8 +75,8 @@ def test_renderer_decodes_without_grad_and_differentiates_with_grad():
     rep = deformed_rep()
     renderer = Torch2DGS(Torch2DGSConfig(backend="torch"))
     with torch.no_grad():
-        fast = renderer.render(rep, None, times=torch.tensor([5, 2])).rgb
-    slow = renderer.render(rep, None, times=torch.tensor([5, 2])).rgb
+        fast = renderer.render_frames(rep, torch.tensor([5, 2])).rgb
+    slow = renderer.render_frames(rep, torch.tensor([5, 2])).rgb
     assert slow.requires_grad and not fast.requires_grad
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=2e-5)
 

@@ -19,13 +19,15 @@ from recon_plugins.d2gv.representation import D2GV, D2GVConfig
 
 from test_d2gv_representation import tiny_video
 
+CPU = RunContext(torch.device("cpu"), seed=0)
+
 FAST = dict(static_steps=25, deform_steps=15, lr_step_every=1000, evaluate=True, threads_per_worker=1)
 
 
 def _setup(num_frames=6, gop_length=3, n=120):
     video = tiny_video(num_frames=num_frames, gop_length=gop_length)
     rep = D2GV(D2GVConfig(num_gaussians=n, mlp_width=32))
-    rep.build(video)
+    rep.build(video, CPU)
     return video, rep
 
 
@@ -35,7 +37,7 @@ def _ctx(tmp_path: Path, **kw) -> RunContext:
 
 def _mean_psnr(rep, video) -> float:
     with torch.no_grad():
-        pred = Torch2DGS().render(rep, None).rgb
+        pred = Torch2DGS().render_frames(rep, torch.arange(rep.num_frames)).rgb
     return float(psnr(pred, torch.stack(list(video.frames()))))
 
 
@@ -47,7 +49,7 @@ def test_fit_improves_every_gop_and_reports_metrics(tmp_path):
     assert after > before + 5, (before, after)
     assert len(report["psnr"]) == video.num_frames and len(report["ms_ssim"]) == video.num_frames
     with torch.no_grad():
-        pred = Torch2DGS().render(rep, None).rgb
+        pred = Torch2DGS().render_frames(rep, torch.arange(rep.num_frames)).rgb
     per_frame = [float(psnr(pred[i], video.frame(i))) for i in range(video.num_frames)]
     assert report["psnr"] == pytest.approx(per_frame, abs=1e-4)
     assert report["mean_psnr"] == pytest.approx(sum(per_frame) / len(per_frame), abs=1e-4)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon_core import InputError, Video
+from recon_core import InputError, RunContext, Video
 from recon_plugins.d2gv.renderer import Torch2DGS
 from recon_plugins.d2gv.representation import D2GV, D2GVConfig, straight_through_mask
+
+CPU = RunContext(torch.device("cpu"), seed=0)
 
 
 def tiny_video(num_frames: int = 7, width: int = 24, height: int = 16, gop_length: int = 3) -> Video:
@@ -36,16 +38,16 @@ def test_straight_through_mask_is_hard_forward_soft_backward():
 def test_hard_mask_removes_contribution_and_prune_drops_gaussians():
     video = tiny_video(num_frames=3, gop_length=3)
     rep = D2GV(D2GVConfig(num_gaussians=50))
-    rep.build(video)
+    rep.build(video, CPU)
     gop = rep.gops[0]
     renderer = Torch2DGS()
     with torch.no_grad():
         gop.mask_logit[10:] = -5.0  # prune all but the first 10
-        pruned = renderer.render(rep, None, times=torch.tensor([1])).rgb
+        pruned = renderer.render_frames(rep, torch.tensor([1])).rgb
         assert rep.num_kept() == 10
         kept = gop.prune()
         assert kept == 10 and gop.xy.shape == (10, 2) and gop.mask_logit.shape == (10,)
-        after = renderer.render(rep, None, times=torch.tensor([1])).rgb
+        after = renderer.render_frames(rep, torch.tensor([1])).rgb
     torch.testing.assert_close(pruned, after)
 
 
@@ -53,7 +55,7 @@ def test_hard_mask_removes_contribution_and_prune_drops_gaussians():
 def test_gop_split_and_stitch_cover_every_frame_once(num_frames, gop_length):
     video = tiny_video(num_frames=num_frames, gop_length=gop_length)
     rep = D2GV(D2GVConfig(num_gaussians=8))
-    rep.build(video)
+    rep.build(video, CPU)
     covered = [i for r in rep.gop_ranges() for i in r]
     assert covered == list(range(num_frames))
     assert all(0 < len(r) <= gop_length for r in rep.gop_ranges())
@@ -73,29 +75,31 @@ def test_gop_split_and_stitch_cover_every_frame_once(num_frames, gop_length):
 def test_render_by_time_index_and_order():
     video = tiny_video(num_frames=7, gop_length=3)
     rep = D2GV(D2GVConfig(num_gaussians=40))
-    rep.build(video)
+    rep.build(video, CPU)
     with torch.no_grad():  # give every GoP/frame a distinct image through the deformation head
         for gop in rep.gops:
             gop.deform.head.bias.copy_(torch.tensor([0.0, 0.0, 0.1, 0.0, 0.0]))
             gop.deform.head.weight.normal_(0, 0.05)
     r = Torch2DGS()
     with torch.no_grad():
-        every = r.render(rep, None).rgb
-        by_index = r.render(rep, None, times=torch.tensor([5, 0, 5])).rgb
-        by_time = r.render(rep, None, times=video.timestamps[[5, 0, 5]] + 0.004).rgb
+        every = r.render_frames(rep, torch.arange(rep.num_frames)).rgb
+        by_index = r.render_frames(rep, torch.tensor([5, 0, 5])).rgb
+        by_time = r.render_frames(rep, rep.frame_indices(video.timestamps[[5, 0, 5]] + 0.004)).rgb
     assert every.shape == (7, 16, 24, 3)
     torch.testing.assert_close(by_index, every[[5, 0, 5]])
     torch.testing.assert_close(by_time, every[[5, 0, 5]])
     assert not torch.allclose(every[0], every[1])
     with pytest.raises(InputError):
-        r.render(rep, None, times=torch.tensor([7]))
+        r.render_frames(rep, torch.tensor([7]))
+    with pytest.raises(InputError, match="integer index"):
+        r.render_frames(rep, torch.tensor([0.5]))
 
 
 def test_render_is_differentiable():
     video = tiny_video(num_frames=4, gop_length=2)
     rep = D2GV(D2GVConfig(num_gaussians=30))
-    rep.build(video)
-    out = Torch2DGS().render(rep, None, times=torch.tensor([3, 0])).rgb
+    rep.build(video, CPU)
+    out = Torch2DGS().render_frames(rep, torch.tensor([3, 0])).rgb
     out.sum().backward()
     assert rep.gops[0].color.grad.abs().sum() > 0 and rep.gops[1].color.grad.abs().sum() > 0
 
@@ -103,7 +107,7 @@ def test_render_is_differentiable():
 def test_export_decode_round_trip(tmp_path):
     video = tiny_video(num_frames=7, gop_length=3)
     rep = D2GV(D2GVConfig(num_gaussians=60, mlp_width=16))
-    rep.build(video)
+    rep.build(video, CPU)
     with torch.no_grad():
         rep.gops[1].mask_logit[:20] = -4.0  # pruned Gaussians are not exported
         for gop in rep.gops:
@@ -117,7 +121,7 @@ def test_export_decode_round_trip(tmp_path):
     assert rep.payload_bytes() == expected_bytes
     r = Torch2DGS()
     with torch.no_grad():
-        original, frames = r.render(rep, None).rgb, r.render(decoded, None).rgb
+        original, frames = r.render_frames(rep, torch.arange(rep.num_frames)).rgb, r.render_frames(decoded, torch.arange(decoded.num_frames)).rgb
     assert frames.shape == (video.num_frames, video.height, video.width, 3)
     assert (frames - original).abs().max() < 2e-2  # fp16 storage
     with pytest.raises(InputError):
@@ -126,4 +130,4 @@ def test_export_decode_round_trip(tmp_path):
 
 def test_build_rejects_non_video():
     with pytest.raises(InputError):
-        D2GV().build(object())
+        D2GV().build(object(), CPU)

@@ -25,6 +25,7 @@ from diffusers.models.attention_processor import Attention  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
+from recon_core.components import RunContext  # noqa: E402
 from recon_core.errors import InputError, MissingWeightsError  # noqa: E402
 from recon_plugins.difix.attention import ReferenceAttnProcessor, ViewGrouping, install_reference_attention  # noqa: E402
 from recon_plugins.difix.fixer import DifixConfig, DifixFixer  # noqa: E402
@@ -292,18 +293,18 @@ def test_padding_round_trip(size: tuple[int, int]) -> None:
 def test_fixer_batches_references_and_odd_sizes(tiny) -> None:
     folder, _ = tiny
     fixer = DifixFixer(DifixConfig(weights_path=str(folder), batch_size=3))
-    fixer.prepare(torch.device("cpu"))
+    fixer.prepare(RunContext(torch.device("cpu"), seed=0))
     images, refs = torch.rand(4, 13, 10, 3), torch.rand(4, 13, 10, 3)
     fixed = fixer.fix(images, refs)
     assert fixed.shape == images.shape and fixed.dtype == torch.float32 and 0 <= fixed.min() and fixed.max() <= 1
     # one at a time gives the same: each render is paired with its own reference only
     single = DifixFixer(DifixConfig(weights_path=str(folder), batch_size=1))
-    single.prepare(torch.device("cpu"))
+    single.prepare(RunContext(torch.device("cpu"), seed=0))
     torch.testing.assert_close(single.fix(images, refs), fixed, atol=1e-5, rtol=1e-5)
     # the reference changes the result (joint attention), and reference=none ignores it
     assert (fixer.fix(images, torch.rand(4, 13, 10, 3)) - fixed).abs().max() > 1e-5
     plain = DifixFixer(DifixConfig(weights_path=str(folder), reference="none"))
-    plain.prepare(torch.device("cpu"))
+    plain.prepare(RunContext(torch.device("cpu"), seed=0))
     torch.testing.assert_close(plain.fix(images, refs), plain.fix(images))
     with pytest.raises(InputError, match="references"):
         fixer.fix(images, refs[:2])
@@ -313,7 +314,7 @@ def test_missing_weights_name_the_repository_and_folder(tmp_path: Path, monkeypa
     monkeypatch.setenv("RECON_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(MissingWeightsError) as err:
-        DifixFixer().prepare(torch.device("cpu"))
+        DifixFixer().prepare(RunContext(torch.device("cpu"), seed=0))
     assert err.value.filename == "nvidia/difix_ref" and err.value.expected_path == tmp_path / "weights" / "difix" / "difix_ref"
     assert "huggingface.co/nvidia/difix_ref" in str(err.value)
     paths = {w.source: w.path for w in DifixFixer.required_weights()}
@@ -332,7 +333,7 @@ def test_weights_are_found_in_the_hugging_face_cache(tiny, tmp_path: Path, monke
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert [w.present for w in DifixFixer.required_weights()] == [False, True]
     fixer = DifixFixer()
-    fixer.prepare(torch.device("cpu"))
+    fixer.prepare(RunContext(torch.device("cpu"), seed=0))
     assert fixer.fix(torch.rand(1, 8, 8, 3)).shape == (1, 8, 8, 3)
 
 
@@ -360,9 +361,9 @@ def test_fixer_runs_in_float16_on_cuda(tiny) -> None:
     folder, _ = tiny
     images, refs = torch.rand(2, 16, 16, 3), torch.rand(2, 16, 16, 3)
     cpu = DifixFixer(DifixConfig(weights_path=str(folder)))
-    cpu.prepare(torch.device("cpu"))
+    cpu.prepare(RunContext(torch.device("cpu"), seed=0))
     gpu = DifixFixer(DifixConfig(weights_path=str(folder)))
-    gpu.prepare(torch.device("cuda"))
+    gpu.prepare(RunContext(torch.device("cuda"), seed=0))
     assert next(gpu.model.unet.parameters()).dtype == torch.float16
     fixed = gpu.fix(images.cuda(), refs.cuda())
     assert fixed.dtype == torch.float32 and fixed.device.type == "cuda"

@@ -15,14 +15,9 @@ from conftest import write_toy_scene
 from recon_core.cameras import check_rigid
 from recon_core.errors import CombinationError, InputError
 from recon_core.imageops import psnr
-from recon_core.pipeline import (
-    Pipeline,
-    detect_loader,
-    orbit_cameras,
-    read_cameras_file,
-    resolve_device,
-    resolve_run,
-)
+from recon_core.pipeline import Pipeline
+from recon_core.resolve import detect_loader, resolve_device, resolve_run
+from recon_core.restore import orbit_cameras, read_cameras_file
 from recon_core.rundir import RunDir
 
 SHARED_CAMERAS = Path("/work/shared/datasets/object/cameras_opencv.json")
@@ -76,7 +71,7 @@ def test_combination_errors_say_what_fits(toy_registry, toy_scene, kwargs, messa
 
 def test_representation_must_fit_the_loader(toy_registry, toy_video):
     with pytest.raises(CombinationError, match="representation toy-sdf needs scene; loader toy-video provides video; "
-                                               "representations that fit toy-video: toy-grid"):
+                                               "representations that fit toy-video: toy-frames, toy-grid"):
         resolve_run(toy_registry, data=toy_video, representation="toy-sdf", refiners=["none"])
 
 
@@ -97,7 +92,7 @@ def test_set_options_parse_into_configs(toy_registry, toy_scene):
     ("text", "message"),
     [
         ("nobody.steps=3", "no component named 'nobody' in this run"),
-        ("toy-fit.stepz=3", "toy-fit has no option 'stepz'; its options: input_noise, lr, step_delay, steps"),
+        ("toy-fit.stepz=3", "toy-fit has no option 'stepz'; its options: input_noise, lr, schedule, schedule.every, schedule.gamma, schedule.kind, step_delay, steps"),
         ("toy-fit.steps=three", "bad value for toy-fit.steps"),
         ("toy-fit.steps", "malformed --set 'toy-fit.steps'"),
         ("run.export=ply", "cannot export ply"),

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from recon_core import InputError, Interrupted, RunContext, Refiner, Video, option
+from recon_core import FrameRenderer, InputError, Interrupted, RunContext, Refiner, Video, option
 from recon_core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from recon_core.imageops import psnr
 
@@ -181,8 +181,9 @@ def fit_gop(job: GopJob) -> GopResult:
     return GopResult(job.index, {k: v.detach().clone() for k, v in gop.state_dict().items()}, stats)
 
 
-def evaluate_frames(rep: D2GV, video: Video, renderer=None, batch: int = 8) -> dict[str, Any]:
-    """Render every frame (hard masks) and compare with the video: per-frame and mean PSNR / MS-SSIM."""
+def evaluate_frames(rep: D2GV, video: Video, renderer: FrameRenderer | None = None, batch: int = 8) -> dict[str, Any]:
+    """Render every frame (hard masks) with ``renderer`` (the run's; default ``torch-2dgs``) and
+    compare with the video: per-frame and mean PSNR / MS-SSIM."""
     from recon_core import imageops
 
     from .renderer import Torch2DGS
@@ -194,7 +195,7 @@ def evaluate_frames(rep: D2GV, video: Video, renderer=None, batch: int = 8) -> d
     with torch.inference_mode():
         for s in range(0, video.num_frames, batch):
             idx = torch.arange(s, min(s + batch, video.num_frames))
-            pred = renderer.render(rep, None, times=idx).rgb.cpu()
+            pred = renderer.render_frames(rep, idx).rgb.cpu()
             for k, i in enumerate(idx.tolist()):
                 target = video.frame(i)
                 psnrs.append(float(psnr(pred[k], target)))
@@ -309,7 +310,7 @@ class D2GVFit(Refiner):
             "bytes_per_frame": rep.payload_bytes() / max(rep.num_frames, 1),
         }
         if self.config.evaluate:
-            report.update(evaluate_frames(rep, data))
+            report.update(evaluate_frames(rep, data, ctx.renderer))  # type: ignore[arg-type]  # d2gv: a FrameRenderer
             log(f"d2gv-fit: mean PSNR {report['mean_psnr']:.2f} dB" + (f", MS-SSIM {report['mean_ms_ssim']:.4f}" if "mean_ms_ssim" in report else ""))
         return report
 

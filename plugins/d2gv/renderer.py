@@ -1,7 +1,8 @@
 """``torch-2dgs``: summation renderer of image-space 2D Gaussians (CPU or CUDA).
 
-Renders video frames of a representation providing "gaussians-2d" (``d2gv``), chosen by time in
-seconds or by integer frame index. The rasteriser is ``rasterize.rasterize_sum``: the compiled
+Renders video frames of a representation providing "gaussians-2d" (``d2gv``) by integer frame
+index (a :class:`~recon_core.components.FrameRenderer`; ``rep.frame_indices(times)`` turns times
+in seconds into indices). The rasteriser is ``rasterize.rasterize_sum``: the compiled
 C++/OpenMP kernel for CPU tensors when it builds, its PyTorch twin otherwise (``backend``).
 Differentiable when gradients are enabled; under ``torch.no_grad()``/``torch.inference_mode()`` it
 decodes through ``decode.Decoder`` (pruned Gaussians dropped, per-GoP constants precomputed),
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recon_core import InputError, Renderer, RenderOutput, option
-from recon_core.cameras import Cameras
+from recon_core import FrameRenderer, InputError, RenderOutput, option
 
 from .decode import Decoder
 from .rasterize import RasterSettings, project_cholesky, rasterize_sum
@@ -39,7 +39,7 @@ def render_gaussians(g: FrameGaussians, height: int, width: int, chunk_evals: in
     return rasterize_sum(means, conics, g.color, radii, g.weights, settings)
 
 
-class Torch2DGS(Renderer):
+class Torch2DGS(FrameRenderer):
     """Summation rasteriser for 2D Gaussian video representations (no cameras)."""
 
     name = "torch-2dgs"
@@ -48,29 +48,22 @@ class Torch2DGS(Renderer):
     requires = frozenset({"gaussians-2d"})
     devices = ("cpu", "cuda")
 
-    def render(
-        self,
-        rep,
-        cameras: Cameras | None = None,
-        *,
-        times: Tensor | None = None,
-        background: Tensor | None = None,
-    ) -> RenderOutput:
+    def render_frames(self, rep, frames: Tensor, *, background: Tensor | None = None) -> RenderOutput:
         """Render frames of ``rep``.
 
         Args:
             rep: a representation with ``frame_indices``/``frame_gaussians`` (``d2gv``).
-            cameras: must be None (a 2D video representation has no cameras).
-            times: [F] times in seconds (nearest frame) or int64 frame indices; None renders all.
+            frames: [F] int64 frame indices (any order, repeats allowed).
             background: ignored: the summation model has no transparency (alpha is None).
         Returns:
-            RenderOutput with rgb [F, H, W, 3] in frame order of ``times``.
+            RenderOutput with rgb [F, H, W, 3] in the order of ``frames``.
         """
-        if cameras is not None:
-            raise InputError("torch-2dgs renders video frames by time; it takes no cameras")
         if not hasattr(rep, "frame_gaussians"):
             raise InputError(f"torch-2dgs cannot render '{getattr(rep, 'name', rep)}' (it needs 2D Gaussian frames)")
-        frames = rep.frame_indices(times)
+        frames = torch.as_tensor(frames)
+        if frames.is_floating_point():
+            raise InputError("torch-2dgs renders frames by integer index (use rep.frame_indices(times) for times in seconds)")
+        frames = rep.frame_indices(frames)
         if not torch.is_grad_enabled():
             return RenderOutput(rgb=Decoder(rep, self.config.backend).frames(frames))
         H, W = rep.height, rep.width

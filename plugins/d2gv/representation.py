@@ -23,7 +23,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from recon_core import InputError, Representation, Video, option
+from recon_core import InputError, Representation, RunContext, Video, option
 from recon_core.checkpoint import load_checkpoint, save_checkpoint
 
 from .deform import DeformationMLP, DeformSettings, gop_times
@@ -202,6 +202,7 @@ class D2GV(Representation):
     Config = D2GVConfig
     provides = frozenset({"gaussians-2d", "dynamic"})
     requires = frozenset({"video"})
+    rendered_by = "frames"
     default_renderer = {"cpu": "torch-2dgs", "cuda": "torch-2dgs"}
     native_refiner = "d2gv-fit"
     export_formats = (EXPORT_FORMAT,)
@@ -244,8 +245,8 @@ class D2GV(Representation):
         self.frame_size = torch.tensor([height, width], dtype=torch.long, device=self.gop_starts.device)
         self.gops = nn.ModuleList([GopModel(self.config.num_gaussians, self.deform_settings) for _ in ranges])
 
-    def build(self, data: Any, *, encoder: Any = None, device: torch.device | str = "cpu") -> None:
-        """Split ``data`` (a Video) into GoPs and initialise each GoP from its middle frame."""
+    def build(self, data: Any, ctx: RunContext) -> None:
+        """Split ``data`` (a Video) into GoPs and initialise each GoP from its middle frame, on ``ctx.device``."""
         if not isinstance(data, Video):
             raise InputError(f"d2gv represents videos; got {type(data).__name__} (use a video loader)")
         if data.num_frames < 1:
@@ -255,7 +256,7 @@ class D2GV(Representation):
         gen = torch.Generator().manual_seed(self.config.seed)
         for gop, r in zip(self.gops, ranges):
             gop.initialise(data.frame(r[len(r) // 2]), gen)
-        self.to(device)
+        self.to(ctx.device)
 
     # ------------------------------------------------------------------------------ frames
 

@@ -3,7 +3,7 @@
 Where the calls go::
 
     fixer = DifixFixer(DifixConfig(reference="nearest"))
-    fixer.prepare(device)                    # finds and loads weights (MissingWeightsError if absent)
+    fixer.prepare(ctx)                       # finds and loads weights on ctx.device (MissingWeightsError if absent)
     fixed = fixer.fix(renders, references)   # [N, H, W, 3] in [0, 1] -> same shape
 
 ``reference: nearest`` uses ``nvidia/difix_ref`` and conditions every render on the reference
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from recon_core.components import Fixer, WeightFile
+from recon_core.components import Fixer, RunContext, WeightFile
 from recon_core.config import option
 from recon_core.errors import InputError, MissingWeightsError
 from recon_core.scene import View
@@ -79,10 +79,11 @@ class DifixFixer(Fixer):
     def repository(self) -> str:
         return REPOSITORIES[self.config.reference]
 
-    def prepare(self, device: torch.device) -> None:
-        """Locate and load the weights on ``device`` (float16 on CUDA unless configured otherwise)."""
+    def prepare(self, ctx: RunContext) -> None:
+        """Locate and load the weights on ``ctx.device`` (float16 on CUDA unless configured otherwise)."""
         from .weights import load_difix
 
+        device = ctx.device
         if int(self.config.batch_size) < 1:
             raise InputError(f"difix.batch_size must be >= 1, got {self.config.batch_size}")
         folder = find_weights(self.repository, self.config.weights_path)
@@ -103,7 +104,7 @@ class DifixFixer(Fixer):
         from .model import crop_to, pad_to_multiple
 
         if self.model is None:
-            raise RuntimeError("DifixFixer.prepare(device) must be called before fix()")
+            raise RuntimeError("DifixFixer.prepare(ctx) must be called before fix()")
         check_images(images)
         if references is not None:
             check_images(references, "references")

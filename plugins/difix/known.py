@@ -3,14 +3,16 @@
 For each image it returns the ground-truth image of the view whose camera is nearest (pose
 distance of :mod:`.camera_path`: centre distance + rotation angle) among a *pool* of views:
 
-* the views of the dataset named by ``data`` (loaded with the loader ``recon run`` would pick),
-  limited to ``split``; or a pool given in code with :meth:`NearestGTFixer.set_pool`;
+* the views of the dataset named by ``data`` (loaded by ``prepare`` through ``ctx.load``, with the
+  loader ``recon run`` would pick), limited to ``split``; or a pool given in code with
+  :meth:`NearestGTFixer.set_pool`;
 * with neither, the ``views`` passed to :meth:`fix` that carry an image (so the pipeline's final
   post-process returns each evaluated view's own ground truth).
 
 It uses test images when the pool includes them, so it is a *mechanics* check of loops such as
 ``difix3d+`` (pseudo-views, masking, weighting, resume), never a method to report as a result.
-Images with an alpha channel are composited onto ``background`` like ``3dgs-train`` targets.
+Images with an alpha channel are composited onto ``background`` (default: the run's,
+``ctx.background``) like ``3dgs-train`` targets.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from recon_core.components import Fixer
+from recon_core.components import Fixer, RunContext
 from recon_core.config import option
 from recon_core.errors import InputError
 from recon_core.scene import View
@@ -38,7 +40,8 @@ class NearestGTConfig:
     data: str | None = option(None, "dataset folder whose views form the ground-truth pool (default: the views "
                                     "given to fix that have images)")
     split: str = option("all", "which views of data form the pool", choices=("all", "train", "test"))
-    background: list[float] = option(help="RGB behind images with an alpha channel", factory=lambda: [1.0, 1.0, 1.0])
+    background: list[float] | None = option(None, "RGB behind images with an alpha channel (None: the run's "
+                                                  "background, white outside a run)")
 
 
 class NearestGTFixer(Fixer):
@@ -51,9 +54,10 @@ class NearestGTFixer(Fixer):
     def __init__(self, config: NearestGTConfig | None = None) -> None:
         super().__init__(config)
         self.pool: list[View] = []
-        if len(self.config.background) != 3:
-            raise InputError(f"nearest-gt.background must have 3 values (RGB), got {len(self.config.background)}")
-        self.background = torch.tensor([float(c) for c in self.config.background], dtype=torch.float32)
+        bg = self.config.background
+        if bg is not None and len(bg) != 3:
+            raise InputError(f"nearest-gt.background must have 3 values (RGB), got {len(bg)}")
+        self.background = torch.tensor([1.0, 1.0, 1.0] if bg is None else [float(c) for c in bg], dtype=torch.float32)
 
     def set_pool(self, views: Sequence[View]) -> None:
         """Use ``views`` (each with an image) as the ground-truth pool."""
@@ -62,17 +66,18 @@ class NearestGTFixer(Fixer):
             raise InputError(f"nearest-gt pool views without an image: {', '.join(missing[:5])}")
         self.pool = list(views)
 
-    def prepare(self, device: torch.device) -> None:
-        """Load the ``data`` pool, if configured."""
+    def prepare(self, ctx: RunContext) -> None:
+        """Take the run's background (unless configured) and load the ``data`` pool with ``ctx.load``."""
+        if self.config.background is None and ctx.background is not None:
+            self.background = ctx.background.detach().float().cpu().reshape(3)
         if not self.config.data:
             return
-        from recon_core.pipeline import detect_loader
-        from recon_core.registry import get_registry
         from recon_core.scene import Scene
 
         path = Path(self.config.data).expanduser()
-        registry = get_registry()
-        scene = registry.create("loader", detect_loader(registry, path)).load(path)  # type: ignore[attr-defined]
+        if ctx.load is None:
+            raise InputError("nearest-gt.data needs a run context that can load data (ctx.load)", path)
+        scene = ctx.load(path)
         if not isinstance(scene, Scene):
             raise InputError("nearest-gt.data must be a dataset of posed views, not a video", path)
         views = scene.views if self.config.split == "all" else scene.split(self.config.split)  # type: ignore[arg-type]

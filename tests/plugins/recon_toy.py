@@ -3,12 +3,15 @@
 - ``toy-folder`` loader: a folder with ``toy.json`` (views with PNG images, OpenCV c2w, one K).
 - ``toy-video`` loader: a folder with ``toyvideo.json`` listing PNG frames and an fps.
 - ``toy-grid`` representation: a low-resolution colour grid [T, h, w, 3] (T = 1 for scenes, one
-  per frame for videos) that the ``toy-grid-render`` renderer upsamples bilinearly to the camera
-  size. ``toy-fit`` fits it with Adam on randomly sampled views (global torch RNG for the view,
-  a private generator for input noise, so resume must restore both); ``toy-loop`` does the same
-  through a custom ``run`` loop.
+  per frame for videos) that the ``toy-grid-render`` camera renderer upsamples bilinearly to the
+  camera size. For a video it holds one camera per frame (carrying the frame's time, as a network
+  predicting poses would), so frames are drawn from ``rep.cameras()``. ``toy-frames`` is the same
+  grid drawn by video frame index (``rendered_by = "frames"``, ``toy-frame-render``).
+  ``toy-fit`` fits either with Adam on randomly sampled views (global torch RNG for the view, a
+  private generator for input noise, so resume must restore both; a nested ``schedule`` config
+  with a selector); ``toy-loop`` does the same through a custom ``run`` loop.
 - ``toy-sdf`` representation (a sphere) and ``toy-sphere-render``: a second capability family
-  ("sdf") for combination checks.
+  ("sdf") for combination checks; the sphere renderer composites the run's background.
 - ``toy-augment`` refiner: ``toy-fit`` on the training views plus the views of a generator it
   creates through ``ctx.create`` (option ``generator``, default ``toy-jitter``: copies of the
   training views with noise of std ``noise``); ``toy-polish`` refiner requires a fixer.
@@ -37,18 +40,20 @@ from torch import Tensor, nn
 
 from recon_core import (
     Bounds,
+    CameraRenderer,
     Cameras,
     Encoder,
     Fixer,
+    FrameRenderer,
     Generator,
     GeometryEvaluator,
     ImageEvaluator,
     InputError,
     Loader,
     Refiner,
-    Renderer,
     RenderOutput,
     Representation,
+    RunContext,
     Scene,
     Video,
     View,
@@ -154,13 +159,21 @@ class ToyGrid(Representation):
     native_refiner = "toy-fit"
     export_formats = ("npy",)
 
-    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
+    def build(self, data: Scene | Video, ctx: RunContext) -> None:
         n = data.num_frames if isinstance(data, Video) else 1
         s = self.config.size
         self.fps = data.fps if isinstance(data, Video) else 1.0
         self.frame_size = (data.height, data.width) if isinstance(data, Video) else None
         init = 0.5 + self.config.noise * torch.randn(n, s, s, 3)  # global RNG: seeded by the pipeline
-        self.grid = nn.Parameter(init.to(device))
+        self.grid = nn.Parameter(init.to(ctx.device))
+        self._cameras: Cameras | None = None
+        if isinstance(data, Video):  # one camera per frame, at the frame's time
+            h, w = data.height, data.width
+            K = torch.tensor([[float(w), 0.0, w / 2], [0.0, float(w), h / 2], [0.0, 0.0, 1.0]])
+            self._cameras = Cameras.create(K.expand(n, 3, 3), torch.eye(4).expand(n, 4, 4), w, h, times=data.timestamps)
+
+    def cameras(self) -> Cameras | None:
+        return self._cameras
 
     def image(self, index: int, height: int, width: int) -> Tensor:
         """(H, W, 3) bilinear upsampling of grid ``index``."""
@@ -176,20 +189,44 @@ class ToyGrid(Representation):
         return [write_bytes(Path(out_dir) / "grid.npy", buf.getvalue())]
 
 
-class ToyGridRenderer(Renderer):
+class ToyFrames(ToyGrid):
+    name = "toy-frames"
+    description = "Low-resolution colour grid per video frame, drawn by frame index"
+    requires = frozenset({"video"})
+    rendered_by = "frames"
+    default_renderer = {"cpu": "toy-frame-render"}
+
+
+class ToyGridRenderer(CameraRenderer):
     name = "toy-grid-render"
     requires = frozenset({"image-grid"})
 
-    def render(self, rep: Representation, cameras: Cameras | None, *, times: Tensor | None = None,
-               background: Tensor | None = None) -> RenderOutput:
+    def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
         assert isinstance(rep, ToyGrid)
-        if cameras is None:
-            assert times is not None and rep.frame_size is not None
-            idx = (times * rep.fps).round().long().clamp(0, rep.grid.shape[0] - 1)
-            rgb = torch.stack([rep.image(int(i), *rep.frame_size) for i in idx])
+        if cameras.times is not None and rep.frame_size is not None:  # a video's frames, by time
+            idx = (cameras.times.cpu() * rep.fps).round().long().clamp(0, rep.grid.shape[0] - 1).tolist()
         else:
-            rgb = torch.stack([rep.image(0, *cameras.size(i)) for i in range(len(cameras))])
-        return RenderOutput(rgb=rgb)
+            idx = [0] * len(cameras)
+        return RenderOutput(rgb=torch.stack([rep.image(i, *cameras.size(k)) for k, i in enumerate(idx)]))
+
+
+class ToyFrameRenderer(FrameRenderer):
+    name = "toy-frame-render"
+    requires = frozenset({"image-grid"})
+
+    def render_frames(self, rep: Representation, frames: Tensor, *, background: Tensor | None = None) -> RenderOutput:
+        assert isinstance(rep, ToyFrames) and rep.frame_size is not None
+        return RenderOutput(rgb=torch.stack([rep.image(int(i), *rep.frame_size) for i in frames]))
+
+
+@dataclass
+class ScheduleConfig:
+    """A nested config with a selector: ``--set toy-fit.schedule=step`` sets ``kind``."""
+
+    __selector__ = "kind"
+    kind: str = option("constant", "learning-rate schedule", choices=("constant", "step"))
+    gamma: float = option(0.5, "lr factor at each milestone (kind=step)")
+    every: int = option(20, "steps between milestones (kind=step)")
 
 
 @dataclass
@@ -198,6 +235,7 @@ class FitConfig:
     lr: float = option(0.05, "learning rate")
     input_noise: float = option(0.01, "std of noise added to targets (private generator)")
     step_delay: float = option(0.0, "seconds to sleep per step (lets tests interrupt mid-run)")
+    schedule: ScheduleConfig = option(factory=ScheduleConfig, help="learning-rate schedule")
 
 
 class ToyFit(Refiner):
@@ -226,7 +264,15 @@ class ToyFit(Refiner):
         v = views[int(torch.randint(len(views), ()))]
         return v.image, 0, v.height, v.width
 
+    def lr_at(self, step: int) -> float:
+        sched = getattr(self.config, "schedule", None)
+        if sched is None or sched.kind == "constant":
+            return self.config.lr
+        return self.config.lr * sched.gamma ** (step // max(1, sched.every))
+
     def step(self, step: int) -> dict[str, float]:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(step)
         target, index, h, w = self._target()
         target = target + self.config.input_noise * torch.randn(target.shape, generator=self.gen)
         pred = self.rep.image(index, h, w)
@@ -300,7 +346,8 @@ class AugmentConfig:
     lr: float = option(0.05, "learning rate")
     input_noise: float = option(0.0, "std of noise added to targets (private generator)")
     step_delay: float = option(0.0, "seconds to sleep per step")
-    generator: str = option("toy-jitter", "generator of extra training views ('none': training views only)")
+    generator: str = option("toy-jitter", "generator of extra training views ('none': training views only)",
+                            component="generator")
 
 
 class ToyAugment(ToyFit):
@@ -349,18 +396,18 @@ class ToySdf(Representation):
     requires = frozenset({"scene"})
     default_renderer = {"cpu": "toy-sphere-render"}
 
-    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
-        self.radius = nn.Parameter(torch.tensor(float(self.config.radius), device=device))
-        self.encoder = encoder
+    def build(self, data: Scene | Video, ctx: RunContext) -> None:
+        self.radius = nn.Parameter(torch.tensor(float(self.config.radius), device=ctx.device))
+        self.encoder = ctx.encoder
 
 
-class ToySphereRenderer(Renderer):
+class ToySphereRenderer(CameraRenderer):
     name = "toy-sphere-render"
     requires = frozenset({"sdf"})
 
-    def render(self, rep: Representation, cameras: Cameras | None, *, times: Tensor | None = None,
-               background: Tensor | None = None) -> RenderOutput:
-        assert cameras is not None
+    def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
+        """White where a ray hits the sphere, ``background`` (default black) elsewhere."""
+        bg = torch.zeros(3) if background is None else background.detach().float().cpu()
         out = []
         for i in range(len(cameras)):
             h, w = cameras.size(i)
@@ -371,7 +418,7 @@ class ToySphereRenderer(Renderer):
             o = cameras.c2w[i, :3, 3]
             b = dirs @ o
             hit = (b**2 - (o @ o - rep.radius**2)) >= 0
-            out.append(hit[..., None].float().expand(h, w, 3))
+            out.append(torch.where(hit[..., None], torch.ones(3), bg.expand(h, w, 3)))
         return RenderOutput(rgb=torch.stack(out))
 
 
@@ -445,12 +492,12 @@ def register_loaders() -> list[type]:
 
 @hookimpl
 def register_representations() -> list[type]:
-    return [ToyGrid, ToySdf]
+    return [ToyGrid, ToyFrames, ToySdf]
 
 
 @hookimpl
 def register_renderers() -> list[type]:
-    return [ToyGridRenderer, ToySphereRenderer]
+    return [ToyGridRenderer, ToyFrameRenderer, ToySphereRenderer]
 
 
 @hookimpl

@@ -1,0 +1,93 @@
+"""What defines a run: the chosen components with their configs (:class:`RunSpec`), the
+pipeline's own options (:class:`RunOptions`), and the ``config.json`` layout (``RunSpec.to_json``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import config_to_dict, option
+from .errors import InputError
+
+__all__ = ["DEFAULT_EVALUATORS", "CONFIG_FORMAT", "RunOptions", "Choice", "RunSpec"]
+
+DEFAULT_EVALUATORS = ("psnr", "ssim", "lpips")
+"""Evaluated when ``--eval`` is not given (those installed and applicable)."""
+
+CONFIG_FORMAT = 1
+
+
+@dataclass
+class RunOptions:
+    """Options of the pipeline itself (``--set run.KEY=VALUE``)."""
+
+    checkpoint_every: int = option(500, "checkpoint every N refiner steps (0: only at the end of each refiner)")
+    log_every: int = option(100, "write refiner step logs to log.txt every N steps (0: never)")
+    render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call")
+    export: list[str] | None = option(None, "export formats (default: every format the representation offers)")
+    save_renders: bool = option(True, "write a PNG per evaluated view and renders.mp4")
+    video_fps: float = option(0.0, "frame rate of renders.mp4 (0: the video's own, or 10 for scenes)")
+    background: list[float] = option(
+        factory=lambda: [1.0, 1.0, 1.0],
+        help="RGB in [0, 1] behind everything rendered (RunContext.background); a loader with a 'background' "
+             "option composites RGBA targets onto the same colour unless that option is set explicitly",
+    )
+
+    def __post_init__(self) -> None:
+        bg = self.background
+        if len(bg) != 3 or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in bg):
+            raise InputError(f"run.background must be three numbers in [0, 1] (R,G,B), got {bg}")
+
+
+@dataclass
+class Choice:
+    """One chosen component: its kind, name and parsed config."""
+
+    kind: str
+    name: str
+    config: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "config": config_to_dict(self.config)}
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run; ``to_json`` is what ``config.json`` holds."""
+
+    data: Path
+    device: str
+    seed: int
+    loader: Choice
+    representation: Choice
+    renderer: Choice
+    encoder: Choice | None = None
+    refiners: list[Choice] = field(default_factory=list)
+    fixer: Choice | None = None
+    evaluators: list[Choice] = field(default_factory=list)
+    used: list[Choice] = field(default_factory=list)
+    """Components the others create through ``ctx.create`` (declared by their ``uses``)."""
+    options: RunOptions = field(default_factory=RunOptions)
+
+    def choices(self) -> list[Choice]:
+        single = [self.loader, self.representation, self.renderer, self.encoder, self.fixer]
+        return [c for c in single if c is not None] + self.refiners + self.evaluators + self.used
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recon_config": CONFIG_FORMAT,
+            "data": str(self.data),
+            "device": self.device,
+            "seed": self.seed,
+            "loader": self.loader.to_json(),
+            "representation": self.representation.to_json(),
+            "renderer": self.renderer.to_json(),
+            "encoder": self.encoder.to_json() if self.encoder else None,
+            "refiners": [c.to_json() for c in self.refiners],
+            "fixer": self.fixer.to_json() if self.fixer else None,
+            "evaluators": [c.to_json() for c in self.evaluators],
+            "used": [{"kind": c.kind, **c.to_json()} for c in self.used],
+            "run": config_to_dict(self.options),
+        }

@@ -18,7 +18,7 @@ shifts toward the validation poses). ``current`` starts at the training cameras.
 recent set of pseudo-views is trained on, as in that script.
 
 Optimisation is recon's Gaussian engine (:class:`recon_core.optim.GaussianOptimizer`, the one
-``3dgs-train`` uses; its options under ``optim``, densification off by default); this refiner
+``3dgs-train`` uses; its options are this refiner's, densification off by default); this refiner
 picks the view, weights/masks the loss (:func:`recon_core.imageops.photometric_loss`) and hands
 it to the engine. Renders and targets use the run's background. The means' learning rate stays
 at the engine's final value (``lr_means x scene scale x lr_means_final``), i.e. it continues where
@@ -49,7 +49,10 @@ __all__ = ["Difix3DPlus", "Difix3DPlusConfig", "PseudoViews", "weighted_photomet
 
 
 @dataclass
-class Difix3DPlusConfig:
+class Difix3DPlusConfig(OptimConfig):
+    """The engine's options (3dgs-train's; no densification by default) plus the progressive loop's."""
+
+    densify: bool = option(False, "add/remove Gaussians with the strategy while distilling")
     steps: int = option(6000, "optimisation steps of the progressive stage")
     fix_every: int = option(2000, "render, fix and distil new novel views every this many steps (first at step 0)")
     shift_distance: float = option(0.5, "scene units each novel camera moves from the nearest current camera toward "
@@ -60,8 +63,6 @@ class Difix3DPlusConfig:
     alpha_threshold: float = option(0.5, "pseudo-view pixels count where the render's alpha exceeds this")
     fix_batch: int = option(8, "novel views rendered and fixed per call")
     ssim_weight: float = option(0.2, "loss = weight x ((1 - w) L1 + w (1 - SSIM))")
-    optim: OptimConfig = option(help="learning rates, schedules and densification (3dgs-train's engine; densify off here)",
-                                factory=lambda: OptimConfig(densify=False))
 
 
 @dataclass
@@ -156,7 +157,7 @@ class Difix3DPlus(Refiner):
         self.views = data.train_views or list(data.views)
         if not self.views:
             raise InputError("difix3d+ needs at least one training view", data.source)
-        self.engine = GaussianOptimizer(rep, cfg.optim, scene_scale=default_scene_scale(data.bounds.radius),
+        self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
                                         total_steps=int(cfg.steps), generator=torch.Generator().manual_seed(int(ctx.seed)))
         self.engine.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
         targets = data.eval_views

@@ -32,11 +32,12 @@ _CACHE_BYTES = 2 << 30
 
 
 @dataclass
-class GaussianTrainConfig:
+class GaussianTrainConfig(OptimConfig):
+    """The engine's options (learning rates, schedules, ``strategy``) plus the training loop's."""
+
     steps: int = option(2000, "training steps (gsplat trains 30000 on a GPU; 2000 is a CPU-friendly default)")
     ssim_weight: float = option(0.2, "loss = (1 - w) L1 + w (1 - SSIM)")
     scene_scale: float | None = option(None, "scene scale for the means' lr and size thresholds (default 1.1 x bounds radius)")
-    optim: OptimConfig = option(help="learning rates, schedules and densification", factory=OptimConfig)
 
 
 class TargetCache:
@@ -88,7 +89,7 @@ class GaussianTrainer(Refiner):
         self.targets = TargetCache(self.background, ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         scene_scale = float(cfg.scene_scale) if cfg.scene_scale else default_scene_scale(data.bounds.radius)
-        self.engine = GaussianOptimizer(rep, cfg.optim, scene_scale=scene_scale, total_steps=self.total_steps,
+        self.engine = GaussianOptimizer(rep, cfg, scene_scale=scene_scale, total_steps=self.total_steps,
                                         generator=self.generator)
         self.order = torch.zeros(0, dtype=torch.int64)
         self.position = 0

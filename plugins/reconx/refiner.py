@@ -25,7 +25,7 @@ own map, which every source multiplies in.
 
 Optimisation is recon's Gaussian engine (:class:`recon_core.optim.GaussianOptimizer`, the one
 ``3dgs-train`` uses: gsplat's learning rates and schedules), with densification off by default
-(``--set confidence.optim.densify=true`` turns it on). Targets are the views on the run's
+(``--set confidence.densify=true`` turns it on). Targets are the views on the run's
 background (:meth:`recon_core.View.image_on`).
 """
 
@@ -124,7 +124,11 @@ def selected_views(rep: Representation, scene: Scene) -> list[View]:
 
 
 @dataclass
-class ConfidenceConfig:
+class ConfidenceConfig(OptimConfig):
+    """The engine's options (3dgs-train's learning rates and schedules; no densification, as in
+    ReconX) plus the confidence-aware fit's."""
+
+    densify: bool = option(False, "add/remove Gaussians with the strategy (ReconX: no)")
     steps: int = option(1000, "optimisation steps (ReconX: 1000)")
     lambda_rgb: float = option(0.8, "weight of the L1 term")
     lambda_ssim: float = option(0.2, "weight of the 1 - SSIM term")
@@ -142,8 +146,6 @@ class ConfidenceConfig:
     generate_at: float = option(0.3, "generate once this fraction of the steps is done (fit the inputs first)")
     regenerate_every: int = option(0, "generate the views again from the current reconstruction every N steps after "
                                       "the first generation (0: once)")
-    optim: OptimConfig = option(help="learning rates and schedules (3dgs-train's); densification off as in ReconX",
-                                factory=lambda: OptimConfig(densify=False))
 
 
 class ConfidenceRefiner(Refiner):
@@ -175,7 +177,7 @@ class ConfidenceRefiner(Refiner):
             raise InputError("the confidence refiner needs at least one view", data.source)
         self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(ctx.device, torch.float32)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
-        self.engine = GaussianOptimizer(rep, cfg.optim, scene_scale=default_scene_scale(data.bounds.radius),
+        self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
                                         total_steps=self.total_steps, generator=self.generator)
         self.weights = LossWeights(cfg.lambda_rgb, cfg.lambda_ssim, cfg.lambda_lpips)
         self.lpips, self.lpips_reason = (None, None)

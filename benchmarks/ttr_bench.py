@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from recon_core import RunContext, Scene, View
+from recon_core.registry import get_registry
 from recon_plugins.gaussians import GaussianSplat, GaussianSplatConfig, GaussianTrainConfig, GaussianTrainer, TorchGaussianRenderer
 from recon_plugins.loaders.dggt import DggtConfig, DggtLoader
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig
@@ -67,8 +68,8 @@ def fit(scene: Scene, steps: int, points: int, ctx: RunContext, cache: Path) -> 
         return rep
     rep = GaussianSplat(GaussianSplatConfig(sh_degree=0, num_points=points, init="depth"))
     fscene = fit_views(scene)
-    rep.build(fscene, device=ctx.device)
-    trainer = GaussianTrainer(GaussianTrainConfig(steps=steps, background=[0.0, 0.0, 0.0], densify=False))
+    rep.build(fscene, ctx)
+    trainer = GaussianTrainer(GaussianTrainConfig(steps=steps, densify=False))  # on ctx.background (black)
     trainer.setup(rep, fscene, ctx)
     t0 = time.time()
     for step in range(steps):
@@ -220,7 +221,9 @@ def main() -> None:
     torch.manual_seed(0)
 
     started = datetime.now(timezone.utc)
-    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: print(m, flush=True))
+    registry = get_registry()
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), background=torch.zeros(3),
+                     create=registry.create, log=lambda m: print(m, flush=True))
     scene = load_noisy_scene(args.data, args.downscale)
     t0 = time.time()
     cache = args.out / f"fit_ds{args.downscale:g}_{args.fit_steps}_{args.fit_points}.pt"

@@ -1,4 +1,4 @@
-"""PLY import/export of 3D Gaussians in the INRIA layout (recon_plugins.gaussians.ply)."""
+"""PLY import/export of 3D Gaussians in the INRIA layout (recon_core.ply)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from plyfile import PlyData, PlyElement
 
 from recon_core.errors import InputError
 from recon_core.gaussians import SH_C0
-from recon_plugins.gaussians.ply import SplatPly, ply_property_names, read_splat_ply, write_splat_ply
+from recon_core.ply import check_splats, ply_property_names, read_splat_ply, write_splat_ply
 
 
-def random_splat(n: int, degree: int, seed: int = 0) -> SplatPly:
+def random_splat(n: int, degree: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return SplatPly(
-        means=torch.randn(n, 3, generator=g),
-        quats=torch.randn(n, 4, generator=g),
-        log_scales=torch.randn(n, 3, generator=g) - 3,
-        logit_opacities=torch.randn(n, generator=g),
-        sh0=torch.randn(n, 1, 3, generator=g),
-        shN=torch.randn(n, (degree + 1) ** 2 - 1, 3, generator=g),
-    )
+    return {
+        "means": torch.randn(n, 3, generator=g),
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": torch.randn(n, 3, generator=g) - 3,
+        "opacities": torch.randn(n, generator=g),
+        "sh0": torch.randn(n, 1, 3, generator=g),
+        "shN": torch.randn(n, (degree + 1) ** 2 - 1, 3, generator=g),
+    }
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
@@ -33,9 +33,10 @@ def test_round_trip_is_exact(tmp_path: Path, degree: int, normals: bool) -> None
     splat = random_splat(37, degree, seed=degree)
     path = write_splat_ply(tmp_path / "g.ply", splat, normals=normals)
     back = read_splat_ply(path)
-    assert back.sh_degree == degree
-    for name in ("means", "quats", "log_scales", "logit_opacities", "sh0", "shN"):
-        assert torch.equal(getattr(back, name), getattr(splat, name)), name
+    assert check_splats(back) == degree
+    assert set(back) == set(splat)
+    for name in ("means", "quats", "scales", "opacities", "sh0", "shN"):
+        assert torch.equal(back[name], splat[name]), name
 
 
 def test_plyfile_reads_inria_properties_in_order(tmp_path: Path) -> None:
@@ -51,12 +52,12 @@ def test_plyfile_reads_inria_properties_in_order(tmp_path: Path) -> None:
     assert names == expected == ply_property_names(3)
     assert all(vertex.data.dtype[n] == np.dtype("<f4") for n in names)
     # channel-major f_rest: the 15 rest coefficients of R, then G, then B
-    assert np.float32(vertex["f_rest_0"][2]) == splat.shN[2, 0, 0].item()
-    assert np.float32(vertex["f_rest_1"][2]) == splat.shN[2, 1, 0].item()
-    assert np.float32(vertex["f_rest_15"][2]) == splat.shN[2, 0, 1].item()
-    assert np.float32(vertex["f_rest_44"][2]) == splat.shN[2, 14, 2].item()
-    assert np.float32(vertex["rot_0"][1]) == splat.quats[1, 0].item()  # w first
-    assert np.float32(vertex["scale_1"][4]) == splat.log_scales[4, 1].item()  # raw log-scales
+    assert np.float32(vertex["f_rest_0"][2]) == splat["shN"][2, 0, 0].item()
+    assert np.float32(vertex["f_rest_1"][2]) == splat["shN"][2, 1, 0].item()
+    assert np.float32(vertex["f_rest_15"][2]) == splat["shN"][2, 0, 1].item()
+    assert np.float32(vertex["f_rest_44"][2]) == splat["shN"][2, 14, 2].item()
+    assert np.float32(vertex["rot_0"][1]) == splat["quats"][1, 0].item()  # w first
+    assert np.float32(vertex["scale_1"][4]) == splat["scales"][4, 1].item()  # raw log-scales
 
 
 def write_gsplat_layout(path: Path, n: int, degree: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,12 +75,12 @@ def write_gsplat_layout(path: Path, n: int, degree: int, seed: int = 0) -> dict[
 def test_reads_gsplat_layout_without_normals(tmp_path: Path) -> None:
     cols = write_gsplat_layout(tmp_path / "gsplat.ply", 9, 1)
     splat = read_splat_ply(tmp_path / "gsplat.ply")
-    assert len(splat) == 9 and splat.sh_degree == 1
-    assert np.array_equal(splat.means[:, 1].numpy(), cols["y"])
-    assert np.array_equal(splat.sh0[:, 0, 2].numpy(), cols["f_dc_2"])
-    assert np.array_equal(splat.shN[:, 2, 0].numpy(), cols["f_rest_2"])  # R, band 3
-    assert np.array_equal(splat.shN[:, 0, 1].numpy(), cols["f_rest_3"])  # G, band 1
-    assert np.array_equal(splat.logit_opacities.numpy(), cols["opacity"])
+    assert splat["means"].shape[0] == 9 and check_splats(splat) == 1
+    assert np.array_equal(splat["means"][:, 1].numpy(), cols["y"])
+    assert np.array_equal(splat["sh0"][:, 0, 2].numpy(), cols["f_dc_2"])
+    assert np.array_equal(splat["shN"][:, 2, 0].numpy(), cols["f_rest_2"])  # R, band 3
+    assert np.array_equal(splat["shN"][:, 0, 1].numpy(), cols["f_rest_3"])  # G, band 1
+    assert np.array_equal(splat["opacities"].numpy(), cols["opacity"])
 
 
 def test_reads_ascii_and_big_endian(tmp_path: Path) -> None:
@@ -90,20 +91,20 @@ def test_reads_ascii_and_big_endian(tmp_path: Path) -> None:
     for text in (True, False):
         PlyData([PlyElement.describe(arr, "vertex")], text=text, byte_order=">").write(str(tmp_path / "a.ply"))
         splat = read_splat_ply(tmp_path / "a.ply")
-        assert splat.means[:, 0].tolist() == [1.5, -2.0]
-        assert abs(float(splat.sh0[0, 0, 0]) * SH_C0 + 0.5 - 0.75) < 1e-6
+        assert splat["means"][:, 0].tolist() == [1.5, -2.0]
+        assert abs(float(splat["sh0"][0, 0, 0]) * SH_C0 + 0.5 - 0.75) < 1e-6
 
 
 def test_non_finite_rows_dropped_with_warning(tmp_path: Path) -> None:
     splat = random_splat(6, 2)
-    splat.means[1, 0] = float("nan")
-    splat.shN[3, 4, 2] = float("inf")
+    splat["means"][1, 0] = float("nan")
+    splat["shN"][3, 4, 2] = float("inf")
     path = write_splat_ply(tmp_path / "g.ply", splat)
     with pytest.warns(UserWarning, match="dropped 2 of 6"):
         back = read_splat_ply(path)
     keep = [0, 2, 4, 5]
-    assert torch.equal(back.means, splat.means[keep])
-    assert torch.equal(back.shN, splat.shN[keep])
+    assert torch.equal(back["means"], splat["means"][keep])
+    assert torch.equal(back["shN"], splat["shN"][keep])
 
 
 def test_finite_file_reads_without_warning(tmp_path: Path) -> None:
@@ -115,14 +116,14 @@ def test_finite_file_reads_without_warning(tmp_path: Path) -> None:
 
 def test_empty_splat_round_trips(tmp_path: Path) -> None:
     back = read_splat_ply(write_splat_ply(tmp_path / "e.ply", random_splat(0, 3)))
-    assert len(back) == 0 and back.sh_degree == 3
+    assert back["means"].shape[0] == 0 and check_splats(back) == 3
 
 
 def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
     path = tmp_path / "g.ply"
     write_splat_ply(path, random_splat(3, 0))
     write_splat_ply(path, random_splat(5, 0))
-    assert len(read_splat_ply(path)) == 5
+    assert read_splat_ply(path)["means"].shape[0] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.ply"]
 
 

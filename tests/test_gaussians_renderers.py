@@ -95,16 +95,21 @@ def test_render_matches_functional_and_composites_background_colour():
 
 
 def test_background_callable_is_composited_behind():
-    def sky(cameras: Cameras) -> torch.Tensor:
+    seen = []
+
+    def sky(cameras: Cameras, renderer) -> torch.Tensor:
+        seen.append(renderer)
         h, w = cameras.size()
         ramp = torch.linspace(0, 1, w).expand(len(cameras), h, w)
         return torch.stack([ramp, 1 - ramp, torch.full_like(ramp, 0.5)], dim=-1)
 
     rep = _Blobs(background=sky)
     cams = _cams(2)
-    out = TorchGaussianRenderer().render(rep, cams, background=torch.zeros(3))
+    renderer = TorchGaussianRenderer()
+    out = renderer.render(rep, cams, background=torch.zeros(3))
+    assert seen == [renderer]  # the scene's background is drawn by the renderer asked (e.g. a sky of Gaussians)
     rgb, alpha, _ = _direct(rep.gaussians(), cams)
-    torch.testing.assert_close(out.rgb, rgb + (1 - alpha) * sky(cams))
+    torch.testing.assert_close(out.rgb, rgb + (1 - alpha) * sky(cams, renderer))
 
 
 def test_dynamic_representation_renders_each_camera_at_its_time():
@@ -117,12 +122,28 @@ def test_dynamic_representation_renders_each_camera_at_its_time():
         rgb, _, _ = _direct(rep.gaussians(t), cams[i])
         torch.testing.assert_close(out.rgb[i : i + 1], rgb)
     assert not torch.allclose(out.rgb[0], out.rgb[1])
-    # explicit times override the cameras' times
+    # the time comes from the cameras only (no override): retimed cameras render at the new times
     rep.asked.clear()
-    out2 = renderer.render(rep, cams, times=torch.tensor([1.0, 1.0, 1.0]))
+    out2 = renderer.render(rep, dataclasses.replace(cams, times=torch.ones(3)))
     assert rep.asked == [1.0]
     rgb1, _, _ = _direct(rep.gaussians(1.0), cams[0])
     torch.testing.assert_close(out2.rgb[0:1], rgb1)
+
+
+def test_info_holds_projected_means_for_strategies():
+    """One group of cameras over every row of the Gaussians: ``info`` has gsplat's shape, and the
+    gradient of ``means2d`` is retained (what gsplat's strategies read)."""
+    rep = _Blobs()
+    cams = _cams(2)
+    out = TorchGaussianRenderer().render(rep, cams)
+    info = out.info
+    assert info["means2d"].shape == (2, 150, 2) and info["radii"].shape[:2] == (2, 150)
+    assert (info["width"], info["height"], info["n_cameras"]) == (32, 24, 2)
+    out.rgb.sum().backward()
+    assert info["means2d"].grad is not None and info["means2d"].grad.abs().sum() > 0
+    # several groups (two sizes): no info, since it would not cover every camera
+    mixed = TorchGaussianRenderer().render(rep, Cameras.cat([_cams(1, 32, 24), _cams(1, 20, 16)]))
+    assert mixed.info == {}
 
 
 def test_static_representation_is_asked_once_without_time():

@@ -11,11 +11,15 @@ from plyfile import PlyData
 
 from recon_core.cameras import Cameras
 from recon_core.errors import InputError
-from recon_core.gaussians import Gaussians3D, sh_to_rgb
+from recon_core.components import RunContext
+from recon_core.gaussians import SPLAT_KEYS, Gaussians3D, GaussianRepresentation, sh_to_rgb, splats_from_activated
+from recon_core.geometry import knn_distances
+from recon_core.ply import read_splat_ply
 from recon_core.scene import Bounds, PointCloud, Scene, View
-from recon_plugins.gaussians.init import knn_scales
-from recon_plugins.gaussians.ply import read_splat_ply
-from recon_plugins.gaussians.representation import PARAMETER_NAMES, GaussianSplat, GaussianSplatConfig
+from recon_plugins.gaussians.representation import GaussianSplat, GaussianSplatConfig
+
+CTX = RunContext(device=torch.device("cpu"), seed=0)
+PARAMETER_NAMES = tuple(f"splats.{k}" for k in SPLAT_KEYS)
 
 
 def tiny_scene(pc: PointCloud | None = None, depth: bool = False) -> Scene:
@@ -40,16 +44,18 @@ def test_build_from_point_cloud() -> None:
     pts = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
     cols = torch.rand(40, 3, generator=torch.Generator().manual_seed(2))
     rep = GaussianSplat()
-    rep.build(tiny_scene(PointCloud(pts, cols)), device=torch.device("cpu"))
+    rep.build(tiny_scene(PointCloud(pts, cols)), CTX)
     assert len(rep) == 40
     assert [n for n, _ in rep.named_parameters()] == list(PARAMETER_NAMES)
-    assert rep.sh0.shape == (40, 1, 3) and rep.shN.shape == (40, 15, 3) and rep.opacities.shape == (40,)
-    assert torch.equal(rep.means.detach(), pts)
+    assert isinstance(rep, GaussianRepresentation)
+    sp = rep.splats
+    assert sp["sh0"].shape == (40, 1, 3) and sp["shN"].shape == (40, 15, 3) and sp["opacities"].shape == (40,)
+    assert torch.equal(sp["means"].detach(), pts)
     g = rep.gaussians()
     assert isinstance(g, Gaussians3D) and g.sh_degree == 3 and g.sh.shape == (40, 16, 3)
     assert torch.allclose(sh_to_rgb(g.sh[:, 0]), cols, atol=1e-6)
     assert torch.allclose(g.opacities, torch.full((40,), 0.1))
-    expected = knn_scales(pts)
+    expected = knn_distances(pts, 3).clamp_min(1e-7)
     assert torch.allclose(g.scales, expected[:, None].expand(40, 3), rtol=1e-5)
     assert torch.allclose(g.quats.norm(dim=-1), torch.ones(40))
     assert (g.sh[:, 1:] == 0).all()
@@ -57,25 +63,25 @@ def test_build_from_point_cloud() -> None:
 
 def test_build_from_depth_and_random_are_seeded() -> None:
     rep = GaussianSplat(GaussianSplatConfig(init="depth", num_points=30))
-    rep.build(tiny_scene(depth=True), device=torch.device("cpu"))
-    assert len(rep) == 30 and torch.allclose(rep.means[:, 2].detach(), torch.full((30,), 2.0))
+    rep.build(tiny_scene(depth=True), CTX)
+    assert len(rep) == 30 and torch.allclose(rep.splats["means"][:, 2].detach(), torch.full((30,), 2.0))
     a = GaussianSplat(GaussianSplatConfig(init="random", num_points=25, sh_degree=1, seed=4))
     b = GaussianSplat(GaussianSplatConfig(init="random", num_points=25, sh_degree=1, seed=4))
     for r in (a, b):
-        r.build(tiny_scene(), device=torch.device("cpu"))
-    assert a.shN.shape == (25, 3, 3)
+        r.build(tiny_scene(), CTX)
+    assert a.splats["shN"].shape == (25, 3, 3)
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
-    assert (a.means.detach().norm(dim=-1) <= 1.5 + 1e-5).all()
+    assert (a.splats["means"].detach().norm(dim=-1) <= 1.5 + 1e-5).all()
 
 
 def test_sh_degree_out_of_range() -> None:
-    with pytest.raises(InputError, match="sh_degree"):
+    with pytest.raises(InputError, match="3dgs: the SH degree must be between 0 and 3, got 4"):
         GaussianSplat(GaussianSplatConfig(sh_degree=4))
 
 
 def test_active_sh_degree_is_capped() -> None:
     rep = GaussianSplat(GaussianSplatConfig(sh_degree=2, init="random", num_points=5))
-    rep.build(tiny_scene(), device=torch.device("cpu"))
+    rep.build(tiny_scene(), CTX)
     rep.active_sh_degree = 1
     assert rep.gaussians().sh_degree == 1
     rep.active_sh_degree = 3
@@ -92,7 +98,8 @@ def test_from_gaussians_round_trips_activated_values() -> None:
         opacities=torch.rand(n, generator=gen) * 0.9 + 0.05,
         colors=torch.rand(n, 3, generator=gen),
     )
-    rep = GaussianSplat.from_gaussians(g, sh_degree=2)
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=2))
+    rep.set_splats(splats_from_activated(g, sh_degree=2))
     out = rep.gaussians()
     assert rep.max_sh_degree == 2 and out.sh.shape == (n, 9, 3)
     for name in ("means", "quats", "scales", "opacities"):
@@ -101,19 +108,21 @@ def test_from_gaussians_round_trips_activated_values() -> None:
     assert (out.sh[:, 1:] == 0).all()
     # gradients flow to the raw parameters
     out.scales.sum().backward()
-    assert rep.scales.grad is not None and torch.allclose(rep.scales.grad, out.scales.detach())
+    assert rep.splats["scales"].grad is not None and torch.allclose(rep.splats["scales"].grad, out.scales.detach())
 
 
 def test_export_ply_round_trip_and_no_temp_files(tmp_path: Path) -> None:
     rep = GaussianSplat(GaussianSplatConfig(init="random", num_points=20))
-    rep.build(tiny_scene(), device=torch.device("cpu"))
+    rep.build(tiny_scene(), CTX)
     with torch.no_grad():
-        rep.shN.normal_()
+        rep.splats["shN"].normal_()
     files = rep.export(tmp_path, "ply")
     assert files == [tmp_path / "point_cloud.ply"] and [p.name for p in tmp_path.iterdir()] == ["point_cloud.ply"]
     raw = read_splat_ply(files[0])
-    assert torch.equal(raw.means, rep.means.detach()) and torch.equal(raw.shN, rep.shN.detach())
-    assert torch.equal(raw.log_scales, rep.scales.detach()) and torch.equal(raw.logit_opacities, rep.opacities.detach())
+    sp = rep.splat_values()
+    assert torch.equal(raw["means"], sp["means"]) and torch.equal(raw["shN"], sp["shN"])
+    assert torch.equal(raw["scales"], sp["scales"]) and torch.equal(raw["opacities"], sp["opacities"])
+    assert torch.equal(raw["quats"], sp["quats"]) and torch.equal(raw["sh0"], sp["sh0"])
     assert [p.name for p in PlyData.read(str(files[0]))["vertex"].properties][:9] == [
         "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"
     ]
@@ -125,24 +134,26 @@ def test_export_ply_round_trip_and_no_temp_files(tmp_path: Path) -> None:
 
 def test_init_from_ply_pads_sh(tmp_path: Path) -> None:
     src = GaussianSplat(GaussianSplatConfig(init="random", num_points=6, sh_degree=1))
-    src.build(tiny_scene(), device=torch.device("cpu"))
+    src.build(tiny_scene(), CTX)
     path = src.export(tmp_path, "ply")[0]
     rep = GaussianSplat(GaussianSplatConfig(init="ply", ply_path=str(path), sh_degree=3))
-    rep.build(tiny_scene(), device=torch.device("cpu"))
-    assert rep.shN.shape == (6, 15, 3) and torch.equal(rep.means, src.means)
+    rep.build(tiny_scene(), CTX)
+    assert rep.splats["shN"].shape == (6, 15, 3) and torch.equal(rep.splats["means"], src.splats["means"])
+    assert torch.equal(rep.splats["shN"][:, :3], src.splats["shN"]) and not rep.splats["shN"][:, 3:].any()
     with pytest.raises(InputError, match="ply_path"):
-        GaussianSplat(GaussianSplatConfig(init="ply")).build(tiny_scene(), device=torch.device("cpu"))
+        GaussianSplat(GaussianSplatConfig(init="ply")).build(tiny_scene(), CTX)
 
 
 def test_load_state_dict_resizing_changes_count() -> None:
     big = GaussianSplat(GaussianSplatConfig(init="random", num_points=30))
-    big.build(tiny_scene(), device=torch.device("cpu"))
+    big.build(tiny_scene(), CTX)
     small = GaussianSplat(GaussianSplatConfig(init="random", num_points=5))
-    small.build(tiny_scene(), device=torch.device("cpu"))
+    small.build(tiny_scene(), CTX)
     small.active_sh_degree = 0
     small.load_state_dict_resizing(big.state_dict())
     assert len(small) == 30 and small.active_sh_degree == 3
-    assert all(isinstance(getattr(small, n), torch.nn.Parameter) for n in PARAMETER_NAMES)
+    assert [n for n, _ in small.named_parameters()] == list(PARAMETER_NAMES)
+    assert all(isinstance(small.splats[k], torch.nn.Parameter) for k in SPLAT_KEYS)
     assert all(torch.equal(a, b) for a, b in zip(small.parameters(), big.parameters()))
 
 
@@ -152,17 +163,36 @@ def test_unbuilt_representation_has_empty_parameters() -> None:
     assert math.isclose(float(rep.gaussians().means.numel()), 0.0)
 
 
-def test_background_colour_is_rendered_state() -> None:
+def test_background_is_the_runs_not_the_representations() -> None:
+    # the background colour moved to the run (RunContext.background): a 3dgs representation draws
+    # no background of its own and its state holds nothing but its splats
     rep = GaussianSplat(GaussianSplatConfig(init="random", num_points=4))
+    rep.build(tiny_scene(), CTX)
     assert rep.gaussians().background is None
-    rep.set_background([0.0, 1.0, 0.0])
-    cams = tiny_scene().cameras()
-    image = rep.gaussians().background(cams)
-    assert image.shape == (2, 8, 8, 3) and torch.equal(image[1, 3, 4], torch.tensor([0.0, 1.0, 0.0]))
-    other = GaussianSplat()
-    other.load_state_dict_resizing(rep.state_dict())  # saved with the checkpoint
-    assert torch.equal(other.background_color, torch.tensor([0.0, 1.0, 0.0]))
-    configured = GaussianSplat(GaussianSplatConfig(background=[1.0, 1.0, 1.0]))
-    assert torch.equal(configured.background_color, torch.ones(3))
-    with pytest.raises(InputError, match="3 values"):
-        rep.set_background([1.0, 0.0])
+    assert sorted(rep.state_dict()) == sorted(PARAMETER_NAMES)
+
+
+def test_set_splats_contract() -> None:
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=1))
+    values = {
+        "means": torch.randn(3, 3), "quats": torch.randn(3, 4), "scales": torch.randn(3, 3),
+        "opacities": torch.randn(3), "sh0": torch.randn(3, 1, 3), "shN": torch.randn(3, 3, 3),
+        "flag": torch.tensor([True, False, True]), "times": torch.randn(3, dtype=torch.float64),
+    }
+    rep.set_splats(values)
+    assert len(rep) == 3 and rep.max_sh_degree == 1
+    # copied, never aliased; floats as float32; only refinable float entries get gradients
+    assert rep.splats["means"].data_ptr() != values["means"].data_ptr()
+    assert torch.equal(rep.splats["means"], values["means"])
+    assert rep.splats["times"].dtype == torch.float32 and rep.splats["flag"].dtype == torch.bool
+    assert rep.splats["means"].requires_grad and not rep.splats["flag"].requires_grad
+    assert not rep.splats["times"].requires_grad  # not in 3dgs's refinable entries
+    got = rep.splat_values()
+    assert set(got) == set(values) and not any(v.requires_grad for v in got.values())
+    # replacing drops entries the new values lack
+    rep.set_splats({k: v[:2] for k, v in values.items() if k in SPLAT_KEYS})
+    assert set(rep.splats) == set(SPLAT_KEYS) and len(rep) == 2
+    with pytest.raises(ValueError, match="lack opacities"):
+        rep.set_splats({k: v for k, v in values.items() if k != "opacities"})
+    with pytest.raises(ValueError, match="3 rows"):
+        rep.set_splats({**values, "sh0": torch.randn(2, 1, 3)})

@@ -908,7 +908,7 @@ def rasterize_gaussians(
     if info is not None:
         if proj.means2d.requires_grad:
             proj.means2d.retain_grad()
-        info.update(means2d=proj.means2d, radii=proj.radii, width=width, height=height, n_cameras=n_cams)
+        info.update(means2d=proj.means2d, radii=proj.radii, width=width, height=height, n_cameras=n_cams, gaussian_ids=None)
     with torch.no_grad():
         visible = (proj.radii > 0).all(-1) & (opacities >= ALPHA_THRESHOLD)[None, :]
         cam_ids, gauss_ids = torch.nonzero(visible, as_tuple=True)

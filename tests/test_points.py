@@ -1,4 +1,4 @@
-"""Initial points of 3D Gaussians: depth unprojection, random points, kNN scales."""
+"""Initial points of 3D Gaussians (recon_core.points): depth unprojection, random points, first splats."""
 
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.errors import InputError
+from recon_core.gaussians import SH_C0
+from recon_core.points import initial_points, points_from_depth, random_points, splats_from_points, unproject_valid_depth
 from recon_core.scene import Bounds, PointCloud, Scene, View
-from recon_plugins.gaussians.init import initial_points, knn_scales, points_from_depth, random_points, unproject_depth
+
+
+def knn_scales(points: torch.Tensor) -> torch.Tensor:
+    """The initial (isotropic) scale ``splats_from_points`` gives each point (3DGS: mean distance
+    to the 3 nearest neighbours, at least 1e-7), read back from its log-scales."""
+    splats = splats_from_points(PointCloud(points), 0.1, 0, torch.Generator().manual_seed(0))
+    scales = torch.exp(splats["scales"])
+    assert scales.shape == (len(points), 3) and torch.equal(scales[:, :1].expand(-1, 3), scales)  # isotropic
+    return scales[:, 0]
 
 
 def plane_depth(K: torch.Tensor, c2w: torch.Tensor, h: int, w: int, normal: torch.Tensor, offset: float) -> torch.Tensor:
@@ -37,7 +47,7 @@ def test_unproject_depth_reproduces_plane_points() -> None:
     normal = normal / normal.norm()
     depth = plane_depth(cam.K[0].double(), c2w, 10, 12, normal, -0.25)
     assert (depth > 0).all()
-    points, idx = unproject_depth(depth, cam.K[0], cam.c2w[0])
+    points, idx = unproject_valid_depth(depth, cam.K[0], cam.c2w[0])
     assert points.shape == (120, 3) and torch.equal(idx, torch.arange(120))
     # every point lies on the plane ...
     assert torch.allclose(points.double() @ normal, torch.full((120,), -0.25, dtype=torch.float64), atol=1e-4)
@@ -58,7 +68,7 @@ def test_unproject_skips_zero_nonfinite_and_masked() -> None:
     depth[1, 1] = float("nan")
     mask = torch.ones(10, 12, dtype=torch.bool)
     mask[2, :] = False
-    points, idx = unproject_depth(depth, cam.K[0], cam.c2w[0], mask)
+    points, idx = unproject_valid_depth(depth, cam.K[0], cam.c2w[0], mask)
     assert len(points) == 120 - 2 - 12
     assert 0 not in idx and 13 not in idx and not any(24 <= i < 36 for i in idx.tolist())
     assert torch.allclose(points[:, 2], torch.full((len(points),), 2.0))
@@ -121,7 +131,7 @@ def test_knn_scales_mean_of_three_nearest() -> None:
 
 def test_knn_scales_degenerate_inputs() -> None:
     assert knn_scales(torch.zeros(0, 3)).shape == (0,)
-    assert knn_scales(torch.zeros(1, 3)).tolist() == [1.0]
+    assert torch.allclose(knn_scales(torch.zeros(1, 3)), torch.tensor([1.0]))
     two = knn_scales(torch.tensor([[0.0, 0, 0], [0.0, 3, 4]]))
     assert torch.allclose(two, torch.tensor([5.0, 5.0]))
     dup = knn_scales(torch.zeros(4, 3))  # identical points: clamped, never 0 (log-scale stays finite)
@@ -146,3 +156,32 @@ def test_initial_points_auto_prefers_cloud_then_depth_then_random() -> None:
     assert used == "random" and len(pc) == 50
     with pytest.raises(InputError, match="point cloud"):
         initial_points(_scene([plain_view]), "points", 50, gen)
+
+
+def test_splats_from_points_values() -> None:
+    pts = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0], [0, 0, 4.0]])
+    colors = torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.0, 1.0], [0.2, 0.3, 0.4], [0.5, 0.5, 0.5]])
+    pc = PointCloud(pts, colors)
+    splats = splats_from_points(pc, 0.25, 2, torch.Generator().manual_seed(1))
+    assert set(splats) == {"means", "quats", "scales", "opacities", "sh0", "shN"}
+    assert torch.equal(splats["means"], pts)
+    assert torch.allclose(torch.sigmoid(splats["opacities"]), torch.full((4,), 0.25))
+    assert torch.allclose(splats["sh0"][:, 0] * SH_C0 + 0.5, colors, atol=1e-6)  # colour as SH DC
+    assert splats["shN"].shape == (4, 8, 3) and not splats["shN"].any()  # degree 2: 8 more bands, zero
+    assert torch.allclose(splats["quats"].norm(dim=-1), torch.ones(4))
+    # scales: kNN by default, given scales otherwise, both times scale_factor
+    default = torch.exp(splats["scales"][:, 0])
+    assert math.isclose(float(default[0]), (1 + 2 + 4) / 3, rel_tol=1e-6)
+    half = splats_from_points(pc, 0.25, 2, torch.Generator().manual_seed(1), scale_factor=0.5)
+    assert torch.allclose(torch.exp(half["scales"][:, 0]), 0.5 * default)
+    given = splats_from_points(pc, 0.25, 0, torch.Generator().manual_seed(1), scales=torch.tensor([1.0, 2, 3, 4]), scale_factor=2.0)
+    assert torch.allclose(torch.exp(given["scales"]), torch.tensor([2.0, 4, 6, 8])[:, None].expand(4, 3))
+    assert given["shN"].shape == (4, 0, 3)
+    # rotations come from the generator: reproducible
+    again = splats_from_points(pc, 0.25, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(again["quats"], splats["quats"])
+
+
+def test_splats_from_points_without_colours_are_grey() -> None:
+    splats = splats_from_points(PointCloud(torch.randn(5, 3)), 0.1, 0, torch.Generator().manual_seed(0))
+    assert torch.allclose(splats["sh0"][:, 0] * SH_C0 + 0.5, torch.full((5, 3), 0.5), atol=1e-6)

@@ -1,0 +1,176 @@
+"""The Gaussian optimisation engine and its strategies (recon_core.optim, recon_core.strategies)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recon_core import CombinationError, GaussianRepresentation, OptimConfig, StrategyConfig
+from recon_core.cameras import Cameras
+from recon_core.geometry import quat_to_rotmat
+from recon_core.optim import GaussianOptimizer
+from recon_core.strategies import _covariance_torch, _relocation_torch, install_gsplat_cpu_ops
+from recon_plugins.gaussians.renderers import TorchGaussianRenderer
+
+
+class Blobs(GaussianRepresentation):
+    name = "test-blobs"
+
+
+def blobs(n: int = 200, seed: int = 0) -> Blobs:
+    g = torch.Generator().manual_seed(seed)
+    rep = Blobs(sh_degree=0)
+    rep.set_splats({
+        "means": torch.rand(n, 3, generator=g) - 0.5,
+        "quats": torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+        "scales": torch.full((n, 3), math.log(0.04)),
+        "opacities": torch.full((n,), 0.5),
+        "sh0": torch.randn(n, 1, 3, generator=g) * 0.5,
+        "shN": torch.zeros(n, 0, 3),
+    })
+    return rep
+
+
+def camera(size: int = 24) -> Cameras:
+    c2w = torch.eye(4)
+    c2w[2, 3] = -2.0  # looking along +z at the origin
+    K = torch.tensor([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    return Cameras.create(K, c2w[None], size, size)
+
+
+def train(rep: Blobs, strategy: StrategyConfig, steps: int, target: torch.Tensor) -> tuple[GaussianOptimizer, list[int]]:
+    renderer = TorchGaussianRenderer()
+    engine = GaussianOptimizer(rep, OptimConfig(strategy=strategy), scene_scale=1.0, total_steps=steps,
+                               generator=torch.Generator().manual_seed(0))
+    cam = camera(target.shape[0])
+    counts = []
+    for step in range(steps):
+        engine.schedule(step)
+        out = renderer.render(rep, cam, background=torch.ones(3))
+        engine.before_backward(step, out.info)
+        loss = (out.rgb[0] - target).abs().mean() + engine.regularisation()
+        engine.step(loss, step, out.info, cam)
+        counts.append(len(rep))
+    return engine, counts
+
+
+def _relocation_loops(opacity: float, scale: list[float], ratio: int, binoms: torch.Tensor) -> tuple[float, list[float]]:
+    """gsplat's relocation kernel, written as its loops (independent of the vectorised version)."""
+    new_o = 1.0 - (1.0 - opacity) ** (1.0 / ratio)
+    denom = 0.0
+    for i in range(1, ratio + 1):
+        for k in range(i):
+            denom += float(binoms[i - 1, k]) * ((-1.0) ** k / math.sqrt(k + 1)) * new_o ** (k + 1)
+    return new_o, [opacity / denom * s for s in scale]
+
+
+def test_relocation_matches_the_kernel_loops() -> None:
+    n_max = 51
+    binoms = torch.zeros(n_max, n_max, dtype=torch.float64)
+    for n in range(n_max):
+        for k in range(n + 1):
+            binoms[n, k] = math.comb(n, k)
+    g = torch.Generator().manual_seed(1)
+    opac = torch.rand(40, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    scales = torch.rand(40, 3, generator=g, dtype=torch.float64) + 0.1
+    ratios = torch.randint(1, 12, (40,), generator=g)
+    new_o, new_s = _relocation_torch(opac, scales, ratios, binoms)
+    for i in range(40):
+        o_ref, s_ref = _relocation_loops(float(opac[i]), scales[i].tolist(), int(ratios[i]), binoms)
+        assert float(new_o[i]) == pytest.approx(o_ref, rel=1e-9)
+        assert new_s[i].tolist() == pytest.approx(s_ref, rel=1e-7)  # alternating sums cancel digits
+    # one copy is the Gaussian itself
+    same_o, same_s = _relocation_torch(opac, scales, torch.ones(40, dtype=torch.int64), binoms)
+    assert torch.allclose(same_o, opac) and torch.allclose(same_s, scales)
+
+
+def test_cpu_covariance_is_r_s2_rt() -> None:
+    from scipy.spatial.transform import Rotation
+
+    q = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1)
+    s = torch.rand(5, 3, dtype=torch.float64) + 0.1
+    cov, pre = _covariance_torch(q, s)
+    R = torch.from_numpy(Rotation.from_quat(q[:, [1, 2, 3, 0]].numpy()).as_matrix())  # scipy: xyzw
+    expected = R @ torch.diag_embed(s**2) @ R.transpose(1, 2)
+    assert torch.allclose(cov, expected, atol=1e-12)
+    assert torch.allclose(cov @ pre, torch.eye(3, dtype=torch.float64).expand(5, 3, 3), atol=1e-9)
+    assert torch.allclose(quat_to_rotmat(q), R, atol=1e-12)
+
+
+def test_gsplat_ops_on_cpu_tensors_use_the_torch_versions() -> None:
+    install_gsplat_cpu_ops()
+    import gsplat.strategy.ops as ops
+
+    q = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    cov, _ = ops.quat_scale_to_covar_preci(q, torch.ones(3, 3) * 0.5, compute_preci=False)
+    assert torch.allclose(cov, 0.25 * torch.eye(3).expand(3, 3, 3), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["default", "gsplat-default"])
+def test_clone_split_strategies_grow_the_set(name: str) -> None:
+    rep = blobs()
+    target = torch.zeros(24, 24, 3)
+    target[6:18, 6:18] = torch.tensor([0.9, 0.1, 0.1])
+    strategy = StrategyConfig(name=name, refine_start=2, refine_every=5, grow_grad2d=1e-6, reset_every=10_000)
+    _, counts = train(rep, strategy, 12, target)
+    assert counts[0] == 200 and max(counts) > 200  # low threshold: Gaussians were cloned or split
+    assert all(torch.isfinite(p).all() for p in rep.splats.values())
+
+
+def test_mcmc_relocates_dead_and_adds_five_percent_up_to_the_cap() -> None:
+    rep = blobs(n=100)
+    with torch.no_grad():
+        rep.splats["opacities"][:10] = -20.0  # dead: below min opacity
+    target = torch.full((24, 24, 3), 0.3)
+    strategy = StrategyConfig(name="mcmc", refine_start=0, refine_every=3, max_gaussians=108)
+    _, counts = train(rep, strategy, 7, target)
+    assert counts == [100, 100, 100, 105, 105, 105, 108]  # +5 % at steps 3 and 6, capped at 108
+    assert float(torch.sigmoid(rep.splats["opacities"].detach()).min()) > 0.005 * 0.99  # the dead ones were moved
+
+
+def test_gsplat_default_without_renderer_info_is_a_clear_error() -> None:
+    rep = blobs()
+    engine = GaussianOptimizer(rep, OptimConfig(strategy=StrategyConfig(name="gsplat-default")), scene_scale=1.0, total_steps=1)
+    with pytest.raises(CombinationError, match="means2d"):
+        engine.before_backward(0, {})
+
+
+def test_engine_trains_only_refinable_entries_and_resumes_identically() -> None:
+    class Frozen(GaussianRepresentation):
+        name = "test-frozen"
+        refinable = frozenset({"sh0", "opacities"})
+
+    def make() -> Frozen:
+        rep = Frozen(sh_degree=0)
+        rep.set_splats(blobs(50).splat_values())
+        return rep
+
+    target = torch.full((24, 24, 3), 0.2)
+    cfg = OptimConfig(densify=False)
+    cam = camera()
+
+    def run(rep: Frozen, engine: GaussianOptimizer, steps: range) -> None:
+        for step in steps:
+            out = TorchGaussianRenderer().render(rep, cam, background=torch.ones(3))
+            engine.step((out.rgb[0] - target).abs().mean(), step, out.info, cam)
+
+    a = make()
+    means0 = a.splats["means"].detach().clone()
+    ea = GaussianOptimizer(a, cfg, scene_scale=1.0, total_steps=6)
+    assert set(ea.optimizers) == {"sh0", "opacities"}
+    run(a, ea, range(6))
+    assert torch.equal(a.splats["means"], means0)  # not refinable: untouched
+
+    b = make()
+    eb = GaussianOptimizer(b, cfg, scene_scale=1.0, total_steps=6)
+    run(b, eb, range(3))
+    state, splats = eb.state_dict(), b.splat_values()
+    c = make()
+    c.set_splats(splats)
+    ec = GaussianOptimizer(c, cfg, scene_scale=1.0, total_steps=6)
+    ec.load_state_dict(state)
+    run(c, ec, range(3, 6))
+    for key in ("sh0", "opacities"):
+        assert torch.equal(c.splats[key], a.splats[key])

@@ -1,4 +1,5 @@
-"""The ``3dgs-train`` refiner and its densification strategy (recon_plugins.gaussians.trainer/strategy)."""
+"""The ``3dgs-train`` refiner, the optimisation engine it drives (recon_core.optim) and the default
+densification strategy (recon_core.strategies)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,28 @@ from torch import nn
 from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
-from recon_core.components import RunContext
+from recon_core.components import Representation, RunContext
 from recon_core.errors import CombinationError
+from recon_core.gaussians import SPLAT_KEYS, Gaussians3D
+from recon_core.geometry import quat_to_rotmat
 from recon_core.imageops import psnr
+from recon_core.optim import OptimConfig
 from recon_core.scene import Bounds, Scene, View
-from recon_plugins.gaussians.representation import PARAMETER_NAMES, GaussianSplat
-from recon_plugins.gaussians.ply import SplatPly
-from recon_plugins.gaussians.strategy import (
+from recon_core.strategies import (
     DefaultStrategy,
+    ScreenGrads,
+    StrategyConfig,
     duplicate,
-    quat_to_rotmat,
     remove,
     reset_opacity,
     screen_gradients,
     split,
 )
-from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer, training_target
+from recon_plugins.gaussians.representation import GaussianSplat, GaussianSplatConfig
+from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer
+
+PARAMETER_NAMES = SPLAT_KEYS
+BLACK = torch.zeros(3)
 
 # ------------------------------------------------------------------------------ strategy ops
 
@@ -127,9 +134,9 @@ def test_strategy_grow_and_prune_counts() -> None:
         params["opacities"][:] = 3.0
         params["opacities"][[3, 7]] = -8.0  # transparent → pruned
     strategy = DefaultStrategy(grow_grad2d=0.1, grow_scale3d=0.01, refine_start=0, refine_every=1, reset_every=1000)
-    state = strategy.initialize_state(scene_scale=1.0, n=8)
-    state["grad2d"][:] = torch.tensor([0.5, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0])
-    state["count"][:] = 1.0
+    state = strategy.initialize_state(scene_scale=1.0)
+    state["grad2d"] = torch.tensor([0.5, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0])
+    state["count"] = torch.ones(8)
     n_dup, n_split = strategy.grow(params, opts, state, torch.Generator().manual_seed(0))
     assert (n_dup, n_split) == (3, 2)  # 0, 2, 3 small; 4, 5 large
     assert len(params["means"]) == 8 + 3 + 2
@@ -142,9 +149,9 @@ def test_strategy_grow_and_prune_counts() -> None:
 def test_strategy_respects_max_gaussians() -> None:
     params, opts = make_params(6)
     strategy = DefaultStrategy(grow_grad2d=0.1, max_gaussians=8)
-    state = strategy.initialize_state(1.0, n=6)
-    state["grad2d"][:] = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.0, 0.5])
-    state["count"][:] = 1.0
+    state = strategy.initialize_state(1.0)
+    state["grad2d"] = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.0, 0.5])
+    state["count"] = torch.ones(6)
     n_dup, n_split = strategy.grow(params, opts, state)
     assert n_dup + n_split == 2 and len(params["means"]) == 8
     # the two highest gradients (0 and 2) were grown
@@ -173,10 +180,9 @@ def test_screen_gradients_are_pixel_gradients() -> None:
 
 
 def test_strategy_accumulates_normalised_gradients() -> None:
-    from recon_plugins.gaussians.strategy import ScreenGrads
-
     strategy = DefaultStrategy()
-    state = strategy.initialize_state(1.0, n=3)
+    state = strategy.initialize_state(1.0)
+    state["grad2d"], state["count"] = torch.zeros(3), torch.zeros(3)
     g = ScreenGrads(torch.tensor([[3e-4, 0.0], [0.0, 4e-4], [1.0, 1.0]]), torch.tensor([True, True, False]), 200, 100)
     strategy.accumulate(state, g)
     strategy.accumulate(state, g)
@@ -189,15 +195,16 @@ def test_strategy_accumulates_normalised_gradients() -> None:
 
 def ground_truth(n: int = 60, seed: int = 0) -> GaussianSplat:
     g = torch.Generator().manual_seed(seed)
-    raw = SplatPly(
-        means=torch.randn(n, 3, generator=g) * 0.3,
-        quats=torch.randn(n, 4, generator=g),
-        log_scales=torch.log(torch.rand(n, 3, generator=g) * 0.08 + 0.04),
-        logit_opacities=torch.full((n,), 2.0),
-        sh0=torch.randn(n, 1, 3, generator=g),
-        shN=torch.zeros(n, 3, 3),
-    )
-    return GaussianSplat.from_raw(raw)
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=1))
+    rep.set_splats({
+        "means": torch.randn(n, 3, generator=g) * 0.3,
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": torch.log(torch.rand(n, 3, generator=g) * 0.08 + 0.04),
+        "opacities": torch.full((n,), 2.0),
+        "sh0": torch.randn(n, 1, 3, generator=g),
+        "shN": torch.zeros(n, 3, 3),
+    })
+    return rep
 
 
 def synthetic_scene(renderer, size: int = 32, n_views: int = 6) -> tuple[Scene, GaussianSplat]:
@@ -218,17 +225,17 @@ def synthetic_scene(renderer, size: int = 32, n_views: int = 6) -> tuple[Scene, 
 
 def perturbed(gt: GaussianSplat, seed: int = 1) -> GaussianSplat:
     g = torch.Generator().manual_seed(seed)
-    raw = gt.raw()
-    return GaussianSplat.from_raw(
-        SplatPly(
-            means=raw.means + 0.05 * torch.randn(raw.means.shape, generator=g),
-            quats=raw.quats,
-            log_scales=raw.log_scales + 0.3,
-            logit_opacities=torch.zeros_like(raw.logit_opacities),
-            sh0=torch.zeros_like(raw.sh0),  # grey
-            shN=raw.shN,
-        )
-    )
+    raw = gt.splat_values()
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=gt.max_sh_degree))
+    rep.set_splats({
+        "means": raw["means"] + 0.05 * torch.randn(raw["means"].shape, generator=g),
+        "quats": raw["quats"],
+        "scales": raw["scales"] + 0.3,
+        "opacities": torch.zeros_like(raw["opacities"]),
+        "sh0": torch.zeros_like(raw["sh0"]),  # grey
+        "shN": raw["shN"],
+    })
+    return rep
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +257,10 @@ def test_training_fits_a_synthetic_scene(renderer) -> None:
     before = mean_psnr(rep, scene, renderer)
     # a short run: higher rates than gsplat's; densification (which needs a long run to pay off) is
     # exercised by test_resume_is_bit_identical and the strategy tests
-    cfg = GaussianTrainConfig(steps=50, background=[0.0, 0.0, 0.0], lr_sh0=0.05, lr_opacities=0.1, lr_means=1e-3,
+    cfg = GaussianTrainConfig(steps=50, lr_sh0=0.05, lr_opacities=0.1, lr_means=1e-3,
                               lr_scales=0.02, lr_quats=0.01, densify=False, sh_degree_interval=25)
     trainer = GaussianTrainer(cfg)
-    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, background=BLACK))
     degrees = []
     for step in range(trainer.total_steps):
         logs = trainer.step(step)
@@ -263,50 +270,60 @@ def test_training_fits_a_synthetic_scene(renderer) -> None:
     after = mean_psnr(rep, scene, renderer)
     assert before < 21.5 and after > 27.0 and after > before + 6, (before, after)
     assert degrees[0] == 0 and degrees[24] == 0 and degrees[25] == 1 and rep.active_sh_degree == 1
-    assert summary["gaussians"] == len(rep) == 60 and trainer._in_sync()
+    assert summary["gaussians"] == len(rep) == 60 and trainer.engine.in_sync()
 
 
 def test_public_optimisation_api_matches_plain_adam_and_follows_replaced_parameters(renderer) -> None:
-    """What ``confidence`` / ``difix3d+`` call: schedule, optimize (= zero_grad, backward, Adam), sync."""
+    """What ``confidence`` / ``difix3d+`` call through the engine (recon_core.optim.GaussianOptimizer):
+    schedule, step (= zero_grad, backward, Adam, densification), sync."""
     scene, gt = synthetic_scene(renderer, size=8, n_views=2)
     rep = perturbed(gt)
-    trainer = GaussianTrainer(GaussianTrainConfig(steps=10, densify=False, background=[0.0, 0.0, 0.0]))
-    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    trainer = GaussianTrainer(GaussianTrainConfig(steps=10, densify=False))
+    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, background=BLACK))
+    engine = trainer.engine
+    assert isinstance(trainer.config, OptimConfig)
     # the means' lr decays exponentially from lr_means x scale to lr_means_final of it
-    trainer.schedule(5)
-    start = trainer.config.lr_means * trainer.scene_scale
-    assert trainer.optimizers["means"].param_groups[0]["lr"] == pytest.approx(start * 0.01**0.5)
-    assert trainer.set_means_lr(1.0) == pytest.approx(start * 0.01)
-    # one optimize() step equals an independent Adam step with the same rates on a copy
-    copy = {n: nn.Parameter(getattr(rep, n).detach().clone()) for n in PARAMETER_NAMES}
-    reference = {n: torch.optim.Adam([p], lr=trainer.optimizers[n].param_groups[0]["lr"], eps=1e-15) for n, p in copy.items()}
+    engine.schedule(5)
+    start = trainer.config.lr_means * engine.scene_scale
+    assert engine.optimizers["means"].param_groups[0]["lr"] == pytest.approx(start * 0.01**0.5)
+    assert engine.set_means_lr(1.0) == pytest.approx(start * 0.01)
+    # one step() equals an independent Adam step with the same rates on a copy
+    copy = {n: nn.Parameter(rep.splats[n].detach().clone()) for n in PARAMETER_NAMES}
+    reference = {n: torch.optim.Adam([p], lr=engine.optimizers[n].param_groups[0]["lr"], eps=1e-15) for n, p in copy.items()}
     camera = scene.views[0].camera
 
     def loss_of(params) -> torch.Tensor:
         return sum(((p - p.detach().mean()) ** 2).sum() for p in params)
 
-    assert trainer.optimize(loss_of([getattr(rep, n) for n in PARAMETER_NAMES]), 5, camera) is False
+    assert engine.step(loss_of([rep.splats[n] for n in PARAMETER_NAMES]), 5, {}, camera) == {}  # nothing densified
     loss_of(copy.values()).backward()
     for opt in reference.values():
         opt.step()
     for n in PARAMETER_NAMES:
-        assert torch.allclose(getattr(rep, n), copy[n], atol=1e-6), n
-    assert trainer.sync_optimizers() is False
+        assert torch.allclose(rep.splats[n], copy[n], atol=1e-6), n
+    assert engine.sync() is False
     # parameters replaced from outside (a checkpoint load): fresh optimizers on the new tensors
-    rep.set_raw(rep.raw())
-    assert trainer.sync_optimizers() is True and trainer._in_sync() and trainer.sync_optimizers() is False
+    rep.set_splats(rep.splat_values())
+    assert engine.sync() is True and engine.in_sync() and engine.sync() is False
 
 
 def test_refiner_rejects_other_layouts(renderer) -> None:
+    """3dgs-train trains the Gaussian scene protocol (GaussianRepresentation's splats) and nothing else."""
     scene, _ = synthetic_scene(renderer, size=8, n_views=2)
 
-    class Other(GaussianSplat):
+    class Other(Representation):  # provides Gaussians, but not through the protocol's splats
         name = "other"
+        provides = frozenset({"gaussians-3d"})
 
-    rep = Other()
-    del rep.sh0
-    with pytest.raises(CombinationError, match="sh0"):
-        GaussianTrainer().setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+        def gaussians(self, time=None) -> Gaussians3D:
+            return Gaussians3D(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]), torch.ones(1, 3), torch.ones(1), colors=torch.ones(1, 3))
+
+    with pytest.raises(CombinationError, match="'other' is not one"):
+        GaussianTrainer().setup(Other(), scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    # and a Gaussian representation cannot be left without one of the protocol's entries
+    rep = GaussianSplat()
+    with pytest.raises(ValueError, match="sh0"):
+        rep.set_splats({k: v for k, v in ground_truth(n=3).splat_values().items() if k != "sh0"})
 
 
 def test_training_target_composites_alpha_and_masks() -> None:
@@ -315,20 +332,51 @@ def test_training_target_composites_alpha_and_masks() -> None:
     alpha = torch.tensor([[0.5, 0.0]])
     white = rgb * alpha[..., None] + (1 - alpha[..., None])  # as the loader composites RGBA
     view = View("a", cam, white, alpha=alpha)
-    black = training_target(view, torch.zeros(3))
+    black = view.image_on(torch.zeros(3))
     assert torch.allclose(black, rgb * alpha[..., None], atol=1e-6)
     mask_view = View("b", cam, rgb, object_mask=torch.tensor([[True, False]]))
-    assert torch.equal(training_target(mask_view, torch.tensor([0.0, 1.0, 0.0]))[0, 1], torch.tensor([0.0, 1.0, 0.0]))
-    assert torch.equal(training_target(View("c", cam, rgb), torch.zeros(3)), rgb)
+    assert torch.equal(mask_view.image_on(torch.tensor([0.0, 1.0, 0.0]))[0, 1], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(View("c", cam, rgb).image_on(torch.zeros(3)), rgb)
+
+
+def test_trainer_targets_are_on_the_runs_background(renderer) -> None:
+    """The background moved from 3dgs-train's config to the run: renders and targets share ctx.background."""
+    cam = Cameras.create(torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]]), look_at_torch(torch.tensor([0.0, -3.0, 0.0])), 8, 8)
+    alpha = torch.zeros(8, 8)
+    view = View("a", cam, torch.ones(8, 8, 3), alpha=alpha)  # fully transparent, stored on white
+    scene = Scene("s", [view], Bounds(torch.zeros(3), 1.0))
+    green = torch.tensor([0.0, 1.0, 0.0])
+    rep = perturbed(ground_truth(n=5))
+    trainer = GaussianTrainer(GaussianTrainConfig(steps=1, densify=False))
+    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, background=green))
+    assert torch.equal(trainer.background, green)
+    assert torch.equal(trainer.targets(view), green.expand(8, 8, 3))
+    with torch.no_grad():
+        rep.splats["opacities"].fill_(-30.0)  # nothing drawn: the render is the background, the loss 0
+    logs = trainer.step(0)
+    assert logs["loss"] == pytest.approx(0.0, abs=1e-6)
+    # without a run background, white
+    trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer))
+    assert torch.equal(trainer.background, torch.ones(3))
+
+
+def test_strategy_is_chosen_by_the_nested_config() -> None:
+    """``--set 3dgs-train.strategy=mcmc`` / ``3dgs-train.strategy.refine_start=...``: the strategy
+    settings (formerly 3dgs-train's own) live in the nested ``strategy`` config."""
+    from recon_core.config import config_from_dict
+
+    cfg = config_from_dict(GaussianTrainConfig, {"steps": 3, "strategy": {"name": "mcmc", "refine_start": 7}}, "3dgs-train")
+    assert cfg.steps == 3 and cfg.strategy.name == "mcmc" and cfg.strategy.refine_start == 7
+    assert GaussianTrainConfig().strategy == StrategyConfig()
 
 
 def test_resume_is_bit_identical(renderer, tmp_path) -> None:
     from recon_core.checkpoint import load_checkpoint, save_checkpoint
 
     scene, gt = synthetic_scene(renderer, size=16, n_views=4)
-    cfg = GaussianTrainConfig(steps=8, background=[0.0, 0.0, 0.0], refine_start=1, refine_every=2, reset_every=6,
-                              grow_grad2d=1e-7, grow_scale3d=0.05, sh_degree_interval=3)
-    ctx = RunContext(device=torch.device("cpu"), seed=3, renderer=renderer)
+    cfg = GaussianTrainConfig(steps=8, sh_degree_interval=3, strategy=StrategyConfig(
+        refine_start=1, refine_every=2, reset_every=6, grow_grad2d=1e-7, grow_scale3d=0.05))
+    ctx = RunContext(device=torch.device("cpu"), seed=3, renderer=renderer, background=BLACK)
 
     straight = perturbed(gt)
     t1 = GaussianTrainer(cfg)
@@ -353,9 +401,9 @@ def test_resume_is_bit_identical(renderer, tmp_path) -> None:
 
     assert logs_first + logs_resumed == logs_straight
     for name in PARAMETER_NAMES:
-        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+        assert torch.equal(resumed.splats[name], straight.splats[name]), name
     for name in PARAMETER_NAMES:
-        a, b = t1.optimizers[name].state_dict()["state"][0], t3.optimizers[name].state_dict()["state"][0]
+        a, b = t1.engine.optimizers[name].state_dict()["state"][0], t3.engine.optimizers[name].state_dict()["state"][0]
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
@@ -380,7 +428,7 @@ def test_screen_gradients_match_the_renderers_means2d_gradient(renderer, monkeyp
     pred = renderer.render(rep, view.camera, background=torch.zeros(3)).rgb[0]
     (0.8 * (pred - view.image).abs().mean()).backward()
     reference = captured["proj"].means2d.grad.reshape(-1, 2)
-    ours = screen_gradients(rep.means.detach(), rep.means.grad, rep.scales.detach(), view.camera.K[0], view.camera.c2w[0], 32, 32)
+    ours = screen_gradients(rep.splats["means"].detach(), rep.splats["means"].grad, rep.splats["scales"].detach(), view.camera.K[0], view.camera.c2w[0], 32, 32)
     seen = reference.norm(dim=-1) > 1e-7
     assert seen.sum() > 20
     rel = (ours.grad2d[seen] - reference[seen]).norm(dim=-1) / reference[seen].norm(dim=-1)

@@ -35,7 +35,8 @@ import torch
 
 from recon_core.errors import InputError, MissingWeightsError
 from recon_core.scene import PointCloud, View
-from recon_plugins.gaussians.init import points_from_depth, unproject_depth
+from recon_core.geometry import unproject_depth
+from recon_plugins.gaussians.init import points_from_depth
 
 from .carving import CarvedVolume
 
@@ -192,9 +193,9 @@ def points_from_network(net: torch.nn.Module, views: Sequence[View], max_points:
     threshold = torch.quantile(conf.flatten(), float(min_confidence))
     pts, cols = [], []
     for s in range(len(views)):
-        p, idx = unproject_depth(depth[s], K[s].cpu(), c2w_pred[s], conf[s] >= threshold)
-        pts.append(p)
-        cols.append(images[s].permute(1, 2, 0).reshape(-1, 3).cpu()[idx])
+        valid = torch.isfinite(depth[s]) & (depth[s] > 0) & (conf[s] >= threshold)
+        pts.append(unproject_depth(depth[s].double(), K[s].cpu().double(), c2w_pred[s].double())[valid].float())
+        cols.append(images[s].permute(1, 2, 0).cpu()[valid])
     given = torch.stack([v.camera.c2w[0] for v in views]).float()
     points = align_points(torch.cat(pts), c2w_pred, given)
     return _subsample(PointCloud(points.float(), torch.cat(cols).clamp(0, 1)), max_points, generator)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recon_core.imageops import psnr
 from recon_core.pipeline import Pipeline, resolve_run
 from recon_core.registry import Registry
 from recon_core.rundir import RunDir
@@ -47,8 +47,7 @@ def full_image_psnr(renders: Path, targets: dict[str, torch.Tensor]) -> float:
     values = []
     for name, target in targets.items():
         pred = torch.from_numpy(np.asarray(Image.open(renders / f"{name}.png").convert("RGB"), dtype=np.float64) / 255.0)
-        mse = float(((pred - target.double()) ** 2).mean())
-        values.append(-10.0 * math.log10(max(mse, 1e-12)))
+        values.append(float(psnr(pred, target.double())))
     return sum(values) / len(values)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "rotmat_to_quat",
     "quat_multiply",
     "slerp",
+    "slerp_rotmat",
     "so3_exp",
     "so3_log",
     "se3_exp",
@@ -141,6 +142,12 @@ def slerp(q0: Tensor, q1: Tensor, t: float | Tensor, shortest: bool = True) -> T
     a = torch.where(small, 1 - t, torch.sin((1 - t) * theta) / sin)
     b = torch.where(small, t, torch.sin(t * theta) / sin)
     return a * q0 + b * q1
+
+
+def slerp_rotmat(R0: Tensor, R1: Tensor, t: float | Tensor) -> Tensor:
+    """Rotations [..., 3, 3] a fraction ``t`` of the way from ``R0`` to ``R1`` along the shorter
+    geodesic (quaternion :func:`slerp`); ``t`` as there."""
+    return quat_to_rotmat(slerp(rotmat_to_quat(R0), rotmat_to_quat(R1), t))
 
 
 # ------------------------------------------------------------------------------- SO(3) / SE(3)

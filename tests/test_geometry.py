@@ -24,6 +24,7 @@ from recon_core.geometry import (
     se3_log,
     skew,
     slerp,
+    slerp_rotmat,
     so3_exp,
     so3_log,
     umeyama,
@@ -117,6 +118,17 @@ def test_slerp_matches_scipy_and_takes_the_short_way() -> None:
     assert abs(float(mid.norm()) - 1.0) < 1e-12
     assert math.isclose(float(rotation_angle(quat_to_rotmat(q0), quat_to_rotmat(mid))),
                         0.5 * float(rotation_angle(quat_to_rotmat(q0), quat_to_rotmat(q1))), rel_tol=1e-10)
+
+
+def test_slerp_rotmat_matches_scipy() -> None:
+    r = random_rotations(10, 20)
+    ts = np.linspace(0.0, 1.0, 5)
+    R = torch.from_numpy(r.as_matrix())
+    for i in range(0, 10, 2):
+        ref = Slerp([0.0, 1.0], r[i : i + 2])(ts).as_matrix()
+        out = slerp_rotmat(R[i].expand(5, 3, 3), R[i + 1].expand(5, 3, 3), torch.from_numpy(ts))
+        assert torch.allclose(out, torch.from_numpy(ref), atol=1e-12)
+    assert torch.allclose(slerp_rotmat(R[0], R[1], 0.25), torch.from_numpy(Slerp([0.0, 1.0], r[:2])(0.25).as_matrix()), atol=1e-12)
 
 
 def test_slerp_of_directions_and_tiny_angles() -> None:

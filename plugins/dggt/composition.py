@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from recon_core.geometry import unproject_depth  # re-exported: callers import it from here
+
 __all__ = ["LIFESPAN_LOG_DECAY", "lifespan_opacity", "unproject_depth", "PixelGaussians", "compose_pixel_gaussians", "TimeMap"]
 
 LIFESPAN_LOG_DECAY = math.log(0.1)
@@ -31,20 +33,6 @@ LIFESPAN_LOG_DECAY = math.log(0.1)
 def lifespan_opacity(opacity: Tensor, t: Tensor | float, t_birth: Tensor, lifespan: Tensor) -> Tensor:
     """opacity · exp(ln(0.1) · (t − t_birth)² / (γ² + 1e-6)), all in DGGT's normalised time."""
     return opacity * torch.exp(LIFESPAN_LOG_DECAY * (t - t_birth) ** 2 / (lifespan**2 + 1e-6))
-
-
-def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
-    """z-depth maps [S, H, W] → world points [S, H, W, 3] (pixel (r, c) at (c + 0.5, r + 0.5))."""
-    S, H, W = depth.shape
-    v, u = torch.meshgrid(
-        torch.arange(H, dtype=depth.dtype, device=depth.device) + 0.5,
-        torch.arange(W, dtype=depth.dtype, device=depth.device) + 0.5,
-        indexing="ij",
-    )
-    fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
-    cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
-    cam = torch.stack([(u - cx) / fx * depth, (v - cy) / fy * depth, depth], dim=-1)  # [S, H, W, 3]
-    return torch.einsum("sij,shwj->shwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
 
 
 @dataclass

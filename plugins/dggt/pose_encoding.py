@@ -12,8 +12,9 @@ at i + 0.5) is the exact centre of the image. Frame 0 is the world reference (id
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from recon_core.geometry import quat_to_rotmat, rotmat_to_quat
 
 __all__ = [
     "quat_to_mat",
@@ -27,43 +28,12 @@ __all__ = [
 
 def quat_to_mat(q: Tensor) -> Tensor:
     """Quaternions [..., 4] (x, y, z, w; need not be unit) → rotation matrices [..., 3, 3]."""
-    x, y, z, w = q.unbind(-1)
-    s = 2.0 / (q * q).sum(-1)
-    m = torch.stack(
-        [
-            1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
-            s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
-            s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
-        ],
-        dim=-1,
-    )
-    return m.reshape(q.shape[:-1] + (3, 3))
+    return quat_to_rotmat(q[..., [3, 0, 1, 2]])
 
 
 def mat_to_quat(m: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] → unit quaternions [..., 4] (x, y, z, w) with w ≥ 0.
-
-    Picks, per matrix, the best-conditioned of the four standard closed forms.
-    """
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.reshape(m.shape[:-2] + (9,)).unbind(-1)
-    q_abs = torch.sqrt(
-        torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1).clamp_min(0)
-    )
-    # Candidate (w, x, y, z) quaternions, each scaled by 2·q_abs[k].
-    cands = torch.stack(
-        [
-            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
-            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
-            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
-            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
-        ],
-        dim=-2,
-    ) / (2.0 * q_abs[..., None].clamp_min(0.1))
-    best = F.one_hot(q_abs.argmax(-1), 4).to(cands.dtype)[..., None]
-    wxyz = (cands * best).sum(-2)
-    xyzw = wxyz[..., [1, 2, 3, 0]]
-    xyzw = F.normalize(xyzw, dim=-1)
-    return torch.where(xyzw[..., 3:] < 0, -xyzw, xyzw)
+    """Rotation matrices [..., 3, 3] → unit quaternions [..., 4] (x, y, z, w) with w ≥ 0."""
+    return rotmat_to_quat(m)[..., [1, 2, 3, 0]]
 
 
 def extri_intri_to_pose_encoding(extrinsics: Tensor, intrinsics: Tensor, image_hw: tuple[int, int]) -> Tensor:

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon_core import CameraRenderer, Cameras, Gaussians3D, Representation
+from recon_core.geometry import knn_distances, project_points
 
-__all__ = ["SkyModel", "SkyLayer", "fibonacci_hemisphere", "project_points"]
+__all__ = ["SkyModel", "SkyLayer", "fibonacci_hemisphere"]
 
 
 def fibonacci_hemisphere(n: int, radius: float) -> Tensor:
@@ -31,27 +32,6 @@ def fibonacci_hemisphere(n: int, radius: float) -> Tensor:
     r = torch.sqrt((1 - y * y).clamp_min(0))
     theta = math.pi * (3.0 - math.sqrt(5.0)) * i
     return (torch.stack([torch.cos(theta) * r, y, torch.sin(theta) * r], dim=-1) * radius).float()
-
-
-def _knn_mean_distance(points: Tensor, k: int = 3) -> Tensor:
-    """Mean distance of each point to its k nearest other points, [n]."""
-    from scipy.spatial import cKDTree
-
-    pts = points.double().numpy()
-    dist, _ = cKDTree(pts).query(pts, k=k + 1)
-    return torch.from_numpy(dist[:, 1:].mean(axis=1)).float()
-
-
-def project_points(points: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tensor]:
-    """Project world points [P, 3] into cameras (viewmats [V, 4, 4] world→camera, Ks [V, 3, 3]).
-
-    Returns pixel coordinates [V, P, 2] (pixel centres at i + 0.5) and depths z [V, P].
-    """
-    cam = points @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3]
-    z = cam[..., 2]
-    pix = cam @ Ks.transpose(1, 2)
-    uv = pix[..., :2] / z.clamp_min(1e-8)[..., None]
-    return uv, z
 
 
 class _SkyMLP(nn.Module):
@@ -78,7 +58,7 @@ class SkyModel(nn.Module):
             pcd, scales = torch.zeros(n, 3), torch.zeros(n, 3)
         else:
             pcd = fibonacci_hemisphere(n, radius)
-            scales = _knn_mean_distance(pcd).log()[:, None].repeat(1, 3)
+            scales = knn_distances(pcd, 3).log()[:, None].repeat(1, 3)
         self.register_buffer("bg_scales", scales)
         self.register_buffer("bg_pcd", pcd)
         self.register_buffer("bg_opacity", torch.ones(n, 1))
@@ -93,7 +73,7 @@ class SkyModel(nn.Module):
             samples [M, 3] for the M points inside at least one view, and the mask [n] selecting them.
         """
         S, _, H, W = images.shape
-        uv, z = project_points(self.bg_pcd, viewmats.to(self.bg_pcd), Ks.to(self.bg_pcd))
+        uv, z = project_points(self.bg_pcd, Ks.to(self.bg_pcd), viewmats.to(self.bg_pcd))
         inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
         grid = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], dim=-1)[:, None]  # [S, 1, P, 2]
         rgb = F.grid_sample(images, grid.to(images.dtype), align_corners=False, padding_mode="border")[:, :, 0]  # [S, 3, P]

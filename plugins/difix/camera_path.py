@@ -20,73 +20,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recon_core.geometry import rotation_angle, slerp_rotmat
+
 __all__ = [
-    "rotation_to_quaternion",
-    "quaternion_to_rotation",
-    "slerp_rotation",
     "pose_distance",
     "nearest_assignments",
     "shift_poses",
 ]
 
 
-def rotation_to_quaternion(R: Tensor) -> Tensor:
-    """Unit quaternions [..., 4] (wxyz, w >= 0) of rotation matrices [..., 3, 3] (float64 inside)."""
-    R = R.double()
-    m00, m11, m22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
-    # four candidate (un-normalised) quaternions; pick the numerically largest component's
-    w = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1)
-    q_w = torch.stack([w[..., 0], R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
-    q_x = torch.stack([R[..., 2, 1] - R[..., 1, 2], w[..., 1], R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0]], -1)
-    q_y = torch.stack([R[..., 0, 2] - R[..., 2, 0], R[..., 0, 1] + R[..., 1, 0], w[..., 2], R[..., 1, 2] + R[..., 2, 1]], -1)
-    q_z = torch.stack([R[..., 1, 0] - R[..., 0, 1], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1], w[..., 3]], -1)
-    candidates = torch.stack([q_w, q_x, q_y, q_z], dim=-2)  # [..., 4 (which), 4 (wxyz)]
-    best = w.argmax(dim=-1)
-    q = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    q = q / q.norm(dim=-1, keepdim=True)
-    return torch.where(q[..., :1] < 0, -q, q)
-
-
-def quaternion_to_rotation(q: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] of quaternions [..., 4] (wxyz, normalised here)."""
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)
-
-
-def slerp_rotation(R1: Tensor, R2: Tensor, t: float | Tensor) -> Tensor:
-    """Spherical interpolation of rotations [..., 3, 3] at fraction ``t`` (0: R1, 1: R2), float64."""
-    q1, q2 = rotation_to_quaternion(R1), rotation_to_quaternion(R2)
-    dot = (q1 * q2).sum(-1, keepdim=True)
-    q2 = torch.where(dot < 0, -q2, q2)  # shortest arc
-    dot = dot.abs().clamp(max=1.0)
-    t = torch.as_tensor(t, dtype=torch.float64, device=dot.device)
-    t = t[..., None] if t.ndim else t  # [...] -> [..., 1], to scale whole quaternions
-    theta = torch.acos(dot)
-    small = theta < 1e-6
-    sin = torch.sin(theta).clamp_min(1e-12)
-    a = torch.where(small, 1 - t, torch.sin((1 - t) * theta) / sin)
-    b = torch.where(small, t, torch.sin(t * theta) / sin)
-    return quaternion_to_rotation(a * q1 + b * q2)
-
-
-def _angle(R1: Tensor, R2: Tensor) -> Tensor:
-    """Rotation angle (radians) between rotations [..., 3, 3] (broadcasting)."""
-    cos = ((R1.double().transpose(-1, -2) @ R2.double()).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    return torch.acos(cos.clamp(-1.0, 1.0))
-
-
 def pose_distance(c2w_a: Tensor, c2w_b: Tensor, rotation_weight: float = 1.0, translation_weight: float = 1.0) -> Tensor:
     """``translation_weight |t_a - t_b| + rotation_weight angle(R_a, R_b)`` for poses [..., 4, 4] (broadcasting)."""
     t = (c2w_a[..., :3, 3].double() - c2w_b[..., :3, 3].double()).norm(dim=-1)
-    return translation_weight * t + rotation_weight * _angle(c2w_a[..., :3, :3], c2w_b[..., :3, :3])
+    return translation_weight * t + rotation_weight * rotation_angle(
+        c2w_a[..., :3, :3].double(), c2w_b[..., :3, :3].double())
 
 
 def nearest_assignments(sources: Tensor, targets: Tensor) -> Tensor:
@@ -116,7 +63,7 @@ def shift_poses(current: Tensor, targets: Tensor, distance: float) -> Tensor:
         | ((moved - t2).norm(dim=-1) <= distance)
     )
     fraction = (distance / length[:, 0].clamp_min(1e-12)).clamp(max=1.0)
-    R = slerp_rotation(start[:, :3, :3], targets[:, :3, :3], fraction)
+    R = slerp_rotmat(start[:, :3, :3], targets[:, :3, :3], fraction)
     out = torch.eye(4, dtype=torch.float64).repeat(len(targets), 1, 1)
     out[:, :3, :3] = torch.where(snap[:, None, None], targets[:, :3, :3], R)
     out[:, :3, 3] = torch.where(snap[:, None], t2, moved)

@@ -19,6 +19,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
 from recon_core import Cameras, Encoder, InputError, Representation, Scene, Video, option
+from recon_core.geometry import so3_exp  # re-exported: ``recon_plugins.idr.representation.so3_exp``
 from recon_plugins.encoders import FourierEncoder
 
 from .mesh import extract_mesh, write_mesh
@@ -36,21 +37,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # instant-NGP / NeuS2 / Neuralangelo); every SDF evaluation of the sphere tracer gets ~6x cheaper.
     "grid": dict(sdf_width=64, sdf_layers=2, skip_in=(), feature_dim=32, color_width=64, color_layers=2),
 }
-
-
-def so3_exp(w: Tensor) -> Tensor:
-    """Axis-angle [..., 3] → rotation matrices [..., 3, 3] (Rodrigues, stable at 0)."""
-    theta2 = (w * w).sum(-1, keepdim=True)[..., None]  # [..., 1, 1]
-    theta = theta2.clamp_min(1e-12).sqrt()
-    small = theta2 < 1e-8
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
-    zero = torch.zeros_like(w[..., 0])
-    k = torch.stack(
-        [zero, -w[..., 2], w[..., 1], w[..., 2], zero, -w[..., 0], -w[..., 1], w[..., 0], zero], dim=-1
-    ).reshape(*w.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(k)
-    return eye + a * k + b * (k @ k)
 
 
 def pixel_rays(K: Tensor, c2w: Tensor, uv: Tensor) -> tuple[Tensor, Tensor]:

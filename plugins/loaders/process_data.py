@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
+import torch
 
-from recon_core import InputError
+from recon_core import InputError, geometry
 
 from . import imageio
 
@@ -207,23 +208,10 @@ def _reconstruct(pycolmap, o: SfmOptions, names: list[str], image_dir: Path, db:
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity (s, R, t) minimising sum |dst_i - (s R src_i + t)|^2 (Umeyama 1991).
-
-    src, dst: (N, 3) corresponding points, N >= 3 not collinear. R is a proper rotation.
-    """
-    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    U, S, Vt = np.linalg.svd(cov)
-    D = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        D[2, 2] = -1.0
-    R = U @ D @ Vt
-    var_s = (xs**2).sum() / len(src)
-    s = float(np.trace(np.diag(S) @ D) / var_s)
-    t = mu_d - s * R @ mu_s
-    return s, R, t
+    """Similarity (s, R, t) minimising sum |dst_i - (s R src_i + t)|^2: :func:`recon_core.geometry.umeyama`
+    on float64 NumPy arrays (src, dst: (N, 3) corresponding points, N >= 3 not collinear)."""
+    R, t, s = geometry.umeyama(torch.from_numpy(np.asarray(src, dtype=np.float64)), torch.from_numpy(np.asarray(dst, dtype=np.float64)))
+    return float(s), R.numpy(), t.numpy()
 
 
 @dataclass(frozen=True)
@@ -269,7 +257,7 @@ def compare_poses(est_c2w: np.ndarray, true_c2w: np.ndarray, *, robust: bool = T
             pick = rng.choice(n, 3, replace=False)
             try:
                 mask = errors(umeyama(src[pick], dst[pick])) < inlier_tol
-            except (np.linalg.LinAlgError, ZeroDivisionError, FloatingPointError):
+            except (np.linalg.LinAlgError, torch.linalg.LinAlgError, ZeroDivisionError, FloatingPointError):
                 continue
             if mask.sum() > best.sum():
                 best = mask
@@ -277,9 +265,8 @@ def compare_poses(est_c2w: np.ndarray, true_c2w: np.ndarray, *, robust: bool = T
             inliers = best
     sim = umeyama(src[inliers], dst[inliers])
     s, R, _ = sim
-    rel = np.transpose(true_c2w[:, :3, :3], (0, 2, 1)) @ (R[None] @ est_c2w[:, :3, :3])
-    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    return PoseComparison(s, np.degrees(np.arccos(cos)), errors(sim), inliers)
+    angle = geometry.rotation_angle(torch.from_numpy(true_c2w[:, :3, :3]), torch.from_numpy(R[None] @ est_c2w[:, :3, :3]))
+    return PoseComparison(s, np.degrees(angle.numpy()), errors(sim), inliers)
 
 
 STAGE_LABELS = {"copy": "copying images", "extract": "extracting SIFT features", "match": "matching features", "map": "incremental mapping (registered images)"}

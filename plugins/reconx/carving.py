@@ -32,6 +32,7 @@ from torch import Tensor
 
 from recon_core.cameras import Cameras
 from recon_core.errors import InputError
+from recon_core.geometry import project_points
 from recon_core.scene import View
 
 __all__ = ["FREE", "SURFACE", "UNKNOWN", "CarvedVolume", "carve", "view_mask"]
@@ -104,9 +105,7 @@ class CarvedVolume:
 def _project(points: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor]:
     """z-depth [P] and continuous pixel coordinates [P, 2] of world ``points`` [P, 3] in a camera."""
     w2c = torch.linalg.inv(c2w.double()).float().cpu()
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
-    uv = (cam @ K.float().cpu().T)[:, :2] / z.clamp_min(1e-9)[:, None]
+    uv, z = project_points(points, K.float().cpu(), w2c, eps=1e-9)
     return z, uv
 
 

@@ -36,13 +36,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
 from recon_core.cameras import Cameras
 from recon_core.components import Generator, RunContext, Representation
 from recon_core.config import option
 from recon_core.errors import InputError
+from recon_core.geometry import slerp, slerp_rotmat
 from recon_core.scene import Scene, View
 
 from .carving import carve, view_mask
@@ -79,13 +79,6 @@ def look_at_point(c2w: Tensor, fallback: Tensor) -> Tensor:
     return torch.linalg.solve(A, b)
 
 
-def _slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
-    omega = torch.arccos(torch.clamp((a * b).sum(), -1.0, 1.0))
-    if float(omega) < 1e-6:
-        return a
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
 def camera_path(cameras: Cameras, n: int, pivot: Tensor, mode: str = "orbit", closed: bool = True) -> Cameras:
     """``n`` cameras between the input ``cameras`` (see the module docstring), intrinsics and size of
     the nearer input of each segment. Returns float32 Cameras (OpenCV camera-to-world)."""
@@ -110,20 +103,19 @@ def camera_path(cameras: Cameras, n: int, pivot: Tensor, mode: str = "orbit", cl
     for (i, j), count in zip(segments, counts):
         if count == 0:
             continue
-        slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([c2w[i, :3, :3].numpy(), c2w[j, :3, :3].numpy()])))
         ri, rj = offsets[i].norm(), offsets[j].norm()
         for step in range(count):
             t = (step + 1) / (count + 1)
             pose = torch.eye(4, dtype=torch.float64)
             if mode == "orbit":
-                pos = pivot + _slerp(dirs[i], dirs[j], t) * ((1 - t) * ri + t * rj)
+                pos = pivot + slerp(dirs[i], dirs[j], t, shortest=False) * ((1 - t) * ri + t * rj)
                 forward = torch.nn.functional.normalize(pivot - pos, dim=0)
                 down = (1 - t) * c2w[i, :3, 1] + t * c2w[j, :3, 1]
                 right = torch.nn.functional.normalize(torch.linalg.cross(down, forward), dim=0)
                 down = torch.linalg.cross(forward, right)
                 pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, down, forward, pos
             elif mode == "linear":
-                pose[:3, :3] = torch.from_numpy(slerp([t]).as_matrix()[0])
+                pose[:3, :3] = slerp_rotmat(c2w[i, :3, :3], c2w[j, :3, :3], t)
                 pose[:3, 3] = (1 - t) * c2w[i, :3, 3] + t * c2w[j, :3, 3]
             else:
                 raise InputError(f"unknown camera path '{mode}' (orbit or linear)")

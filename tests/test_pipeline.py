@@ -401,3 +401,27 @@ def test_frame_rendered_video_is_drawn_by_index(toy_registry, toy_video, tmp_pat
     assert [r["name"] for r in doc["per_view"]] == [f"frame-{i:05d}" for i in range(5)]
     assert doc["metrics"]["psnr"] > 20
     assert json.loads(run_dir.config_path.read_text())["renderer"]["name"] == "toy-frame-render"
+
+
+def test_loader_background_follows_the_run_background(tmp_path):
+    """Targets (RGBA composited by the loader) and renders share one background colour."""
+    import recon_toy
+    from loaders_support import write_transforms
+
+    import recon_plugins.loaders as loaders
+    from recon_core.registry import Registry
+
+    registry = Registry(entry_points=[], modules=[("loaders", loaders), ("toy", recon_toy)], disabled=())
+    write_transforms(tmp_path / "ns", rgba=True)
+    data = tmp_path / "ns"
+
+    def resolve(*sets: str):
+        return resolve_run(registry, data=data, representation="toy-grid", refiners=["none"], evaluators=["none"], sets=sets)
+
+    spec = resolve("run.background=0,0,1")
+    assert spec.loader.name == "nerfstudio" and list(spec.loader.config.background) == [0.0, 0.0, 1.0]
+    spec = resolve("nerfstudio.background=0,1,0")  # the loader's own option sets the run's
+    assert spec.options.background == [0.0, 1.0, 0.0] and list(spec.loader.config.background) == [0.0, 1.0, 0.0]
+    assert resolve().options.background == [1.0, 1.0, 1.0]
+    with pytest.raises(InputError, match="must share one background"):
+        resolve("nerfstudio.background=0,1,0", "run.background=0,0,1")

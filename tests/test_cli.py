@@ -352,12 +352,12 @@ def test_render_and_inspect_bad_arguments(cli, toy_scene, tmp_path):
 
 
 def test_ctrl_c_after_refining_names_the_checkpoint(cli, toy_scene, tmp_path, monkeypatch):
-    import recon_core.pipeline as pipeline
+    from recon_core.pipeline import Pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "evaluate_run", interrupted)
+    monkeypatch.setattr(Pipeline, "evaluate", interrupted)
     out = tmp_path / "r"
     result = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=2")
     assert result.exit_code == 130 and f"recon run --resume {out}" in result.stderr

@@ -231,7 +231,7 @@ def main() -> None:
             model = D2GV.from_export(args.decode_only)
         else:
             model = D2GV(D2GVConfig(num_gaussians=args.kernel_gaussians))
-            model.build(video)
+            model.build(video, RunContext(torch.device("cpu"), seed=0))
         _, g = next(model.frame_gaussians(torch.tensor([0])))
         means, conics, radii = project_cholesky(g.xy.detach(), g.chol.detach(), H, W)
         result = {"size": [W, H], "load_avg_1min": os.getloadavg()[0], "kernel": kernel_times(means, conics, g.color.detach(), radii, H, W, args.repeats)}
@@ -245,7 +245,7 @@ def main() -> None:
         decoded = D2GV.from_export(args.decode_only)
     else:
         rep = D2GV(D2GVConfig(num_gaussians=args.gaussians))
-        rep.build(video)
+        rep.build(video, RunContext(torch.device("cpu"), seed=0))
         cfg = FitConfig(
             static_steps=args.static_steps,
             deform_steps=args.deform_steps,
@@ -283,7 +283,7 @@ def main() -> None:
     synthetic = None
     if args.decode_gaussians:
         synthetic_rep = D2GV(D2GVConfig(num_gaussians=args.decode_gaussians))
-        synthetic_rep.build(video)
+        synthetic_rep.build(video, RunContext(torch.device("cpu"), seed=0))
         with torch.no_grad():  # a deformation that moves things, as a fitted MLP would
             g = torch.Generator().manual_seed(0)
             for gop in synthetic_rep.gops:

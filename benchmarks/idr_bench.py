@@ -35,6 +35,7 @@ from PIL import Image
 
 from recon_core import Bounds, Cameras, RunContext, Scene, View
 from recon_core.imageops import psnr
+from recon_core.registry import get_registry
 from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder, FourierEncoder, HashGridEncoder
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
 from recon_plugins.idr.chamfer import chamfer
@@ -124,7 +125,7 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
     preset = AUTO_PRESET[name] if args.preset == "auto" else args.preset
     rep = IDRRepresentation(IDRRepresentation.Config(preset=preset, trace_samples=args.samples,
                                                      mesh_resolution=args.mesh_res))
-    rep.build(scene, encoder=ENCODERS[name](), device=torch.device("cpu"))
+    rep.build(scene, RunContext(device=torch.device("cpu"), seed=args.seed, encoder=ENCODERS[name](), create=get_registry().create))
     fit = IDRFit(IDRFit.Config(steps=args.max_steps, batch_rays=args.batch, lr=args.lr,
                                encoder_lr=args.encoder_lr, **({"lr_milestones": args.lr_milestones} if args.lr_milestones else {}),
                                c2f_start_levels=args.c2f_start, c2f_until=args.c2f_until, log_every=0))

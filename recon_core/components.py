@@ -377,6 +377,15 @@ class Encoder(Component, nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D401
         raise NotImplementedError
 
+    def table_parameters(self) -> list[nn.Parameter]:
+        """Feature-table parameters (e.g. hash grids) that trainers give ``table_lr``; the other
+        parameters are weights (``weights_lr``). Default: the tables of encoders inside this one."""
+        out: list[nn.Parameter] = []
+        for m in self.modules():
+            if m is not self and isinstance(m, Encoder):
+                out += [p for p in m.table_parameters() if all(p is not q for q in out)]
+        return out
+
 
 # ---------------------------------------------------------------------------------------- fixer
 

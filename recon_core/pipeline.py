@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
-from .evaluate import evaluate_run, render_items
+from .evaluate import evaluate_run
 from .progress import stderr_console
 from .refine import StopFlag, run_refiners
 from .registry import Registry

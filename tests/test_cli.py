@@ -352,15 +352,50 @@ def test_render_and_inspect_bad_arguments(cli, toy_scene, tmp_path):
 
 
 def test_ctrl_c_after_refining_names_the_checkpoint(cli, toy_scene, tmp_path, monkeypatch):
-    import recon_core.pipeline as pipeline
+    from recon_core.pipeline import Pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "evaluate_run", interrupted)
+    monkeypatch.setattr(Pipeline, "evaluate", interrupted)
     out = tmp_path / "r"
     result = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=2")
     assert result.exit_code == 130 and f"recon run --resume {out}" in result.stderr
     monkeypatch.undo()
     run_ok(cli, "run", "--resume", out)  # refining is done: resume only evaluates and exports
     assert json.loads((out / "metrics.json").read_text())["refiners"]["toy-fit"]["steps"] == 2
+
+
+def test_plugin_info_lists_nested_options_and_renderer_kinds(cli):
+    info = json.loads(run_ok(cli, "plugin-info", "toy-fit", "--json").stdout)
+    names = [o["name"] for o in info["options"]]
+    assert names[-4:] == ["schedule", "schedule.kind", "schedule.gamma", "schedule.every"]
+    selector = next(o for o in info["options"] if o["name"] == "schedule")
+    assert selector["choices"] == ["constant", "step"] and selector["default"] == "constant"
+    assert "schedule.gamma" in run_ok(cli, "plugin-info", "toy-fit").stdout
+    assert json.loads(run_ok(cli, "plugin-info", "toy-frames", "--json").stdout)["rendered_by"] == "frames"
+    assert json.loads(run_ok(cli, "plugin-info", "toy-frame-render", "--json").stdout)["renders"] == "frames"
+
+
+def test_nested_set_reaches_config_json_and_reruns(cli, toy_scene, tmp_path):
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", tmp_path / "a", "--eval", "psnr",
+           "--set", "toy-fit.steps=4", "--set", "toy-fit.schedule=step", "--set", "toy-fit.schedule.every=2")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["refiners"][0]["config"]["schedule"] == {"kind": "step", "gamma": 0.5, "every": 2}
+    assert config["run"]["background"] == [1.0, 1.0, 1.0]
+    run_ok(cli, "run", "--config", tmp_path / "a" / "config.json", "--out", tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == config
+    bad = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "toy-fit.schedule.gama=1")
+    assert bad.exit_code == 2 and "unknown option(s) gama for toy-fit.schedule" in bad.stderr
+
+
+def test_cli_imports_no_private_core_names():
+    """``recon eval`` goes through ``RestoredRun.evaluate`` (``Pipeline.evaluate``), not private helpers."""
+    import ast
+
+    import recon_cli.main as main_module
+
+    tree = ast.parse(Path(main_module.__file__).read_text())
+    private = [(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("recon_core") for a in node.names if a.name.startswith("_")]
+    assert private == []

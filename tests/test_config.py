@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from recon_core.config import (
     EmptyConfig,
+    component_uses,
     config_from_dict,
     config_to_dict,
     describe_options,
@@ -104,3 +105,101 @@ def test_int_strings_round_trip(n):
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_float_strings_round_trip(x):
     assert parse_value(float, repr(x), "x") == x
+
+
+# ------------------------------------------------------------------------------ nested configs
+
+
+@dataclass
+class Strategy:
+    __selector__ = "name"
+    name: str = option("default", "densification", choices=("default", "gsplat-default", "mcmc"))
+    grow_grad2d: float = option(2e-4, "gradient threshold")
+    refine_every: int = option(100, "steps between refinements")
+
+
+@dataclass
+class Inner:
+    depth: int = option(1, "a deeper level")
+
+
+@dataclass
+class Plain:
+    inner: Inner = option(factory=Inner, help="no selector here")
+    label: str = option("a", "text")
+
+
+@dataclass
+class Train:
+    steps: int = option(10, "iterations")
+    strategy: Strategy = option(factory=lambda: Strategy(grow_grad2d=3e-4), help="densification strategy")
+    plain: Plain = option(factory=Plain, help="two levels")
+    generator: str = option("render-fix", "extra views", component="generator")
+    fixer_name: str = option("none", "not a declaration by name", component="fixer")
+
+
+def test_nested_dotted_keys_groups_and_instances():
+    cfg = config_from_dict(Train, {"strategy.grow_grad2d": "0.0005", "plain.inner.depth": "3"}, where="t")
+    assert cfg.strategy == Strategy(grow_grad2d=5e-4) and cfg.plain.inner.depth == 3 and cfg.steps == 10
+    assert config_from_dict(Train, {"strategy": {"refine_every": 7}}).strategy == Strategy(refine_every=7)
+    assert config_from_dict(Train, {"strategy": Strategy(name="mcmc")}).strategy.name == "mcmc"
+    # ordered pairs: a later dotted key refines an earlier group (a config file, then --set)
+    cfg = config_from_dict(Train, [("strategy", {"name": "mcmc", "refine_every": 5}), ("strategy.refine_every", "9")])
+    assert (cfg.strategy.name, cfg.strategy.refine_every) == ("mcmc", 9)
+
+
+def test_nested_round_trip_through_json():
+    cfg = Train(steps=3, strategy=Strategy(name="mcmc", grow_grad2d=1e-3), plain=Plain(Inner(4), "b"))
+    as_json = json.loads(json.dumps(config_to_dict(cfg)))
+    assert as_json["strategy"] == {"name": "mcmc", "grow_grad2d": 1e-3, "refine_every": 100}
+    assert as_json["plain"] == {"inner": {"depth": 4}, "label": "b"}
+    assert config_from_dict(Train, as_json) == cfg
+
+
+def test_selector_sets_the_named_field():
+    cfg = config_from_dict(Train, [("strategy", "mcmc"), ("strategy.grow_grad2d", "0.001")])
+    assert cfg.strategy == Strategy(name="mcmc", grow_grad2d=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"strategy.grow": 1}, "unknown option(s) grow for t.strategy; known options: grow_grad2d, name, refine_every"),
+        ({"plain.inner.deep": 1}, "unknown option(s) deep for t.plain.inner; known options: depth"),
+        ({"strategy": "other"}, "bad value for t.strategy.name: 'other' is not one of default, gsplat-default, mcmc"),
+        ({"plain": "x"}, "bad value for t.plain: it is a group of options; set t.plain.KEY=VALUE (options: inner.depth, label)"),
+        ({"steps.x": 1}, "unknown option t.steps.x: t.steps is a single value"),
+        ({"strategy.refine_every": "soon"}, "bad value for t.strategy.refine_every"),
+        ({"nope.x": 1}, "unknown option(s) nope for t; known options: fixer_name, generator, plain.inner.depth"),
+    ],
+)
+def test_nested_errors_name_the_path(values, message):
+    with pytest.raises(InputError) as info:
+        config_from_dict(Train, values, where="t")
+    assert message in str(info.value)
+
+
+def test_describe_nested_options_with_dotted_names():
+    described = {o["name"]: o for o in describe_options(Train)}
+    assert described["strategy.grow_grad2d"]["default"] == 3e-4  # the owner's default instance
+    assert described["strategy.refine_every"]["type"] == "int"
+    assert described["strategy"] == {"name": "strategy", "type": "str", "default": "default",
+                                     "help": "densification strategy (sets strategy.name)",
+                                     "choices": ["default", "gsplat-default", "mcmc"]}
+    assert described["plain.inner.depth"]["default"] == 1 and "plain" not in described and "plain.inner" not in described
+
+
+def test_component_declarations_are_explicit():
+    assert component_uses(Train()) == [("generator", "render-fix")]  # fixer_name "none": none
+    assert component_uses(Train(fixer_name="difix")) == [("generator", "render-fix"), ("fixer", "difix")]
+
+    @dataclass
+    class ByName:
+        generator: str = option("render-fix", "a field named after a kind declares nothing by itself")
+
+    assert component_uses(ByName()) == []
+
+
+def test_parse_nested_set_option():
+    assert parse_set_option("3dgs-train.strategy.grow_grad2d=0.0003") == ("3dgs-train", "strategy.grow_grad2d", "0.0003")
+    assert parse_set_option("3dgs-train.strategy=mcmc") == ("3dgs-train", "strategy", "mcmc")

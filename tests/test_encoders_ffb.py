@@ -107,3 +107,13 @@ def test_active_levels_equal_zeroed_finer_grid_levels(cls) -> None:
         enc.net.grid.params[lay.offsets[1] * f:] = 0.0
     torch.testing.assert_close(locked, enc(x).detach(), atol=1e-6, rtol=1e-6)
     assert not torch.allclose(locked, full)
+
+
+@pytest.mark.parametrize("cls", [FFBEncoder, FFBStyleModEncoder])
+def test_table_parameters_are_the_inner_hash_grid(cls) -> None:
+    """Trainers find the grid tables by the declared ``table_parameters()``, not by class."""
+    enc = make(cls)
+    tables = enc.table_parameters()
+    grids = [m for m in enc.modules() if hasattr(m, "params") and m is not enc]
+    assert len(tables) == 1 and tables[0] is grids[0].params
+    assert all(t is not p for t in tables for p in [q for name, q in enc.named_parameters() if not name.endswith("params")])

@@ -227,3 +227,8 @@ def test_active_levels_zero_the_finer_levels() -> None:
     part = enc(x).detach()
     torch.testing.assert_close(part[:, :4], full[:, :4])
     assert (part[:, 4:] == 0).all() and enc.n_grid_levels == 4
+
+
+def test_table_parameters_declare_the_hash_table() -> None:
+    enc = HashGridEncoder(HashGridEncoder.Config(n_levels=2, log2_hashmap_size=8, max_resolution=32, backend="torch"))
+    assert enc.table_parameters() == [enc.params] and enc.table_lr == 1e-2

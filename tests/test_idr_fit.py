@@ -10,8 +10,9 @@ import torch
 from conftest import look_at_torch
 from torch import nn
 
+import recon_plugins.encoders as encoders_plugin
 from recon_core import Bounds, Cameras, RunContext, Scene, View
-from recon_core.registry import get_registry
+from recon_core.registry import Registry, get_registry
 from recon_plugins.encoders import FourierEncoder, HashGridEncoder
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
 from recon_plugins.idr.renderer import pixel_grid
@@ -49,10 +50,16 @@ def tiny_scene(n_views: int = 6, size: int = 20) -> Scene:
     return Scene("tiny", views, Bounds(torch.zeros(3), 1.0))
 
 
+def cpu_context(encoder=None) -> RunContext:
+    """What the pipeline gives ``build``: ``--encoder`` and ``create`` for the encoders idr declares."""
+    registry = Registry(entry_points=[], modules=[("encoders", encoders_plugin)], disabled=())
+    return RunContext(device=torch.device("cpu"), seed=0, encoder=encoder, create=registry.create)
+
+
 def build(scene: Scene, encoder=None, **kw) -> IDRRepresentation:
     torch.manual_seed(0)
     rep = IDRRepresentation(IDRRepresentation.Config(**{**TINY, **kw}))
-    rep.build(scene, encoder=encoder, device=torch.device("cpu"))
+    rep.build(scene, cpu_context(encoder))
     return rep
 
 
@@ -97,8 +104,10 @@ def test_registered_and_declared() -> None:
 def test_build_defaults_to_fourier_and_idr_sizes() -> None:
     scene = tiny_scene(2, 8)
     rep = IDRRepresentation()
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, cpu_context())
     assert isinstance(rep.implicit.encoder, FourierEncoder) and rep.implicit.encoder.out_dim == 39
+    assert isinstance(rep.rendering.view_encoder, FourierEncoder) and rep.rendering.view_encoder.out_dim == 27
+    assert IDRRepresentation.uses(rep.config) == [("encoder", "fourier"), ("encoder", "fourier")]
     assert len(rep.implicit.layers) == 9 and rep.implicit.feature_dim == 256
     assert rep.rendering.layers[1].weight.shape == (512, 512)
     hg = build(scene, small_hashgrid())

@@ -87,7 +87,7 @@ def test_skip_connection_and_widths() -> None:
 
 
 def test_rendering_network_shapes_and_range() -> None:
-    rn = RenderingNetwork(16, width=32, n_layers=2)
+    rn = RenderingNetwork(16, width=32, n_layers=2, view_encoder=FourierEncoder(FourierEncoder.Config(n_frequencies=4)))
     rgb = rn(torch.rand(10, 3), torch.randn(10, 3), torch.randn(10, 3), torch.randn(10, 16))
     assert rgb.shape == (10, 3) and (rgb > 0).all() and (rgb < 1).all()
     assert rn.layers[0].weight.shape[1] == 3 + 27 + 3 + 16  # IDR: points, γ_v(view) 4 octaves, normal, feature

@@ -322,3 +322,106 @@ def test_a_refiner_needing_a_fixer_is_refused_without_one(toy_registry, toy_scen
         resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-polish"])
     spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-polish"], fixer="toy-smooth")
     assert spec.fixer is not None and spec.fixer.name == "toy-smooth"
+
+
+# ------------------------------------------------------------------ nested options, run context
+
+
+def test_nested_options_set_round_trip_and_selector(toy_registry, toy_scene):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid",
+                       sets=["toy-fit.schedule=step", "toy-fit.schedule.gamma=0.25"])
+    sched = spec.refiners[0].config.schedule
+    assert (sched.kind, sched.gamma, sched.every) == ("step", 0.25, 20)
+    doc = json.loads(json.dumps(spec.to_json()))
+    assert doc["refiners"][0]["config"]["schedule"] == {"kind": "step", "gamma": 0.25, "every": 20}
+    # a later --set refines the file's nested object without losing its other values
+    again = resolve_run(toy_registry, base=doc, sets=["toy-fit.schedule.every=5"])
+    sched = again.refiners[0].config.schedule
+    assert (sched.kind, sched.gamma, sched.every) == ("step", 0.25, 5)
+    assert resolve_run(toy_registry, base=doc).to_json() == doc
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("toy-fit.schedule.gama=1", "unknown option(s) gama for toy-fit.schedule; known options: every, gamma, kind"),
+        ("toy-fit.schedule=linear", "bad value for toy-fit.schedule.kind: 'linear' is not one of constant, step"),
+        ("toy-fit.schedule.every=often", "bad value for toy-fit.schedule.every"),
+        ("toy-fit.steps.x=1", "toy-fit.steps is a single value, not a group of options"),
+        ("toy-fit.schedul.kind=step", "toy-fit has no option 'schedul.kind'"),
+        ("toy-fit.schedule.=1", "malformed --set"),
+        ("run.background=1,1", "run.background must be three numbers in [0, 1]"),
+        ("run.background=0,0,2", "run.background must be three numbers in [0, 1]"),
+    ],
+)
+def test_bad_nested_and_background_options(toy_registry, toy_scene, text, message):
+    with pytest.raises(InputError) as info:
+        resolve_run(toy_registry, data=toy_scene, representation="toy-grid", sets=[text])
+    assert message in str(info.value)
+
+
+def test_one_run_context_with_background_create_and_load(toy_registry, toy_scene, tmp_path):
+    spec = resolve_run(toy_registry, data=toy_scene, representation="toy-grid", refiners=["toy-augment"],
+                       fixer="toy-smooth", sets=["run.background=0,0,1", "toy-jitter.noise=0.5"])
+    pipeline = Pipeline(toy_registry, spec, RunDir.create(tmp_path / "run"))
+    ctx = pipeline.context()
+    assert pipeline.context() is ctx and ctx.device == pipeline.device and ctx.seed == spec.seed
+    assert torch.equal(ctx.background.cpu(), torch.tensor([0.0, 0.0, 1.0]))
+    assert ctx.renderer.name == "toy-grid-render" and ctx.fixer is None
+    assert pipeline.prepare_fixer() is ctx.fixer and ctx.fixer.name == "toy-smooth"
+    assert ctx.create("generator", "toy-jitter").config.noise == 0.5  # --set reaches created components
+    assert len(ctx.load(toy_scene).views) == 6  # the best loader for another dataset
+    data = pipeline.load_data()
+    rep = pipeline.build(data)
+    assert rep.grid.shape == (1, 4, 4, 3) and ctx.encoder is None
+
+
+def test_renderers_get_the_run_background(toy_registry, toy_scene, tmp_path):
+    doc, run_dir = _run(toy_registry, toy_scene, tmp_path / "run", representation="toy-sdf", refiners=["none"],
+                        evaluators=["none"], sets=["run.background=0,0,1"])
+    from PIL import Image
+
+    image = np.asarray(Image.open(run_dir.renders_dir / "v4.png"))
+    corner = image[0, 0]  # the sphere does not cover the corner: background
+    assert corner.tolist() == [0, 0, 255]
+
+
+def test_renderer_must_draw_what_the_representation_is_rendered_by(toy_registry, toy_video):
+    with pytest.raises(CombinationError) as info:
+        resolve_run(toy_registry, data=toy_video, representation="toy-frames", renderer="toy-grid-render")
+    assert ("renderer toy-grid-render renders cameras, but representation toy-frames is rendered from frames; "
+            "renderers that fit toy-frames: toy-frame-render") in str(info.value)
+    with pytest.raises(CombinationError, match="renders frames, but representation toy-grid is rendered from cameras"):
+        resolve_run(toy_registry, data=toy_video, representation="toy-grid", renderer="toy-frame-render")
+
+
+def test_frame_rendered_video_is_drawn_by_index(toy_registry, toy_video, tmp_path):
+    doc, run_dir = _run(toy_registry, toy_video, tmp_path / "run", representation="toy-frames", evaluators=["psnr"],
+                        sets=["toy-fit.steps=60", "toy-fit.lr=0.1", "run.render_chunk=2"])
+    assert [r["name"] for r in doc["per_view"]] == [f"frame-{i:05d}" for i in range(5)]
+    assert doc["metrics"]["psnr"] > 20
+    assert json.loads(run_dir.config_path.read_text())["renderer"]["name"] == "toy-frame-render"
+
+
+def test_loader_background_follows_the_run_background(tmp_path):
+    """Targets (RGBA composited by the loader) and renders share one background colour."""
+    import recon_toy
+    from loaders_support import write_transforms
+
+    import recon_plugins.loaders as loaders
+    from recon_core.registry import Registry
+
+    registry = Registry(entry_points=[], modules=[("loaders", loaders), ("toy", recon_toy)], disabled=())
+    write_transforms(tmp_path / "ns", rgba=True)
+    data = tmp_path / "ns"
+
+    def resolve(*sets: str):
+        return resolve_run(registry, data=data, representation="toy-grid", refiners=["none"], evaluators=["none"], sets=sets)
+
+    spec = resolve("run.background=0,0,1")
+    assert spec.loader.name == "nerfstudio" and list(spec.loader.config.background) == [0.0, 0.0, 1.0]
+    spec = resolve("nerfstudio.background=0,1,0")  # the loader's own option sets the run's
+    assert spec.options.background == [0.0, 1.0, 0.0] and list(spec.loader.config.background) == [0.0, 1.0, 0.0]
+    assert resolve().options.background == [1.0, 1.0, 1.0]
+    with pytest.raises(InputError, match="must share one background"):
+        resolve("nerfstudio.background=0,1,0", "run.background=0,0,1")

@@ -233,6 +233,10 @@ class HashGridEncoder(Encoder):
         """Number of grid features, L·F."""
         return self.config.n_levels * self.config.n_features_per_level
 
+    def table_parameters(self) -> list[nn.Parameter]:
+        """The hash table (all levels, one flat parameter): trainers give it ``table_lr``."""
+        return [self.params]
+
     @property
     def out_dim(self) -> int:
         return self.grid_dim + (self.in_dim if self.includes_input else 0)

@@ -44,12 +44,14 @@ import torch.nn.utils.parametrize as parametrize
 from torch import Tensor
 
 from recon_core import InputError, RunContext, Refiner, Representation, Scene, Video, option
-from recon_plugins.encoders import HashGridEncoder
 
 from .raytrace import TraceResult, surface_points
 from .representation import IDRRepresentation, pixel_rays
 
 __all__ = ["IDRFit", "TrainingViews"]
+
+DEFAULT_TABLE_LR = 1e-2
+"""Adam lr of feature tables when neither idr-fit.encoder_lr nor the encoder's ``table_lr`` says (instant-NGP's)."""
 
 
 @dataclass
@@ -145,7 +147,7 @@ class IDRFit(Refiner):
         c = self.config
         # only the feature tables get the high grid lr: FFB's SIREN weights at 1e-2 diverge within 50 steps
         encoder = rep.implicit.encoder
-        enc_params = [m.params for m in encoder.modules() if isinstance(m, HashGridEncoder)]
+        enc_params = encoder.table_parameters()
         enc_ids = {id(p) for p in enc_params}
         weights_lr = c.encoder_weights_lr if c.encoder_weights_lr is not None else encoder.weights_lr
         enc_weights = [] if weights_lr is None else [p for p in encoder.parameters() if id(p) not in enc_ids]
@@ -155,7 +157,7 @@ class IDRFit(Refiner):
         if enc_weights:
             groups.append({"params": enc_weights, "lr": float(weights_lr), "base_lr": float(weights_lr)})
         if enc_params:
-            table_lr = c.encoder_lr if c.encoder_lr is not None else float(encoder.table_lr or HashGridEncoder.table_lr)
+            table_lr = c.encoder_lr if c.encoder_lr is not None else float(encoder.table_lr or DEFAULT_TABLE_LR)
             groups.append({"params": enc_params, "lr": table_lr, "base_lr": table_lr})
         if rep.config.refine_cameras:
             groups.append({"params": [rep.pose_delta], "lr": c.camera_lr, "base_lr": c.camera_lr})

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from recon_core import Encoder
-from recon_plugins.encoders import FourierEncoder
 
 __all__ = ["ImplicitNetwork", "RenderingNetwork"]
 
@@ -127,11 +126,13 @@ class RenderingNetwork(nn.Module):
         *,
         width: int = 512,
         n_layers: int = 4,
-        view_frequencies: int = 4,
+        view_encoder: Encoder,
         use_weight_norm: bool = True,
     ) -> None:
         super().__init__()
-        self.view_encoder = FourierEncoder(FourierEncoder.Config(n_frequencies=view_frequencies), in_dim=3)
+        if view_encoder.in_dim != 3:
+            raise ValueError(f"the view-direction encoder must take 3-D directions, got in_dim={view_encoder.in_dim}")
+        self.view_encoder = view_encoder
         dims = [3 + self.view_encoder.out_dim + 3 + feature_dim] + [width] * n_layers + [3]
         self.layers = nn.ModuleList()
         for i in range(len(dims) - 1):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recon_core import Cameras, InputError, Renderer, RenderOutput, Representation, option
+from recon_core import CameraRenderer, Cameras, InputError, RenderOutput, Representation, option
 
 from .representation import IDRRepresentation, pixel_rays
 
@@ -26,7 +26,7 @@ def pixel_grid(height: int, width: int, device: torch.device | None = None) -> T
     return torch.stack([u, v], dim=-1).reshape(-1, 2).float() + 0.5
 
 
-class SphereTracingRenderer(Renderer):
+class SphereTracingRenderer(CameraRenderer):
     """Renders an SDF representation by IDR's sphere tracing (see module docstring)."""
 
     name = "sphere-tracing"
@@ -37,18 +37,11 @@ class SphereTracingRenderer(Renderer):
     class Config:
         chunk: int | None = option(None, "rays per chunk; none: the representation's chunk setting")
 
-    def render(
-        self,
-        rep: Representation,
-        cameras: Cameras | None,
-        *,
-        times: Tensor | None = None,
-        background: Tensor | None = None,
-    ) -> RenderOutput:
+    def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
+        """rgb [N, H, W, 3] (``background`` [3], default black, where no surface is hit), alpha and
+        z-depth [N, H, W, 1] for every camera; a static SDF ignores ``cameras.times``."""
         if not isinstance(rep, IDRRepresentation):
             raise InputError(f"sphere-tracing renders the idr representation, not '{rep.name}'")
-        if cameras is None:
-            raise InputError("sphere-tracing needs cameras")
         dev = rep.center.device
         cameras = cameras.to(dev)
         bg = torch.zeros(3, device=dev) if background is None else background.to(dev).reshape(3)

@@ -9,6 +9,7 @@ representation also holds the training poses and a learnable se(3) correction pe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,8 @@ import trimesh
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
-from recon_core import Cameras, Encoder, InputError, Representation, Scene, Video, option
+from recon_core import Cameras, Encoder, InputError, Representation, RunContext, Scene, Video, option
 from recon_core.geometry import so3_exp  # re-exported: ``recon_plugins.idr.representation.so3_exp``
-from recon_plugins.encoders import FourierEncoder
 
 from .mesh import extract_mesh, write_mesh
 from .network import ImplicitNetwork, RenderingNetwork
@@ -61,6 +61,10 @@ class IDRConfig:
     init_radius: float = option(0.6, "geometric initialisation sphere radius (normalised frame)")
     softplus_beta: float = option(100.0, "Softplus β of the SDF network")
     weight_norm: bool = option(True, "weight normalisation on all layers")
+    encoder: str = option("fourier", "encoder of 3-D points when the run names no --encoder (fourier: 6 octaves)",
+                          component="encoder")
+    view_encoder: str = option("fourier", "encoder of view directions (its n_frequencies option, when it has one, "
+                               "is set to view_frequencies)", component="encoder")
     view_frequencies: int = option(4, "positional-encoding octaves of the view direction")
     bounding_radius: float | None = option(None, "bounding sphere radius (world); none: the scene's bounds")
     trace_threshold: float = option(5e-5, "sphere-tracing convergence |f| (normalised units)")
@@ -83,6 +87,19 @@ class IDRConfig:
     def trace_settings(self) -> TraceSettings:
         return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters,
                              n_samples=self.trace_samples, secant_steps=self.secant_steps)
+
+
+def _create_encoder(ctx: RunContext, name: str, **options: Any) -> Encoder:
+    """``ctx.create("encoder", name)`` (3-D input), with those of ``options`` its config has replaced."""
+    if ctx.create is None:
+        raise InputError(f"idr creates its encoder '{name}' through the run context (RunContext.create is not set)")
+    enc = ctx.create("encoder", name)
+    if not isinstance(enc, Encoder):
+        raise InputError(f"idr: '{name}' is not an encoder")
+    known = {k: v for k, v in options.items() if dataclasses.is_dataclass(enc.config) and hasattr(enc.config, k)}
+    if known:
+        enc = type(enc)(dataclasses.replace(enc.config, **known), in_dim=3)
+    return enc
 
 
 @dataclass(frozen=True)
@@ -116,11 +133,13 @@ class IDRRepresentation(Representation):
 
     # ------------------------------------------------------------------------------ build
 
-    def build(self, data: Scene | Video, *, encoder: Encoder | None = None, device: torch.device) -> None:
+    def build(self, data: Scene | Video, ctx: RunContext) -> None:
+        """Networks on ``ctx.device``: the position encoder is ``ctx.encoder`` (``--encoder``) or
+        ``ctx.create("encoder", config.encoder)``; the view encoder ``config.view_encoder``."""
         if not isinstance(data, Scene):
             raise InputError("idr needs posed views (a Scene), not a video")
         c = self.config
-        enc = encoder if encoder is not None else FourierEncoder(FourierEncoder.Config(n_frequencies=6), in_dim=3)
+        enc = ctx.encoder if ctx.encoder is not None else _create_encoder(ctx, c.encoder)
         if enc.in_dim != 3:
             raise InputError(f"idr needs an encoder of 3-D points, got in_dim={enc.in_dim}")
         s = c.sizes()
@@ -130,7 +149,7 @@ class IDRRepresentation(Representation):
         )
         self.rendering = RenderingNetwork(
             s["feature_dim"], width=s["color_width"], n_layers=s["color_layers"],
-            view_frequencies=c.view_frequencies, use_weight_norm=c.weight_norm,
+            view_encoder=_create_encoder(ctx, c.view_encoder, n_frequencies=c.view_frequencies), use_weight_norm=c.weight_norm,
         )
         self.center = data.bounds.center.detach().float().clone().reshape(3)
         self.scale = torch.tensor(float(c.bounding_radius if c.bounding_radius is not None else data.bounds.radius))
@@ -138,7 +157,7 @@ class IDRRepresentation(Representation):
             train = data.train_views
             self.register_buffer("train_c2w", torch.cat([v.camera.c2w for v in train]).float())
             self.pose_delta = nn.Parameter(torch.zeros(len(train), 6))
-        self.to(device)
+        self.to(ctx.device)
 
     def _check_built(self) -> None:
         if self.implicit is None or self.rendering is None:

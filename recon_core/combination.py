@@ -95,7 +95,7 @@ def check_combination(
             f"representations that take --encoder: {alts}"
         )
     if renderer.renders != rep.rendered_by:
-        alts = _alternatives(registry, "renderer", lambda c: getattr(c, "renders", "") == rep.rendered_by)
+        alts = _alternatives(registry, "renderer", fits_rep)
         problems.append(
             f"renderer {renderer.name} renders {renderer.renders or 'nothing (it is neither a CameraRenderer nor a FrameRenderer)'}, "
             f"but representation {rep.name} is rendered from {rep.rendered_by}; renderers that fit {rep.name}: {alts}"

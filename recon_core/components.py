@@ -163,9 +163,6 @@ class Representation(Component, nn.Module):
         nn.Module.__init__(self)
         Component.__init__(self, config)
 
-    def renderer_for(self, device: torch.device) -> str:
-        return self.default_renderer.get(device.type) or self.default_renderer["cpu"]
-
     def build(self, data: Scene | Video, ctx: "RunContext") -> None:
         """Create and initialise the parameters from the loaded data on ``ctx.device``.
 

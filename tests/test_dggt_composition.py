@@ -122,6 +122,20 @@ def test_sky_hemisphere_and_rendering() -> None:
     assert not sky.sample(images, down[None], K[None])[1].any()
     colors = sky.colors(samples)
     assert colors.shape == (int(visible.sum()), 3) and (colors.abs() <= 1).all()
-    img = sky.render(torch.ones_like(colors), visible, up[None], K[None], 16, 16)
+    from recon_core import Cameras
+    from recon_plugins.gaussians.renderers import TorchGaussianRenderer
+
+    class Spy(TorchGaussianRenderer):  # the sky is drawn by the renderer it is given (the run's)
+        calls: list = []
+
+        def render(self, rep, cameras, *, background=None):
+            self.calls.append((rep.name, len(rep.gaussians()), background))
+            return super().render(rep, cameras, background=background)
+
+    camera = Cameras.create(K, torch.linalg.inv(up), 16, 16)
+    spy = Spy()
+    img = sky.render(torch.ones_like(colors), visible, camera, spy)
+    assert [(name, n) for name, n, _ in spy.calls] == [("dggt-sky", int(visible.sum()))]
+    assert torch.equal(spy.calls[0][2], torch.zeros(3)), "composited over black"
     assert img.shape == (1, 16, 16, 3)
     assert img[0, 6:10, 6:10].min() > 0.5, "the dome covers the view centre"

@@ -12,17 +12,25 @@ import numpy as np
 import pytest
 import torch
 
-from recon_core import Bounds, Cameras, Scene, View
+from recon_core import Bounds, Cameras, RunContext, Scene, View
 from recon_core.errors import InputError, MissingWeightsError
 from recon_core.scene import Video
 from recon_plugins.dggt import DGGTConfig, DGGTRepresentation, register_representations
 from recon_plugins.dggt.network import DGGTNetwork
 from recon_plugins.dggt.representation import align_cameras, align_points
+from recon_plugins.gaussians.renderers import TorchGaussianRenderer
 from conftest import tiny_dggt_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 H, W = 20, 30
+RENDERER = TorchGaussianRenderer()
+CTX = RunContext(device=torch.device("cpu"), seed=0, renderer=RENDERER, background=torch.ones(3))
+
+
+def frame_index(rep: DGGTRepresentation) -> torch.Tensor:
+    """[N] index of the input frame each Gaussian was predicted from (its ``times`` entry is that frame's time)."""
+    return torch.searchsorted(rep.frame_times, rep.splats["times"])
 
 
 def _scene(n: int = 3) -> Scene:
@@ -53,7 +61,7 @@ def built(checkpoint: Path) -> tuple[DGGTRepresentation, Scene, list[torch.Tenso
     scene = _scene()
     original = [v.camera.c2w.clone() for v in scene.views]
     rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, CTX)
     return rep, scene, original
 
 
@@ -71,13 +79,13 @@ def test_missing_checkpoint_says_what_to_download_and_where(monkeypatch: pytest.
     assert wf.path == tmp_path / "dggt" / "model_latest_waymo.pt" and not wf.present
     assert "huggingface.co/xiaomi-research/dggt" in wf.source
     with pytest.raises(MissingWeightsError) as info:
-        DGGTRepresentation().build(_scene(), device=torch.device("cpu"))
+        DGGTRepresentation().build(_scene(), CTX)
     err = info.value
     assert err.filename == "model_latest_waymo.pt" and err.expected_path == wf.path
     assert "huggingface.co/xiaomi-research/dggt" in str(err) and str(wf.path) in str(err)
     custom = tmp_path / "elsewhere.pt"
     with pytest.raises(MissingWeightsError) as info:
-        DGGTRepresentation(DGGTConfig(checkpoint=str(custom))).build(_scene(), device=torch.device("cpu"))
+        DGGTRepresentation(DGGTConfig(checkpoint=str(custom))).build(_scene(), CTX)
     assert info.value.expected_path == custom
 
 
@@ -92,27 +100,27 @@ def test_init_fit_builds_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_pa
         view.dynamic_mask = dyn
     cfg = DGGTConfig(init="fit", size="tiny", fit_steps=3, fit_points=300, fit_dynamic_stride=2)
     rep = DGGTRepresentation(cfg)
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, CTX)
     assert all(torch.equal(v.camera.c2w, c) for v, c in zip(scene.views, given)), "fit keeps the given cameras"
     assert torch.allclose(rep.cameras().c2w, torch.cat(given[:3]))
-    static = ~rep.is_dynamic
+    dynamic = rep.splats["dynamic"]
+    assert dynamic.dtype == torch.bool and not dynamic.requires_grad
+    static = ~dynamic
     assert 0 < int(static.sum()) <= 300
-    assert int(rep.is_dynamic.sum()) == 3 * 2 * 3, "a 4x6 mask at stride 2 gives 2x3 Gaussians per frame"
-    dyn_means = rep.means[rep.is_dynamic & (rep.frame_ids == 1)]
+    assert int(dynamic.sum()) == 3 * 2 * 3, "a 4x6 mask at stride 2 gives 2x3 Gaussians per frame"
+    dyn_means = rep.splats["means"].detach()[dynamic & (frame_index(rep) == 1)]
     cam1 = scene.train_views[1].camera
     z = (dyn_means - cam1.c2w[0, :3, 3]) @ cam1.c2w[0, :3, :3]
     assert torch.allclose(z[:, 2], torch.full((6,), 2.0), atol=1e-5), "lifted with the view's depth"
     g0, g2 = rep.gaussians(10.0), rep.gaussians(10.2)
     assert torch.allclose(g0.opacities[: int(static.sum())], g2.opacities[: int(static.sum())]), "static parts never fade"
-    assert torch.equal(g0.background(rep.cameras()[[0]]), torch.zeros(1, H, W, 3)), "untrained sky is black"
+    assert torch.equal(g0.background(rep.cameras()[[0]], RENDERER), torch.zeros(1, H, W, 3)), "untrained sky is black"
     assert rep.sky_visible.any(), "forward-looking cameras see the upper half of the dome"
     with torch.no_grad():
         rep.sky_model.bg_field.layers[1].bias.fill_(0.5)  # every sky Gaussian: tanh(0.5)
-        sky = g0.background(rep.cameras()[[0]])[0, :, :, 0]
+        sky = g0.background(rep.cameras()[[0]], RENDERER)[0, :, :, 0]
     assert sky[0].mean().item() == pytest.approx(float(torch.tanh(torch.tensor(0.5))), abs=0.02), "top row: sky"
     assert sky[-1].mean() < 0.5 * sky[0].mean(), "the dome stops at the horizon"
-    from recon_plugins.gaussians.renderers import TorchGaussianRenderer
-
     class WithoutSky:
         provides = rep.provides
 
@@ -123,17 +131,17 @@ def test_init_fit_builds_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with torch.no_grad():
         out = TorchGaussianRenderer().render(rep, cams)
         raw = TorchGaussianRenderer().render(WithoutSky(), cams)
-        backgrounds = rep.render_sky(cams)
+        backgrounds = rep.render_sky(cams, RENDERER)
     assert out.rgb.shape == (3, H, W, 3) and torch.isfinite(out.rgb).all()
     assert (raw.alpha < 0.9).any(), "some sky must show through"
     assert torch.allclose(out.rgb, raw.rgb + (1 - raw.alpha) * backgrounds, atol=1e-5), "alpha·render + (1 − alpha)·sky"
     with pytest.raises(InputError, match="Scene"):
-        DGGTRepresentation(cfg).build(Video("v", 2, W, H, 10.0, read_frame=lambda i: torch.rand(H, W, 3)), device=torch.device("cpu"))
+        DGGTRepresentation(cfg).build(Video("v", 2, W, H, 10.0, read_frame=lambda i: torch.rand(H, W, 3)), CTX)
 
 
 def test_bad_width_is_an_input_error(checkpoint: Path) -> None:
     with pytest.raises(InputError, match="multiple of 14"):
-        DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=30)).build(_scene(), device=torch.device("cpu"))
+        DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=30)).build(_scene(), CTX)
 
 
 def test_predicted_cameras_are_written_back(built) -> None:
@@ -176,20 +184,23 @@ def test_align_cameras_recovers_a_similarity() -> None:
 
 def test_gaussians_at_each_frame_time(built) -> None:
     rep, _, _ = built
-    static = ~rep.is_dynamic
-    assert static.any() and rep.is_dynamic.any()
-    base = torch.sigmoid(rep.opacities)
+    dynamic = rep.splats["dynamic"]
+    frame_ids = frame_index(rep)
+    assert torch.allclose(rep.frame_times[frame_ids], rep.splats["times"]), "every Gaussian is at an input frame's time"
+    static = ~dynamic
+    assert static.any() and dynamic.any()
+    base = torch.sigmoid(rep.splats["opacities"]).detach()
     for k, t in enumerate([10.0, 10.1, 10.2]):
         g = rep.gaussians(t)
-        keep = static | (rep.is_dynamic & (rep.frame_ids == k))
-        assert len(g) == int(keep.sum())
-        own_static = (static & (rep.frame_ids == k))[keep]
+        keep = static | (dynamic & (frame_ids == k))
+        assert len(g) == int(keep.sum()) and torch.equal(g.rows, torch.nonzero(keep).flatten())
+        own_static = (static & (frame_ids == k))[keep]
         assert torch.allclose(g.opacities[own_static], base[keep][own_static], atol=1e-6), "no fading at its own time"
-        others = (static & (rep.frame_ids != k))[keep]
+        others = (static & (frame_ids != k))[keep]
         assert (g.opacities[others] <= base[keep][others] + 1e-7).all()
         assert g.background is not None and g.sh is not None and g.sh_degree == 0
     between = rep.gaussians(10.04)  # nearest frame: 0
-    assert len(between) == int((static | (rep.is_dynamic & (rep.frame_ids == 0))).sum())
+    assert len(between) == int((static | (dynamic & (frame_ids == 0))).sum())
     timeless = rep.gaussians(None)
     assert len(timeless) == int(static.sum()) and torch.allclose(timeless.opacities, base[static])
 
@@ -198,8 +209,9 @@ def test_gaussians_are_differentiable(built) -> None:
     rep, _, _ = built
     g = rep.gaussians(10.1)
     (g.opacities.sum() + g.means.sum() + g.scales.sum()).backward()
-    assert rep.lifespans.grad is not None and rep.lifespans.grad.abs().sum() > 0
-    assert rep.means.grad is not None and rep.opacities.grad is not None
+    sp = rep.splats
+    assert sp["lifespans"].grad is not None and sp["lifespans"].grad.abs().sum() > 0
+    assert sp["means"].grad is not None and sp["opacities"].grad is not None
     rep.zero_grad(set_to_none=True)
 
 
@@ -207,12 +219,13 @@ def test_sky_background_callable(built) -> None:
     rep, scene, _ = built
     g = rep.gaussians(10.0)
     cams = scene.cameras(scene.train_views[:2])
-    bg = g.background(cams)
+    bg = g.background(cams, RENDERER)
     assert bg.shape == (2, H, W, 3) and torch.isfinite(bg).all()
+    assert torch.allclose(bg, rep.render_sky(cams, RENDERER))
 
 
 def test_export_one_ply_per_frame(built, tmp_path: Path) -> None:
-    from recon_plugins.gaussians.ply import read_splat_ply
+    from recon_core.ply import read_splat_ply
 
     rep, _, _ = built
     paths = rep.export(tmp_path, "ply")
@@ -220,8 +233,8 @@ def test_export_one_ply_per_frame(built, tmp_path: Path) -> None:
     for k, p in enumerate(paths):
         splat = read_splat_ply(p)
         g = rep.gaussians(float(rep.frame_times[k]))
-        assert len(splat) == len(g)
-        assert torch.allclose(torch.sigmoid(splat.logit_opacities), g.opacities.detach(), atol=1e-5)
+        assert splat["means"].shape[0] == len(g)
+        assert torch.allclose(torch.sigmoid(splat["opacities"]), g.opacities.detach(), atol=1e-5)
     with pytest.raises(InputError):
         rep.export(tmp_path, "obj")
 
@@ -233,23 +246,23 @@ def test_state_round_trip(built) -> None:
     a, b = rep.gaussians(10.1), fresh.gaussians(10.1)
     assert torch.equal(a.means, b.means) and torch.equal(a.opacities, b.opacities)
     cams = rep.cameras()[[0]]
-    assert torch.allclose(a.background(cams), b.background(cams))
+    assert torch.allclose(a.background(cams, RENDERER), b.background(cams, RENDERER))
 
 
 def test_builds_from_a_video(checkpoint: Path) -> None:
     frames = torch.rand(2, H, W, 3)
     video = Video("clip", 2, W, H, 10.0, read_frame=lambda i: frames[i])
     rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
-    rep.build(video, device=torch.device("cpu"))
+    rep.build(video, CTX)
     assert rep.num_frames == 2 and torch.allclose(rep.frame_times, torch.tensor([0.0, 0.1]))
     assert len(rep.gaussians(0.1)) > 0
     with pytest.raises(InputError, match="max_frames"):
-        DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, max_frames=1)).build(video, device=torch.device("cpu"))
+        DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, max_frames=1)).build(video, CTX)
 
 
 def test_set_cameras_replaces_the_held_cameras_and_checks_them(checkpoint: Path) -> None:
     rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
-    rep.build(_scene(), device=torch.device("cpu"))
+    rep.build(_scene(), CTX)
     cams = rep.cameras()
     moved = cams.c2w.clone()
     moved[1:, :3, 3] += torch.tensor([0.05, -0.02, 0.1])
@@ -302,5 +315,5 @@ def test_recon_run_on_a_video_renders_each_frame_from_its_predicted_camera(check
         assert float((png - expected).abs().max()) <= 0.5 / 255 + 1e-4, i
         if i:  # and not from frame 0's camera
             with torch.no_grad():
-                other = restored.renderer.render(restored.rep, cams[[0]], times=cams.times[[i]]).rgb[0]
+                other = restored.renderer.render(restored.rep, dataclasses.replace(cams[[0]], times=cams.times[[i]])).rgb[0]
             assert float((png - other.clamp(0, 1)).abs().max()) > 4 / 255  # 8x the tolerance above

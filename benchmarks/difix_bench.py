@@ -32,7 +32,8 @@ __all__ = ["run_once", "main"]
 def run_once(data: Path, out: Path, refiners: list[str], sets: list[str], fixer: str | None) -> tuple[dict[str, Any], float]:
     """One pipeline run into ``out``; returns (metrics document, seconds)."""
     import recon_plugins.difix as plugin
-    from recon_core.pipeline import Pipeline, resolve_run
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
     from recon_core.registry import Registry
     from recon_core.rundir import RunDir
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from recon_core.imageops import psnr
-from recon_core.pipeline import Pipeline, resolve_run
+from recon_core.pipeline import Pipeline
+from recon_core.resolve import resolve_run
 from recon_core.registry import Registry
 from recon_core.rundir import RunDir
 

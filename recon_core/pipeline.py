@@ -7,8 +7,6 @@
 every refiner. Rendering and metrics live in :mod:`recon_core.evaluate`
 (:meth:`Pipeline.evaluate`); rebuilding a finished run for ``recon eval/render/export`` in
 :mod:`recon_core.restore`.
-
-The names of the earlier single-module layout stay importable from here.
 """
 
 from __future__ import annotations
@@ -28,51 +26,12 @@ from .evaluate import evaluate_run
 from .progress import stderr_console
 from .refine import StopFlag, run_refiners
 from .registry import Registry
-from .resolve import (
-    DEFAULT_EVALUATORS,
-    Choice,
-    RunOptions,
-    RunSpec,
-    check_combination,
-    check_data_path,
-    detect_loader,
-    load_data,
-    open_data,
-    resolve_device,
-    resolve_run,
-)
+from .resolve import load_data, open_data, resolve_device
+from .spec import Choice, RunSpec
 from .rundir import RunDir
 from .scene import Scene, Video
 
-__all__ = [
-    "DEFAULT_EVALUATORS",
-    "RunOptions",
-    "Choice",
-    "RunSpec",
-    "resolve_device",
-    "check_data_path",
-    "detect_loader",
-    "check_combination",
-    "resolve_run",
-    "seed_everything",
-    "Pipeline",
-    "restore_run",
-    "RestoredRun",
-    "render_to_folder",
-    "orbit_cameras",
-    "read_cameras_file",
-]
-
-_RESTORE_NAMES = ("restore_run", "RestoredRun", "render_to_folder", "orbit_cameras", "read_cameras_file")
-
-
-def __getattr__(name: str) -> Any:
-    """``restore_run`` & co. (in :mod:`recon_core.restore`, which imports this module)."""
-    if name in _RESTORE_NAMES:
-        from . import restore
-
-        return getattr(restore, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Pipeline", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 from .errors import InputError

@@ -14,7 +14,7 @@ import importlib.util
 import inspect
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Iterable, Sequence
 

@@ -287,7 +287,7 @@ def test_recon_run_on_a_video_renders_each_frame_from_its_predicted_camera(check
     from PIL import Image
 
     from recon_cli.main import make_cli
-    from recon_core.pipeline import restore_run
+    from recon_core.restore import restore_run
     from recon_core.registry import Registry
     from recon_core.rundir import RunDir
 

@@ -253,7 +253,8 @@ def test_pipeline_runs_3dgs_train_then_difix3d_plus_with_nearest_gt(tmp_path: Pa
     """``recon run --repr 3dgs --refiner 3dgs-train,difix3d+ --fixer nearest-gt`` through the pipeline
     (plugin registered directly until its entry point is installed), checkpointing mid-way."""
     import recon_plugins.difix as plugin
-    from recon_core.pipeline import Pipeline, resolve_run
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
     from recon_core.registry import Registry
     from recon_core.rundir import RunDir
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import look_at
 
-from recon_core.pipeline import Pipeline, resolve_run
+from recon_core.pipeline import Pipeline
+from recon_core.resolve import resolve_run
 from recon_core.registry import Registry
 from recon_core.rundir import RunDir
 

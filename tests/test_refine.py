@@ -12,7 +12,8 @@ import recon_toy
 import torch
 
 from recon_core.errors import Interrupted
-from recon_core.pipeline import Pipeline, resolve_run
+from recon_core.pipeline import Pipeline
+from recon_core.resolve import resolve_run
 from recon_core.refine import StopFlag, catch_stop_signals, rng_state, set_rng_state
 from recon_core.rundir import RunDir
 

@@ -357,7 +357,9 @@ def test_pipeline_resume_after_ttr_keeps_the_refined_poses(tmp_path: Path, monke
     import signal
 
     from recon_core.errors import Interrupted
-    from recon_core.pipeline import Pipeline, resolve_run, restore_run
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
+    from recon_core.restore import restore_run
     from recon_core.rundir import RunDir
     from recon_plugins.gaussians.trainer import GaussianTrainer
 

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from recon_core import (
     Bounds, CameraRenderer, Cameras, GaussianRepresentation, Gaussians3D, InputError, MissingWeightsError, PointCloud,
     RunContext, Scene, Video, View, option,
 )
 from recon_core.components import WeightFile
-from recon_core.gaussians import SPLAT_KEYS, activate, rgb_to_sh, splats_from_activated
+from recon_core.gaussians import SPLAT_KEYS, activate, splats_from_activated
 from recon_core.geometry import apply_similarity, camera_similarity, transform_c2w
 from recon_core.ply import write_splat_ply
 

@@ -177,7 +177,7 @@ def _match_cameras(cams: Cameras, views: list[View]) -> list[int | None]:
 
 def _read_true_poses(path: str) -> dict[str, Tensor]:
     """{view name: c2w [4, 4]} from a cameras_opencv.json-style file."""
-    from recon_core.pipeline import read_cameras_file
+    from recon_core.restore import read_cameras_file
 
     cams, names = read_cameras_file(path)  # type: ignore[arg-type]
     return {name: cams.c2w[i] for i, name in enumerate(names)}

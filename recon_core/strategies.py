@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .cameras import Cameras
 from .config import option
 from .errors import CombinationError
-from .geometry import quat_to_rotmat
+from .geometry import project_points, quat_to_rotmat, rigid_inverse
 
 __all__ = [
     "DefaultStrategy",
@@ -85,15 +85,11 @@ def screen_gradients(means: Tensor, means_grad: Tensor, log_scales: Tensor, K: T
         means: [N, 3] world means; means_grad: [N, 3] dL/dmeans; log_scales: [N, 3].
         K: [3, 3] intrinsics; c2w: [4, 4] OpenCV camera-to-world.
     """
-    R, t = c2w[:3, :3].to(means), c2w[:3, 3].to(means)
-    cam = (means - t) @ R  # [N, 3] camera coordinates
-    z = cam[:, 2]
-    g_cam = means_grad @ R
+    R = c2w[:3, :3].to(means)
+    uv, z = project_points(means, K.to(means), rigid_inverse(c2w.to(means)), eps=1e-6)
     f = torch.stack([K[0, 0], K[1, 1]]).to(means)
-    grad2d = g_cam[:, :2] * z[:, None] / f
-    zs = z.clamp_min(1e-6)
-    uv = cam[:, :2] / zs[:, None] * f + torch.stack([K[0, 2], K[1, 2]]).to(means)
-    radius = 3.0 * torch.exp(log_scales).amax(dim=-1) * f.max() / zs
+    grad2d = (means_grad @ R)[:, :2] * z[:, None] / f  # dL/dx_cam = Rᵀ dL/dmeans, per pixel: × z / f
+    radius = 3.0 * torch.exp(log_scales).amax(dim=-1) * f.max() / z.clamp_min(1e-6)
     inside = (uv[:, 0] + radius > 0) & (uv[:, 0] - radius < width) & (uv[:, 1] + radius > 0) & (uv[:, 1] - radius < height)
     return ScreenGrads(grad2d=grad2d, visible=(z > 0.01) & inside, width=int(width), height=int(height))
 

@@ -21,15 +21,17 @@ from recon_core.imageops import psnr
 from recon_core.scene import Bounds, Scene, View
 from recon_plugins.difix.camera_path import nearest_assignments, pose_distance, shift_poses
 from recon_plugins.difix.known import NearestGTConfig, NearestGTFixer
+from recon_core.optim import OptimConfig
+from recon_core.strategies import StrategyConfig
 from recon_plugins.difix.progressive import Difix3DPlus, Difix3DPlusConfig, weighted_photometric_loss
-from recon_plugins.gaussians.ply import SplatPly
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
-from recon_plugins.gaussians.representation import GaussianSplat
+from recon_plugins.gaussians.representation import GaussianSplat, GaussianSplatConfig
 from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BLACK = [0.0, 0.0, 0.0]
+"""The run's background (``run.background``) and nearest-gt's."""
 FAST = {"lr_sh0": 0.05, "lr_opacities": 0.1, "lr_means": 1e-3, "lr_scales": 0.02, "lr_quats": 0.01,
         "lr_means_final": 1.0, "sh_degree_interval": 1000}
 """Learning rates of a short CPU run (as in test_gaussians_trainer), shared by both refiners."""
@@ -93,12 +95,19 @@ def test_masked_loss_ignores_pixels_outside_the_mask() -> None:
     assert float(weighted_photometric_loss(pred.detach(), target, 0.2, 0.3)[0]) == pytest.approx(0.3 * float(full))
 
 
+def splat(values: dict[str, torch.Tensor]) -> GaussianSplat:
+    """A 3dgs representation holding ``values`` (copied)."""
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=1))
+    rep.set_splats(values)
+    return rep
+
+
 def ground_truth(n: int = 60, seed: int = 0) -> GaussianSplat:
     g = torch.Generator().manual_seed(seed)
-    return GaussianSplat.from_raw(SplatPly(
-        means=torch.randn(n, 3, generator=g) * 0.3, quats=torch.randn(n, 4, generator=g),
-        log_scales=torch.log(torch.rand(n, 3, generator=g) * 0.08 + 0.04), logit_opacities=torch.full((n,), 2.0),
-        sh0=torch.randn(n, 1, 3, generator=g), shN=torch.zeros(n, 3, 3)))
+    return splat({
+        "means": torch.randn(n, 3, generator=g) * 0.3, "quats": torch.randn(n, 4, generator=g),
+        "scales": torch.log(torch.rand(n, 3, generator=g) * 0.08 + 0.04), "opacities": torch.full((n,), 2.0),
+        "sh0": torch.randn(n, 1, 3, generator=g), "shN": torch.zeros(n, 3, 3)})
 
 
 def scene_with_held_out(renderer: TorchGaussianRenderer, size: int = 16) -> tuple[Scene, GaussianSplat]:
@@ -117,10 +126,10 @@ def scene_with_held_out(renderer: TorchGaussianRenderer, size: int = 16) -> tupl
 
 def start_from(gt: GaussianSplat, seed: int = 1) -> GaussianSplat:
     g = torch.Generator().manual_seed(seed)
-    raw = gt.raw()
-    return GaussianSplat.from_raw(SplatPly(raw.means + 0.05 * torch.randn(raw.means.shape, generator=g), raw.quats,
-                                           raw.log_scales + 0.3, torch.zeros_like(raw.logit_opacities),
-                                           torch.zeros_like(raw.sh0), raw.shN))
+    raw = gt.splat_values()
+    return splat({"means": raw["means"] + 0.05 * torch.randn(raw["means"].shape, generator=g), "quats": raw["quats"],
+                  "scales": raw["scales"] + 0.3, "opacities": torch.zeros_like(raw["opacities"]),
+                  "sh0": torch.zeros_like(raw["sh0"]), "shN": raw["shN"]})
 
 
 def held_out_psnr(rep: GaussianSplat, scene: Scene, renderer: TorchGaussianRenderer) -> float:
@@ -182,7 +191,7 @@ def test_recon_run_refuses_difix3d_plus_without_a_fixer_up_front(tmp_path: Path)
 
 def _run(refiner, rep, scene, renderer, fixer, steps: range, seed: int = 0) -> list[dict[str, float]]:
     refiner.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=seed, renderer=renderer, fixer=fixer,
-                                            log=lambda m: None))
+                                            background=torch.tensor(BLACK), log=lambda m: None))
     return [refiner.step(s) for s in steps]
 
 
@@ -191,17 +200,18 @@ def test_distilled_pseudo_views_improve_held_out_views(renderer) -> None:
     training on the real views alone, for the same number of steps."""
     scene, gt = scene_with_held_out(renderer)
     rep = start_from(gt)
-    pre = GaussianTrainer(GaussianTrainConfig(steps=40, background=BLACK, densify=False, **FAST))
+    pre = GaussianTrainer(GaussianTrainConfig(steps=40, densify=False, **FAST))
     _run(pre, rep, scene, renderer, None, range(40))
     before = held_out_psnr(rep, scene, renderer)
 
-    baseline = GaussianSplat.from_raw(rep.raw())
-    more = GaussianTrainer(GaussianTrainConfig(steps=60, background=BLACK, densify=False, **FAST))
+    baseline = splat(rep.splat_values())
+    more = GaussianTrainer(GaussianTrainConfig(steps=60, densify=False, **FAST))
     _run(more, baseline, scene, renderer, None, range(60))
 
     fixer = NearestGTFixer(NearestGTConfig(background=BLACK))
     fixer.set_pool(scene.views)
-    cfg = Difix3DPlusConfig(steps=60, fix_every=30, shift_distance=5.0, novel_prob=0.5, background=BLACK, train=dict(FAST))
+    cfg = Difix3DPlusConfig(steps=60, fix_every=30, shift_distance=5.0, novel_prob=0.5, **FAST)
+    assert isinstance(cfg, OptimConfig) and cfg.densify is False  # the engine's options, no densification by default
     refiner = Difix3DPlus(cfg)
     logs = _run(refiner, rep, scene, renderer, fixer, range(60))
     summary = refiner.finish()
@@ -217,8 +227,8 @@ def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path) -> 
     scene, gt = scene_with_held_out(renderer, size=12)
     fixer = NearestGTFixer(NearestGTConfig(background=BLACK))
     fixer.set_pool(scene.views)
-    cfg = Difix3DPlusConfig(steps=8, fix_every=3, shift_distance=0.7, novel_prob=0.5, background=BLACK,
-                            train={**FAST, "densify": True, "refine_start": 1, "refine_every": 2, "grow_grad2d": 1e-6})
+    cfg = Difix3DPlusConfig(steps=8, fix_every=3, shift_distance=0.7, novel_prob=0.5, densify=True,
+                            strategy=StrategyConfig(refine_start=1, refine_every=2, grow_grad2d=1e-6), **FAST)
 
     straight = start_from(gt)
     _run(Difix3DPlus(cfg), straight, scene, renderer, fixer, range(8))
@@ -227,18 +237,20 @@ def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path) -> 
     a = Difix3DPlus(cfg)
     _run(a, first, scene, renderer, fixer, range(4))
     save_checkpoint(tmp_path / "ckpt", {"refiner": a.state_dict()})  # through recon's checkpoint format
-    state, raw = load_checkpoint(tmp_path / "ckpt")["refiner"], first.raw()
+    state, raw = load_checkpoint(tmp_path / "ckpt")["refiner"], first.splat_values()
+    assert set(state) >= {"engine", "pseudo", "rounds"}
     assert state["pseudo"] is not None and len(state["pseudo"]["images"]) == 3 and state["rounds"] == 2
     assert state["pseudo"]["masks"][0].dtype == torch.bool and state["pseudo"]["masks"][0].any()
 
-    resumed = GaussianSplat.from_raw(raw)
+    resumed = splat(raw)
     b = Difix3DPlus(cfg)
-    b.setup(resumed, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer, log=lambda m: None))
+    b.setup(resumed, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer,
+                                       background=torch.tensor(BLACK), log=lambda m: None))
     b.load_state_dict(state)
     for s in range(4, 8):
         b.step(s)
     for name in ("means", "quats", "scales", "opacities", "sh0", "shN"):
-        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+        assert torch.equal(resumed.splats[name], straight.splats[name]), name
     assert len(straight) != 60  # densification ran, so the optimizer rows were resized across the resume
 
 

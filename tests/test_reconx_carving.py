@@ -118,21 +118,24 @@ def test_carving_rejects_a_flat_box() -> None:
 
 
 def test_reconx_build_completes_the_point_cloud_only_when_asked_and_with_silhouettes() -> None:
+    from recon_core.components import RunContext
     from recon_core.scene import Bounds, Scene
     from recon_plugins.reconx.representation import ReconXConfig, ReconXSplat
+
+    ctx = RunContext(device=torch.device("cpu"), seed=0)
 
     views = _inputs()
     scene = Scene("sphere", views, Bounds(CENTRE, 1.0))
     plain = ReconXSplat(ReconXConfig(pointcloud="depth", complete="none", carve_resolution=40))
-    plain.build(scene, device=torch.device("cpu"))
+    plain.build(scene, ctx)
     done = ReconXSplat(ReconXConfig(pointcloud="depth", carve_resolution=40))
-    done.build(scene, device=torch.device("cpu"))
+    done.build(scene, ctx)
     assert plain.completed_points == 0 and done.completed_points > 0
     assert len(done) == len(plain) + done.completed_points
-    assert torch.equal(done.means.detach()[: len(plain)], plain.means.detach())  # observed points come first, unchanged
-    extra = done.means.detach()[len(plain):]
+    assert torch.equal(done.splats["means"].detach()[: len(plain)], plain.splats["means"].detach())  # observed points come first, unchanged
+    extra = done.splats["means"].detach()[len(plain):]
     assert float((extra - CENTRE).norm(dim=-1).min()) > RADIUS - 0.1  # on or outside the sphere
     no_masks = [View(v.name, v.camera, v.image, depth=v.depth) for v in views]
     bare = ReconXSplat(ReconXConfig(pointcloud="depth", carve_resolution=40))
-    bare.build(Scene("sphere", no_masks, Bounds(CENTRE, 1.0)), device=torch.device("cpu"))
+    bare.build(Scene("sphere", no_masks, Bounds(CENTRE, 1.0)), ctx)
     assert bare.completed_points == 0 and len(bare) == len(plain)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
 from recon_core.components import Fixer, RunContext
 from recon_core.scene import Bounds, Scene, View
-from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
-from recon_plugins.gaussians.ply import SplatPly
+from recon_plugins.gaussians import GaussianSplat, GaussianSplatConfig, TorchGaussianRenderer
 from recon_plugins.reconx.generator import RenderFixConfig, RenderFixGenerator, camera_path, look_at_point
 
 
@@ -51,17 +51,19 @@ def test_orbit_path_stays_on_the_sphere_between_the_inputs() -> None:
 def _tiny_rep() -> GaussianSplat:
     g = torch.Generator().manual_seed(0)
     n = 60
-    raw = SplatPly(
-        means=(torch.rand(n, 3, generator=g) - 0.5) * 0.8,
-        quats=torch.nn.functional.normalize(torch.rand(n, 4, generator=g), dim=-1),
-        log_scales=torch.full((n, 3), math.log(0.15)),
-        logit_opacities=torch.full((n,), 2.0),
-        sh0=torch.rand(n, 1, 3, generator=g),
-        shN=torch.zeros(n, 0, 3),
-    )
-    rep = GaussianSplat.from_raw(raw)
-    rep.set_background([1.0, 1.0, 1.0])
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=0))
+    rep.set_splats({
+        "means": (torch.rand(n, 3, generator=g) - 0.5) * 0.8,
+        "quats": torch.nn.functional.normalize(torch.rand(n, 4, generator=g), dim=-1),
+        "scales": torch.full((n, 3), math.log(0.15)),
+        "opacities": torch.full((n,), 2.0),
+        "sh0": torch.rand(n, 1, 3, generator=g),
+        "shN": torch.zeros(n, 0, 3),
+    })
     return rep
+
+
+WHITE = torch.ones(3)
 
 
 class _Inverter(Fixer):
@@ -72,14 +74,14 @@ class _Inverter(Fixer):
         return 1.0 - images
 
 
-def _scene_and_ctx(fixer: Fixer | None = None) -> tuple[Scene, RunContext, GaussianSplat]:
+def _scene_and_ctx(fixer: Fixer | None = None, background: torch.Tensor = WHITE) -> tuple[Scene, RunContext, GaussianSplat]:
     rep = _tiny_rep()
     renderer = TorchGaussianRenderer()
     cams = _ring(3)
-    with torch.no_grad():  # inputs are renders of the model itself: everything is consistent
-        images = renderer.render(rep, cams).rgb
+    with torch.no_grad():  # inputs are renders of the model itself, on the run's background: everything is consistent
+        images = renderer.render(rep, cams, background=background).rgb
     views = [View(f"in{i}", cams[i], images[i].clone()) for i in range(3)]
-    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer, background=background)
     return Scene("tiny", views, Bounds(torch.zeros(3), 1.0)), ctx, rep
 
 
@@ -108,8 +110,9 @@ def test_the_run_fixer_is_used_and_its_disagreement_lowers_confidence() -> None:
     assert float(fixed[0].confidence.mean()) < float(plain[0].confidence.mean())
 
 
-def test_without_a_fixer_the_render_is_kept_and_known_empty_space_becomes_background() -> None:
-    scene, ctx, rep = _scene_and_ctx()
+@pytest.mark.parametrize("background", [WHITE, torch.tensor([0.0, 1.0, 0.0])], ids=["white", "green"])
+def test_without_a_fixer_the_render_is_kept_and_known_empty_space_becomes_background(background: torch.Tensor) -> None:
+    scene, ctx, rep = _scene_and_ctx(background=background)
     renderer = ctx.renderer
     with torch.no_grad():  # silhouettes of the inputs: where the model is opaque
         alphas = renderer.render(rep, Cameras.cat([v.camera for v in scene.views])).alpha[..., 0]
@@ -118,13 +121,13 @@ def test_without_a_fixer_the_render_is_kept_and_known_empty_space_becomes_backgr
     plain = RenderFixGenerator(RenderFixConfig(num_views=4, free_space=False)).generate(rep, masked, ctx)
     carved = RenderFixGenerator(RenderFixConfig(num_views=4, carve_resolution=48)).generate(rep, masked, ctx)
     with torch.no_grad():
-        renders = renderer.render(rep, Cameras.cat([v.camera for v in plain])).rgb.clamp(0, 1)
+        renders = renderer.render(rep, Cameras.cat([v.camera for v in plain]), background=background).rgb.clamp(0, 1)
     emptied = 0
     for p, c, r in zip(plain, carved, renders):
         assert torch.allclose(p.image, r, atol=1e-6)  # auto without a fixer: the render itself
         changed = (p.image - c.image).abs().amax(-1) > 0
-        # outside the inputs' visual hull: white background, fully confident; elsewhere untouched
-        assert torch.equal(c.image[changed], torch.ones_like(c.image[changed])) and bool((c.confidence[changed] == 1).all())
+        # outside the inputs' visual hull: the run's background, fully confident; elsewhere untouched
+        assert torch.equal(c.image[changed], background.expand_as(c.image[changed])) and bool((c.confidence[changed] == 1).all())
         same = ~changed & (c.confidence != 1)
         assert torch.equal(c.confidence[same], p.confidence[same])
         emptied += int(changed.sum())

@@ -81,7 +81,7 @@ def test_confidence_refiner_resumes_with_its_generated_views(tmp_path: Path, reg
 
     def fresh() -> tuple[ReconXSplat, ConfidenceRefiner]:
         rep = ReconXSplat(ReconXConfig(views="0000,0002", num_points=300))
-        rep.build(scene, device=torch.device("cpu"))
+        rep.build(scene, ctx)
         return rep, ConfidenceRefiner(cfg)
 
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_regenerate_every_makes_the_views_again_from_the_current_model(tmp_path:
     ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=messages.append,
                         create=lambda kind, name: registry.create(kind, name))
     rep = ReconXSplat(ReconXConfig(views="0000,0002", num_points=300))
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, ctx)
     refiner = ConfidenceRefiner(ConfidenceConfig(steps=6, generated_views=2, generate_at=0.0, regenerate_every=2,
                                                  lambda_lpips=0.0))
     refiner.setup(rep, scene, ctx)

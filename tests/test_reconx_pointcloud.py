@@ -9,12 +9,32 @@ import torch
 from conftest import look_at_torch
 
 from recon_core.cameras import Cameras
+from recon_core.components import RunContext
 from recon_core.errors import InputError, MissingWeightsError
 from recon_core.scene import Bounds, Scene, View
-from recon_plugins.reconx.pointcloud import global_point_cloud
+from recon_plugins.reconx.pointcloud import PointCloudSettings, global_point_cloud
 from recon_plugins.reconx.representation import ReconXConfig, ReconXSplat, select_views
 
 DATA = Path("/work/shared/datasets/object")
+CTX = RunContext(device=torch.device("cpu"), seed=0)
+
+
+def _dggt_ctx(config=None) -> RunContext:
+    """A run context whose ``create("representation", "dggt")`` makes a dggt with ``config`` (what
+    ``--set dggt.KEY=VALUE`` configures in a run)."""
+    from recon_plugins.dggt import DGGTRepresentation
+    from recon_plugins.gaussians.renderers import TorchGaussianRenderer
+
+    created = []
+
+    def create(kind: str, name: str):
+        assert (kind, name) == ("representation", "dggt")
+        created.append(DGGTRepresentation(config))
+        return created[-1]
+
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), create=create)
+    ctx.options["created"] = created
+    return ctx
 
 
 def _view_with_known_points(name: str, position: list[float], seed: int) -> tuple[View, torch.Tensor]:
@@ -62,10 +82,10 @@ def test_reconx_build_puts_one_gaussian_on_each_point() -> None:
     v2, _ = _view_with_known_points("c", [-3.0, 0.0, 1.0], 2)
     scene = Scene("known", [v0, v1, v2], Bounds(torch.zeros(3), 3.0))
     rep = ReconXSplat(ReconXConfig(views="a,b", pointcloud="depth"))
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, CTX)
     assert rep.input_views == ["a", "b"]
     known = torch.cat([p0, p1])
-    assert len(rep) == 30 and _match(rep.means.detach(), known) < 1e-5
+    assert len(rep) == 30 and _match(rep.splats["means"].detach(), known) < 1e-5
     g = rep.gaussians()
     assert torch.all(g.scales > 0) and torch.allclose(g.opacities, torch.full_like(g.opacities, 0.5))
 
@@ -87,22 +107,45 @@ def test_dggt_source_names_the_missing_checkpoint(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("RECON_WEIGHTS_DIR", str(tmp_path))
     v0, _ = _view_with_known_points("a", [3.0, 0.0, 1.0], 0)
     with pytest.raises(MissingWeightsError) as err:
-        global_point_cloud([v0], "dggt", 100, torch.Generator())
+        global_point_cloud([v0], "dggt", 100, torch.Generator(), PointCloudSettings(_dggt_ctx()))
     assert err.value.filename == "model_latest_waymo.pt"
     assert err.value.expected_path == tmp_path / "dggt" / "model_latest_waymo.pt"
     assert "model_latest_waymo.pt" in str(err.value)
+    with pytest.raises(InputError, match="needs a run context"):  # the dggt comes from the run, not from a global registry
+        global_point_cloud([v0], "dggt", 100, torch.Generator())
 
 
-def test_dggt_network_points_are_aligned_to_the_known_cameras() -> None:
-    from recon_plugins.dggt.network import DGGTNetwork
-    from recon_plugins.reconx.pointcloud import points_from_network
+def test_dggt_network_points_are_aligned_to_the_known_cameras(tmp_path: Path) -> None:
+    """pointcloud=dggt builds the run's dggt (a tiny random network here) on copies of the views and
+    moves its static Gaussians into the views' world: rigidly through camera 0, scaled so that the
+    predicted camera spacing matches the known one."""
+    from conftest import tiny_dggt_checkpoint
+    from recon_plugins.dggt import DGGTConfig
 
-    torch.manual_seed(0)
-    net = DGGTNetwork("tiny").eval()
+    checkpoint = tiny_dggt_checkpoint(tmp_path / "tiny.pt")
+    config = DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28)
     views = [_view_with_known_points(n, p, i)[0] for i, (n, p) in enumerate([("a", [3.0, 0.0, 1.0]), ("b", [0.0, 3.0, 1.0])])]
-    pc = points_from_network(net, views, 500, torch.Generator().manual_seed(0), min_confidence=0.0)
-    assert 0 < len(pc) <= 500 and pc.points.shape[1] == 3 and torch.isfinite(pc.points).all()
+    given = [v.camera.c2w.clone() for v in views]
+    ctx = _dggt_ctx(config)
+    pc = global_point_cloud(views, "dggt", 10**6, torch.Generator().manual_seed(0), PointCloudSettings(ctx))
+    assert all(torch.equal(a, v.camera.c2w) for a, v in zip(given, views)), \
+        "the views keep their known cameras (dggt writes its predictions into copies)"
+    [rep] = ctx.options["created"]
+    assert rep.num_frames == 2
+    with torch.no_grad():
+        g = rep.gaussians(None)
+    predicted = rep.cameras().c2w.double()
+    assert 0 < len(pc) == len(g) and pc.points.shape[1] == 3 and torch.isfinite(pc.points).all()
     assert pc.colors.min() >= 0 and pc.colors.max() <= 1
+    # in camera 0's frame the points are the network's, scaled by known / predicted camera spacing
+    known = torch.cat(given).double()
+    scale = (known[1, :3, 3] - known[0, :3, 3]).norm() / (predicted[1, :3, 3] - predicted[0, :3, 3]).norm()
+    ours = (pc.points.double() - known[0, :3, 3]) @ known[0, :3, :3]
+    theirs = (g.means.double() - predicted[0, :3, 3]) @ predicted[0, :3, :3] * scale
+    assert torch.allclose(ours, theirs, atol=1e-4 * float(theirs.abs().max()))
+    # subsampling keeps at most max_points
+    few = global_point_cloud(views, "dggt", 7, torch.Generator().manual_seed(0), PointCloudSettings(_dggt_ctx(config)))
+    assert len(few) == 7
 
 
 @pytest.mark.slow

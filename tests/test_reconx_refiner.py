@@ -10,10 +10,18 @@ import torch
 from recon_core.cameras import Cameras
 from recon_core.components import RunContext
 from recon_core.imageops import ssim_map
+from recon_core.optim import OptimConfig
+from recon_core.registry import Registry
 from recon_core.scene import Bounds, Scene, View
-from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
-from recon_plugins.gaussians.ply import SplatPly
-from recon_plugins.reconx.refiner import ConfidenceConfig, ConfidenceRefiner, LossWeights, confidence_loss
+from recon_plugins.gaussians import GaussianSplat, GaussianSplatConfig, TorchGaussianRenderer
+from recon_plugins.reconx.refiner import ConfidenceConfig, ConfidenceRefiner, LossWeights, confidence_loss, lpips_map
+
+
+def _create(kind: str, name: str):
+    """The run's ``ctx.create``: the LPIPS term comes from the run's ``lpips`` evaluator."""
+    import recon_plugins.metrics as metrics
+
+    return Registry(entry_points=[], modules=[("metrics", metrics)]).create(kind, name)
 
 
 def _images(h: int = 16, w: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,19 +87,20 @@ def _camera(position: list[float], size: int = 16) -> Cameras:
 def _tiny_setup(confidences: list[torch.Tensor | None]) -> tuple[GaussianSplat, Scene, RunContext]:
     g = torch.Generator().manual_seed(0)
     n = 40
-    raw = SplatPly(
-        means=(torch.rand(n, 3, generator=g) - 0.5) * 0.6,
-        quats=torch.nn.functional.normalize(torch.rand(n, 4, generator=g), dim=-1),
-        log_scales=torch.full((n, 3), math.log(0.08)),
-        logit_opacities=torch.zeros(n),
-        sh0=torch.zeros(n, 1, 3),
-        shN=torch.zeros(n, 0, 3),
-    )
-    rep = GaussianSplat.from_raw(raw)
+    rep = GaussianSplat(GaussianSplatConfig(sh_degree=0))
+    rep.set_splats({
+        "means": (torch.rand(n, 3, generator=g) - 0.5) * 0.6,
+        "quats": torch.nn.functional.normalize(torch.rand(n, 4, generator=g), dim=-1),
+        "scales": torch.full((n, 3), math.log(0.08)),
+        "opacities": torch.zeros(n),
+        "sh0": torch.zeros(n, 1, 3),
+        "shN": torch.zeros(n, 0, 3),
+    })
     positions = [[2.0, 0.0, 0.3], [0.0, 2.0, 0.3], [-2.0, 0.0, 0.3]]
     views = [View(f"v{i}", _camera(p), torch.rand(16, 16, 3, generator=g), confidence=c) for i, (p, c) in enumerate(zip(positions, confidences))]
     scene = Scene("tiny", views, Bounds(torch.zeros(3), 1.0))
-    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), background=torch.ones(3),
+                     create=_create, log=lambda m: None)
     return rep, scene, ctx
 
 
@@ -107,14 +116,17 @@ def test_view_with_zero_confidence_contributes_no_gradient() -> None:
         assert p.grad is None or torch.count_nonzero(p.grad) == 0, n
         assert torch.equal(p.detach(), before[n]), f"{n} moved on a zero-confidence view"
     refiner.step(1)  # view 1: full confidence, parameters move
-    assert not torch.equal(rep.sh0.detach(), before["sh0"])
+    assert not torch.equal(rep.splats["sh0"].detach(), before["splats.sh0"])
 
 
 def test_refiner_fits_without_densification_and_reports_lpips_state() -> None:
     rep, scene, ctx = _tiny_setup([None, None, None])
     n = len(rep)
-    refiner = ConfidenceRefiner(ConfidenceConfig(steps=12, generator="none", lambda_lpips=0.0))
+    cfg = ConfidenceConfig(steps=12, generator="none", lambda_lpips=0.0)
+    assert isinstance(cfg, OptimConfig) and cfg.densify is False  # the engine's options, densification off (ReconX)
+    refiner = ConfidenceRefiner(cfg)
     refiner.setup(rep, scene, ctx)
+    assert refiner.engine.strategy is None
     losses = [refiner.step(s)["loss"] for s in range(12)]
     assert len(rep) == n  # no densification
     assert sum(losses[-3:]) < sum(losses[:3])
@@ -143,14 +155,14 @@ def test_lpips_term_with_a_backbone_file_is_weighted_by_confidence(tmp_path, mon
     pytest.importorskip("lpips")
     torchvision = pytest.importorskip("torchvision")
     from recon_plugins.metrics.perceptual import BACKBONES
-    from recon_plugins.reconx.refiner import spatial_lpips
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "hub" / "checkpoints" / BACKBONES["alex"].filename)
-    net, reason = spatial_lpips("alex", torch.device("cpu"))
+    ctx = RunContext(device=torch.device("cpu"), seed=0, create=_create)
+    net, reason = lpips_map(ctx)  # the run's lpips evaluator's loss_map
     assert reason is None and net is not None
+    assert lpips_map(RunContext(device=torch.device("cpu"), seed=0))[0] is None  # no way to create it: no term
     pred, target, _ = _images(40, 40, seed=3)
     pred.requires_grad_(True)
     lp_map = net(pred, target)

@@ -21,6 +21,11 @@ dggt = pytest.importorskip("recon_plugins.dggt")
 H, W = 20, 30
 
 
+def _build_ctx() -> RunContext:
+    """What the pipeline hands ``build``: device, seed and the run's renderer (init=fit renders with it)."""
+    return RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None)
+
+
 def _scene() -> Scene:
     g = torch.Generator().manual_seed(3)
     K = torch.tensor([[30.0, 0, 15], [0, 30.0, 10], [0, 0, 1]])
@@ -42,7 +47,7 @@ def test_ttr_refines_dggt_poses_and_writes_them_into_the_representation(monkeypa
     monkeypatch.setenv("RECON_WEIGHTS_DIR", str(tmp_path))
     scene = _scene()
     rep = dggt.DGGTRepresentation(dggt.DGGTConfig(init="fit", size="tiny", fit_steps=3, fit_points=300, fit_dynamic_stride=2))
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, _build_ctx())
     given = rep.cameras().c2w.clone()
     times_rendered: list[float | None] = []
     original = rep.gaussians
@@ -78,7 +83,7 @@ def test_ttr_refines_the_poses_dggt_predicted_for_a_video(tmp_path: Any) -> None
     frames = torch.rand(4, H, W, 3, generator=torch.Generator().manual_seed(1))
     video = Video("clip", 4, W, H, 10.0, read_frame=lambda i: frames[i])
     rep = dggt.DGGTRepresentation(dggt.DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
-    rep.build(video, device=torch.device("cpu"))
+    rep.build(video, _build_ctx())
     given = rep.cameras().c2w.clone()
     assert torch.allclose(rep.cameras().K[:, 0, 0], torch.tensor(W / 2 / math.tan(0.5)), rtol=1e-5)
     refiner = TestTimeRefiner(TTRConfig(steps_pose=3, steps_gs=2, lr_pose=1e-2, holdout=1, eval_every=1, lpips=False))
@@ -99,7 +104,7 @@ def test_ttr_refuses_non_finite_cameras() -> None:
 
     scene = _scene()
     rep = dggt.DGGTRepresentation(dggt.DGGTConfig(init="fit", size="tiny", fit_steps=1, fit_points=50))
-    rep.build(scene, device=torch.device("cpu"))
+    rep.build(scene, _build_ctx())
     cams = rep.cameras()
     K = cams.K.clone()
     K[1, 0, 0] = float("inf")  # what a zero predicted field of view decodes to

@@ -17,8 +17,7 @@ from recon_core.components import RunContext
 from recon_core.errors import CombinationError
 from recon_core.registry import Registry
 from recon_core.scene import Bounds, Scene, View
-from recon_plugins.gaussians import GaussianSplat, TorchGaussianRenderer
-from recon_plugins.gaussians.ply import SplatPly
+from recon_plugins.gaussians import GaussianSplat, GaussianSplatConfig, TorchGaussianRenderer
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig, masked_photometric_loss
 from recon_plugins.ttr.poses import pose_errors, se3_exp
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 W, H, F = 96, 72, 84.0
 
 
-def _gaussians(seed: int = 0, n: int = 700) -> SplatPly:
+def _gaussians(seed: int = 0, n: int = 700) -> dict[str, torch.Tensor]:
     """Opaque coloured blobs filling the view frustum from 1.5 to 10 m: strong parallax makes
     rotation and translation distinguishable (a shallow scene confuses a yaw with a sideways step)."""
     g = torch.Generator().manual_seed(seed)
@@ -35,14 +34,21 @@ def _gaussians(seed: int = 0, n: int = 700) -> SplatPly:
     u, v = (torch.rand(2, n, generator=g) * 2 - 1) * torch.tensor([[0.7], [0.55]])
     means = torch.stack([u * depth, v * depth, depth], dim=1)
     rgb = torch.rand(n, 3, generator=g) * 0.9 + 0.05
-    return SplatPly(
-        means=means,
-        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1),
-        log_scales=torch.log((torch.rand(n, 3, generator=g) * 0.02 + 0.025) * depth[:, None]),
-        logit_opacities=torch.full((n,), 2.0),
-        sh0=((rgb - 0.5) / 0.28209479177387814)[:, None, :],
-        shN=torch.zeros(n, 0, 3),
-    )
+    return {
+        "means": means,
+        "quats": torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1),
+        "scales": torch.log((torch.rand(n, 3, generator=g) * 0.02 + 0.025) * depth[:, None]),
+        "opacities": torch.full((n,), 2.0),
+        "sh0": ((rgb - 0.5) / 0.28209479177387814)[:, None, :],
+        "shN": torch.zeros(n, 0, 3),
+    }
+
+
+def _splat(splats: dict[str, torch.Tensor], cls: type = GaussianSplat) -> GaussianSplat:
+    """A degree-0 3dgs-style representation holding ``splats``."""
+    rep = cls(GaussianSplatConfig(sh_degree=0))
+    rep.set_splats(splats)
+    return rep
 
 
 def _true_c2w(n: int) -> torch.Tensor:
@@ -70,12 +76,11 @@ def make_scene(
     keep their true poses. ``sky_rows`` top rows are marked sky; ``train_image_fn`` may alter
     training images (e.g. to make them inconsistent with the held-out view).
     """
-    rep = GaussianSplat.from_raw(_gaussians(seed))
-    rep.set_background([0.0, 0.0, 0.0])
+    rep = _splat(_gaussians(seed))
     K = torch.tensor([[F, 0.0, W / 2], [0.0, F, H / 2], [0.0, 0.0, 1.0]])
     truth = _true_c2w(n)
     with torch.no_grad():
-        images = TorchGaussianRenderer().render(rep, Cameras.create(K, truth, W, H)).rgb.clamp(0, 1)
+        images = TorchGaussianRenderer().render(rep, Cameras.create(K, truth, W, H), background=BLACK).rgb.clamp(0, 1)
     g = torch.Generator().manual_seed(100 + seed)
     views = []
     for i in range(n):
@@ -96,8 +101,20 @@ def make_scene(
     return scene, rep, truth
 
 
+BLACK = torch.zeros(3)
+"""The run's background (``run.background``): the synthetic scenes are rendered on black."""
+
+
+def _create(kind: str, name: str):
+    """The run's ``ctx.create``: ttr makes its SSIM / LPIPS evaluators through it."""
+    import recon_plugins.metrics as metrics
+
+    return Registry(entry_points=[], modules=[("metrics", metrics)]).create(kind, name)
+
+
 def _ctx(seed: int = 0) -> RunContext:
-    return RunContext(device=torch.device("cpu"), seed=seed, renderer=TorchGaussianRenderer(), log=lambda m: None)
+    return RunContext(device=torch.device("cpu"), seed=seed, renderer=TorchGaussianRenderer(), background=BLACK,
+                      create=_create, log=lambda m: None)
 
 
 def _run(refiner: TestTimeRefiner, rep: Any, scene: Scene, seed: int = 0) -> dict[str, Any]:
@@ -134,6 +151,9 @@ def test_recovers_a_small_pose_perturbation_and_keeps_frame_0_fixed(tmp_path: Pa
     assert pe["before"]["rotation_deg"] == pytest.approx(float(before_rot.mean()), rel=1e-4)
     assert pe["after"]["rotation_deg"] == pytest.approx(float(after_rot.mean()), rel=1e-3)
     assert report["train_psnr"]["after"] > report["train_psnr"]["before"] + 3.0
+    # SSIM comes from the run's evaluator (ctx.create("evaluator", "ssim")) and improves too
+    stage = report["stages"][0]
+    assert stage["after"]["train"]["ssim"] > stage["before"]["train"]["ssim"]
     # the test view was never optimised: its pose is the given one
     assert torch.equal(scene.views[2].camera.c2w, truth[2:3])
     assert report["stages"][0]["kept_step"] == 60  # the pose stage is not guarded: it keeps its last step
@@ -166,7 +186,7 @@ def test_refinement_ignores_what_the_sky_pixels_show() -> None:
         scene, rep, _ = make_scene(n=3, test=(), sky_rows=12, train_image_fn=fn)
         refiner = TestTimeRefiner(TTRConfig(steps_pose=2, steps_gs=2, lr_pose=3e-3, lpips=False))
         _run(refiner, rep, scene)
-        results.append((refiner.corrected_c2w().detach(), rep.sh0.detach().clone(), rep.opacities.detach().clone()))
+        results.append((refiner.corrected_c2w().detach(), rep.splats["sh0"].detach().clone(), rep.splats["opacities"].detach().clone()))
     for a, b in zip(*results):
         assert torch.equal(a, b)
 
@@ -206,9 +226,9 @@ def test_heldout_guard_stops_early_after_patience_checks() -> None:
 
 def test_without_heldout_views_the_last_parameters_are_kept() -> None:
     scene, rep, _ = make_scene(n=3, test=(), rot_deg=0.0, trans_m=0.0, train_image_fn=_tinted)
-    start = rep.sh0.detach().clone()
+    start = rep.splats["sh0"].detach().clone()
     report = _run(TestTimeRefiner(TTRConfig(refine_pose=False, steps_gs=3, lr_color=2e-2, lpips=False)), rep, scene)
-    assert report["heldout_views"] == 0 and not torch.equal(rep.sh0, start)
+    assert report["heldout_views"] == 0 and not torch.equal(rep.splats["sh0"], start)
 
 
 def test_holdout_option_takes_training_frames_out() -> None:
@@ -299,8 +319,7 @@ class _PosedSplat(GaussianSplat):
 
 def test_starts_from_and_writes_back_the_representations_cameras() -> None:
     scene, base, truth = make_scene()
-    rep = _PosedSplat.from_raw(base.raw())
-    rep.set_background([0.0, 0.0, 0.0])
+    rep = _splat(base.splat_values(), _PosedSplat)
     train = [v for v in scene.views if v.split == "train"]
     # the representation's poses are the true ones; the scene's are perturbed
     rep._cams = Cameras.cat([v.camera for v in train]).with_c2w(truth[[0, 1, 3, 4]])
@@ -321,10 +340,10 @@ def test_representation_without_attribute_parameters_is_refused() -> None:
     scene, rep, _ = make_scene(n=3)
 
     class Bare(GaussianSplat):
-        def refinable_parameters(self) -> dict[str, torch.nn.Parameter]:
-            return {"means": self.means}
+        refinable = frozenset({"means"})
 
-    bare = Bare.from_raw(rep.raw())
+    bare = _splat(rep.splat_values(), Bare)
+    assert not bare.splats["opacities"].requires_grad
     with pytest.raises(CombinationError, match="opacities"):
         TestTimeRefiner(TTRConfig()).setup(bare, scene, _ctx())
     TestTimeRefiner(TTRConfig(refine_gs=False)).setup(bare, scene, _ctx())  # poses alone need no attributes
@@ -336,7 +355,7 @@ def test_representation_without_attribute_parameters_is_refused() -> None:
 def _write_nerfstudio_scene(root: Path, scene: Scene, rep: GaussianSplat) -> Path:
     """``scene`` as a nerfstudio folder (PNG images, OpenGL poses, splits) plus ``init.ply`` holding ``rep``."""
     from recon_core.io import write_png
-    from recon_plugins.gaussians.ply import write_splat_ply
+    from recon_core.ply import write_splat_ply
 
     root.mkdir(parents=True)
     frames = []
@@ -346,7 +365,7 @@ def _write_nerfstudio_scene(root: Path, scene: Scene, rep: GaussianSplat) -> Pat
         frames.append({"file_path": f"{v.name}.png", "transform_matrix": gl.tolist(), "split": v.split})
     meta = {"camera_model": "PINHOLE", "fl_x": F, "fl_y": F, "cx": W / 2, "cy": H / 2, "w": W, "h": H, "frames": frames}
     (root / "transforms.json").write_text(json.dumps(meta))
-    write_splat_ply(root / "init.ply", rep.raw())
+    write_splat_ply(root / "init.ply", rep.splat_values())
     return root
 
 
@@ -368,7 +387,7 @@ def test_pipeline_resume_after_ttr_keeps_the_refined_poses(tmp_path: Path, monke
     registry = Registry()
     sets = ["3dgs.init=ply", f"3dgs.ply_path={data / 'init.ply'}", "3dgs.sh_degree=0", "ttr.steps_pose=4", "ttr.steps_gs=0",
             "ttr.lr_pose=3e-3", "ttr.lpips=false", "3dgs-train.steps=4", "3dgs-train.densify=false",
-            "3dgs-train.background=0,0,0", "run.checkpoint_every=2", "run.save_renders=false", "run.export=ply"]
+            "run.background=0,0,0", "run.checkpoint_every=2", "run.save_renders=false", "run.export=ply"]
 
     def run(out: Path, resume: bool = False) -> dict[str, Any]:
         if resume:

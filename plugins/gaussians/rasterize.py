@@ -58,6 +58,7 @@ from torch import Tensor
 from recon_core.config import option
 from recon_core.cpp_extension import cpp_disabled
 from recon_core.errors import InputError
+from recon_core.geometry import quat_to_rotmat
 
 from . import _cpp
 
@@ -164,16 +165,7 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
 
 def _rotation_scale(quats: Tensor, scales: Tensor) -> Tensor:
     """[..., 3, 3] matrix R(q) diag(s) (its columns are the scaled principal axes)."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rot = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(quats.shape[:-1] + (3, 3))
-    return rot * scales[..., None, :]
+    return quat_to_rotmat(quats) * scales[..., None, :]
 
 
 def project_gaussians(

@@ -34,6 +34,7 @@ from torch import Tensor
 from recon_core.components import Renderer, Representation
 from recon_core.errors import InputError
 from recon_core.scene import View
+from recon_core.geometry import project_points, rigid_inverse, unproject_depth
 
 __all__ = [
     "ConsistencySettings",
@@ -87,19 +88,9 @@ def reproject(depth: Tensor, K_src: Tensor, c2w_src: Tensor, K_dst: Tensor, c2w_
         uv (H, W, 2) continuous pixel coordinates in the destination image (pixel (u, v) has its
         centre at (u + 0.5, v + 0.5)), and z (H, W) the point's depth in the destination camera.
     """
-    h, w = depth.shape
-    dev = depth.device
-    v, u = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32), torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
-    pix = torch.stack([u + 0.5, v + 0.5, torch.ones_like(u)], dim=-1)  # (H, W, 3)
-    # one 3x4 map from source pixels scaled by depth to destination camera coordinates (float64 matrices)
-    src = torch.eye(4, dtype=torch.float64)
-    src[:3, :3] = torch.linalg.inv(K_src.double().cpu())
-    m = torch.linalg.inv(c2w_dst.double().cpu()) @ c2w_src.double().cpu() @ src
-    cam_dst = (pix * depth.float()[..., None]) @ m[:3, :3].float().to(dev).T + m[:3, 3].float().to(dev)
-    z = cam_dst[..., 2]
-    proj = cam_dst @ K_dst.float().to(dev).T
-    uv = proj[..., :2] / proj[..., 2:3].clamp_min(1e-12)
-    return uv, z
+    world = unproject_depth(depth.double(), K_src.double().to(depth.device), c2w_src.double().to(depth.device))
+    uv, z = project_points(world, K_dst.double().to(depth.device), rigid_inverse(c2w_dst.double().to(depth.device)), eps=1e-12)
+    return uv.float(), z.float()
 
 
 def _sample(image: Tensor, uv: Tensor) -> Tensor:

@@ -42,6 +42,7 @@ from recon_core.cameras import Cameras
 from recon_core.components import Generator, RunContext, Representation
 from recon_core.config import option
 from recon_core.errors import InputError
+from recon_core.gaussians import GaussianRepresentation
 from recon_core.geometry import slerp, slerp_rotmat
 from recon_core.scene import Scene, View
 
@@ -188,9 +189,8 @@ class RenderFixGenerator(Generator):
 
 def _box_points(rep: Representation, scene: Scene) -> Tensor | None:
     """Points [P, 3] (CPU) whose box is carved: the Gaussians' means, else the scene's point cloud, else None."""
-    means = getattr(rep, "means", None)
-    if isinstance(means, Tensor) and len(means):
-        return means.detach().float().cpu()
+    if isinstance(rep, GaussianRepresentation) and len(rep):
+        return rep.splats["means"].detach().float().cpu()
     return scene.point_cloud.points.float().cpu() if scene.point_cloud is not None else None
 
 

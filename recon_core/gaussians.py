@@ -199,7 +199,7 @@ class GaussianRepresentation(Representation):
     def __init__(self, config: Any = None, sh_degree: int = 3) -> None:
         super().__init__(config)
         if not 0 <= int(sh_degree) <= 3:
-            raise InputError(f"{self.name}: the SH degree must be between 0 and 3, got {sh_degree}")
+            raise InputError(f"{self.name}.sh_degree must be between 0 and 3, got {sh_degree}")
         self.splats = nn.ParameterDict()
         self.set_splats(empty_splats(int(sh_degree)))
         self.active_sh_degree: int = int(sh_degree)

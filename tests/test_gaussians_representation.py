@@ -75,7 +75,7 @@ def test_build_from_depth_and_random_are_seeded() -> None:
 
 
 def test_sh_degree_out_of_range() -> None:
-    with pytest.raises(InputError, match="3dgs: the SH degree must be between 0 and 3, got 4"):
+    with pytest.raises(InputError, match=r"3dgs\.sh_degree must be between 0 and 3, got 4"):
         GaussianSplat(GaussianSplatConfig(sh_degree=4))
 
 

@@ -35,7 +35,7 @@ from .errors import InputError
 from .gaussians import GaussianRepresentation
 from .strategies import StrategyConfig, make_strategy
 
-__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "default_scene_scale"]
+__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "default_scene_scale"]
 
 
 @dataclass
@@ -194,3 +194,26 @@ def default_scene_scale(bounds_radius: float) -> float:
     """1.1 x the radius of the scene's bounds (gsplat: 1.1 x the largest camera distance)."""
     return 1.1 * float(bounds_radius)
 
+
+
+class EpochOrder:
+    """Which training view comes next: indices 0..n-1 in a fresh random order every epoch, drawn
+    from the caller's generator (so a refiner's draws stay reproducible and checkpointable)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self.order = torch.zeros(0, dtype=torch.int64)
+        self.position = 0
+
+    def next(self, generator: torch.Generator) -> int:
+        if self.position >= len(self.order):
+            self.order = torch.randperm(self.n, generator=generator)
+            self.position = 0
+        self.position += 1
+        return int(self.order[self.position - 1])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n, self.order, self.position = int(state["n"]), state["order"].to(torch.int64).cpu(), int(state["position"])

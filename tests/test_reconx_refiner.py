@@ -108,7 +108,7 @@ def test_view_with_zero_confidence_contributes_no_gradient() -> None:
     rep, scene, ctx = _tiny_setup([torch.zeros(16, 16), None, None])
     refiner = ConfidenceRefiner(ConfidenceConfig(steps=3, generator="none", lambda_lpips=0.0))
     refiner.setup(rep, scene, ctx)
-    refiner.order, refiner.position = torch.tensor([0, 1]), 0
+    refiner.order.order, refiner.order.position = torch.tensor([0, 1]), 0  # view 0, then view 1
     before = {n: p.detach().clone() for n, p in rep.named_parameters()}
     logs = refiner.step(0)  # view 0: confidence 0 everywhere
     assert logs["loss"] == 0.0

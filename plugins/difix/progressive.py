@@ -41,7 +41,7 @@ from recon_core import (
     Scene, Video, View, option,
 )
 from recon_core.imageops import photometric_loss, psnr
-from recon_core.optim import GaussianOptimizer, default_scene_scale
+from recon_core.optim import EpochOrder, GaussianOptimizer, default_scene_scale
 
 from .camera_path import nearest_assignments, shift_poses
 
@@ -106,28 +106,6 @@ def weighted_photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float, 
     return weight * photometric_loss(pred, target, ssim_weight), (pred - target).abs().mean()
 
 
-class _Cycler:
-    """Indices 0..n-1 in a fresh random order every epoch (drawn from the caller's generator)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.order = torch.zeros(0, dtype=torch.int64)
-        self.position = 0
-
-    def next(self, generator: torch.Generator) -> int:
-        if self.position >= len(self.order):
-            self.order = torch.randperm(self.n, generator=generator)
-            self.position = 0
-        self.position += 1
-        return int(self.order[self.position - 1])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "order": self.order.clone(), "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.n, self.order, self.position = int(state["n"]), state["order"].to(torch.int64).cpu(), int(state["position"])
-
-
 class Difix3DPlus(Refiner):
     """Progressive distillation of fixed novel views (Difix3D+) into a 3D Gaussian representation."""
 
@@ -167,8 +145,8 @@ class Difix3DPlus(Refiner):
         self.train_c2w = torch.stack([v.camera.c2w[0].cpu() for v in self.views])
         self.current_poses = self.train_c2w.clone()
         self.generator = torch.Generator().manual_seed(int(ctx.seed) + 1)
-        self.real_order = _Cycler(len(self.views))
-        self.pseudo_order = _Cycler(0)
+        self.real_order = EpochOrder(len(self.views))
+        self.pseudo_order = EpochOrder(0)
         self.pseudo: PseudoViews | None = None
         self.rounds = 0
         self._targets: dict[int, Tensor] = {}
@@ -210,7 +188,7 @@ class Difix3DPlus(Refiner):
                 images += list(fixed.detach().float().clamp(0, 1).cpu())
                 masks += list((alpha > float(cfg.alpha_threshold)).cpu())
         self.pseudo = PseudoViews(novel, cams.K.clone(), cams.width.clone(), cams.height.clone(), images, masks)
-        self.pseudo_order = _Cycler(len(images))
+        self.pseudo_order = EpochOrder(len(images))
         moved = float((novel[:, :3, 3] - self.current_poses[nearest_assignments(self.current_poses, novel), :3, 3]).norm(dim=-1).mean())
         left = float((novel[:, :3, 3] - self.targets.c2w[:, :3, 3]).norm(dim=-1).mean())
         self.current_poses = novel

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from recon_core import CombinationError, GaussianRepresentation, InputError, Refiner, Representation, RunContext, Scene, Video, option
 from recon_core.imageops import photometric_loss, psnr
-from recon_core.optim import GaussianOptimizer, OptimConfig, default_scene_scale
+from recon_core.optim import EpochOrder, GaussianOptimizer, OptimConfig, default_scene_scale
 
 __all__ = ["GaussianTrainer", "GaussianTrainConfig", "TargetCache"]
 
@@ -91,27 +91,18 @@ class GaussianTrainer(Refiner):
         scene_scale = float(cfg.scene_scale) if cfg.scene_scale else default_scene_scale(data.bounds.radius)
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=scene_scale, total_steps=self.total_steps,
                                         generator=self.generator)
-        self.order = torch.zeros(0, dtype=torch.int64)
-        self.position = 0
+        self.order = EpochOrder(len(self.views))
         self.last_loss = float("nan")
 
     @property
     def total_steps(self) -> int:
         return int(self.config.steps)
 
-    def _next_view(self) -> int:
-        if self.position >= len(self.order):
-            self.order = torch.randperm(len(self.views), generator=self.generator)
-            self.position = 0
-        index = int(self.order[self.position])
-        self.position += 1
-        return index
-
     def step(self, step: int) -> dict[str, float]:
         engine = self.engine
         engine.sync()
         engine.schedule(step)
-        view = self.views[self._next_view()]
+        view = self.views[self.order.next(self.generator)]
         camera = view.camera.to(self.ctx.device)
         target = self.targets(view)
         out = self.ctx.renderer.render(self.rep, camera, background=self.background)
@@ -123,13 +114,12 @@ class GaussianTrainer(Refiner):
         return {"loss": self.last_loss, "psnr": float(psnr(pred.detach(), target)), "gaussians": float(len(self.rep))}
 
     def state_dict(self) -> dict[str, Any]:
-        """The engine's state (optimizers, strategy, generator), view order and position."""
-        return {"engine": self.engine.state_dict(), "order": self.order.clone(), "position": self.position}
+        """The engine's state (optimizers, strategy, generator) and the view order."""
+        return {"engine": self.engine.state_dict(), "order": self.order.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state["engine"])
-        self.order = state["order"].to(torch.int64).cpu()
-        self.position = int(state["position"])
+        self.order.load_state_dict(state["order"])
 
     def finish(self) -> dict[str, Any]:
         self.engine.finish()

@@ -45,7 +45,7 @@ from recon_core import (
     RunContext, Scene, Video, View, option,
 )
 from recon_core.imageops import psnr, ssim_map
-from recon_core.optim import GaussianOptimizer, OptimConfig, default_scene_scale
+from recon_core.optim import EpochOrder, GaussianOptimizer, OptimConfig, default_scene_scale
 
 from .confidence import ConsistencySettings, confidence_maps
 
@@ -191,8 +191,6 @@ class ConfidenceRefiner(Refiner):
         self.generated: list[View] = []
         self.generate_step = int(round(cfg.generate_at * self.total_steps)) if cfg.generator != "none" else None
         self._refresh_views()
-        self.order = torch.zeros(0, dtype=torch.int64)
-        self.position = 0
         self.last_loss = float("nan")
 
     @property
@@ -204,6 +202,7 @@ class ConfidenceRefiner(Refiner):
     def _refresh_views(self) -> None:
         """Views = inputs + generated; targets over the background; confidence maps from the source."""
         self.views = self.inputs + self.generated
+        self.order = EpochOrder(len(self.views))  # a new epoch over inputs + generated views
         bg = self.background.cpu()
         self.targets = [v.image_on(bg) for v in self.views]
         self._update_confidence()
@@ -232,15 +231,6 @@ class ConfidenceRefiner(Refiner):
         self.generated = list(views)
         self.ctx.log(f"confidence: {gen.name} generated {len(views)} views")
         self._refresh_views()
-        self.order = torch.zeros(0, dtype=torch.int64)  # a new epoch over inputs + generated views
-
-    def _next_view(self) -> int:
-        if self.position >= len(self.order):
-            self.order = torch.randperm(len(self.views), generator=self.generator)
-            self.position = 0
-        index = int(self.order[self.position])
-        self.position += 1
-        return index
 
     # -------------------------------------------------------------------------------- step
 
@@ -254,7 +244,7 @@ class ConfidenceRefiner(Refiner):
         engine.sync()  # splats replaced (a checkpoint was loaded): fresh optimizers
         engine.schedule(step)  # the means' lr decay and SH degree
 
-        index = self._next_view()
+        index = self.order.next(self.generator)
         view = self.views[index]
         camera = view.camera.to(self.ctx.device)
         out = self.ctx.renderer.render(rep, camera, background=self.background)
@@ -273,8 +263,7 @@ class ConfidenceRefiner(Refiner):
         """The engine's state (optimizers, strategy, generator), view order and the generated views."""
         return copy.deepcopy({
             "engine": self.engine.state_dict(),
-            "order": self.order,
-            "position": self.position,
+            "order": self.order.state_dict(),
             "generated": [
                 {"name": v.name, "K": v.camera.K[0], "c2w": v.camera.c2w[0], "width": v.width, "height": v.height,
                  "image": v.image, "confidence": v.confidence}
@@ -284,8 +273,6 @@ class ConfidenceRefiner(Refiner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state["engine"])
-        self.order = state["order"].to(torch.int64).cpu()
-        self.position = int(state["position"])
         self.generated = [
             View(g["name"], Cameras.create(g["K"], g["c2w"][None], int(g["width"]), int(g["height"])), g["image"],
                  "train", confidence=g["confidence"])
@@ -293,6 +280,7 @@ class ConfidenceRefiner(Refiner):
         ]
         if self.generated:
             self._refresh_views()
+        self.order.load_state_dict(state["order"])
 
     def finish(self) -> dict[str, Any]:
         self.engine.finish()

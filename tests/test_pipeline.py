@@ -306,15 +306,22 @@ def test_a_config_file_keeps_options_only_for_components_still_created(toy_regis
 
 
 def test_real_plugins_declare_what_they_create():
-    """The ReconX confidence refiner's generator option is a declared use: --set render-fix.* reaches it."""
+    """Declared uses of the real plugins: --set NAME.* reaches what they create (ReconX's generator
+    and the lpips evaluator of its loss, TTR's reported metrics, reconx pointcloud=dggt's dggt)."""
     from recon_core.registry import Registry
 
     registry = Registry()
     if not any(r.name == "confidence" and r.kind == "refiner" for r in registry.rows()):
         pytest.skip("reconx plugin not installed")
     cls = registry.get("refiner", "confidence")
-    assert cls.uses(cls.Config()) == [("generator", "render-fix")]
-    assert cls.uses(cls.Config(generator="none")) == []
+    assert cls.uses(cls.Config()) == [("generator", "render-fix"), ("evaluator", "lpips")]
+    assert cls.uses(cls.Config(generator="none", lambda_lpips=0.0)) == []
+    ttr = registry.get("refiner", "ttr")
+    assert ttr.uses(ttr.Config()) == [("evaluator", "ssim"), ("evaluator", "lpips")]
+    assert ttr.uses(ttr.Config(lpips=False)) == [("evaluator", "ssim")]
+    reconx = registry.get("representation", "reconx")
+    assert reconx.uses(reconx.Config(pointcloud="dggt")) == [("representation", "dggt")]
+    assert reconx.uses(reconx.Config()) == []
 
 
 def test_a_refiner_needing_a_fixer_is_refused_without_one(toy_registry, toy_scene):

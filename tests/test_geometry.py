@@ -11,6 +11,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation, Slerp
 
 from recon_core.geometry import (
+    apply_similarity,
+    camera_similarity,
     knn_distances,
     nearest_rotation,
     project_points,
@@ -27,6 +29,7 @@ from recon_core.geometry import (
     slerp_rotmat,
     so3_exp,
     so3_log,
+    transform_c2w,
     umeyama,
     unproject_depth,
 )
@@ -391,3 +394,38 @@ def test_knn_distances_few_points() -> None:
     assert knn_distances(torch.zeros(0, 3), 3).shape == (0,)
     with pytest.raises(ValueError):
         knn_distances(two, 3, method="octree")
+
+
+def _poses(rotations: Rotation, centres: np.ndarray) -> torch.Tensor:
+    c2w = torch.eye(4, dtype=D).repeat(len(centres), 1, 1)
+    c2w[:, :3, :3] = torch.from_numpy(rotations.as_matrix())
+    c2w[:, :3, 3] = torch.from_numpy(centres)
+    return c2w
+
+
+def test_camera_similarity_recovers_a_known_similarity() -> None:
+    """Cameras in a predicted frame (camera 0 at the origin, other scale) map onto known poses, and
+    points with them: checked against a similarity built with scipy."""
+    rng = np.random.default_rng(3)
+    known = _poses(random_rotations(5, 1), rng.normal(size=(5, 3)) * 2.0)
+    R = torch.from_numpy(Rotation.random(random_state=7).as_matrix())
+    s, t = 0.37, torch.tensor([0.5, -1.0, 2.0], dtype=D)
+    # predicted = the inverse similarity applied to the known cameras
+    predicted = known.clone()
+    predicted[:, :3, :3] = R.T @ known[:, :3, :3]
+    predicted[:, :3, 3] = ((known[:, :3, 3] - t) @ R) / s
+    R_est, t_est, s_est = camera_similarity(predicted, known)
+    assert torch.allclose(R_est, R, atol=1e-10) and torch.allclose(t_est, t, atol=1e-10)
+    assert float(s_est) == pytest.approx(s, rel=1e-10)
+    assert torch.allclose(transform_c2w(predicted, R_est, t_est, s_est), known, atol=1e-10)
+    points = torch.from_numpy(rng.normal(size=(20, 3)))
+    assert torch.allclose(apply_similarity((points - t) @ R / s, R_est, t_est, s_est), points, atol=1e-10)
+    # with exact centres, the least-squares similarity of the camera centres agrees
+    R_u, t_u, s_u = umeyama(predicted[:, :3, 3], known[:, :3, 3])
+    assert torch.allclose(R_u, R_est, atol=1e-8) and float(s_u) == pytest.approx(float(s_est), rel=1e-8)
+
+
+def test_camera_similarity_of_one_camera_keeps_the_scale() -> None:
+    c2w = _poses(random_rotations(1, 4), np.array([[1.0, 2.0, 3.0]]))
+    R, t, s = camera_similarity(c2w, c2w)
+    assert float(s) == 1.0 and torch.allclose(R, torch.eye(3, dtype=D)) and torch.allclose(t, torch.zeros(3, dtype=D), atol=1e-12)

@@ -48,6 +48,7 @@ from recon_core.imageops import psnr, ssim_map
 from recon_core.optim import EpochOrder, GaussianOptimizer, OptimConfig, default_scene_scale
 
 from .confidence import ConsistencySettings, confidence_maps
+from .representation import ReconXSplat
 
 __all__ = ["ConfidenceRefiner", "ConfidenceConfig", "LossWeights", "confidence_loss", "lpips_map", "selected_views"]
 
@@ -111,9 +112,9 @@ def lpips_map(ctx: RunContext) -> tuple[Callable[[Tensor, Tensor], Tensor] | Non
 
 
 def selected_views(rep: Representation, scene: Scene) -> list[View]:
-    """The views to fit: ``rep.input_views`` (names, the reconx sparse selection) when set, else the
-    training views (else every view)."""
-    names = list(getattr(rep, "input_views", None) or [])
+    """The views to fit: the sparse selection of a ``reconx`` representation (this plugin's own),
+    else the training views (else every view) — any other Gaussian representation works too."""
+    names = list(rep.input_views) if isinstance(rep, ReconXSplat) else []
     if names:
         by_name = {v.name: v for v in scene.views}
         missing = [n for n in names if n not in by_name]
@@ -291,5 +292,5 @@ class ConfidenceRefiner(Refiner):
             "confidence_source": self.config.source,
             "lpips": "used" if self.lpips is not None else (f"unavailable: {self.lpips_reason}" if self.lpips_reason else "off"),
             "gaussians": len(self.rep),
-            "completed_points": int(getattr(self.rep, "completed_points", 0)),
+            "completed_points": self.rep.completed_points if isinstance(self.rep, ReconXSplat) else 0,
         }

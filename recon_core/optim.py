@@ -18,12 +18,20 @@ Learning rates follow gsplat's ``examples/simple_trainer.py``: means 1.6e-4 x sc
 decaying exponentially to 1 % at the last step; quats 1e-3, scales 5e-3, opacities 5e-2, sh0
 2.5e-3, shN 2.5e-3 / 20; Adam eps 1e-15. The SH degree in use rises by one every
 ``sh_degree_interval`` steps.
+
+Schedules scale as gsplat's ``steps_scaler`` scales them: the engine multiplies the step counts
+in the options (``sh_degree_interval``, ``strategy.refine_start/stop/every``, ``reset_every``,
+written for gsplat's 30 000-step run) by ``steps_scaler`` (default 1, gsplat's default: the
+counts as written; ``auto``-like compression is ``steps_scaler = steps / 30000``). One departure
+from gsplat: a scaled refine period is never shorter than one epoch (a pass over the training
+views, capped at the configured period), since densifying on the gradients of a handful of views
+makes the set explode in short runs.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,7 +43,24 @@ from .errors import InputError
 from .gaussians import GaussianRepresentation
 from .strategies import StrategyConfig, make_strategy
 
-__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "default_scene_scale"]
+__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "default_scene_scale", "scaled_steps",
+           "scaled_strategy"]
+
+
+def scaled_steps(steps: int, scaler: float) -> int:
+    """``int(steps x scaler)`` as gsplat's ``adjust_steps``, but at least 1 (a period of 0 steps is no period)."""
+    return max(1, int(int(steps) * float(scaler)))
+
+
+def scaled_strategy(cfg: StrategyConfig, scaler: float, epoch: int = 1) -> StrategyConfig:
+    """``cfg`` with its step counts (refine start/stop/every, opacity reset) scaled; the refine
+    period is at least ``epoch`` steps (one pass over the training views), so that every Gaussian's
+    gradient statistics see every view between two densifications however short the run."""
+    every = scaled_steps(cfg.refine_every, scaler)
+    if scaler < 1:
+        every = max(every, min(int(epoch), int(cfg.refine_every)))
+    return replace(cfg, refine_start=int(cfg.refine_start * scaler), refine_stop=int(cfg.refine_stop * scaler),
+                   refine_every=every, reset_every=scaled_steps(cfg.reset_every, scaler))
 
 
 @dataclass
@@ -51,7 +76,10 @@ class OptimConfig:
     lr_shN: float = option(2.5e-3 / 20, "learning rate of the higher SH bands")
     lr_lifespans: float = option(0.0, "learning rate of the log lifespans of dynamic representations (0: frozen)")
     sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)")
-    sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps")
+    sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps (times steps_scaler)")
+    steps_scaler: float = option(1.0, "multiplies every step schedule (SH interval, refine start/stop/every, opacity "
+                                      "reset), as gsplat's steps_scaler (e.g. steps / 30000 compresses gsplat's "
+                                      "30 000-step schedule into the run)")
     densify: bool = option(True, "add/remove Gaussians with the strategy")
     strategy: StrategyConfig = option(help="densification strategy and its settings", factory=StrategyConfig)
 
@@ -63,19 +91,26 @@ class GaussianOptimizer:
         rep: the representation; its refinable float entries with a learning rate > 0 are trained.
         config: :class:`OptimConfig`.
         scene_scale: scales the means' lr and the strategies' size thresholds.
-        total_steps: length of the run (the means' lr decays over it).
+        total_steps: length of the run (the means' lr decays over it; schedules scale with it).
         generator: CPU generator of the strategy's random choices (reproducible splits).
+        views: training views per epoch (the shortest refine period, see :func:`scaled_strategy`).
     """
 
     def __init__(self, rep: GaussianRepresentation, config: OptimConfig, *, scene_scale: float, total_steps: int,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, views: int = 1) -> None:
         if not isinstance(rep, GaussianRepresentation):
             raise InputError(f"'{rep.name}' is not a Gaussian representation (it does not hold splats)")
         self.rep, self.config = rep, config
         self.scene_scale = float(scene_scale)
         self.total_steps = max(int(total_steps), 1)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.strategy = make_strategy(config.strategy) if config.densify else None
+        self.scaler = float(config.steps_scaler)
+        if not self.scaler > 0:
+            raise InputError(f"steps_scaler must be positive, got {config.steps_scaler}")
+        self.sh_degree_interval = scaled_steps(config.sh_degree_interval, self.scaler)
+        self.strategy_config = scaled_strategy(config.strategy, self.scaler, views)
+        """The strategy's settings with its step counts scaled (what actually runs)."""
+        self.strategy = make_strategy(self.strategy_config) if config.densify else None
         stored = rep.max_sh_degree
         self.max_sh_degree = stored if config.sh_degree is None else max(0, min(int(config.sh_degree), stored))
         self.optimizers = self.build_optimizers()
@@ -126,7 +161,7 @@ class GaussianOptimizer:
     def schedule(self, step: int, total_steps: int | None = None) -> None:
         """Per-step schedules: the means' lr decay and the SH degree in use."""
         self.set_means_lr(step / max(total_steps or self.total_steps, 1))
-        self.rep.active_sh_degree = min(step // max(int(self.config.sh_degree_interval), 1), self.max_sh_degree)
+        self.rep.active_sh_degree = min(step // self.sh_degree_interval, self.max_sh_degree)
 
     def finish(self) -> None:
         """Leave the representation rendering every trained SH band."""

@@ -292,7 +292,8 @@ class StrategyConfig:
     """Densification settings (``--set 3dgs-train.strategy=mcmc``, ``--set 3dgs-train.strategy.refine_every=200``).
 
     The refinement window and period apply to every strategy; the growth and pruning thresholds
-    to ``default`` and ``gsplat-default``; ``max_gaussians`` caps growth (``mcmc``: its
+    to ``default`` and ``gsplat-default``. Step counts are gsplat's defaults for its 30 000-step
+    run; the optimisation engine multiplies them by its ``steps_scaler``. ``max_gaussians`` caps growth (``mcmc``: its
     ``cap_max``, 0 = gsplat's 1,000,000); ``noise_lr`` and the two regularisers are MCMC's.
     """
 

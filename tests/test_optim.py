@@ -174,3 +174,19 @@ def test_engine_trains_only_refinable_entries_and_resumes_identically() -> None:
     run(c, ec, range(3, 6))
     for key in ("sh0", "opacities"):
         assert torch.equal(c.splats[key], a.splats[key])
+
+
+def test_steps_scaler_scales_every_schedule_as_gsplat_with_an_epoch_floor() -> None:
+    rep = blobs()
+    cfg = OptimConfig(steps_scaler=2000 / 30000)  # gsplat's 30 000-step schedule compressed into 2 000 steps
+    engine = GaussianOptimizer(rep, cfg, scene_scale=1.0, total_steps=2000, views=48)
+    s = engine.strategy_config
+    assert (s.refine_start, s.refine_stop, s.reset_every) == (33, 1000, 200)  # int(x * 1/15), as adjust_steps
+    assert s.refine_every == 48  # int(100 / 15) = 6 would densify on 6 views: one epoch at least
+    assert engine.sh_degree_interval == 66
+    engine.schedule(66 * 2)
+    assert rep.active_sh_degree == 0  # the blobs store degree 0 only
+    unscaled = GaussianOptimizer(blobs(), OptimConfig(), scene_scale=1.0, total_steps=2000, views=48).strategy_config
+    assert (unscaled.refine_start, unscaled.refine_stop, unscaled.refine_every, unscaled.reset_every) == (500, 15000, 100, 3000)
+    with pytest.raises(Exception, match="steps_scaler must be positive"):
+        GaussianOptimizer(blobs(), OptimConfig(steps_scaler=0.0), scene_scale=1.0, total_steps=10)

@@ -136,7 +136,8 @@ class Difix3DPlus(Refiner):
         if not self.views:
             raise InputError("difix3d+ needs at least one training view", data.source)
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
-                                        total_steps=int(cfg.steps), generator=torch.Generator().manual_seed(int(ctx.seed)))
+                                        total_steps=int(cfg.steps), generator=torch.Generator().manual_seed(int(ctx.seed)),
+                                        views=len(self.views))
         self.engine.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
         targets = data.eval_views
         self.targets = Cameras.cat([v.camera for v in targets]).to("cpu")

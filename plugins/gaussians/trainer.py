@@ -90,7 +90,7 @@ class GaussianTrainer(Refiner):
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         scene_scale = float(cfg.scene_scale) if cfg.scene_scale else default_scene_scale(data.bounds.radius)
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=scene_scale, total_steps=self.total_steps,
-                                        generator=self.generator)
+                                        generator=self.generator, views=len(self.views))
         self.order = EpochOrder(len(self.views))
         self.last_loss = float("nan")
 

@@ -179,7 +179,7 @@ class ConfidenceRefiner(Refiner):
         self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(ctx.device, torch.float32)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
-                                        total_steps=self.total_steps, generator=self.generator)
+                                        total_steps=self.total_steps, generator=self.generator, views=len(self.inputs))
         self.weights = LossWeights(cfg.lambda_rgb, cfg.lambda_ssim, cfg.lambda_lpips)
         self.lpips, self.lpips_reason = (None, None)
         if cfg.lambda_lpips > 0:

@@ -152,7 +152,7 @@ _KIND_PRIORITY = ("representation", "refiner", "renderer", "loader", "encoder", 
 @click.pass_context
 def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) -> None:
     """Options, defaults, capabilities and weights of one component."""
-    from recon_core.config import describe_options
+    from recon_core.config import describe_options, format_value
 
     reg = _registry(ctx)
     reg.info(name, kind)  # InputError with suggestions when unknown
@@ -210,7 +210,7 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
             table.add_column(col)
         for o in info["options"]:
             help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
-            table.add_row(o["name"], o["type"], json.dumps(o["default"]), help_text)
+            table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
         console.print(table)
     for w in info["required_weights"]:
         mark = "present" if w["present"] else "MISSING"

@@ -399,3 +399,18 @@ def test_cli_imports_no_private_core_names():
     private = [(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                and (node.module or "").startswith("recon_core") for a in node.names if a.name.startswith("_")]
     assert private == []
+
+
+def test_values_as_plugin_info_shows_them_are_accepted_by_set(cli, toy_scene, tmp_path):
+    """The table of plugin-info shows JSON ("constant", [1.0, 1.0, 1.0]); --set takes that same text."""
+    shown = run_ok(cli, "plugin-info", "toy-fit").stdout
+    assert '"constant"' in shown and "0.05" in shown
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", tmp_path / "a", "--eval", "psnr",
+           "--set", 'toy-fit.schedule="step"', "--set", 'toy-fit.schedule.kind="step"', "--set", "toy-fit.steps=4",
+           "--set", "run.background=[0.0, 0.0, 1.0]", "--set", "run.export=null", "--set", "run.save_renders=false")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["refiners"][0]["config"]["schedule"]["kind"] == "step"
+    assert config["run"]["background"] == [0.0, 0.0, 1.0] and config["run"]["export"] is None
+    assert config["run"]["save_renders"] is False
+    bad = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "run.background=[1.0,1.0")
+    assert bad.exit_code == 2 and "bad value for run.background: '[1.0,1.0' is not valid JSON" in bad.stderr

@@ -341,11 +341,17 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
 def _print_metrics(doc: dict[str, Any]) -> None:
     console = _console()
     if doc["metrics"]:
-        table = Table(title="metrics (mean over evaluated views)")
+        where = f"{doc['num_views']} {doc['split']} views" if "split" in doc else "evaluated views"
+        table = Table(title=f"metrics (mean over {where}" + (f", on {doc['device']})" if doc.get("device") else ")"))
         table.add_column("metric")
         table.add_column("value", justify="right")
+        table.add_column("unit")
+        table.add_column("better")
+        table.add_column("region")
         for k, v in doc["metrics"].items():
-            table.add_row(k, "n/a" if v is None else f"{v:.4f}")
+            about = doc.get("metric_info", {}).get(k, {})
+            better = {True: "higher", False: "lower"}.get(about.get("higher_is_better"), "")
+            table.add_row(k, "n/a" if v is None else f"{v:.4f}", about.get("unit") or "", better, about.get("region") or "")
         console.print(table)
     for k, reason in doc.get("unavailable", {}).items():
         console.print(f"{k}: unavailable ({reason})", highlight=False)

@@ -140,13 +140,17 @@ def test_run_eval_render_export(cli, toy_scene, tmp_path):
     result = run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=8",
                     "--eval", "psnr", "--fixer", "toy-smooth")
     assert f"run folder: {out}" in result.stdout
+    assert "metrics (mean over 2 test views, on cpu)" in result.stdout
+    assert "psnr_masked+toy-smooth" in result.stdout and "object mask" in result.stdout and "dB" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"psnr", "psnr+toy-smooth"}
+    assert set(metrics["metrics"]) == {"psnr", "psnr_masked", "psnr+toy-smooth", "psnr_masked+toy-smooth"}
 
     (out / "metrics.json").unlink()
     run_ok(cli, "eval", out)
     again = json.loads((out / "metrics.json").read_text())
     assert again["metrics"] == metrics["metrics"]
+    assert {k: again[k] for k in ("split", "num_views", "device", "metric_info")} == \
+        {k: metrics[k] for k in ("split", "num_views", "device", "metric_info")}
 
     run_ok(cli, "render", out, "--cameras", "orbit", "--frames", "3")
     assert sorted(p.name for p in (out / "renders-orbit").iterdir()) == ["00000.png", "00001.png", "00002.png", "renders.mp4"]

@@ -150,18 +150,25 @@ def test_run_writes_the_run_folder_and_honours_masks(toy_registry, toy_scene, tm
     assert on_disk["unavailable"] == {"toy-unavailable": "its weights are not installed"}
     assert "toy-unavailable" not in on_disk["metrics"]
     assert on_disk["metrics"]["toy-params"] == 4 * 4 * 3
-    # metrics with and without the fixer
-    assert set(on_disk["metrics"]) == {"psnr", "psnr+toy-smooth", "toy-params"}
+    # metrics over the full image and inside the object masks, with and without the fixer
+    assert list(on_disk["metrics"]) == ["psnr", "psnr_masked", "psnr+toy-smooth", "psnr_masked+toy-smooth", "toy-params"]
+    assert on_disk["metric_info"]["psnr_masked+toy-smooth"] == {
+        "evaluator": "psnr", "higher_is_better": True, "unit": "dB", "region": "object mask",
+        "renders": "fixed by toy-smooth", "views": 2}
+    assert on_disk["metric_info"]["toy-params"]["unit"] is None
 
-    # psnr used the object mask of each test view: recompute from the written renders
+    # psnr is over the full image against the view on the run's (white) background, psnr_masked
+    # inside the object mask of each test view: recompute from the written renders
     from PIL import Image
 
     for row in on_disk["per_view"]:
         pred = torch.from_numpy(np.asarray(Image.open(run_dir.renders_dir / f"{row['name']}.png"), np.float32) / 255)
         gt = torch.from_numpy(np.asarray(Image.open(toy_scene / f"{row['name']}.png"), np.float32) / 255)
         mask = torch.from_numpy(np.asarray(Image.open(toy_scene / f"m{row['name'][1:]}.png")) > 127)
-        assert row["psnr"] == pytest.approx(float(psnr(pred, gt, mask)), abs=0.2)  # PNG quantisation
-        assert abs(row["psnr"] - float(psnr(pred, gt))) > 0.2  # and not the unmasked value
+        on_white = torch.where(mask[..., None], gt, torch.ones(3))
+        assert row["psnr_masked"] == pytest.approx(float(psnr(pred, gt, mask)), abs=0.2)  # PNG quantisation
+        assert row["psnr"] == pytest.approx(float(psnr(pred, on_white)), abs=0.2)
+        assert abs(row["psnr"] - row["psnr_masked"]) > 0.2
     assert (run_dir.renders_dir / "fixed" / "v4.png").exists()
     with av.open(str(run_dir.renders_dir / "renders.mp4")) as container:
         assert container.streams.video[0].codec_context.name == "h264"

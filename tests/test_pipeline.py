@@ -439,3 +439,55 @@ def test_loader_background_follows_the_run_background(tmp_path):
     assert resolve().options.background == [1.0, 1.0, 1.0]
     with pytest.raises(InputError, match="must share one background"):
         resolve("nerfstudio.background=0,1,0", "run.background=0,0,1")
+
+
+def test_training_rendering_and_metrics_share_the_run_background(tmp_path, monkeypatch):
+    """``run.background`` other than the loader's default (white): the loader composites RGBA
+    targets onto it, 3dgs-train compares renders drawn on it with targets on it, and evaluation
+    renders on it and scores against the views on it."""
+    import recon_plugins.gaussians as gaussians
+    import recon_plugins.loaders as loaders
+    import recon_plugins.metrics as metrics
+    from loaders_support import write_transforms
+
+    from recon_core.registry import Registry
+    from recon_core.scene import View
+
+    registry = Registry(entry_points=[], modules=[("loaders", loaders), ("gaussians", gaussians), ("metrics", metrics)],
+                        disabled=())
+    write_transforms(tmp_path / "ns", n=4, w=16, h=12, rgba=True, extra={"test_filenames": ["images/0003.png"]})
+    spec = resolve_run(registry, data=tmp_path / "ns", representation="3dgs", renderer="torch-3dgs", evaluators=["psnr"],
+                       device="cpu", sets=["run.background=[0.0, 0.0, 1.0]", "3dgs.init=random", "3dgs.num_points=50",
+                                           "3dgs-train.steps=3", "torch-3dgs.backend=torch"])
+    blue = [0.0, 0.0, 1.0]
+    assert list(spec.loader.config.background) == blue and spec.options.background == blue
+
+    seen: dict[str, list] = {"targets": [], "renders": [], "loaded": []}
+    image_on = View.image_on
+
+    def spy_image_on(view, background):
+        seen["targets"].append(background.tolist())
+        seen["loaded"].append(torch.equal(view.image.float(), image_on(view, background)))
+        return image_on(view, background)
+
+    renderer_cls = registry.get("renderer", "torch-3dgs")
+    render = renderer_cls.render
+
+    def spy_render(self, rep, cameras, *, background=None):
+        seen["renders"].append(None if background is None else background.tolist())
+        return render(self, rep, cameras, background=background)
+
+    monkeypatch.setattr(View, "image_on", spy_image_on)
+    monkeypatch.setattr(renderer_cls, "render", spy_render)
+    pipeline = Pipeline(registry, spec, RunDir.create(tmp_path / "run"))
+    doc = pipeline.run()
+
+    assert seen["targets"] and all(bg == blue for bg in seen["targets"])
+    assert len(seen["renders"]) >= 4 and all(bg == blue for bg in seen["renders"])  # 3 training steps + evaluation
+    assert all(seen["loaded"])  # the loader already composited onto blue: image_on changes nothing
+    assert doc["background"] == blue and doc["split"] == "test" and doc["num_views"] == 1
+    # the evaluated target is the test view on blue: where its alpha is 0 it is pure blue
+    view = pipeline.load_data().eval_views[0]
+    outside = view.alpha < 1 / 255
+    assert outside.any() and torch.equal(view.image_on(torch.tensor(blue))[outside], torch.tensor(blue).expand(int(outside.sum()), 3))
+    assert set(doc["metrics"]) == {"psnr", "psnr_masked"}

@@ -152,7 +152,7 @@ _KIND_PRIORITY = ("representation", "refiner", "renderer", "loader", "encoder", 
 @click.pass_context
 def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) -> None:
     """Options, defaults, capabilities and weights of one component."""
-    from recon_core.config import describe_options
+    from recon_core.config import describe_options, format_value
 
     reg = _registry(ctx)
     reg.info(name, kind)  # InputError with suggestions when unknown
@@ -210,7 +210,7 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
             table.add_column(col)
         for o in info["options"]:
             help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
-            table.add_row(o["name"], o["type"], json.dumps(o["default"]), help_text)
+            table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
         console.print(table)
     for w in info["required_weights"]:
         mark = "present" if w["present"] else "MISSING"
@@ -341,11 +341,17 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
 def _print_metrics(doc: dict[str, Any]) -> None:
     console = _console()
     if doc["metrics"]:
-        table = Table(title="metrics (mean over evaluated views)")
+        where = f"{doc['num_views']} {doc['split']} views" if "split" in doc else "evaluated views"
+        table = Table(title=f"metrics (mean over {where}" + (f", on {doc['device']})" if doc.get("device") else ")"))
         table.add_column("metric")
         table.add_column("value", justify="right")
+        table.add_column("unit")
+        table.add_column("better")
+        table.add_column("region")
         for k, v in doc["metrics"].items():
-            table.add_row(k, "n/a" if v is None else f"{v:.4f}")
+            about = doc.get("metric_info", {}).get(k, {})
+            better = {True: "higher", False: "lower"}.get(about.get("higher_is_better"), "")
+            table.add_row(k, "n/a" if v is None else f"{v:.4f}", about.get("unit") or "", better, about.get("region") or "")
         console.print(table)
     for k, reason in doc.get("unavailable", {}).items():
         console.print(f"{k}: unavailable ({reason})", highlight=False)

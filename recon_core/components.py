@@ -420,6 +420,8 @@ class Evaluator(Component):
 
     kind = "evaluator"
     higher_is_better: ClassVar[bool] = True
+    unit: ClassVar[str | None] = None
+    """The unit of its values (``"dB"`` for PSNR), None when unitless; recorded in metrics.json."""
 
     def unavailable_reason(self) -> str | None:
         return None

@@ -28,6 +28,7 @@ kind the owner creates through ``RunContext.create`` (``"none"`` or empty: none)
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from typing import Any, Iterable, Mapping, Union
@@ -41,6 +42,7 @@ __all__ = [
     "config_from_dict",
     "describe_options",
     "parse_value",
+    "format_value",
     "parse_set_option",
     "nested_config",
     "component_uses",
@@ -83,15 +85,44 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
+def format_value(value: Any) -> str:
+    """How ``plugin-info`` shows an option's value: JSON (``[1.0, 1.0, 1.0]``, ``null``, ``true``,
+    ``"alex"``). :func:`parse_value` accepts every such text back (``--set NAME.KEY=<that text>``)."""
+    return json.dumps(_jsonable(value))
+
+
+def _json_text(value: str, where: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"bad value for {where}: '{value}' is not valid JSON ({e.msg} at character {e.pos})") from None
+
+
+def _is_json_string(value: Any) -> bool:
+    """A JSON string literal such as ``"alex"`` (how plugin-info shows a string)."""
+    return isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"'
+
+
 def parse_value(tp: Any, value: Any, where: str) -> Any:
-    """Coerce ``value`` (a string from the command line, or a JSON value) to type ``tp``."""
+    """Coerce ``value`` (a string from the command line, or a JSON value) to type ``tp``.
+
+    Command-line text is accepted in two forms: the short one (``1,1,1``, ``none``, ``yes``, ``alex``)
+    and the JSON one that ``plugin-info`` shows (:func:`format_value`: ``[1.0, 1.0, 1.0]``,
+    ``null``, ``true``, ``"alex"``).
+    """
     optional, inner = _is_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null")):
         if optional or value is None and tp is Any:
             return None
         raise InputError(f"{where} cannot be empty (expected {getattr(tp, '__name__', tp)})")
     tp = inner
-    origin = typing.get_origin(tp)
+    origin = typing.get_origin(tp) or (tp if tp in (list, tuple, dict) else None)  # bare `dict` as dict[Any, Any]
+    if _is_json_string(value.strip() if isinstance(value, str) else value):
+        decoded = _json_text(value.strip(), where)
+        if isinstance(decoded, str):
+            value = decoded
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{") and (origin in (list, tuple, dict) or tp is Any):
+        value = _json_text(value.strip(), where)
     try:
         if tp is Any:
             return value

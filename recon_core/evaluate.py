@@ -6,8 +6,12 @@ The renderer call is chosen by what the representation declares, never by its ty
 :meth:`CameraRenderer.render` — a scene's views, given cameras, or, for a video, the
 representation's own per-frame cameras (``rep.cameras()``, carrying the frame times).
 
-Metric keys in ``metrics.json``: an image metric ``NAME`` is computed on the raw renders; with a
-fixer ``F`` it is also computed on the fixed renders under ``NAME+F`` (e.g. ``psnr+difix``).
+Metric keys in ``metrics.json``: an image metric ``NAME`` is computed over the full image, the
+render against the view's image on the run's background (:meth:`View.image_on`), as INRIA's
+``metrics.py`` and nerfstudio do; when views have an object mask (or alpha: ``alpha > 0.5``),
+it is also computed inside it under ``NAME_masked``. With a fixer ``F`` both are computed on the
+fixed renders too, under ``NAME+F`` and ``NAME_masked+F`` (e.g. ``psnr+difix``). ``metric_info``
+says what each key is: evaluator, region, whether higher is better, unit, views counted.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ from .rundir import RunDir
 from .scene import Scene, Video, View
 from .spec import Choice, RunSpec
 
-__all__ = ["RenderedItem", "render_items", "evaluate_run", "plugins_json"]
+__all__ = ["RenderedItem", "render_items", "evaluate_run", "plugins_json", "view_mask", "MASKED_SUFFIX", "device_label",
+           "versions_json"]
+
+MASKED_SUFFIX = "_masked"
+"""Appended to an image metric's name for its value inside the views' object masks."""
 
 
 @dataclass
@@ -52,7 +60,10 @@ class RenderedItem:
     fixed: Tensor | None
     """The fixer's output for ``pred`` (same shape), or None without a fixer."""
     target: Callable[[], Tensor | None]
+    """The ground truth: a scene view's image on the run's background (:meth:`View.image_on`),
+    a video frame, or None (given cameras)."""
     mask: Callable[[], Tensor | None]
+    """The object mask (:func:`view_mask`) or None."""
 
 
 @dataclass
@@ -69,6 +80,16 @@ class _Batch:
 
 
 def _none() -> None:
+    return None
+
+
+def view_mask(view: View) -> Tensor | None:
+    """What a view's masked metrics count: its ``object_mask``, else its alpha above 0.5 (the
+    loaders' ``alpha_mask`` rule), else None (bool (H, W) on the CPU)."""
+    if view.has("object_mask"):
+        return view.object_mask.to(torch.bool).cpu()
+    if view.has("alpha"):
+        return (view.alpha.float() > 0.5).cpu()
     return None
 
 
@@ -99,7 +120,7 @@ def _frame_cameras(rep: Representation, video: Video) -> Cameras:
 
 
 def _batches(rep: Representation, data: Scene | Video, views: Sequence[View] | None, cameras: Cameras | None,
-             names: Sequence[str] | None, chunk: int) -> Iterator[_Batch]:
+             names: Sequence[str] | None, chunk: int, background: Tensor | None) -> Iterator[_Batch]:
     if rep.rendered_by == "frames":
         if views is not None or cameras is not None or not isinstance(data, Video):
             raise InputError(f"representation {rep.name} renders the frames of the video it encodes; it takes no cameras")
@@ -113,8 +134,8 @@ def _batches(rep: Representation, data: Scene | Video, views: Sequence[View] | N
     if views is not None:
         for batch in _scene_chunks(views, chunk):
             yield _Batch([v.name for v in batch], (batch[0].height, batch[0].width), cameras=Cameras.cat([v.camera for v in batch]),
-                         views=batch, targets=[lambda v=v: v.image for v in batch],
-                         masks=[lambda v=v: v.object_mask if v.has("object_mask") else None for v in batch])
+                         views=batch, targets=[lambda v=v: _target(v, background) for v in batch],
+                         masks=[lambda v=v: view_mask(v) for v in batch])
         return
     labels: list[str] | None = list(names) if names is not None else None
     targets: Callable[[int], Callable[[], Tensor | None]] = lambda i: _none  # noqa: E731
@@ -132,8 +153,14 @@ def _batches(rep: Representation, data: Scene | Video, views: Sequence[View] | N
                      masks=[_none] * len(idx))
 
 
-def _nearest_references(scene: Scene, views: Sequence[View]) -> Tensor | None:
-    """For each view, the closest training image (by camera centre) of the same size, else None."""
+def _target(view: View, background: Tensor | None) -> Tensor:
+    """The view's image on ``background`` (the render's), or as loaded without one."""
+    return view.image.float() if background is None else view.image_on(background)
+
+
+def _nearest_references(scene: Scene, views: Sequence[View], background: Tensor | None) -> Tensor | None:
+    """For each view, the closest training image (by camera centre) of the same size on
+    ``background``, else None."""
     train = [v for v in scene.train_views if v not in views] or scene.train_views
     if not train:
         return None
@@ -144,7 +171,7 @@ def _nearest_references(scene: Scene, views: Sequence[View]) -> Tensor | None:
         ref = next((train[int(i)] for i in order if (train[int(i)].height, train[int(i)].width) == (v.height, v.width)), None)
         if ref is None:
             return None
-        refs.append(ref.image)
+        refs.append(_target(ref, background))
     return torch.stack(refs)
 
 
@@ -175,8 +202,9 @@ def render_items(
     """
     chunk = max(1, chunk)
     bg = None if background is None else background.to(device)
+    target_bg = None if background is None else background.detach().float().cpu()
     with torch.no_grad():
-        for batch in _batches(rep, data, views, cameras, names, chunk):
+        for batch in _batches(rep, data, views, cameras, names, chunk, target_bg):
             if batch.frames is not None:
                 out = renderer.render_frames(rep, batch.frames.to(device), background=bg)  # type: ignore[attr-defined]
             else:  # check_combination made sure the renderer draws what the representation needs
@@ -186,7 +214,7 @@ def render_items(
             rgb = _check_render(out.rgb, n, batch.size, renderer.name)
             fixed = None
             if fixer is not None:
-                refs = _nearest_references(data, batch.views) if batch.views is not None and isinstance(data, Scene) else None
+                refs = _nearest_references(data, batch.views, target_bg) if batch.views is not None and isinstance(data, Scene) else None
                 fixed = fixer.fix(rgb.to(device), None if refs is None else refs.to(device), views=batch.views)
                 fixed = fixed.detach().float().clamp(0, 1).cpu()
             for j in range(n):
@@ -286,10 +314,12 @@ def evaluate_run(
                     if target is None:
                         raise RuntimeError(f"view {item.name} has no ground-truth image")
                     target = target.float().cpu()
+                    renders = [("", item.pred)] + ([(fixer_suffix, item.fixed)] if item.fixed is not None else [])
                     for ev in image_evals:
-                        row[ev.name] = _finite(ev.compute(item.pred, target, mask))
-                        if item.fixed is not None:
-                            row[ev.name + fixer_suffix] = _finite(ev.compute(item.fixed, target, mask))  # type: ignore[operator]
+                        for suffix, pred in renders:
+                            row[ev.name + suffix] = _finite(ev.compute(pred, target, None))
+                            if mask is not None:
+                                row[ev.name + MASKED_SUFFIX + suffix] = _finite(ev.compute(pred, target, mask))
                 per_view.append(row)
                 advance(1)
         ok = True
@@ -299,14 +329,21 @@ def evaluate_run(
     timings["render+evaluate"] = time.perf_counter() - start
 
     metrics: dict[str, Any] = {}
-    keys = [ev.name for ev in image_evals]
-    keys += [ev.name + fixer_suffix for ev in image_evals] if fixer is not None else []
-    for key in keys:
-        metrics[key] = _mean([row[key] for row in per_view if key in row])
+    info: dict[str, dict[str, Any]] = {}
+    for suffix in [""] + ([fixer_suffix] if fixer is not None else []):  # raw renders first, then fixed ones
+        for ev in image_evals:
+            for region, middle in (("full image", ""), ("object mask", MASKED_SUFFIX)):
+                key = ev.name + middle + suffix  # type: ignore[operator]
+                values = [row[key] for row in per_view if key in row]
+                if not values and middle:
+                    continue  # no view has a mask: no masked variant
+                metrics[key] = _mean(values)
+                info[key] = _metric_info(ev, region, suffix, sum(v is not None for v in values))
     t0 = time.perf_counter()
     for ev in geometry_evals:
         try:
             metrics[ev.name] = _finite(ev.evaluate(EvaluationInput(rep, data, run_dir.path)))
+            info[ev.name] = _metric_info(ev, None, "", None)
         except InputError as e:  # e.g. the data has no ground-truth mesh
             unavailable[ev.name] = str(e)
     if geometry_evals:
@@ -315,9 +352,54 @@ def evaluate_run(
         log(f"evaluator {name} unavailable: {reason}")
     return {
         "metrics": metrics,
+        "metric_info": info,
+        "split": _split_label(data),
+        "num_views": count,
+        "background": None if background is None else [float(c) for c in background.detach().cpu()],
+        "device": device_label(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "versions": versions_json(),
         "per_view": per_view,
         "unavailable": unavailable,
         "timings": dict(timings),
         "plugins": plugins_json(registry, spec),
         "fixed_metric_suffix": fixer_suffix,
+        "masked_metric_suffix": MASKED_SUFFIX,
     }
+
+
+def _metric_info(ev: Evaluator, region: str | None, fixed_suffix: str | None, views: int | None) -> dict[str, Any]:
+    """What one ``metrics`` key is (``metric_info`` in metrics.json)."""
+    out: dict[str, Any] = {
+        "evaluator": ev.name,
+        "higher_is_better": bool(ev.higher_is_better),
+        "unit": ev.unit,
+    }
+    if region is not None:  # an image metric
+        out.update(region=region, renders=f"fixed by {fixed_suffix[1:]}" if fixed_suffix else "raw", views=views)
+    return out
+
+
+def _split_label(data: Scene | Video) -> str:
+    """The split :attr:`Scene.eval_views` evaluates: "test", or "all" (no test split; every video frame)."""
+    if isinstance(data, Scene) and data.split("test"):
+        return "test"
+    return "all"
+
+
+def device_label(device: torch.device) -> str:
+    """The device actually used: ``cpu``, ``cuda:0`` (an index even when ``cuda`` was asked for)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}"
+    return str(device)
+
+
+def versions_json() -> dict[str, Any]:
+    """recon's, torch's, Python's and torch's CUDA (None for a CPU build) versions."""
+    import platform
+
+    from . import __version__
+
+    return {"recon": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.version.cuda}

@@ -140,13 +140,17 @@ def test_run_eval_render_export(cli, toy_scene, tmp_path):
     result = run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", out, "--set", "toy-fit.steps=8",
                     "--eval", "psnr", "--fixer", "toy-smooth")
     assert f"run folder: {out}" in result.stdout
+    assert "metrics (mean over 2 test views, on cpu)" in result.stdout
+    assert "psnr_masked+toy-smooth" in result.stdout and "object mask" in result.stdout and "dB" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"psnr", "psnr+toy-smooth"}
+    assert set(metrics["metrics"]) == {"psnr", "psnr_masked", "psnr+toy-smooth", "psnr_masked+toy-smooth"}
 
     (out / "metrics.json").unlink()
     run_ok(cli, "eval", out)
     again = json.loads((out / "metrics.json").read_text())
     assert again["metrics"] == metrics["metrics"]
+    assert {k: again[k] for k in ("split", "num_views", "device", "metric_info")} == \
+        {k: metrics[k] for k in ("split", "num_views", "device", "metric_info")}
 
     run_ok(cli, "render", out, "--cameras", "orbit", "--frames", "3")
     assert sorted(p.name for p in (out / "renders-orbit").iterdir()) == ["00000.png", "00001.png", "00002.png", "renders.mp4"]
@@ -399,3 +403,18 @@ def test_cli_imports_no_private_core_names():
     private = [(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                and (node.module or "").startswith("recon_core") for a in node.names if a.name.startswith("_")]
     assert private == []
+
+
+def test_values_as_plugin_info_shows_them_are_accepted_by_set(cli, toy_scene, tmp_path):
+    """The table of plugin-info shows JSON ("constant", [1.0, 1.0, 1.0]); --set takes that same text."""
+    shown = run_ok(cli, "plugin-info", "toy-fit").stdout
+    assert '"constant"' in shown and "0.05" in shown
+    run_ok(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--out", tmp_path / "a", "--eval", "psnr",
+           "--set", 'toy-fit.schedule="step"', "--set", 'toy-fit.schedule.kind="step"', "--set", "toy-fit.steps=4",
+           "--set", "run.background=[0.0, 0.0, 1.0]", "--set", "run.export=null", "--set", "run.save_renders=false")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["refiners"][0]["config"]["schedule"]["kind"] == "step"
+    assert config["run"]["background"] == [0.0, 0.0, 1.0] and config["run"]["export"] is None
+    assert config["run"]["save_renders"] is False
+    bad = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "run.background=[1.0,1.0")
+    assert bad.exit_code == 2 and "bad value for run.background: '[1.0,1.0' is not valid JSON" in bad.stderr

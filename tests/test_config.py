@@ -16,6 +16,7 @@ from recon_core.config import (
     config_from_dict,
     config_to_dict,
     describe_options,
+    format_value,
     option,
     parse_set_option,
     parse_value,
@@ -203,3 +204,108 @@ def test_component_declarations_are_explicit():
 def test_parse_nested_set_option():
     assert parse_set_option("3dgs-train.strategy.grow_grad2d=0.0003") == ("3dgs-train", "strategy.grow_grad2d", "0.0003")
     assert parse_set_option("3dgs-train.strategy=mcmc") == ("3dgs-train", "strategy", "mcmc")
+
+
+# ------------------------------------------------------------------ what plugin-info shows, --set takes
+
+
+@dataclass
+class Shown:
+    colour: tuple[float, float, float] = option((1.0, 1.0, 1.0), "a colour")
+    milestones: list[float] | None = option(None, "optional list")
+    views: tuple[int, ...] = option((0,), "indices")
+    net: str = option("alex", "a name", choices=("alex", "vgg"))
+    path: str | None = option(None, "optional text")
+    flag: bool = option(True, "a switch")
+    mode: Literal["a", "b"] = option("a", "a literal")
+    label: str = option("", "empty by default")
+
+
+@pytest.mark.parametrize(
+    "key, text, expected",
+    [
+        ("colour", "[0.0, 0.5, 1.0]", (0.0, 0.5, 1.0)),
+        ("colour", "[0,0.5,1]", (0.0, 0.5, 1.0)),
+        ("colour", "0,0.5,1", (0.0, 0.5, 1.0)),  # the short form still works
+        ("milestones", "[0.5, 0.75]", [0.5, 0.75]),
+        ("milestones", "null", None),
+        ("milestones", "[]", []),
+        ("views", "[2, 3]", (2, 3)),
+        ("net", '"vgg"', "vgg"),
+        ("net", "vgg", "vgg"),
+        ("path", '"null"', "null"),  # a JSON string is a string, even one that reads null
+        ("path", '"a b.json"', "a b.json"),
+        ("flag", "false", False),
+        ("mode", '"b"', "b"),
+        ("label", '""', ""),
+    ],
+)
+def test_set_accepts_the_json_form(key, text, expected):
+    plugin, k, value = parse_set_option(f"p.{key}={text}")
+    assert getattr(config_from_dict(Shown, [(k, value)], where=plugin), key) == expected
+
+
+@pytest.mark.parametrize(
+    "key, text, message",
+    [
+        ("colour", "[1.0", "'[1.0' is not valid JSON"),
+        ("colour", '["a", 1, 1]', "could not convert string to float"),
+        ("net", '"resnet"', "'resnet' is not one of alex, vgg"),
+        ("flag", "maybe", "is not a boolean"),
+    ],
+)
+def test_bad_json_form_names_the_option(key, text, message):
+    with pytest.raises(InputError) as info:
+        config_from_dict(Shown, [(key, text)], where="p")
+    assert message in str(info.value) and f"p.{key}" in str(info.value)
+
+
+def _round_trip(name: str, config_cls: type) -> list[str]:
+    """Feed every default ``plugin-info`` shows for ``config_cls`` back through ``--set``; the
+    options whose parsed config differs from the defaults."""
+    defaults = config_to_dict(config_cls())
+    wrong = []
+    for entry in describe_options(config_cls):
+        shown = format_value(entry["default"])
+        plugin, key, value = parse_set_option(f"{name}.{entry['name']}={shown}")
+        assert (plugin, key, value) == (name, entry["name"], shown)
+        try:
+            parsed = config_to_dict(config_from_dict(config_cls, [(key, value)], where=name))
+        except InputError as e:
+            wrong.append(f"{name}.{key}={shown}: {e}")
+            continue
+        if parsed != defaults:
+            wrong.append(f"{name}.{key}={shown}: parsed to {parsed} instead of {defaults}")
+    return wrong
+
+
+def test_every_displayed_default_is_accepted_back_by_set():
+    """For every installed component (and the pipeline's run options), each option's default as
+    plugin-info displays it, given back to --set in that same form, parses to the same config."""
+    from recon_core.registry import Registry
+    from recon_core.spec import RunOptions
+
+    registry = Registry()
+    rows = [r for r in registry.rows() if r.cls is not None]
+    assert {"nerfstudio", "3dgs-train", "lpips", "run"} <= {r.name for r in rows} | {"run"}
+    kinds = {r.kind for r in rows}
+    assert {"loader", "representation", "renderer", "refiner", "evaluator", "fixer", "encoder", "generator"} <= kinds
+    wrong = _round_trip("run", RunOptions)
+    shown = 0
+    for row in rows:
+        wrong += _round_trip(row.name, row.cls.Config)
+        shown += len(describe_options(row.cls.Config))
+    assert shown > 200  # every option of every component was tried
+    assert not wrong, "\n".join(wrong)
+
+
+def test_round_trip_reports_values_set_would_misread():
+    """The check above can fail: a default that its own type cannot read back is reported."""
+
+    @dataclass
+    class Odd:
+        weights: dict = option(factory=lambda: {"a": [1, 2]}, help="a mapping: read back from its JSON")
+        count: int = option(1.5, "a default that is not an integer")
+
+    wrong = _round_trip("odd", Odd)
+    assert len(wrong) == 1 and wrong[0].startswith("odd.count=1.5: bad value for odd.count")

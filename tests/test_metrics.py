@@ -246,3 +246,119 @@ def test_lpips_rejects_a_wrong_backbone_file_naming_it(torch_home):
     with pytest.raises(InputError, match="cannot be read") as err:
         LPIPS().compute(_image(), _image())
     assert str(path) in str(err.value)
+
+
+# --------------------------------------------------------------- in a run: full image vs masked
+
+OBJECT = (255, 0, 51)
+"""The object's colour (uint8, so the PNG holds it exactly): (1, 0, 0.2)."""
+H, W = 16, 20
+BOX = (slice(4, 12), slice(5, 15))  # 8 x 10 = 80 of 320 pixels: a quarter of the image
+
+
+def _write_rgba_scene(root: Path, rgba: bool = True) -> Path:
+    """Four views (two in the test split) of an opaque box of colour OBJECT; outside it alpha 0
+    over random colours (the loader composites them away), or an RGB image on white."""
+    from loaders_support import write_png, write_transforms
+
+    write_transforms(root, n=4, w=W, h=H, rgba=rgba, extra={"test_filenames": ["images/0001.png", "images/0003.png"]})
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        img = rng.integers(0, 256, (H, W, 4 if rgba else 3), dtype=np.uint8)
+        if rgba:
+            img[..., 3] = 0
+            img[BOX] = (*OBJECT, 255)
+        else:
+            img[:] = 255
+            img[BOX] = OBJECT
+        write_png(root / "images" / f"{i:04d}.png", img)
+    return root
+
+
+def _run_background_only(tmp_path: Path, data: Path, background: str, evaluators: str):
+    """A 3dgs run whose one Gaussian is transparent: every render is the run's background."""
+    import recon_plugins.gaussians as gaussians
+    import recon_plugins.loaders as loaders
+    from recon_core.pipeline import Pipeline
+    from recon_core.ply import write_splat_ply
+    from recon_core.resolve import resolve_run
+    from recon_core.rundir import RunDir
+
+    ply = write_splat_ply(tmp_path / "empty.ply", {
+        "means": torch.zeros(1, 3), "quats": torch.tensor([[1.0, 0, 0, 0]]), "scales": torch.full((1, 3), -5.0),
+        "opacities": torch.full((1,), -40.0), "sh0": torch.zeros(1, 1, 3), "shN": torch.zeros(1, 0, 3)})
+    registry = Registry(entry_points=[], modules=[("loaders", loaders), ("gaussians", gaussians), ("metrics", metrics)],
+                        disabled=())
+    spec = resolve_run(registry, data=data, representation="3dgs", renderer="torch-3dgs", refiners=["none"],
+                       evaluators=[evaluators], device="cpu",
+                       sets=[f"run.background={background}", "3dgs.init=ply", f"3dgs.ply_path={ply}", "3dgs.sh_degree=0",
+                             "torch-3dgs.backend=torch"])
+    run_dir = RunDir.create(tmp_path / "run")
+    doc = Pipeline(registry, spec, run_dir).run()
+    import json
+
+    assert json.loads(run_dir.metrics_path.read_text())["metrics"] == doc["metrics"]
+    return doc, run_dir
+
+
+def test_metrics_are_over_the_full_image_on_the_run_background_and_masked_ones_say_so(tmp_path, torch_home):
+    """Renders of nothing (the run's blue background) against an RGBA box: the known answer.
+
+    Inside the box the error is OBJECT - blue in every pixel; outside it the target is the blue
+    background too (the box's alpha composited onto the run's background), so the full-image MSE is
+    a quarter of the masked one: PSNR_full = PSNR_masked + 10 log10(4).
+    """
+    _write_random_alexnet(torch_home)
+    data = _write_rgba_scene(tmp_path / "scene")
+    doc, run_dir = _run_background_only(tmp_path, data, "0,0,1", "psnr,ssim,ms-ssim,lpips")
+
+    blue = torch.tensor([0.0, 0.0, 1.0])
+    obj = torch.tensor(OBJECT, dtype=torch.float64) / 255
+    mse_masked = float(((obj - blue.double()) ** 2).mean())
+    expected_masked = -10 * math.log10(mse_masked)
+    expected_full = -10 * math.log10(mse_masked * 80 / 320)
+    assert doc["metrics"]["psnr_masked"] == pytest.approx(expected_masked, abs=1e-4)
+    assert doc["metrics"]["psnr"] == pytest.approx(expected_full, abs=1e-4)
+
+    target = blue.expand(H, W, 3).clone()
+    target[BOX] = obj.float()
+    pred = blue.expand(H, W, 3).clone()
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    mask[BOX] = True
+    full_ssim = structural_similarity(target.double().numpy(), pred.double().numpy(), channel_axis=2, gaussian_weights=True,
+                                      sigma=1.5, use_sample_covariance=False, data_range=1)
+    assert doc["metrics"]["ssim"] == pytest.approx(full_ssim, abs=1e-4)
+    assert doc["metrics"]["ssim_masked"] == pytest.approx(metrics.SSIM().compute(pred, target, mask), abs=1e-4)
+    assert doc["metrics"]["ms-ssim"] == pytest.approx(metrics.MSSSIM().compute(pred, target), abs=1e-4)
+    assert doc["metrics"]["lpips"] == pytest.approx(LPIPS().compute(pred, target), abs=1e-4)
+    assert doc["metrics"]["lpips_masked"] == pytest.approx(LPIPS().compute(pred, target, mask), abs=1e-4)
+    assert list(doc["metrics"]) == ["psnr", "psnr_masked", "ssim", "ssim_masked", "ms-ssim", "ms-ssim_masked",
+                                    "lpips", "lpips_masked"]
+
+    # what the numbers are
+    assert doc["split"] == "test" and doc["num_views"] == 2 and [r["name"] for r in doc["per_view"]] == ["0001", "0003"]
+    assert doc["device"] == "cpu" and doc["device_name"] is None and doc["background"] == [0.0, 0.0, 1.0]
+    import recon_core
+
+    assert doc["versions"]["recon"] == recon_core.__version__ and doc["versions"]["torch"] == torch.__version__
+    info = doc["metric_info"]
+    assert info["psnr"] == {"evaluator": "psnr", "higher_is_better": True, "unit": "dB", "region": "full image",
+                            "renders": "raw", "views": 2}
+    assert info["psnr_masked"]["region"] == "object mask" and info["psnr_masked"]["unit"] == "dB"
+    assert info["lpips"]["higher_is_better"] is False and info["lpips"]["unit"] is None
+    assert info["ssim"]["higher_is_better"] is True and info["ssim"]["unit"] is None
+    assert doc["masked_metric_suffix"] == "_masked" and doc["fixed_metric_suffix"] is None
+    # the render really is the background
+    from PIL import Image
+
+    render = np.asarray(Image.open(run_dir.renders_dir / "0001.png"))
+    assert (render == np.array([0, 0, 255], np.uint8)).all()
+
+
+def test_views_without_mask_or_alpha_get_no_masked_metrics(tmp_path):
+    data = _write_rgba_scene(tmp_path / "scene", rgba=False)
+    doc, _ = _run_background_only(tmp_path, data, "1,1,1", "psnr")
+    obj = torch.tensor(OBJECT, dtype=torch.float64) / 255
+    expected = -10 * math.log10(float(((obj - 1.0) ** 2).mean()) * 80 / 320)  # white renders, box on white
+    assert list(doc["metrics"]) == ["psnr"] and doc["metrics"]["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert doc["split"] == "test" and doc["background"] == [1.0, 1.0, 1.0]

@@ -150,18 +150,25 @@ def test_run_writes_the_run_folder_and_honours_masks(toy_registry, toy_scene, tm
     assert on_disk["unavailable"] == {"toy-unavailable": "its weights are not installed"}
     assert "toy-unavailable" not in on_disk["metrics"]
     assert on_disk["metrics"]["toy-params"] == 4 * 4 * 3
-    # metrics with and without the fixer
-    assert set(on_disk["metrics"]) == {"psnr", "psnr+toy-smooth", "toy-params"}
+    # metrics over the full image and inside the object masks, with and without the fixer
+    assert list(on_disk["metrics"]) == ["psnr", "psnr_masked", "psnr+toy-smooth", "psnr_masked+toy-smooth", "toy-params"]
+    assert on_disk["metric_info"]["psnr_masked+toy-smooth"] == {
+        "evaluator": "psnr", "higher_is_better": True, "unit": "dB", "region": "object mask",
+        "renders": "fixed by toy-smooth", "views": 2}
+    assert on_disk["metric_info"]["toy-params"]["unit"] is None
 
-    # psnr used the object mask of each test view: recompute from the written renders
+    # psnr is over the full image against the view on the run's (white) background, psnr_masked
+    # inside the object mask of each test view: recompute from the written renders
     from PIL import Image
 
     for row in on_disk["per_view"]:
         pred = torch.from_numpy(np.asarray(Image.open(run_dir.renders_dir / f"{row['name']}.png"), np.float32) / 255)
         gt = torch.from_numpy(np.asarray(Image.open(toy_scene / f"{row['name']}.png"), np.float32) / 255)
         mask = torch.from_numpy(np.asarray(Image.open(toy_scene / f"m{row['name'][1:]}.png")) > 127)
-        assert row["psnr"] == pytest.approx(float(psnr(pred, gt, mask)), abs=0.2)  # PNG quantisation
-        assert abs(row["psnr"] - float(psnr(pred, gt))) > 0.2  # and not the unmasked value
+        on_white = torch.where(mask[..., None], gt, torch.ones(3))
+        assert row["psnr_masked"] == pytest.approx(float(psnr(pred, gt, mask)), abs=0.2)  # PNG quantisation
+        assert row["psnr"] == pytest.approx(float(psnr(pred, on_white)), abs=0.2)
+        assert abs(row["psnr"] - row["psnr_masked"]) > 0.2
     assert (run_dir.renders_dir / "fixed" / "v4.png").exists()
     with av.open(str(run_dir.renders_dir / "renders.mp4")) as container:
         assert container.streams.video[0].codec_context.name == "h264"
@@ -432,3 +439,55 @@ def test_loader_background_follows_the_run_background(tmp_path):
     assert resolve().options.background == [1.0, 1.0, 1.0]
     with pytest.raises(InputError, match="must share one background"):
         resolve("nerfstudio.background=0,1,0", "run.background=0,0,1")
+
+
+def test_training_rendering_and_metrics_share_the_run_background(tmp_path, monkeypatch):
+    """``run.background`` other than the loader's default (white): the loader composites RGBA
+    targets onto it, 3dgs-train compares renders drawn on it with targets on it, and evaluation
+    renders on it and scores against the views on it."""
+    import recon_plugins.gaussians as gaussians
+    import recon_plugins.loaders as loaders
+    import recon_plugins.metrics as metrics
+    from loaders_support import write_transforms
+
+    from recon_core.registry import Registry
+    from recon_core.scene import View
+
+    registry = Registry(entry_points=[], modules=[("loaders", loaders), ("gaussians", gaussians), ("metrics", metrics)],
+                        disabled=())
+    write_transforms(tmp_path / "ns", n=4, w=16, h=12, rgba=True, extra={"test_filenames": ["images/0003.png"]})
+    spec = resolve_run(registry, data=tmp_path / "ns", representation="3dgs", renderer="torch-3dgs", evaluators=["psnr"],
+                       device="cpu", sets=["run.background=[0.0, 0.0, 1.0]", "3dgs.init=random", "3dgs.num_points=50",
+                                           "3dgs-train.steps=3", "torch-3dgs.backend=torch"])
+    blue = [0.0, 0.0, 1.0]
+    assert list(spec.loader.config.background) == blue and spec.options.background == blue
+
+    seen: dict[str, list] = {"targets": [], "renders": [], "loaded": []}
+    image_on = View.image_on
+
+    def spy_image_on(view, background):
+        seen["targets"].append(background.tolist())
+        seen["loaded"].append(torch.equal(view.image.float(), image_on(view, background)))
+        return image_on(view, background)
+
+    renderer_cls = registry.get("renderer", "torch-3dgs")
+    render = renderer_cls.render
+
+    def spy_render(self, rep, cameras, *, background=None):
+        seen["renders"].append(None if background is None else background.tolist())
+        return render(self, rep, cameras, background=background)
+
+    monkeypatch.setattr(View, "image_on", spy_image_on)
+    monkeypatch.setattr(renderer_cls, "render", spy_render)
+    pipeline = Pipeline(registry, spec, RunDir.create(tmp_path / "run"))
+    doc = pipeline.run()
+
+    assert seen["targets"] and all(bg == blue for bg in seen["targets"])
+    assert len(seen["renders"]) >= 4 and all(bg == blue for bg in seen["renders"])  # 3 training steps + evaluation
+    assert all(seen["loaded"])  # the loader already composited onto blue: image_on changes nothing
+    assert doc["background"] == blue and doc["split"] == "test" and doc["num_views"] == 1
+    # the evaluated target is the test view on blue: where its alpha is 0 it is pure blue
+    view = pipeline.load_data().eval_views[0]
+    outside = view.alpha < 1 / 255
+    assert outside.any() and torch.equal(view.image_on(torch.tensor(blue))[outside], torch.tensor(blue).expand(int(outside.sum()), 3))
+    assert set(doc["metrics"]) == {"psnr", "psnr_masked"}

@@ -25,7 +25,8 @@ class PSNR(ImageEvaluator):
     """
 
     name = "psnr"
-    description = "Peak signal-to-noise ratio (dB) over all or masked pixels"
+    description = "Peak signal-to-noise ratio (dB) over the full image (psnr_masked: inside the object mask)"
+    unit = "dB"
 
     def compute(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
         pred, target, mask = check_pair(self.name, pred, target, mask, dtype=torch.float64)  # cheap: no filtering

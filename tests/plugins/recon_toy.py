@@ -427,6 +427,7 @@ class ToySphereRenderer(CameraRenderer):
 
 class ToyPsnr(ImageEvaluator):
     name = "psnr"
+    unit = "dB"
 
     def compute(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
         return float(psnr(pred, target, mask))

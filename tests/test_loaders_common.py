@@ -32,12 +32,15 @@ def test_mixed_sizes_only_rejected_when_the_format_requires_one(tmp_path: Path) 
     assert e.value.path == tmp_path / "1.png"
 
 
-def test_distortion_is_padded_so_batches_keep_it(tmp_path: Path) -> None:
+def test_distortion_is_undone_at_load_and_cleared(tmp_path: Path) -> None:
     fs = frames(tmp_path, [(12, 16), (12, 16)])
     fs[1].distortion = np.array([0.1, 0.2, 0.0, 0.0, 0.3])
-    cams = Cameras.cat([v.camera for v in build_views(fs)])
-    assert cams.distortion is not None and cams.distortion.shape == (2, 5)
-    assert torch.equal(cams.distortion[0], torch.zeros(5))
+    views = build_views(fs)
+    cams = Cameras.cat([v.camera for v in views])
+    assert cams.distortion is None
+    assert torch.allclose(cams.K[0].double(), torch.from_numpy(fs[0].K))  # no distortion: K unchanged
+    assert not torch.allclose(cams.K[1].double(), torch.from_numpy(fs[1].K))  # the new pinhole K
+    assert views[1].image.shape == views[0].image.shape == (12, 16, 3)
 
 
 def test_bad_intrinsics_and_poses(tmp_path: Path) -> None:

@@ -24,14 +24,14 @@ def load(path: Path, **config: Any):  # noqa: ANN201
     return NerfstudioLoader(NerfstudioConfig(**config)).load(path)
 
 
-def test_cameras_masks_depth_times_and_distortion(tmp_path: Path) -> None:
-    truth = write_transforms(tmp_path, n=4, masks=True, depth="npy", times=True, extra={"k1": 0.1, "p2": -0.01})
+def test_cameras_masks_depth_and_times(tmp_path: Path) -> None:
+    truth = write_transforms(tmp_path, n=4, masks=True, depth="npy", times=True)
     scene = load(tmp_path)
     cams = scene.cameras()
     assert len(scene.views) == 4 and scene.is_dynamic
     assert torch.allclose(cams.c2w.double(), torch.from_numpy(truth["c2w_cv"]), atol=1e-6)
     assert torch.allclose(cams.K[0].double(), torch.from_numpy(truth["K"]))
-    assert torch.allclose(cams.distortion[0], torch.tensor([0.1, 0.0, 0.0, -0.01]))
+    assert cams.distortion is None
     assert [round(v.time, 6) for v in scene.views] == [0.0, 0.1, 0.2, 0.3]
     v = scene.views[1]
     assert v.image.shape == (12, 16, 3) and v.image.dtype == torch.float32
@@ -163,7 +163,7 @@ def test_loading_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     write_transforms(tmp_path, n=3, masks=True)
     calls = []
     original = imageio.read_pixels
-    monkeypatch.setattr(imageio, "read_pixels", lambda p: calls.append(p) or original(p))
+    monkeypatch.setattr(imageio, "read_pixels", lambda p, exif=True: calls.append(p) or original(p, exif))
     scene = load(tmp_path)
     assert calls == []  # only headers were read
     scene.views[2].image
@@ -187,9 +187,13 @@ BAD_EDITS = [
     ("string focal", lambda m: m.__setitem__("fl_x", "20"), "fl_x"),
     ("w without h", lambda m: m.pop("h"), "'w' and 'h'"),
     ("wrong w", lambda m: m.__setitem__("w", 99), "99x12"),
-    ("fisheye", lambda m: m.__setitem__("camera_model", "OPENCV_FISHEYE"), "not supported"),
+    ("equirectangular", lambda m: m.__setitem__("camera_model", "EQUIRECTANGULAR"), "not supported"),
+    ("opencv k4", lambda m: m.__setitem__("k4", 0.01), "k4"),
+    ("fisheye p1", lambda m: m.update(camera_model="OPENCV_FISHEYE", p1=0.01), "tangential"),
+    ("string k1", lambda m: m.__setitem__("k1", "0.1"), "k1"),
     ("no file_path", lambda m: m["frames"][0].pop("file_path"), "file_path"),
-    ("missing image", lambda m: m["frames"][1].__setitem__("file_path", "images/nope.png"), "missing"),
+    ("all images missing", lambda m: [f.__setitem__("file_path", f"images/nope{i}.png") for i, f in enumerate(m["frames"])],
+     "all 2 frames are missing"),
     ("no transform_matrix", lambda m: m["frames"][0].pop("transform_matrix"), "transform_matrix"),
     ("2x2 matrix", lambda m: m["frames"][0].__setitem__("transform_matrix", [[1, 0], [0, 1]]), "shape"),
     ("nan pose", lambda m: m["frames"][0]["transform_matrix"][0].__setitem__(3, float("nan")), "NaN"),
@@ -290,12 +294,34 @@ def test_fuzzed_ply_bytes_only_raise_input_error(tmp_path: Path, blob: bytes) ->
     assert scene.point_cloud is not None and torch.isfinite(scene.point_cloud.points).all()
 
 
-@pytest.mark.parametrize("model, extra, expected", [
-    ("OPENCV", {"k1": 0.1, "k2": 0.2, "p1": 0.01, "p2": 0.02, "k3": 0.3, "k4": 0.4}, [0.1, 0.2, 0.01, 0.02, 0.3, 0.4]),
-    ("OPENCV", {"k1": 0.1}, [0.1, 0.0, 0.0, 0.0]),
-    ("PINHOLE", {"k1": 0.1}, None),
+@pytest.mark.parametrize("model, extra, expected, kind", [
+    ("OPENCV", {"k1": 0.1, "k2": 0.2, "p1": 0.01, "p2": 0.02, "k3": 0.3}, [0.1, 0.2, 0.01, 0.02, 0.3], "opencv"),
+    ("OPENCV", {"k1": 0.1}, [0.1, 0.0, 0.0, 0.0], "opencv"),
+    ("OPENCV_FISHEYE", {"k1": 0.1, "k2": 0.2, "k3": 0.3, "k4": 0.4}, [0.1, 0.2, 0.3, 0.4], "fisheye"),
+    (None, {"is_fisheye": True, "k1": 0.1}, [0.1, 0.0, 0.0, 0.0], "fisheye"),  # instant-ngp's flag
+    (None, {"k1": 0.1, "p1": 0.01}, [0.1, 0.0, 0.01, 0.0], "opencv"),
+    ("PINHOLE", {"k1": 0.1}, None, "opencv"),
+    ("OPENCV", {"k1": 0.0}, None, "opencv"),
 ])
-def test_camera_models(tmp_path: Path, model: str, extra: dict, expected: list | None) -> None:
+def test_camera_models(tmp_path: Path, model: str | None, extra: dict, expected: list | None, kind: str) -> None:
     write_transforms(tmp_path, n=2, extra={"camera_model": model, **extra})
-    d = load(tmp_path).cameras().distortion
-    assert (d is None and expected is None) or torch.allclose(d[0], torch.tensor(expected))
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    if model is None:
+        meta.pop("camera_model")
+        (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    for f in parse_transforms(tmp_path).frames:
+        assert (f.distortion is None and expected is None) or np.allclose(f.distortion, expected)
+        assert f.distortion_model == kind
+    assert load(tmp_path).cameras().distortion is None  # undone at load (tests/test_loaders_undistort.py)
+
+
+def test_distortion_is_read_per_frame_over_the_top_level(tmp_path: Path) -> None:
+    write_transforms(tmp_path, n=3, extra={"k1": 0.1, "p2": -0.01})
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    meta["frames"][1].update(k1=-0.2, k2=0.05)
+    meta["frames"][2].update(camera_model="PINHOLE")
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    d = [f.distortion for f in parse_transforms(tmp_path).frames]
+    assert np.allclose(d[0], [0.1, 0.0, 0.0, -0.01]) and np.allclose(d[1], [-0.2, 0.05, 0.0, -0.01]) and d[2] is None
+    K = load(tmp_path).cameras().K
+    assert not torch.allclose(K[0], K[1]) and torch.allclose(K[2], torch.tensor([[20.0, 0, 8], [0, 21.0, 6], [0, 0, 1]]))

@@ -26,7 +26,7 @@ import torch
 
 from recon_core import Cameras, InputError, Loader, PointCloud, Scene, option
 
-from .common import FrameSpec, bounds_from_points, build_views
+from .common import FrameSpec, bounds_from_points, build_views, hold_out_every, report_missing
 
 __all__ = ["ColmapLoader", "ColmapModel", "find_model", "read_model", "camera_to_opencv"]
 
@@ -139,9 +139,14 @@ def read_model(folder: Path) -> ColmapModel:
 class ColmapConfig:
     images: str = option("images", "image folder, relative to the dataset root")
     model: str = option("", "model folder relative to the dataset root (default: sparse/0, sparse or the path itself)")
-    downscale: float = option(1.0, "divide image sizes by this (antialiased; intrinsics scaled to match)")
+    downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
     test_every: int = option(8, "every N-th image (sorted by name) is a test view; 0 = all train")
     mask_dir: str = option("", "optional folder of object masks named like the images (PNG)")
+    strict: bool = option(False, "stop with an error at a registered image whose file is missing (default: skip such "
+                                 "images with one warning)")
+    exif_orientation: bool = option(False, "apply the EXIF orientation tag of the images; off by default because COLMAP "
+                                           "reads the pixels as stored and its cameras describe those")
 
 
 class ColmapLoader(Loader):
@@ -174,8 +179,11 @@ class ColmapLoader(Loader):
             raise InputError(f"image folder '{self.config.images}' for the COLMAP model is missing", image_dir)
         mask_dir = root / self.config.mask_dir if self.config.mask_dir else None
         frames = []
-        n = self.config.test_every
+        missing = []
         for i, im in enumerate(model.images):
+            if not (image_dir / im.name).is_file():
+                missing.append((f"registered image {im.name}", image_dir / im.name))
+                continue
             mask = None
             if mask_dir is not None:
                 mask = mask_dir / Path(im.name).with_suffix(".png")
@@ -185,14 +193,17 @@ class ColmapLoader(Loader):
                     image=image_dir / im.name,
                     K=im.K,
                     c2w=im.c2w,
-                    split="test" if n > 0 and i % n == n - 1 else "train",
                     size=im.size,
                     distortion=im.distortion,
                     object_mask=mask,
                     source=model_dir / "images",
+                    exif=self.config.exif_orientation,
                 )
             )
-        views = build_views(frames, downscale=self.config.downscale)
+        report_missing(missing, len(model.images), strict=self.config.strict, option=f"{self.name}.strict")
+        hold_out_every(frames, self.config.test_every, f"{self.name}.test_every")
+        views = build_views(frames, downscale=self.config.downscale, loader=self.name,
+                            exif_option=f"{self.name}.exif_orientation")
         cloud = None
         if len(model.points):
             cloud = PointCloud(

@@ -12,7 +12,12 @@ coordinates put the centre of the top-left pixel at (0.5, 0.5) (its SIFT keypoin
 +0.5), the same as recon's "pixel centres at i + 0.5", so cx, cy are used unchanged.
 Supported camera models → K and OpenCV distortion (k1, k2, p1, p2):
 SIMPLE_PINHOLE (f cx cy), PINHOLE (fx fy cx cy), SIMPLE_RADIAL (f cx cy k → k1=k),
-RADIAL (f cx cy k1 k2), OPENCV (fx fy cx cy k1 k2 p1 p2). Others raise InputError.
+RADIAL (f cx cy k1 k2), OPENCV (fx fy cx cy k1 k2 p1 p2). Others raise InputError. Distortion is
+undone at load (:mod:`.undistort`): the views get a new pinhole K and no distortion.
+A registered image whose file is missing is skipped with one warning (``strict=true``: an
+InputError); every ``test_every``-th image by name is a test view (``common.hold_out_every``);
+with ``downscale`` unset, images over 1600 px on the long side are downscaled with a warning.
+EXIF orientation is not applied by default: COLMAP's cameras describe the pixels as stored.
 The 3D points with their colours become :attr:`Scene.point_cloud`; bounds hold 97% of them.
 """
 

@@ -19,6 +19,9 @@ One place decides how pixels are read and resized, so all loaders agree:
 * **Depth**: plain nearest (the sample closest to the footprint centre), so foreground and
   background depths are never averaged into a floating value; 0 stays "unknown".
 
+EXIF orientation (phone photos) is applied by default to sizes and pixels alike
+(``PIL.ImageOps.exif_transpose``); ``exif=False`` keeps the pixels as stored.
+
 Readers validate up front with :func:`probe_image` (existence + a readable header, no pixel
 decode) and decode later, inside the lazy callables loaders hand to :class:`recon_core.View`.
 Every problem becomes an :class:`recon_core.InputError` naming the file.

@@ -1,11 +1,13 @@
-"""nerfstudio ``transforms.json`` and Blender/NeRF-synthetic ``transforms_{train,val,test}.json``.
+"""nerfstudio / instant-ngp ``transforms.json`` and Blender/NeRF-synthetic ``transforms_{train,val,test}.json``.
 
 Fields read (top level = shared by all frames; any may be overridden per frame):
 
 * intrinsics ``fl_x fl_y cx cy w h``, or Blender's ``camera_angle_x`` (horizontal field of view,
   radians; then cx = w/2, cy = h/2 and w, h come from the image header);
-* ``camera_model``: PINHOLE / SIMPLE_PINHOLE / OPENCV with ``k1 k2 p1 p2 [k3 k4]``
-  (OPENCV_FISHEYE and others raise InputError);
+* ``camera_model``: PINHOLE / SIMPLE_PINHOLE / OPENCV with ``k1 k2 p1 p2 [k3]`` / OPENCV_FISHEYE
+  with ``k1 k2 k3 k4`` (others raise InputError); absent: OPENCV, or OPENCV_FISHEYE with
+  instant-ngp's ``is_fisheye``. Coefficients are read per frame or at the top level (instant-ngp)
+  and undone at load (:mod:`.undistort`): views get a new pinhole K and no distortion;
 * per frame: ``file_path``, ``transform_matrix`` (OpenGL camera-to-world, converted with
   :func:`recon_core.opengl_to_opencv`), ``mask_path`` (object mask, 255 = object),
   ``depth_file_path`` / ``depth_path`` (``.npy`` metric z-depth, or a 16-bit PNG holding
@@ -13,6 +15,7 @@ Fields read (top level = shared by all frames; any may be overridden per frame):
   ``sky_mask_path`` (255 = sky), ``dynamic_mask_path``, ``time`` (seconds, D-NeRF style 4D;
   dropped when every frame has the same time, which describes a static scene),
   ``split`` (train/val/test);
+* ignored: instant-ngp's ``aabb_scale``, ``sharpness``, ``camera_angle_x`` next to ``fl_x``;
 * top level: ``{train,val,test}_filenames`` (split by file name), ``ply_file_path`` (initial
   point cloud, in the same frame as the poses), ``applied_transform`` (3x4 or 4x4: the transform
   ns-process-data already applied to both the poses and the PLY to go from the original
@@ -24,6 +27,13 @@ allowed too; the format of the benchmark's ``split_sparse3.json``), paths writte
 ``file_path`` (relative to the transforms file's folder). Only the listed frames are loaded, each
 with the split that lists it, in the transforms file's order; a listed path that no frame has, or
 one listed under two splits, is an InputError naming the split file.
+
+Real captures (see docs/conventions.md, "Loaders"): a frame whose image file is missing is
+skipped with one warning (``strict=true``: InputError); with no split in the data every
+``test_every``-th frame in file-name order is a test view; EXIF orientation is applied (``w``,
+``h`` describe the displayed image; ``exif_orientation=false`` for metadata written from the
+stored pixels); with ``downscale`` unset, images larger than 1600 px on the long side are
+downscaled with a warning.
 
 Pixel centres: nerfstudio and Blender use i + 0.5 (cx = w/2 for a centred camera), as recon does.
 RGBA images: alpha becomes ``View.alpha`` and the object mask (alpha > 0.5, unless a mask_path
@@ -279,7 +289,7 @@ class NerfstudioLoader(Loader):
     """nerfstudio transforms.json and Blender transforms_{train,val,test}.json."""
 
     name = "nerfstudio"
-    description = "nerfstudio transforms.json / Blender NeRF-synthetic (OpenGL poses → OpenCV)"
+    description = "nerfstudio / instant-ngp transforms.json, Blender NeRF-synthetic (OpenGL poses → OpenCV)"
     Config = NerfstudioConfig
     provides = frozenset({"scene"})
 

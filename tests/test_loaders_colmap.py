@@ -11,6 +11,7 @@ import torch
 from loaders_support import gradient_image, ring_poses, write_png
 
 from recon_core import InputError
+from recon_plugins.loaders import undistort
 from recon_plugins.loaders.colmap import ColmapConfig, ColmapLoader, camera_to_opencv
 
 CAMERAS = [
@@ -57,9 +58,11 @@ def test_round_trip_recovers_cameras_and_points(tmp_path: Path, binary: bool) ->
     fx, fy, cx, cy = CAMERAS[0][3]
     assert torch.allclose(cams.K[0], torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]))
     fx, fy, cx, cy, *dist = CAMERAS[1][3]
-    assert torch.allclose(cams.K[2], torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]))
-    assert torch.allclose(cams.distortion[2], torch.tensor(dist, dtype=torch.float32))
-    assert torch.equal(cams.distortion[0], torch.zeros(4))  # the pinhole camera: zeros, so cat keeps distortion
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    # the OPENCV camera is undistorted at load: its views get the new pinhole K, no coefficients
+    assert cams.distortion is None
+    assert np.allclose(cams.K[2].double().numpy(), undistort.plan(K, np.array(dist), "opencv", (16, 20)).new_K_array, atol=1e-5)
+    assert not np.allclose(cams.K[2].double().numpy(), K, atol=1e-3)
     assert cams.width.tolist() == [24, 24, 20] and cams.height.tolist() == [18, 18, 16]
     pc = scene.point_cloud
     assert pc is not None and len(pc) == 30
@@ -100,9 +103,13 @@ def test_unsupported_camera_model(tmp_path: Path) -> None:
 def test_bad_models_raise_input_error(tmp_path: Path) -> None:
     write_model(tmp_path, True)
     (tmp_path / "images" / "img_2.png").unlink()
-    with pytest.raises(InputError) as e:
-        ColmapLoader().load(tmp_path)
+    with pytest.raises(InputError, match="missing") as e:
+        ColmapLoader(ColmapConfig(strict=True)).load(tmp_path)
     assert e.value.path == tmp_path / "images" / "img_2.png"
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 frames .*img_2\.png") as record:
+        scene = ColmapLoader(ColmapConfig(test_every=2)).load(tmp_path)
+    assert len(record) == 1 and [v.name for v in scene.views] == ["img_1", "img_3"]
+    assert [v.split for v in scene.views] == ["train", "test"]  # the hold-out counts loaded images
     (tmp_path / "sparse" / "0" / "cameras.bin").write_bytes(b"\x01\x02garbage")
     with pytest.raises(InputError, match="cannot be read"):
         ColmapLoader().load(tmp_path)

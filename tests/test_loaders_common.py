@@ -32,12 +32,15 @@ def test_mixed_sizes_only_rejected_when_the_format_requires_one(tmp_path: Path) 
     assert e.value.path == tmp_path / "1.png"
 
 
-def test_distortion_is_padded_so_batches_keep_it(tmp_path: Path) -> None:
+def test_distortion_is_undone_at_load_and_cleared(tmp_path: Path) -> None:
     fs = frames(tmp_path, [(12, 16), (12, 16)])
     fs[1].distortion = np.array([0.1, 0.2, 0.0, 0.0, 0.3])
-    cams = Cameras.cat([v.camera for v in build_views(fs)])
-    assert cams.distortion is not None and cams.distortion.shape == (2, 5)
-    assert torch.equal(cams.distortion[0], torch.zeros(5))
+    views = build_views(fs)
+    cams = Cameras.cat([v.camera for v in views])
+    assert cams.distortion is None
+    assert torch.allclose(cams.K[0].double(), torch.from_numpy(fs[0].K))  # no distortion: K unchanged
+    assert not torch.allclose(cams.K[1].double(), torch.from_numpy(fs[1].K))  # the new pinhole K
+    assert views[1].image.shape == views[0].image.shape == (12, 16, 3)
 
 
 def test_bad_intrinsics_and_poses(tmp_path: Path) -> None:
@@ -82,3 +85,33 @@ def test_every_loader_rejects_empty_and_missing_inputs(tmp_path: Path, loader) -
         with pytest.raises(InputError) as e:
             loader().load(path)
         assert e.value.path is not None
+
+
+def test_report_missing_warns_once_with_count_and_first_names(tmp_path: Path) -> None:
+    import warnings
+
+    from recon_plugins.loaders.common import report_missing
+
+    missing = [(f"frame {i}", tmp_path / f"{i}.jpg") for i in range(5)]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        report_missing(missing, 9, strict=False, option="x.strict")
+        report_missing([], 9, strict=False, option="x.strict")
+    assert len(record) == 1
+    assert str(record[0].message).startswith("skipped 5 of 9 frames whose image file is missing: 0.jpg, 1.jpg, 2.jpg, ...")
+    with pytest.raises(InputError, match=r"image of frame 0 is missing \(5 of 9") as e:
+        report_missing(missing, 9, strict=True, option="x.strict")
+    assert e.value.path == tmp_path / "0.jpg"
+    with pytest.raises(InputError, match="all 5 frames"):
+        report_missing(missing, 5, strict=False, option="x.strict")
+
+
+def test_hold_out_every_follows_image_names_not_list_order(tmp_path: Path) -> None:
+    from recon_plugins.loaders.common import hold_out_every
+
+    fs = frames(tmp_path, [(4, 4)] * 5)
+    fs.reverse()  # listed 4, 3, 2, 1, 0
+    hold_out_every(fs, 2, "x.test_every")
+    assert [f.split for f in fs] == ["train", "test", "train", "test", "train"]  # names 1 and 3
+    hold_out_every(fs, 0, "x.test_every")
+    assert {f.split for f in fs} == {"train"}

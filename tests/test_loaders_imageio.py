@@ -140,3 +140,18 @@ def test_parse_background(value, expected) -> None:  # noqa: ANN001
 def test_parse_background_rejects(value) -> None:  # noqa: ANN001
     with pytest.raises(InputError):
         imageio.parse_background(value)
+
+
+def test_exif_orientation_turns_size_and_pixels(tmp_path: Path) -> None:
+    from loaders_support import quadrant_image, write_exif_jpeg
+
+    upright = quadrant_image(20, 12)
+    for orientation in (3, 6, 8):
+        path = write_exif_jpeg(tmp_path / f"o{orientation}.jpg", upright, orientation)
+        info = imageio.probe_image(path)
+        assert info.size == (20, 12) and info.orientation == orientation
+        arr, _ = imageio.read_pixels(path)
+        assert arr.shape == (20, 12, 3) and np.abs(arr.astype(int) - upright).mean() < 25  # JPEG blurs the colour edges; a wrong turn gives > 100
+        stored = imageio.probe_image(path, exif=False)
+        assert stored.size == info.stored == ((20, 12) if orientation == 3 else (12, 20))
+        assert imageio.read_pixels(path, exif=False)[0].shape[:2] == stored.size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loaders_support import GL_TO_CV, OBJECT, gradient_image, write_ply, write_png, write_transforms
+from loaders_support import GL_TO_CV, OBJECT, gradient_image, write_instant_ngp, write_ply, write_png, write_transforms
+from PIL import Image
 
 from recon_core import InputError
 from recon_plugins.loaders import imageio
@@ -24,14 +26,14 @@ def load(path: Path, **config: Any):  # noqa: ANN201
     return NerfstudioLoader(NerfstudioConfig(**config)).load(path)
 
 
-def test_cameras_masks_depth_times_and_distortion(tmp_path: Path) -> None:
-    truth = write_transforms(tmp_path, n=4, masks=True, depth="npy", times=True, extra={"k1": 0.1, "p2": -0.01})
+def test_cameras_masks_depth_and_times(tmp_path: Path) -> None:
+    truth = write_transforms(tmp_path, n=4, masks=True, depth="npy", times=True)
     scene = load(tmp_path)
     cams = scene.cameras()
     assert len(scene.views) == 4 and scene.is_dynamic
     assert torch.allclose(cams.c2w.double(), torch.from_numpy(truth["c2w_cv"]), atol=1e-6)
     assert torch.allclose(cams.K[0].double(), torch.from_numpy(truth["K"]))
-    assert torch.allclose(cams.distortion[0], torch.tensor([0.1, 0.0, 0.0, -0.01]))
+    assert cams.distortion is None
     assert [round(v.time, 6) for v in scene.views] == [0.0, 0.1, 0.2, 0.3]
     v = scene.views[1]
     assert v.image.shape == (12, 16, 3) and v.image.dtype == torch.float32
@@ -163,7 +165,7 @@ def test_loading_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     write_transforms(tmp_path, n=3, masks=True)
     calls = []
     original = imageio.read_pixels
-    monkeypatch.setattr(imageio, "read_pixels", lambda p: calls.append(p) or original(p))
+    monkeypatch.setattr(imageio, "read_pixels", lambda p, exif=True: calls.append(p) or original(p, exif))
     scene = load(tmp_path)
     assert calls == []  # only headers were read
     scene.views[2].image
@@ -187,9 +189,13 @@ BAD_EDITS = [
     ("string focal", lambda m: m.__setitem__("fl_x", "20"), "fl_x"),
     ("w without h", lambda m: m.pop("h"), "'w' and 'h'"),
     ("wrong w", lambda m: m.__setitem__("w", 99), "99x12"),
-    ("fisheye", lambda m: m.__setitem__("camera_model", "OPENCV_FISHEYE"), "not supported"),
+    ("equirectangular", lambda m: m.__setitem__("camera_model", "EQUIRECTANGULAR"), "not supported"),
+    ("opencv k4", lambda m: m.__setitem__("k4", 0.01), "k4"),
+    ("fisheye p1", lambda m: m.update(camera_model="OPENCV_FISHEYE", p1=0.01), "tangential"),
+    ("string k1", lambda m: m.__setitem__("k1", "0.1"), "k1"),
     ("no file_path", lambda m: m["frames"][0].pop("file_path"), "file_path"),
-    ("missing image", lambda m: m["frames"][1].__setitem__("file_path", "images/nope.png"), "missing"),
+    ("all images missing", lambda m: [f.__setitem__("file_path", f"images/nope{i}.png") for i, f in enumerate(m["frames"])],
+     "all 2 frames are missing"),
     ("no transform_matrix", lambda m: m["frames"][0].pop("transform_matrix"), "transform_matrix"),
     ("2x2 matrix", lambda m: m["frames"][0].__setitem__("transform_matrix", [[1, 0], [0, 1]]), "shape"),
     ("nan pose", lambda m: m["frames"][0]["transform_matrix"][0].__setitem__(3, float("nan")), "NaN"),
@@ -290,12 +296,159 @@ def test_fuzzed_ply_bytes_only_raise_input_error(tmp_path: Path, blob: bytes) ->
     assert scene.point_cloud is not None and torch.isfinite(scene.point_cloud.points).all()
 
 
-@pytest.mark.parametrize("model, extra, expected", [
-    ("OPENCV", {"k1": 0.1, "k2": 0.2, "p1": 0.01, "p2": 0.02, "k3": 0.3, "k4": 0.4}, [0.1, 0.2, 0.01, 0.02, 0.3, 0.4]),
-    ("OPENCV", {"k1": 0.1}, [0.1, 0.0, 0.0, 0.0]),
-    ("PINHOLE", {"k1": 0.1}, None),
+@pytest.mark.parametrize("model, extra, expected, kind", [
+    ("OPENCV", {"k1": 0.1, "k2": 0.2, "p1": 0.01, "p2": 0.02, "k3": 0.3}, [0.1, 0.2, 0.01, 0.02, 0.3], "opencv"),
+    ("OPENCV", {"k1": 0.1}, [0.1, 0.0, 0.0, 0.0], "opencv"),
+    ("OPENCV_FISHEYE", {"k1": 0.1, "k2": 0.2, "k3": 0.3, "k4": 0.4}, [0.1, 0.2, 0.3, 0.4], "fisheye"),
+    (None, {"is_fisheye": True, "k1": 0.1}, [0.1, 0.0, 0.0, 0.0], "fisheye"),  # instant-ngp's flag
+    (None, {"k1": 0.1, "p1": 0.01}, [0.1, 0.0, 0.01, 0.0], "opencv"),
+    ("PINHOLE", {"k1": 0.1}, None, "opencv"),
+    ("OPENCV", {"k1": 0.0}, None, "opencv"),
 ])
-def test_camera_models(tmp_path: Path, model: str, extra: dict, expected: list | None) -> None:
+def test_camera_models(tmp_path: Path, model: str | None, extra: dict, expected: list | None, kind: str) -> None:
     write_transforms(tmp_path, n=2, extra={"camera_model": model, **extra})
-    d = load(tmp_path).cameras().distortion
-    assert (d is None and expected is None) or torch.allclose(d[0], torch.tensor(expected))
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    if model is None:
+        meta.pop("camera_model")
+        (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    for f in parse_transforms(tmp_path).frames:
+        assert (f.distortion is None and expected is None) or np.allclose(f.distortion, expected)
+        assert f.distortion_model == kind
+    assert load(tmp_path).cameras().distortion is None  # undone at load (tests/test_loaders_undistort.py)
+
+
+def test_distortion_is_read_per_frame_over_the_top_level(tmp_path: Path) -> None:
+    write_transforms(tmp_path, n=3, extra={"k1": 0.1, "p2": -0.01})
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    meta["frames"][1].update(k1=-0.2, k2=0.05)
+    meta["frames"][2].update(camera_model="PINHOLE")
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    d = [f.distortion for f in parse_transforms(tmp_path).frames]
+    assert np.allclose(d[0], [0.1, 0.0, 0.0, -0.01]) and np.allclose(d[1], [-0.2, 0.05, 0.0, -0.01]) and d[2] is None
+    K = load(tmp_path).cameras().K
+    assert not torch.allclose(K[0], K[1]) and torch.allclose(K[2], torch.tensor([[20.0, 0, 8], [0, 21.0, 6], [0, 0, 1]]))
+
+
+# ----------------------------------------------------------------- a real capture (instant-ngp)
+
+
+def _load_recording(path: Path, **config: Any):  # noqa: ANN202
+    """(scene, [warning messages]) with every warning recorded, however often it repeats."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        scene = load(path, **config)
+    return scene, [str(w.message) for w in record]
+
+
+def test_instant_ngp_capture_skips_missing_frames_with_one_warning(tmp_path: Path) -> None:
+    truth = write_instant_ngp(tmp_path, n=18, missing=(4, 11))
+    scene, messages = _load_recording(tmp_path)
+    assert len(messages) == 1, messages
+    assert "skipped 2 of 18 frames" in messages[0] and all(m in messages[0] for m in truth["missing"])
+    assert "nerfstudio.strict=true" in messages[0]
+    assert [v.name for v in scene.views] == truth["names"]
+    present = [i for i in range(18) if i not in (4, 11)]
+    cams = scene.cameras()
+    assert torch.allclose(cams.c2w.double(), torch.from_numpy(truth["c2w_cv"][present]), atol=1e-6)  # OpenGL → OpenCV
+    assert cams.distortion is None and scene.point_cloud is None
+    assert (scene.views[0].width, scene.views[0].height) == (30, 40)
+
+
+def test_instant_ngp_strict_missing_frame_is_an_input_error(tmp_path: Path) -> None:
+    truth = write_instant_ngp(tmp_path, n=6, missing=(2, 4))
+    with pytest.raises(InputError, match=r"image of frame 2 \(file_path .*frame_0002.jpg.*\) is missing") as e:
+        load(tmp_path, strict=True)
+    assert e.value.path == tmp_path / "images" / truth["missing"][0]
+
+
+def test_strict_through_the_cli_exits_2_and_inspect_data_warns(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from recon_cli.main import make_cli
+    from recon_core.registry import Registry
+
+    write_instant_ngp(tmp_path / "data", n=6, missing=(2,))
+    cli = make_cli(Registry())
+    runner = CliRunner()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ok = runner.invoke(cli, ["inspect-data", str(tmp_path / "data"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert len(json.loads(ok.stdout)["views"]) == 5
+    assert sum("skipped 1 of 6 frames" in str(w.message) for w in record) == 1
+    bad = runner.invoke(cli, ["run", "--data", str(tmp_path / "data"), "--repr", "3dgs", "--device", "cpu",
+                              "--set", "nerfstudio.strict=true", "--out", str(tmp_path / "run")])
+    assert bad.exit_code == 2, bad.output
+    assert "frame_0002.jpg" in bad.output and "missing" in bad.output
+
+
+def test_no_split_holds_out_every_eighth_frame_in_name_order(tmp_path: Path) -> None:
+    truth = write_instant_ngp(tmp_path, n=18, missing=(4, 11))
+    scene, _ = _load_recording(tmp_path)
+    names = sorted(truth["names"])
+    assert [v.name for v in scene.split("test")] == [names[7], names[15]] == ["frame_0008", "frame_0017"]
+    assert len(scene.split("train")) == 14
+    scene, _ = _load_recording(tmp_path, test_every=3)
+    assert [v.name for v in scene.split("test")] == names[2::3]
+    scene, _ = _load_recording(tmp_path, test_every=0)
+    assert scene.split("test") == []
+    with pytest.raises(InputError, match="nerfstudio.test_every must be >= 0"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load(tmp_path, test_every=-1)
+
+
+def test_a_split_in_the_data_is_kept(tmp_path: Path) -> None:
+    write_transforms(tmp_path, n=10)
+    assert [v.name for v in load(tmp_path).split("test")] == ["0007"]  # no split: the hold-out
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    meta["frames"][0]["split"] = "test"
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    assert [v.name for v in load(tmp_path).split("test")] == ["0000"]
+    meta["frames"][0].pop("split")
+    meta["test_filenames"] = ["images/0003.png"]
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    assert [v.name for v in load(tmp_path).split("test")] == ["0003"]
+
+
+def test_exif_orientation_is_honoured(tmp_path: Path) -> None:
+    truth = write_instant_ngp(tmp_path, n=2, missing=(), distortion={})
+    with Image.open(tmp_path / "images" / "frame_0000.jpg") as im:
+        assert im.size == (40, 30)  # stored sideways
+    image = load(tmp_path).views[0].image
+    assert image.shape == (40, 30, 3)
+    for r, rows in enumerate((slice(2, 18), slice(22, 38))):
+        for c, cols in enumerate((slice(2, 13), slice(17, 28))):
+            expected = torch.tensor(truth["upright"][rows, cols].reshape(-1, 3).mean(0) / 255.0, dtype=torch.float32)
+            assert torch.allclose(image[rows, cols].reshape(-1, 3).mean(0), expected, atol=0.05), (r, c)
+
+
+def test_metadata_written_from_stored_pixels_names_the_exif_option(tmp_path: Path) -> None:
+    write_instant_ngp(tmp_path, n=2, missing=(), distortion={}, stored_size_in_metadata=True)
+    with pytest.raises(InputError, match="EXIF orientation.*nerfstudio.exif_orientation=false"):
+        load(tmp_path)
+    image = load(tmp_path, exif_orientation=False).views[0].image
+    assert image.shape == (30, 40, 3)  # as stored
+    assert torch.allclose(image[2:13, 2:18].reshape(-1, 3).mean(0), torch.tensor([0.0, 1.0, 0.0]), atol=0.05)  # green top-left
+
+
+def test_instant_ngp_distortion_is_undone(tmp_path: Path) -> None:
+    truth = write_instant_ngp(tmp_path, n=2, missing=())
+    d = parse_transforms(tmp_path).frames[0].distortion
+    assert np.allclose(d, [-0.08, 0.01, 0.002, -0.001])  # the top-level k1 k2 p1 p2
+    K = load(tmp_path).cameras().K[0].double().numpy()
+    assert not np.allclose(K, truth["K"], atol=1e-3)  # the new pinhole K (tests/test_loaders_undistort.py)
+
+
+def test_large_images_are_downscaled_with_a_note_unless_downscale_is_set(tmp_path: Path) -> None:
+    truth = write_transforms(tmp_path, n=2, w=2000, h=10)
+    scene, messages = _load_recording(tmp_path)
+    assert (scene.views[0].width, scene.views[0].height) == (1600, 8)
+    assert len(messages) == 1 and "1600" in messages[0] and "nerfstudio.downscale=1" in messages[0]
+    assert torch.allclose(scene.cameras().K[0, 0].double(), torch.tensor([truth["K"][0, 0] * 0.8, 0, truth["K"][0, 2] * 0.8]))
+    assert scene.views[0].image.shape == (8, 1600, 3)
+    scene, messages = _load_recording(tmp_path, downscale=1)
+    assert (scene.views[0].width, messages) == (2000, [])
+    scene, messages = _load_recording(tmp_path, downscale=4)
+    assert (scene.views[0].width, messages) == (500, [])
+    small, messages = _load_recording(tmp_path / "small") if write_transforms(tmp_path / "small", n=2, w=1600, h=12) else None
+    assert (small.views[0].width, messages) == (1600, [])

@@ -12,7 +12,12 @@ coordinates put the centre of the top-left pixel at (0.5, 0.5) (its SIFT keypoin
 +0.5), the same as recon's "pixel centres at i + 0.5", so cx, cy are used unchanged.
 Supported camera models → K and OpenCV distortion (k1, k2, p1, p2):
 SIMPLE_PINHOLE (f cx cy), PINHOLE (fx fy cx cy), SIMPLE_RADIAL (f cx cy k → k1=k),
-RADIAL (f cx cy k1 k2), OPENCV (fx fy cx cy k1 k2 p1 p2). Others raise InputError.
+RADIAL (f cx cy k1 k2), OPENCV (fx fy cx cy k1 k2 p1 p2). Others raise InputError. Distortion is
+undone at load (:mod:`.undistort`): the views get a new pinhole K and no distortion.
+A registered image whose file is missing is skipped with one warning (``strict=true``: an
+InputError); every ``test_every``-th image by name is a test view (``common.hold_out_every``);
+with ``downscale`` unset, images over 1600 px on the long side are downscaled with a warning.
+EXIF orientation is not applied by default: COLMAP's cameras describe the pixels as stored.
 The 3D points with their colours become :attr:`Scene.point_cloud`; bounds hold 97% of them.
 """
 
@@ -26,7 +31,7 @@ import torch
 
 from recon_core import Cameras, InputError, Loader, PointCloud, Scene, option
 
-from .common import FrameSpec, bounds_from_points, build_views
+from .common import FrameSpec, bounds_from_points, build_views, hold_out_every, report_missing
 
 __all__ = ["ColmapLoader", "ColmapModel", "find_model", "read_model", "camera_to_opencv"]
 
@@ -139,9 +144,14 @@ def read_model(folder: Path) -> ColmapModel:
 class ColmapConfig:
     images: str = option("images", "image folder, relative to the dataset root")
     model: str = option("", "model folder relative to the dataset root (default: sparse/0, sparse or the path itself)")
-    downscale: float = option(1.0, "divide image sizes by this (antialiased; intrinsics scaled to match)")
+    downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
     test_every: int = option(8, "every N-th image (sorted by name) is a test view; 0 = all train")
     mask_dir: str = option("", "optional folder of object masks named like the images (PNG)")
+    strict: bool = option(False, "stop with an error at a registered image whose file is missing (default: skip such "
+                                 "images with one warning)")
+    exif_orientation: bool = option(False, "apply the EXIF orientation tag of the images; off by default because COLMAP "
+                                           "reads the pixels as stored and its cameras describe those")
 
 
 class ColmapLoader(Loader):
@@ -174,8 +184,11 @@ class ColmapLoader(Loader):
             raise InputError(f"image folder '{self.config.images}' for the COLMAP model is missing", image_dir)
         mask_dir = root / self.config.mask_dir if self.config.mask_dir else None
         frames = []
-        n = self.config.test_every
+        missing = []
         for i, im in enumerate(model.images):
+            if not (image_dir / im.name).is_file():
+                missing.append((f"registered image {im.name}", image_dir / im.name))
+                continue
             mask = None
             if mask_dir is not None:
                 mask = mask_dir / Path(im.name).with_suffix(".png")
@@ -185,14 +198,17 @@ class ColmapLoader(Loader):
                     image=image_dir / im.name,
                     K=im.K,
                     c2w=im.c2w,
-                    split="test" if n > 0 and i % n == n - 1 else "train",
                     size=im.size,
                     distortion=im.distortion,
                     object_mask=mask,
                     source=model_dir / "images",
+                    exif=self.config.exif_orientation,
                 )
             )
-        views = build_views(frames, downscale=self.config.downscale)
+        report_missing(missing, len(model.images), strict=self.config.strict, option=f"{self.name}.strict")
+        hold_out_every(frames, self.config.test_every, f"{self.name}.test_every")
+        views = build_views(frames, downscale=self.config.downscale, loader=self.name,
+                            exif_option=f"{self.name}.exif_orientation")
         cloud = None
         if len(model.points):
             cloud = PointCloud(

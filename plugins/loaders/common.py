@@ -4,15 +4,23 @@ A format-specific loader parses its metadata into :class:`FrameSpec` records (ca
 in recon's convention: OpenCV camera-to-world, K with pixel centres at i + 0.5, at the
 *original* image resolution) and calls :func:`build_views`. That function validates every
 referenced file before returning anything (existence, readable header, consistent sizes), then
-hands out :class:`recon_core.View` objects whose pixels are read on access, resized to the
-requested ``downscale`` (images antialiased, masks by block selection, depth nearest; see
-:mod:`.imageio`) with intrinsics scaled to match.
+hands out :class:`recon_core.View` objects whose pixels are read on access: decoded with the
+EXIF orientation applied, undistorted onto a pinhole K when the frame has distortion (once, at
+the original resolution; masks and depth by nearest-neighbour; see :mod:`.undistort`), then
+resized to the requested ``downscale`` (images antialiased, masks by block selection, depth
+nearest; see :mod:`.imageio`) with intrinsics scaled to match. ``downscale=None`` picks one
+factor for the scene so that the long side is at most 1600 pixels, and says so in a warning.
+
+Shared rules of the loaders: :func:`report_missing` (frames whose image is missing are skipped
+with one warning, or an error with ``strict``) and :func:`hold_out_every` (every n-th frame is a
+test view when the data has no split).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,10 +32,12 @@ from torch import Tensor
 from recon_core import Bounds, Cameras, InputError, PointCloud, View, check_rigid
 from recon_core.scene import Split
 
-from . import imageio
+from . import imageio, undistort
 from .imageio import Size
+from .undistort import Undistortion
 
-__all__ = ["FrameSpec", "build_views", "bounds_from_points", "read_json", "as_matrix", "as_float", "resolve_file"]
+__all__ = ["FrameSpec", "build_views", "bounds_from_points", "read_json", "as_matrix", "as_float", "resolve_file",
+           "report_missing", "hold_out_every", "auto_downscale", "AUTO_LONG_SIDE"]
 
 
 @dataclass
@@ -35,8 +45,9 @@ class FrameSpec:
     """One view before loading.
 
     K: (3, 3) float64 intrinsics at ``size``; c2w: (4, 4) float64 OpenCV camera-to-world;
-    size: (H, W) the metadata claims (None: take it from the image header);
-    distortion: OpenCV (k1, k2, p1, p2[, k3, k4]) or None; time in seconds or None.
+    size: (H, W) the metadata claims (None: take it from the image header), EXIF orientation applied;
+    distortion: coefficients of ``distortion_model`` or None (undone at load, see :mod:`.undistort`);
+    time in seconds or None.
     alpha_mask: use the image's alpha channel (> 0.5) as object mask when ``object_mask`` is None.
     Mask files are grey images with 255 = True (object, sky, dynamic).
     """
@@ -48,6 +59,8 @@ class FrameSpec:
     split: Split = "train"
     size: Size | None = None
     distortion: np.ndarray | None = None
+    distortion_model: str = "opencv"
+    """"opencv" (k1, k2, p1, p2[, k3[, k4, k5, k6]]) or "fisheye" (k1..k4); see :mod:`.undistort`."""
     time: float | None = None
     object_mask: Path | None = None
     sky_mask: Path | None = None
@@ -56,6 +69,8 @@ class FrameSpec:
     alpha_mask: bool = True
     source: Path | None = None
     """The metadata file that described this frame (for error messages)."""
+    exif: bool = True
+    """Apply the image's EXIF orientation tag (phones); False: use the pixels as stored."""
 
 
 def read_json(path: Path) -> Any:
@@ -105,87 +120,187 @@ def resolve_file(base: Path, rel: Any, what: str, source: Path | None) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _decode_rgb_alpha(path: Path, size: Size) -> tuple[Tensor, Tensor | None]:
-    """Tiny cache so reading ``view.image`` then ``view.alpha`` decodes the file once (two
-    entries only: large images must not pile up in memory)."""
-    return imageio.read_rgb_alpha(path, size)
+def _decode_rgb_alpha(path: Path, size: Size, exif: bool, undistortion: Undistortion | None) -> tuple[Tensor, Tensor | None]:
+    """Decode (EXIF orientation applied), undistort, then resize to ``size``. A tiny cache so
+    reading ``view.image`` then ``view.alpha`` decodes the file once (two entries only: large
+    images must not pile up in memory)."""
+    rgb, alpha = imageio.read_rgb_alpha(path, None, exif)
+    if undistortion is not None:
+        rgb = undistortion.apply(rgb, "image")
+        alpha = None if alpha is None else undistortion.apply(alpha, "image")
+    if tuple(rgb.shape[:2]) != tuple(size):
+        rgb = imageio.resize_image(rgb, size)
+        alpha = None if alpha is None else imageio.resize_image(alpha[..., None], size)[..., 0]
+    return rgb, alpha
 
 
-def _image_reader(path: Path, size: Size, background: Tensor) -> Callable[[], Tensor]:
+def _image_reader(path: Path, size: Size, background: Tensor, exif: bool, und: Undistortion | None) -> Callable[[], Tensor]:
     def read() -> Tensor:
-        rgb, alpha = _decode_rgb_alpha(path, size)
+        rgb, alpha = _decode_rgb_alpha(path, size, exif, und)
         return imageio.composite(rgb, alpha, background)  # a new tensor: the cache stays intact
 
     return read
 
 
-def _alpha_reader(path: Path, size: Size) -> Callable[[], Tensor]:
+def _alpha_reader(path: Path, size: Size, exif: bool, und: Undistortion | None) -> Callable[[], Tensor]:
     def read() -> Tensor:
-        alpha = _decode_rgb_alpha(path, size)[1]
+        alpha = _decode_rgb_alpha(path, size, exif, und)[1]
         assert alpha is not None
         return torch.from_numpy(alpha.numpy().copy())
 
     return read
 
 
-def _alpha_mask_reader(path: Path, size: Size) -> Callable[[], Tensor]:
-    """Object mask from alpha: thresholded at the original resolution, then block-resized."""
+def _undistort_discrete(values: Tensor, und: Undistortion | None, kind: str) -> Tensor:
+    """Nearest-neighbour undistortion of a mask or depth map (first brought to the image's size
+    by nearest selection when its file has another size)."""
+    if und is None:
+        return values
+    if tuple(values.shape[:2]) != und.size:
+        values = imageio.resize_nearest(values, und.size)
+    return und.apply(values, kind)  # type: ignore[arg-type]
+
+
+def _alpha_mask_reader(path: Path, size: Size, exif: bool, und: Undistortion | None) -> Callable[[], Tensor]:
+    """Object mask from alpha: thresholded at the original resolution, undistorted by
+    nearest-neighbour, then block-resized."""
 
     def read() -> Tensor:
-        rgb, alpha = imageio.read_rgb_alpha(path)
+        rgb, alpha = imageio.read_rgb_alpha(path, None, exif)
         assert alpha is not None
-        return imageio.resize_mask(alpha > 0.5, size, "any")
+        return imageio.resize_mask(_undistort_discrete(alpha > 0.5, und, "mask"), size, "any")
 
     return read
 
 
-def _mask_reader(path: Path, size: Size, keep: str) -> Callable[[], Tensor]:
-    """A discrete mask read at full resolution, then block-resized (``keep``: see imageio)."""
+def _mask_reader(path: Path, size: Size, keep: str, exif: bool, und: Undistortion | None) -> Callable[[], Tensor]:
+    """A discrete mask read at full resolution, undistorted by nearest-neighbour, then
+    block-resized (``keep``: see imageio)."""
 
     def read() -> Tensor:
-        return imageio.resize_mask(imageio.read_mask(path), size, keep)  # type: ignore[arg-type]
+        mask = _undistort_discrete(imageio.read_mask(path, exif=exif), und, "mask")
+        return imageio.resize_mask(mask, size, keep)  # type: ignore[arg-type]
 
     return read
 
 
-def _depth_reader(path: Path, size: Size, scale: float) -> Callable[[], Tensor]:
-    return lambda: imageio.read_depth(path, scale, size)
+def _depth_reader(path: Path, size: Size, scale: float, und: Undistortion | None) -> Callable[[], Tensor]:
+    def read() -> Tensor:
+        return imageio.resize_nearest(_undistort_discrete(imageio.read_depth(path, scale), und, "depth"), size)
+
+    return read
+
+
+def report_missing(missing: Sequence[tuple[str, Path]], total: int, *, strict: bool, option: str) -> None:
+    """Frames whose image file is missing are skipped, as instant-ngp does, with ONE warning
+    giving their count and first names; ``strict`` makes the first one an InputError instead.
+
+    Args:
+        missing: (label such as "frame 4", image path) of each skipped frame, in file order.
+        total: how many frames the metadata lists (missing ones included).
+        option: the option that turns this into an error, e.g. "nerfstudio.strict".
+    Raises:
+        InputError naming the first missing file when ``strict``, or when every image is missing.
+    """
+    if not missing:
+        return
+    label, first = missing[0]
+    if strict:
+        raise InputError(f"image of {label} is missing ({len(missing)} of {total} frames have no image; "
+                         f"without {option}=true they are skipped)", first)
+    if len(missing) >= total:
+        raise InputError(f"the images of all {total} frames are missing (first: {label})", first)
+    names = ", ".join(p.name for _, p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    warnings.warn(f"skipped {len(missing)} of {total} frames whose image file is missing: {names} "
+                  f"(set {option}=true to stop instead)", stacklevel=2)
+
+
+def hold_out_every(frames: Sequence[FrameSpec], n: int, option: str) -> None:
+    """Split frames that come without a split: every ``n``-th in image-path order (indices n-1,
+    2n-1, ...: 7, 15, 23 for the default 8) becomes "test", the others "train"; ``n == 0`` makes
+    every frame "train". The one hold-out rule of every loader (colmap, idr, nerfstudio).
+
+    Raises:
+        InputError when ``n`` is negative (``option`` names the setting, e.g. "idr.test_every").
+    """
+    n = int(n)
+    if n < 0:
+        raise InputError(f"{option} must be >= 0 (0: every view is a training view), got {n}")
+    order = sorted(range(len(frames)), key=lambda i: frames[i].image.as_posix())
+    for rank, i in enumerate(order):
+        frames[i].split = "test" if n > 0 and rank % n == n - 1 else "train"
+
+
+AUTO_LONG_SIDE = 1600
+"""Long side (pixels) that images are brought down to when a loader's ``downscale`` is unset."""
+
+
+def auto_downscale(sizes: Sequence[Size], downscale: float | None, option: str) -> float:
+    """``downscale`` when set; else the factor that brings the largest long side to at most
+    :data:`AUTO_LONG_SIDE` pixels (1 when already small), announced by one warning."""
+    if downscale is not None:
+        return float(downscale)
+    h, w = max(sizes, key=max)
+    longest = max(h, w)
+    if longest <= AUTO_LONG_SIDE:
+        return 1.0
+    factor = longest / AUTO_LONG_SIDE
+    nh, nw = imageio.scaled_size((h, w), factor)
+    warnings.warn(f"images are up to {w}x{h} pixels: downscaled by {factor:.4g} to {nw}x{nh} (long side at most "
+                  f"{AUTO_LONG_SIDE}); set {option}=1 to keep full resolution", stacklevel=2)
+    return factor
+
+
+def _size_error(f: FrameSpec, info: imageio.ImageInfo, exif_option: str | None) -> InputError:
+    said = f"{f.size[1]}x{f.size[0]}" if f.size else "?"
+    where = f.source.name if f.source else "camera"
+    if f.size is not None and info.orientation in (5, 6, 7, 8) and tuple(f.size) == info.stored:
+        fix = f"set {exif_option}=false" if exif_option else "store the images upright"
+        return InputError(
+            f"image is {info.width}x{info.height} once its EXIF orientation ({info.orientation}) is applied, but the "
+            f"metadata ({where}) says {said}, the size of the pixels as stored: the tool that wrote it ignored "
+            f"EXIF orientation; {fix}",
+            f.image,
+        )
+    return InputError(f"image is {info.width}x{info.height} but the metadata ({where}) says {said}", f.image)
 
 
 def build_views(
     frames: Sequence[FrameSpec],
     *,
-    downscale: float = 1.0,
+    downscale: float | None = 1.0,
     background: Tensor | None = None,
     depth_scale: float = 0.001,
     same_size: bool = False,
+    loader: str = "loader",
+    exif_option: str | None = None,
 ) -> list[View]:
     """Validate every file of ``frames`` and return lazy views (see the module docstring).
 
+    Distorted frames are undistorted once here (:mod:`.undistort`): the views get the new
+    pinhole K and no ``Cameras.distortion``.
+
     Args:
         frames: parsed frames; K/size at the original resolution.
-        downscale: divide image sizes by this (intrinsics scaled by new/old per axis).
+        downscale: divide image sizes by this (intrinsics scaled by new/old per axis); None:
+            automatic, to a long side of at most :data:`AUTO_LONG_SIDE` (one warning says so).
         background: (3,) colour RGBA images are composited onto (default white).
         depth_scale: metres per unit of integer depth PNGs (``.npy`` depth is metric).
         same_size: the format requires one image size for all frames.
+        loader: the loader's name, for messages ("nerfstudio" → "set nerfstudio.downscale=1").
+        exif_option: the option that turns EXIF orientation off, named when sizes disagree.
     Raises:
         InputError naming the first bad file; nothing is returned half-loaded.
     """
     if not frames:
         raise InputError("no frames to load")
     bg = imageio.parse_background("white") if background is None else background
-    # Cameras.cat drops distortion unless every view has it: give pinhole views zeros instead.
-    n_dist = max((len(f.distortion) for f in frames if f.distortion is not None), default=0)
-    views: list[View] = []
+    infos: list[imageio.ImageInfo] = []
     sizes: dict[Size, Path] = {}
     for f in frames:
-        info = imageio.probe_image(f.image)
+        info = imageio.probe_image(f.image, f.exif)
         if f.size is not None and tuple(f.size) != info.size:
-            raise InputError(
-                f"image is {info.width}x{info.height} but the metadata ({f.source.name if f.source else 'camera'}) says "
-                f"{f.size[1]}x{f.size[0]}",
-                f.image,
-            )
+            raise _size_error(f, info, exif_option)
         sizes.setdefault(info.size, f.image)
         if same_size and len(sizes) > 1:
             (a, pa), (b, _) = list(sizes.items())[:2]
@@ -195,44 +310,45 @@ def build_views(
                 imageio.probe_image(mask)
         if f.depth is not None:
             imageio.probe_depth(f.depth, depth_scale)
-        K = torch.as_tensor(f.K, dtype=torch.float64)
-        if not torch.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        K = np.asarray(f.K, dtype=np.float64)
+        if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
             raise InputError(f"intrinsics of {f.name} must be finite with positive focal lengths, got {f.K.tolist()}", f.source or f.image)
-        c2w = torch.as_tensor(f.c2w, dtype=torch.float64)
-        check_rigid(c2w, str(f.source or f.image))
-        new_size = imageio.scaled_size(info.size, downscale)
-        K = imageio.scale_intrinsics(K, info.size, new_size)
-        distortion = f.distortion if f.distortion is not None or not n_dist else np.zeros(n_dist)
-        if distortion is not None:
-            distortion = np.pad(np.asarray(distortion, dtype=np.float64), (0, n_dist - len(distortion)))
-            if not np.isfinite(distortion).all():
-                raise InputError(f"distortion of {f.name} contains non-finite values", f.source or f.image)
+        check_rigid(torch.as_tensor(f.c2w, dtype=torch.float64), str(f.source or f.image))
+        if f.distortion is not None and not np.isfinite(np.asarray(f.distortion, dtype=np.float64)).all():
+            raise InputError(f"distortion of {f.name} contains non-finite values", f.source or f.image)
+        infos.append(info)
+    factor = auto_downscale([i.size for i in infos], downscale, f"{loader}.downscale")
+    views: list[View] = []
+    for f, info in zip(frames, infos):
+        und = undistort.plan(f.K, f.distortion, f.distortion_model, info.size)  # type: ignore[arg-type]
+        K0 = torch.as_tensor(und.new_K_array if und is not None else f.K, dtype=torch.float64)
+        new_size = imageio.scaled_size(info.size, factor)
+        K = imageio.scale_intrinsics(K0, info.size, new_size)
         camera = Cameras.create(
             K.float(),
-            c2w.float(),
+            torch.as_tensor(f.c2w, dtype=torch.float64).float(),
             new_size[1],
             new_size[0],
-            distortion=None if distortion is None else torch.as_tensor(distortion, dtype=torch.float32),
             times=None if f.time is None else [f.time],
         )
-        alpha_lazy = _alpha_reader(f.image, new_size) if info.has_alpha else None
+        alpha_lazy = _alpha_reader(f.image, new_size, f.exif, und) if info.has_alpha else None
         object_mask = None
         if f.object_mask is not None:
-            object_mask = _mask_reader(f.object_mask, new_size, "any")
+            object_mask = _mask_reader(f.object_mask, new_size, "any", f.exif, und)
         elif f.alpha_mask and info.has_alpha:
-            object_mask = _alpha_mask_reader(f.image, new_size)
+            object_mask = _alpha_mask_reader(f.image, new_size, f.exif, und)
         views.append(
             View(
                 f.name,
                 camera,
-                _image_reader(f.image, new_size, bg),
+                _image_reader(f.image, new_size, bg, f.exif, und),
                 f.split,
                 alpha=alpha_lazy,
                 object_mask=object_mask,
                 # Sky: "all" keeps every block that touches a non-sky pixel non-sky (thin lamps survive).
-                sky_mask=None if f.sky_mask is None else _mask_reader(f.sky_mask, new_size, "all"),
-                dynamic_mask=None if f.dynamic_mask is None else _mask_reader(f.dynamic_mask, new_size, "any"),
-                depth=None if f.depth is None else _depth_reader(f.depth, new_size, depth_scale),
+                sky_mask=None if f.sky_mask is None else _mask_reader(f.sky_mask, new_size, "all", f.exif, und),
+                dynamic_mask=None if f.dynamic_mask is None else _mask_reader(f.dynamic_mask, new_size, "any", f.exif, und),
+                depth=None if f.depth is None else _depth_reader(f.depth, new_size, depth_scale, und),
                 path=f.image,
             )
         )

@@ -48,7 +48,7 @@ import numpy as np
 from recon_core import Bounds, Cameras, InputError, Loader, Scene, option
 
 from . import imageio
-from .common import FrameSpec, build_views
+from .common import FrameSpec, build_views, report_missing
 from .nerfstudio import parse_transforms
 
 __all__ = ["DggtLoader", "poses_known", "OPENCV_TO_WAYMO"]
@@ -112,9 +112,12 @@ class DggtConfig:
     sequence_length: int = option(0, "number of frames to load (0 = to the end)")
     interval: int = option(1, "load every interval-th frame")
     fps: float = option(10.0, "frame rate of the DGGT layout (Waymo: 10 Hz); time = (t - start_idx) / fps")
-    downscale: float = option(1.0, "divide image sizes by this (antialiased; masks by block selection)")
+    downscale: float | None = option(None, "divide image sizes by this (antialiased; masks by block selection); "
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
     unknown_fov_deg: float = option(60.0, "horizontal field of view assumed when intrinsics/ is missing")
     scene_radius: float = option(30.0, "minimum bounds radius in metres around the camera path")
+    strict: bool = option(False, "transforms.json streets: stop with an error at a frame whose image file is missing "
+                                 "(default: skip such frames with one warning)")
 
 
 class DggtLoader(Loader):
@@ -160,7 +163,7 @@ class DggtLoader(Loader):
             frames, known = self._street_frames(path), True
         else:
             raise InputError("neither a DGGT folder (images/{t:03d}_{cam}.jpg) nor a transforms.json", path)
-        views = build_views(frames, downscale=self.config.downscale)
+        views = build_views(frames, downscale=self.config.downscale, loader=self.name)
         cams = Cameras.cat([v.camera for v in views])
         b = Bounds.from_cameras(cams)
         scene = Scene(
@@ -174,6 +177,7 @@ class DggtLoader(Loader):
 
     def _street_frames(self, path: Path) -> list[FrameSpec]:
         data = parse_transforms(path)
+        report_missing(data.missing, data.total, strict=self.config.strict, option=f"{self.name}.strict")
         frames = data.frames
         if all(f.time is not None for f in frames):
             frames = sorted(frames, key=lambda f: f.time)  # type: ignore[arg-type, return-value]

@@ -40,7 +40,7 @@ import torch
 from recon_core import Bounds, Cameras, InputError, Loader, Scene, option
 
 from . import imageio
-from .common import FrameSpec, build_views
+from .common import FrameSpec, build_views, hold_out_every
 
 __all__ = ["IdrLoader", "decompose_projection", "rq3", "read_idr_cameras", "true_cameras"]
 
@@ -129,7 +129,8 @@ def _folder(root: Path, names: tuple[str, ...]) -> Path | None:
 @dataclass
 class IdrConfig:
     init_cameras: str = option("true", "which cameras the views get: 'true' (cameras.npz) or 'linear' (cameras_linear_init.npz)", choices=("true", "linear"))
-    downscale: float = option(1.0, "divide image sizes by this (antialiased; intrinsics scaled to match)")
+    downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
     pixel_offset: float = option(0.0, "added to cx, cy: 0.5 for files whose pixel centres are at integer coordinates (original IDR)")
     background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto")
     test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; 0 = all train")
@@ -177,9 +178,6 @@ class IdrLoader(Loader):
         path = Path(path)
         if not path.is_dir():
             raise InputError("an IDR dataset must be a folder", path)
-        n = int(self.config.test_every)
-        if n < 0:
-            raise InputError(f"idr.test_every must be >= 0 (0: every view is a training view), got {n}")
         images, masks = self._files(path)
         cams = self._cameras(path, len(images), self.config.init_cameras)
         frames = [
@@ -188,13 +186,13 @@ class IdrLoader(Loader):
                 image=img,
                 K=K,
                 c2w=c2w,
-                split="test" if n > 0 and i % n == n - 1 else "train",
                 object_mask=None if masks is None else masks[i],
                 source=path / "cameras.npz",
             )
             for i, (img, (K, c2w)) in enumerate(zip(images, cams))
         ]
-        views = build_views(frames, downscale=self.config.downscale, same_size=True,
+        hold_out_every(frames, self.config.test_every, f"{self.name}.test_every")
+        views = build_views(frames, downscale=self.config.downscale, same_size=True, loader=self.name,
                             background=imageio.parse_background(tuple(self.config.background)))
         gt = next((p for p in [path / "gt_mesh.ply", path / "mesh.ply", *sorted(path.glob("stl*_total.ply"))] if p.is_file()), None)
         return Scene(

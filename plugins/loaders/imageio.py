@@ -19,6 +19,9 @@ One place decides how pixels are read and resized, so all loaders agree:
 * **Depth**: plain nearest (the sample closest to the footprint centre), so foreground and
   background depths are never averaged into a floating value; 0 stays "unknown".
 
+EXIF orientation (phone photos) is applied by default to sizes and pixels alike
+(``PIL.ImageOps.exif_transpose``); ``exif=False`` keeps the pixels as stored.
+
 Readers validate up front with :func:`probe_image` (existence + a readable header, no pixel
 decode) and decode later, inside the lazy callables loaders hand to :class:`recon_core.View`.
 Every problem becomes an :class:`recon_core.InputError` naming the file.
@@ -33,7 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from recon_core import InputError
@@ -62,12 +65,19 @@ Size = tuple[int, int]
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a header says about an image file: (height, width), PIL mode and channel count."""
+    """What a header says about an image file: (height, width) as displayed, PIL mode, channels.
+
+    ``orientation`` is the EXIF orientation tag (1 = none; 5-8 swap width and height). With
+    ``exif=True`` (the default) ``height``/``width`` are those of the image after that
+    orientation is applied; ``stored`` is always the (H, W) of the pixels as stored.
+    """
 
     path: Path
     height: int
     width: int
     mode: str
+    orientation: int = 1
+    stored: Size | None = None
 
     @property
     def size(self) -> Size:
@@ -78,8 +88,23 @@ class ImageInfo:
         return self.mode in ("RGBA", "LA", "PA") or self.mode.endswith("A")
 
 
-def probe_image(path: Path) -> ImageInfo:
-    """Check ``path`` exists and has a readable image header (pixels are not decoded)."""
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):  # a malformed EXIF block: ignore it
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def probe_image(path: Path, exif: bool = True) -> ImageInfo:
+    """Check ``path`` exists and has a readable image header (pixels are not decoded).
+
+    With ``exif`` the size is the displayed one (EXIF orientation applied, as phones expect).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError("file is missing", path)
@@ -87,19 +112,29 @@ def probe_image(path: Path) -> ImageInfo:
         with Image.open(path) as im:
             w, h = im.size
             mode = im.mode
+            orientation = _orientation(im)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"not a readable image ({e})", path) from None
     if w < 1 or h < 1:
         raise InputError(f"image has an empty size {w}x{h}", path)
-    return ImageInfo(path, h, w, mode)
+    stored = (h, w)
+    if exif and orientation in _TRANSPOSING:
+        w, h = h, w
+    return ImageInfo(path, h, w, mode, orientation if exif else 1, stored)
 
 
-def read_pixels(path: Path) -> tuple[np.ndarray, str]:
-    """Decode an image file fully: (array (H, W) or (H, W, C) in its native dtype, PIL mode)."""
+def read_pixels(path: Path, exif: bool = True) -> tuple[np.ndarray, str]:
+    """Decode an image file fully: (array (H, W) or (H, W, C) in its native dtype, PIL mode).
+
+    With ``exif`` the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``), so
+    phone photos come out the way they are displayed; see :func:`probe_image`.
+    """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            if exif and _orientation(im) != 1:
+                im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -130,14 +165,14 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(f"unsupported pixel type {arr.dtype}", path)
 
 
-def read_rgb_alpha(path: Path, size: Size | None = None) -> tuple[Tensor, Tensor | None]:
+def read_rgb_alpha(path: Path, size: Size | None = None, exif: bool = True) -> tuple[Tensor, Tensor | None]:
     """Read an image as RGB float32 (H, W, 3) in [0, 1] and alpha float32 (H, W) or None.
 
     ``size`` (height, width) resizes both with :func:`resize_image` (alpha too: it is a
     continuous coverage value, not a discrete mask). Grey images are repeated to 3 channels.
-    Colour is *not* composited here; see :func:`composite`.
+    Colour is *not* composited here; see :func:`composite`. ``exif``: see :func:`read_pixels`.
     """
-    arr, _ = read_pixels(path)
+    arr, _ = read_pixels(path, exif)
     arr = _to_unit_float(arr, Path(path))
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -172,14 +207,15 @@ def composite(rgb: Tensor, alpha: Tensor | None, background: Tensor) -> Tensor:
     return torch.from_numpy((r * a + bg * (1.0 - a)).astype(np.float32, copy=False))
 
 
-def read_mask(path: Path, size: Size | None = None, keep: Literal["any", "all", "nearest"] = "any", threshold: float = 0.5) -> Tensor:
+def read_mask(path: Path, size: Size | None = None, keep: Literal["any", "all", "nearest"] = "any", threshold: float = 0.5,
+              exif: bool = True) -> Tensor:
     """Read a discrete mask as bool (H, W): True where the first channel's value > ``threshold``.
 
     ``threshold`` is a fraction of full scale (0.5 → grey > 127.5 for 8-bit files). Masks are
     grey images (255 = True); of a colour or grey+alpha file only the first channel is used.
-    ``size`` resizes with :func:`resize_mask` using ``keep``.
+    ``size`` resizes with :func:`resize_mask` using ``keep``. ``exif``: see :func:`read_pixels`.
     """
-    arr, _ = read_pixels(path)
+    arr, _ = read_pixels(path, exif)
     arr = _to_unit_float(arr, Path(path))
     if arr.ndim == 3:
         arr = arr[..., 0]

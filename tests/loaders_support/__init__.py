@@ -180,3 +180,64 @@ def write_video(path: Path, n_frames: int, w: int = 32, h: int = 24, fps: int = 
 def frame_level(i: int) -> int:
     """Grey level of frame i written by :func:`write_video` (kept away from the 0/255 clip)."""
     return 16 + (i * 7) % 224
+
+
+QUADRANTS = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)
+"""Colours of the upright test image's quadrants: [[top-left, top-right], [bottom-left, bottom-right]]."""
+
+
+def quadrant_image(h: int, w: int) -> np.ndarray:
+    """uint8 (H, W, 3): red top-left, green top-right, blue bottom-left, white bottom-right."""
+    img = np.empty((h, w, 3), np.uint8)
+    for r in range(2):
+        for c in range(2):
+            img[r * h // 2 : (r + 1) * h // 2, c * w // 2 : (c + 1) * w // 2] = QUADRANTS[r, c]
+    return img
+
+
+def write_exif_jpeg(path: Path, upright: np.ndarray, orientation: int = 6) -> Path:
+    """A JPEG whose stored pixels are ``upright`` turned so that its EXIF ``orientation`` tag (6:
+    "rotate 90 degrees clockwise to display", what phones write for portrait shots) brings it back."""
+    undo = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    im = Image.fromarray(upright)
+    stored = im if undo is None else im.transpose(undo)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, quality=95, exif=exif)
+    return path
+
+
+def write_instant_ngp(
+    root: Path, n: int = 18, missing: tuple[int, ...] = (4, 11), w: int = 30, h: int = 40, *, orientation: int = 6,
+    distortion: dict[str, float] | None = None, stored_size_in_metadata: bool = False,
+) -> dict[str, Any]:
+    """A phone capture in instant-ngp's transforms.json layout: portrait JPEGs stored sideways with
+    an EXIF orientation tag, OpenGL poses, top-level ``k1 k2 p1 p2``, ``aabb_scale``, no
+    ``camera_model``, no split, no point cloud; the frames in ``missing`` have no image file.
+
+    Returns {"meta", "c2w_cv": [n, 4, 4] of every listed frame, "K", "names" (present frames),
+    "missing" (file names), "upright" (H, W, 3) uint8}.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    dist = {"k1": -0.08, "k2": 0.01, "p1": 0.002, "p2": -0.001} if distortion is None else distortion
+    K = np.array([[26.0, 0.0, w / 2], [0.0, 26.0, h / 2], [0.0, 0.0, 1.0]])
+    upright = quadrant_image(h, w)
+    poses = ring_poses(n)
+    frames, names, gone = [], [], []
+    for i, c2w in enumerate(poses):
+        name = f"frame_{i:04d}.jpg"
+        if i in missing:
+            gone.append(name)
+        else:
+            write_exif_jpeg(root / "images" / name, upright, orientation)
+            names.append(Path(name).stem)
+        frames.append({"file_path": f"./images/{name}", "sharpness": 50.0, "transform_matrix": (c2w @ GL_TO_CV).tolist()})
+    sw, sh = (h, w) if stored_size_in_metadata and orientation in (6, 8) else (w, h)
+    meta: dict[str, Any] = {
+        "camera_angle_x": 2 * np.arctan(w / (2 * K[0, 0])), "camera_angle_y": 2 * np.arctan(h / (2 * K[1, 1])),
+        "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "w": sw, "h": sh, **dist,
+        "aabb_scale": 16, "frames": frames,
+    }
+    (root / "transforms.json").write_text(json.dumps(meta, indent=1))
+    return {"meta": meta, "c2w_cv": np.stack(poses), "K": K, "names": names, "missing": gone, "upright": upright}

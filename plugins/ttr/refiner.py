@@ -247,8 +247,8 @@ class TestTimeRefiner(Refiner):
         self.free[0] = 0.0  # frame 0 is the fixed reference
 
         self.held_cams = Cameras.cat([v.camera for v in self.held]).to(self.device) if self.held else None
-        self.targets = [(v.image.float().to(self.device), _valid(v).to(self.device)) for v in self.views]
-        self.held_targets = [(v.image.float().to(self.device), _valid(v).to(self.device)) for v in self.held]
+        self.targets = [(v.image_on(self.background.cpu()).to(self.device), _valid(v).to(self.device)) for v in self.views]
+        self.held_targets = [(v.image_on(self.background.cpu()).to(self.device), _valid(v).to(self.device)) for v in self.held]
         self.true_c2w = self._true_poses(cfg.true_poses)
         self.lpips_unavailable: str | None = None
         self.evaluators = self._evaluators()

@@ -22,8 +22,9 @@ __all__ = ["GaussianSplat", "GaussianSplatConfig"]
 
 @dataclass
 class GaussianSplatConfig:
-    init: str = option("auto", "where Gaussians start: auto (point cloud, else depth, else random), points, depth, random, ply",
-                       choices=("auto", "points", "depth", "random", "ply"))
+    init: str = option("auto", "where Gaussians start: auto (point cloud, else depth, else points triangulated with the "
+                       "known poses, else random), points, depth, triangulate, random, ply",
+                       choices=("auto", "points", "depth", "triangulate", "random", "ply"))
     ply_path: str | None = option(None, "3DGS PLY to start from (init=ply)")
     num_points: int = option(50_000, "at most this many initial Gaussians (random init: exactly this many)")
     sh_degree: int = option(3, "highest spherical-harmonics degree stored (0-3)")
@@ -76,7 +77,7 @@ class GaussianSplat(GaussianRepresentation):
         if not isinstance(data, Scene):
             raise InputError("the 3dgs representation needs posed views (a Scene), not a video")
         generator = torch.Generator().manual_seed(int(cfg.seed))
-        pc, _ = initial_points(data, cfg.init, int(cfg.num_points), generator)
+        pc, _ = initial_points(data, cfg.init, int(cfg.num_points), generator, log=ctx.log)
         splats = splats_from_points(pc, float(cfg.init_opacity), int(cfg.sh_degree), generator, scale_factor=float(cfg.init_scale))
         self.set_splats(splats, ctx.device)
         self.active_sh_degree = int(cfg.sh_degree)

@@ -8,7 +8,8 @@ Sources (the ``reconx`` representation's ``pointcloud`` option), each a function
     with the known poses; foreground pixels only (object mask / alpha when present).
 ``triangulate``
     pycolmap: SIFT features of the sparse images, exhaustive matching, then triangulation with the
-    *known* poses and intrinsics (``pycolmap.triangulate_points``; no pose estimation).
+    *known* poses and intrinsics (``pycolmap.triangulate_points``; no pose estimation): the core's
+    :func:`recon_core.points.triangulated_points`, the one implementation.
 ``dggt``
     the run's ``dggt`` representation (created through the run, so ``--set dggt.KEY=VALUE``
     applies, e.g. ``dggt.checkpoint``), built on copies of the views: the centres and colours of
@@ -26,19 +27,16 @@ space carving (:mod:`.carving`) leaves unknown, coloured like their nearest obse
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from recon_core import Bounds, Cameras, InputError, RunContext, Scene
 from recon_core.gaussians import GaussianRepresentation, sh_to_rgb
 from recon_core.geometry import apply_similarity, camera_similarity
 from recon_core.points import points_from_depth
+from recon_core.points import triangulated_points as core_triangulated_points
 from recon_core.scene import PointCloud, View
 
 from .carving import CarvedVolume
@@ -74,82 +72,12 @@ def _subsample(pc: PointCloud, max_points: int, generator: torch.Generator) -> P
 
 
 def triangulated_points(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:
-    """SIFT + exhaustive matching + triangulation with the known cameras (pycolmap)."""
+    """SIFT + exhaustive matching + triangulation with the known cameras: the core's
+    :func:`recon_core.points.triangulated_points` (pycolmap)."""
     try:
-        import pycolmap
-    except ImportError:
-        raise InputError("pointcloud=triangulate needs pycolmap (pip install pycolmap)") from None
-    from PIL import Image
-
-    if len(views) < 2:
-        raise InputError("triangulation needs at least two views")
-    tmp = Path(tempfile.mkdtemp(prefix="reconx-tri-"))
-    previous_level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 2  # warnings and errors only
-    try:
-        image_dir = tmp / "images"
-        image_dir.mkdir()
-        names = []
-        for i, v in enumerate(views):
-            name = f"{i:04d}.png"
-            arr = (v.image.float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-            Image.fromarray(arr).save(image_dir / name)
-            names.append(name)
-        db = tmp / "database.db"
-        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.PER_IMAGE,
-                                  device=pycolmap.Device.cpu)
-        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
-        rec = _known_pose_reconstruction(pycolmap, db, views, names)
-        out = tmp / "sparse"
-        out.mkdir()
-        rec = pycolmap.triangulate_points(rec, db, image_dir, out)
-        pts = [(p.xyz, p.color) for p in rec.points3D.values()]
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - pycolmap reports failures as assorted exception types
-        raise InputError(f"pycolmap triangulation of the sparse views failed ({type(e).__name__}: {e}); "
-                         f"use pointcloud=depth or pointcloud=dggt") from None
-    finally:
-        pycolmap.logging.minloglevel = previous_level
-        shutil.rmtree(tmp, ignore_errors=True)
-    if not pts:
-        raise InputError("pycolmap triangulated no point from the sparse views (too few matches between widely spaced "
-                         "views); use pointcloud=depth or pointcloud=dggt")
-    points = torch.tensor(np.stack([p for p, _ in pts]), dtype=torch.float32)
-    colors = torch.tensor(np.stack([c for _, c in pts]), dtype=torch.float32) / 255.0
-    return _subsample(PointCloud(points, colors), max_points, generator)
-
-
-def _known_pose_reconstruction(pycolmap, db: Path, views: Sequence[View], names: list[str]):  # noqa: ANN001, ANN202
-    """A pycolmap Reconstruction holding the views' known intrinsics (PINHOLE, written back into the
-    database too, as triangulation requires) and poses (frames registered), with no points yet."""
-    database = pycolmap.Database.open(db)
-    try:
-        rec = pycolmap.Reconstruction()
-        images = {im.name: im for im in database.read_all_images()}
-        view_of = {im.image_id: views[names.index(name)] for name, im in images.items()}
-        for cam in database.read_all_cameras():
-            image = next(im for im in images.values() if im.camera_id == cam.camera_id)
-            K = view_of[image.image_id].camera.K[0].double().numpy()
-            cam.model = pycolmap.CameraModelId.PINHOLE
-            cam.params = [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]  # COLMAP pixel centres are at i + 0.5 too
-            database.update_camera(cam)
-            rec.add_camera(cam)
-        for rig in database.read_all_rigs():
-            rec.add_rig(rig)
-        frames = database.read_all_frames()
-        for frame in frames:
-            image = next(im for im in images.values() if im.frame_id == frame.frame_id)
-            w2c = np.linalg.inv(view_of[image.image_id].camera.c2w[0].double().numpy())
-            frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
-            rec.add_frame(frame)
-        for image in images.values():
-            rec.add_image(image)
-        for frame in frames:
-            rec.register_frame(frame.frame_id)
-        return rec
-    finally:
-        database.close()
+        return core_triangulated_points(views, max_points, generator)
+    except InputError as e:
+        raise InputError(f"pointcloud=triangulate: {e}; use pointcloud=depth or pointcloud=dggt") from None
 
 
 def dggt_points(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:

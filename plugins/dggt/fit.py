@@ -57,7 +57,7 @@ def fit_static(scene: Scene, ctx: RunContext, *, steps: int, num_points: int, se
     """SH-degree-0 Gaussians from the scene's points, fitted to its training views on black."""
     generator = torch.Generator().manual_seed(seed)
     static = StaticGaussians(sh_degree=0)
-    pc, _ = initial_points(scene, "auto", num_points, generator)
+    pc, _ = initial_points(scene, "auto", num_points, generator, log=ctx.log)
     static.set_splats(splats_from_points(pc, 0.1, 0, generator), ctx.device)
     views = scene.train_views or list(scene.views)
     engine = GaussianOptimizer(static, OptimConfig(densify=False), scene_scale=default_scene_scale(scene.bounds.radius),

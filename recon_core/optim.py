@@ -6,7 +6,8 @@ engine. It works on any :class:`~recon_core.gaussians.GaussianRepresentation` an
 ``splats`` in place (gsplat's shape: one Adam optimizer per trainable entry, a strategy object
 and a state dict)::
 
-    engine = GaussianOptimizer(rep, config.optim, scene_scale=1.1 * scene.bounds.radius, total_steps=n)
+    engine = GaussianOptimizer(rep, config, scene_scale=default_scene_scale(scene.bounds.radius),
+                               total_steps=n, views=len(train_views))   # config: an OptimConfig
     for step in range(n):
         engine.schedule(step)                                  # means lr decay, SH degree in use
         out = renderer.render(rep, camera, background=ctx.background)
@@ -22,7 +23,7 @@ decaying exponentially to 1 % at the last step; quats 1e-3, scales 5e-3, opaciti
 Schedules scale as gsplat's ``steps_scaler`` scales them: the engine multiplies the step counts
 in the options (``sh_degree_interval``, ``strategy.refine_start/stop/every``, ``reset_every``,
 written for gsplat's 30 000-step run) by ``steps_scaler`` (default 1, gsplat's default: the
-counts as written; ``auto``-like compression is ``steps_scaler = steps / 30000``). One departure
+counts as written; ``steps_scaler = steps / 30000`` compresses that schedule into the run). One departure
 from gsplat: a scaled refine period is never shorter than one epoch (a pass over the training
 views, capped at the configured period), since densifying on the gradients of a handful of views
 makes the set explode in short runs.

@@ -4,6 +4,11 @@ pluggy's ``load_setuptools_entrypoints`` stops at the first plugin that fails to
 the registry loads each entry point itself inside try/except. A plugin that fails is reported
 (``failed`` with its error, ``missing-dependency`` naming the package) and everything else keeps
 working. ``RECON_DISABLE_PLUGINS=a,b`` blocks plugins before they are imported.
+
+Anything a plugin raises at import or in a hook, ``SystemExit`` included (only
+``KeyboardInterrupt`` passes through), fails that plugin as a whole: none of its components stay
+usable, whichever of its hooks raised. A plugin command may not take a name already in the CLI
+(the built-ins ``run``, ``eval``…, or another plugin's): it is refused and listed.
 """
 
 from __future__ import annotations
@@ -152,33 +157,57 @@ class Registry:
             else:
                 info.status, info.detail = Status.FAILED, _short_error(e)
             return
-        except Exception as e:  # noqa: BLE001 - any import error is the plugin's, not ours
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - any import error (sys.exit() too) is the plugin's, not ours
             info.status, info.detail = Status.FAILED, _short_error(e)
             return
         try:
             self.pm.register(module, name=source.name)
             self.pm.check_pending()
-        except Exception as e:  # noqa: BLE001 - e.g. a misspelled hook name
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - e.g. a misspelled hook name
             if self.pm.is_registered(module):
                 self.pm.unregister(module)
             info.status, info.detail = Status.FAILED, _short_error(e)
             return
         info.module = module
 
+    def _fail(self, plugin: PluginInfo, detail: str) -> None:
+        """Fail ``plugin`` as a whole: drop its components and its hooks, list it as failed."""
+        plugin.status, plugin.detail = Status.FAILED, detail
+        self._rows = [r for r in self._rows if r.plugin is not plugin]
+        self._rows.append(ComponentInfo(plugin.name, "plugin", plugin, status=plugin.status, detail=plugin.detail))
+        self._components = {k: r for k, r in self._components.items() if r.plugin is not plugin}
+        if self.pm.has_plugin(plugin.name):
+            self.pm.unregister(name=plugin.name)
+
     def _collect_components(self) -> None:
         by_plugin = {p.name: p for p in self.plugins}
+        # first ask every hook of every plugin; a plugin with any failing hook adds nothing
+        collected: list[tuple[PluginInfo, str, list[Any]]] = []
         for kind in KINDS:
             hook = getattr(self.pm.hook, hookspecs.KIND_HOOKS[kind])
             for impl in hook.get_hookimpls():
                 plugin = by_plugin[impl.plugin_name]
+                if plugin.status != Status.OK:
+                    continue
                 try:
-                    classes = impl.function() or []
+                    classes = list(impl.function() or [])
                     for cls in classes:
                         self._check_class(cls, kind)
-                except Exception as e:  # noqa: BLE001
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e:  # noqa: BLE001 - SystemExit from a hook too
                     plugin.status, plugin.detail = Status.FAILED, _short_error(e)
-                    self._rows = [r for r in self._rows if r.plugin is not plugin]
                     continue
+                collected.append((plugin, kind, classes))
+        for plugin in self.plugins:
+            if plugin.status == Status.FAILED and self.pm.has_plugin(plugin.name):
+                self.pm.unregister(name=plugin.name)
+        for plugin, kind, classes in collected:
+            if plugin.status == Status.OK:
                 for cls in classes:
                     self._add(cls, kind, plugin)
         for plugin in self.plugins:
@@ -247,13 +276,42 @@ class Registry:
         return self.get(kind, name)(config)
 
     def add_commands(self, cli: Any) -> list[str]:
-        """Let each plugin add CLI commands; returns error lines for plugins whose hook failed."""
+        """Let each plugin add CLI commands; returns error lines for the problems.
+
+        A command whose name is already taken (a built-in such as ``run``, or an earlier plugin's)
+        is not registered: the existing command stays and a failed ``command`` row is listed. A
+        plugin whose hook raises is failed as a whole (its commands and components are removed).
+        """
         errors = []
+        by_plugin = {p.name: p for p in self.plugins}
+        owners = {name: None for name in cli.commands}  # None: built in
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            plugin = by_plugin[impl.plugin_name]
+            before = dict(cli.commands)
             try:
                 impl.function(cli)
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"plugin '{impl.plugin_name}' failed to add commands: {_short_error(e)}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - SystemExit from a hook too
+                cli.commands.clear()
+                cli.commands.update(before)
+                detail = f"register_commands() failed: {_short_error(e)}"
+                self._fail(plugin, detail)
+                errors.append(f"plugin '{plugin.name}' failed: {detail}")
+                continue
+            for name in sorted(set(before) | set(cli.commands)):
+                if name in before and cli.commands.get(name) is before[name]:
+                    continue
+                if name not in before:
+                    owners[name] = plugin.name
+                    continue
+                owner = owners.get(name)
+                taken = "a built-in command" if owner is None else f"a command of plugin '{owner}'"
+                detail = (f"plugin '{plugin.name}' tried to register command '{name}', which is {taken}; "
+                          f"not registered (rename it in the plugin)")
+                cli.commands[name] = before[name]
+                self._rows.append(ComponentInfo(name, "command", plugin, status=Status.FAILED, detail=detail))
+                errors.append(detail)
         return errors
 
 

@@ -164,3 +164,133 @@ def test_add_commands_reports_failures(site):
     errors = registry.add_commands(group)
     assert "toy-hello" in group.commands
     assert len(errors) == 1 and "plugin 'cmd'" in errors[0] and "no commands today" in errors[0]
+
+
+def test_sys_exit_at_import_is_a_plugin_failure(site):
+    folder, add = site
+    add("exit-dist", "import sys\nsys.exit('leaving at import')\n", ep_name="exiter")
+    add("good-dist", GOOD_PLUGIN.replace("{name}", "still-good"))
+    registry = Registry(entry_points=_entry_points(folder), modules=[("toy", recon_toy)], disabled=())
+    row = _row(registry, "exiter")
+    assert row.status == "failed" and "SystemExit: leaving at import" in row.detail
+    assert registry.get("representation", "still-good").name == "still-good"
+    assert registry.get("refiner", "toy-fit") is recon_toy.ToyFit
+
+
+def test_keyboard_interrupt_at_import_is_not_swallowed(site):
+    folder, add = site
+    add("ki-dist", "raise KeyboardInterrupt\n", ep_name="ki")
+    with pytest.raises(KeyboardInterrupt):
+        Registry(entry_points=_entry_points(folder), disabled=())
+
+
+# a plugin with a good hook and a failing one; which one runs first must not matter
+TWO_HOOKS = '''
+from recon_core import Loader, Representation, hookimpl
+import sys
+
+class Rep(Representation):
+    name = "half-rep"
+
+class Load(Loader):
+    name = "half-loader"
+
+@hookimpl
+def register_loaders():
+    {loaders}
+
+@hookimpl
+def register_representations():
+    {representations}
+'''
+
+
+@pytest.mark.parametrize("failing", ["first", "last"])
+def test_any_failing_hook_fails_the_whole_plugin(site, failing):
+    folder, add = site
+    raise_ = "sys.exit(3)" if failing == "first" else "raise RuntimeError('late hook')"
+    body = {"loaders": raise_ if failing == "first" else "return [Load]",
+            "representations": "return [Rep]" if failing == "first" else raise_}
+    add("half-dist", TWO_HOOKS.replace("{loaders}", body["loaders"]).replace("{representations}", body["representations"]),
+        ep_name="half")
+    registry = Registry(entry_points=_entry_points(folder), modules=[("toy", recon_toy)], disabled=())
+    row = _row(registry, "half")
+    assert row.kind == "plugin" and row.status == "failed"
+    assert ("SystemExit: 3" if failing == "first" else "RuntimeError: late hook") in row.detail
+    assert not any(r.name in ("half-rep", "half-loader") for r in registry.rows())
+    for kind, name in (("loader", "half-loader"), ("representation", "half-rep")):
+        with pytest.raises(InputError):
+            registry.get(kind, name)
+    assert registry.get("representation", "toy-grid") is recon_toy.ToyGrid
+
+
+def test_failing_command_hook_fails_the_whole_plugin(site):
+    import click
+
+    folder, add = site
+    add("cmdfail-dist", '''
+        import sys
+        from recon_core import Representation, hookimpl
+
+        class Rep(Representation):
+            name = "cmd-rep"
+
+        @hookimpl
+        def register_representations():
+            return [Rep]
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command("half-added")
+            def half_added():
+                pass
+            sys.exit(1)
+    ''', ep_name="cmdfail")
+    registry = Registry(entry_points=_entry_points(folder), modules=[("toy", recon_toy)], disabled=())
+    assert registry.get("representation", "cmd-rep").name == "cmd-rep"
+    group = click.Group("g")
+    errors = registry.add_commands(group)
+    assert "half-added" not in group.commands and "toy-hello" in group.commands
+    assert len(errors) == 1 and "SystemExit" in errors[0]
+    row = _row(registry, "cmdfail")
+    assert row.kind == "plugin" and row.status == "failed" and "register_commands" in row.detail
+    assert not any(r.name == "cmd-rep" for r in registry.rows())
+    with pytest.raises(InputError):
+        registry.get("representation", "cmd-rep")
+
+
+def test_plugin_cannot_take_a_builtin_command_name(site):
+    from click.testing import CliRunner
+
+    from recon_cli.main import make_cli
+
+    folder, add = site
+    add("hijack-dist", '''
+        import click
+        from recon_core import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command("run")
+            def run():
+                click.echo("hijacked")
+
+            @cli.command("hijack-own")
+            def own():
+                click.echo("own command")
+    ''', ep_name="hijack")
+    registry = Registry(entry_points=_entry_points(folder), modules=[("toy", recon_toy)], disabled=())
+    cli = make_cli(registry)
+    runner = CliRunner()
+    assert "--repr" in runner.invoke(cli, ["run", "--help"]).output  # the built-in stays
+    assert "hijacked" not in runner.invoke(cli, ["run", "--help"]).output
+    assert runner.invoke(cli, ["hijack-own"]).output.strip() == "own command"
+    import json
+
+    result = runner.invoke(cli, ["list-plugins", "--json"])
+    assert result.exit_code == 0
+    row = next(r for r in json.loads(result.stdout) if r["kind"] == "command")
+    assert row["name"] == "run" and row["status"] == "failed" and row["distribution"] == "hijack-dist"
+    assert "built-in command" in row["detail"] and "not registered" in row["detail"]
+    table = runner.invoke(cli, ["list-plugins"]).stdout
+    assert "built-in command" in table

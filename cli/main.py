@@ -293,27 +293,35 @@ def _view_json(v: Any) -> dict[str, Any]:
 @click.option("--set", "sets", multiple=True, metavar="PLUGIN.KEY=VALUE", help="Set a component option (run.KEY for the pipeline).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="A config.json of an earlier run to start from.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out (only once the new run has succeeded; the old one stays until then).")
 @click.pass_context
 def run(ctx: click.Context, data: Path | None, loader: str | None, representation: str | None, renderer: str | None,
         encoder: str | None, refiners: tuple[str, ...], fixer: str | None, evaluators: tuple[str, ...],
         device: str | None, seed: int | None, out: Path | None, sets: tuple[str, ...], config_file: Path | None,
-        resume_dir: Path | None) -> None:
-    """Reconstruct: load → build → refine → render → fix → evaluate → export."""
-    from recon_core.pipeline import Pipeline
+        resume_dir: Path | None, overwrite: bool) -> None:
+    """Reconstruct: load → build → refine → render → fix → evaluate → export.
+
+    --out must be new, empty, or (with --overwrite) an earlier run folder; it may not be inside the
+    data. A run folder is locked (run.lock) while a run writes it.
+    """
     from recon_core.resolve import resolve_run
-    from recon_core.rundir import RunDir, default_run_path, read_json
+    from recon_core.rundir import RunDir, RunLock, check_out_path, default_run_path, read_json
 
     reg = _registry(ctx)
+    replace = False
     if resume_dir is not None:
         given = [flag for flag, value in (
             ("--data", data), ("--loader", loader), ("--repr", representation), ("--renderer", renderer),
             ("--encoder", encoder), ("--refiner", refiners), ("--fixer", fixer), ("--eval", evaluators),
             ("--device", device), ("--seed", seed), ("--out", out), ("--set", sets), ("--config", config_file),
+            ("--overwrite", overwrite or None),
         ) if value not in (None, ())]
         if given:
             raise InputError(f"--resume continues a run exactly as it was configured; drop {', '.join(given)}")
         run_dir = RunDir.open(resume_dir)
         spec = resolve_run(reg, base=run_dir.read_config())
+        target = run_dir.path
     else:
         base = read_json(config_file, "run configuration") if config_file is not None else None
         spec = resolve_run(
@@ -321,10 +329,30 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
             refiners=list(refiners) if refiners else None, fixer=fixer,
             evaluators=list(evaluators) if evaluators else None, device=device, seed=seed, sets=sets, base=base,
         )
-        run_dir = RunDir.create(out or default_run_path(spec.data.name, spec.representation.name))
+        target = out or default_run_path(spec.data.name, spec.representation.name)
+        replace = check_out_path(target, spec.data, overwrite=overwrite)
+    lock = RunLock(target)
+    if replace or resume_dir is not None:
+        lock.acquire()  # an existing run: nobody else may be writing it
+    try:
+        if replace:
+            _replace_run(reg, spec, target, lock)
+            return
+        run_dir = RunDir.create(target)
+        if not lock.held:
+            lock.acquire()
+        _run_into(reg, spec, run_dir, resume=resume_dir is not None)
+    finally:
+        lock.release()
+
+
+def _run_into(reg: Registry, spec: Any, run_dir: Any, resume: bool, *, quiet: bool = False) -> dict[str, Any]:
+    """Run the pipeline into ``run_dir``; turns interrupts into :class:`Interrupted` naming it."""
+    from recon_core.pipeline import Pipeline
+
     pipeline = Pipeline(reg, spec, run_dir)
     try:
-        doc = pipeline.run(resume=resume_dir is not None)
+        doc = pipeline.run(resume=resume)
     except Interrupted as e:
         raise Interrupted(e.checkpoint, run_dir.path) from None
     except KeyboardInterrupt:
@@ -334,8 +362,53 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
     except Exception as e:
         run_dir.log(f"failed: {type(e).__name__}: {e}")
         raise
+    if not quiet:
+        _print_metrics(doc)
+        click.echo(f"run folder: {run_dir.path}")
+    return doc
+
+
+def _replace_run(reg: Registry, spec: Any, target: Path, lock: Any) -> None:
+    """``--overwrite``: run into a temporary sibling folder; swap it in only when it succeeded."""
+    import shutil
+
+    from recon_core.rundir import RunDir, RunLock, swap_in, temporary_sibling
+
+    tmp = temporary_sibling(target, "new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    new_lock = RunLock(tmp)
+    new_lock.acquire()
+    try:
+        doc = _run_into(reg, spec, RunDir(tmp), resume=False, quiet=True)
+    except BaseException as e:
+        new_lock.release()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (Interrupted, KeyboardInterrupt)):
+            stopped = Interrupted(None)
+            stopped.args = (f"interrupted; the new run was discarded and the run in {target} is unchanged",)
+            raise stopped from None
+        raise
+    doc = _moved(doc, str(tmp), str(target))
+    RunDir(tmp).write_metrics(doc)
+    RunDir(tmp).log(f"replacing the earlier run in {target}")
+    swap_in(tmp, target)
+    new_lock.folder = target  # the lock file moved with the folder
+    new_lock.release()
+    lock.held = False  # its file went away with the old run
     _print_metrics(doc)
-    click.echo(f"run folder: {run_dir.path}")
+    click.echo(f"run folder: {target} (replaced the earlier run)")
+
+
+def _moved(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string path under ``old`` re-rooted at ``new``."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, old, new) for v in value]
+    return value
 
 
 def _print_metrics(doc: dict[str, Any]) -> None:

@@ -13,6 +13,12 @@ Checkpoints are two files (safetensors + JSON), so overwriting one in place coul
 tensor file beside an old JSON file after a crash. Each save therefore goes to a fresh numbered
 folder, and only then is ``checkpoints/latest.json`` (one atomic rename) pointed at it; older
 folders are deleted afterwards. A reader follows the pointer and always sees a complete pair.
+
+``recon run`` guards the folder (:func:`check_out_path`, :class:`RunLock`, :func:`swap_in`): a
+non-empty folder that is not a run, an existing run without ``--resume``/``--overwrite``, and a
+folder inside the data are refused; ``run.lock`` (holding the writer's PID) makes a second writer
+fail fast (a lock of a dead PID is taken over); ``--overwrite`` runs into a temporary sibling
+folder and swaps it in only when the new run succeeded.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import InputError
 from .io import write_json
 
-__all__ = ["RunDir", "default_run_path"]
+__all__ = ["RunDir", "RunLock", "default_run_path", "is_run_folder", "check_out_path", "swap_in", "temporary_sibling"]
 
 CONFIG_NAME = "config.json"
+LOCK_NAME = "run.lock"
 
 
 def _safe(part: str) -> str:
@@ -179,3 +186,177 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InputError(f"{what} file must hold a JSON object", path)
     return value
+
+
+# ------------------------------------------------------------------------------ guarding --out
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a recon ``config.json`` (``"recon_config"`` key)."""
+    config = Path(path) / CONFIG_NAME
+    try:
+        value = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(value, dict) and "recon_config" in value
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out_path(out: str | Path, data: str | Path | None, *, overwrite: bool = False) -> bool:
+    """Check a ``recon run --out`` folder before any work; True when it holds a run to replace.
+
+    Raises InputError (naming the folder) when ``out`` is a file, is inside (or is) the data
+    folder, is a non-empty folder that is not a recon run, or holds a run and ``overwrite`` is
+    not set (or would delete the data).
+    """
+    out = Path(out)
+    real_out = out.resolve()
+    if data is not None:
+        real_data = Path(data).resolve()
+        if real_data.is_dir() and _inside(real_out, real_data) or real_out == real_data:
+            raise InputError(f"the run folder is inside the input data {data}; recon never writes into its inputs, "
+                             f"choose an --out outside it", out)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise InputError("run output path exists and is not a folder", out)
+    RunLock(out).check()
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):
+        return False
+    if not is_run_folder(out):
+        raise InputError(f"--out is a non-empty folder that is not a recon run folder (no recon {CONFIG_NAME}); "
+                         f"choose a new or empty folder", out)
+    if not overwrite:
+        raise InputError(f"--out already holds a recon run; continue it with `recon run --resume {out}` or "
+                         f"replace it with --overwrite", out)
+    if data is not None and _inside(Path(data).resolve(), real_out):
+        raise InputError(f"--overwrite would delete the input data {data}, which is inside this run folder", out)
+    return True
+
+
+def temporary_sibling(path: str | Path, tag: str) -> Path:
+    """A fresh hidden folder name next to ``path`` (same file system, so renames are atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.recon-{tag}-{os.getpid()}")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False when unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def swap_in(new: str | Path, target: str | Path) -> None:
+    """Replace the folder ``target`` by the folder ``new`` (one atomic exchange where the OS
+    allows it, else two renames), then delete the old contents."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old run
+        return
+    old = temporary_sibling(target, "old")
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """``run.lock`` in a run folder: created exclusively, holding the writer's PID.
+
+    A second writer fails fast with InputError naming the holder's PID; a lock whose PID is no
+    longer running is stale and taken over. ``release`` removes the lock (in ``folder``, which may
+    be changed after the folder was renamed).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.held = False
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK_NAME
+
+    def acquire(self) -> "RunLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self.check()
+                try:  # stale: its process is gone
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
+            self.held = True
+            return self
+        raise InputError(f"cannot take the lock {self.path}", self.folder)
+
+    def check(self) -> None:
+        """InputError naming the holder's PID when a live process holds the lock."""
+        holder = self._holder()
+        if holder is not None:
+            who = f"PID {holder}" if holder > 0 else "PID not readable yet"
+            raise InputError(
+                f"the run folder is in use by another recon process ({who}, lock {self.path}); "
+                f"wait for it to finish, or delete the lock if that process is not recon", self.folder,
+            )
+
+    def _holder(self) -> int | None:
+        """The PID of a live holder, or None when the lock is stale."""
+        try:
+            text = self.path.read_text().strip()
+            age = _dt.datetime.now().timestamp() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return -1
+        if not text.isdigit():
+            return -1 if age < 10 else None  # being written just now, or left half-written by a crash
+        pid = int(text)
+        return pid if _pid_alive(pid) else None
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if self.path.read_text().strip() == str(os.getpid()):
+                self.path.unlink()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -272,7 +272,7 @@ def test_internal_errors_exit_1_with_traceback_only_in_debug(toy_scene, tmp_path
     plain = invoke(make_cli(registry), *args)
     assert plain.exit_code == 1 and "internal error: ZeroDivisionError: renderer bug" in plain.stderr
     assert "Traceback" not in plain.stderr
-    debug = invoke(make_cli(registry), "--debug", *args)
+    debug = invoke(make_cli(registry), "--debug", *args[:-1], tmp_path / "o2")  # "o" now holds the failed run
     assert debug.exit_code == 1 and "Traceback" in debug.stderr
 
 

@@ -418,3 +418,108 @@ def test_values_as_plugin_info_shows_them_are_accepted_by_set(cli, toy_scene, tm
     assert config["run"]["save_renders"] is False
     bad = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "run.background=[1.0,1.0")
     assert bad.exit_code == 2 and "bad value for run.background: '[1.0,1.0' is not valid JSON" in bad.stderr
+
+
+# ------------------------------------------------------------------------------ run folders
+
+FAST = ("--repr", "toy-grid", "--set", "toy-fit.steps=1", "--eval", "psnr")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_non_empty_out_that_is_not_a_run_is_refused(cli, toy_scene, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = invoke(cli, "run", "--data", toy_scene, *FAST, "--out", out)
+    assert result.exit_code == 2 and str(out) in result.stderr and "not a recon run folder" in result.stderr
+    result = invoke(cli, "run", "--data", toy_scene, *FAST, "--out", out, "--overwrite")
+    assert result.exit_code == 2 and (out / "notes.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", empty)  # an empty folder is fine
+    assert (empty / "metrics.json").is_file() and not (empty / "run.lock").exists()
+
+
+def test_existing_run_needs_resume_or_overwrite(cli, toy_scene, tmp_path):
+    out = tmp_path / "run"
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", out)
+    before = _tree(out)
+    result = invoke(cli, "run", "--data", toy_scene, *FAST, "--out", out)
+    assert result.exit_code == 2 and str(out) in result.stderr
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert _tree(out) == before
+    result = run_ok(cli, "run", "--data", toy_scene, *FAST, "--seed", "5", "--out", out, "--overwrite")
+    assert "replaced" in result.stdout
+    assert json.loads((out / "config.json").read_text())["seed"] == 5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["exports"] and all(p.startswith(str(out) + os.sep) and Path(p).exists() for p in metrics["exports"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "scene"]  # no temporary folder left behind
+    assert not (out / "run.lock").exists()
+    assert invoke(cli, "run", "--resume", out, "--overwrite").exit_code == 2
+
+
+def test_overwrite_validates_first_and_a_failed_new_run_keeps_the_old(cli, toy_scene, tmp_path, monkeypatch):
+    import recon_toy
+
+    out = tmp_path / "run"
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", out)
+    before = _tree(out)
+    bad = invoke(cli, "run", "--data", tmp_path / "nowhere", *FAST, "--out", out, "--overwrite")  # resolving fails
+    assert bad.exit_code == 2 and _tree(out) == before
+    bad = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grdi", "--out", out, "--overwrite")
+    assert bad.exit_code == 2 and _tree(out) == before
+
+    def broken(self, rep, cameras, **kwargs):
+        raise ZeroDivisionError("renderer bug")
+
+    monkeypatch.setattr(recon_toy.ToyGridRenderer, "render", broken)
+    failed = invoke(cli, "run", "--data", toy_scene, *FAST, "--seed", "9", "--out", out, "--overwrite")
+    assert failed.exit_code == 1 and "renderer bug" in failed.stderr
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "scene"]
+
+
+def test_lock_makes_a_second_writer_fail_fast_and_stale_locks_are_taken_over(cli, toy_scene, tmp_path):
+    out = tmp_path / "run"
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", out)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(f"{holder.pid}\n")
+        for args in (("--resume", out), ("--data", toy_scene, *FAST, "--out", out, "--overwrite")):
+            start = time.monotonic()
+            result = invoke(cli, "run", *args)
+            assert result.exit_code == 2 and f"PID {holder.pid}" in result.stderr and str(out) in result.stderr
+            assert time.monotonic() - start < 5
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        (fresh / "run.lock").write_text(f"{holder.pid}\n")
+        result = invoke(cli, "run", "--data", toy_scene, *FAST, "--out", fresh)
+        assert result.exit_code == 2 and f"PID {holder.pid}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    (out / "run.lock").write_text(f"{holder.pid}\n")  # its process is gone: a stale lock
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", out, "--overwrite")
+    assert not (out / "run.lock").exists()
+    (fresh / "run.lock").write_text(f"{holder.pid}\n")
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", fresh)
+    assert (fresh / "metrics.json").is_file() and not (fresh / "run.lock").exists()
+
+
+def test_out_inside_the_data_is_refused(cli, toy_scene, tmp_path):
+    before = _tree(toy_scene)
+    for out in (toy_scene, toy_scene / "outputs", toy_scene / "a" / "b"):
+        result = invoke(cli, "run", "--data", toy_scene, *FAST, "--out", out)
+        assert result.exit_code == 2 and str(out) in result.stderr and "inside the input data" in result.stderr
+    assert _tree(toy_scene) == before and not (toy_scene / "outputs").exists()
+    # a run folder that holds the data cannot be overwritten (that would delete the data)
+    run_dir = tmp_path / "run"
+    run_ok(cli, "run", "--data", toy_scene, *FAST, "--out", run_dir)
+    import shutil
+
+    shutil.copytree(toy_scene, run_dir / "data")
+    result = invoke(cli, "run", "--data", run_dir / "data", *FAST, "--out", run_dir, "--overwrite")
+    assert result.exit_code == 2 and "inside" in result.stderr and (run_dir / "data").is_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -108,3 +109,32 @@ def test_killed_process_mid_write_leaves_the_old_file(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, timeout=120)
     assert proc.returncode == 9, proc.stderr
     assert json.loads(target.read_text()) == {"version": 1}
+
+
+def test_swap_in_replaces_the_folder_and_leaves_nothing_beside(tmp_path):
+    from recon_core.rundir import swap_in, temporary_sibling
+
+    target, new = tmp_path / "run", temporary_sibling(tmp_path / "run", "new")
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    swap_in(new, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_run_lock_is_exclusive_and_takes_over_stale_locks(tmp_path):
+    from recon_core.rundir import RunLock
+
+    lock = RunLock(tmp_path).acquire()
+    assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(InputError, match=f"PID {os.getpid()}"):
+        RunLock(tmp_path).acquire()
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run.lock").write_text(f"{dead.pid}\n")
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / "run.lock").exists()

@@ -78,7 +78,7 @@ def test_options_must_be_a_mapping():
 
 def test_describe_options():
     described = {o["name"]: o for o in describe_options(Cfg)}
-    assert described["steps"] == {"name": "steps", "type": "int", "default": 100, "help": "iterations", "choices": None}
+    assert described["steps"] == {"name": "steps", "type": "int", "default": 100, "help": "iterations", "choices": None, "range": None}
     assert described["sizes"]["type"] == "list[int]" and described["sizes"]["default"] == [1, 2]
     assert described["path"]["type"] == "str | None"
     assert described["strategy"]["choices"] == ["default", "mcmc"]
@@ -186,7 +186,7 @@ def test_describe_nested_options_with_dotted_names():
     assert described["strategy.refine_every"]["type"] == "int"
     assert described["strategy"] == {"name": "strategy", "type": "str", "default": "default",
                                      "help": "densification strategy (sets strategy.name)",
-                                     "choices": ["default", "gsplat-default", "mcmc"]}
+                                     "choices": ["default", "gsplat-default", "mcmc"], "range": None}
     assert described["plain.inner.depth"]["default"] == 1 and "plain" not in described and "plain.inner" not in described
 
 

@@ -236,6 +236,7 @@ class FitConfig:
     input_noise: float = option(0.01, "std of noise added to targets (private generator)", min=0)
     step_delay: float = option(0.0, "seconds to sleep per step (lets tests interrupt mid-run)", min=0)
     schedule: ScheduleConfig = option(factory=ScheduleConfig, help="learning-rate schedule")
+    nan_at: int = option(-1, "poison the grid with NaN after this step (tests the non-finite guard; -1: never)", min=-1)
 
 
 class ToyFit(Refiner):
@@ -280,6 +281,10 @@ class ToyFit(Refiner):
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
+        nan_at = getattr(self.config, "nan_at", -1)
+        if 0 <= nan_at <= step:
+            with torch.no_grad():
+                self.rep.grid.fill_(math.nan)
         self.last_loss = float(loss.detach())
         if self.first_loss is None:
             self.first_loss = self.last_loss

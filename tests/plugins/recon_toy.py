@@ -235,8 +235,8 @@ class FitConfig:
     lr: float = option(0.05, "learning rate", min=0)
     input_noise: float = option(0.01, "std of noise added to targets (private generator)", min=0)
     step_delay: float = option(0.0, "seconds to sleep per step (lets tests interrupt mid-run)", min=0)
-    schedule: ScheduleConfig = option(factory=ScheduleConfig, help="learning-rate schedule")
     nan_at: int = option(-1, "poison the grid with NaN after this step (tests the non-finite guard; -1: never)", min=-1)
+    schedule: ScheduleConfig = option(factory=ScheduleConfig, help="learning-rate schedule")
 
 
 class ToyFit(Refiner):

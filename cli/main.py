@@ -210,6 +210,7 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
             table.add_column(col)
         for o in info["options"]:
             help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
+            help_text += f" (range {o['range']})" if o.get("range") else ""
             table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
         console.print(table)
     for w in info["required_weights"]:

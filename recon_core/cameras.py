@@ -27,11 +27,16 @@ def opengl_to_opencv(c2w_gl: Tensor) -> Tensor:
 
 
 def check_rigid(c2w: Tensor, source: str | None = None, tol: float = 1e-3) -> None:
-    """Raise InputError unless every c2w [..., 4, 4] is finite with a proper rotation."""
+    """Raise InputError unless every c2w [..., 4, 4] is finite (also in float32, the precision
+    cameras are used in) with a proper rotation."""
     if c2w.shape[-2:] != (4, 4):
         raise InputError(f"camera-to-world matrix has shape {tuple(c2w.shape)}, expected (..., 4, 4)", source)
     if not torch.isfinite(c2w).all():
         raise InputError("camera pose contains NaN or infinite values", source)
+    if not torch.isfinite(c2w.to(torch.float32)).all():  # cameras are used in float32
+        raise InputError(
+            f"camera pose has values too large for float32 (largest magnitude {float(c2w.abs().max()):.3g})", source
+        )
     R = c2w[..., :3, :3].double()
     eye = torch.eye(3, dtype=R.dtype)
     ortho_err = (R.transpose(-1, -2) @ R - eye).abs().amax()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Iterable, Mapping, Union
@@ -47,11 +48,13 @@ __all__ = [
     "nested_config",
     "component_uses",
     "option_names",
+    "check_range",
 ]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, factory: Any = None,
-           component: str | None = None) -> Any:
+           component: str | None = None, min: float | None = None, max: float | None = None,
+           allow_nonfinite: bool = False) -> Any:
     """A config field with help text.
 
     Args:
@@ -60,11 +63,50 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
         component: the option names a component of this kind (e.g. ``"generator"``) that the
             owner creates through ``RunContext.create``; ``"none"`` or empty means none. The
             pipeline resolves it before any work and ``--set NAME.KEY=VALUE`` configures it.
+        min, max: the inclusive range of a number (of every number of a list); checked when a
+            config is parsed (``--set``, config files, :func:`config_from_dict`).
+        allow_nonfinite: accept ``nan``/``inf`` in a float option (rejected otherwise).
     """
-    meta = {"help": help, "choices": choices, "component": component}
+    if min is not None and max is not None and min > max:
+        raise TypeError(f"option range min={min} > max={max}")
+    meta = {"help": help, "choices": choices, "component": component, "min": min, "max": max,
+            "allow_nonfinite": allow_nonfinite}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def _range_text(lo: float | None, hi: float | None) -> str | None:
+    """``[0, 1]``, ``>= 1``, ``<= 10``; None without a range."""
+    if lo is not None and hi is not None:
+        return f"[{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f">= {lo:g}"
+    if hi is not None:
+        return f"<= {hi:g}"
+    return None
+
+
+def _numbers(value: Any) -> list[Any]:
+    """The numbers in ``value`` (itself, or the items of a list/tuple, nested), bools excluded."""
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return []
+
+
+def check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+    """InputError when ``value`` (a parsed value of field ``f``) holds a non-finite float (unless
+    the option allows it) or a number outside the option's ``min``/``max``."""
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    for number in _numbers(value):
+        if isinstance(number, float) and not math.isfinite(number):
+            if f.metadata.get("allow_nonfinite"):
+                continue
+            raise InputError(f"bad value for {where}: {number} is not a finite number")
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            raise InputError(f"bad value for {where}: {number:g} is out of range (must be {_range_text(lo, hi)})")
 
 
 @dataclasses.dataclass
@@ -265,6 +307,7 @@ def config_from_dict(cls: type, values: Mapping[str, Any] | Iterable[tuple[str, 
         choices = fields[name].metadata.get("choices")
         if choices and parsed not in choices:
             raise InputError(f"bad value for {where}.{name}: '{parsed}' is not one of {', '.join(map(str, choices))}")
+        check_range(fields[name], parsed, f"{where}.{name}")
         kwargs[name] = parsed
     for name, group in groups.items():
         if name not in flat:
@@ -298,7 +341,8 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def describe_options(cls: type, prefix: str = "") -> list[dict[str, Any]]:
-    """Name, type, default and help of every option, for plugin-info.
+    """Name, type, default, help, choices and range (``"[0, 1]"``, ``">= 1"`` or None) of every
+    option, for plugin-info.
 
     Options of nested configs follow with dotted names (``strategy.grow_grad2d``); a nested
     config with a selector is also listed under its own name (a string setting the selector).
@@ -321,6 +365,7 @@ def describe_options(cls: type, prefix: str = "") -> list[dict[str, Any]]:
                     "default": _jsonable(chosen),
                     "help": f"{help_text} (sets {prefix}{f.name}.{selector})",
                     "choices": list(sel_field.metadata["choices"]) if sel_field.metadata.get("choices") else None,
+                    "range": None,
                 })
             nested = describe_options(sub, f"{prefix}{f.name}.")
             if default is not None:  # the owner's defaults win over the nested class's
@@ -339,6 +384,7 @@ def describe_options(cls: type, prefix: str = "") -> list[dict[str, Any]]:
                 "default": _jsonable(default),
                 "help": f.metadata.get("help", ""),
                 "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None,
+                "range": _range_text(f.metadata.get("min"), f.metadata.get("max")),
             }
         )
     return out

@@ -68,19 +68,19 @@ def scaled_strategy(cfg: StrategyConfig, scaler: float, epoch: int = 1) -> Strat
 class OptimConfig:
     """Learning rates and schedules of the engine; ``strategy`` is its densification."""
 
-    lr_means: float = option(1.6e-4, "learning rate of the means, times the scene scale")
-    lr_means_final: float = option(0.01, "the means' learning rate decays exponentially to this fraction at the last step")
-    lr_quats: float = option(1e-3, "learning rate of the quaternions")
-    lr_scales: float = option(5e-3, "learning rate of the log-scales")
-    lr_opacities: float = option(5e-2, "learning rate of the logit opacities")
-    lr_sh0: float = option(2.5e-3, "learning rate of the SH DC coefficients")
-    lr_shN: float = option(2.5e-3 / 20, "learning rate of the higher SH bands")
-    lr_lifespans: float = option(0.0, "learning rate of the log lifespans of dynamic representations (0: frozen)")
-    sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)")
-    sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps (times steps_scaler)")
+    lr_means: float = option(1.6e-4, "learning rate of the means, times the scene scale", min=0)
+    lr_means_final: float = option(0.01, "the means' learning rate decays exponentially to this fraction at the last step", min=1e-12, max=1)
+    lr_quats: float = option(1e-3, "learning rate of the quaternions", min=0)
+    lr_scales: float = option(5e-3, "learning rate of the log-scales", min=0)
+    lr_opacities: float = option(5e-2, "learning rate of the logit opacities", min=0)
+    lr_sh0: float = option(2.5e-3, "learning rate of the SH DC coefficients", min=0)
+    lr_shN: float = option(2.5e-3 / 20, "learning rate of the higher SH bands", min=0)
+    lr_lifespans: float = option(0.0, "learning rate of the log lifespans of dynamic representations (0: frozen)", min=0)
+    sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)", min=0, max=3)
+    sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps (times steps_scaler)", min=1)
     steps_scaler: float = option(1.0, "multiplies every step schedule (SH interval, refine start/stop/every, opacity "
                                       "reset), as gsplat's steps_scaler (e.g. steps / 30000 compresses gsplat's "
-                                      "30 000-step schedule into the run)")
+                                      "30 000-step schedule into the run)", min=1e-12)
     densify: bool = option(True, "add/remove Gaussians with the strategy")
     strategy: StrategyConfig = option(help="densification strategy and its settings", factory=StrategyConfig)
 

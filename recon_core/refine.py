@@ -20,6 +20,13 @@ setup when k > 0 (they were saved mid-loop) or *before* it when k == 0 (saved be
 so the resumed run consumes random numbers exactly as the uninterrupted one did. On CPU the final
 parameters are bit-identical.
 
+Non-finite values: after every step (and at every checkpoint of a refiner's own ``run``), the
+step's logged numbers and the representation's parameters and buffers are checked. A NaN or
+infinity stops the refiner: the representation is rolled back to the last checkpoint saved in
+this stage (or the one resumed from), the refiner's report says so, and refining goes on with the
+next refiner; with no such checkpoint :class:`NonFiniteError` ends the run. A non-finite model is
+never checkpointed, and so never exported.
+
 Signals: while refining, the first SIGINT/SIGTERM only sets a flag; the loop notices it before
 the next step, saves a checkpoint and raises :class:`Interrupted`. A second SIGINT interrupts at
 once (KeyboardInterrupt, no save).
@@ -40,7 +47,7 @@ import torch
 
 from .cameras import Cameras
 from .components import RunContext, Refiner, Representation
-from .errors import InputError, Interrupted
+from .errors import InputError, Interrupted, ReconError
 from .progress import progress_bar
 from .scene import Scene, Video
 
@@ -53,7 +60,44 @@ __all__ = [
     "restore_cameras",
     "RefinePosition",
     "run_refiners",
+    "NonFiniteError",
+    "non_finite",
 ]
+
+
+class NonFiniteError(ReconError):
+    """A refiner produced a NaN or infinite loss or parameter and there is no good state to roll back to."""
+
+    def __init__(self, refiner: str, step: int, what: str) -> None:
+        self.refiner, self.step, self.what = refiner, step, what
+        super().__init__(
+            f"refiner {refiner} produced non-finite values at step {step} ({what}) and there is no earlier "
+            "checkpoint to roll back to; nothing was exported. Lower the learning rates (or check the data) and run again"
+        )
+
+
+def non_finite(rep: Representation, logs: dict[str, float] | None = None) -> str | None:
+    """What is non-finite after a step: ``"loss loss=nan"`` or ``"parameter 'grid'"``; None when all is finite."""
+    for key, value in (logs or {}).items():
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"logged value {key}={value}"
+    tensors = [(name, t) for name, t in rep.state_dict().items()
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    if not tensors:
+        return None
+    flags = torch.stack([torch.isfinite(t).all().to(tensors[0][1].device) for _, t in tensors])
+    if bool(flags.all()):  # one device sync per step
+        return None
+    return next(f"parameter '{name}'" for (name, _), ok in zip(tensors, flags.tolist()) if not ok)
+
+
+def _clone_state(state: Any) -> Any:
+    """A detached copy of a state dict (tensors cloned), safe from later in-place updates."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _clone_state(v) for k, v in state.items()}
+    return state
 
 
 class StopFlag:
@@ -228,9 +272,26 @@ def run_refiners(
     reports: list[dict[str, Any]] = list(resume["reports"]) if resume else []
     ctx.should_stop = lambda: bool(stop)
 
+    # the last state saved (or resumed from), to roll back to when a refiner goes non-finite
+    last_good: dict[str, Any] = {}
+    if resume is not None:
+        last_good.update(state=_clone_state(resume["representation"]), label="the checkpoint resumed from")
+
     def checkpoint(position: RefinePosition) -> Path:
         label = f"refiner{position.refiner}-step{position.step}"
-        return save(_state(rep, data, position, refiners, reports), label)
+        state = _state(rep, data, position, refiners, reports)
+        folder = save(state, label)
+        last_good.update(state=_clone_state(state["representation"]), label=f"checkpoint {label}")
+        return folder
+
+    def roll_back(name: str, step: int, what: str) -> dict[str, Any]:
+        """Give ``rep`` the last good state (NonFiniteError without one); the refiner's report."""
+        if "state" not in last_good:
+            raise NonFiniteError(name, step, what)
+        rep.load_state_dict_resizing(last_good["state"])
+        log(f"refiner {name} produced non-finite values at step {step} ({what}); stopped it and rolled the "
+            f"representation back to {last_good['label']}")
+        return {"stopped": "non-finite", "step": step, "non_finite": what, "rolled_back_to": last_good["label"]}
 
     def interrupted(position: RefinePosition) -> Interrupted:
         folder = checkpoint(position)
@@ -250,7 +311,14 @@ def run_refiners(
             log(f"refiner {name} ({index + 1}/{len(refiners)}) starts at step {first}")
 
             if refiner.run is not None:
-                report, saved_at_stop = _run_custom(refiner, index, rep, data, ctx, saved_refiner_state, first, checkpoint, resume, stop)
+                try:
+                    report, saved_at_stop = _run_custom(refiner, index, rep, data, ctx, saved_refiner_state, first, checkpoint, resume, stop)
+                except _NonFiniteStep as e:
+                    report, saved_at_stop = roll_back(name, e.step, e.what), None
+                else:
+                    what = non_finite(rep)
+                    if what is not None:
+                        report = roll_back(name, int(refiner.total_steps), what)
                 if saved_at_stop is not None:
                     log(f"refiner {name} stopped by signal {stop.signal}; saved {saved_at_stop}")
                     raise Interrupted(saved_at_stop)
@@ -260,18 +328,24 @@ def run_refiners(
                     refiner.load_state_dict(saved_refiner_state)
                     set_rng_state(resume["rng"])
                 total = int(refiner.total_steps)
+                report = None
                 with progress_bar(name, total=total, completed=first) as advance:
                     for step in range(first, total):
                         if stop:
                             raise interrupted(RefinePosition(index, step))
                         logs = _scalars(refiner.step(step))
+                        what = non_finite(rep, logs)
+                        if what is not None:
+                            report = roll_back(name, step, what)
+                            break
                         advance(1, **logs)
                         done = step + 1
                         if log_every and (done % log_every == 0 or done == total):
                             log(f"{name} step {done}/{total}: " + " ".join(f"{k}={v:.6g}" for k, v in logs.items()))
                         if checkpoint_every and done % checkpoint_every == 0 and done < total:
                             checkpoint(RefinePosition(index, done))
-                report = refiner.finish()
+                if report is None:
+                    report = refiner.finish()
             reports.append({"name": name, "report": report or {}})
             log(f"refiner {name} finished")
             folder = checkpoint(RefinePosition(index + 1, 0))
@@ -291,6 +365,14 @@ def _scalars(logs: dict[str, Any] | None) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     return out
+
+
+class _NonFiniteStep(Exception):
+    """Raised through a refiner's own ``run`` when it saves a non-finite state."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(what)
+        self.step, self.what = step, what
 
 
 def _run_custom(
@@ -313,6 +395,9 @@ def _run_custom(
     saved_at_stop: list[Path] = []
 
     def save_state(next_step: int) -> None:
+        what = non_finite(rep)
+        if what is not None:  # never checkpoint a non-finite model
+            raise _NonFiniteStep(next_step, what)
         folder = checkpoint(RefinePosition(index, next_step))
         if stop:
             saved_at_stop.append(folder)

@@ -13,6 +13,7 @@ default renderer (:func:`default_renderer`) are each decided here and nowhere el
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ import torch
 
 from .combination import check_combination
 from .components import KINDS, Component, Loader, Representation
-from .config import config_from_dict, option_names, parse_set_option
+from .config import config_from_dict, option_names, parse_set_option, parse_value
 from .errors import CombinationError, InputError
 from .registry import Registry
 from .scene import Scene, Video
@@ -137,7 +138,13 @@ def _entry(entry: Any, role: str) -> tuple[str, dict[str, Any]]:
         return entry, {}
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise InputError(f"config entry '{role}' must be {{\"name\": ..., \"config\": {{...}}}}")
-    return entry["name"], dict(entry.get("config") or {})
+    config = entry.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise InputError(
+            f"config entry '{role}' ({entry['name']}): \"config\" must be a mapping of option names to values, "
+            f"not {type(config).__name__}"
+        )
+    return entry["name"], dict(config or {})
 
 
 def _file_choice(base: dict[str, Any], role: str) -> tuple[str | None, dict[str, Any]]:
@@ -189,8 +196,12 @@ def resolve_run(
     data_path = Path(data_value).expanduser().absolute()
     check_data_path(data_path)
     device_name = device or base.get("device") or "auto"
+    if not isinstance(device_name, str):
+        raise InputError(f"bad value for device: {json.dumps(device_name)} is not a device name (use auto, cpu or cuda)")
     dev = resolve_device(device_name)
-    seed_value = int(seed if seed is not None else base.get("seed", 0))
+    seed_value = parse_value(int, seed if seed is not None else base.get("seed", 0), "seed")
+    if not -(2**63) <= seed_value < 2**64:
+        raise InputError(f"bad value for seed: {seed_value} is out of range (must be in [-2^63, 2^64))")
 
     def pick(role: str, given: str | None) -> tuple[str | None, dict[str, Any]]:
         file_name, file_config = _file_choice(base, role)
@@ -248,7 +259,10 @@ def resolve_run(
         choices.append(("fixer", fixer_name, fixer_cls, fixer_cfg))  # type: ignore[arg-type]
     choices += [("refiner", n, registry.get("refiner", n), c) for n, c in refiner_entries]  # type: ignore[misc]
     choices += [("evaluator", n, registry.get("evaluator", n), c) for n, c in explicit_evals]
-    run_values: dict[str, Any] = dict(base.get("run") or {})
+    run_entry = base.get("run")
+    if run_entry is not None and not isinstance(run_entry, dict):
+        raise InputError(f"config entry 'run' must be a mapping of option names to values, not {type(run_entry).__name__}")
+    run_values: dict[str, Any] = dict(run_entry or {})
 
     overrides = _parse_sets(sets)
     run_sets = overrides.pop("run", {})

@@ -23,16 +23,16 @@ CONFIG_FORMAT = 1
 class RunOptions:
     """Options of the pipeline itself (``--set run.KEY=VALUE``)."""
 
-    checkpoint_every: int = option(500, "checkpoint every N refiner steps (0: only at the end of each refiner)")
-    log_every: int = option(100, "write refiner step logs to log.txt every N steps (0: never)")
-    render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call")
+    checkpoint_every: int = option(500, "checkpoint every N refiner steps (0: only at the end of each refiner)", min=0)
+    log_every: int = option(100, "write refiner step logs to log.txt every N steps (0: never)", min=0)
+    render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call", min=1)
     export: list[str] | None = option(None, "export formats (default: every format the representation offers)")
     save_renders: bool = option(True, "write a PNG per evaluated view and renders.mp4")
-    video_fps: float = option(0.0, "frame rate of renders.mp4 (0: the video's own, or 10 for scenes)")
+    video_fps: float = option(0.0, "frame rate of renders.mp4 (0: the video's own, or 10 for scenes)", min=0)
     background: list[float] = option(
         factory=lambda: [1.0, 1.0, 1.0],
         help="RGB in [0, 1] behind everything rendered (RunContext.background); a loader with a 'background' "
-             "option composites RGBA targets onto the same colour unless that option is set explicitly",
+             "option composites RGBA targets onto the same colour unless that option is set explicitly", min=0, max=1,
     )
 
     def __post_init__(self) -> None:

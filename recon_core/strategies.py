@@ -301,18 +301,18 @@ class StrategyConfig:
 
     name: str = option("default", "default (ours, 3DGS clone/split/prune), gsplat-default (gsplat's DefaultStrategy), "
                                   "mcmc (gsplat's MCMCStrategy)", choices=("default", "gsplat-default", "mcmc"))
-    refine_start: int = option(500, "first step at which Gaussians are added/removed")
-    refine_stop: int = option(15_000, "no densification from this step on (mcmc: gsplat uses 25000)")
-    refine_every: int = option(100, "densify every this many steps")
-    reset_every: int = option(3000, "clamp opacities to 2 x prune_opa every this many steps (not mcmc)")
-    grow_grad2d: float = option(0.0002, "clone/split Gaussians whose mean screen-space gradient exceeds this")
-    grow_scale3d: float = option(0.01, "clone (below) or split (above) at this max scale x scene scale")
-    prune_opa: float = option(0.005, "remove (mcmc: relocate) Gaussians less opaque than this")
-    prune_scale3d: float = option(0.1, "after the first reset, remove Gaussians larger than this x scene scale")
-    max_gaussians: int = option(0, "cap on the number of Gaussians (0: none; mcmc: 1,000,000)")
-    noise_lr: float = option(5e5, "mcmc: position noise scale, times the means' learning rate")
-    opacity_reg: float = option(0.01, "mcmc: weight of the mean opacity added to the loss")
-    scale_reg: float = option(0.01, "mcmc: weight of the mean scale added to the loss")
+    refine_start: int = option(500, "first step at which Gaussians are added/removed", min=0)
+    refine_stop: int = option(15_000, "no densification from this step on (mcmc: gsplat uses 25000)", min=0)
+    refine_every: int = option(100, "densify every this many steps", min=1)
+    reset_every: int = option(3000, "clamp opacities to 2 x prune_opa every this many steps (not mcmc)", min=1)
+    grow_grad2d: float = option(0.0002, "clone/split Gaussians whose mean screen-space gradient exceeds this", min=0)
+    grow_scale3d: float = option(0.01, "clone (below) or split (above) at this max scale x scene scale", min=0)
+    prune_opa: float = option(0.005, "remove (mcmc: relocate) Gaussians less opaque than this", min=0, max=1)
+    prune_scale3d: float = option(0.1, "after the first reset, remove Gaussians larger than this x scene scale", min=0)
+    max_gaussians: int = option(0, "cap on the number of Gaussians (0: none; mcmc: 1,000,000)", min=0)
+    noise_lr: float = option(5e5, "mcmc: position noise scale, times the means' learning rate", min=0)
+    opacity_reg: float = option(0.01, "mcmc: weight of the mean opacity added to the loss", min=0)
+    scale_reg: float = option(0.01, "mcmc: weight of the mean scale added to the loss", min=0)
 
 
 def make_strategy(cfg: StrategyConfig) -> Any:

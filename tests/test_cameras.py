@@ -89,3 +89,33 @@ def test_check_rigid_rejects(make, message):
     check_rigid(_cams(3).c2w)
     with pytest.raises(InputError, match="shape"):
         check_rigid(torch.eye(3))
+
+
+def test_check_rigid_rejects_poses_that_overflow_float32():
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[0, 3] = 1e300  # finite in float64, inf in float32
+    with pytest.raises(InputError, match="too large for float32"):
+        check_rigid(pose, "cams.json")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["frames"][1]["transform_matrix"][0].__setitem__(3, 1e300), "frame 1 has values too large for float32"),
+        (lambda m: m.__setitem__("fl_x", 1e300), "fl_x"),
+    ],
+    ids=["translation", "focal"],
+)
+def test_loader_rejects_camera_values_that_overflow_float32(tmp_path, edit, message):
+    import json
+
+    from loaders_support import write_transforms
+
+    from recon_plugins.loaders.nerfstudio import NerfstudioConfig, NerfstudioLoader
+
+    meta = write_transforms(tmp_path, n=2)["meta"]
+    edit(meta)
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=message) as info:
+        NerfstudioLoader(NerfstudioConfig()).load(tmp_path)
+    assert info.value.path is not None

@@ -68,7 +68,7 @@ def test_plugin_info_json(cli):
     info = json.loads(run_ok(cli, "plugin-info", "toy-fit", "--json").stdout)
     assert info["kind"] == "refiner" and info["requires"] == ["image-grid"]
     steps = next(o for o in info["options"] if o["name"] == "steps")
-    assert steps == {"name": "steps", "type": "int", "default": 40, "help": "Adam steps", "choices": None}
+    assert steps == {"name": "steps", "type": "int", "default": 40, "help": "Adam steps", "choices": None, "range": ">= 0"}
     rep = json.loads(run_ok(cli, "plugin-info", "toy-grid", "--json").stdout)
     assert rep["native_refiner"] == "toy-fit" and rep["default_renderer"] == {"cpu": "toy-grid-render"}
     assert "grid resolution" in run_ok(cli, "plugin-info", "toy-grid").stdout

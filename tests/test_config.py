@@ -78,7 +78,7 @@ def test_options_must_be_a_mapping():
 
 def test_describe_options():
     described = {o["name"]: o for o in describe_options(Cfg)}
-    assert described["steps"] == {"name": "steps", "type": "int", "default": 100, "help": "iterations", "choices": None}
+    assert described["steps"] == {"name": "steps", "type": "int", "default": 100, "help": "iterations", "choices": None, "range": None}
     assert described["sizes"]["type"] == "list[int]" and described["sizes"]["default"] == [1, 2]
     assert described["path"]["type"] == "str | None"
     assert described["strategy"]["choices"] == ["default", "mcmc"]
@@ -186,7 +186,7 @@ def test_describe_nested_options_with_dotted_names():
     assert described["strategy.refine_every"]["type"] == "int"
     assert described["strategy"] == {"name": "strategy", "type": "str", "default": "default",
                                      "help": "densification strategy (sets strategy.name)",
-                                     "choices": ["default", "gsplat-default", "mcmc"]}
+                                     "choices": ["default", "gsplat-default", "mcmc"], "range": None}
     assert described["plain.inner.depth"]["default"] == 1 and "plain" not in described and "plain.inner" not in described
 
 
@@ -309,3 +309,64 @@ def test_round_trip_reports_values_set_would_misread():
 
     wrong = _round_trip("odd", Odd)
     assert len(wrong) == 1 and wrong[0].startswith("odd.count=1.5: bad value for odd.count")
+
+
+@dataclass
+class Ranged:
+    steps: int = option(10, "iterations", min=1)
+    every: int = option(0, "every N (0: never)", min=0)
+    weight: float = option(0.5, "a fraction", min=0, max=1)
+    lr: float = option(1e-3, "learning rate", min=0)
+    colour: list[float] = option(factory=lambda: [1.0, 1.0, 1.0], help="RGB", min=0, max=1)
+    free: float = option(1.0, "anything finite")
+    wild: float = option(1.0, "may be infinite", allow_nonfinite=True)
+    maybe: float | None = option(None, "optional", min=0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("steps", "0", "bad value for r.steps: 0 is out of range (must be >= 1)"),
+        ("every", -1, "r.every: -1 is out of range (must be >= 0)"),
+        ("weight", "1.5", "r.weight: 1.5 is out of range (must be [0, 1])"),
+        ("lr", "-0.1", "r.lr: -0.1 is out of range (must be >= 0)"),
+        ("colour", "1,2,0", "r.colour: 2 is out of range (must be [0, 1])"),
+        ("lr", "nan", "r.lr: nan is not a finite number"),
+        ("free", "inf", "r.free: inf is not a finite number"),
+        ("free", float("-inf"), "r.free: -inf is not a finite number"),
+        ("colour", [0.5, float("nan"), 0.5], "r.colour: nan is not a finite number"),
+        ("maybe", "-1", "r.maybe: -1 is out of range"),
+    ],
+)
+def test_ranges_and_non_finite_values_are_rejected(key, value, message):
+    with pytest.raises(InputError) as info:
+        config_from_dict(Ranged, {key: value}, where="r")
+    assert message in str(info.value)
+
+
+def test_values_inside_ranges_and_allowed_non_finite_pass():
+    cfg = config_from_dict(Ranged, {"steps": "1", "every": 0, "weight": "1", "lr": 0, "colour": "0,1,0.5",
+                                    "wild": "inf", "maybe": "none"}, where="r")
+    assert (cfg.steps, cfg.weight, cfg.colour, cfg.wild, cfg.maybe) == (1, 1.0, [0.0, 1.0, 0.5], float("inf"), None)
+
+
+def test_describe_options_shows_ranges():
+    described = {o["name"]: o["range"] for o in describe_options(Ranged)}
+    assert described == {"steps": ">= 1", "every": ">= 0", "weight": "[0, 1]", "lr": ">= 0", "colour": "[0, 1]",
+                         "free": None, "wild": None, "maybe": ">= 0"}
+    with pytest.raises(TypeError):
+        option(1, "bad", min=2, max=1)
+
+
+def test_no_installed_float_option_allows_non_finite_values():
+    import dataclasses as dc
+
+    from recon_core.optim import OptimConfig
+    from recon_core.registry import Registry
+    from recon_core.spec import RunOptions
+    from recon_core.strategies import StrategyConfig
+
+    configs = [RunOptions, OptimConfig, StrategyConfig] + [r.cls.Config for r in Registry().rows() if r.cls is not None]
+    for cls in configs:
+        for f in dc.fields(cls):
+            assert not f.metadata.get("allow_nonfinite"), f"{cls.__name__}.{f.name}"

@@ -92,7 +92,7 @@ def test_set_options_parse_into_configs(toy_registry, toy_scene):
     ("text", "message"),
     [
         ("nobody.steps=3", "no component named 'nobody' in this run"),
-        ("toy-fit.stepz=3", "toy-fit has no option 'stepz'; its options: input_noise, lr, schedule, schedule.every, schedule.gamma, schedule.kind, step_delay, steps"),
+        ("toy-fit.stepz=3", "toy-fit has no option 'stepz'; its options: input_noise, lr, nan_at, schedule, schedule.every, schedule.gamma, schedule.kind, step_delay, steps"),
         ("toy-fit.steps=three", "bad value for toy-fit.steps"),
         ("toy-fit.steps", "malformed --set 'toy-fit.steps'"),
         ("run.export=ply", "cannot export ply"),
@@ -365,7 +365,7 @@ def test_nested_options_set_round_trip_and_selector(toy_registry, toy_scene):
         ("toy-fit.schedul.kind=step", "toy-fit has no option 'schedul.kind'"),
         ("toy-fit.schedule.=1", "malformed --set"),
         ("run.background=1,1", "run.background must be three numbers in [0, 1]"),
-        ("run.background=0,0,2", "run.background must be three numbers in [0, 1]"),
+        ("run.background=0,0,2", "run.background: 2 is out of range (must be [0, 1])"),
     ],
 )
 def test_bad_nested_and_background_options(toy_registry, toy_scene, text, message):
@@ -491,3 +491,84 @@ def test_training_rendering_and_metrics_share_the_run_background(tmp_path, monke
     outside = view.alpha < 1 / 255
     assert outside.any() and torch.equal(view.image_on(torch.tensor(blue))[outside], torch.tensor(blue).expand(int(outside.sum()), 3))
     assert set(doc["metrics"]) == {"psnr", "psnr_masked"}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["run.video_fps=-5"], "run.video_fps: -5 is out of range (must be >= 0)"),
+        (["run.checkpoint_every=-1"], "run.checkpoint_every: -1 is out of range"),
+        (["run.render_chunk=0"], "run.render_chunk: 0 is out of range (must be >= 1)"),
+        (["toy-fit.lr=nan"], "toy-fit.lr: nan is not a finite number"),
+        (["toy-fit.lr=inf"], "toy-fit.lr: inf is not a finite number"),
+        (["toy-fit.steps=-3"], "toy-fit.steps: -3 is out of range"),
+    ],
+)
+def test_out_of_range_options_fail_before_any_work(toy_registry, toy_scene, sets, message):
+    with pytest.raises(InputError) as info:
+        resolve_run(toy_registry, data=toy_scene, representation="toy-grid", sets=sets)
+    assert message in str(info.value)
+
+
+def test_out_of_range_option_in_a_config_file_is_rejected(toy_registry, toy_scene):
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid").to_json()
+    with pytest.raises(InputError, match=r"run.video_fps: -5 is out of range"):
+        resolve_run(toy_registry, base={**doc, "run": {**doc["run"], "video_fps": -5}})
+    with pytest.raises(InputError, match=r"toy-fit.lr: nan is not a finite number"):
+        resolve_run(toy_registry, base={**doc, "refiners": [{"name": "toy-fit", "config": {"lr": math.nan}}]})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"seed": 1.5}, "bad value for seed: '1.5' is not an integer"),
+        ({"seed": "abc"}, "bad value for seed"),
+        ({"seed": True}, "bad value for seed"),
+        ({"seed": 2**70}, "bad value for seed: .* out of range"),
+        ({"device": 5}, "bad value for device: 5"),
+        ({"representation": {"name": "toy-grid", "config": [1, 2]}}, "'representation' \\(toy-grid\\): \"config\" must be a mapping"),
+        ({"representation": {"name": "toy-grid", "config": "size=3"}}, "must be a mapping"),
+        ({"run": [1]}, "config entry 'run' must be a mapping"),
+    ],
+)
+def test_wrong_types_in_a_config_file_are_input_errors(toy_registry, toy_scene, edit, message):
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid").to_json()
+    with pytest.raises(InputError, match=message):
+        resolve_run(toy_registry, base={**doc, **edit})
+
+
+def test_seed_that_is_an_integral_number_is_accepted(toy_registry, toy_scene):
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid").to_json()
+    assert resolve_run(toy_registry, base={**doc, "seed": 7.0}).seed == 7
+
+
+def test_cli_exit_codes_for_bad_values(toy_registry, toy_scene, tmp_path):
+    from click.testing import CliRunner
+
+    from recon_cli.main import make_cli
+
+    cli = make_cli(toy_registry)
+    for sets in (["run.video_fps=-5"], ["toy-fit.lr=nan"]):
+        args = ["run", "--data", str(toy_scene), "--repr", "toy-grid", "--out", str(tmp_path / "r")]
+        result = CliRunner().invoke(cli, args + [a for s in sets for a in ("--set", s)])
+        assert result.exit_code == 2, result.output
+        assert sets[0].split("=")[0] in result.output
+        assert not (tmp_path / "r" / "grid.npy").exists()
+    doc = resolve_run(toy_registry, data=toy_scene, representation="toy-grid").to_json()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**doc, "seed": 1.5}))
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "seed" in result.output
+
+
+def test_cli_non_finite_refiner_exits_1_without_export(toy_registry, toy_scene, tmp_path):
+    from click.testing import CliRunner
+
+    from recon_cli.main import make_cli
+
+    result = CliRunner().invoke(make_cli(toy_registry), [
+        "run", "--data", str(toy_scene), "--repr", "toy-grid", "--out", str(tmp_path / "r"),
+        "--set", "toy-fit.steps=8", "--set", "toy-fit.nan_at=3"])
+    assert result.exit_code == 1, result.output
+    assert "step 3" in result.output and "'grid'" in result.output
+    assert not (tmp_path / "r" / "grid.npy").exists()

@@ -11,10 +11,10 @@ import pytest
 import recon_toy
 import torch
 
-from recon_core.errors import Interrupted
+from recon_core.errors import InputError, Interrupted, ReconError
 from recon_core.pipeline import Pipeline
 from recon_core.resolve import resolve_run
-from recon_core.refine import StopFlag, catch_stop_signals, rng_state, set_rng_state
+from recon_core.refine import NonFiniteError, StopFlag, catch_stop_signals, rng_state, set_rng_state
 from recon_core.rundir import RunDir
 
 
@@ -127,3 +127,48 @@ def test_catch_stop_signals_sets_flag_then_second_sigint_raises():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _nan_run(registry, data: Path, out: Path, refiners: str, sets: list[str]):
+    spec = resolve_run(registry, data=data, representation="toy-grid", refiners=[refiners], sets=sets, seed=3,
+                       evaluators=["psnr"])
+    run_dir = RunDir.create(out)
+    return Pipeline(registry, spec, run_dir).run(), run_dir
+
+
+@pytest.mark.parametrize("refiner", ["toy-fit", "toy-loop"])
+def test_non_finite_without_checkpoint_stops_the_run_and_exports_nothing(toy_registry, toy_scene, tmp_path, refiner):
+    with pytest.raises(NonFiniteError) as info:
+        _nan_run(toy_registry, toy_scene, tmp_path / "r", refiner, [f"{refiner}.steps=12", f"{refiner}.nan_at=5"])
+    message = str(info.value)
+    assert isinstance(info.value, ReconError) and not isinstance(info.value, InputError)
+    assert f"refiner {refiner}" in message and "'grid'" in message
+    if refiner == "toy-fit":  # the step loop notices at once; a custom run at its end
+        assert "step 5" in message
+    assert not (tmp_path / "r" / "grid.npy").exists()
+    assert RunDir(tmp_path / "r").latest_checkpoint() is None
+
+
+def test_non_finite_rolls_back_to_the_last_checkpoint(toy_registry, toy_scene, tmp_path):
+    doc, run_dir = _nan_run(toy_registry, toy_scene, tmp_path / "r", "toy-fit",
+                            ["toy-fit.steps=12", "toy-fit.nan_at=6", "run.checkpoint_every=4"])
+    report = doc["refiners"]["toy-fit"]
+    assert report["stopped"] == "non-finite" and report["step"] == 6 and "'grid'" in report["non_finite"]
+    assert "refiner0-step4" in report["rolled_back_to"]
+    final = run_dir.load_checkpoint()["representation"]
+    assert all(torch.isfinite(t).all() for t in final.values())
+    grid = np.load(tmp_path / "r" / "grid.npy")
+    assert np.isfinite(grid).all()
+    assert "non-finite values at step 6" in run_dir.log_path.read_text()
+
+
+def test_non_finite_logged_loss_is_caught(toy_registry, toy_scene, tmp_path, monkeypatch):
+    original = recon_toy.ToyFit.step
+
+    def step(self, step):
+        logs = original(self, step)
+        return {**logs, "loss": float("inf")} if step == 2 else logs
+
+    monkeypatch.setattr(recon_toy.ToyFit, "step", step)
+    with pytest.raises(NonFiniteError, match=r"step 2 \(logged value loss=inf\)"):
+        _nan_run(toy_registry, toy_scene, tmp_path / "r", "toy-fit", ["toy-fit.steps=5"])

@@ -27,8 +27,8 @@ __all__ = ["Torch2DGSConfig", "Torch2DGS", "render_gaussians"]
 
 @dataclass
 class Torch2DGSConfig:
-    frames_per_batch: int = option(8, "frames rasterised together (memory grows linearly)")
-    chunk_evals: int = option(1 << 22, "max (Gaussian, pixel) evaluations held at once per chunk (torch backend)")
+    frames_per_batch: int = option(8, "frames rasterised together (memory grows linearly)", min=1)
+    chunk_evals: int = option(1 << 22, "max (Gaussian, pixel) evaluations held at once per chunk (torch backend)", min=1)
     backend: str = option("auto", "rasteriser: auto (compiled C++ for CPU tensors when it builds), cpp, torch", choices=("auto", "cpp", "torch"))
 
 

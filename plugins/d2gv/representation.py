@@ -186,11 +186,11 @@ class GopModel(nn.Module):
 
 @dataclass
 class D2GVConfig:
-    num_gaussians: int = option(20000, "canonical 2D Gaussians per GoP (paper: 20 000 for Bunny, 35 000 for UVG/DAVIS)")
-    gop_length: int = option(0, "frames per GoP; 0 uses the loader's (Video.gop_length)")
-    xy_freqs: int = option(10, "positional-encoding frequencies of the canonical position")
-    t_freqs: int = option(6, "positional-encoding frequencies of the GoP time")
-    mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP")
+    num_gaussians: int = option(20000, "canonical 2D Gaussians per GoP (paper: 20 000 for Bunny, 35 000 for UVG/DAVIS)", min=1)
+    gop_length: int = option(0, "frames per GoP; 0 uses the loader's (Video.gop_length)", min=0)
+    xy_freqs: int = option(10, "positional-encoding frequencies of the canonical position", min=0)
+    t_freqs: int = option(6, "positional-encoding frequencies of the GoP time", min=0)
+    mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP", min=1)
     seed: int = option(0, "seed of the random initial positions")
 
 

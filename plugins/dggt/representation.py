@@ -54,13 +54,13 @@ class DGGTConfig:
     checkpoint: str | None = option(None, f"path of {CHECKPOINT_FILENAME} (default: weights_dir()/dggt/{CHECKPOINT_FILENAME})")
     init: str = option("network", "network: predict with the DGGT network; fit: static 3dgs fit + per-frame dynamic Gaussians (no weights needed)", choices=("network", "fit"))
     size: str = option("full", "network size; 'full' matches the published checkpoint, 'tiny' is for tests", choices=tuple(DGGT_SIZES))
-    width: int = option(518, "network input width (multiple of 14); the height follows the aspect ratio")
-    max_frames: int = option(48, "refuse more input frames than this (memory grows with frames²)")
-    dynamic_threshold: float = option(0.5, "pixels whose dynamic logit is below this are static (DGGT: 0.5)")
-    min_dynamic_opacity: float = option(1.0 / 255.0, "drop dynamic Gaussians fainter than this (0 keeps all, as DGGT)")
-    fit_steps: int = option(500, "init=fit: 3dgs-train steps of the static fit")
-    fit_points: int = option(20_000, "init=fit: at most this many initial static Gaussians")
-    fit_dynamic_stride: int = option(2, "init=fit: one dynamic Gaussian per this many pixels (each way) of a dynamic mask")
+    width: int = option(518, "network input width (multiple of 14); the height follows the aspect ratio", min=1)
+    max_frames: int = option(48, "refuse more input frames than this (memory grows with frames²)", min=1)
+    dynamic_threshold: float = option(0.5, "pixels whose dynamic logit is below this are static (DGGT: 0.5)", min=0, max=1)
+    min_dynamic_opacity: float = option(1.0 / 255.0, "drop dynamic Gaussians fainter than this (0 keeps all, as DGGT)", min=0, max=1)
+    fit_steps: int = option(500, "init=fit: 3dgs-train steps of the static fit", min=0)
+    fit_points: int = option(20_000, "init=fit: at most this many initial static Gaussians", min=1)
+    fit_dynamic_stride: int = option(2, "init=fit: one dynamic Gaussian per this many pixels (each way) of a dynamic mask", min=1)
 
 
 def align_cameras(c2w: Tensor, src_ref: Tensor, dst_ref: Tensor) -> Tensor:

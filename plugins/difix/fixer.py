@@ -37,11 +37,11 @@ class DifixConfig:
                                        "images it is given) or none (nvidia/difix)", choices=("nearest", "none"))
     weights_path: str | None = option(None, "folder holding the Difix repository (default: $RECON_WEIGHTS_DIR/difix/"
                                             "<difix|difix_ref>, then the Hugging Face cache)")
-    batch_size: int = option(4, "images per network call")
+    batch_size: int = option(4, "images per network call", min=1)
     dtype: str = option("auto", "network precision: auto (float16 on CUDA, float32 on CPU), float16, float32",
                         choices=("auto", "float16", "float32"))
     prompt: str = option("remove degradation", "text prompt the model was trained with")
-    timestep: int = option(199, "diffusion timestep of the single step")
+    timestep: int = option(199, "diffusion timestep of the single step", min=0, max=999)
 
 
 def check_images(images: Tensor, what: str = "images") -> None:

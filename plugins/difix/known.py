@@ -41,7 +41,7 @@ class NearestGTConfig:
                                     "given to fix that have images)")
     split: str = option("all", "which views of data form the pool", choices=("all", "train", "test"))
     background: list[float] | None = option(None, "RGB behind images with an alpha channel (None: the run's "
-                                                  "background, white outside a run)")
+                                                  "background, white outside a run)", min=0, max=1)
 
 
 class NearestGTFixer(Fixer):

@@ -53,16 +53,16 @@ class Difix3DPlusConfig(OptimConfig):
     """The engine's options (3dgs-train's; no densification by default) plus the progressive loop's."""
 
     densify: bool = option(False, "add/remove Gaussians with the strategy while distilling")
-    steps: int = option(6000, "optimisation steps of the progressive stage")
-    fix_every: int = option(2000, "render, fix and distil new novel views every this many steps (first at step 0)")
+    steps: int = option(6000, "optimisation steps of the progressive stage", min=1)
+    fix_every: int = option(2000, "render, fix and distil new novel views every this many steps (first at step 0)", min=1)
     shift_distance: float = option(0.5, "scene units each novel camera moves from the nearest current camera toward "
-                                        "its target per round (rotation slerped by the same fraction)")
-    novel_prob: float = option(0.3, "probability that a step trains on a pseudo-view once there are some")
-    novel_weight: float = option(0.3, "loss weight of pseudo-views")
-    real_weight: float = option(1.5, "loss weight of training views")
-    alpha_threshold: float = option(0.5, "pseudo-view pixels count where the render's alpha exceeds this")
-    fix_batch: int = option(8, "novel views rendered and fixed per call")
-    ssim_weight: float = option(0.2, "loss = weight x ((1 - w) L1 + w (1 - SSIM))")
+                                        "its target per round (rotation slerped by the same fraction)", min=0)
+    novel_prob: float = option(0.3, "probability that a step trains on a pseudo-view once there are some", min=0, max=1)
+    novel_weight: float = option(0.3, "loss weight of pseudo-views", min=0)
+    real_weight: float = option(1.5, "loss weight of training views", min=0)
+    alpha_threshold: float = option(0.5, "pseudo-view pixels count where the render's alpha exceeds this", min=0, max=1)
+    fix_batch: int = option(8, "novel views rendered and fixed per call", min=1)
+    ssim_weight: float = option(0.2, "loss = weight x ((1 - w) L1 + w (1 - SSIM))", min=0, max=1)
 
 
 @dataclass

@@ -33,21 +33,21 @@ __all__ = ["FFBConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]
 
 @dataclass
 class FFBConfig:
-    n_levels: int = option(6, "grid levels L (the SIREN backbone has L + 1 layers)")
-    hidden_dim: int = option(64, "SIREN width H")
-    out_features: int = option(64, "output width of the averaged output layers")
-    n_features_per_level: int = option(2, "grid features per level F")
-    log2_hashmap_size: int = option(19, "hash table size per level is at most 2^T rows")
+    n_levels: int = option(6, "grid levels L (the SIREN backbone has L + 1 layers)", min=1)
+    hidden_dim: int = option(64, "SIREN width H", min=1)
+    out_features: int = option(64, "output width of the averaged output layers", min=1)
+    n_features_per_level: int = option(2, "grid features per level F", min=1)
+    log2_hashmap_size: int = option(19, "hash table size per level is at most 2^T rows", min=1, max=30)
     # Grid and Fourier-map defaults follow NFFB's SDF configuration (N = 8 growing ×1.3 per level,
     # σ₀ = 5 growing ×1.2): with finer grids or faster-growing σ, ∇ₓ of the level features becomes so
     # large that IDR's eikonal loss blows up once the fine levels train (docs/benchmarks.md, IDR).
-    base_resolution: int = option(8, "coarsest grid resolution")
-    max_resolution: int = option(30, "finest grid resolution")
-    base_sigma: float = option(5.0, "std σ₀ of the level-0 Fourier map B_0")
-    exp_sigma: float = option(1.2, "growth γ of the Fourier map std per level")
+    base_resolution: int = option(8, "coarsest grid resolution", min=1)
+    max_resolution: int = option(30, "finest grid resolution", min=1)
+    base_sigma: float = option(5.0, "std σ₀ of the level-0 Fourier map B_0", min=0)
+    exp_sigma: float = option(1.2, "growth γ of the Fourier map std per level", min=0)
     w0: float = option(30.0, "SIREN frequency ω₀ of the backbone")
     w1: float = option(30.0, "SIREN frequency ω₁ of the output layers")
-    bound: float = option(1.0, "inputs are expected in [-bound, bound]^D")
+    bound: float = option(1.0, "inputs are expected in [-bound, bound]^D", min=1e-12)
     include_input: bool = option(False, "prepend the raw coordinates to the output")
     backend: str = option("auto", "hash grid backend: auto (tinycudann on CUDA when installed) or torch",
                           choices=("auto", "torch", "tcnn"))

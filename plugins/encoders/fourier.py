@@ -50,7 +50,7 @@ class FourierEncoder(Encoder):
 
     @dataclass
     class Config:
-        n_frequencies: int = option(6, "number of octaves L (frequencies 2^0 … 2^(L-1))")
+        n_frequencies: int = option(6, "number of octaves L (frequencies 2^0 … 2^(L-1))", min=0)
         include_input: bool = option(True, "prepend the raw coordinates")
         pi_scale: bool = option(False, "multiply arguments by π (tiny-cuda-nn's Frequency definition)")
         backend: str = option("auto", "auto: tinycudann on CUDA when installed and pi_scale is set; torch: always torch",

@@ -182,13 +182,13 @@ class HashGridEncoder(Encoder):
 
     @dataclass
     class Config:
-        n_levels: int = option(16, "number of levels L")
-        n_features_per_level: int = option(2, "features per level F")
-        log2_hashmap_size: int = option(19, "table size per level is at most 2^T rows")
-        base_resolution: int = option(16, "coarsest resolution N_min")
-        max_resolution: int = option(2048, "finest resolution N_max (sets the per-level growth b)")
-        bound: float = option(1.0, "inputs are expected in [-bound, bound]^D")
-        init_scale: float = option(1e-4, "table entries start uniform in ±init_scale")
+        n_levels: int = option(16, "number of levels L", min=1)
+        n_features_per_level: int = option(2, "features per level F", min=1)
+        log2_hashmap_size: int = option(19, "table size per level is at most 2^T rows", min=1, max=30)
+        base_resolution: int = option(16, "coarsest resolution N_min", min=1)
+        max_resolution: int = option(2048, "finest resolution N_max (sets the per-level growth b)", min=1)
+        bound: float = option(1.0, "inputs are expected in [-bound, bound]^D", min=1e-12)
+        init_scale: float = option(1e-4, "table entries start uniform in ±init_scale", min=0)
         include_input: bool = option(False, "prepend the raw coordinates to the output")
         backend: str = option("auto", "auto: tinycudann on CUDA when installed, else torch", choices=("auto", "torch", "tcnn"))
 

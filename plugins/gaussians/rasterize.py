@@ -96,19 +96,19 @@ _PAD_LOG_OPACITY = -1.0e4
 class RasterizeSettings:
     """Options of the pure-PyTorch rasteriser (also the ``torch-3dgs`` renderer's config)."""
 
-    tile_size: int = option(8, "tile edge in pixels; Gaussians are binned per tile (8 is fastest on CPU)")
+    tile_size: int = option(8, "tile edge in pixels; Gaussians are binned per tile (8 is fastest on CPU)", min=1)
     batch_size: int = option(
-        32, "Gaussians composited per tile per round; tiles whose pixels are all done leave early"
+        32, "Gaussians composited per tile per round; tiles whose pixels are all done leave early", min=1,
     )
     max_block_elements: int = option(
         1 << 21,
         "largest [tiles, pixels, Gaussians] block evaluated at once; bounds memory "
-        "(about 40 bytes per element in the backward)",
+        "(about 40 bytes per element in the backward)", min=1,
     )
     saved_block_elements: int = option(
         1 << 25,
         "when gradients are needed, forward blocks up to this many elements in total (about 17 "
-        "bytes each) are kept for the backward instead of being recomputed",
+        "bytes each) are kept for the backward instead of being recomputed", min=0,
     )
     backend: str = option(
         "auto",
@@ -116,10 +116,10 @@ class RasterizeSettings:
         "any device) or 'auto' (cpp for CPU tensors when it could be built, else torch)",
         choices=("auto", "cpp", "torch"),
     )
-    cpp_tile_size: int = option(16, "tile edge in pixels of the compiled path (tile_size is the torch path's)")
-    eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²), as gsplat does")
-    near_plane: float = option(0.01, "Gaussians with camera z <= this are culled")
-    far_plane: float = option(1e10, "Gaussians with camera z >= this are culled")
+    cpp_tile_size: int = option(16, "tile edge in pixels of the compiled path (tile_size is the torch path's)", min=1)
+    eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²), as gsplat does", min=0)
+    near_plane: float = option(0.01, "Gaussians with camera z <= this are culled", min=0)
+    far_plane: float = option(1e10, "Gaussians with camera z >= this are culled", min=0)
 
     def __post_init__(self) -> None:
         if min(self.tile_size, self.cpp_tile_size, self.batch_size, self.max_block_elements) < 1:

@@ -140,10 +140,10 @@ class TorchGaussianRenderer(CameraRenderer):
 class GsplatSettings:
     """Options of the ``gsplat`` renderer (passed to ``gsplat.rasterization``)."""
 
-    tile_size: int = option(16, "gsplat tile size in pixels")
-    eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²)")
-    near_plane: float = option(0.01, "Gaussians with camera z <= this are culled")
-    far_plane: float = option(1e10, "Gaussians with camera z >= this are culled")
+    tile_size: int = option(16, "gsplat tile size in pixels", min=1)
+    eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²)", min=0)
+    near_plane: float = option(0.01, "Gaussians with camera z <= this are culled", min=0)
+    far_plane: float = option(1e10, "Gaussians with camera z >= this are culled", min=0)
     packed: bool = option(True, "gsplat's packed mode (less memory for large scenes)")
 
 

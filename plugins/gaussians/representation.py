@@ -26,10 +26,10 @@ class GaussianSplatConfig:
                        "known poses, else random), points, depth, triangulate, random, ply",
                        choices=("auto", "points", "depth", "triangulate", "random", "ply"))
     ply_path: str | None = option(None, "3DGS PLY to start from (init=ply)")
-    num_points: int = option(50_000, "at most this many initial Gaussians (random init: exactly this many)")
-    sh_degree: int = option(3, "highest spherical-harmonics degree stored (0-3)")
-    init_opacity: float = option(0.1, "initial opacity of every Gaussian")
-    init_scale: float = option(1.0, "initial scale = this x mean distance to the 3 nearest neighbours")
+    num_points: int = option(50_000, "at most this many initial Gaussians (random init: exactly this many)", min=1)
+    sh_degree: int = option(3, "highest spherical-harmonics degree stored (0-3)", min=0, max=3)
+    init_opacity: float = option(0.1, "initial opacity of every Gaussian", min=0, max=1)
+    init_scale: float = option(1.0, "initial scale = this x mean distance to the 3 nearest neighbours", min=1e-12)
     seed: int = option(0, "seed of the initialisation's random choices (subsampling, random points, rotations)")
 
 

@@ -35,9 +35,9 @@ _CACHE_BYTES = 2 << 30
 class GaussianTrainConfig(OptimConfig):
     """The engine's options (learning rates, schedules, ``strategy``) plus the training loop's."""
 
-    steps: int = option(2000, "training steps (gsplat trains 30000 on a GPU; 2000 is a CPU-friendly default)")
-    ssim_weight: float = option(0.2, "loss = (1 - w) L1 + w (1 - SSIM)")
-    scene_scale: float | None = option(None, "scene scale for the means' lr and size thresholds (default 1.1 x bounds radius)")
+    steps: int = option(2000, "training steps (gsplat trains 30000 on a GPU; 2000 is a CPU-friendly default)", min=1)
+    ssim_weight: float = option(0.2, "loss = (1 - w) L1 + w (1 - SSIM)", min=0, max=1)
+    scene_scale: float | None = option(None, "scene scale for the means' lr and size thresholds (default 1.1 x bounds radius)", min=1e-12)
 
 
 class TargetCache:

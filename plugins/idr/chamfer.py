@@ -63,10 +63,10 @@ class ChamferEvaluator(GeometryEvaluator):
 
     @dataclass
     class Config:
-        density: float = option(20000.0, "surface samples per unit area (both meshes)")
-        max_points: int = option(200000, "cap on samples per mesh")
-        max_dist: float | None = option(None, "ignore distances above this (DTU's outlier cut-off); none: keep all")
-        resolution: int = option(256, "marching-cubes resolution when the representation must be meshed")
+        density: float = option(20000.0, "surface samples per unit area (both meshes)", min=1e-12)
+        max_points: int = option(200000, "cap on samples per mesh", min=1)
+        max_dist: float | None = option(None, "ignore distances above this (DTU's outlier cut-off); none: keep all", min=0)
+        resolution: int = option(256, "marching-cubes resolution when the representation must be meshed", min=2)
         seed: int = option(0, "sampling seed")
 
     def unavailable_reason(self, data: Scene | Any = None) -> str | None:

@@ -102,26 +102,26 @@ class IDRFit(Refiner):
 
     @dataclass
     class Config:
-        steps: int = option(20000, "optimisation steps")
-        batch_rays: int = option(2048, "random rays per step")
-        lr: float = option(1e-4, "Adam learning rate of the networks (IDR: 1e-4)")
+        steps: int = option(20000, "optimisation steps", min=1)
+        batch_rays: int = option(2048, "random rays per step", min=1)
+        lr: float = option(1e-4, "Adam learning rate of the networks (IDR: 1e-4)", min=0)
         encoder_lr: float | None = option(None, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb); "
-                                          "none: the encoder's table_lr (hashgrid 1e-2, ffb 1e-3)")
+                                          "none: the encoder's table_lr (hashgrid 1e-2, ffb 1e-3)", min=0)
         encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
-                                                  "Fourier maps); none: the encoder's weights_lr (ffb 1e-4), else lr")
-        camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)")
+                                                  "Fourier maps); none: the encoder's weights_lr (ffb 1e-4), else lr", min=0)
+        camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)", min=0)
         lr_milestones: list[float] | None = option(None, "fractions of the run where the lr is multiplied by lr_gamma; "
-                                                   "none: the encoder's lr_milestones (ffb 0.5…0.9), else IDR's 0.5, 0.75")
-        lr_gamma: float = option(0.5, "lr decay factor")
-        eikonal_weight: float = option(0.1, "weight of the eikonal loss")
-        mask_weight: float = option(100.0, "weight of the mask loss")
-        alpha_init: float = option(50.0, "initial α of the mask loss")
-        alpha_factor: float = option(2.0, "α multiplier at each milestone")
+                                                   "none: the encoder's lr_milestones (ffb 0.5…0.9), else IDR's 0.5, 0.75", min=0, max=1)
+        lr_gamma: float = option(0.5, "lr decay factor", min=0)
+        eikonal_weight: float = option(0.1, "weight of the eikonal loss", min=0)
+        mask_weight: float = option(100.0, "weight of the mask loss", min=0)
+        alpha_init: float = option(50.0, "initial α of the mask loss", min=0)
+        alpha_factor: float = option(2.0, "α multiplier at each milestone", min=0)
         alpha_milestones: list[float] = option(None, "fractions of the run where α is multiplied",
-                                               factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625])
-        c2f_start_levels: int = option(4, "grid levels active at the start (encoders with grid levels)")
-        c2f_until: float = option(0.5, "fraction of the run at which all grid levels are active (0: no coarse-to-fine)")
-        log_every: int = option(100, "log losses every N steps (0: never)")
+                                               factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625], min=0, max=1)
+        c2f_start_levels: int = option(4, "grid levels active at the start (encoders with grid levels)", min=1)
+        c2f_until: float = option(0.5, "fraction of the run at which all grid levels are active (0: no coarse-to-fine)", min=0, max=1)
+        log_every: int = option(100, "log losses every N steps (0: never)", min=0)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

@@ -35,7 +35,7 @@ class SphereTracingRenderer(CameraRenderer):
 
     @dataclass
     class Config:
-        chunk: int | None = option(None, "rays per chunk; none: the representation's chunk setting")
+        chunk: int | None = option(None, "rays per chunk; none: the representation's chunk setting", min=1)
 
     def render(self, rep: Representation, cameras: Cameras, *, background: Tensor | None = None) -> RenderOutput:
         """rgb [N, H, W, 3] (``background`` [3], default black, where no surface is hit), alpha and

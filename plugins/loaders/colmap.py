@@ -145,8 +145,8 @@ class ColmapConfig:
     images: str = option("images", "image folder, relative to the dataset root")
     model: str = option("", "model folder relative to the dataset root (default: sparse/0, sparse or the path itself)")
     downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
-                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
-    test_every: int = option(8, "every N-th image (sorted by name) is a test view; 0 = all train")
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
+    test_every: int = option(8, "every N-th image (sorted by name) is a test view; 0 = all train", min=0)
     mask_dir: str = option("", "optional folder of object masks named like the images (PNG)")
     strict: bool = option(False, "stop with an error at a registered image whose file is missing (default: skip such "
                                  "images with one warning)")

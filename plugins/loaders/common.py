@@ -37,7 +37,7 @@ from .imageio import Size
 from .undistort import Undistortion
 
 __all__ = ["FrameSpec", "build_views", "bounds_from_points", "read_json", "as_matrix", "as_float", "resolve_file",
-           "report_missing", "hold_out_every", "auto_downscale", "AUTO_LONG_SIDE"]
+           "report_missing", "hold_out_every", "auto_downscale", "AUTO_LONG_SIDE", "finite_in_float32"]
 
 
 @dataclass
@@ -86,12 +86,21 @@ def read_json(path: Path) -> Any:
         raise InputError(f"not valid JSON ({e})", path) from None
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite_in_float32(arr: np.ndarray) -> bool:
+    """Every value finite, also once cast to float32 (the precision cameras are used in)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    return bool(np.isfinite(arr).all() and (np.abs(arr) <= _F32_MAX).all())
+
+
 def as_float(value: Any, what: str, source: Path | None, *, positive: bool = False) -> float:
     """A finite number from metadata (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{what} must be a number, got {value!r}", source)
     v = float(value)
-    if not math.isfinite(v) or (positive and v <= 0):
+    if not math.isfinite(v) or abs(v) > _F32_MAX or (positive and v <= 0):
         raise InputError(f"{what} must be a {'positive ' if positive else ''}finite number, got {value!r}", source)
     return v
 
@@ -106,6 +115,8 @@ def as_matrix(value: Any, shapes: Sequence[tuple[int, int]], what: str, source: 
         raise InputError(f"{what} has shape {arr.shape}, expected one of {', '.join(f'{a}x{b}' for a, b in shapes)}", source)
     if not np.isfinite(arr).all():
         raise InputError(f"{what} contains NaN or infinite values", source)
+    if not finite_in_float32(arr):
+        raise InputError(f"{what} has values too large for float32 (largest magnitude {np.abs(arr).max():.3g})", source)
     if arr.shape == (3, 4):
         arr = np.vstack([arr, [0.0, 0.0, 0.0, 1.0]])
     return arr
@@ -311,10 +322,12 @@ def build_views(
         if f.depth is not None:
             imageio.probe_depth(f.depth, depth_scale)
         K = np.asarray(f.K, dtype=np.float64)
-        if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise InputError(f"intrinsics of {f.name} must be finite with positive focal lengths, got {f.K.tolist()}", f.source or f.image)
+        if not finite_in_float32(K) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise InputError(f"intrinsics of {f.name} must be finite (in float32) with positive focal lengths, got {f.K.tolist()}", f.source or f.image)
+        if not finite_in_float32(np.asarray(f.c2w, dtype=np.float64)):
+            raise InputError(f"camera pose of {f.name} contains NaN, infinite or values too large for float32", f.source or f.image)
         check_rigid(torch.as_tensor(f.c2w, dtype=torch.float64), str(f.source or f.image))
-        if f.distortion is not None and not np.isfinite(np.asarray(f.distortion, dtype=np.float64)).all():
+        if f.distortion is not None and not finite_in_float32(np.asarray(f.distortion, dtype=np.float64)):
             raise InputError(f"distortion of {f.name} contains non-finite values", f.source or f.image)
         infos.append(info)
     factor = auto_downscale([i.size for i in infos], downscale, f"{loader}.downscale")

@@ -107,15 +107,15 @@ def _dggt_images(path: Path) -> dict[tuple[int, int], Path]:
 
 @dataclass
 class DggtConfig:
-    views: tuple[int, ...] = option((0,), "camera ids to load, e.g. 0,1,2 (Waymo: 0 front, 1 front-left, 2 front-right)")
-    start_idx: int = option(0, "first frame index (t) to load")
-    sequence_length: int = option(0, "number of frames to load (0 = to the end)")
-    interval: int = option(1, "load every interval-th frame")
-    fps: float = option(10.0, "frame rate of the DGGT layout (Waymo: 10 Hz); time = (t - start_idx) / fps")
+    views: tuple[int, ...] = option((0,), "camera ids to load, e.g. 0,1,2 (Waymo: 0 front, 1 front-left, 2 front-right)", min=0)
+    start_idx: int = option(0, "first frame index (t) to load", min=0)
+    sequence_length: int = option(0, "number of frames to load (0 = to the end)", min=0)
+    interval: int = option(1, "load every interval-th frame", min=1)
+    fps: float = option(10.0, "frame rate of the DGGT layout (Waymo: 10 Hz); time = (t - start_idx) / fps", min=1e-12)
     downscale: float | None = option(None, "divide image sizes by this (antialiased; masks by block selection); "
-                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
-    unknown_fov_deg: float = option(60.0, "horizontal field of view assumed when intrinsics/ is missing")
-    scene_radius: float = option(30.0, "minimum bounds radius in metres around the camera path")
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
+    unknown_fov_deg: float = option(60.0, "horizontal field of view assumed when intrinsics/ is missing", min=1e-6, max=179.999)
+    scene_radius: float = option(30.0, "minimum bounds radius in metres around the camera path", min=0)
     strict: bool = option(False, "transforms.json streets: stop with an error at a frame whose image file is missing "
                                  "(default: skip such frames with one warning)")
 

@@ -130,10 +130,10 @@ def _folder(root: Path, names: tuple[str, ...]) -> Path | None:
 class IdrConfig:
     init_cameras: str = option("true", "which cameras the views get: 'true' (cameras.npz) or 'linear' (cameras_linear_init.npz)", choices=("true", "linear"))
     downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
-                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
     pixel_offset: float = option(0.0, "added to cx, cy: 0.5 for files whose pixel centres are at integer coordinates (original IDR)")
-    background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto")
-    test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; 0 = all train")
+    background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto", min=0, max=1)
+    test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; 0 = all train", min=0)
 
 
 class IdrLoader(Loader):

@@ -271,14 +271,14 @@ def parse_transforms(path: Path, *, exif: bool = True) -> TransformsData:
 @dataclass
 class NerfstudioConfig:
     downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
-                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)")
-    background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto")
-    depth_scale: float = option(0.001, "metres per unit of 16-bit PNG depth (nerfstudio: millimetres)")
+                                           "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
+    background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto", min=0, max=1)
+    depth_scale: float = option(0.001, "metres per unit of 16-bit PNG depth (nerfstudio: millimetres)", min=0)
     alpha_mask: bool = option(True, "use the alpha channel of RGBA images as object mask when no mask_path is given")
     split_file: str | None = option(None, "JSON {\"train\": [file paths], \"test\": [...]} (paths as the frames' file_path; "
                                           "relative to the data folder or absolute): load only these frames, with these splits")
     test_every: int = option(8, "when the data has no split: every N-th frame in file-name order is a test view, as in the "
-                                "colmap loader; 0 = all train")
+                                "colmap loader; 0 = all train", min=0)
     strict: bool = option(False, "stop with an error at a frame whose image file is missing (default: skip such frames "
                                  "with one warning, as instant-ngp does)")
     exif_orientation: bool = option(True, "apply the EXIF orientation tag of the images (phone photos); false: use the "

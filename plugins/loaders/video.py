@@ -169,15 +169,15 @@ class VideoDecoder:
 
 @dataclass
 class VideoConfig:
-    start: int = option(0, "first frame to load")
-    end: int = option(-1, "frame to stop before (-1 = to the end)")
-    step: int = option(1, "load every step-th frame")
-    width: int = option(0, "resize frames to this width (0 = keep; height follows the aspect ratio if 0)")
-    height: int = option(0, "resize frames to this height (0 = keep; width follows the aspect ratio if 0)")
-    downscale: float = option(1.0, "divide the frame size by this (ignored when width/height are set)")
-    gop_length: int = option(10, "frames per group of pictures (Video.gop_length)")
-    fps: float = option(25.0, "frame rate of a folder of frames (videos use their own)")
-    cache_frames: int = option(16, "decoded frames kept in memory")
+    start: int = option(0, "first frame to load", min=0)
+    end: int = option(-1, "frame to stop before (-1 = to the end)", min=-1)
+    step: int = option(1, "load every step-th frame", min=1)
+    width: int = option(0, "resize frames to this width (0 = keep; height follows the aspect ratio if 0)", min=0)
+    height: int = option(0, "resize frames to this height (0 = keep; width follows the aspect ratio if 0)", min=0)
+    downscale: float = option(1.0, "divide the frame size by this (ignored when width/height are set)", min=1)
+    gop_length: int = option(10, "frames per group of pictures (Video.gop_length)", min=1)
+    fps: float = option(25.0, "frame rate of a folder of frames (videos use their own)", min=1e-12)
+    cache_frames: int = option(16, "decoded frames kept in memory", min=1)
 
 
 class VideoLoader(Loader):

@@ -37,7 +37,7 @@ class PSNR(ImageEvaluator):
 
 @dataclass
 class SSIMConfig:
-    background: float = option(1.0, "grey level both images get outside the mask before filtering")
+    background: float = option(1.0, "grey level both images get outside the mask before filtering", min=0, max=1)
 
 
 class SSIM(ImageEvaluator):
@@ -70,8 +70,8 @@ class SSIM(ImageEvaluator):
 
 @dataclass
 class MSSSIMConfig:
-    scales: int = option(5, "number of scales (at most 5); fewer are used when the image is too small")
-    background: float = option(1.0, "grey level both images get outside the mask")
+    scales: int = option(5, "number of scales (at most 5); fewer are used when the image is too small", min=1, max=5)
+    background: float = option(1.0, "grey level both images get outside the mask", min=0, max=1)
 
 
 class MSSSIM(ImageEvaluator):

@@ -79,7 +79,7 @@ def linear_weights_path(net: str) -> Path | None:
 @dataclass
 class LPIPSConfig:
     net: str = option("alex", "backbone network", choices=("alex", "vgg"))
-    background: float = option(1.0, "grey level both images get outside the mask")
+    background: float = option(1.0, "grey level both images get outside the mask", min=0, max=1)
 
 
 class LPIPS(ImageEvaluator):

@@ -54,18 +54,18 @@ __all__ = ["RenderFixGenerator", "RenderFixConfig", "look_at_point", "camera_pat
 
 @dataclass
 class RenderFixConfig:
-    num_views: int = option(12, "how many views to generate along the path")
+    num_views: int = option(12, "how many views to generate along the path", min=1)
     path: str = option("orbit", "camera path: orbit (around the look-at point) or linear", choices=("orbit", "linear"))
     closed: bool = option(True, "also interpolate between the last and the first input (a loop, for 360° captures)")
     fix: str = option("auto", "auto (the run's fixer, else none), fixer, reproject (observed colours replace the "
                               "render), none (the render itself, weighted by its consistency with the inputs)",
                       choices=("auto", "fixer", "reproject", "none"))
-    depth_tolerance: float = option(0.03, "relative depth difference still counted as the same surface")
-    color_sigma: float = option(0.1, "colour difference scale of the photometric agreement")
-    unseen: float = option(0.3, "confidence of pixels no input view sees")
+    depth_tolerance: float = option(0.03, "relative depth difference still counted as the same surface", min=0)
+    color_sigma: float = option(0.1, "colour difference scale of the photometric agreement", min=1e-12)
+    unseen: float = option(0.3, "confidence of pixels no input view sees", min=0, max=1)
     free_space: bool = option(True, "pixels whose ray crosses only space the inputs show empty (outside their "
                                     "silhouettes or in front of their depth, carving.py) become background, confidence 1")
-    carve_resolution: int = option(128, "free_space: voxels along the longest side of the carved box")
+    carve_resolution: int = option(128, "free_space: voxels along the longest side of the carved box", min=2)
 
 
 def look_at_point(c2w: Tensor, fallback: Tensor) -> Tensor:

@@ -130,23 +130,23 @@ class ConfidenceConfig(OptimConfig):
     ReconX) plus the confidence-aware fit's."""
 
     densify: bool = option(False, "add/remove Gaussians with the strategy (ReconX: no)")
-    steps: int = option(1000, "optimisation steps (ReconX: 1000)")
-    lambda_rgb: float = option(0.8, "weight of the L1 term")
-    lambda_ssim: float = option(0.2, "weight of the 1 - SSIM term")
+    steps: int = option(1000, "optimisation steps (ReconX: 1000)", min=1)
+    lambda_rgb: float = option(0.8, "weight of the L1 term", min=0)
+    lambda_ssim: float = option(0.2, "weight of the 1 - SSIM term", min=0)
     lambda_lpips: float = option(0.5, "weight of the LPIPS term (the lpips evaluator's map, --set lpips.net=vgg for "
-                                      "VGG; disabled, with a warning, when its weights are absent)")
+                                      "VGG; disabled, with a warning, when its weights are absent)", min=0)
     source: str = option("supplied", "confidence source: supplied (View.confidence, else 1), consistency "
                                      "(x multi-view consistency of the current reconstruction), none")
-    confidence_every: int = option(0, "recompute computed confidence maps every N steps (0: once, and after generation)")
-    depth_tolerance: float = option(0.03, "consistency: relative depth difference still counted as the same surface")
-    color_sigma: float = option(0.1, "consistency: colour difference scale of the photometric agreement")
-    unseen: float = option(0.5, "consistency: confidence of pixels no other view sees")
+    confidence_every: int = option(0, "recompute computed confidence maps every N steps (0: once, and after generation)", min=0)
+    depth_tolerance: float = option(0.03, "consistency: relative depth difference still counted as the same surface", min=0)
+    color_sigma: float = option(0.1, "consistency: colour difference scale of the photometric agreement", min=1e-12)
+    unseen: float = option(0.5, "consistency: confidence of pixels no other view sees", min=0, max=1)
     generator: str = option("render-fix", "generator of extra views along a path between the inputs ('none': inputs only)",
                             component="generator")
-    generated_views: int = option(12, "how many views the generator makes (forwarded as its num_views option)")
-    generate_at: float = option(0.3, "generate once this fraction of the steps is done (fit the inputs first)")
+    generated_views: int = option(12, "how many views the generator makes (forwarded as its num_views option)", min=0)
+    generate_at: float = option(0.3, "generate once this fraction of the steps is done (fit the inputs first)", min=0, max=1)
     regenerate_every: int = option(0, "generate the views again from the current reconstruction every N steps after "
-                                      "the first generation (0: once)")
+                                      "the first generation (0: once)", min=0)
 
 
 class ConfidenceRefiner(Refiner):

@@ -44,17 +44,17 @@ class ReconXConfig:
     pointcloud: str = option("auto", "global point cloud: auto (depth if every view has it, else triangulate), depth, "
                                      "triangulate (pycolmap, known poses), dggt (network depth + pose heads)",
                              choices=tuple(POINT_CLOUD_SOURCES))
-    num_points: int = option(30_000, "at most this many Gaussians from the global point cloud")
+    num_points: int = option(30_000, "at most this many Gaussians from the global point cloud", min=1)
     complete: str = option("carve", "points for surfaces no input sees: carve (the boundary of the volume that the "
                                     "inputs' silhouettes and depth leave unknown, see carving.py; needs an object "
                                     "mask or alpha on every input, else nothing is added), none",
                            choices=("carve", "none"))
-    carve_resolution: int = option(128, "complete=carve: voxels along the longest side of the point cloud's box")
-    carve_tolerance: float = option(0.02, "complete=carve: relative depth difference counted as the observed surface")
+    carve_resolution: int = option(128, "complete=carve: voxels along the longest side of the point cloud's box", min=2)
+    carve_tolerance: float = option(0.02, "complete=carve: relative depth difference counted as the observed surface", min=0)
     sh_degree: int = option(0, "highest spherical-harmonics degree stored (0-3; 0: view-independent colour, "
-                               "safer with few views)")
-    init_opacity: float = option(0.5, "initial opacity of every Gaussian (the cloud is already on the surface)")
-    init_scale: float = option(1.0, "initial scale = this x mean distance to the 3 nearest neighbours")
+                               "safer with few views)", min=0, max=3)
+    init_opacity: float = option(0.5, "initial opacity of every Gaussian (the cloud is already on the surface)", min=0, max=1)
+    init_scale: float = option(1.0, "initial scale = this x mean distance to the 3 nearest neighbours", min=1e-12)
     seed: int = option(0, "seed of the initialisation's random choices (subsampling, rotations)")
 
 

@@ -146,8 +146,8 @@ class ToyVideoLoader(Loader):
 
 @dataclass
 class GridConfig:
-    size: int = option(4, "grid resolution (cells per side)")
-    noise: float = option(0.05, "std of the random initial perturbation")
+    size: int = option(4, "grid resolution (cells per side)", min=1)
+    noise: float = option(0.05, "std of the random initial perturbation", min=0)
 
 
 class ToyGrid(Representation):
@@ -225,16 +225,17 @@ class ScheduleConfig:
 
     __selector__ = "kind"
     kind: str = option("constant", "learning-rate schedule", choices=("constant", "step"))
-    gamma: float = option(0.5, "lr factor at each milestone (kind=step)")
-    every: int = option(20, "steps between milestones (kind=step)")
+    gamma: float = option(0.5, "lr factor at each milestone (kind=step)", min=0)
+    every: int = option(20, "steps between milestones (kind=step)", min=1)
 
 
 @dataclass
 class FitConfig:
-    steps: int = option(40, "Adam steps")
-    lr: float = option(0.05, "learning rate")
-    input_noise: float = option(0.01, "std of noise added to targets (private generator)")
-    step_delay: float = option(0.0, "seconds to sleep per step (lets tests interrupt mid-run)")
+    steps: int = option(40, "Adam steps", min=0)
+    lr: float = option(0.05, "learning rate", min=0)
+    input_noise: float = option(0.01, "std of noise added to targets (private generator)", min=0)
+    step_delay: float = option(0.0, "seconds to sleep per step (lets tests interrupt mid-run)", min=0)
+    nan_at: int = option(-1, "poison the grid with NaN after this step (tests the non-finite guard; -1: never)", min=-1)
     schedule: ScheduleConfig = option(factory=ScheduleConfig, help="learning-rate schedule")
 
 
@@ -280,6 +281,10 @@ class ToyFit(Refiner):
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
+        nan_at = getattr(self.config, "nan_at", -1)
+        if 0 <= nan_at <= step:
+            with torch.no_grad():
+                self.rep.grid.fill_(math.nan)
         self.last_loss = float(loss.detach())
         if self.first_loss is None:
             self.first_loss = self.last_loss
@@ -319,8 +324,8 @@ class ToyLoop(ToyFit):
 
 @dataclass
 class JitterConfig:
-    noise: float = option(0.02, "std of the noise added to each training image")
-    copies: int = option(1, "noisy copies of each training view")
+    noise: float = option(0.02, "std of the noise added to each training image", min=0)
+    copies: int = option(1, "noisy copies of each training view", min=0)
 
 
 class ToyJitter(Generator):
@@ -342,10 +347,10 @@ class ToyJitter(Generator):
 
 @dataclass
 class AugmentConfig:
-    steps: int = option(10, "Adam steps")
-    lr: float = option(0.05, "learning rate")
-    input_noise: float = option(0.0, "std of noise added to targets (private generator)")
-    step_delay: float = option(0.0, "seconds to sleep per step")
+    steps: int = option(10, "Adam steps", min=0)
+    lr: float = option(0.05, "learning rate", min=0)
+    input_noise: float = option(0.0, "std of noise added to targets (private generator)", min=0)
+    step_delay: float = option(0.0, "seconds to sleep per step", min=0)
     generator: str = option("toy-jitter", "generator of extra training views ('none': training views only)",
                             component="generator")
 
@@ -385,7 +390,7 @@ class ToyPolish(ToyFit):
 
 @dataclass
 class SphereConfig:
-    radius: float = option(0.5, "initial sphere radius")
+    radius: float = option(0.5, "initial sphere radius", min=1e-12)
 
 
 class ToySdf(Representation):
@@ -469,7 +474,7 @@ class ToySmooth(Fixer):
 
 @dataclass
 class FourierConfig:
-    levels: int = option(2, "frequency levels")
+    levels: int = option(2, "frequency levels", min=0)
 
 
 class ToyFourier(Encoder):

@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from recon_core.errors import InputError, Interrupted
+from recon_core.errors import InputError, Interrupted, ReconError
 from recon_core.registry import Registry, Status, get_registry
 
 __all__ = ["make_cli", "main"]
@@ -69,6 +69,9 @@ class ReconGroup(click.Group):
         except KeyboardInterrupt:
             _say_error("interrupted")
             ctx.exit(130)
+        except ReconError as e:  # a failure recon explains itself (e.g. a refiner diverged): no traceback hint
+            _say_error(" ".join(str(e).split("\n")))
+            ctx.exit(1)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             state = ctx.obj if isinstance(ctx.obj, _State) else None
             if (state and state.debug) or os.environ.get("RECON_DEBUG"):

@@ -571,4 +571,5 @@ def test_cli_non_finite_refiner_exits_1_without_export(toy_registry, toy_scene, 
         "--set", "toy-fit.steps=8", "--set", "toy-fit.nan_at=3"])
     assert result.exit_code == 1, result.output
     assert "step 3" in result.output and "'grid'" in result.output
+    assert "internal error" not in result.output  # recon explains it: no traceback hint
     assert not (tmp_path / "r" / "grid.npy").exists()

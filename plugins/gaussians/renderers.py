@@ -176,5 +176,5 @@ class GsplatRenderer(CameraRenderer):
             sh_degree=g.sh_degree if g.sh is not None else None,
             packed=cfg.packed, tile_size=cfg.tile_size, render_mode="RGB+ED",
         )
-        info.update(meta)  # gsplat's own info: means2d, radii, width, height, n_cameras, gaussian_ids (packed)
+        info.update(meta, packed=cfg.packed)  # gsplat's own info (means2d, radii, ...) and its layout for the strategies
         return out[..., :3], alpha, out[..., 3:]

@@ -128,7 +128,7 @@ class RunDir:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp} {message}\n".encode()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # less the umask
         try:
             os.write(fd, line)
         finally:

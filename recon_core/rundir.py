@@ -167,7 +167,11 @@ class RunDir:
         folder = self.checkpoints_dir / folder_name
         if folder.exists():  # left over from a crash before the pointer moved: never pointed to
             shutil.rmtree(folder)
-        save_checkpoint(folder, state)
+        try:
+            save_checkpoint(folder, state)
+        except BaseException:  # e.g. the disk is full: the pointer still names the previous, complete one
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         write_json(self.checkpoints_dir / "latest.json", {"seq": seq, "folder": folder_name})
         for other in self.checkpoints_dir.iterdir():
             if other.is_dir() and other.name != folder_name:

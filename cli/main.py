@@ -9,6 +9,7 @@ of test plugins); ``main()`` uses the installed plugins. Nothing is loaded at im
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -52,6 +53,11 @@ def _say_error(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
 
+def _disk_full(e: BaseException) -> bool:
+    """An OSError saying the disk (or the user's quota) is full."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class ReconGroup(click.Group):
     """Turns recon's exceptions into exit codes and one-paragraph messages."""
 
@@ -73,6 +79,10 @@ class ReconGroup(click.Group):
             _say_error(" ".join(str(e).split("\n")))
             ctx.exit(1)
         except Exception as e:  # noqa: BLE001 - the last line of defence
+            if _disk_full(e):
+                _say_error(f"no space left on the device while writing {getattr(e, 'filename', None) or 'the output'}; "
+                           f"free some space and run again")
+                ctx.exit(2)
             state = ctx.obj if isinstance(ctx.obj, _State) else None
             if (state and state.debug) or os.environ.get("RECON_DEBUG"):
                 traceback.print_exc()
@@ -364,7 +374,18 @@ def _run_into(reg: Registry, spec: Any, run_dir: Any, resume: bool, *, quiet: bo
             raise Interrupted(run_dir.latest_checkpoint(), run_dir.path) from None
         raise
     except Exception as e:
-        run_dir.log(f"failed: {type(e).__name__}: {e}")
+        try:
+            run_dir.log(f"failed: {type(e).__name__}: {e}")
+        except OSError:
+            pass  # e.g. the disk is full: report the original error
+        if _disk_full(e):
+            if quiet:  # --overwrite: the new run is discarded, the old one stays
+                raise InputError(f"no space left on the device while writing the run ({e.filename or e}); "
+                                 f"free some space and run again", run_dir.path) from None
+            how = (f"continue with `recon run --resume {run_dir.path}`" if run_dir.latest_checkpoint() is not None
+                   else f"start it again with `recon run --config {run_dir.config_path} --out {run_dir.path} --overwrite`")
+            raise InputError(f"no space left on the device while writing the run ({e.filename or e}); its last "
+                             f"checkpoint is intact: free some space, then {how}", run_dir.path) from None
         raise
     if not quiet:
         _print_metrics(doc)

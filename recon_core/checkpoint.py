@@ -72,17 +72,58 @@ def checkpoint_exists(directory: str | Path, name: str = "state") -> bool:
     return (Path(directory) / f"{name}.json").exists()
 
 
+class _Invalid(Exception):
+    pass
+
+
+def _join_checked(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """:func:`_join` for a structure read from disk: anything it does not expect is _Invalid."""
+    if isinstance(obj, dict):
+        if len(obj) != 1:
+            raise _Invalid(f"unexpected object with keys {sorted(obj)[:4]}")
+        (kind, value), = obj.items()
+        if kind == _TENSOR:
+            if not isinstance(value, str) or value not in tensors:
+                raise _Invalid(f"tensor {value!r} is not in the tensor file")
+            return tensors[value]
+        if kind == "__dict__":
+            if not isinstance(value, list) or not all(
+                isinstance(kv, list) and len(kv) == 2 and (kv[0] is None or isinstance(kv[0], (str, int, float, bool))) for kv in value
+            ):
+                raise _Invalid("malformed dictionary entry")
+            return {k: _join_checked(v, tensors) for k, v in value}
+        if kind in ("__list__", "__tuple__"):
+            if not isinstance(value, list):
+                raise _Invalid(f"malformed {kind.strip('_')}")
+            items = [_join_checked(v, tensors) for v in value]
+            return tuple(items) if kind == "__tuple__" else items
+        raise _Invalid(f"unknown entry {kind!r}")
+    if isinstance(obj, list):
+        raise _Invalid("bare list outside a __list__ entry")
+    return obj
+
+
 def load_checkpoint(directory: str | Path, name: str = "state", device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; InputError when missing or corrupt."""
+    """Read a checkpoint written by :func:`save_checkpoint`; InputError naming the file that is
+    missing, corrupt or not what recon writes (a tampered JSON structure included)."""
     directory = Path(directory)
     meta_path, tensor_path = directory / f"{name}.json", directory / f"{name}.safetensors"
     if not meta_path.exists() or not tensor_path.exists():
         raise InputError(f"no checkpoint here (expected {meta_path.name} and {tensor_path.name})", directory)
     try:
         meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(tensor_path), device=str(device))
-    except Exception as e:  # corrupt JSON or safetensors header
-        raise InputError(f"checkpoint cannot be read: {e}", meta_path) from None
-    if meta.get("format") != "recon-checkpoint-1":
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: JSONDecodeError, huge numbers
+        raise InputError(f"checkpoint file cannot be read: {e}", meta_path) from None
+    if not isinstance(meta, dict) or meta.get("format") != "recon-checkpoint-1" or "state" not in meta:
         raise InputError("not a recon checkpoint (unknown format)", meta_path)
-    return _join(meta["state"], tensors)
+    try:
+        tensors = load_file(str(tensor_path), device=str(device))
+    except Exception as e:  # noqa: BLE001 - a corrupt safetensors header or body
+        raise InputError(f"checkpoint tensor file cannot be read: {type(e).__name__}: {e}", tensor_path) from None
+    try:
+        state = _join_checked(meta["state"], tensors)
+    except (_Invalid, RecursionError) as e:
+        raise InputError(f"checkpoint structure is invalid ({e}); the file was modified or damaged", meta_path) from None
+    if not isinstance(state, dict):
+        raise InputError("checkpoint structure is invalid (the state is not a dictionary)", meta_path)
+    return state

@@ -128,7 +128,7 @@ class RunDir:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp} {message}\n".encode()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # less the umask
         try:
             os.write(fd, line)
         finally:
@@ -137,10 +137,27 @@ class RunDir:
     # -------------------------------------------------------------------------- checkpoints
 
     def _pointer(self) -> dict[str, Any] | None:
+        """``checkpoints/latest.json`` checked: ``{"seq": int >= 1, "folder": NAME}`` where NAME is
+        one folder directly inside ``checkpoints/`` (a pointer elsewhere, ``../../other_run`` or
+        an absolute path, is refused). InputError naming the file otherwise."""
         pointer = self.checkpoints_dir / "latest.json"
         if not pointer.exists():
             return None
-        return read_json(pointer, "checkpoint pointer")
+        value = read_json(pointer, "checkpoint pointer")
+        folder, seq = value.get("folder"), value.get("seq")
+        if not isinstance(folder, str) or not folder:
+            raise InputError('checkpoint pointer has no "folder" (the name of a checkpoint folder beside it); '
+                             'the file was modified or damaged', pointer)
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise InputError(f'checkpoint pointer needs "seq", a positive whole number, got {seq!r}', pointer)
+        inside = Path(folder).name == folder and folder not in (".", "..") and "\\" not in folder
+        if inside:
+            base = self.checkpoints_dir.resolve()
+            inside = (base / folder).resolve().parent == base
+        if not inside:
+            raise InputError(f"checkpoint pointer names {folder!r}, which is not a folder inside {self.checkpoints_dir}; "
+                             f"recon only reads checkpoints of this run", pointer)
+        return value
 
     def save_checkpoint(self, state: dict[str, Any], label: str = "") -> Path:
         """Write ``state`` as a new checkpoint folder, point ``latest.json`` at it, prune older ones."""
@@ -150,7 +167,11 @@ class RunDir:
         folder = self.checkpoints_dir / folder_name
         if folder.exists():  # left over from a crash before the pointer moved: never pointed to
             shutil.rmtree(folder)
-        save_checkpoint(folder, state)
+        try:
+            save_checkpoint(folder, state)
+        except BaseException:  # e.g. the disk is full: the pointer still names the previous, complete one
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         write_json(self.checkpoints_dir / "latest.json", {"seq": seq, "folder": folder_name})
         for other in self.checkpoints_dir.iterdir():
             if other.is_dir() and other.name != folder_name:
@@ -166,8 +187,10 @@ class RunDir:
         folder = self.latest_checkpoint()
         if folder is None:
             raise InputError(
-                f"run folder has no checkpoint (it stopped before refining began); "
-                f"start it again with: recon run --config {self.config_path}",
+                f"run folder has no checkpoint to resume from: the run stopped (or was killed) before it saved its "
+                f"first checkpoint (one is saved every run.checkpoint_every steps, at the end of each refiner and "
+                f"on Ctrl-C), so there is nothing to continue; start it again with: recon run --config "
+                f"{self.config_path} (add --out {self.path} --overwrite to reuse this folder)",
                 self.path,
             )
         return load_checkpoint(folder, device=device)

@@ -94,3 +94,41 @@ _states = st.recursive(
 def test_any_nested_state_round_trips(tmp_path, state):
     save_checkpoint(tmp_path, state)
     assert _equal(state, load_checkpoint(tmp_path))
+
+
+@pytest.mark.parametrize("structure", [
+    {"__tensor__": "missing"},
+    {"__dict__": [["w", {"__tensor__": "nope"}]]},
+    {"__dict__": "not a list"},
+    {"__dict__": [["only the key"]]},
+    {"__list__": {"a": 1}},
+    {"__dict__": [["w", [1, 2]]]},
+    {"__weird__": 1},
+    [1, 2, 3],
+    "a string",
+])
+def test_a_tampered_state_json_is_an_input_error_naming_it(tmp_path, structure):
+    save_checkpoint(tmp_path, {"w": torch.ones(1)})
+    (tmp_path / "state.json").write_text(json.dumps({"format": "recon-checkpoint-1", "state": structure}))
+    with pytest.raises(InputError, match="invalid") as e:
+        load_checkpoint(tmp_path)
+    assert e.value.path == tmp_path / "state.json"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "null", '{"format": "recon-checkpoint-1"}', "{not json", "\udcff"])
+def test_a_state_json_that_is_not_a_checkpoint_object_is_an_input_error(tmp_path, content):
+    save_checkpoint(tmp_path, {"w": torch.ones(1)})
+    (tmp_path / "state.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(InputError) as e:
+        load_checkpoint(tmp_path)
+    assert e.value.path == tmp_path / "state.json"
+
+
+def test_a_corrupt_tensor_file_is_reported_as_the_tensor_file(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.ones(100)})
+    data = (tmp_path / "state.safetensors").read_bytes()
+    for broken in (b"garbage", data[: len(data) // 2]):
+        (tmp_path / "state.safetensors").write_bytes(broken)
+        with pytest.raises(InputError, match="tensor file cannot be read") as e:
+            load_checkpoint(tmp_path)
+        assert e.value.path == tmp_path / "state.safetensors"

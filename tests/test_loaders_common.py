@@ -115,3 +115,27 @@ def test_hold_out_every_follows_image_names_not_list_order(tmp_path: Path) -> No
     assert [f.split for f in fs] == ["train", "test", "train", "test", "train"]  # names 1 and 3
     hold_out_every(fs, 0, "x.test_every")
     assert {f.split for f in fs} == {"train"}
+
+
+def test_a_truncated_test_view_fails_at_load_not_when_decoded(tmp_path: Path) -> None:
+    fs = frames(tmp_path, [(12, 16)] * 4)
+    fs[3].split = "test"
+    data = fs[3].image.read_bytes()
+    fs[3].image.write_bytes(data[: len(data) - 30])  # the header is intact, the pixels are cut
+    with pytest.raises(InputError, match="truncated or corrupt") as e:
+        build_views(fs)
+    assert e.value.path == fs[3].image
+
+
+def test_a_corrupt_mask_or_depth_file_fails_at_load(tmp_path: Path) -> None:
+    fs = frames(tmp_path, [(12, 16)] * 2)
+    mask = write_png(tmp_path / "m.png", np.full((12, 16), 255, dtype=np.uint8))
+    fs[1].object_mask = mask
+    np.save(tmp_path / "d.npy", np.ones((12, 16), np.float32))
+    fs[0].depth = tmp_path / "d.npy"
+    views = build_views(fs)  # all intact: lazy views
+    assert views[1].object_mask is not None
+    mask.write_bytes(mask.read_bytes()[:-30])
+    with pytest.raises(InputError) as e:
+        build_views(fs)
+    assert e.value.path == mask

@@ -155,3 +155,56 @@ def test_exif_orientation_turns_size_and_pixels(tmp_path: Path) -> None:
         stored = imageio.probe_image(path, exif=False)
         assert stored.size == info.stored == ((20, 12) if orientation == 3 else (12, 20))
         assert imageio.read_pixels(path, exif=False)[0].shape[:2] == stored.size
+
+
+def _bomb_png(path: Path, w: int, h: int) -> Path:
+    """A tiny PNG whose IHDR claims w x h pixels (no real pixel data: a decompression bomb header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_header_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
+    path = _bomb_png(tmp_path / "bomb.png", 15000, 15000)
+    for fn in (imageio.probe_image, imageio.verify_image, imageio.read_pixels):
+        with pytest.raises(InputError, match="too large") as e:
+            fn(path)
+        assert e.value.path == path
+
+
+def test_image_above_the_pixel_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    path = write_png(tmp_path / "big.png", np.zeros((40, 50, 3), dtype=np.uint8))
+    imageio.probe_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 2000 pixels: between 1x and 2x (PIL only warns there)
+    with pytest.raises(InputError, match="50x40") as e:
+        imageio.probe_image(path)
+    assert e.value.path == path
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # over 2x: PIL's DecompressionBombError
+    with pytest.raises(InputError, match="too large") as e:
+        imageio.verify_image(path)
+    assert e.value.path == path
+
+
+def test_verify_files_reports_the_truncated_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    paths = [write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(6)]
+    imageio.verify_files([(p, imageio.verify_image) for p in paths])
+    data = paths[4].read_bytes()
+    paths[4].write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt") as e:
+        imageio.verify_files([(p, imageio.verify_image) for p in paths], workers=3)
+    assert e.value.path == paths[4]
+    np.save(tmp_path / "d.npy", np.ones((8, 8), np.float32))
+    raw = (tmp_path / "d.npy").read_bytes()
+    (tmp_path / "d.npy").write_bytes(raw[:-40])
+    with pytest.raises(InputError) as e:
+        imageio.verify_depth(tmp_path / "d.npy")
+    assert e.value.path == tmp_path / "d.npy"

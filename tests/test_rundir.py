@@ -138,3 +138,74 @@ def test_run_lock_is_exclusive_and_takes_over_stale_locks(tmp_path):
     with RunLock(tmp_path):
         assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
     assert not (tmp_path / "run.lock").exists()
+
+
+# ------------------------------------------------------------------------- pointer robustness
+
+
+@pytest.mark.parametrize("pointer, match", [
+    ({"seq": 1}, 'no "folder"'),
+    ({"seq": 1, "folder": 7}, 'no "folder"'),
+    ({"seq": "x", "folder": "000001"}, '"seq"'),
+    ({"seq": 1, "folder": "../../other_run/checkpoints/000001"}, "not a folder inside"),
+    ({"seq": 1, "folder": ".."}, "not a folder inside"),
+    ({"seq": 1, "folder": "/tmp"}, "not a folder inside"),
+])
+def test_a_bad_checkpoint_pointer_is_an_input_error_naming_it(tmp_path, pointer, match):
+    run = RunDir.create(tmp_path / "r")
+    run.save_checkpoint({"w": torch.ones(2)}, "good")
+    (run.checkpoints_dir / "latest.json").write_text(json.dumps(pointer))
+    for read in (run.latest_checkpoint, run.load_checkpoint):
+        with pytest.raises(InputError, match=match) as e:
+            read()
+        assert e.value.path == run.checkpoints_dir / "latest.json"
+
+
+def test_a_pointer_into_another_run_is_refused_even_through_a_link(tmp_path):
+    other = RunDir.create(tmp_path / "other_run")
+    other.save_checkpoint({"w": torch.zeros(2)}, "theirs")
+    run = RunDir.create(tmp_path / "r")
+    run.save_checkpoint({"w": torch.ones(2)}, "good")
+    (run.checkpoints_dir / "link").symlink_to(other.latest_checkpoint())
+    (run.checkpoints_dir / "latest.json").write_text(json.dumps({"seq": 1, "folder": "link"}))
+    with pytest.raises(InputError, match="not a folder inside"):
+        run.load_checkpoint()
+
+
+def test_no_checkpoint_says_there_is_nothing_to_resume_from(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    with pytest.raises(InputError, match="no checkpoint to resume from") as e:
+        run.load_checkpoint()
+    assert "before it saved its first checkpoint" in str(e.value) and "refining began" not in str(e.value)
+
+
+def test_cli_resume_of_a_run_killed_before_its_first_checkpoint_or_with_a_bad_pointer(toy_registry, toy_scene, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from recon_cli.main import make_cli
+
+    cli = make_cli(toy_registry)
+    out = tmp_path / "run"
+    args = ["run", "--data", str(toy_scene), "--repr", "toy-grid", "--set", "toy-fit.steps=1", "--eval", "psnr", "--out", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    pointer = out / "checkpoints" / "latest.json"
+    good = pointer.read_text()
+    pointer.write_text(json.dumps({"seq": 1}))  # no "folder": exit 2 naming it, not an internal error
+    result = CliRunner().invoke(cli, ["run", "--resume", str(out)])
+    assert result.exit_code == 2 and "latest.json" in result.stderr and "internal error" not in result.stderr
+    pointer.write_text(good)
+    folder = out / "checkpoints" / json.loads(good)["folder"]
+    (folder / "state.json").write_text(json.dumps({"format": "recon-checkpoint-1", "state": {"__tensor__": "gone"}}))
+    result = CliRunner().invoke(cli, ["run", "--resume", str(out)])
+    assert result.exit_code == 2 and "state.json" in result.stderr
+    # as after a SIGKILL during loading: config.json, no checkpoint
+    shutil.rmtree(out / "checkpoints")
+    (out / "metrics.json").unlink()
+    result = CliRunner().invoke(cli, ["run", "--resume", str(out)])
+    assert result.exit_code == 2 and "no checkpoint to resume from" in result.stderr, result.stderr
+    # and the command it suggests starts the run again in the same folder
+    result = CliRunner().invoke(cli, ["run", "--config", str(out / "config.json"), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.stderr
+    assert RunDir(out).latest_checkpoint() is not None

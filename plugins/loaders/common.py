@@ -3,7 +3,8 @@
 A format-specific loader parses its metadata into :class:`FrameSpec` records (cameras already
 in recon's convention: OpenCV camera-to-world, K with pixel centres at i + 0.5, at the
 *original* image resolution) and calls :func:`build_views`. That function validates every
-referenced file before returning anything (existence, readable header, consistent sizes), then
+referenced file before returning anything (existence, readable header, consistent sizes, and
+one full decode of every image, mask and depth file whose pixels are then dropped), then
 hands out :class:`recon_core.View` objects whose pixels are read on access: decoded with the
 EXIF orientation applied, undistorted onto a pinhole K when the frame has distortion (once, at
 the original resolution; masks and depth by nearest-neighbour; see :mod:`.undistort`), then
@@ -276,6 +277,19 @@ def _size_error(f: FrameSpec, info: imageio.ImageInfo, exif_option: str | None) 
     return InputError(f"image is {info.width}x{info.height} but the metadata ({where}) says {said}", f.image)
 
 
+def _verify_pixels(frames: Sequence[FrameSpec]) -> None:
+    """Decode every image, mask and depth file once (thread pool, progress bar) and drop the
+    pixels: a truncated or corrupt file (say, the last test view) fails now, naming the file,
+    not after a whole training run. The views stay lazy."""
+    checks: list[tuple[Path, Callable[[Path], None]]] = []
+    for f in frames:
+        checks.append((f.image, imageio.verify_image))
+        checks += [(m, imageio.verify_image) for m in (f.object_mask, f.sky_mask, f.dynamic_mask) if m is not None]
+        if f.depth is not None:
+            checks.append((f.depth, imageio.verify_depth))
+    imageio.verify_files(checks, f"checking {len(checks)} image files")
+
+
 def build_views(
     frames: Sequence[FrameSpec],
     *,
@@ -330,6 +344,7 @@ def build_views(
         if f.distortion is not None and not finite_in_float32(np.asarray(f.distortion, dtype=np.float64)):
             raise InputError(f"distortion of {f.name} contains non-finite values", f.source or f.image)
         infos.append(info)
+    _verify_pixels(frames)
     factor = auto_downscale([i.size for i in infos], downscale, f"{loader}.downscale")
     views: list[View] = []
     for f, info in zip(frames, infos):

@@ -23,15 +23,23 @@ EXIF orientation (phone photos) is applied by default to sizes and pixels alike
 (``PIL.ImageOps.exif_transpose``); ``exif=False`` keeps the pixels as stored.
 
 Readers validate up front with :func:`probe_image` (existence + a readable header, no pixel
-decode) and decode later, inside the lazy callables loaders hand to :class:`recon_core.View`.
-Every problem becomes an :class:`recon_core.InputError` naming the file.
+decode), then :func:`verify_files` decodes every file once (a thread pool, a progress bar) and
+drops the pixels, so a truncated or corrupt file fails at load rather than when a late view is
+first decoded; views still decode lazily, inside the callables loaders hand to
+:class:`recon_core.View`. Images larger than :func:`max_pixels` (PIL's decompression-bomb
+limit, ``PIL.Image.MAX_IMAGE_PIXELS``) are refused. Every problem becomes an
+:class:`recon_core.InputError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +52,10 @@ from recon_core import InputError
 __all__ = [
     "ImageInfo",
     "probe_image",
+    "verify_image",
+    "verify_depth",
+    "verify_files",
+    "max_pixels",
     "read_pixels",
     "read_rgb_alpha",
     "read_mask",
@@ -100,19 +112,55 @@ def _orientation(im: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+_DEFAULT_MAX_PIXELS = 16384 * 16384
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) recon decodes: PIL's ``Image.MAX_IMAGE_PIXELS`` (its
+    decompression-bomb limit, about 89 million pixels by default; ``None`` there means
+    16384 x 16384). A larger image is an InputError naming the file, not a memory blow-up."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else _DEFAULT_MAX_PIXELS
+
+
+def _too_large(path: Path, w: int, h: int) -> InputError:
+    return InputError(
+        f"image is {w}x{h} ({w * h / 1e6:.1f} million pixels), more than the limit of {max_pixels() / 1e6:.1f} million "
+        f"(a decompression bomb or a far too large image); downscale it first", path,
+    )
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with PIL's decompression-bomb error (and its warning, when warnings are
+    errors) and any image above :func:`max_pixels` turned into an InputError naming the file."""
+    try:
+        im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"image is too large to decode safely ({e}); downscale it first", path) from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels():
+            raise _too_large(path, w, h)
+        yield im
+
+
 def probe_image(path: Path, exif: bool = True) -> ImageInfo:
     """Check ``path`` exists and has a readable image header (pixels are not decoded).
 
     With ``exif`` the size is the displayed one (EXIF orientation applied, as phones expect).
+    An image above :func:`max_pixels` is an InputError (decompression bombs included).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("file is missing", path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            mode = im.mode
-            orientation = _orientation(im)
+        with warnings.catch_warnings():  # the size is checked against max_pixels() instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _opened(path) as im:
+                w, h = im.size
+                mode = im.mode
+                orientation = _orientation(im)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"not a readable image ({e})", path) from None
     if w < 1 or h < 1:
@@ -131,7 +179,7 @@ def read_pixels(path: Path, exif: bool = True) -> tuple[np.ndarray, str]:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _opened(path) as im:
             im.load()
             if exif and _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
@@ -271,6 +319,67 @@ def read_depth(path: Path, scale: float, size: Size | None = None) -> Tensor:
     if size is not None and tuple(depth.shape) != tuple(size):
         depth = resize_nearest(depth, size)
     return depth
+
+
+# ---------------------------------------------------------------------------------- verifying
+
+
+def verify_image(path: Path) -> None:
+    """Decode ``path`` fully once and drop the pixels: InputError naming it when the file is
+    truncated or corrupt, or larger than :func:`max_pixels`."""
+    path = Path(path)
+    try:
+        with _opened(path) as im:
+            im.load()
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError("file is missing", path) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error… on broken files
+        raise InputError(f"image cannot be decoded ({type(e).__name__}: {e}); the file is truncated or corrupt", path) from None
+
+
+def verify_depth(path: Path) -> None:
+    """Decode a depth file (``.npy`` or image) fully once; InputError naming it when corrupt."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        verify_image(path)
+        return
+    try:
+        np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - truncated arrays raise ValueError/EOFError/OSError
+        raise InputError(f"not a readable .npy file ({type(e).__name__}: {e}); the file is truncated or corrupt", path) from None
+
+
+def verify_files(checks: Sequence[tuple[Path, Callable[[Path], None]]], description: str = "checking images",
+                 workers: int | None = None) -> None:
+    """Run every ``check(path)`` (e.g. :func:`verify_image`) in a thread pool, with a progress
+    bar; raise the InputError of the first failing file (in ``checks`` order among those done)
+    and skip the rest. PIL and numpy decode without the GIL, so threads use every core."""
+    checks = list(dict.fromkeys((Path(p), fn) for p, fn in checks))  # each file once
+    if not checks:
+        return
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    from recon_core.progress import progress_bar
+
+    n = workers or min(8, os.cpu_count() or 1, len(checks))
+    errors: dict[int, BaseException] = {}
+    with progress_bar(description, total=len(checks)) as advance, ThreadPoolExecutor(max_workers=n) as pool:
+        futures = {pool.submit(fn, p): i for i, (p, fn) in enumerate(checks)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                if fut.exception() is not None:
+                    errors[futures[fut]] = fut.exception()  # type: ignore[assignment]
+            advance(len(done))
+            if errors:
+                for fut in pending:
+                    fut.cancel()
+                break
+    if errors:
+        raise errors[min(errors)]
 
 
 # ------------------------------------------------------------------------------------ resizing

@@ -151,6 +151,8 @@ def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
     n = means.shape[0]
     finite = np.isfinite(np.concatenate([means, dc, rest, opacity[:, None], scales, quats], axis=1)).all(axis=1)
     dropped = int(n - finite.sum())
+    if n and not dropped < n:
+        raise InputError(f"PLY has no usable Gaussian: all {n} rows hold non-finite values", path)
     if dropped:
         warnings.warn(f"{path}: dropped {dropped} of {n} Gaussians with non-finite values", stacklevel=2)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a[finite]))  # noqa: E731

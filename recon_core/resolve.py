@@ -193,6 +193,8 @@ def resolve_run(
     data_value = data if data is not None else base.get("data")
     if data_value is None:
         raise InputError("no data given: pass --data PATH (or --config FILE)")
+    if not isinstance(data_value, (str, Path)):
+        raise InputError(f"bad value for data: {json.dumps(data_value)} is not a path")
     data_path = Path(data_value).expanduser().absolute()
     check_data_path(data_path)
     device_name = device or base.get("device") or "auto"

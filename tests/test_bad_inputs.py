@@ -269,8 +269,7 @@ CASES = [
     Case("3dgs-ply-nan-row", lambda root: _raw_ply(_splat_fields(0), _splat_rows(0, nan_row=2))(root / "g.ply"),
          PLY_3DGS, 0, "gaussians=4"),
     Case("3dgs-ply-all-nan", lambda root: _raw_ply(_splat_fields(0), _splat_rows(0, n=1, nan_row=0))(root / "g.ply"),
-         PLY_3DGS, 2, "g.ply", xfail="issue 25: 3dgs.init=ply with a PLY whose only Gaussian has a NaN drops it with a "
-                                     "warning, trains 0 Gaussians and exits 0; should exit 2: the PLY has no usable Gaussian"),
+         PLY_3DGS, 2, "g.ply"),
     # cameras.npz of an IDR scene
     Case("npz-not-npz", _write("idr/cameras.npz", b"PK\x03\x04 not really a zip"), INSPECT_IDR, 2, "cameras.npz"),
     Case("npz-file-missing", _delete("idr/cameras.npz"), INSPECT_IDR, 2, "no installed loader recognises"),
@@ -313,9 +312,7 @@ CASES = [
     Case("cfg-background-out-of-range", _config(_cfg_run("background", [2, 0, 0])), RUN_CFG, 2, "background"),
     Case("cfg-unknown-run-option", _config(_cfg_run("speed", 1)), RUN_CFG, 2, "speed"),
     Case("cfg-data-missing", _config(_cfg_top("data", "{root}/nowhere")), RUN_CFG, 2, "nowhere"),
-    Case("cfg-data-number", _config(_cfg_top("data", 42)), RUN_CFG, 2, "data",
-         xfail="issue 25: config.json with \"data\": 42 exits 1 (internal error: TypeError: expected str, bytes or "
-               "os.PathLike object, not int); should exit 2 naming the config file and the 'data' key"),
+    Case("cfg-data-number", _config(_cfg_top("data", 42)), RUN_CFG, 2, "data"),
     Case("cfg-device-unknown", _config(_cfg_top("device", "tpu")), RUN_CFG, 2, "tpu"),
     # --set syntax
     Case("set-missing-equals", _nothing, (*RUN_NS, "--set", "toy-fit.steps"), 2, "toy-fit.steps"),

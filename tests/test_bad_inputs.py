@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from loaders_support import write_png, write_ply
-from loaders_support.bad_inputs import (FAST_RUN, assert_clean_exit, assert_untouched, bad_input_registry, copy_workspace,
-                                        invoke, make_workspace, model_is_finite, tree_hashes)
+from loaders_support import write_ply
+from loaders_support.bad_inputs import (cli, template,  # noqa: F401 - shared fixtures
+                                        FAST_RUN, assert_clean_exit, assert_untouched, copy_workspace, invoke,
+                                        model_is_finite, tree_hashes)
 
-from recon_cli.main import make_cli
 
 # ------------------------------------------------------------------------------ builders
 
@@ -345,15 +345,6 @@ CASES = [
     Case("resume-with-other-options", _nothing, ("run", "--resume", "{root}/run", "--seed", "3"), 2, "--seed"),
 ]
 
-
-@pytest.fixture(scope="module")
-def cli():
-    return make_cli(bad_input_registry())
-
-
-@pytest.fixture(scope="module")
-def template(cli, tmp_path_factory) -> Path:
-    return make_workspace(tmp_path_factory.mktemp("bad-inputs-template"), cli)
 
 
 def test_the_table_is_big_and_ids_are_unique():

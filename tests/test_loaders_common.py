@@ -139,3 +139,14 @@ def test_a_corrupt_mask_or_depth_file_fails_at_load(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         build_views(fs)
     assert e.value.path == mask
+
+
+def test_ply_points_with_a_list_colour_property_is_an_input_error(tmp_path: Path) -> None:
+    """Found by the fuzz test: a list-typed colour property crashed with ValueError (exit 1)."""
+    header = (b"ply\nformat binary_little_endian 1.0\nelement vertex 2\nproperty float x\nproperty float y\n"
+              b"property float z\nproperty uchar red\nproperty list uchar int green\nproperty uchar blue\nend_header\n")
+    row = np.zeros(3, "<f4").tobytes() + b"\xc8" + b"\x01" + np.int32(7).tobytes() + b"\x00"
+    path = tmp_path / "points.ply"
+    path.write_bytes(header + row * 2)
+    with pytest.raises(InputError, match="colours are not numeric"):
+        read_ply_points(path)

@@ -424,7 +424,12 @@ def read_ply_points(path: Path) -> PointCloud:
         raise InputError("PLY points contain NaN or infinite coordinates", path)
     colors = None
     if {"red", "green", "blue"} <= names:
-        c = np.stack([np.asarray(v[k]) for k in ("red", "green", "blue")], axis=-1)
+        try:
+            c = np.stack([np.asarray(v[k]) for k in ("red", "green", "blue")], axis=-1)
+            if c.dtype == object:
+                raise TypeError("a colour property is a list")
+        except (TypeError, ValueError) as e:
+            raise InputError(f"PLY colours are not numeric ({e})", path) from None
         if np.issubdtype(c.dtype, np.integer):
             c = c.astype(np.float64) / (65535.0 if c.dtype.itemsize > 1 else 255.0)
         c = c.astype(np.float64)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from click.testing import CliRunner, Result
 
 from . import write_idr, write_transforms
@@ -104,3 +105,20 @@ def model_is_finite(run_dir: Path) -> bool:
     if metrics.is_file():
         json.loads(metrics.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     return ok
+
+
+# Fixtures shared by the bad-input table and the fuzz test (import them into the test module).
+
+
+@pytest.fixture(scope="module")
+def cli():  # noqa: ANN201 - a click.Group
+    """The ``recon`` CLI over the toy plugin plus the real loaders and gaussians plugins."""
+    from recon_cli.main import make_cli
+
+    return make_cli(bad_input_registry())
+
+
+@pytest.fixture(scope="module")
+def template(cli, tmp_path_factory) -> Path:  # noqa: ANN001
+    """A workspace (tiny scenes and a finished run) that each case copies."""
+    return make_workspace(tmp_path_factory.mktemp("bad-inputs-template"), cli)

@@ -288,6 +288,11 @@ class RunContext:
     run's options for it: declare what you create in :meth:`Component.uses`."""
     load: Callable[[Path], Scene | Video] | None = None
     """``load(path)`` reads another dataset with the loader that best recognises it."""
+
+    def background_color(self) -> Tensor:
+        """The run's background [3] as float32 on the run's device (white when the run gives none)."""
+        bg = self.background if self.background is not None else torch.ones(3)
+        return bg.to(self.device, torch.float32)
     options: dict[str, Any] = field(default_factory=dict)
     # For refiners with a custom ``run`` (the step loop handles these itself otherwise):
     should_stop: Callable[[], bool] = lambda: False

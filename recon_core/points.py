@@ -24,6 +24,7 @@ from .geometry import knn_distances, unproject_depth
 from .scene import Bounds, PointCloud, Scene, View
 
 __all__ = [
+    "subsample_points",
     "unproject_valid_depth",
     "points_from_depth",
     "triangulated_points",
@@ -94,7 +95,8 @@ def points_from_depth(views: Sequence[View], max_points: int, generator: torch.G
     return PointCloud(points=pts, colors=cols.clamp(0, 1))
 
 
-def _subsample(pc: PointCloud, max_points: int, generator: torch.Generator) -> PointCloud:
+def subsample_points(pc: PointCloud, max_points: int, generator: torch.Generator) -> PointCloud:
+    """At most ``max_points`` of ``pc``, chosen at random with ``generator`` (all when fewer)."""
     if len(pc) <= max_points:
         return pc
     keep = torch.randperm(len(pc), generator=generator)[:max_points]
@@ -180,7 +182,7 @@ def triangulated_points(views: Sequence[View], max_points: int, generator: torch
                          "untextured images, or views too far apart)")
     points = torch.tensor(np.stack([p for p, _ in pts]), dtype=torch.float32)
     colors = torch.tensor(np.stack([c for _, c in pts]), dtype=torch.float32) / 255.0
-    return _subsample(PointCloud(points, colors), max_points, generator)
+    return subsample_points(PointCloud(points, colors), max_points, generator)
 
 
 def _known_pose_reconstruction(pycolmap, db: Path, views: Sequence[View], names: list[str]):  # noqa: ANN001, ANN202
@@ -262,9 +264,7 @@ def initial_points(scene: Scene, method: str, num_points: int, generator: torch.
         pc = scene.point_cloud
         if pc is None or len(pc) == 0:
             raise InputError("init=points needs a point cloud (COLMAP points3D or ply_file_path), and the scene has none", scene.source)
-        if len(pc) > num_points:
-            keep = torch.randperm(len(pc), generator=generator)[:num_points]
-            pc = PointCloud(pc.points[keep], None if pc.colors is None else pc.colors[keep])
+        pc = subsample_points(pc, num_points, generator)
         if pc.colors is None:
             pc = PointCloud(pc.points, torch.full((len(pc), 3), 0.5))
         return PointCloud(pc.points.float().cpu(), pc.colors.float().cpu()), method

@@ -34,6 +34,8 @@ once (KeyboardInterrupt, no save).
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import random
 import signal
@@ -77,9 +79,11 @@ class NonFiniteError(ReconError):
 
 
 def non_finite(rep: Representation, logs: dict[str, float] | None = None) -> str | None:
-    """What is non-finite after a step: ``"loss loss=nan"`` or ``"parameter 'grid'"``; None when all is finite."""
+    """What is non-finite after a step: ``"logged value loss=nan"`` or ``"parameter 'grid'"``; None
+    when all is finite. Every step scans every floating tensor (one device sync), so the step at
+    which a parameter went non-finite is the one reported."""
     for key, value in (logs or {}).items():
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             return f"logged value {key}={value}"
     tensors = [(name, t) for name, t in rep.state_dict().items()
                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]

@@ -13,7 +13,7 @@ import torch
 
 import recon_plugins.ttr as ttr_module
 from recon_core.cameras import Cameras
-from recon_core.components import RunContext
+from recon_core.components import Representation, RunContext
 from recon_core.errors import CombinationError
 from recon_core.registry import Registry
 from recon_core.scene import Bounds, Scene, View
@@ -436,3 +436,30 @@ def test_pipeline_resume_after_ttr_keeps_the_refined_poses(tmp_path: Path, monke
 def _loaded_views(registry: Registry, data: Path) -> list[View]:
     """The views as the loader gives them (the poses before any refinement)."""
     return registry.create("loader", "nerfstudio").load(data).views
+
+
+class _SplatlessGaussians(Representation):
+    """A third-party Gaussian representation that renders but does not hold splats."""
+
+    name = "test-splatless"
+    provides = frozenset({"gaussians-3d"})
+
+    def __init__(self, inner: GaussianSplat) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def gaussians(self, time: float | None = None):  # noqa: ANN201
+        return self.inner.gaussians(time)
+
+
+def test_poses_only_on_a_representation_without_splats() -> None:
+    """ttr.refine_gs=false needs nothing but rendering: it works on a representation without splats;
+    refining its attributes is refused with the way out."""
+    scene, rep, truth = make_scene(n=4)
+    other = _SplatlessGaussians(rep)
+    before = pose_errors(torch.cat([scene.views[i].camera.c2w for i in (1, 3)]).double(), truth[[1, 3]].double())[0]
+    _run(TestTimeRefiner(TTRConfig(refine_gs=False, steps_pose=40, lr_pose=5e-3, lr_pose_translation=5e-3, lpips=False)), other, scene)
+    after = pose_errors(torch.cat([scene.views[i].camera.c2w for i in (1, 3)]).double(), truth[[1, 3]].double())[0]
+    assert float(after.mean()) < float(before.mean())
+    with pytest.raises(CombinationError, match="refine_gs=false"):
+        TestTimeRefiner(TTRConfig(lpips=False)).setup(other, scene, _ctx())

@@ -18,7 +18,7 @@ from torch import Tensor
 from recon_core import GaussianRepresentation, InputError, OptimConfig, RunContext, Scene, View
 from recon_core.gaussians import sh_to_rgb
 from recon_core.imageops import photometric_loss
-from recon_core.optim import GaussianOptimizer, default_scene_scale
+from recon_core.optim import EpochOrder, GaussianOptimizer, default_scene_scale
 from recon_core.points import initial_points, splats_from_points
 
 from .composition import PixelGaussians, unproject_depth
@@ -61,12 +61,13 @@ def fit_static(scene: Scene, ctx: RunContext, *, steps: int, num_points: int, se
     static.set_splats(splats_from_points(pc, 0.1, 0, generator), ctx.device)
     views = scene.train_views or list(scene.views)
     engine = GaussianOptimizer(static, OptimConfig(densify=False), scene_scale=default_scene_scale(scene.bounds.radius),
-                               total_steps=steps, generator=generator)
+                               total_steps=steps, generator=generator, views=len(views))
+    order = EpochOrder(len(views))  # 3dgs-train's sampling: every view once per epoch
     black = torch.zeros(3, device=ctx.device)
     targets = [v.image_on(black.cpu()).to(ctx.device) for v in views]
     for step in range(steps):
         engine.schedule(step)
-        i = int(torch.randint(len(views), (1,), generator=generator))
+        i = order.next(generator)
         camera = views[i].camera.to(ctx.device)
         out = ctx.renderer.render(static, camera, background=black)
         engine.step(photometric_loss(out.rgb[0], targets[i]), step, out.info, camera)

@@ -131,7 +131,7 @@ class Difix3DPlus(Refiner):
         if not isinstance(rep, GaussianRepresentation):
             raise CombinationError(f"difix3d+ needs a Gaussian representation (recon_core.GaussianRepresentation); '{rep.name}' is not one")
         self.rep, self.ctx, self.device = rep, ctx, ctx.device
-        self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(self.device, torch.float32)
+        self.background = ctx.background_color()
         self.views = data.train_views or list(data.views)
         if not self.views:
             raise InputError("difix3d+ needs at least one training view", data.source)

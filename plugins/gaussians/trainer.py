@@ -61,12 +61,6 @@ class TargetCache:
         return target
 
 
-def run_background(ctx: RunContext) -> Tensor:
-    """The run's background colour on the run's device (white when the run gives none)."""
-    bg = ctx.background if ctx.background is not None else torch.ones(3)
-    return bg.to(ctx.device, torch.float32)
-
-
 class GaussianTrainer(Refiner):
     """Optimise 3D Gaussians against the training views (3DGS), with densification."""
 
@@ -85,7 +79,7 @@ class GaussianTrainer(Refiner):
         if not self.views:
             raise InputError("3dgs-train needs at least one training view", data.source)
         self.rep, self.ctx = rep, ctx
-        self.background = run_background(ctx)
+        self.background = ctx.background_color()
         self.targets = TargetCache(self.background, ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         scene_scale = float(cfg.scene_scale) if cfg.scene_scale else default_scene_scale(data.bounds.radius)

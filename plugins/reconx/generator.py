@@ -148,7 +148,7 @@ class RenderFixGenerator(Generator):
         if mode == "fixer" and ctx.fixer is None:
             raise InputError("render-fix.fix=fixer needs a fixer in the run (e.g. --fixer difix)")
         settings = ConsistencySettings(cfg.depth_tolerance, cfg.color_sigma, cfg.unseen)
-        bg = ctx.background.cpu().float() if ctx.background is not None else torch.ones(3)
+        bg = ctx.background_color().cpu()
 
         volume = None
         if cfg.free_space and any(view_mask(v) is not None for v in inputs):

@@ -35,7 +35,7 @@ import torch
 from recon_core import Bounds, Cameras, InputError, RunContext, Scene
 from recon_core.gaussians import GaussianRepresentation, sh_to_rgb
 from recon_core.geometry import apply_similarity, camera_similarity
-from recon_core.points import points_from_depth
+from recon_core.points import points_from_depth, subsample_points
 from recon_core.points import triangulated_points as core_triangulated_points
 from recon_core.scene import PointCloud, View
 
@@ -62,13 +62,6 @@ class PointCloudSettings:
 def depth_points(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:
     """Unprojected depth maps of ``views`` with their known poses (see :func:`points_from_depth`)."""
     return points_from_depth(views, max_points, generator)
-
-
-def _subsample(pc: PointCloud, max_points: int, generator: torch.Generator) -> PointCloud:
-    if len(pc) <= max_points:
-        return pc
-    keep = torch.randperm(len(pc), generator=generator)[:max_points]
-    return PointCloud(pc.points[keep], None if pc.colors is None else pc.colors[keep])
 
 
 def triangulated_points(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:
@@ -99,7 +92,7 @@ def dggt_points(views: Sequence[View], max_points: int, generator: torch.Generat
         R, t, s = camera_similarity(predicted.c2w.float().cpu(), given)
         points = apply_similarity(g.means.float().cpu(), R, t, s)
         colors = sh_to_rgb(g.sh[:, 0].float().cpu()).clamp(0, 1)
-    return _subsample(PointCloud(points, colors), max_points, generator)
+    return subsample_points(PointCloud(points, colors), max_points, generator)
 
 
 def _auto(views: Sequence[View], max_points: int, generator: torch.Generator, settings: PointCloudSettings) -> PointCloud:

@@ -176,7 +176,7 @@ class ConfidenceRefiner(Refiner):
         self.inputs = selected_views(rep, data)
         if not self.inputs:
             raise InputError("the confidence refiner needs at least one view", data.source)
-        self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(ctx.device, torch.float32)
+        self.background = ctx.background_color()
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
                                         total_steps=self.total_steps, generator=self.generator, views=len(self.inputs))

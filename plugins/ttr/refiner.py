@@ -120,9 +120,10 @@ class TTRConfig:
 
 
 def refinable_parameters(rep: Representation) -> dict[str, nn.Parameter]:
-    """The representation's refinable splat entries TTR knows (:data:`ROLES`), by name."""
-    if not isinstance(rep, GaussianRepresentation):
-        raise CombinationError(f"ttr needs a Gaussian representation (recon_core.GaussianRepresentation); '{rep.name}' is not one")
+    """The representation's refinable splat entries TTR knows (:data:`ROLES`), by name (none for a
+    representation without splats: only its poses can be refined, ``ttr.refine_gs=false``)."""
+    if not isinstance(rep, GaussianRepresentation):  # renderable but without splats: poses only
+        return {}
     return {k: rep.splats[k] for k in ROLES if k in rep.splats and k in rep.refinable}
 
 
@@ -134,7 +135,8 @@ def masked_photometric_loss(pred: Tensor, target: Tensor, valid: Tensor, ssim_we
         valid: [N, H, W] (or [H, W]) bool, True where the pixel counts (non-sky).
 
     This is :func:`recon_core.imageops.photometric_loss` (masked) with its SSIM weight w / (1 + w),
-    scaled by 1 + w: ``(1 + w)((1 - w') L1 + w' (1 - SSIM)) = L1 + w (1 - SSIM)``.
+    scaled by 1 + w: ``(1 + w)((1 - w') L1 + w' (1 - SSIM)) = L1 + w (1 - SSIM)``. Below SSIM's
+    11-pixel window that rule leaves (1 + w) L1.
     """
     w = float(ssim_weight)
     return (1.0 + w) * photometric_loss(pred, target, w / (1.0 + w), valid)
@@ -219,7 +221,7 @@ class TestTimeRefiner(Refiner):
         if not self.views:
             raise InputError("ttr needs at least one training view", data.source)
         self.rep, self.scene, self.ctx, self.device = rep, data, ctx, ctx.device
-        self.background = (ctx.background if ctx.background is not None else torch.ones(3)).to(self.device, torch.float32)
+        self.background = ctx.background_color()
 
         cams = Cameras.cat([v.camera for v in self.views]).to(self.device)
         self.from_rep = [None] * len(self.views)

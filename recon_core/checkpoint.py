@@ -45,19 +45,6 @@ def _split(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     raise TypeError(f"cannot checkpoint a value of type {type(obj).__name__} at '{prefix}'")
 
 
-def _join(obj: Any, tensors: dict[str, Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if _TENSOR in obj:
-            return tensors[obj[_TENSOR]]
-        if "__dict__" in obj:
-            return {k: _join(v, tensors) for k, v in obj["__dict__"]}
-        if "__list__" in obj:
-            return [_join(v, tensors) for v in obj["__list__"]]
-        if "__tuple__" in obj:
-            return tuple(_join(v, tensors) for v in obj["__tuple__"])
-    return obj
-
-
 def save_checkpoint(directory: str | Path, state: dict[str, Any], name: str = "state") -> Path:
     """Write ``state`` to ``directory/name.safetensors`` + ``name.json``; return the JSON path."""
     directory = Path(directory)
@@ -76,8 +63,8 @@ class _Invalid(Exception):
     pass
 
 
-def _join_checked(obj: Any, tensors: dict[str, Tensor]) -> Any:
-    """:func:`_join` for a structure read from disk: anything it does not expect is _Invalid."""
+def _join(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of :func:`_split` for a structure read from disk: anything it does not expect is _Invalid."""
     if isinstance(obj, dict):
         if len(obj) != 1:
             raise _Invalid(f"unexpected object with keys {sorted(obj)[:4]}")
@@ -91,11 +78,11 @@ def _join_checked(obj: Any, tensors: dict[str, Tensor]) -> Any:
                 isinstance(kv, list) and len(kv) == 2 and (kv[0] is None or isinstance(kv[0], (str, int, float, bool))) for kv in value
             ):
                 raise _Invalid("malformed dictionary entry")
-            return {k: _join_checked(v, tensors) for k, v in value}
+            return {k: _join(v, tensors) for k, v in value}
         if kind in ("__list__", "__tuple__"):
             if not isinstance(value, list):
                 raise _Invalid(f"malformed {kind.strip('_')}")
-            items = [_join_checked(v, tensors) for v in value]
+            items = [_join(v, tensors) for v in value]
             return tuple(items) if kind == "__tuple__" else items
         raise _Invalid(f"unknown entry {kind!r}")
     if isinstance(obj, list):
@@ -121,7 +108,7 @@ def load_checkpoint(directory: str | Path, name: str = "state", device: str | to
     except Exception as e:  # noqa: BLE001 - a corrupt safetensors header or body
         raise InputError(f"checkpoint tensor file cannot be read: {type(e).__name__}: {e}", tensor_path) from None
     try:
-        state = _join_checked(meta["state"], tensors)
+        state = _join(meta["state"], tensors)
     except (_Invalid, RecursionError) as e:
         raise InputError(f"checkpoint structure is invalid ({e}); the file was modified or damaged", meta_path) from None
     if not isinstance(state, dict):

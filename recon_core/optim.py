@@ -44,7 +44,7 @@ from .errors import InputError
 from .gaussians import GaussianRepresentation
 from .strategies import StrategyConfig, make_strategy
 
-__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "default_scene_scale", "scaled_steps",
+__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "TargetCache", "default_scene_scale", "scaled_steps",
            "scaled_strategy"]
 
 
@@ -253,3 +253,24 @@ class EpochOrder:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n, self.order, self.position = int(state["n"]), state["order"].to(torch.int64).cpu(), int(state["position"])
+
+
+class TargetCache:
+    """The images views should render to on the run's background (:meth:`View.image_on`), on
+    ``device``, kept in memory by view name up to ``max_bytes`` (2 GiB), re-made beyond that."""
+
+    def __init__(self, background: Tensor, device: torch.device, max_bytes: int = 2 << 30) -> None:
+        self.background, self.device, self.max_bytes = background.cpu(), device, int(max_bytes)
+        self._cache: dict[str, Tensor] = {}
+        self._bytes = 0
+
+    def __call__(self, view: Any) -> Tensor:
+        hit = self._cache.get(view.name)
+        if hit is not None:
+            return hit
+        target = view.image_on(self.background).to(self.device)
+        size = target.numel() * target.element_size()
+        if self._bytes + size <= self.max_bytes:
+            self._cache[view.name] = target
+            self._bytes += size
+        return target

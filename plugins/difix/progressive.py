@@ -41,7 +41,7 @@ from recon_core import (
     Scene, Video, View, option,
 )
 from recon_core.imageops import photometric_loss, psnr
-from recon_core.optim import EpochOrder, GaussianOptimizer, default_scene_scale
+from recon_core.optim import EpochOrder, GaussianOptimizer, TargetCache, default_scene_scale
 
 from .camera_path import nearest_assignments, shift_poses
 
@@ -150,17 +150,12 @@ class Difix3DPlus(Refiner):
         self.pseudo_order = EpochOrder(0)
         self.pseudo: PseudoViews | None = None
         self.rounds = 0
-        self._targets: dict[int, Tensor] = {}
+        self.real_targets = TargetCache(self.background, self.device)
         self.last_loss = float("nan")
 
     @property
     def total_steps(self) -> int:
         return int(self.config.steps)
-
-    def _real_target(self, index: int) -> Tensor:
-        if index not in self._targets:
-            self._targets[index] = self.views[index].image_on(self.background.cpu())
-        return self._targets[index]
 
     # ------------------------------------------------------------------------------ fix round
 
@@ -180,7 +175,7 @@ class Difix3DPlus(Refiner):
                 out = ctx.renderer.render(self.rep, batch.to(self.device), background=self.background)
                 rgb = out.rgb.detach().float().clamp(0, 1)
                 h, w = batch.size(0)
-                refs = torch.stack([_resized(self._real_target(int(nearest[i])), h, w) for i in group]).to(rgb.device)
+                refs = torch.stack([_resized(self.real_targets(self.views[int(nearest[i])]), h, w) for i in group]).to(rgb.device)
                 views = [View(f"novel-{self.rounds}-{i:04d}", cams[i], None, "train") for i in group]
                 fixed = ctx.fixer.fix(rgb, refs, views=views)  # type: ignore[union-attr]
                 if fixed.shape != rgb.shape:
@@ -217,7 +212,7 @@ class Difix3DPlus(Refiner):
             i = self.real_order.next(self.generator)
             view = self.views[i]
             camera = view.camera.to(self.device)
-            target, mask, weight = self._real_target(i).to(self.device), None, cfg.real_weight
+            target, mask, weight = self.real_targets(self.views[i]), None, cfg.real_weight
         out = self.ctx.renderer.render(rep, camera, background=self.background)
         engine.before_backward(step, out.info)
         pred = out.rgb[0]

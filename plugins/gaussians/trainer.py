@@ -19,17 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from recon_core import CombinationError, GaussianRepresentation, InputError, Refiner, Representation, RunContext, Scene, Video, option
 from recon_core.imageops import photometric_loss, psnr
-from recon_core.optim import EpochOrder, GaussianOptimizer, OptimConfig, default_scene_scale
+from recon_core.optim import EpochOrder, GaussianOptimizer, OptimConfig, TargetCache, default_scene_scale
 
-__all__ = ["GaussianTrainer", "GaussianTrainConfig", "TargetCache"]
-
-_CACHE_BYTES = 2 << 30
-"""Training targets are kept in memory up to this size (2 GiB), then re-read each time."""
-
+__all__ = ["GaussianTrainer", "GaussianTrainConfig"]
 
 @dataclass
 class GaussianTrainConfig(OptimConfig):
@@ -38,27 +33,6 @@ class GaussianTrainConfig(OptimConfig):
     steps: int = option(2000, "training steps (gsplat trains 30000 on a GPU; 2000 is a CPU-friendly default)", min=1)
     ssim_weight: float = option(0.2, "loss = (1 - w) L1 + w (1 - SSIM)", min=0, max=1)
     scene_scale: float | None = option(None, "scene scale for the means' lr and size thresholds (default 1.1 x bounds radius)", min=1e-12)
-
-
-class TargetCache:
-    """Training targets (views on the run's background) kept in memory up to ``_CACHE_BYTES``."""
-
-    def __init__(self, background: Tensor, device: torch.device) -> None:
-        self.background, self.device = background.cpu(), device
-        self._cache: dict[str, Tensor] = {}
-        self._bytes = 0
-
-    def __call__(self, view: Any) -> Tensor:
-        key = view.name
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        target = view.image_on(self.background).to(self.device)
-        size = target.numel() * target.element_size()
-        if self._bytes + size <= _CACHE_BYTES:
-            self._cache[key] = target
-            self._bytes += size
-        return target
 
 
 class GaussianTrainer(Refiner):

@@ -267,7 +267,7 @@ def main() -> None:
             report = D2GVFit(cfg).run(rep, video, ctx)
             wall, cpu, cpu_total = time.perf_counter() - t0, report["cpu_seconds"], rusage_cpu() - c0
             export_dir = Path(args.export_dir) if args.export_dir else Path(tmp) / "export"
-            rep.export(export_dir, "d2gv")
+            rep.export(export_dir, "d2gv-fp16")
             decoded = D2GV.from_export(export_dir)
     if (decoded.height, decoded.width, decoded.num_frames) != (H, W, T):
         raise SystemExit(f"the exported model is {decoded.width}x{decoded.height}, {decoded.num_frames} frames; the video is {W}x{H}, {T}")

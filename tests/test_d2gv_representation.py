@@ -112,7 +112,7 @@ def test_export_decode_round_trip(tmp_path):
         rep.gops[1].mask_logit[:20] = -4.0  # pruned Gaussians are not exported
         for gop in rep.gops:
             gop.deform.head.weight.normal_(0, 0.02)
-    files = rep.export(tmp_path, "d2gv")
+    files = rep.export(tmp_path, "d2gv-fp16")
     assert all(f.exists() for f in files)
     decoded = D2GV.from_export(tmp_path)
     assert [g.num_gaussians for g in decoded.gops] == [60, 40, 60]

@@ -36,6 +36,9 @@ MIN_DIAG = 0.2
 """Smallest Cholesky diagonal entry (pixels); keeps every covariance positive definite."""
 MASK_THRESHOLD = 0.2
 EXPORT_FORMAT = "d2gv"
+"""The compressed bitstream (``.d2gv`` file, see ``bitstream.py``)."""
+FP16_FORMAT = "d2gv-fp16"
+"""The uncompressed fp16 model (a checkpoint folder, read by :meth:`D2GV.from_export`)."""
 
 
 def straight_through_mask(logits: Tensor, threshold: float = MASK_THRESHOLD) -> Tensor:
@@ -192,6 +195,11 @@ class D2GVConfig:
     t_freqs: int = option(6, "positional-encoding frequencies of the GoP time", min=0)
     mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP", min=1)
     seed: int = option(0, "seed of the random initial positions")
+    # quantisation grid of the .d2gv bitstream (bitstream.QuantGrid; d2gv-compress fine-tunes onto it)
+    q_pos_step: float = option(0.25, "bitstream: position grid step in pixels", min=1e-6)
+    q_chol_step: float = option(1 / 16, "bitstream: Cholesky factor grid step in pixels", min=1e-6)
+    q_color_step: float = option(1 / 64, "bitstream: colour grid step", min=1e-6)
+    q_mlp_bits: int = option(8, "bitstream: bits per deformation-MLP weight (symmetric, per tensor)", min=2, max=16)
 
 
 class D2GV(Representation):
@@ -205,7 +213,7 @@ class D2GV(Representation):
     rendered_by = "frames"
     default_renderer = {"cpu": "torch-2dgs", "cuda": "torch-2dgs"}
     native_refiner = "d2gv-fit"
-    export_formats = (EXPORT_FORMAT,)
+    export_formats = (EXPORT_FORMAT, FP16_FORMAT)
 
     def __init__(self, config: D2GVConfig | None = None) -> None:
         super().__init__(config)
@@ -313,15 +321,21 @@ class D2GV(Representation):
         return sum(int((torch.sigmoid(g.mask_logit) > MASK_THRESHOLD).sum()) for g in self.gops)
 
     def export(self, out_dir: Path, fmt: str) -> list[Path]:
-        if fmt != EXPORT_FORMAT:
-            raise InputError(f"d2gv exports only '{EXPORT_FORMAT}', not '{fmt}'")
+        """``d2gv``: the compressed bitstream (``out_dir`` ending in ``.d2gv`` is the file, else
+        ``out_dir/clip.d2gv``); ``d2gv-fp16``: the uncompressed model as a checkpoint folder."""
+        if fmt == EXPORT_FORMAT:
+            from .codec import export_bitstream
+
+            return [export_bitstream(self, Path(out_dir))]
+        if fmt != FP16_FORMAT:
+            raise InputError(f"d2gv exports '{EXPORT_FORMAT}' or '{FP16_FORMAT}', not '{fmt}'")
         out_dir = Path(out_dir)
         meta = save_checkpoint(out_dir, self.export_state(), name=EXPORT_FORMAT)
         return [out_dir / f"{EXPORT_FORMAT}.safetensors", meta]
 
     @classmethod
     def from_export(cls, directory: str | Path) -> "D2GV":
-        """Decode a model written by ``export(dir, "d2gv")``."""
+        """Decode a model written by ``export(dir, "d2gv-fp16")``."""
         state = load_checkpoint(directory, name=EXPORT_FORMAT)
         if state.get("format") != "d2gv-1":
             raise InputError("not a d2gv export", directory)

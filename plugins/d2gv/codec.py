@@ -1,0 +1,288 @@
+"""D2GV encoder: quantisation, quantisation-aware fine-tune and the ``.d2gv`` bitstream.
+
+Following GaussianImage's compression (Xinjie-Q/GaussianImage, ``gaussianimage_cholesky.py`` and
+``quantize.py``) and D2GV (Evan-sudo/D2GV), with the grids of :mod:`.bitstream`:
+
+* positions: GaussianImage keeps the pre-tanh positions in float16; here ``tanh(xy)`` goes on a
+  grid of ``pos_step`` pixels and is delta-coded in raster order (order-free, see bitstream);
+* Cholesky factors: GaussianImage quantises them to 6 bits between learned per-channel bounds;
+  here a fixed step of ``chol_step`` pixels, the symbols entropy-coded (the bounds need no
+  training and re-quantising a quantised model gives it back unchanged);
+* colours: GaussianImage uses residual vector quantisation (2 stages of 8 codewords); D2GV's
+  colours also carry the MLP's per-frame Δcolour, and a uniform grid of ``color_step`` with
+  entropy coding is used here (idempotent, no codebook per GoP);
+* the deformation MLP (not quantised by either released code): every tensor symmetric-uniform on
+  ``2^(mlp_bits-1) - 1`` levels of its largest magnitude;
+* a short quantisation-aware fine-tune: the forward pass uses the dequantised values, gradients
+  pass straight through the rounding (GaussianImage's ``ste`` / ``FakeQuantizationHalf``);
+* entropy coding: ``constriction``'s ANS coder under each stream's categorical histogram, as
+  GaussianImage's ``compress_matrix_flatten_categorical`` does.
+
+The refiner ``d2gv-compress`` runs the fine-tune on a fitted representation and leaves it on the
+quantisation grid, so ``recon export RUN --format d2gv`` writes exactly the model that was
+evaluated; ``D2GV.export(.., "d2gv")`` calls :func:`export_bitstream`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from recon_core import InputError, Refiner, RunContext, Video, option
+from recon_core.io import write_bytes
+
+from .bitstream import (
+    QuantGrid,
+    QuantisedGop,
+    cholesky_min_symbol,
+    cholesky_values,
+    encode_gop_chunk,
+    header_for,
+    mlp_values,
+    position_symbols,
+    position_values,
+    uniform_values,
+    write_bitstream,
+)
+from .representation import CHOL_BOUND, MASK_THRESHOLD, MIN_DIAG, D2GV, GopModel
+
+__all__ = ["CompressConfig", "D2GVCompress", "grid_of", "quantise_gop", "finetune_quantised", "encode_representation", "export_bitstream"]
+
+
+def grid_of(rep: D2GV) -> QuantGrid:
+    """The quantisation grid of ``rep`` (its ``q_*`` options)."""
+    c = rep.config
+    return QuantGrid(pos_step=c.q_pos_step, chol_step=c.q_chol_step, color_step=c.q_color_step, mlp_bits=c.q_mlp_bits)
+
+
+# ------------------------------------------------------------------------------ quantisers
+
+
+def cholesky_symbols(chol_raw: Tensor, grid: QuantGrid) -> Tensor:
+    """[N, 3] int64 symbols of raw Cholesky parameters (the factor ``GopModel.cholesky`` uses)."""
+    bound = chol_raw.new_tensor([CHOL_BOUND, 0.0, CHOL_BOUND])
+    factor = chol_raw.detach().float() + bound
+    k = torch.round(factor / grid.chol_step).long()
+    low = cholesky_min_symbol(grid)
+    k[:, 0].clamp_(min=low)
+    k[:, 2].clamp_(min=low)
+    return k
+
+
+def mlp_step(w: Tensor, bits: int) -> Tensor:
+    """float32 step of a symmetric ``bits``-bit grid over ``max |w|`` (1 for an all-zero tensor)."""
+    levels = 2 ** (bits - 1) - 1
+    w = w.detach().float()
+    m = w.abs().max() if w.numel() else torch.zeros(())
+    if m <= 0:
+        return torch.ones(())
+    step = m / levels
+    # A tensor already on a grid (a decoded model) keeps that grid exactly: m / levels can miss its
+    # step by an ulp, so try the neighbouring floats too (makes quantisation idempotent).
+    down, up = step, step
+    candidates = [step]
+    for _ in range(2):
+        down, up = torch.nextafter(down, torch.zeros(())), torch.nextafter(up, torch.full((), float("inf")))
+        candidates += [down, up]
+    for s in candidates:
+        if torch.equal(torch.round(w / s) * s, w):
+            return s
+    return step
+
+
+def mlp_symbols(w: Tensor, step: Tensor, bits: int) -> Tensor:
+    levels = 2 ** (bits - 1) - 1
+    return torch.round(w.detach().float() / step).clamp(-levels, levels).long()
+
+
+def kept_copy(gop: GopModel) -> GopModel:
+    """A CPU float32 copy of ``gop`` holding only the Gaussians its hard mask keeps."""
+    out = copy.deepcopy(gop).cpu().float()
+    out.prune()
+    return out
+
+
+def quantise_gop(gop: GopModel, width: int, height: int, grid: QuantGrid) -> QuantisedGop:
+    """Symbols of the Gaussians ``gop`` keeps and of its MLP, in bitstream order."""
+    keep = torch.sigmoid(gop.mask_logit.detach()) > MASK_THRESHOLD
+    kx, ky = position_symbols(gop.xy.detach()[keep].cpu(), width, height, grid)
+    chol = cholesky_symbols(gop.chol.detach()[keep].cpu(), grid)
+    color = torch.round(gop.color.detach()[keep].cpu().float() / grid.color_step).long()
+    mlp, steps = [], []
+    for w in gop.deform.state_dict().values():
+        step = mlp_step(w.cpu(), grid.mlp_bits)
+        mlp.append(mlp_symbols(w.cpu(), step, grid.mlp_bits))
+        steps.append(step)
+    return QuantisedGop(kx, ky, chol, color, mlp, torch.stack(steps) if steps else torch.zeros(0)).sort()
+
+
+# ------------------------------------------------------------------------------ fine-tune
+
+
+class _FakeQuant(nn.Module):
+    """Parametrisation ``x ↦ x + (q(x) − x).detach()``: dequantised forward, identity gradient."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            q = self.fn(x)
+        return x + (q - x).detach()
+
+
+def _fake_quantise(gop: GopModel, width: int, height: int, grid: QuantGrid) -> None:
+    """Register straight-through quantisers on every parameter the bitstream stores."""
+    parametrize.register_parametrization(gop, "xy", _FakeQuant(lambda x: position_values(*position_symbols(x, width, height, grid), width, height, grid)))
+    parametrize.register_parametrization(gop, "chol", _FakeQuant(lambda x: cholesky_values(cholesky_symbols(x, grid), grid)))
+    parametrize.register_parametrization(gop, "color", _FakeQuant(lambda x: uniform_values(torch.round(x / grid.color_step), grid.color_step)))
+
+    def fn(w: Tensor) -> Tensor:
+        step = mlp_step(w, grid.mlp_bits)
+        return mlp_values(mlp_symbols(w, step, grid.mlp_bits), step)
+
+    targets = [(m, name) for m in gop.deform.modules() for name, _ in m.named_parameters(recurse=False)]
+    for module, name in targets:  # listed first: registering adds modules
+        parametrize.register_parametrization(module, name, _FakeQuant(fn))
+
+
+def finetune_quantised(
+    gop: GopModel,
+    frames: Tensor,
+    grid: QuantGrid,
+    steps: int,
+    *,
+    lr_gaussians: float = 1e-3,
+    lr_mlp: float = 1e-4,
+    frames_per_step: int = 1,
+    seed: int = 0,
+    backend: str = "auto",
+) -> GopModel:
+    """Quantisation-aware fine-tune of a (pruned, CPU) GoP model in place; returns it.
+
+    Adam on L2 between frames [F, H, W, 3] and renders of the *dequantised* model (straight-through
+    rounding); the learning rates decay linearly to 0. The mask logits are frozen.
+    """
+    from .renderer import render_gaussians
+
+    if steps <= 0:
+        return gop
+    F, H, W, _ = frames.shape
+    _fake_quantise(gop, W, H, grid)
+    groups = [
+        {"params": [gop.parametrizations.xy.original, gop.parametrizations.chol.original, gop.parametrizations.color.original], "lr": lr_gaussians},
+        {"params": list(gop.deform.parameters()), "lr": lr_mlp},
+    ]
+    opt = torch.optim.Adam(groups)
+    base = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(seed)
+    per_step = max(1, min(frames_per_step, F))
+    for step in range(steps):
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * (1 - step / steps)
+        local = torch.randperm(F, generator=gen)[:per_step]
+        render = render_gaussians(gop.frame_gaussians(local, F, mask="none"), H, W, backend=backend)
+        loss = torch.mean((render - frames[local]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for module in [m for m in gop.modules() if parametrize.is_parametrized(m)]:
+        for name in list(module.parametrizations.keys()):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    return gop
+
+
+# ------------------------------------------------------------------------------ whole clips
+
+
+def encode_representation(
+    rep: D2GV,
+    grid: QuantGrid | None = None,
+    *,
+    fps: Fraction | float | None = None,
+    apply: bool = False,
+) -> tuple[bytes, list[QuantisedGop]]:
+    """Quantise every GoP of ``rep`` on ``grid`` (default: the rep's) and write the bitstream.
+
+    With ``apply`` the rep's GoPs are replaced by the decoded models (what a decoder of the file
+    renders, kept Gaussians only, in bitstream order). Returns (file bytes, symbols per GoP).
+    """
+    grid = grid or grid_of(rep)
+    qs = [quantise_gop(g, rep.width, rep.height, grid) for g in rep.gops]
+    header = header_for(rep, grid, fps)
+    data = write_bitstream(header, [encode_gop_chunk(q) for q in qs])
+    if apply:
+        device = rep.gop_starts.device
+        for i, q in enumerate(qs):
+            rep.gops[i] = q.to_model(rep.width, rep.height, grid, rep.gops[i].deform.settings).to(device)
+    return data, qs
+
+
+def export_bitstream(rep: D2GV, out: Path) -> Path:
+    """Write ``rep`` quantised on its grid to ``out`` (a ``.d2gv`` file, or a folder → ``clip.d2gv``)."""
+    out = Path(out)
+    path = out if out.suffix == ".d2gv" else out / "clip.d2gv"
+    data, _ = encode_representation(rep)
+    return write_bytes(path, data)
+
+
+# ------------------------------------------------------------------------------ refiner
+
+
+@dataclass
+class CompressConfig:
+    steps: int = option(100, "quantisation-aware fine-tune steps per GoP (0: quantise only)", min=0)
+    lr_gaussians: float = option(1e-3, "Adam learning rate of positions, Cholesky factors and colours (linear decay to 0)", min=0)
+    lr_mlp: float = option(1e-4, "Adam learning rate of the MLP weights (linear decay to 0)", min=0)
+    frames_per_step: int = option(1, "frames per fine-tune step", min=1)
+    seed: int = option(0, "seed of the frame sampling")
+    backend: str = option("auto", "rasteriser: auto, cpp, torch", choices=("auto", "cpp", "torch"))
+    write: bool = option(True, "write <run dir>/clip.d2gv")
+
+
+class D2GVCompress(Refiner):
+    """Quantisation-aware fine-tune of a fitted ``d2gv`` onto its bitstream grid (``q_*`` options)."""
+
+    name = "d2gv-compress"
+    description = "D2GV compression: quantisation-aware fine-tune per GoP, then the .d2gv bitstream (ANS-coded)"
+    Config = CompressConfig
+    requires = frozenset({"gaussians-2d", "dynamic"})
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps
+
+    def run(self, rep: D2GV, data: Video, ctx: RunContext) -> dict[str, Any]:  # type: ignore[override]
+        """Fine-tune and quantise every GoP; the rep ends on the grid (renders = decoded frames)."""
+        if not isinstance(data, Video) or not isinstance(rep, D2GV):
+            raise InputError("d2gv-compress compresses a d2gv representation of a video")
+        cfg, grid = self.config, grid_of(rep)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for g, r in enumerate(rep.gop_ranges()):
+            frames = torch.stack([data.frame(i) for i in r]).float().cpu()
+            gop = kept_copy(rep.gops[g])
+            finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
+                               frames_per_step=cfg.frames_per_step, seed=cfg.seed * 7919 + g, backend=cfg.backend)
+            rep.gops[g] = gop.to(rep.gop_starts.device)
+            ctx.log(f"d2gv-compress: GoP {g} fine-tuned ({cfg.steps} steps)")
+        data_bytes, _ = encode_representation(rep, grid, apply=True)
+        report: dict[str, Any] = {
+            "bytes": len(data_bytes),
+            "bytes_per_frame": len(data_bytes) / max(rep.num_frames, 1),
+            "bpp": 8 * len(data_bytes) / max(rep.num_frames * rep.width * rep.height, 1),
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+        }
+        if cfg.write and ctx.out_dir is not None:
+            report["file"] = str(write_bytes(Path(ctx.out_dir) / "clip.d2gv", data_bytes))
+        ctx.log(f"d2gv-compress: {report['bytes']} bytes, {report['bytes_per_frame']:.0f} B/frame")
+        return report

@@ -71,6 +71,17 @@ def read_frames(path: str, width: int, height: int, limit: int) -> tuple[np.ndar
     return np.stack(frames), fps
 
 
+def load_clip(path: str, size: str, limit: int, gop: int) -> tuple[np.ndarray, float, torch.Tensor, Video]:
+    """Frames of ``path`` at ``size`` ("WxH"): uint8 [T, H, W, 3], fps, float [0, 1] frames, and
+    the ``Video`` over them with GoPs of ``gop`` frames."""
+    W, H = (int(v) for v in size.lower().split("x"))
+    frames_u8, fps = read_frames(path, W, H, limit)
+    frames = torch.from_numpy(frames_u8).float() / 255
+    T = frames.shape[0]
+    video = Video(Path(path).stem, T, W, H, fps, lambda i: frames[i], gop_length=gop, source=Path(path))
+    return frames_u8, fps, frames, video
+
+
 CPU_TIMES: list[float] = []
 """Process CPU seconds of each timed call of the last :func:`timed_median` (all threads summed)."""
 
@@ -91,15 +102,24 @@ def timed_median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def h264_point(frames: np.ndarray, fps: float, crf: int, repeats: int) -> dict:
-    """Encode with libx264 at ``crf``; bytes, PSNR after decoding, and PyAV decode FPS."""
+ENCODER_OPTIONS = {
+    "libx264": {"preset": "medium"},
+    "libx265": {"preset": "medium", "x265-params": "log-level=error"},
+    "libsvtav1": {"preset": "8"},
+}
+"""PyAV encoder options besides the CRF (d2gv_rd.py compares all three)."""
+
+
+def codec_point(frames: np.ndarray, fps: float, crf: int, repeats: int, codec: str = "libx264", with_ms_ssim: bool = False) -> dict:
+    """Encode with ``codec`` (yuv420p, ``ENCODER_OPTIONS``) at ``crf``; bytes, PSNR (and MS-SSIM)
+    after decoding, and PyAV decode FPS."""
     T, H, W, _ = frames.shape
     buf = io.BytesIO()
     packet_bytes = 0
     with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=int(round(fps)))
+        stream = out.add_stream(codec, rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
+        stream.options = {"crf": str(crf), **ENCODER_OPTIONS.get(codec, {})}
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 packet_bytes += packet.size
@@ -121,13 +141,25 @@ def h264_point(frames: np.ndarray, fps: float, crf: int, repeats: int) -> dict:
     dec = torch.from_numpy(np.stack(decoded)).float() / 255
     psnrs = [float(psnr(dec[i], ref[i])) for i in range(T)]
     seconds = timed_median(decode, repeats)
-    return {
+    out = {
+        "codec": codec,
         "crf": crf,
         "bytes_per_frame": packet_bytes / T,
+        "bpp": 8 * packet_bytes / (T * H * W),
         "mean_psnr": sum(psnrs) / T,
         "decode_fps": T / seconds,
         "decode_fps_cpu_time": T / statistics.median(CPU_TIMES),
     }
+    if with_ms_ssim:
+        from recon_core.imageops import ms_ssim
+
+        out["mean_ms_ssim"] = sum(float(ms_ssim(dec[i], ref[i])) for i in range(T)) / T
+    return out
+
+
+def h264_point(frames: np.ndarray, fps: float, crf: int, repeats: int) -> dict:
+    """libx264 at ``crf`` (preset medium): bytes, PSNR after decoding, and PyAV decode FPS."""
+    return codec_point(frames, fps, crf, repeats, "libx264")
 
 
 def bytes_at_psnr(points: list[dict], target: float) -> float | None:
@@ -219,11 +251,8 @@ def main() -> None:
     p.add_argument("--kernel-gaussians", type=int, default=20000)
     args = p.parse_args()
 
-    W, H = (int(v) for v in args.size.lower().split("x"))
-    frames_u8, fps = read_frames(args.video, W, H, args.frames)
-    frames = torch.from_numpy(frames_u8).float() / 255
-    T = frames.shape[0]
-    video = Video(Path(args.video).stem, T, W, H, fps, lambda i: frames[i], gop_length=args.gop, source=Path(args.video))
+    frames_u8, fps, frames, video = load_clip(args.video, args.size, args.frames, args.gop)
+    T, H, W = video.num_frames, video.height, video.width
     print(f"{video.name}: {T} frames at {W}x{H}, GoP {args.gop}, {cpu_count()} cores, rasteriser {resolve_backend(args.backend, frames)}", flush=True)
 
     if args.kernel_only:

@@ -68,6 +68,7 @@ __all__ = [
     "STREAMS",
     "encode_symbols",
     "decode_symbols",
+    "gop_streams",
     "encode_gop_chunk",
     "decode_gop_chunk",
     "write_bitstream",
@@ -310,8 +311,8 @@ def _mlp_shapes(deform: DeformSettings) -> list[torch.Size]:
     return [t.shape for k, t in GopModel(0, deform).state_dict().items() if k.startswith("deform.")]
 
 
-def encode_gop_chunk(q: QuantisedGop) -> bytes:
-    """Symbols of one GoP (in stored order) → chunk bytes (without its CRC)."""
+def gop_streams(q: QuantisedGop) -> dict[str, Any]:
+    """The symbol streams of :data:`STREAMS` for the Gaussians of ``q`` (in stored order)."""
     kx, ky = q.kx.cpu().numpy(), q.ky.cpu().numpy()
     dy = np.diff(ky, prepend=0)
     if np.any(dy < 0):
@@ -331,6 +332,12 @@ def encode_gop_chunk(q: QuantisedGop) -> bytes:
         "b": q.color[:, 2],
         "mlp": torch.cat([m.reshape(-1) for m in q.mlp]) if q.mlp else np.zeros(0),
     }
+    return {name: streams[name] for name in STREAMS}
+
+
+def encode_gop_chunk(q: QuantisedGop) -> bytes:
+    """Symbols of one GoP (in stored order) → chunk bytes (without its CRC)."""
+    streams = gop_streams(q)
     out = bytearray(_U32.pack(q.num_gaussians))
     for name in STREAMS:
         blob = encode_symbols(streams[name])

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from torch.nn.utils import parametrize
 
 from recon_core import InputError, Refiner, RunContext, Video, option
 from recon_core.io import write_bytes
+from recon_core.progress import progress_bar
 
 from .bitstream import (
     QuantGrid,
@@ -52,7 +53,7 @@ from .bitstream import (
     uniform_values,
     write_bitstream,
 )
-from .representation import CHOL_BOUND, MASK_THRESHOLD, MIN_DIAG, D2GV, GopModel
+from .representation import CHOL_BOUND, MASK_THRESHOLD, D2GV, GopModel
 
 __all__ = ["CompressConfig", "D2GVCompress", "grid_of", "quantise_gop", "finetune_quantised", "encode_representation", "export_bitstream"]
 
@@ -166,11 +167,13 @@ def finetune_quantised(
     frames_per_step: int = 1,
     seed: int = 0,
     backend: str = "auto",
+    on_step: Callable[[], None] | None = None,
 ) -> GopModel:
     """Quantisation-aware fine-tune of a (pruned, CPU) GoP model in place; returns it.
 
     Adam on L2 between frames [F, H, W, 3] and renders of the *dequantised* model (straight-through
-    rounding); the learning rates decay linearly to 0. The mask logits are frozen.
+    rounding); the learning rates decay linearly to 0. The mask logits are frozen. ``on_step``
+    is called after every step (progress).
     """
     from .renderer import render_gaussians
 
@@ -195,6 +198,8 @@ def finetune_quantised(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()
     for module in [m for m in gop.modules() if parametrize.is_parametrized(m)]:
         for name in list(module.parametrizations.keys()):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
@@ -267,13 +272,15 @@ class D2GVCompress(Refiner):
             raise InputError("d2gv-compress compresses a d2gv representation of a video")
         cfg, grid = self.config, grid_of(rep)
         t0, c0 = time.perf_counter(), time.process_time()
-        for g, r in enumerate(rep.gop_ranges()):
-            frames = torch.stack([data.frame(i) for i in r]).float().cpu()
-            gop = kept_copy(rep.gops[g])
-            finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
-                               frames_per_step=cfg.frames_per_step, seed=cfg.seed * 7919 + g, backend=cfg.backend)
-            rep.gops[g] = gop.to(rep.gop_starts.device)
-            ctx.log(f"d2gv-compress: GoP {g} fine-tuned ({cfg.steps} steps)")
+        ranges = rep.gop_ranges()
+        with progress_bar("d2gv-compress", total=len(ranges) * cfg.steps) as advance:
+            for g, r in enumerate(ranges):
+                frames = torch.stack([data.frame(i) for i in r]).float().cpu()
+                gop = kept_copy(rep.gops[g])
+                finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
+                                   frames_per_step=cfg.frames_per_step, seed=cfg.seed * 7919 + g, backend=cfg.backend,
+                                   on_step=lambda g=g: advance(1, gop=g))
+                rep.gops[g] = gop.to(rep.gop_starts.device)
         data_bytes, _ = encode_representation(rep, grid, apply=True)
         report: dict[str, Any] = {
             "bytes": len(data_bytes),

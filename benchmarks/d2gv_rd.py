@@ -54,9 +54,9 @@ from recon_plugins.d2gv.renderer import Torch2DGS  # noqa: E402
 from recon_plugins.d2gv.representation import D2GV, D2GVConfig  # noqa: E402
 
 GRIDS = {
-    "fine": dict(q_pos_step=0.25, q_chol_step=1 / 16, q_color_step=1 / 64, q_mlp_bits=8),
-    "medium": dict(q_pos_step=0.25, q_chol_step=1 / 16, q_color_step=1 / 32, q_mlp_bits=6),
-    "coarse": dict(q_pos_step=0.5, q_chol_step=1 / 8, q_color_step=1 / 32, q_mlp_bits=6),
+    "fine": dict(q_pos_step=1 / 32, q_chol_step=1 / 32, q_color_step=1 / 64, q_mlp_bits=8),
+    "medium": dict(q_pos_step=1 / 16, q_chol_step=1 / 16, q_color_step=1 / 32, q_mlp_bits=6),
+    "coarse": dict(q_pos_step=1 / 8, q_chol_step=1 / 8, q_color_step=1 / 16, q_mlp_bits=5),
 }
 
 
@@ -109,10 +109,10 @@ def bd_rate(anchor: list[dict], test: list[dict]) -> float | None:
     return 100.0 * (math.exp(diff) - 1.0)
 
 
-def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int, width: int, grid: str, out_dir: Path) -> dict:
+def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int, width: int, grid: str, gop: int, out_dir: Path) -> dict:
     """Fit, compress, write the file, decode from the file and measure one operating point."""
     T, H, W = video.num_frames, video.height, video.width
-    rep = D2GV(D2GVConfig(num_gaussians=n, gop_length=args.gop, mlp_width=width, **GRIDS[grid]))
+    rep = D2GV(D2GVConfig(num_gaussians=n, gop_length=gop, mlp_width=width, **GRIDS[grid]))
     rep.build(video, RunContext(torch.device("cpu"), seed=0))
     fit_cfg = FitConfig(static_steps=args.static_steps, deform_steps=args.deform_steps, frames_per_step=1,
                         mlp_bf16=args.mlp_bf16, workers=args.workers, threads_per_worker=1, evaluate=False)
@@ -131,7 +131,7 @@ def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int
         compress_cpu = rusage_cpu() - c1
         wall = time.perf_counter() - w0
     data, _ = encode_representation(rep)
-    path = out_dir / f"{Path(args.video).stem}_{n}_{width}_{grid}.d2gv"
+    path = out_dir / f"{Path(args.video).stem}_{n}_{width}_{grid}_gop{gop}.d2gv"
     path.write_bytes(data)
     decoded, _ = decode_file(path)
     p, s = quality(Decoder(decoded).frames(), ref)
@@ -140,7 +140,7 @@ def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int
     cpu_fps = T / statistics.median(CPU_TIMES)
     torch.set_num_threads(os.cpu_count() or 1)
     return {
-        "codec": "d2gv", "gaussians": n, "kept": decoded.num_kept(), "mlp_width": width, "grid": grid, "file": str(path),
+        "codec": "d2gv", "gaussians": n, "kept": decoded.num_kept(), "mlp_width": width, "grid": grid, "gop": gop, "file": str(path),
         "bytes_per_frame": len(data) / T, "bpp": 8 * len(data) / (T * H * W), "mean_psnr": p, "mean_ms_ssim": s,
         "decode_fps": T / seconds, "decode_fps_cpu_time": cpu_fps,
         "encode_cpu_seconds": fit_cpu + compress_cpu, "fit_cpu_seconds": fit_cpu, "compress_cpu_seconds": compress_cpu,
@@ -157,7 +157,7 @@ def main() -> None:
     p.add_argument("--size", default="320x180")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--gop", type=int, default=8)
-    p.add_argument("--points", default="4000:64,8000:64,12000:64", help="N:MLP_WIDTH[:GRID] per operating point (GRID: fine, medium, coarse)")
+    p.add_argument("--points", default="2000:64,4000:64,8000:64", help="N:MLP_WIDTH[:GRID[:GOP]] per operating point (GRID: fine, medium, coarse; GOP: frames per GoP, default --gop)")
     p.add_argument("--grid", default="medium", choices=tuple(GRIDS), help="grid of points that name none")
     p.add_argument("--static-steps", type=int, default=500)
     p.add_argument("--deform-steps", type=int, default=500)
@@ -189,8 +189,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     for spec in args.points.split(","):
         parts = spec.split(":")
-        n, width, grid = int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else args.grid
-        rows.append(d2gv_point(video, ref, args, n, width, grid, out_dir))
+        n, width = int(parts[0]), int(parts[1])
+        grid = parts[2] if len(parts) > 2 and parts[2] else args.grid
+        gop = int(parts[3]) if len(parts) > 3 else args.gop
+        rows.append(d2gv_point(video, ref, args, n, width, grid, gop, out_dir))
         print(json.dumps(rows[-1]), flush=True)
     anchor = [r for r in rows if r["codec"] == "libx264"]
     result["bd_rate_vs_h264_percent"] = {c: bd_rate(anchor, [r for r in rows if r["codec"] == c]) for c in ("libx265", "libsvtav1", "d2gv") if any(r["codec"] == c for r in rows)}

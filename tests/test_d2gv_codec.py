@@ -234,3 +234,25 @@ def test_cli_run_compress_export_decode(tmp_path):
         result = invoke("decode", tmp_path / "bad.d2gv", "--out", tmp_path / "bad")
         assert result.exit_code == 2, (label, result.output)
         assert not list((tmp_path / "bad").glob("*.png")), label
+
+
+def test_compress_refiner_stops_between_gops_and_resumes_to_the_same_file(tmp_path):
+    from recon_plugins.d2gv.codec import CompressConfig, D2GVCompress
+
+    cfg = CompressConfig(steps=3, write=False)
+    rep_a, video = _rep(n=40, width=8)
+    full = D2GVCompress(cfg).run(rep_a, video, RunContext(torch.device("cpu"), seed=0, log=lambda m: None))
+
+    rep_b, _ = _rep(n=40, width=8)
+    first = D2GVCompress(cfg)
+    saved: list[int] = []
+    ctx = RunContext(torch.device("cpu"), seed=0, log=lambda m: None)
+    ctx.should_stop = lambda: len(first.done) >= 1
+    ctx.save_state = saved.append
+    assert first.run(rep_b, video, ctx) == {"interrupted": True, "gops_done": [0]} and saved == [1]
+    second = D2GVCompress(cfg)
+    ctx = RunContext(torch.device("cpu"), seed=0, log=lambda m: None)
+    ctx.resume_state = first.state_dict()
+    resumed = second.run(rep_b, video, ctx)
+    assert resumed["bytes"] == full["bytes"]
+    assert encode_representation(rep_b)[0] == encode_representation(rep_a)[0]

@@ -98,7 +98,7 @@ class BitstreamError(InputError):
 class QuantGrid:
     """Quantisation settings written into the header (the decoder needs nothing else)."""
 
-    pos_step: float = 0.25
+    pos_step: float = 1 / 16
     chol_step: float = 1 / 16
     color_step: float = 1 / 64
     mlp_bits: int = 8
@@ -367,10 +367,12 @@ def decode_gop_chunk(data: bytes, deform: DeformSettings, what: str = "GoP chunk
     if np.any(dy < 0) or not np.all(np.isfinite(steps)):
         raise BitstreamError(f"{what}: invalid values")
     ky = np.cumsum(dy)
-    kx = np.empty(n, dtype=np.int64)
-    x0, dx = iter(raw["x0"].tolist()), iter(raw["dx"].tolist())
-    for i in range(n):  # column: absolute first in a row, then gaps
-        kx[i] = next(x0) if new_row[i] else kx[i - 1] + next(dx)
+    # column: absolute for the first Gaussian of a row, then gaps → a cumulative sum restarted per row
+    steps_x = np.empty(n, dtype=np.int64)
+    steps_x[new_row], steps_x[~new_row] = raw["x0"], raw["dx"]
+    total = np.cumsum(steps_x)
+    starts_at = np.flatnonzero(new_row)
+    kx = total - (total[starts_at] - steps_x[starts_at])[np.cumsum(new_row) - 1] if n else steps_x
     mlp, offset = [], 0
     for s in shapes:
         size = math.prod(s)
@@ -470,6 +472,13 @@ def decode_file(path: str | Path) -> tuple[D2GV, ClipHeader]:
     rep._set_layout([range(a, b) for a, b in zip(starts[:-1], starts[1:])], times, header.height, header.width)
     for g, chunk in enumerate(chunks):
         q = decode_gop_chunk(chunk, d, f"{path}: GoP {g}")
+        low = cholesky_min_symbol(header.grid)
+        if q.num_gaussians and (
+            int(q.kx.min()) < 0 or int(q.kx.max()) >= _cells(header.width, header.grid.pos_step)
+            or int(q.ky.max()) >= _cells(header.height, header.grid.pos_step)
+            or int(q.chol[:, [0, 2]].min()) < low
+        ):
+            raise BitstreamError(f"{path}: GoP {g} has Gaussians outside the frame or degenerate ones")
         rep.gops[g] = q.to_model(header.width, header.height, header.grid, d)
     return rep, header
 

@@ -262,6 +262,16 @@ class D2GVCompress(Refiner):
     Config = CompressConfig
     requires = frozenset({"gaussians-2d", "dynamic"})
 
+    def __init__(self, config: CompressConfig | None = None) -> None:
+        super().__init__(config)
+        self.done: set[int] = set()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": sorted(self.done)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = {int(i) for i in state.get("done", [])}
+
     @property
     def total_steps(self) -> int:
         return self.config.steps
@@ -271,16 +281,26 @@ class D2GVCompress(Refiner):
         if not isinstance(data, Video) or not isinstance(rep, D2GV):
             raise InputError("d2gv-compress compresses a d2gv representation of a video")
         cfg, grid = self.config, grid_of(rep)
+        if getattr(ctx, "resume_state", None):
+            self.load_state_dict(ctx.resume_state)  # GoPs fine-tuned before an interruption
         t0, c0 = time.perf_counter(), time.process_time()
         ranges = rep.gop_ranges()
-        with progress_bar("d2gv-compress", total=len(ranges) * cfg.steps) as advance:
+        should_stop = getattr(ctx, "should_stop", lambda: False)
+        with progress_bar("d2gv-compress", total=len(ranges) * cfg.steps, completed=len(self.done) * cfg.steps) as advance:
             for g, r in enumerate(ranges):
+                if g in self.done:
+                    continue
+                if should_stop():  # between GoPs: save the fine-tuned ones, resume with the rest
+                    if getattr(ctx, "save_state", None) is not None:
+                        ctx.save_state(len(self.done))
+                    return {"interrupted": True, "gops_done": sorted(self.done)}
                 frames = torch.stack([data.frame(i) for i in r]).float().cpu()
                 gop = kept_copy(rep.gops[g])
                 finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
                                    frames_per_step=cfg.frames_per_step, seed=cfg.seed * 7919 + g, backend=cfg.backend,
                                    on_step=lambda g=g: advance(1, gop=g))
                 rep.gops[g] = gop.to(rep.gop_starts.device)
+                self.done.add(g)
         data_bytes, _ = encode_representation(rep, grid, apply=True)
         report: dict[str, Any] = {
             "bytes": len(data_bytes),

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from recon_core import InputError, Refiner, RunContext, Video, option
+from recon_core import InputError, RunContext, Video, option
 from recon_core.io import write_bytes
 from recon_core.progress import progress_bar
 
@@ -53,6 +53,7 @@ from .bitstream import (
     uniform_values,
     write_bitstream,
 )
+from .gop_refiner import GopRefiner
 from .representation import CHOL_BOUND, MASK_THRESHOLD, D2GV, GopModel
 
 __all__ = ["CompressConfig", "D2GVCompress", "grid_of", "quantise_gop", "finetune_quantised", "encode_representation", "export_bitstream"]
@@ -254,23 +255,13 @@ class CompressConfig:
     write: bool = option(True, "write <run dir>/clip.d2gv")
 
 
-class D2GVCompress(Refiner):
+class D2GVCompress(GopRefiner):
     """Quantisation-aware fine-tune of a fitted ``d2gv`` onto its bitstream grid (``q_*`` options)."""
 
     name = "d2gv-compress"
     description = "D2GV compression: quantisation-aware fine-tune per GoP, then the .d2gv bitstream (ANS-coded)"
     Config = CompressConfig
     requires = frozenset({"gaussians-2d", "dynamic"})
-
-    def __init__(self, config: CompressConfig | None = None) -> None:
-        super().__init__(config)
-        self.done: set[int] = set()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"done": sorted(self.done)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.done = {int(i) for i in state.get("done", [])}
 
     @property
     def total_steps(self) -> int:

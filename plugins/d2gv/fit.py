@@ -33,12 +33,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from recon_core import FrameRenderer, InputError, Interrupted, RunContext, Refiner, Video, option
+from recon_core import FrameRenderer, InputError, Interrupted, RunContext, Video, option
 from recon_core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from recon_core.imageops import psnr
 
 from .deform import DeformSettings
 from .executors import EXECUTORS, make_executor
+from .gop_refiner import GopRefiner
 from .renderer import render_gaussians
 from .representation import D2GV, GopModel
 
@@ -207,23 +208,13 @@ def evaluate_frames(rep: D2GV, video: Video, renderer: FrameRenderer | None = No
     return out
 
 
-class D2GVFit(Refiner):
+class D2GVFit(GopRefiner):
     """Fits every GoP of a ``d2gv`` representation (static + deformation stages, pruning) in parallel."""
 
     name = "d2gv-fit"
     description = "D2GV fitting: static then deformation stage per GoP, learnable pruning, GoPs in parallel"
     Config = FitConfig
     requires = frozenset({"gaussians-2d", "dynamic"})
-
-    def __init__(self, config: FitConfig | None = None) -> None:
-        super().__init__(config)
-        self.done: set[int] = set()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"done": sorted(self.done)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.done = {int(i) for i in state.get("done", [])}
 
     def _work_dir(self, ctx: RunContext) -> Path:
         if self.config.work_dir:

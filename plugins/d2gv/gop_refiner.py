@@ -1,0 +1,24 @@
+"""Base of the refiners that work GoP by GoP (``d2gv-fit``, ``d2gv-compress``): the set of finished
+GoPs is their checkpointed state, so an interrupted run resumes with the unfinished ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recon_core import Refiner
+
+__all__ = ["GopRefiner"]
+
+
+class GopRefiner(Refiner):
+    """A refiner whose state is the set ``done`` of finished GoP indices."""
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.done: set[int] = set()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": sorted(self.done)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = {int(i) for i in state.get("done", [])}

@@ -333,3 +333,25 @@ def test_pipeline_runs_3dgs_train_then_difix3d_plus_with_nearest_gt(tmp_path: Pa
     doc = Pipeline(registry, spec, RunDir.create(tmp_path / "run")).run()
     assert doc["refiners"]["difix3d+"]["rounds"] == 2 and doc["refiners"]["difix3d+"]["pseudo_views"] == 16
     assert doc["metrics"]["psnr"] > 8 and doc["metrics"]["psnr+nearest-gt"] >= 100  # the oracle returns the ground truth
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OBJECT.is_dir(), reason="needs the shared object dataset")
+def test_pipeline_runs_difix3d_plus_alone_on_the_paper_schedule(tmp_path: Path) -> None:
+    """``recon run --repr 3dgs --refiner difix3d+ --fixer nearest-gt --set difix3d+.schedule=paper``:
+    difix3d+ is the whole training run, fixing at the scaled fix steps (here before steps 0 and 3)."""
+    import recon_plugins.difix as plugin
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
+    from recon_core.registry import Registry
+    from recon_core.rundir import RunDir
+
+    registry = Registry()
+    if not any(r.name == "difix3d+" for r in registry.rows()):
+        registry = Registry(modules=[("difix", plugin)])
+    spec = resolve_run(registry, data=OBJECT, representation="3dgs", refiners=["difix3d+"],
+                       fixer="nearest-gt", evaluators=["psnr"], device="cpu", seed=0,
+                       sets=["3dgs.num_points=500", "difix3d+.schedule=paper", "difix3d+.steps=6",
+                             "difix3d+.fix_steps=0,30000,90000", f"nearest-gt.data={OBJECT}", "run.checkpoint_every=0"])
+    doc = Pipeline(registry, spec, RunDir.create(tmp_path / "run")).run()
+    assert doc["refiners"]["difix3d+"]["rounds"] == 2 and doc["refiners"]["difix3d+"]["pseudo_views"] == 16

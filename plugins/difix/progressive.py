@@ -194,11 +194,15 @@ class Difix3DPlus(Refiner):
             raise InputError("difix3d+ needs at least one training view", data.source)
         self.paper = cfg.schedule == "paper"
         densify = self.paper if cfg.densify is None else bool(cfg.densify)
-        # paper: the engine's step counts scale as the original's --steps_scaler (its run is 60000 steps)
-        scaler = float(cfg.steps_scaler) * (int(cfg.steps) / PAPER_STEPS if self.paper else 1.0)
+        # paper: the engine's step counts scale as the original's --steps_scaler (its run is 60000 steps);
+        # a non-numeric steps_scaler (an automatic setting of the engine) counts as 1 here
+        user = cfg.steps_scaler
+        user = float(user) if isinstance(user, (int, float)) and not isinstance(user, bool) else 1.0
         self.fix_at = frozenset(fix_schedule(cfg.schedule, int(cfg.steps), fix_every=cfg.fix_every,
-                                             fix_steps=cfg.fix_steps, steps_scaler=float(cfg.steps_scaler)))
-        self.engine = GaussianOptimizer(rep, replace(cfg, densify=densify, steps_scaler=scaler),
+                                             fix_steps=cfg.fix_steps, steps_scaler=user))
+        engine_cfg = replace(cfg, densify=densify, steps_scaler=user * int(cfg.steps) / PAPER_STEPS) if self.paper \
+            else replace(cfg, densify=densify)
+        self.engine = GaussianOptimizer(rep, engine_cfg,
                                         scene_scale=default_scene_scale(data.bounds.radius),
                                         total_steps=int(cfg.steps), generator=torch.Generator().manual_seed(int(ctx.seed)),
                                         views=len(self.views))

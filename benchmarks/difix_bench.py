@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         args.data = split_dataset(args.data, args.split, args.out / "data")
     torch.set_num_threads(args.threads)
     common = [f"3dgs.num_points={args.num_points}", "run.checkpoint_every=0"]
-    train = ["3dgs-train.refine_start=100", "3dgs-train.refine_every=100"]
+    train = ["3dgs-train.strategy.refine_start=100", "3dgs-train.strategy.refine_every=100"]
     n, m = args.train_steps, args.difix_steps
     progressive = train + [f"3dgs-train.steps={n}", f"difix3d+.steps={m}", f"difix3d+.fix_every={args.fix_every}",
                            f"nearest-gt.data={args.data}"]

@@ -310,6 +310,73 @@ def test_fixer_batches_references_and_odd_sizes(tiny) -> None:
         fixer.fix(images, refs[:2])
 
 
+def test_reference_model_without_a_reference_is_an_input_error(tiny) -> None:
+    # the original difix_ref (mv_unet.py) rearranges "(b v) n d" with v = 2 and fails on one view
+    folder, _ = tiny
+    fixer = DifixFixer(DifixConfig(weights_path=str(folder)))
+    fixer.prepare(RunContext(torch.device("cpu"), seed=0))
+    with pytest.raises(InputError, match="reference=none"):
+        fixer.fix(torch.rand(1, 8, 8, 3))
+    with pytest.raises(ValueError, match="needs a reference"):
+        fixer.model(torch.zeros(1, 3, 8, 8))
+
+
+def test_sampled_latent_is_mean_plus_std_times_seeded_noise(tiny) -> None:
+    folder, _ = tiny
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    mean_model = load_difix(folder, reference=False)
+    sample_model = load_difix(folder, reference=False, latent="sample")
+    a = sample_model(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(sample_model(x, generator=torch.Generator().manual_seed(3)), a)  # seeded: reproducible
+    assert (sample_model(x, generator=torch.Generator().manual_seed(4)) - a).abs().max() > 1e-4
+    assert (mean_model(x) - a).abs().max() > 1e-4
+    # by hand: the encoder's moments, mean + exp(logvar / 2) * eps with eps drawn as torch.randn
+    enc = mean_model.vae
+    h = enc.quant_conv(enc.encoder(x)) if enc.quant_conv is not None else enc.encoder(x)
+    mean, logvar = h.chunk(2, dim=1)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(3))
+    z, skips = encode_with_skips(enc, x, sample=True, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(z, mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="latent"):
+        load_difix(folder, reference=False, latent="mode")
+
+
+def test_fit_resize_matches_lanczos_down_and_back(tiny) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder, _ = tiny
+    fixer = DifixFixer(DifixConfig(weights_path=str(folder), reference="none", fit="resize"))
+    fixer.prepare(RunContext(torch.device("cpu"), seed=0))
+    images = torch.rand(1, 19, 21, 3)
+    fixed = fixer.fix(images)
+    assert fixed.shape == images.shape
+    # by hand: PIL Lanczos to 18 x 20 (the multiple of the tiny VAE's factor 2 below), the model, Lanczos back
+    assert fixer.model.multiple == 2
+
+    def lanczos(a: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return torch.stack([torch.tensor(np.asarray(Image.fromarray(c.numpy(), mode="F").resize((w, h), Image.LANCZOS)))
+                            for c in a])
+    x = lanczos(images[0].permute(2, 0, 1) * 2 - 1, 18, 20)[None]
+    out = lanczos(fixer.model(x)[0], 19, 21)
+    torch.testing.assert_close(fixed[0], ((out + 1) / 2).permute(1, 2, 0), atol=1e-5, rtol=1e-5)
+    padded = DifixFixer(DifixConfig(weights_path=str(folder), reference="none"))
+    padded.prepare(RunContext(torch.device("cpu"), seed=0))
+    assert (padded.fix(images) - fixed).abs().max() > 1e-3
+
+
+def test_text_encoder_keys_with_the_transformers_4_prefix_load(tiny, tmp_path: Path) -> None:
+    # SD-Turbo's text_encoder/model.safetensors (transformers 4) names keys "text_model.…"
+    import shutil
+
+    folder, saved = tiny
+    prefixed = tmp_path / "prefixed"
+    shutil.copytree(folder, prefixed)
+    save_file({f"text_model.{k}": v for k, v in saved["text_encoder"].items()},
+              str(prefixed / "text_encoder" / "model.safetensors"))
+    torch.testing.assert_close(load_difix(prefixed, reference=False).prompt_embeds, load_difix(folder, reference=False).prompt_embeds)
+
+
 def test_missing_weights_name_the_repository_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECON_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -334,7 +401,7 @@ def test_weights_are_found_in_the_hugging_face_cache(tiny, tmp_path: Path, monke
     assert [w.present for w in DifixFixer.required_weights()] == [False, True]
     fixer = DifixFixer()
     fixer.prepare(RunContext(torch.device("cpu"), seed=0))
-    assert fixer.fix(torch.rand(1, 8, 8, 3)).shape == (1, 8, 8, 3)
+    assert fixer.fix(torch.rand(1, 8, 8, 3), torch.rand(1, 8, 8, 3)).shape == (1, 8, 8, 3)
 
 
 def test_plugin_imports_and_reports_missing_dependency_without_diffusers() -> None:

@@ -23,7 +23,13 @@ from recon_plugins.difix.camera_path import nearest_assignments, pose_distance, 
 from recon_plugins.difix.known import NearestGTConfig, NearestGTFixer
 from recon_core.optim import OptimConfig
 from recon_core.strategies import StrategyConfig
-from recon_plugins.difix.progressive import Difix3DPlus, Difix3DPlusConfig, weighted_photometric_loss
+from recon_plugins.difix.progressive import (
+    PAPER_FIX_STEPS,
+    Difix3DPlus,
+    Difix3DPlusConfig,
+    fix_schedule,
+    weighted_photometric_loss,
+)
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
 from recon_plugins.gaussians.representation import GaussianSplat, GaussianSplatConfig
 from recon_plugins.gaussians.trainer import GaussianTrainConfig, GaussianTrainer
@@ -211,9 +217,10 @@ def test_distilled_pseudo_views_improve_held_out_views(renderer) -> None:
     fixer = NearestGTFixer(NearestGTConfig(background=BLACK))
     fixer.set_pool(scene.views)
     cfg = Difix3DPlusConfig(steps=60, fix_every=30, shift_distance=5.0, novel_prob=0.5, **FAST)
-    assert isinstance(cfg, OptimConfig) and cfg.densify is False  # the engine's options, no densification by default
+    assert isinstance(cfg, OptimConfig) and cfg.densify is None and cfg.schedule == "after"
     refiner = Difix3DPlus(cfg)
     logs = _run(refiner, rep, scene, renderer, fixer, range(60))
+    assert refiner.engine.strategy is None  # schedule=after: no densification by default
     summary = refiner.finish()
     after, plain = held_out_psnr(rep, scene, renderer), held_out_psnr(baseline, scene, renderer)
     assert summary["rounds"] == 2 and summary["pseudo_views"] == 3
@@ -223,12 +230,58 @@ def test_distilled_pseudo_views_improve_held_out_views(renderer) -> None:
     assert after > before + 3 and after > plain + 3, (before, plain, after)
 
 
-def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path) -> None:
+def test_fix_schedules() -> None:
+    # after: from step 0, every fix_every (default steps / 3)
+    assert fix_schedule("after", 6000) == [0, 2000, 4000]
+    assert fix_schedule("after", 400, fix_every=100) == [0, 100, 200, 300]
+    # paper at the original's length: its fix_steps, each before that step (the one after the last step is dropped)
+    assert PAPER_FIX_STEPS[:4] == (3000, 6000, 8000, 10000) and PAPER_FIX_STEPS[-1] == 60000 and len(PAPER_FIX_STEPS) == 29
+    assert fix_schedule("paper", 60000) == list(PAPER_FIX_STEPS[:-1])
+    # scaled with the run, and by steps_scaler on top
+    assert fix_schedule("paper", 6000)[:4] == [300, 600, 800, 1000] and fix_schedule("paper", 6000)[-1] == 5800
+    assert fix_schedule("paper", 6000, steps_scaler=0.5)[:3] == [150, 300, 400]
+    assert fix_schedule("paper", 100, fix_steps=[0, 30000, 90000]) == [0, 50]
+    with pytest.raises(ValueError):
+        fix_schedule("later", 10)
+
+
+def test_paper_schedule_trains_from_the_start_with_densification_and_interleaved_fixes(renderer) -> None:
+    scene, gt = scene_with_held_out(renderer)
+    fixer = NearestGTFixer(NearestGTConfig(background=BLACK))
+    fixer.set_pool(scene.views)
+    fast = {**FAST, "lr_means_final": 0.01, "sh_degree_interval": 1000}
+    cfg = Difix3DPlusConfig(schedule="paper", steps=60, fix_steps=[20000, 40000], shift_distance=5.0, novel_prob=0.5,
+                            strategy=StrategyConfig(refine_start=6000, refine_every=6000, grow_grad2d=1e-6), **fast)
+    refiner = Difix3DPlus(cfg)
+    rep = start_from(gt)
+    rounds = []
+    refiner.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer,
+                                         background=torch.tensor(BLACK), log=lambda m: None))
+    logs = []
+    for s in range(60):
+        logs.append(refiner.step(s))
+        rounds.append(refiner.rounds)
+    assert rounds[19] == 0 and rounds[20] == 1 and rounds[39] == 1 and rounds[40] == 2  # fixes before steps 20 and 40
+    assert sum(log["pseudo"] for log in logs[:20]) == 0 and sum(log["pseudo"] for log in logs[20:]) > 5
+    # densification on (scaled by 60 / 60000: refine from step 6 every 6) and the means' lr decays over the run
+    assert refiner.engine.strategy is not None and refiner.engine.strategy_config.refine_every == 6
+    assert len(rep) != 60
+    lr = refiner.engine.optimizers["means"].param_groups[0]["lr"]
+    assert lr == pytest.approx(refiner.engine.learning_rates()["means"] * 0.01 ** (59 / 60), rel=1e-6)
+    with pytest.raises(InputError, match="schedule"):
+        Difix3DPlus(Difix3DPlusConfig(schedule="later")).setup(rep, scene, RunContext(
+            device=torch.device("cpu"), seed=0, renderer=renderer, fixer=fixer))
+
+
+@pytest.mark.parametrize("schedule", ["after", "paper"])
+def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path, schedule: str) -> None:
     scene, gt = scene_with_held_out(renderer, size=12)
     fixer = NearestGTFixer(NearestGTConfig(background=BLACK))
     fixer.set_pool(scene.views)
-    cfg = Difix3DPlusConfig(steps=8, fix_every=3, shift_distance=0.7, novel_prob=0.5, densify=True,
-                            strategy=StrategyConfig(refine_start=1, refine_every=2, grow_grad2d=1e-6), **FAST)
+    # both fix before steps 0, 3 and 6 (paper: 0, 22500, 45000 of 60000 scaled to 8 steps)
+    cfg = Difix3DPlusConfig(steps=8, schedule=schedule, fix_every=3, fix_steps=[0, 22500, 45000], shift_distance=0.7,
+                            novel_prob=0.5, densify=True,
+                            strategy=StrategyConfig(refine_start=1, refine_every=2, refine_stop=10**9, reset_every=10**9, grow_grad2d=1e-6), **FAST)
 
     straight = start_from(gt)
     _run(Difix3DPlus(cfg), straight, scene, renderer, fixer, range(8))
@@ -280,3 +333,25 @@ def test_pipeline_runs_3dgs_train_then_difix3d_plus_with_nearest_gt(tmp_path: Pa
     doc = Pipeline(registry, spec, RunDir.create(tmp_path / "run")).run()
     assert doc["refiners"]["difix3d+"]["rounds"] == 2 and doc["refiners"]["difix3d+"]["pseudo_views"] == 16
     assert doc["metrics"]["psnr"] > 8 and doc["metrics"]["psnr+nearest-gt"] >= 100  # the oracle returns the ground truth
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OBJECT.is_dir(), reason="needs the shared object dataset")
+def test_pipeline_runs_difix3d_plus_alone_on_the_paper_schedule(tmp_path: Path) -> None:
+    """``recon run --repr 3dgs --refiner difix3d+ --fixer nearest-gt --set difix3d+.schedule=paper``:
+    difix3d+ is the whole training run, fixing at the scaled fix steps (here before steps 0 and 3)."""
+    import recon_plugins.difix as plugin
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
+    from recon_core.registry import Registry
+    from recon_core.rundir import RunDir
+
+    registry = Registry()
+    if not any(r.name == "difix3d+" for r in registry.rows()):
+        registry = Registry(modules=[("difix", plugin)])
+    spec = resolve_run(registry, data=OBJECT, representation="3dgs", refiners=["difix3d+"],
+                       fixer="nearest-gt", evaluators=["psnr"], device="cpu", seed=0,
+                       sets=["3dgs.num_points=500", "difix3d+.schedule=paper", "difix3d+.steps=6",
+                             "difix3d+.fix_steps=0,30000,90000", f"nearest-gt.data={OBJECT}", "run.checkpoint_every=0"])
+    doc = Pipeline(registry, spec, RunDir.create(tmp_path / "run")).run()
+    assert doc["refiners"]["difix3d+"]["rounds"] == 2 and doc["refiners"]["difix3d+"]["pseudo_views"] == 16

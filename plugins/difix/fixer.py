@@ -8,8 +8,15 @@ Where the calls go::
 
 ``reference: nearest`` uses ``nvidia/difix_ref`` and conditions every render on the reference
 image given with it (the pipeline and ``difix3d+`` pass the nearest training image); a call
-without references runs the same model on the render alone. ``reference: none`` uses
-``nvidia/difix`` and ignores references. Needs the optional ``difix`` extra (diffusers,
+without references is an input error (exit 2), as the original reference model has no
+single-view mode (its joint attention is hard-wired to two views). ``reference: none`` uses
+``nvidia/difix`` and ignores references.
+
+Two settings reproduce the original where our default differs (parity measured in
+``benchmarks/difix_parity.py``): ``latent: sample`` samples the VAE posterior as the original
+does (default ``mean``: deterministic, and the SD VAE's posterior spread is small), and
+``fit: resize`` resizes to a multiple of 8 (Lanczos) and back as its pipeline and Difix3D+
+script do (default ``pad``: reflect-pad and crop, which keeps every pixel). Needs the optional ``difix`` extra (diffusers,
 transformers); weights are never downloaded (see :mod:`.weights` for where they are looked for).
 """
 
@@ -26,6 +33,7 @@ from recon_core.config import option
 from recon_core.errors import InputError, MissingWeightsError
 from recon_core.scene import View
 
+from .model import FITS, LATENTS
 from .weights import REPOSITORIES, find_weights, hf_cache_folder, local_folder, missing_parts
 
 __all__ = ["DifixFixer", "DifixConfig", "check_images"]
@@ -42,6 +50,10 @@ class DifixConfig:
                         choices=("auto", "float16", "float32"))
     prompt: str = option("remove degradation", "text prompt the model was trained with")
     timestep: int = option(199, "diffusion timestep of the single step", min=0, max=999)
+    latent: str = option("mean", "VAE latent: mean (posterior mean, deterministic) or sample (a posterior sample, as the "
+                                 "original; seeded by the run's seed)", choices=LATENTS)
+    fit: str = option("pad", "reach a multiple of 8 px: pad (reflect, then crop) or resize (Lanczos down to the multiple "
+                             "and back, as the original pipeline)", choices=FITS)
 
 
 def check_images(images: Tensor, what: str = "images") -> None:
@@ -63,6 +75,7 @@ class DifixFixer(Fixer):
         super().__init__(config)
         self.model: Any = None
         self.device = torch.device("cpu")
+        self.generator: torch.Generator | None = None
 
     @classmethod
     def required_weights(cls) -> list[WeightFile]:
@@ -94,14 +107,17 @@ class DifixFixer(Fixer):
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.device = device
         self.model = load_difix(folder, device=device, dtype=dtype, reference=self.config.reference == "nearest",
-                                prompt=self.config.prompt, timestep=int(self.config.timestep))
+                                prompt=self.config.prompt, timestep=int(self.config.timestep), latent=self.config.latent)
+        if self.config.latent == "sample":
+            self.generator = torch.Generator(device=device).manual_seed(int(ctx.seed))
 
     def fix(self, images: Tensor, references: Tensor | None = None, *, views: Sequence[View] | None = None) -> Tensor:
         """Fixed images [N, H, W, 3] in [0, 1] (float32, on the input's device) of renders [N, H, W, 3] in [0, 1].
 
-        ``references`` [N, H, W, 3] (ignored with ``reference: none``); ``views`` is not used.
+        ``references`` [N, H, W, 3] (needed with ``reference: nearest``, ignored with ``none``);
+        ``views`` is not used.
         """
-        from .model import crop_to, pad_to_multiple
+        from .model import fit_from_multiple, fit_to_multiple
 
         if self.model is None:
             raise RuntimeError("DifixFixer.prepare(ctx) must be called before fix()")
@@ -112,15 +128,19 @@ class DifixFixer(Fixer):
                 raise InputError(f"references {tuple(references.shape)} must match the images {tuple(images.shape)}")
         if self.config.reference == "none":
             references = None
+        elif references is None:
+            raise InputError("difix.reference=nearest (nvidia/difix_ref) needs a reference view for every image, and none "
+                             "was given (e.g. a video, which has no training views); set difix.reference=none to use "
+                             "nvidia/difix")
         size = (images.shape[1], images.shape[2])
         out = []
         step = int(self.config.batch_size)
         for start in range(0, images.shape[0], step):
             def prep(x: Tensor) -> Tensor:
                 x = x[start:start + step].to(self.device, torch.float32).clamp(0, 1).permute(0, 3, 1, 2) * 2 - 1
-                return pad_to_multiple(x, self.model.multiple)
+                return fit_to_multiple(x, self.model.multiple, self.config.fit)
 
             refs = None if references is None else prep(references)
-            fixed = crop_to(self.model(prep(images), refs), size)
+            fixed = fit_from_multiple(self.model(prep(images), refs, generator=self.generator), size, self.config.fit)
             out.append(((fixed + 1) / 2).permute(0, 2, 3, 1).to(images.device, torch.float32))
         return torch.cat(out) if out else images.new_zeros(images.shape, dtype=torch.float32)

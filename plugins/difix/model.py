@@ -21,7 +21,8 @@ What the model computes (checked against nv-tlabs/Difix3D ``src/model.py`` and
    views (:mod:`.attention`); only the render's latent is decoded, with the render's skips.
 
 Images are padded (reflect) to a multiple of the VAE's downsampling factor (8) and cropped
-back, which keeps every original pixel where the original resized (Lanczos) to a multiple of 8.
+back, which keeps every original pixel where the original resized (Lanczos) to a multiple of 8;
+``fit="resize"`` does what the original does (:func:`fit_to_multiple`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,18 @@ __all__ = [
     "pad_to_multiple",
     "crop_to",
     "DifixModel",
+    "LATENTS",
+    "FITS",
+    "resize_lanczos",
+    "fit_to_multiple",
+    "fit_from_multiple",
 ]
+
+FITS = ("pad", "resize")
+"""How images reach a multiple of the VAE factor: pad and crop, or resize and resize back (the original)."""
+
+LATENTS = ("mean", "sample")
+"""How the VAE posterior becomes the latent: its mean (deterministic), or a sample (the original)."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +117,15 @@ def add_skip_convs(vae: nn.Module, init: float = 1e-5) -> None:
         setattr(vae.decoder, f"skip_conv_{i + 1}", conv)  # type: ignore[union-attr]
 
 
-def encode_with_skips(vae: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+def encode_with_skips(vae: nn.Module, x: Tensor, *, sample: bool = False,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
     """Posterior mean [B, C_lat, H/f, W/f] of images x [B, 3, H, W] in [-1, 1], and the inputs of
-    every encoder down-block (the decoder's skip activations), shallowest first."""
+    every encoder down-block (the decoder's skip activations), shallowest first.
+
+    With ``sample`` the latent is a posterior sample instead, drawn as diffusers'
+    ``DiagonalGaussianDistribution.sample`` draws it (``mean + exp(logvar / 2) · ε``, logvar
+    clamped to [-30, 20], ε = ``torch.randn`` from ``generator``, else the global generator).
+    """
     enc = vae.encoder  # type: ignore[union-attr]
     h = enc.conv_in(x)
     skips = []
@@ -117,7 +135,10 @@ def encode_with_skips(vae: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
     if getattr(vae, "quant_conv", None) is not None:
         h = vae.quant_conv(h)  # type: ignore[operator]
-    mean, _logvar = h.chunk(2, dim=1)
+    mean, logvar = h.chunk(2, dim=1)
+    if sample:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        mean = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps
     return mean, skips
 
 
@@ -153,6 +174,41 @@ def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     return x[..., : size[0], : size[1]]
 
 
+def resize_lanczos(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Images [B, C, H, W] resized to ``size`` (H', W') with PIL's Lanczos filter, per channel in
+    float (the original resizes 8-bit PIL images with the same filter; no quantisation here)."""
+    import numpy as np
+    from PIL import Image
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    h, w = int(size[0]), int(size[1])
+    src = x.detach().float().cpu().numpy()
+    out = np.empty(src.shape[:2] + (h, w), dtype=np.float32)
+    for b in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            out[b, c] = np.asarray(Image.fromarray(src[b, c], mode="F").resize((w, h), Image.LANCZOS))
+    return torch.from_numpy(out).to(x.device, x.dtype)
+
+
+def fit_to_multiple(x: Tensor, multiple: int, fit: str = "pad") -> Tensor:
+    """[B, C, H, W] brought to a multiple of ``multiple``: reflect-padded (``pad``) or, as the
+    original's ``VaeImageProcessor``, resized down to the multiple (``resize``, Lanczos)."""
+    if fit == "pad":
+        return pad_to_multiple(x, multiple)
+    if fit == "resize":
+        h, w = x.shape[-2:]
+        if h < multiple or w < multiple:
+            raise ValueError(f"an image of {h}x{w} px is smaller than the {multiple}-px multiple it is resized to")
+        return resize_lanczos(x, (h - h % multiple, w - w % multiple))
+    raise ValueError(f"fit must be one of {FITS}, got '{fit}'")
+
+
+def fit_from_multiple(x: Tensor, size: tuple[int, int], fit: str = "pad") -> Tensor:
+    """Undo :func:`fit_to_multiple`: crop (``pad``) or Lanczos-resize back to ``size`` (``resize``)."""
+    return crop_to(x, size) if fit == "pad" else resize_lanczos(x, size)
+
+
 # --------------------------------------------------------------------------------- model
 
 
@@ -177,6 +233,7 @@ class DifixModel(nn.Module):
         *,
         grouping: ViewGrouping | None = None,
         gamma: float = 1.0,
+        latent: str = "mean",
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -185,6 +242,9 @@ class DifixModel(nn.Module):
         self.schedule = schedule
         self.grouping = grouping
         self.gamma = float(gamma)
+        if latent not in LATENTS:
+            raise ValueError(f"latent must be one of {LATENTS}, got '{latent}'")
+        self.latent = latent
         self.scaling_factor = float(vae.config.scaling_factor)  # type: ignore[union-attr]
         self.multiple = 2 ** (len(vae.config.block_out_channels) - 1)  # type: ignore[union-attr]
 
@@ -193,16 +253,24 @@ class DifixModel(nn.Module):
         return self.grouping is not None
 
     @torch.no_grad()
-    def forward(self, images: Tensor, references: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, references: Tensor | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
         """Fix images [B, 3, H, W] in [-1, 1] (H, W multiples of ``self.multiple``), optionally
-        conditioned on references of the same shape; returns [B, 3, H, W] in [-1, 1]."""
+        conditioned on references of the same shape; returns [B, 3, H, W] in [-1, 1].
+
+        The reference model needs references: the original's joint attention is hard-wired to
+        two views (nv-tlabs/Difix3D ``src/mv_unet.py``), so it has no single-view mode.
+        ``generator`` draws the posterior sample when ``latent == "sample"``.
+        """
         if references is not None and not self.uses_reference:
             references = None  # the single-view model has no reference attention
+        if references is None and self.uses_reference:
+            raise ValueError("the reference Difix model (difix_ref) needs a reference view per image")
         v = 1 if references is None else 2
         x = images if references is None else torch.stack([images, references], dim=1).flatten(0, 1)
         unet_dtype = next(self.unet.parameters()).dtype
         vae_dtype = next(self.vae.parameters()).dtype
-        mean, skips = encode_with_skips(self.vae, x.to(vae_dtype))
+        mean, skips = encode_with_skips(self.vae, x.to(vae_dtype), sample=self.latent == "sample", generator=generator)
         z = (mean * self.scaling_factor).to(unet_dtype)
         prompt = self.prompt_embeds.to(unet_dtype).expand(z.shape[0], -1, -1)
         t = torch.full((z.shape[0],), self.schedule.timestep, device=z.device, dtype=torch.long)

@@ -1,8 +1,25 @@
 """The ``difix3d+`` refiner: progressive 3D update with a fixer (Difix3D+, CVPR 2025, gsplat version).
 
-Starting from a trained Gaussian representation (run it after ``3dgs-train``)::
+Two schedules (``schedule``):
 
-    every fix_every steps (first at step 0):
+* ``after`` (default): a post-training loop. Run it after ``3dgs-train``; it fixes first at its
+  step 0 and then every ``fix_every`` steps (default steps / 3), densification off, the means'
+  learning rate held at the final value of a 3dgs-train run. Cheap on CPU: a few hundred steps
+  after a short training run show the mechanics.
+* ``paper``: the original's (nv-tlabs/Difix3D ``examples/gsplat/simple_trainer_difix3d.py``).
+  ``difix3d+`` *is* the training run: from the initialised representation it trains with
+  3dgs-train's schedules (means lr decay over ``steps``, SH growth, densification on) and fixes
+  interleaved, at the original's ``fix_steps`` of a 60 000-step run (3000, 6000, 8000, …, 60 000)
+  scaled by ``steps / 60000 × steps_scaler``; the engine's step counts (SH interval, refine
+  start/stop/every, opacity reset) are scaled by the same factor, as the original's
+  ``--steps_scaler`` scales them. A fix at the run's last step or later is dropped: in the
+  original the fix after the last step trains nothing. The original does not scale its
+  ``fix_steps`` with ``--steps_scaler``; we do, so that a short run still fixes several times (at
+  ``steps=60000`` both agree).
+
+The round, in either schedule::
+
+    at each fix step:
         novel = shift_poses(current, targets, shift_distance)   # camera_path.py
         renders, alpha = renderer(novel)
         fixed = ctx.fixer.fix(renders, nearest training image per novel camera, views=novel views)
@@ -18,11 +35,12 @@ shifts toward the validation poses). ``current`` starts at the training cameras.
 recent set of pseudo-views is trained on, as in that script.
 
 Optimisation is recon's Gaussian engine (:class:`recon_core.optim.GaussianOptimizer`, the one
-``3dgs-train`` uses; its options are this refiner's, densification off by default); this refiner
-picks the view, weights/masks the loss (:func:`recon_core.imageops.photometric_loss`) and hands
-it to the engine. Renders and targets use the run's background. The means' learning rate stays
-at the engine's final value (``lr_means x scene scale x lr_means_final``), i.e. it continues where
-a full 3dgs-train schedule ends. ``state_dict`` holds everything needed to resume
+``3dgs-train`` uses; its options are this refiner's, densification off by default with
+``schedule=after``, on with ``paper``); this refiner picks the view, weights/masks the loss
+(:func:`recon_core.imageops.photometric_loss`) and hands it to the engine. Renders and targets
+use the run's background. With ``schedule=after`` the means' learning rate stays at the engine's
+final value (``lr_means x scene scale x lr_means_final``), i.e. it continues where a full
+3dgs-train schedule ends; with ``paper`` it decays over the run as in 3dgs-train. ``state_dict`` holds everything needed to resume
 bit-identically: the engine's state, this refiner's generator and view orders, the current
 novel poses and the pseudo-views themselves (images and masks).
 """
@@ -30,7 +48,7 @@ novel poses and the pseudo-views themselves (images and masks).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -45,16 +63,51 @@ from recon_core.optim import EpochOrder, GaussianOptimizer, TargetCache, default
 
 from .camera_path import nearest_assignments, shift_poses
 
-__all__ = ["Difix3DPlus", "Difix3DPlusConfig", "PseudoViews", "weighted_photometric_loss"]
+__all__ = ["Difix3DPlus", "Difix3DPlusConfig", "PseudoViews", "weighted_photometric_loss", "SCHEDULES",
+           "PAPER_FIX_STEPS", "PAPER_STEPS", "fix_schedule"]
+
+SCHEDULES = ("after", "paper")
+PAPER_STEPS = 60_000
+"""Length of the original's run (``simple_trainer_difix3d.py`` ``max_steps``)."""
+PAPER_FIX_STEPS = (3_000, *range(6_000, PAPER_STEPS + 1, 2_000))
+"""The original's ``fix_steps``: 3000, then 6000 to 60 000 every 2000."""
+
+
+def fix_schedule(schedule: str, steps: int, *, fix_every: int | None = None, fix_steps: list[int] | None = None,
+                 steps_scaler: float = 1.0) -> list[int]:
+    """The steps (0-based, each before that step's update) at which the loop renders, fixes and
+    replaces its pseudo-views.
+
+    ``after``: 0, fix_every, 2 fix_every, … (fix_every default steps // 3). ``paper``: each of
+    ``fix_steps`` (default :data:`PAPER_FIX_STEPS`, written for a 60 000-step run) times
+    ``steps / 60000 x steps_scaler``, below ``steps``. A fix at original step s runs after
+    its update s - 1, i.e. before our step s.
+    """
+    steps = int(steps)
+    if schedule == "after":
+        every = int(fix_every) if fix_every is not None else max(1, steps // 3)
+        return list(range(0, steps, max(1, every)))
+    if schedule == "paper":
+        factor = steps / PAPER_STEPS * float(steps_scaler)
+        written = PAPER_FIX_STEPS if fix_steps is None else tuple(int(s) for s in fix_steps)
+        return sorted({int(s * factor) for s in written if 0 <= int(s * factor) < steps})
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got '{schedule}'")
 
 
 @dataclass
 class Difix3DPlusConfig(OptimConfig):
     """The engine's options (3dgs-train's; no densification by default) plus the progressive loop's."""
 
-    densify: bool = option(False, "add/remove Gaussians with the strategy while distilling")
+    schedule: str = option("after", "after: a loop after 3dgs-train (fixes from step 0, no densification, final lr); "
+                                    "paper: the original's, difix3d+ trains from the initialisation with densification "
+                                    "and fixes at fix_steps (see docs/benchmarks.md)", choices=SCHEDULES)
+    densify: bool | None = option(None, "add/remove Gaussians with the strategy (default: off with schedule=after, on "
+                                        "with paper)")
     steps: int = option(6000, "optimisation steps of the progressive stage", min=1)
-    fix_every: int = option(2000, "render, fix and distil new novel views every this many steps (first at step 0)", min=1)
+    fix_every: int | None = option(None, "schedule=after: render, fix and distil new novel views every this many steps, "
+                                         "first at step 0 (default steps / 3: three rounds)", min=1)
+    fix_steps: list[int] | None = option(None, "schedule=paper: fix steps of a 60000-step run, scaled by steps / 60000 "
+                                               "x steps_scaler (default the original's 3000, 6000, 8000, ..., 60000)", min=0)
     shift_distance: float = option(0.5, "scene units each novel camera moves from the nearest current camera toward "
                                         "its target per round (rotation slerped by the same fraction)", min=0)
     novel_prob: float = option(0.3, "probability that a step trains on a pseudo-view once there are some", min=0, max=1)
@@ -124,8 +177,12 @@ class Difix3DPlus(Refiner):
             raise CombinationError("difix3d+ needs a fixer to correct its novel views: add --fixer difix "
                                    "(or --fixer nearest-gt to test the loop with ground truth)")
         for name in ("steps", "fix_every", "fix_batch"):
-            if int(getattr(cfg, name)) < 1:
+            if getattr(cfg, name) is not None and int(getattr(cfg, name)) < 1:
                 raise InputError(f"difix3d+.{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.schedule not in SCHEDULES:
+            raise InputError(f"difix3d+.schedule must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
+        if cfg.fix_steps is not None and any(int(s) < 0 for s in cfg.fix_steps):
+            raise InputError(f"difix3d+.fix_steps must be steps >= 0, got {list(cfg.fix_steps)}")
         if cfg.shift_distance <= 0 or not 0.0 <= cfg.novel_prob <= 1.0:
             raise InputError("difix3d+ needs shift_distance > 0 and 0 <= novel_prob <= 1")
         if not isinstance(rep, GaussianRepresentation):
@@ -135,10 +192,22 @@ class Difix3DPlus(Refiner):
         self.views = data.train_views or list(data.views)
         if not self.views:
             raise InputError("difix3d+ needs at least one training view", data.source)
-        self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
+        self.paper = cfg.schedule == "paper"
+        densify = self.paper if cfg.densify is None else bool(cfg.densify)
+        # paper: the engine's step counts scale as the original's --steps_scaler (its run is 60000 steps);
+        # a non-numeric steps_scaler (an automatic setting of the engine) counts as 1 here
+        user = cfg.steps_scaler
+        user = float(user) if isinstance(user, (int, float)) and not isinstance(user, bool) else 1.0
+        self.fix_at = frozenset(fix_schedule(cfg.schedule, int(cfg.steps), fix_every=cfg.fix_every,
+                                             fix_steps=cfg.fix_steps, steps_scaler=user))
+        engine_cfg = replace(cfg, densify=densify, steps_scaler=user * int(cfg.steps) / PAPER_STEPS) if self.paper \
+            else replace(cfg, densify=densify)
+        self.engine = GaussianOptimizer(rep, engine_cfg,
+                                        scene_scale=default_scene_scale(data.bounds.radius),
                                         total_steps=int(cfg.steps), generator=torch.Generator().manual_seed(int(ctx.seed)),
                                         views=len(self.views))
-        self.engine.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
+        if not self.paper:
+            self.engine.set_means_lr(1.0)  # continue where a full 3dgs-train schedule ends
         targets = data.eval_views
         self.targets = Cameras.cat([v.camera for v in targets]).to("cpu")
         if set(map(id, targets)) <= set(map(id, self.views)):
@@ -197,9 +266,11 @@ class Difix3DPlus(Refiner):
 
     def step(self, step: int) -> dict[str, float]:
         cfg, engine, rep = self.config, self.engine, self.rep
-        if engine.sync():  # splats were replaced (a checkpoint was loaded): fresh optimizers
+        if engine.sync() and not self.paper:  # splats were replaced (a checkpoint was loaded): fresh optimizers
             engine.set_means_lr(1.0)
-        if step % int(cfg.fix_every) == 0:
+        if self.paper:
+            engine.schedule(step)  # means lr decay and SH growth, as 3dgs-train
+        if step in self.fix_at:
             self.fix_round()
         use_pseudo = self.pseudo is not None and len(self.pseudo) > 0 and \
             float(torch.rand(1, generator=self.generator)) < float(cfg.novel_prob)
@@ -238,7 +309,8 @@ class Difix3DPlus(Refiner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state["engine"])
-        self.engine.set_means_lr(1.0)
+        if not self.paper:
+            self.engine.set_means_lr(1.0)
         self.generator.set_state(state["generator"].cpu().to(torch.uint8))
         self.real_order.load_state_dict(state["real_order"])
         self.pseudo_order.load_state_dict(state["pseudo_order"])

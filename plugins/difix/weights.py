@@ -236,6 +236,21 @@ def _from_config(cls: type, config: dict[str, Any]) -> Any:
 # -------------------------------------------------------------------------------- loading
 
 
+TEXT_MODEL_PREFIX = "text_model."
+"""Key prefix of ``CLIPTextModel`` checkpoints written by transformers 4 (SD-Turbo's, hence
+Difix's, ``text_encoder/model.safetensors``); transformers 5's module has no such level."""
+
+
+def _text_encoder_keys(state: Mapping[str, Tensor], expected: Any) -> dict[str, Tensor]:
+    """``state`` with the ``text_model.`` level added or dropped to match the installed transformers."""
+    expected = set(expected)
+    if any(k in expected for k in state):
+        return dict(state)
+    if any(k.startswith(TEXT_MODEL_PREFIX) for k in state):
+        return {k[len(TEXT_MODEL_PREFIX):] if k.startswith(TEXT_MODEL_PREFIX) else k: v for k, v in state.items()}
+    return {TEXT_MODEL_PREFIX + k: v for k, v in state.items()}
+
+
 def encode_prompt(folder: Path, prompt: str) -> Tensor:
     """[1, L, D] CLIP text-encoder hidden states of ``prompt`` (padded to the tokenizer's max length)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -244,7 +259,8 @@ def encode_prompt(folder: Path, prompt: str) -> Tensor:
     _read_json(folder / "text_encoder" / "config.json")  # InputError naming the file when unreadable
     config = CLIPTextConfig.from_json_file(str(folder / "text_encoder" / "config.json"))
     encoder = CLIPTextModel(config).eval()
-    load_into(encoder, read_component_state(folder, "text_encoder"), folder / "text_encoder", ignorable=("position_ids",))
+    state = _text_encoder_keys(read_component_state(folder, "text_encoder"), encoder.state_dict().keys())
+    load_into(encoder, state, folder / "text_encoder", ignorable=("position_ids",))
     max_length = min(int(tokenizer.model_max_length), int(config.max_position_embeddings))
     ids = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -259,12 +275,14 @@ def load_difix(
     reference: bool = True,
     prompt: str = "remove degradation",
     timestep: int = 199,
+    latent: str = "mean",
 ) -> DifixModel:
     """Assemble :class:`DifixModel` from a Difix folder (published or a tiny test one).
 
     ``dtype`` applies to the UNet; the VAE stays float32 when its config says ``force_upcast``
     (the SD VAE overflows in float16). With ``reference`` the UNet's self-attention gets the
-    joint-view processor.
+    joint-view processor. ``latent`` is ``mean`` (the posterior mean) or ``sample`` (a posterior
+    sample, as the original).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -296,6 +314,6 @@ def load_difix(
     nn.Module.to(unet, device=device, dtype=dtype)
     nn.Module.to(vae, device=device, dtype=vae_dtype)
     model = DifixModel(unet.eval(), vae.eval(), prompt_embeds.to(device), schedule,
-                       grouping=grouping, gamma=float(vae_config.get("gamma", 1.0)))
+                       grouping=grouping, gamma=float(vae_config.get("gamma", 1.0)), latent=latent)
     model.requires_grad_(False)
     return model

@@ -50,13 +50,13 @@ def test_ttr_refines_dggt_poses_and_writes_them_into_the_representation(monkeypa
     rep.build(scene, _build_ctx())
     given = rep.cameras().c2w.clone()
     times_rendered: list[float | None] = []
-    original = rep.gaussians
+    original = rep._frame_gaussians
 
-    def spy(time: float | None = None) -> Any:
+    def spy(time: float, images: Any) -> Any:  # what gaussians_for_cameras asks for each camera
         times_rendered.append(time)
-        return original(time)
+        return original(time, images)
 
-    monkeypatch.setattr(rep, "gaussians", spy)
+    monkeypatch.setattr(rep, "_frame_gaussians", spy)
     refiner = TestTimeRefiner(TTRConfig(steps_pose=3, steps_gs=3, lr_pose=1e-2, eval_every=1, lpips=False))
     refiner.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
     assert [v.name for v in refiner.views] == ["f0", "f1", "f3"] and [v.name for v in refiner.held] == ["f2"]

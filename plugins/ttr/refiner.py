@@ -34,7 +34,8 @@ parameters.
   ``opacities`` (logit), ``sh0`` and ``shN`` (colour). ``opacities``, ``sh0`` and ``quats``
   are required.
 * cameras: a representation providing "cameras" (``Representation.cameras()``) supplies the
-  starting poses of the views it covers (matched by time, else by order); otherwise they are the
+  starting poses of the views it covers (matched by (camera, time): by time, and among cameras
+  of one time by pose; else by order); otherwise they are the
   scene's. At ``finish()`` the refined poses are written into the scene views' cameras (the
   pipeline checkpoints those, so a resumed run keeps them) and, for such a representation, back
   into it through ``rep.set_cameras(cameras)`` (:class:`~recon_core.Representation`), so
@@ -165,14 +166,26 @@ def video_scene(video: Video, cameras: Cameras | None) -> Scene:
 
 
 def _match_cameras(cams: Cameras, views: list[View]) -> list[int | None]:
-    """For each view, the index of its camera in ``cams``: by time (within 1 ms), else by order."""
+    """For each view, the index of its camera in ``cams``: the same (camera, time). Among the
+    cameras within 1 ms of the view's time (three rig cameras share one), the one nearest in pose
+    (‖R − R_k‖² + ‖c − c_k‖²), each used once; without times, by order."""
     if cams.times is not None and all(v.time is not None for v in views):
         times = cams.times.detach().cpu().double()
+        R = cams.c2w[:, :3, :3].detach().cpu().double()
+        c = cams.c2w[:, :3, 3].detach().cpu().double()
+        taken: set[int] = set()
         out: list[int | None] = []
         for v in views:
             d = (times - float(v.time)).abs()  # type: ignore[arg-type]
-            i = int(torch.argmin(d))
-            out.append(i if float(d[i]) < 1e-3 else None)
+            cand = [int(i) for i in torch.nonzero(d < 1e-3).flatten() if int(i) not in taken]
+            if not cand:
+                out.append(None)
+                continue
+            Rv, cv = v.camera.c2w[0, :3, :3].double(), v.camera.c2w[0, :3, 3].double()
+            cost = {i: float(((R[i] - Rv) ** 2).sum() + ((c[i] - cv) ** 2).sum()) for i in cand}
+            best = min(cand, key=lambda i: cost[i])
+            taken.add(best)
+            out.append(best)
         return out
     return list(range(len(views))) if len(cams) == len(views) else [None] * len(views)
 

@@ -329,3 +329,22 @@ def test_recon_run_on_a_video_renders_each_frame_from_its_predicted_camera(check
             with torch.no_grad():
                 other = restored.renderer.render(restored.rep, dataclasses.replace(cams[[0]], times=cams.times[[i]])).rgb[0]
             assert float((png - other.clamp(0, 1)).abs().max()) > 4 / 255  # 8x the tolerance above
+
+
+def test_network_resolution_is_where_views_are_rendered_and_scored(checkpoint: Path) -> None:
+    """eval_resolution=auto (init=network) → DGGT's input size: 30x20 at width 28 → 28x14 (round(20·28/30/14)·14)."""
+    scene = _scene()
+    source_image = scene.views[0].image.clone()
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep.build(scene, CTX)
+    assert rep.network_resolution() and rep.cameras().width.tolist() == [28] * 3 and rep.cameras().height.tolist() == [14] * 3
+    for view in scene.views:  # inputs and the test view alike
+        assert (view.width, view.height) == (28, 14)
+        assert view.image.shape == (14, 28, 3)
+        assert view.split == "test" or (view.sky_mask.shape == (14, 28) and view.sky_mask[:2].all())
+    from recon_plugins.dggt.preprocess import plan_resize, resize_images
+
+    assert torch.allclose(scene.views[0].image, resize_images(source_image[None], plan_resize(W, H, 28, 14))[0].permute(1, 2, 0))
+    src = _scene()
+    DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, eval_resolution="source")).build(src, CTX)
+    assert all((v.width, v.height) == (W, H) for v in src.views)

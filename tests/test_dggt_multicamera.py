@@ -87,7 +87,7 @@ def _expected_views(ckpt: Path, scene: Scene) -> tuple[list[Gaussians3D], Camera
         out = net(resize_images(images, plan)[None], heads=("depth", "gs", "instance"))
         ext, K = pose_encoding_to_extri_intri(out.pose_enc[0].float(), (plan.height, plan.width))
         c2w = extrinsics_to_c2w(ext)
-        pts = unproject_depth(out.depth[0, ..., 0], K, c2w)
+        pts = unproject_depth(out.depth[0, ..., 0], K, c2w, pixel_offset=0.0)  # DGGT lifts pixel i at u = i
     gs, gamma, logit = out.gs_map[0], out.lifespan[0], out.dynamic_logit[0]
     non_sky = ~resize_masks(sky, plan)
     tau = torch.tensor([k / (S - 1) * S / 4 for k in range(S) for _ in range(CAMS)])  # DGGT's timestamps, repeated per view

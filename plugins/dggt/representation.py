@@ -173,7 +173,9 @@ class DGGTRepresentation(GaussianRepresentation):
             out = net(x[None], heads=("depth", "gs", "instance"))
             ext, K_net = pose_encoding_to_extri_intri(out.pose_enc[0].float(), (plan.height, plan.width))
             c2w = extrinsics_to_c2w(ext)
-            points = unproject_depth(out.depth[0, ..., 0], K_net, c2w)
+            # pixel (r, c) lifted at (c, r) as DGGT's unproject_depth_map_to_point_map does (half a
+            # pixel from where the renderer draws it; the published network was trained so)
+            points = unproject_depth(out.depth[0, ..., 0], K_net, c2w, pixel_offset=0.0)
             non_sky = ~resize_masks(sky, plan).to(device) if sky is not None else torch.ones_like(out.lifespan[0], dtype=torch.bool)
             g = compose_pixel_gaussians(
                 points, out.gs_map[0], out.lifespan[0], out.dynamic_logit[0], non_sky,

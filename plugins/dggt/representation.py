@@ -13,12 +13,22 @@ predicts one per frame, ``cameras()`` returns them (the pipeline renders and eva
 from camera i at its time), and ``set_cameras`` takes corrected ones (``ttr`` refines them).
 
 It implements recon's Gaussian scene protocol (:class:`recon_core.GaussianRepresentation`): the
-``splats`` hold gsplat's six entries plus ``times`` (the scene time of the frame a Gaussian was
-predicted from), ``lifespans`` (log γ, DGGT-normalised time units) and ``dynamic`` (bool, not
-refinable), so any Gaussian refiner optimises it and any strategy keeps the rows aligned. The sky
-colour MLP is ``sky_model.bg_field``. ``gaussians(time)`` returns, at a scene time t: every
-static Gaussian with opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²), the dynamic Gaussians of the
-input frame nearest to t, and a ``background`` callable rendering the sky with the run's renderer.
+``splats`` hold gsplat's six entries plus ``times`` (the scene time of the image a Gaussian was
+predicted from), ``frames`` (that input image's index), ``lifespans`` (log γ, DGGT-normalised time
+units) and ``dynamic`` (bool, not refinable), so any Gaussian refiner optimises it and any strategy
+keeps the rows aligned. The sky colour MLP is ``sky_model.bg_field``.
+
+What a camera sees (as DGGT's inference.py renders input image i): every static Gaussian with
+opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²) at the camera's time t, plus the dynamic Gaussians of
+*its own* input image — with several cameras (Waymo views 0, 1, 2) each image keeps its own, found
+by time and then pose (:meth:`DGGTRepresentation.source_images`); renderers ask
+:meth:`~DGGTRepresentation.gaussians_for_cameras`. τ is DGGT's normalisation: frame k of a sequence
+of S times at k/(S−1) · S/4, S the sequence length (not the number of images). The image is
+composed as DGGT trained it, ``α · rgb + (1 − α) · sky`` with the rasteriser's (already
+α-weighted) rgb; the sky is min-max normalised as inference.py does (``sky_normalize``).
+``eval_resolution`` (default ``auto``: ``network`` for init=network, ``source`` for init=fit)
+decides where views are rendered and scored: ``network`` resizes every view of the scene to the
+network input (518 wide), as DGGT scores, ``source`` keeps the loaded size.
 """
 
 from __future__ import annotations

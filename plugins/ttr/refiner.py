@@ -14,13 +14,28 @@ One step renders ``views_per_step`` optimised views (0: all of them, as the fork
 is drawn from a private seeded generator) at their corrected poses — each at its own time for
 dynamic representations, which the renderer handles through ``cameras.times`` — and minimises
 ``L1 + ssim_weight * (1 - SSIM)`` over non-sky pixels (:func:`masked_photometric_loss`; masks are
-the loaders' nearest-neighbour sky masks).
+the loaders' nearest-neighbour sky masks; ``ssim_weight`` 0.1 equals the fork's 0.2 x kornia's
+``ssim_loss``, which is (1 - SSIM) / 2). Rows flagged ``dynamic`` (dggt's per-frame Gaussians) are
+left alone unless ``refine_dynamic``, as the fork detaches them.
 
-**Held-out guard** (beyond the fork): views of the ``test``/``val`` split, plus ``holdout``
-training frames, are never optimised (:func:`.holdout.split_views`). Their PSNR over non-sky
-pixels is measured at the start of each stage and every ``eval_every`` steps; each stage ends
-with the parameters (pose corrections included) of its best held-out score, and stops early after
-``patience`` checks without improvement (0: never). Held-out views keep their *given* poses: they
+**Presets.** ``preset=fork`` is the DGGT-TTR fork's ``inference_refine_mode2.py`` step for step
+(:data:`FORK_PRESET`): its loss (:func:`fork_loss`: L1 + 0.2 · kornia ``ssim_loss`` map, SSIM over
+the whole image, masked means), learning rates on the *activated* opacity, RGB and scale
+(``lr_space=activated``; Adam on those values through the chain rule), scales at 1e-5, frame 0
+out of the loss, its pose map ``[so3_exp(ω) | τ]``, Adam's eps 1e-8, and each stage keeping its
+lowest-loss step (the fork keeps, with that loss, the pose that produced it and the Gaussians after
+the step). ``preset=recon`` (default) differs where we measured it helps users: the held-out guard
+below chooses the kept step instead of the training loss (the training loss keeps falling while
+test PSNR need not), the se(3) exponential, and frame 0 stays in the loss.
+
+**Held-out guard** (beyond the fork; ``select=guard``): views of the ``test``/``val`` split, plus
+``holdout`` training frames, are never optimised (:func:`.holdout.split_views`). Their PSNR over
+the *full image* is measured — exactly as the run's evaluation computes ``psnr`` (float64, renders
+clamped, targets on the run's background), after giving a camera-holding representation the
+current poses as ``finish`` will — at the start of each stage and every ``eval_every`` steps; each
+stage ends with the parameters (pose corrections included) of its best held-out score, and stops
+early after ``patience`` checks without improvement (0: never). (Before issue 19 the guard scored
+non-sky pixels while metrics.json scored the full image, so the two disagreed.) Held-out views keep their *given* poses: they
 are not optimised, and correcting them from the images would mean fitting them (the choice
 NeRF-style evaluation avoids); so their score measures the refined scene from independent poses.
 The pose stage is not guarded (pose corrections of the optimised views cannot change
@@ -48,7 +63,8 @@ optimizer state, the guard, the best-so-far snapshot, the view-sampling generato
 metrics measured so far, so an interrupted run resumes bit-identically on CPU.
 
 ``finish()`` reports, per stage, train and held-out PSNR / SSIM (and LPIPS when the evaluator's
-weights are present) before and after, and the optimised views' pose error (mean rotation
+weights are present) before and after, over the full image (``psnr``) and over non-sky pixels
+(``psnr_nonsky``), named as in metrics.json, and the optimised views' pose error (mean rotation
 degrees, mean camera-centre metres) against ``true_poses`` (a ``cameras_opencv.json``-style
 file) when given: in the data's world frame, and after the best rigid alignment onto the true
 poses (:func:`.poses.align_rigid`; frame 0 fixes the gauge at its *given* pose, whose own error

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon_core import Bounds, Cameras, Gaussians3D, Representation, RunContext, Scene, View
+from recon_core import Bounds, Cameras, Gaussians3D, RunContext, Scene, View
 from recon_core.geometry import unproject_depth
 from recon_plugins.dggt import DGGTConfig, DGGTRepresentation
 from recon_plugins.dggt.pose_encoding import extrinsics_to_c2w, pose_encoding_to_extri_intri
 from recon_plugins.dggt.preprocess import plan_resize, resize_images, resize_masks
+from recon_plugins.dggt.sky import SkyLayer
 from recon_plugins.dggt.weights import load_network
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
 from conftest import tiny_dggt_checkpoint
@@ -51,18 +52,6 @@ def _rig_scene() -> Scene:
             views.append(View(f"{k:03d}_{c}", Cameras.create(K, c2w, W, H, times=0.1 * k),
                               torch.rand(H, W, 3, generator=g), "train", sky_mask=sky))
     return Scene("rig", views, Bounds(torch.zeros(3), 5.0))
-
-
-class _Plain(Representation):
-    name = "plain"
-    provides = frozenset({"gaussians-3d"})
-
-    def __init__(self, g: Gaussians3D) -> None:
-        super().__init__()
-        self.g = g
-
-    def gaussians(self, time: float | None = None) -> Gaussians3D:
-        return self.g
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +123,7 @@ def test_each_view_renders_its_own_image_dynamic_gaussians(rig) -> None:
     with torch.no_grad():
         got = RENDERER.render(rep, rep.cameras())
         for i in range(S * CAMS):
-            want = RENDERER.render(_Plain(expected[i]), cams[[i]])
+            want = RENDERER.render(SkyLayer(expected[i]), cams[[i]])  # a plain Gaussian layer
             assert torch.allclose(got.alpha[i], want.alpha[0], atol=1e-5)
             sky = rep.render_sky(rep.cameras()[[i]], RENDERER)[0]
             assert torch.allclose(got.rgb[i], want.alpha[0] * want.rgb[0] + (1 - want.alpha[0]) * sky, atol=1e-5)

@@ -14,9 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recon_core import Bounds, Cameras, RunContext, Scene, View
+from recon_core import Cameras, Scene
 from recon_core.gaussians import SH_C0
-from recon_plugins.gaussians import TorchGaussianRenderer
 from recon_plugins.ttr import TestTimeRefiner, TTRConfig
 from recon_plugins.ttr.refiner import fork_loss, resolve_preset
 
@@ -24,28 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 dggt = pytest.importorskip("recon_plugins.dggt")
 
-H, W = 20, 30
-
-
-def _ctx() -> RunContext:
-    return RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None)
-
-
-def _scene() -> Scene:
-    g = torch.Generator().manual_seed(3)
-    K = torch.tensor([[30.0, 0, 15], [0, 30.0, 10], [0, 0, 1]])
-    views = []
-    for i in range(4):
-        c2w = torch.eye(4)
-        c2w[2, 3] = 0.3 * i
-        sky = torch.zeros(H, W, dtype=torch.bool)
-        sky[:4] = True
-        dyn = torch.zeros(H, W, dtype=torch.bool)
-        dyn[10:14, 10 + i : 16 + i] = True
-        split = "test" if i == 2 else "train"
-        views.append(View(f"f{i}", Cameras.create(K, c2w, W, H, times=0.1 * i), torch.rand(H, W, 3, generator=g), split,
-                          sky_mask=sky, dynamic_mask=dyn, depth=torch.full((H, W), 2.0)))
-    return Scene("toy", views, Bounds(torch.zeros(3), 1.0))
+from test_ttr_dggt import _build_ctx as _ctx, _scene  # the same toy street (4 views, sky, dynamic masks)
 
 
 def _rep(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, scene: Scene) -> Any:

@@ -160,3 +160,14 @@ def test_ttr_pairs_each_view_with_its_own_camera_and_writes_each_back(rig) -> No
 def _sort_key(means: torch.Tensor) -> torch.Tensor:
     key = means[:, 0] * 1e6 + means[:, 1] * 1e3 + means[:, 2]
     return torch.argsort(key)
+
+
+def test_export_writes_what_each_image_sees(rig, tmp_path: Path) -> None:
+    from recon_core.ply import read_splat_ply
+
+    rep, scene, ckpt = rig
+    expected, _, _ = _expected_views(ckpt, scene)
+    paths = rep.export(tmp_path, "ply")
+    assert len(paths) == S * CAMS
+    for k, p in enumerate(paths):
+        assert read_splat_ply(p)["means"].shape[0] == len(expected[k])

@@ -414,14 +414,14 @@ class DGGTRepresentation(GaussianRepresentation):
     # ---------------------------------------------------------------------------- export
 
     def export(self, out_dir: Path, fmt: str) -> list[Path]:
-        """``ply``: one 3DGS PLY per input frame, ``point_cloud_t{k:03d}.ply``: the Gaussians of
-        ``gaussians(t_k)`` (static, lifespan-faded, plus frame k's dynamic ones). No sky."""
+        """``ply``: one 3DGS PLY per input image k, ``point_cloud_t{k:03d}.ply``: what image k's
+        camera sees (static Gaussians faded to its time, plus image k's own dynamic ones). No sky."""
         if fmt != "ply":
             raise InputError(f"dggt cannot export '{fmt}'; formats: {', '.join(self.export_formats)}")
         paths = []
         for k, t in enumerate(self.frame_times.tolist()):
             with torch.no_grad():
-                splats = splats_from_activated(self.gaussians(t))
+                splats = splats_from_activated(self._frame_gaussians(t, [k]))
             paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_t{k:03d}.ply", splats))
         return paths
 

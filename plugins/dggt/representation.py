@@ -209,9 +209,10 @@ class DGGTRepresentation(GaussianRepresentation):
         )
         cams = data.cameras(views).to(device)
         sky_model = SkyModel(DGGT_SIZES[cfg.size].sky_resolution, DGGT_SIZES[cfg.size].sky_radius).to(device)
-        with torch.no_grad():  # an untrained sky starts black; refiners may train bg_field
+        with torch.no_grad():  # no network, no sky: black, and frozen (so it is not drawn at all)
             sky_model.bg_field.layers[1].weight.zero_()
             sky_model.bg_field.layers[1].bias.zero_()
+        sky_model.bg_field.requires_grad_(False)
         samples, visible = sky_model.sample(images.permute(0, 3, 1, 2).to(device), cams.viewmats, cams.K)
         return _Built(g, cams.c2w, cams.K, (int(cams.width[0]), int(cams.height[0])), sky_model, samples, visible)
 
@@ -382,6 +383,9 @@ class DGGTRepresentation(GaussianRepresentation):
         by ``renderer`` (the one rendering the Gaussians); min-max normalised as DGGT's
         inference.py does when ``sky_normalize`` (see :meth:`sky_range`)."""
         colors = self.sky_model.colors(self.sky_samples)
+        if not colors.requires_grad and not bool(colors.any()):  # a black sky without gradient: nothing to draw
+            n, w, h = len(cameras), int(cameras.width[0]), int(cameras.height[0])
+            return colors.new_zeros(n, h, w, 3)
         sky = self.sky_model.render(colors, self.sky_visible, cameras, renderer)
         if not self.config.sky_normalize:
             return sky

@@ -24,9 +24,12 @@ the whole image, masked means), learning rates on the *activated* opacity, RGB a
 (``lr_space=activated``; Adam on those values through the chain rule), scales at 1e-5, frame 0
 out of the loss, its pose map ``[so3_exp(ω) | τ]``, Adam's eps 1e-8, and each stage keeping its
 lowest-loss step (the fork keeps, with that loss, the pose that produced it and the Gaussians after
-the step). ``preset=recon`` (default) differs where we measured it helps users: the held-out guard
-below chooses the kept step instead of the training loss (the training loss keeps falling while
-test PSNR need not), the se(3) exponential, and frame 0 stays in the loss.
+the step). ``preset=recon`` (default) differs in three places: the held-out guard below chooses the
+kept step instead of the training loss (the training loss keeps falling while test PSNR need not:
+the guard never leaves the held-out full-image PSNR below its starting value at the checks, which
+the lowest training loss cannot promise), the se(3) exponential for the pose corrections, and frame
+0 stays in the loss (its pose is fixed, its pixels still inform the Gaussians). docs/benchmarks.md
+compares both on ``street``.
 
 **Held-out guard** (beyond the fork; ``select=guard``): views of the ``test``/``val`` split, plus
 ``holdout`` training frames, are never optimised (:func:`.holdout.split_views`). Their PSNR over

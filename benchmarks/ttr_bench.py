@@ -11,7 +11,7 @@
    scored against ``cameras_opencv.json``.
 
 Prints a Markdown table and writes ``results.json`` to ``--out``; ``--write-docs`` replaces the
-``_(pending)_`` line of the "DGGT and TTR" section of docs/benchmarks.md with the table.
+``_(pending)_`` line of the "TTR refining a 3dgs fit" section of docs/benchmarks.md with the table.
 
     python benchmarks/ttr_bench.py --data /work/shared/datasets/street --out outputs/ttr_bench --write-docs
 """
@@ -168,7 +168,7 @@ BEGIN, END = "<!-- ttr_bench: begin -->\n", "<!-- ttr_bench: end -->\n"
 
 
 def write_docs(doc: Path, text: str) -> None:
-    """Put ``text`` in the "## DGGT and TTR" section of ``doc``: in place of its ``_(pending)_``
+    """Put ``text`` in the "## TTR refining a 3dgs fit at noisy poses (street)" section of ``doc``: in place of its ``_(pending)_``
     line the first time, then in place of the block this function wrote (nothing else changes)."""
     content = doc.read_text()
     block = BEGIN + text.rstrip("\n") + "\n" + END
@@ -177,7 +177,7 @@ def write_docs(doc: Path, text: str) -> None:
         doc.write_text(head + block + rest.split(END, 1)[1])
         return
     lines = content.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.strip() == "## DGGT and TTR")
+    start = next(i for i, line in enumerate(lines) if line.strip() == "## TTR refining a 3dgs fit at noisy poses (street)")
     for i in range(start + 1, len(lines)):
         if lines[i].startswith("## "):
             break
@@ -185,7 +185,7 @@ def write_docs(doc: Path, text: str) -> None:
             lines[i] = block
             doc.write_text("".join(lines))
             return
-    raise SystemExit("the DGGT and TTR section has neither a _(pending)_ line nor a ttr_bench block")
+    raise SystemExit("the TTR section has neither a _(pending)_ line nor a ttr_bench block")
 
 
 def main() -> None:
@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared, oversubscribed CPU; 0: torch's default)")
-    ap.add_argument("--write-docs", action="store_true", help="replace the pending line of docs/benchmarks.md's DGGT and TTR section")
+    ap.add_argument("--write-docs", action="store_true", help="replace the pending line of docs/benchmarks.md's TTR section")
     ap.add_argument("--from-json", type=Path, help="only re-render the table (and docs) from a results.json of an earlier run")
     args = ap.parse_args()
     if args.from_json:

@@ -9,7 +9,9 @@ representation's own per-frame cameras (``rep.cameras()``, carrying the frame ti
 Metric keys in ``metrics.json``: an image metric ``NAME`` is computed over the full image, the
 render against the view's image on the run's background (:meth:`View.image_on`), as INRIA's
 ``metrics.py`` and nerfstudio do; when views have an object mask (or alpha: ``alpha > 0.5``),
-it is also computed inside it under ``NAME_masked``. With a fixer ``F`` both are computed on the
+it is also computed inside it under ``NAME_masked``; when views have a sky mask (driving scenes),
+it is also computed over the pixels that are not sky under ``NAME_nonsky`` (the region test-time
+refiners such as ``ttr`` optimise; DGGT and the TTR fork report the full image). With a fixer ``F`` both are computed on the
 fixed renders too, under ``NAME+F`` and ``NAME_masked+F`` (e.g. ``psnr+difix``). ``metric_info``
 says what each key is: evaluator, region, whether higher is better, unit, views counted.
 """
@@ -43,11 +45,14 @@ from .rundir import RunDir
 from .scene import Scene, Video, View
 from .spec import Choice, RunSpec
 
-__all__ = ["RenderedItem", "render_items", "evaluate_run", "plugins_json", "view_mask", "MASKED_SUFFIX", "device_label",
-           "versions_json"]
+__all__ = ["RenderedItem", "render_items", "evaluate_run", "plugins_json", "view_mask", "view_nonsky", "MASKED_SUFFIX",
+           "NONSKY_SUFFIX", "device_label", "versions_json"]
 
 MASKED_SUFFIX = "_masked"
 """Appended to an image metric's name for its value inside the views' object masks."""
+
+NONSKY_SUFFIX = "_nonsky"
+"""Appended to an image metric's name for its value over the views' pixels that are not sky."""
 
 
 @dataclass
@@ -64,6 +69,8 @@ class RenderedItem:
     a video frame, or None (given cameras)."""
     mask: Callable[[], Tensor | None]
     """The object mask (:func:`view_mask`) or None."""
+    nonsky: Callable[[], Tensor | None] = lambda: None
+    """The pixels that are not sky (:func:`view_nonsky`) or None."""
 
 
 @dataclass
@@ -77,6 +84,7 @@ class _Batch:
     views: list[View] | None = None
     targets: list[Callable[[], Tensor | None]] = dataclasses.field(default_factory=list)
     masks: list[Callable[[], Tensor | None]] = dataclasses.field(default_factory=list)
+    nonsky: list[Callable[[], Tensor | None]] = dataclasses.field(default_factory=list)
 
 
 def _none() -> None:
@@ -91,6 +99,12 @@ def view_mask(view: View) -> Tensor | None:
     if view.has("alpha"):
         return (view.alpha.float() > 0.5).cpu()
     return None
+
+
+def view_nonsky(view: View) -> Tensor | None:
+    """The pixels a view's non-sky metrics count: not its ``sky_mask`` (bool (H, W) on the CPU),
+    or None without a sky mask."""
+    return ~view.sky_mask.to(torch.bool).cpu() if view.has("sky_mask") else None
 
 
 def _scene_chunks(views: Sequence[View], chunk: int) -> Iterator[list[View]]:
@@ -135,7 +149,7 @@ def _batches(rep: Representation, data: Scene | Video, views: Sequence[View] | N
         for batch in _scene_chunks(views, chunk):
             yield _Batch([v.name for v in batch], (batch[0].height, batch[0].width), cameras=Cameras.cat([v.camera for v in batch]),
                          views=batch, targets=[lambda v=v: _target(v, background) for v in batch],
-                         masks=[lambda v=v: view_mask(v) for v in batch])
+                         masks=[lambda v=v: view_mask(v) for v in batch], nonsky=[lambda v=v: view_nonsky(v) for v in batch])
         return
     labels: list[str] | None = list(names) if names is not None else None
     targets: Callable[[int], Callable[[], Tensor | None]] = lambda i: _none  # noqa: E731
@@ -218,7 +232,8 @@ def render_items(
                 fixed = fixer.fix(rgb.to(device), None if refs is None else refs.to(device), views=batch.views)
                 fixed = fixed.detach().float().clamp(0, 1).cpu()
             for j in range(n):
-                yield RenderedItem(batch.names[j], rgb[j], None if fixed is None else fixed[j], batch.targets[j], batch.masks[j])
+                yield RenderedItem(batch.names[j], rgb[j], None if fixed is None else fixed[j], batch.targets[j], batch.masks[j],
+                                   batch.nonsky[j] if batch.nonsky else _none)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -311,6 +326,7 @@ def evaluate_run(
                 if image_evals:
                     target = item.target()
                     mask = item.mask()
+                    nonsky = item.nonsky()
                     if target is None:
                         raise RuntimeError(f"view {item.name} has no ground-truth image")
                     target = target.float().cpu()
@@ -320,6 +336,8 @@ def evaluate_run(
                             row[ev.name + suffix] = _finite(ev.compute(pred, target, None))
                             if mask is not None:
                                 row[ev.name + MASKED_SUFFIX + suffix] = _finite(ev.compute(pred, target, mask))
+                            if nonsky is not None:
+                                row[ev.name + NONSKY_SUFFIX + suffix] = _finite(ev.compute(pred, target, nonsky))
                 per_view.append(row)
                 advance(1)
         ok = True
@@ -332,7 +350,7 @@ def evaluate_run(
     info: dict[str, dict[str, Any]] = {}
     for suffix in [""] + ([fixer_suffix] if fixer is not None else []):  # raw renders first, then fixed ones
         for ev in image_evals:
-            for region, middle in (("full image", ""), ("object mask", MASKED_SUFFIX)):
+            for region, middle in (("full image", ""), ("object mask", MASKED_SUFFIX), ("not sky", NONSKY_SUFFIX)):
                 key = ev.name + middle + suffix  # type: ignore[operator]
                 values = [row[key] for row in per_view if key in row]
                 if not values and middle:
@@ -365,6 +383,7 @@ def evaluate_run(
         "plugins": plugins_json(registry, spec),
         "fixed_metric_suffix": fixer_suffix,
         "masked_metric_suffix": MASKED_SUFFIX,
+        "nonsky_metric_suffix": NONSKY_SUFFIX,
     }
 
 

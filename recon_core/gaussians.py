@@ -93,6 +93,9 @@ class Gaussians3D:
             Gaussians instead of the run's background colour.
         rows: [N] int64 rows of ``rep.splats`` these Gaussians come from, or None when they are
             every row in order (strategies that read a renderer's per-Gaussian ``info`` need that).
+        composite: optional callable (rgb, alpha, background) -> image replacing the renderers'
+            default ``rgb + (1 - alpha) * background`` (rgb is the rasteriser's, already weighted by
+            alpha). DGGT was trained with ``alpha * rgb + (1 - alpha) * sky`` and sets it.
     """
 
     means: Tensor
@@ -104,6 +107,7 @@ class Gaussians3D:
     sh_degree: int = 0
     background: Callable | None = None
     rows: Tensor | None = None
+    composite: Callable | None = None
 
     def __post_init__(self) -> None:
         n = self.means.shape[0]

@@ -353,8 +353,9 @@ def project_points(points: Tensor, K: Tensor, w2c: Tensor, eps: float = 1e-8) ->
     return uv, z
 
 
-def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
-    """World points [..., H, W, 3] of z-depth maps [..., H, W] (pixel (r, c) at (c + 0.5, r + 0.5)).
+def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor, pixel_offset: float = 0.5) -> Tensor:
+    """World points [..., H, W, 3] of z-depth maps [..., H, W] (pixel (r, c) at (c + 0.5, r + 0.5);
+    ``pixel_offset=0`` puts it at (c, r), as VGGT/DGGT's ``unproject_depth_map_to_point_map`` does).
 
     Args:
         depth: [..., H, W] depth along the optical axis (z, not ray length).
@@ -366,8 +367,8 @@ def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
     """
     H, W = depth.shape[-2:]
     v, u = torch.meshgrid(
-        torch.arange(H, dtype=depth.dtype, device=depth.device) + 0.5,
-        torch.arange(W, dtype=depth.dtype, device=depth.device) + 0.5,
+        torch.arange(H, dtype=depth.dtype, device=depth.device) + pixel_offset,
+        torch.arange(W, dtype=depth.dtype, device=depth.device) + pixel_offset,
         indexing="ij",
     )
     fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]

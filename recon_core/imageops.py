@@ -69,20 +69,26 @@ def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None, data_range: f
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
 
 
-def ssim_map(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Per-pixel SSIM, (N, H - ws + 1, W - ws + 1, C) ('valid' region), differentiable."""
-    s, _ = _ssim_cs_maps(_batched(pred), _batched(target), window_size, sigma)
+def ssim_map(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5, padding: str = "valid") -> Tensor:
+    """Per-pixel SSIM, differentiable: (N, H - ws + 1, W - ws + 1, C) for ``padding="valid"``;
+    (N, H, W, C) for ``"same"``, the images reflect-padded by ws // 2 first (kornia's
+    ``metrics.ssim``, which the DGGT-TTR fork's loss uses)."""
+    s, _ = _ssim_cs_maps(_batched(pred), _batched(target), window_size, sigma, padding)
     return s.permute(0, 2, 3, 1)
 
 
-def _ssim_cs_maps(x: Tensor, y: Tensor, window_size: int, sigma: float) -> tuple[Tensor, Tensor]:
-    """SSIM and contrast-structure maps of (N, C, H, W) images, 'valid' region, data range 1."""
+def _ssim_cs_maps(x: Tensor, y: Tensor, window_size: int, sigma: float, padding: str = "valid") -> tuple[Tensor, Tensor]:
+    """SSIM and contrast-structure maps of (N, C, H, W) images, data range 1 ('valid' region,
+    or 'same' with reflect padding)."""
     c = x.shape[1]
     g = gaussian_window(window_size, sigma, x.dtype, x.device)
     wx = g.view(1, 1, 1, -1).expand(c, 1, 1, window_size)
     wy = g.view(1, 1, -1, 1).expand(c, 1, window_size, 1)
+    r = window_size // 2
 
-    def blur(t: Tensor) -> Tensor:  # separable Gaussian filter, valid region only
+    def blur(t: Tensor) -> Tensor:  # separable Gaussian filter
+        if padding == "same":
+            t = F.pad(t, (r, r, r, r), mode="reflect")
         return F.conv2d(F.conv2d(t, wx, groups=c), wy, groups=c)
 
     mu_x, mu_y = blur(x), blur(y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from recon_core.geometry import project_points
+
 
 import pytest
 import torch
@@ -118,7 +120,13 @@ def test_sky_hemisphere_and_rendering() -> None:
     K = torch.tensor([[8.0, 0, 8], [0, 8.0, 8], [0, 0, 1]])
     images = torch.full((1, 3, 16, 16), 0.25)
     samples, visible = sky.sample(images, up[None], K[None])
-    assert visible.any() and torch.allclose(samples, torch.full_like(samples, 0.25))
+    # DGGT's Projector: (2u/(W-1) - 1) with align_corners=False and zero padding, so points within
+    # about a pixel of the border read partly outside the image (darker), the rest 0.25
+    assert visible.any() and (samples <= 0.25 + 1e-6).all()
+    assert (samples - 0.25).abs().max(dim=1).values.lt(1e-6).float().mean() > 0.6
+    uv, _ = project_points(sky.bg_pcd, K[None], up[None])
+    inner = visible & (uv[0] > 1).all(-1) & (uv[0] < 14).all(-1)
+    assert inner.any() and torch.allclose(samples[inner[visible]], torch.full_like(samples[inner[visible]], 0.25))
     assert not sky.sample(images, down[None], K[None])[1].any()
     colors = sky.colors(samples)
     assert colors.shape == (int(visible.sum()), 3) and (colors.abs() <= 1).all()

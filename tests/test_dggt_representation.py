@@ -60,7 +60,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built(checkpoint: Path) -> tuple[DGGTRepresentation, Scene, list[torch.Tensor]]:
     scene = _scene()
     original = [v.camera.c2w.clone() for v in scene.views]
-    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, eval_resolution="source"))
     rep.build(scene, CTX)
     return rep, scene, original
 
@@ -98,7 +98,7 @@ def test_init_fit_builds_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_pa
         dyn = torch.zeros(H, W, dtype=torch.bool)
         dyn[10:14, 10:16] = True
         view.dynamic_mask = dyn
-    cfg = DGGTConfig(init="fit", size="tiny", fit_steps=3, fit_points=300, fit_dynamic_stride=2)
+    cfg = DGGTConfig(init="fit", size="tiny", fit_steps=3, fit_points=300, fit_dynamic_stride=2, sky_normalize=False)
     rep = DGGTRepresentation(cfg)
     rep.build(scene, CTX)
     assert all(torch.equal(v.camera.c2w, c) for v, c in zip(scene.views, given)), "fit keeps the given cameras"
@@ -134,7 +134,19 @@ def test_init_fit_builds_without_weights(monkeypatch: pytest.MonkeyPatch, tmp_pa
         backgrounds = rep.render_sky(cams, RENDERER)
     assert out.rgb.shape == (3, H, W, 3) and torch.isfinite(out.rgb).all()
     assert (raw.alpha < 0.9).any(), "some sky must show through"
-    assert torch.allclose(out.rgb, raw.rgb + (1 - raw.alpha) * backgrounds, atol=1e-5), "alpha·render + (1 − alpha)·sky"
+    assert torch.allclose(out.rgb, raw.alpha * raw.rgb + (1 - raw.alpha) * backgrounds, atol=1e-5), \
+        "DGGT composes alpha·render + (1 − alpha)·sky with the rasteriser's (alpha-weighted) render"
+    rep.config.sky_normalize = True
+    with torch.no_grad():
+        lo, hi = rep.sky_range(RENDERER)
+        raw_sky = rep.sky_model.render(rep.sky_model.colors(rep.sky_samples), rep.sky_visible, rep.cameras(), RENDERER)
+        normed = rep.render_sky(rep.cameras(), RENDERER)
+    assert float(lo) == float(raw_sky.min()) and float(hi) == float(raw_sky.max())
+    assert torch.allclose(normed, (raw_sky - raw_sky.min()) / (raw_sky.max() - raw_sky.min() + 1e-8), atol=1e-6), \
+        "inference.py's min-max normalisation over the input frames"
+    with torch.no_grad():
+        alone = rep.render_sky(rep.cameras()[[1]], RENDERER)
+    assert torch.allclose(alone, normed[1:2], atol=1e-6), "one view alone gets the sky it gets in the batch"
     with pytest.raises(InputError, match="Scene"):
         DGGTRepresentation(cfg).build(Video("v", 2, W, H, 10.0, read_frame=lambda i: torch.rand(H, W, 3)), CTX)
 
@@ -317,3 +329,22 @@ def test_recon_run_on_a_video_renders_each_frame_from_its_predicted_camera(check
             with torch.no_grad():
                 other = restored.renderer.render(restored.rep, dataclasses.replace(cams[[0]], times=cams.times[[i]])).rgb[0]
             assert float((png - other.clamp(0, 1)).abs().max()) > 4 / 255  # 8x the tolerance above
+
+
+def test_network_resolution_is_where_views_are_rendered_and_scored(checkpoint: Path) -> None:
+    """eval_resolution=auto (init=network) → DGGT's input size: 30x20 at width 28 → 28x14 (round(20·28/30/14)·14)."""
+    scene = _scene()
+    source_image = scene.views[0].image.clone()
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28))
+    rep.build(scene, CTX)
+    assert rep.network_resolution() and rep.cameras().width.tolist() == [28] * 3 and rep.cameras().height.tolist() == [14] * 3
+    for view in scene.views:  # inputs and the test view alike
+        assert (view.width, view.height) == (28, 14)
+        assert view.image.shape == (14, 28, 3)
+        assert view.split == "test" or (view.sky_mask.shape == (14, 28) and view.sky_mask[:2].all())
+    from recon_plugins.dggt.preprocess import plan_resize, resize_images
+
+    assert torch.allclose(scene.views[0].image, resize_images(source_image[None], plan_resize(W, H, 28, 14))[0].permute(1, 2, 0))
+    src = _scene()
+    DGGTRepresentation(DGGTConfig(checkpoint=str(checkpoint), size="tiny", width=28, eval_resolution="source")).build(src, CTX)
+    assert all((v.width, v.height) == (W, H) for v in src.views)

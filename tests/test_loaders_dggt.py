@@ -138,3 +138,28 @@ def test_dggt_selection_and_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         DggtLoader().load(tmp_path)
     assert e.value.path == tmp_path / "sky_masks" / "003_0.png"
+
+
+def test_dggt_jpg_masks_and_a_data_root_of_scenes(tmp_path: Path) -> None:
+    """DGGT reads masks as .jpg as well as .png, and takes a data root of scene folders (000, 001)."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for name in ("000", "001"):
+        write_dggt(root / name, frames=3, cams=(0,), poses=False)
+    for mask in sorted((root / "001" / "sky_masks").iterdir()):  # 001: JPEG sky masks (lossy around the edge)
+        Image.open(mask).convert("L").save(mask.with_suffix(".jpg"), quality=70)
+        mask.unlink()
+    assert DggtLoader().detect(root) == 20
+    with pytest.raises(InputError, match="scene=NAME"):
+        DggtLoader().load(root)
+    with pytest.raises(InputError, match="no scene '007'"):
+        DggtLoader(DggtConfig(scene="007")).load(root)
+    png = DggtLoader(DggtConfig(scene="000")).load(root)
+    jpg = DggtLoader(DggtConfig(scene="001")).load(root)
+    assert jpg.name == "001" and len(jpg.views) == 3
+    for a, b in zip(png.views, jpg.views):
+        assert torch.equal(a.sky_mask, b.sky_mask), "a JPEG mask thresholds to the same sky as its PNG"
+    single = tmp_path / "one"
+    write_dggt(single / "000", frames=2, cams=(0,), poses=False)
+    assert len(DggtLoader().load(single).views) == 2, "one scene: no need to name it"

@@ -50,13 +50,13 @@ def test_ttr_refines_dggt_poses_and_writes_them_into_the_representation(monkeypa
     rep.build(scene, _build_ctx())
     given = rep.cameras().c2w.clone()
     times_rendered: list[float | None] = []
-    original = rep.gaussians
+    original = rep._frame_gaussians
 
-    def spy(time: float | None = None) -> Any:
+    def spy(time: float, images: Any) -> Any:  # what gaussians_for_cameras asks for each camera
         times_rendered.append(time)
-        return original(time)
+        return original(time, images)
 
-    monkeypatch.setattr(rep, "gaussians", spy)
+    monkeypatch.setattr(rep, "_frame_gaussians", spy)
     refiner = TestTimeRefiner(TTRConfig(steps_pose=3, steps_gs=3, lr_pose=1e-2, eval_every=1, lpips=False))
     refiner.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=TorchGaussianRenderer(), log=lambda m: None))
     assert [v.name for v in refiner.views] == ["f0", "f1", "f3"] and [v.name for v in refiner.held] == ["f2"]
@@ -123,3 +123,27 @@ def test_ttr_on_a_video_needs_a_representation_with_one_camera_per_frame() -> No
     with pytest.raises(InputError, match="ttr needs posed views: a Scene, or a video whose representation holds one camera per frame"):
         TestTimeRefiner(TTRConfig()).setup(GaussianSplat(), video, RunContext(device=torch.device("cpu"), seed=0,
                                                                                renderer=TorchGaussianRenderer()))
+
+
+def test_guard_figure_is_the_evaluated_figure_on_street(tmp_path: Any) -> None:
+    """Through the pipeline (dggt init=fit, then ttr): the held-out PSNR TTR reports for its guard
+    views is the full-image ``psnr`` metrics.json reports for the same (test) views, and
+    ``psnr_nonsky`` sits beside it."""
+    from loaders_support import STREET
+
+    from recon_core.pipeline import Pipeline
+    from recon_core.registry import Registry
+    from recon_core.resolve import resolve_run
+    from recon_core.rundir import RunDir
+
+    registry = Registry()
+    sets = ["dggt.init=fit", "dggt.downscale=8", "dggt.fit_steps=10", "dggt.fit_points=500", "ttr.steps_pose=2",
+            "ttr.steps_gs=3", "ttr.eval_every=1", "ttr.lpips=false", "run.save_renders=false", "run.export=ply"]
+    spec = resolve_run(registry, data=STREET, representation="dggt", refiners=["ttr"], evaluators=["psnr"], device="cpu",
+                       seed=0, sets=sets)
+    doc = Pipeline(registry, spec, RunDir.create(tmp_path / "run")).run()
+    report = doc["refiners"]["ttr"]
+    assert report["heldout_views"] == 4 == doc["num_views"]
+    assert report["heldout_psnr"]["after"] == pytest.approx(doc["metrics"]["psnr"], abs=1e-6)
+    assert "psnr_nonsky" in doc["metrics"] and doc["metrics"]["psnr_nonsky"] != pytest.approx(doc["metrics"]["psnr"], abs=1e-3)
+    assert report["heldout_psnr_nonsky"]["after"] == pytest.approx(doc["metrics"]["psnr_nonsky"], abs=1e-6)

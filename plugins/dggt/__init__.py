@@ -6,8 +6,9 @@ Provides the ``dggt`` representation. Modules:
   patch embedding, 24 + 24 alternating frame/global blocks with RoPE and QK-norm);
 * :mod:`.heads` (camera head, one configurable DPT head), :mod:`.track` (track head),
   :mod:`.sky` (sky hemisphere) and :mod:`.network` (the whole model, ``full``/``tiny`` sizes);
-  the ``full`` layout equals the published checkpoint key for key, and outputs match the
-  reference implementation (xiaomi-research/dggt) to float precision;
+  the ``full`` layout equals the published checkpoint key for key; ``benchmarks/dggt_parity.py``
+  runs the original code (xiaomi-research/dggt, the TTR fork) beside it at tiny size with the same
+  weights: heads within 6e-6, composed Gaussians within 1e-6, frames within 3e-5 (docs/benchmarks.md);
 * :mod:`.weights` (strict ``weights_only`` loading of ``model_latest_waymo.pt``),
   :mod:`.pose_encoding`, :mod:`.preprocess` (518-wide inputs), :mod:`.composition`
   (static/dynamic/lifespan rules), :mod:`.fit` (``init=fit``) and :mod:`.representation`.

@@ -1,7 +1,8 @@
 """From DGGT's per-pixel predictions to a 4D Gaussian scene (DGGT ``inference.py``, mode 2).
 
 * Every pixel becomes a Gaussian at its predicted depth, unprojected through its predicted
-  camera (pixel centres at i + 0.5, recon's convention).
+  camera at pixel coordinate i (not recon's centre i + 0.5), as DGGT's
+  ``unproject_depth_map_to_point_map`` does: the published network was trained that way.
 * Static Gaussians: non-sky pixels of every frame whose dynamic logit is below ``threshold``
   (DGGT compares the raw logit with 0.5), opacity × (1 − sigmoid(logit)). Their opacity at time
   t is modulated by the lifespan term exp(ln(0.1) · (t − t_i)² / γ²): unchanged at the frame's

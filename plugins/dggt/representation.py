@@ -13,12 +13,22 @@ predicts one per frame, ``cameras()`` returns them (the pipeline renders and eva
 from camera i at its time), and ``set_cameras`` takes corrected ones (``ttr`` refines them).
 
 It implements recon's Gaussian scene protocol (:class:`recon_core.GaussianRepresentation`): the
-``splats`` hold gsplat's six entries plus ``times`` (the scene time of the frame a Gaussian was
-predicted from), ``lifespans`` (log γ, DGGT-normalised time units) and ``dynamic`` (bool, not
-refinable), so any Gaussian refiner optimises it and any strategy keeps the rows aligned. The sky
-colour MLP is ``sky_model.bg_field``. ``gaussians(time)`` returns, at a scene time t: every
-static Gaussian with opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²), the dynamic Gaussians of the
-input frame nearest to t, and a ``background`` callable rendering the sky with the run's renderer.
+``splats`` hold gsplat's six entries plus ``times`` (the scene time of the image a Gaussian was
+predicted from), ``frames`` (that input image's index), ``lifespans`` (log γ, DGGT-normalised time
+units) and ``dynamic`` (bool, not refinable), so any Gaussian refiner optimises it and any strategy
+keeps the rows aligned. The sky colour MLP is ``sky_model.bg_field``.
+
+What a camera sees (as DGGT's inference.py renders input image i): every static Gaussian with
+opacity × exp(ln 0.1 · (τ(t) − τ_i)² / γ²) at the camera's time t, plus the dynamic Gaussians of
+*its own* input image — with several cameras (Waymo views 0, 1, 2) each image keeps its own, found
+by time and then pose (:meth:`DGGTRepresentation.source_images`); renderers ask
+:meth:`~DGGTRepresentation.gaussians_for_cameras`. τ is DGGT's normalisation: frame k of a sequence
+of S times at k/(S−1) · S/4, S the sequence length (not the number of images). The image is
+composed as DGGT trained it, ``α · rgb + (1 − α) · sky`` with the rasteriser's (already
+α-weighted) rgb; the sky is min-max normalised as inference.py does (``sky_normalize``).
+``eval_resolution`` (default ``auto``: ``network`` for init=network, ``source`` for init=fit)
+decides where views are rendered and scored: ``network`` resizes every view of the scene to the
+network input (518 wide), as DGGT scores, ``source`` keeps the loaded size.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from recon_core.ply import write_splat_ply
 from .composition import PixelGaussians, TimeMap, compose_pixel_gaussians, lifespan_opacity, unproject_depth
 from .network import DGGT_SIZES
 from .pose_encoding import extrinsics_to_c2w, pose_encoding_to_extri_intri
-from .preprocess import plan_resize, resize_images, resize_masks
+from .preprocess import ResizePlan, plan_resize, resize_images, resize_masks
 from .sky import SkyModel
 from .weights import CHECKPOINT_FILENAME, CHECKPOINT_SOURCE, default_checkpoint_path, load_network
 
@@ -61,6 +71,11 @@ class DGGTConfig:
     fit_steps: int = option(500, "init=fit: 3dgs-train steps of the static fit", min=0)
     fit_points: int = option(20_000, "init=fit: at most this many initial static Gaussians", min=1)
     fit_dynamic_stride: int = option(2, "init=fit: one dynamic Gaussian per this many pixels (each way) of a dynamic mask", min=1)
+    sky_normalize: bool = option(True, "min-max normalise the rendered sky as DGGT's inference.py does (range over the sky "
+                                       "rendered at every input camera); false: the sky MLP's raw output, as in train.py")
+    eval_resolution: str = option("auto", "where views are rendered and scored: network (DGGT's input size, 518 wide: the "
+                                          "scene's views are resized to it), source (the loaded size); auto: network for "
+                                          "init=network, source for init=fit", choices=("auto", "network", "source"))
 
 
 def align_cameras(c2w: Tensor, src_ref: Tensor, dst_ref: Tensor) -> Tensor:
@@ -99,7 +114,7 @@ class DGGTRepresentation(GaussianRepresentation):
     def __init__(self, config: DGGTConfig | None = None) -> None:
         super().__init__(config, sh_degree=0)
         self._set_gaussians(torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3),
-                            torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+                            torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
         self.register_buffer("frame_times", torch.zeros(0))
         self.register_buffer("camera_c2w", torch.zeros(0, 4, 4))
         self.register_buffer("camera_K", torch.zeros(0, 3, 3))
@@ -107,6 +122,7 @@ class DGGTRepresentation(GaussianRepresentation):
         self.register_buffer("sky_samples", torch.zeros(0, 3))
         self.register_buffer("sky_visible", torch.zeros(0, dtype=torch.bool))
         self.sky_model = SkyModel(resolution=0)
+        self._sky_range_cache: tuple[tuple, Tensor, Tensor] | None = None
 
     # --------------------------------------------------------------------------- weights
 
@@ -144,14 +160,17 @@ class DGGTRepresentation(GaussianRepresentation):
         built = self._fit(data, views, images, ctx) if cfg.init == "fit" else self._predict(images, sky, device)
         g = built.gaussians
         times = times.to(device)
-        self._set_gaussians(g.means, g.quats, g.scales, g.opacity, g.rgb, times[g.frame], g.lifespan, g.dynamic)
+        self._set_gaussians(g.means, g.quats, g.scales, g.opacity, g.rgb, times[g.frame], g.lifespan, g.dynamic, g.frame)
         self.frame_times = times
         self.camera_c2w, self.camera_K = built.c2w, built.K
         self.camera_size = torch.tensor(built.size, device=device)
         self.sky_model = built.sky_model
         self.sky_samples, self.sky_visible = built.sky_samples, built.sky_visible
+        self._sky_range_cache = None
         if isinstance(data, Scene) and cfg.init == "network":
             self._write_cameras(data, views)
+        if self.network_resolution():
+            self._to_network_resolution(data)
 
     def _predict(self, images: Tensor, sky: Tensor | None, device: torch.device) -> _Built:
         """Run the network (init=network)."""
@@ -164,7 +183,9 @@ class DGGTRepresentation(GaussianRepresentation):
             out = net(x[None], heads=("depth", "gs", "instance"))
             ext, K_net = pose_encoding_to_extri_intri(out.pose_enc[0].float(), (plan.height, plan.width))
             c2w = extrinsics_to_c2w(ext)
-            points = unproject_depth(out.depth[0, ..., 0], K_net, c2w)
+            # pixel (r, c) lifted at (c, r) as DGGT's unproject_depth_map_to_point_map does (half a
+            # pixel from where the renderer draws it; the published network was trained so)
+            points = unproject_depth(out.depth[0, ..., 0], K_net, c2w, pixel_offset=0.0)
             non_sky = ~resize_masks(sky, plan).to(device) if sky is not None else torch.ones_like(out.lifespan[0], dtype=torch.bool)
             g = compose_pixel_gaussians(
                 points, out.gs_map[0], out.lifespan[0], out.dynamic_logit[0], non_sky,
@@ -188,17 +209,20 @@ class DGGTRepresentation(GaussianRepresentation):
         )
         cams = data.cameras(views).to(device)
         sky_model = SkyModel(DGGT_SIZES[cfg.size].sky_resolution, DGGT_SIZES[cfg.size].sky_radius).to(device)
-        with torch.no_grad():  # an untrained sky starts black; refiners may train bg_field
+        with torch.no_grad():  # no network, no sky: black, and frozen (so it is not drawn at all)
             sky_model.bg_field.layers[1].weight.zero_()
             sky_model.bg_field.layers[1].bias.zero_()
+        sky_model.bg_field.requires_grad_(False)
         samples, visible = sky_model.sample(images.permute(0, 3, 1, 2).to(device), cams.viewmats, cams.K)
         return _Built(g, cams.c2w, cams.K, (int(cams.width[0]), int(cams.height[0])), sky_model, samples, visible)
 
     def _set_gaussians(self, means: Tensor, quats: Tensor, scales: Tensor, opacity: Tensor, rgb: Tensor,
-                       times: Tensor, lifespan: Tensor, dynamic: Tensor) -> None:
-        """Fill ``splats`` from activated per-pixel Gaussians (scales, opacity in [0, 1], RGB, γ)."""
+                       times: Tensor, lifespan: Tensor, dynamic: Tensor, frames: Tensor) -> None:
+        """Fill ``splats`` from activated per-pixel Gaussians (scales, opacity in [0, 1], RGB, γ);
+        ``frames`` is the input image each Gaussian comes from."""
         raw = splats_from_activated(Gaussians3D(means=means, quats=quats, scales=scales, opacities=opacity, colors=rgb), 0)
-        raw.update(times=times.float(), lifespans=torch.log(lifespan.clamp_min(1e-12)), dynamic=dynamic.bool())
+        raw.update(times=times.float(), lifespans=torch.log(lifespan.clamp_min(1e-12)), dynamic=dynamic.bool(),
+                   frames=frames.long())
         self.set_splats(raw, means.device)
 
     def _write_cameras(self, scene: Scene, inputs: Sequence[View]) -> None:
@@ -219,6 +243,28 @@ class DGGTRepresentation(GaussianRepresentation):
             moved = align_points(scene.point_cloud.points.to(given), given, target).cpu()
             scene.point_cloud = PointCloud(moved, scene.point_cloud.colors)
         scene.bounds = Bounds.from_cameras(scene.cameras())
+
+    def network_resolution(self) -> bool:
+        """Whether views are rendered and scored at the network's input size (``eval_resolution``)."""
+        mode = self.config.eval_resolution
+        return mode == "network" or (mode == "auto" and self.config.init == "network")
+
+    def _to_network_resolution(self, data: Scene | Video) -> None:
+        """Bring every view of a Scene (inputs and evaluated ones) and the held cameras to the
+        network's input geometry (:func:`.preprocess.plan_resize`: 518 wide, height a multiple of
+        14, centre crop), as DGGT renders and scores; images resize bicubically, masks by nearest
+        neighbour. A video keeps its frames' size (its frames are not views)."""
+        if not isinstance(data, Scene):
+            return
+        patch = DGGT_SIZES[self.config.size].patch_size
+        width = int(self.config.width)
+        w0, h0 = (int(v) for v in self.camera_size.tolist())
+        plan = plan_resize(w0, h0, width, patch)
+        self.camera_K = plan.K_to_network(self.camera_K)
+        self.camera_size = torch.tensor((plan.width, plan.height), device=self.camera_size.device)
+        self._sky_range_cache = None
+        for view in data.views:
+            _resize_view(view, plan_resize(view.width, view.height, width, patch))
 
     # --------------------------------------------------------------------------- queries
 
@@ -250,49 +296,171 @@ class DGGTRepresentation(GaussianRepresentation):
         self.camera_K = cameras.K.detach().to(self.camera_K.device, torch.float32).clone()
 
     def _time_map(self) -> TimeMap:
+        """DGGT's time normalisation: S is the sequence length (distinct frame times), not the
+        number of input images (3 cameras x S frames have S times)."""
         t = self.frame_times
-        return TimeMap(float(t[0]), float(t[-1]), self.num_frames)
+        return TimeMap(float(t.min()), float(t.max()), int(torch.unique(t).numel()))
+
+    def _check_built(self) -> None:
+        if self.num_frames == 0:
+            raise InputError("the dggt representation has not been built yet")
+
+    def _static_opacity(self, time: float) -> Tensor:
+        """[N] opacity of every row at ``time``: static rows faded by their lifespans, others unchanged."""
+        sp = self.splats
+        opacity = torch.sigmoid(sp["opacities"])
+        tmap = self._time_map()
+        faded = lifespan_opacity(opacity, tmap.tau(float(time)), tmap.tau(sp["times"]), torch.exp(sp["lifespans"]))
+        return torch.where(~sp["dynamic"], faded, opacity)
+
+    def _frame_gaussians(self, time: float, images: Sequence[int]) -> Gaussians3D:
+        """Static Gaussians faded to ``time`` plus the dynamic Gaussians of input ``images``."""
+        sp = self.splats
+        opacity = self._static_opacity(time)
+        keep = ~sp["dynamic"]
+        if len(images):
+            keep = keep | (sp["dynamic"] & torch.isin(sp["frames"], torch.tensor(list(images), device=keep.device)))
+        rows = torch.nonzero(keep).flatten()
+        return activate(sp, 0, rows, opacities=opacity[rows], background=self._sky_background, composite=_dggt_composite)
 
     def gaussians(self, time: float | None = None) -> Gaussians3D:
-        """Activated Gaussians at scene time ``time`` (differentiable w.r.t. every parameter).
+        """Activated Gaussians at scene time ``time`` (differentiable w.r.t. every parameter): the
+        static ones faded by their lifespans and the dynamic ones of every input image nearest in
+        time (all cameras of that time; a renderer asks :meth:`gaussians_for_cameras`, which takes
+        one image's per camera, as DGGT renders).
 
         ``time=None``: the static Gaussians without lifespan fading and no dynamic ones.
         """
-        if self.num_frames == 0:
-            raise InputError("the dggt representation has not been built yet")
+        self._check_built()
         sp = self.splats
-        opacity = torch.sigmoid(sp["opacities"])
-        static = ~sp["dynamic"]
         if time is None:
-            keep = static
-        else:
-            tmap = self._time_map()
-            nearest = self.frame_times[int(torch.argmin((self.frame_times - float(time)).abs()))]
-            faded = lifespan_opacity(opacity, tmap.tau(float(time)), tmap.tau(sp["times"]), torch.exp(sp["lifespans"]))
-            opacity = torch.where(static, faded, opacity)
-            keep = static | (sp["times"] == nearest)
-        rows = torch.nonzero(keep).flatten()
-        return activate(sp, 0, rows, opacities=opacity[rows], background=self.render_sky)
+            rows = torch.nonzero(~sp["dynamic"]).flatten()
+            return activate(sp, 0, rows, background=self._sky_background, composite=_dggt_composite)
+        d = (self.frame_times - float(time)).abs()
+        images = torch.nonzero(d <= d.min() + 1e-6).flatten().tolist()
+        return self._frame_gaussians(float(time), images)
+
+    def source_images(self, cameras: Cameras) -> list[int]:
+        """For each camera, the input image whose dynamic Gaussians it sees: among the images
+        nearest in time, the one nearest in pose (‖R − R_k‖² + ‖c − c_k‖², rotation and centre).
+        An input camera (even after ``ttr`` nudged its pose) finds its own image; another
+        camera of a rig finds the image its camera took at the nearest time."""
+        self._check_built()
+        times = cameras.times if cameras.times is not None else torch.zeros(len(cameras))
+        ft = self.frame_times.detach().cpu().double()
+        R = self.camera_c2w[:, :3, :3].detach().cpu().double()
+        c = self.camera_c2w[:, :3, 3].detach().cpu().double()
+        out = []
+        for i in range(len(cameras)):
+            d = (ft - float(times[i])).abs()
+            cand = torch.nonzero(d <= d.min() + 1e-6).flatten()
+            if len(cand) > 1:
+                Ri = cameras.c2w[i, :3, :3].detach().cpu().double()
+                ci = cameras.c2w[i, :3, 3].detach().cpu().double()
+                cost = ((R[cand] - Ri) ** 2).sum((1, 2)) + ((c[cand] - ci) ** 2).sum(1)
+                out.append(int(cand[int(torch.argmin(cost))]))
+            else:
+                out.append(int(cand[0]))
+        return out
+
+    def gaussians_for_cameras(self, cameras: Cameras) -> list[tuple[list[int], Gaussians3D]]:
+        """What each camera sees, as DGGT renders input image i: every static Gaussian faded to
+        the camera's time plus the dynamic Gaussians of its own input image
+        (:meth:`source_images`). Cameras without times get the timeless static Gaussians."""
+        self._check_built()
+        if cameras.times is None:
+            return [(list(range(len(cameras))), self.gaussians(None))]
+        groups: dict[tuple[float, int], list[int]] = {}
+        for i, j in enumerate(self.source_images(cameras)):
+            groups.setdefault((float(cameras.times[i]), j), []).append(i)
+        return [(index, self._frame_gaussians(t, [j])) for (t, j), index in groups.items()]
+
+    def _sky_background(self, cameras: Cameras, renderer: CameraRenderer) -> Tensor:
+        return self.render_sky(cameras, renderer)
 
     def render_sky(self, cameras: Cameras, renderer: CameraRenderer) -> Tensor:
         """The sky behind the Gaussians for ``cameras`` → [N, H, W, 3] (same-sized cameras), drawn
-        by ``renderer`` (the one rendering the Gaussians)."""
+        by ``renderer`` (the one rendering the Gaussians); min-max normalised as DGGT's
+        inference.py does when ``sky_normalize`` (see :meth:`sky_range`)."""
         colors = self.sky_model.colors(self.sky_samples)
-        return self.sky_model.render(colors, self.sky_visible, cameras, renderer)
+        if not colors.requires_grad and not bool(colors.any()):  # a black sky without gradient: nothing to draw
+            n, w, h = len(cameras), int(cameras.width[0]), int(cameras.height[0])
+            return colors.new_zeros(n, h, w, 3)
+        sky = self.sky_model.render(colors, self.sky_visible, cameras, renderer)
+        if not self.config.sky_normalize:
+            return sky
+        lo, hi = self.sky_range(renderer, (int(cameras.width[0]), int(cameras.height[0])))
+        return (sky - lo) / (hi - lo + 1e-8)
+
+    def sky_range(self, renderer: CameraRenderer, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """(min, max) of the raw sky rendered at every input camera (at ``size``, default theirs).
+
+        DGGT's inference.py normalises the sky it renders for the S input frames by that batch's
+        min and max; taking the range over the input cameras gives every view, rendered alone or
+        in any batch, the same sky. Cached until the cameras or the sky MLP change."""
+        cams = self.cameras()
+        if size is not None and size != tuple(self.camera_size.tolist()):
+            sx, sy = size[0] / float(self.camera_size[0]), size[1] / float(self.camera_size[1])
+            K = cams.K.clone()
+            K[:, 0] *= sx
+            K[:, 1] *= sy
+            n = len(cams)
+            cams = Cameras(K=K, c2w=cams.c2w, width=torch.full((n,), size[0]), height=torch.full((n,), size[1]), times=cams.times)
+        params = list(self.sky_model.bg_field.parameters())
+        key = (tuple(cams.c2w.flatten().tolist()), tuple(cams.K.flatten().tolist()), size, getattr(renderer, "name", ""),
+               tuple((id(p), p._version) for p in params))
+        if self._sky_range_cache is None or self._sky_range_cache[0] != key:
+            with torch.no_grad():
+                sky = self.sky_model.render(self.sky_model.colors(self.sky_samples), self.sky_visible, cams, renderer)
+            self._sky_range_cache = (key, sky.min(), sky.max())
+        return self._sky_range_cache[1], self._sky_range_cache[2]
 
     # ---------------------------------------------------------------------------- export
 
     def export(self, out_dir: Path, fmt: str) -> list[Path]:
-        """``ply``: one 3DGS PLY per input frame, ``point_cloud_t{k:03d}.ply``: the Gaussians of
-        ``gaussians(t_k)`` (static, lifespan-faded, plus frame k's dynamic ones). No sky."""
+        """``ply``: one 3DGS PLY per input image k, ``point_cloud_t{k:03d}.ply``: what image k's
+        camera sees (static Gaussians faded to its time, plus image k's own dynamic ones). No sky."""
         if fmt != "ply":
             raise InputError(f"dggt cannot export '{fmt}'; formats: {', '.join(self.export_formats)}")
         paths = []
         for k, t in enumerate(self.frame_times.tolist()):
             with torch.no_grad():
-                splats = splats_from_activated(self.gaussians(t))
+                splats = splats_from_activated(self._frame_gaussians(t, [k]))
             paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_t{k:03d}.ply", splats))
         return paths
+
+
+def _dggt_composite(rgb: Tensor, alpha: Tensor, sky: Tensor) -> Tensor:
+    """DGGT's compositing (train.py and inference.py): ``alpha * rgb + (1 - alpha) * sky`` with the
+    rasteriser's rgb, which is already weighted by alpha (gsplat's output)."""
+    return alpha * rgb + (1.0 - alpha) * sky
+
+
+def _resize_view(view: View, plan: ResizePlan) -> None:
+    """Resize one view in place to ``plan`` (image bicubic; masks nearest; depth nearest; other
+    per-pixel data dropped, it has no meaning at the new size)."""
+    if (plan.width, plan.height) == (view.width, view.height) and plan.crop_top == 0:
+        return
+    cam = view.camera
+    view.camera = Cameras(K=plan.K_to_network(cam.K), c2w=cam.c2w, width=torch.tensor([plan.width]),
+                          height=torch.tensor([plan.height]), distortion=cam.distortion, times=cam.times)
+    image = view._image  # the lazy source: read when needed, like the loaders' views
+    view.image = lambda: resize_images(_read(image)[None].float(), plan)[0].permute(1, 2, 0)
+    for name in ("sky_mask", "dynamic_mask", "object_mask"):
+        if view.has(name):
+            src = getattr(view, "_" + name)
+            setattr(view, name, (lambda src=src: resize_masks(_read(src)[None].bool(), plan)[0]))
+    if view.has("depth"):
+        depth = view._depth
+        view.depth = lambda: torch.nn.functional.interpolate(
+            _read(depth)[None, None].float(), size=(plan.resized_height, plan.width), mode="nearest-exact"
+        )[0, 0, plan.crop_top : plan.crop_top + plan.height]
+    view.alpha = None
+    view.confidence = None
+
+
+def _read(value: object) -> Tensor:
+    return value() if callable(value) else value  # type: ignore[return-value]
 
 
 def _input_frames(data: Scene | Video, max_frames: int) -> tuple[list[View], Tensor, Tensor | None, Tensor]:

@@ -67,6 +67,11 @@ class SkyModel(nn.Module):
     def sample(self, images: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tensor]:
         """Mean colour of each hemisphere point over the input views that see it.
 
+        As DGGT's ``Projector.compute``: a point projecting to (u, v) counts in a view when it is in
+        front and 0 ≤ u ≤ W − 1, 0 ≤ v ≤ H − 1; its colour is read with ``grid_sample`` at
+        (2u / (W − 1) − 1, 2v / (H − 1) − 1), ``align_corners=False``, zero padding (the
+        original's pairing of the two conventions, kept so the published sky MLP sees what it saw).
+
         Args:
             images: [S, 3, H, W] in [0, 1]; viewmats [S, 4, 4] world→camera; Ks [S, 3, 3].
         Returns:
@@ -74,9 +79,10 @@ class SkyModel(nn.Module):
         """
         S, _, H, W = images.shape
         uv, z = project_points(self.bg_pcd, Ks.to(self.bg_pcd), viewmats.to(self.bg_pcd))
-        inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
-        grid = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], dim=-1)[:, None]  # [S, 1, P, 2]
-        rgb = F.grid_sample(images, grid.to(images.dtype), align_corners=False, padding_mode="border")[:, :, 0]  # [S, 3, P]
+        uv = uv.clamp(-1e6, 1e6)
+        inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= H - 1)
+        grid = torch.stack([2 * uv[..., 0] / (W - 1) - 1, 2 * uv[..., 1] / (H - 1) - 1], dim=-1)[:, None]  # [S, 1, P, 2]
+        rgb = F.grid_sample(images, grid.to(images.dtype), align_corners=False)[:, :, 0]  # [S, 3, P]
         w = inside.to(rgb.dtype)
         mean = (rgb * w[:, None]).sum(0).T / w.sum(0).clamp_min(1)[:, None]  # [P, 3]
         visible = inside.any(0)

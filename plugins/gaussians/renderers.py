@@ -6,11 +6,15 @@ Both take any representation providing "gaussians-3d" and share the same batchin
 * Gaussians come from ``rep.gaussians(time)``. For a representation providing "dynamic",
   camera i is rendered at ``cameras.times[i]``, else at ``time=None``; cameras sharing a time
   share one ``gaussians()`` call. A static representation is asked once, with ``time=None``.
+  A representation whose Gaussians depend on the camera itself (dggt: each input image has its
+  own dynamic Gaussians, so three cameras at one time differ) defines
+  ``gaussians_for_cameras(cameras) -> [(camera indices, Gaussians3D), ...]`` instead.
 * Cameras are rendered in groups of equal (time, height, width). When sizes differ inside one
   batch the outputs are zero-padded at the bottom/right to the largest size (alpha = 0 there).
 * Background: the representation's ``Gaussians3D.background(cameras)`` image when it has one
   (scene content, e.g. a sky model), otherwise the ``background`` colour [3] (or [N, 3]),
-  otherwise black; composited as ``rgb + (1 - alpha) * background``.
+  otherwise black; composited as ``rgb + (1 - alpha) * background``, or by the Gaussians'
+  ``composite`` callable when they carry one (dggt: ``alpha * rgb + (1 - alpha) * sky``).
 * ``info`` (for densification strategies, gsplat's shape) holds ``means2d`` [C, N, 2] and
   ``radii`` [C, N, 2] of ``rep.splats``' rows, ``width``, ``height``, ``n_cameras`` when the
   cameras form one group and the Gaussians are every row of the splats; else it is empty.
@@ -62,21 +66,28 @@ def render_gaussian_batches(
     if cameras is None or len(cameras) == 0:
         raise InputError("Gaussian renderers need cameras to render")
     n = len(cameras)
-    dynamic = "dynamic" in getattr(rep, "provides", frozenset())
-    frame_times = cameras.times
-    time_of = [None] * n
-    if dynamic and frame_times is not None:
-        time_of = [float(t) for t in frame_times.reshape(-1).tolist()]
-    groups: dict[tuple, list[int]] = {}
-    for i in range(n):
-        groups.setdefault((time_of[i], int(cameras.height[i]), int(cameras.width[i])), []).append(i)
+    sources: list[tuple[list[int], Gaussians3D]] = []
+    per_camera = getattr(rep, "gaussians_for_cameras", None)
+    if callable(per_camera):  # Gaussians that depend on the camera, not only on its time (dggt)
+        sources = list(per_camera(cameras))
+    else:
+        dynamic = "dynamic" in getattr(rep, "provides", frozenset())
+        time_of: list[float | None] = [None] * n
+        if dynamic and cameras.times is not None:
+            time_of = [float(t) for t in cameras.times.reshape(-1).tolist()]
+        by_time: dict[float | None, list[int]] = {}
+        for i in range(n):
+            by_time.setdefault(time_of[i], []).append(i)
+        sources = [(index, rep.gaussians(time)) for time, index in by_time.items()]
+    groups: list[tuple[list[int], Gaussians3D]] = []
+    for index, gauss in sources:
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i in index:
+            by_size.setdefault((int(cameras.height[i]), int(cameras.width[i])), []).append(i)
+        groups += [(sub, gauss) for sub in by_size.values()]
 
-    cache: dict[float | None, Gaussians3D] = {}
     parts: list[tuple[list[int], Tensor, Tensor, Tensor]] = []
-    for (time, _, _), index in groups.items():
-        if time not in cache:
-            cache[time] = rep.gaussians(time)
-        gauss = cache[time]
+    for index, gauss in groups:
         cams = cameras[index].to(gauss.means.device)
         info: dict = {}
         rgb, alpha, depth = rasterize(gauss, cams, info if len(groups) == 1 and gauss.rows is None else {})
@@ -89,7 +100,7 @@ def render_gaussian_batches(
         else:
             bg = None
         if bg is not None:
-            rgb = rgb + (1.0 - alpha) * bg
+            rgb = gauss.composite(rgb, alpha, bg) if gauss.composite is not None else rgb + (1.0 - alpha) * bg
         parts.append((index, rgb, alpha, depth))
 
     if len(parts) == 1 and parts[0][0] == list(range(n)):

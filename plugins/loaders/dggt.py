@@ -4,12 +4,16 @@
 which follows drivestudio)::
 
     <scene>/images/{t:03d}_{cam}.jpg          frame t of camera cam (Waymo: 0 front, 1 front-left, ...)
-    <scene>/sky_masks/{t:03d}_{cam}.png       255 = sky
-    <scene>/fine_dynamic_masks/all/{t:03d}_{cam}.png   255 = dynamic object (optional)
+    <scene>/sky_masks/{t:03d}_{cam}.png       255 = sky (.png, .jpg or .jpeg, as DGGT reads both)
+    <scene>/fine_dynamic_masks/all/{t:03d}_{cam}.png   255 = dynamic object (optional; .png/.jpg/.jpeg)
     <scene>/ego_pose/{t:03d}.txt              4x4 vehicle-to-world (optional)
     <scene>/extrinsics/{cam}.txt              4x4 camera-to-vehicle, Waymo camera axes
                                               (x forward, y left, z up) (optional)
     <scene>/intrinsics/{cam}.txt              9 numbers f_u f_v c_u c_v k1 k2 p1 p2 k3 (optional)
+
+DGGT's data root (``--image_dir`` of its scripts: ``<root>/<scene>/images/...``, scenes named
+``000``, ``001``, ...) loads too: ``scene`` picks the scene folder (needed when there are several).
+Masks are read at threshold 0.5, so JPEG noise around 0 and 255 changes nothing.
 
 With ego poses and extrinsics, c2w = inv(ego_pose[first]) @ ego_pose[t] @ extrinsic[cam] @ W,
 where W turns OpenCV camera axes into Waymo ones (x_w = z_cv, y_w = -x_cv, z_w = -y_cv); the
@@ -92,6 +96,25 @@ def _street_json(path: Path) -> bool:
         return False
 
 
+_MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _mask_file(folder: Path, stem: str) -> Path:
+    """``folder/stem`` with the first mask suffix present (.png, .jpg, .jpeg), else the .png name
+    (so a missing mask is reported under the name DGGT's layout uses first)."""
+    for suffix in _MASK_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return folder / f"{stem}.png"
+
+
+def _scene_folders(path: Path) -> list[Path]:
+    """Scene folders of a DGGT data root (sub-folders holding images/ in DGGT's naming)."""
+    if not path.is_dir() or (path / "images").is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and _dggt_images(p))
+
+
 def _dggt_images(path: Path) -> dict[tuple[int, int], Path]:
     """{(t, cam): image} of a DGGT scene folder."""
     folder = path / "images"
@@ -116,6 +139,8 @@ class DggtConfig:
                                            "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
     unknown_fov_deg: float = option(60.0, "horizontal field of view assumed when intrinsics/ is missing", min=1e-6, max=179.999)
     scene_radius: float = option(30.0, "minimum bounds radius in metres around the camera path", min=0)
+    scene: str | None = option(None, "DGGT data root (<root>/<scene>/images): the scene folder to load, e.g. 000 "
+                                     "(default: the only one)")
     strict: bool = option(False, "transforms.json streets: stop with an error at a frame whose image file is missing "
                                  "(default: skip such frames with one warning)")
 
@@ -132,9 +157,24 @@ class DggtLoader(Loader):
         path = Path(path)
         if not path.is_dir():
             return 0
-        if _dggt_images(path):
+        if _dggt_images(path) or _scene_folders(path):
             return 20
         return 20 if _street_json(path) else 0
+
+    def _scene_dir(self, path: Path) -> Path:
+        """``path`` itself, or the chosen scene of a DGGT data root."""
+        scenes = _scene_folders(path)
+        if not scenes:
+            return path
+        names = [p.name for p in scenes]
+        if self.config.scene is not None:
+            if self.config.scene not in names:
+                raise InputError(f"no scene '{self.config.scene}' here (scenes: {', '.join(names[:10])})", path)
+            return path / self.config.scene
+        if len(scenes) > 1:
+            raise InputError(f"a DGGT data root with {len(scenes)} scenes ({', '.join(names[:10])}): choose one with "
+                             f"--set {self.name}.scene=NAME", path)
+        return scenes[0]
 
     def _select(self, indices: list[int]) -> list[int]:
         c = self.config
@@ -157,6 +197,7 @@ class DggtLoader(Loader):
         path = Path(path)
         if not path.is_dir():
             raise InputError("a driving dataset must be a folder", path)
+        path = self._scene_dir(path)
         if _dggt_images(path):
             frames, known = self._dggt_frames(path)
         elif (path / "transforms.json").is_file():
@@ -225,8 +266,8 @@ class DggtLoader(Loader):
                 else:
                     c2w = np.eye(4)
                 stem = f"{t:03d}_{cam}"
-                sky = path / "sky_masks" / f"{stem}.png"
-                dyn = path / "fine_dynamic_masks" / "all" / f"{stem}.png"
+                sky = _mask_file(path / "sky_masks", stem)
+                dyn = _mask_file(path / "fine_dynamic_masks" / "all", stem)
                 frames.append(
                     FrameSpec(
                         name=stem,

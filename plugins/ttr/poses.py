@@ -25,6 +25,7 @@ __all__ = [
     "se3_exp",
     "rigid_inverse",
     "apply_corrections",
+    "correction_matrix",
     "rotation_angle_deg",
     "pose_errors",
     "align_rigid",
@@ -32,15 +33,31 @@ __all__ = [
 """``skew``, ``so3_exp``, ``se3_exp`` and ``rigid_inverse`` are :mod:`recon_core.geometry`'s, re-exported."""
 
 
-def apply_corrections(c2w: Tensor, xi: Tensor) -> Tensor:
+def correction_matrix(xi: Tensor, mapping: str = "se3") -> Tensor:
+    """[N, 4, 4] rigid transform of corrections ``xi`` [N, 6]: ``se3``: the SE(3) exponential;
+    ``fork``: ``[so3_exp(omega) | tau]``, rotation and translation taken apart, as the DGGT-TTR
+    fork's ``se3_to_SE3`` builds it (the two agree to first order at zero)."""
+    if mapping == "se3":
+        return se3_exp(xi)
+    if mapping != "fork":
+        raise ValueError(f"unknown pose mapping '{mapping}' (se3, fork)")
+    T = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
+    T[..., :3, :3] = so3_exp(xi[..., :3])
+    T[..., :3, 3] = xi[..., 3:]
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def apply_corrections(c2w: Tensor, xi: Tensor, mapping: str = "se3") -> Tensor:
     """Corrected camera-to-world [N, 4, 4] from ``c2w`` [N, 4, 4] and twists ``xi`` [N, 6].
 
-    ``w2c' = se3_exp(xi) @ w2c`` (left-multiplied onto world-to-camera; see module doc).
-    Computed in float64 and returned in ``c2w``'s dtype; differentiable w.r.t. ``xi``.
+    ``w2c' = T(xi) @ w2c`` (left-multiplied onto world-to-camera; see module doc), ``T`` from
+    :func:`correction_matrix`. Computed in float64 and returned in ``c2w``'s dtype;
+    differentiable w.r.t. ``xi``.
     """
     assert c2w.shape[-2:] == (4, 4) and xi.shape[-1] == 6 and c2w.shape[:-2] == xi.shape[:-1]
     w2c = rigid_inverse(c2w.double())
-    return rigid_inverse(se3_exp(xi.double()) @ w2c).to(c2w.dtype)
+    return rigid_inverse(correction_matrix(xi.double(), mapping) @ w2c).to(c2w.dtype)
 
 
 def rotation_angle_deg(R_a: Tensor, R_b: Tensor) -> Tensor:

@@ -1,0 +1,361 @@
+"""Parity of recon's ``dggt`` and ``ttr.preset=fork`` with the original code, run side by side.
+
+    python benchmarks/dggt_parity.py --reference /tmp/ref-dggt [--ttr-reference /tmp/ref-ttr] [--write-docs]
+
+``--reference`` is a checkout of xiaomi-research/dggt, ``--ttr-reference`` one of the TTR fork
+(Shilin-Zhao/dggt-ttr), both outside this repository (obtain them yourself; nothing of them is
+copied here). What runs, for one fixed seed:
+
+1. **Network.** The original ``VGGT`` is built at recon's ``tiny`` size (its constructors take
+   the sizes they hard-code from the names patched here at run time: DINOv2 factory, aggregator
+   depth/heads, DPT widths, camera trunk, track head, sky resolution), recon's random ``tiny``
+   state dict is loaded into it *strictly* (same key names), and every head output (pose
+   encoding, depth + confidence, Gaussian map, lifespans, dynamic logits, world points +
+   confidence, semantic logits) is compared with recon's ``DGGTNetwork`` on the same frames
+   (2 times x 3 cameras, DGGT's (time, camera) order).
+2. **Gaussians and frames.** The original's mode-2 split (the lines of ``inference.py`` main(),
+   restated with its ``get_split_gs`` / ``unproject_depth_map_to_point_map`` /
+   ``pose_encoding_to_extri_intri``) and the fork's ``render_all_frames`` (static + per-image
+   dynamic Gaussians, lifespan fading, sky model, min-max sky normalisation,
+   ``alpha * rgb + (1 - alpha) * sky``) against recon's ``dggt`` representation rendered by
+   recon's renderer: the Gaussians each view gets and the rendered frames.
+3. **One TTR step** (``--ttr-reference``): the fork's ``RefinementTrainer.optimize_stage`` for one
+   step of its stage 2 (pose at 0.1 x lr, opacity / colour / rotation / scale) against one step of
+   recon's ``ttr`` with ``preset=fork``: the loss and the refined Gaussians.
+
+gsplat's ``rasterization`` is CUDA-only; on a CPU both sides draw with recon's ``torch-3dgs``
+rasteriser, passed to the original code in place of gsplat's (gsplat's own agreement with it
+is tested in tests/test_gaussians_renderers.py on CUDA). Modules the original imports but this
+path never calls (open3d, matplotlib, difix, the TAPIP3D tracker) are stubbed. The original
+needs kornia and scikit-learn; install them into a throwaway venv
+(``python3 -m venv /tmp/venv-dggt --system-site-packages``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import types
+from functools import partial
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from recon_core import Bounds, Cameras, RunContext, Scene, View  # noqa: E402
+from recon_plugins.dggt import DGGTConfig, DGGTRepresentation  # noqa: E402
+from recon_plugins.dggt.network import DGGT_SIZES, DGGTNetwork  # noqa: E402
+from recon_plugins.gaussians.rasterize import rasterize_gaussians  # noqa: E402
+from recon_plugins.gaussians.renderers import TorchGaussianRenderer  # noqa: E402
+
+TIMES, VIEWS, H, W = 2, 3, 28, 56
+TOL = 1e-5
+
+
+def _stub(name: str, **attrs: object) -> None:
+    if name in sys.modules:
+        return
+    try:
+        importlib.import_module(name)
+        return
+    except Exception:  # noqa: BLE001 - absent: stub it
+        pass
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    parent, _, child = name.rpartition(".")
+    if parent:
+        _stub(parent)
+        setattr(sys.modules[parent], child, mod)
+
+
+def cpu_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, render_mode="RGB", **_: object):
+    """gsplat.rendering.rasterization's signature over recon's torch-3dgs rasteriser (CPU)."""
+    rgb, alpha, depth = rasterize_gaussians(means, quats, scales, opacities, viewmats, Ks, int(width), int(height), colors=colors)
+    out = torch.cat([rgb, depth], dim=-1) if render_mode == "RGB+ED" else rgb
+    return out, alpha, {}
+
+
+def load_reference(path: Path, ttr_path: Path | None) -> dict[str, object]:
+    """Import the original's modules (and the fork's TTR script) with CPU rasterisation."""
+    import gsplat
+    import gsplat.rendering
+
+    gsplat.rendering.rasterization = cpu_rasterization
+    gsplat.rasterization = cpu_rasterization
+    for name in ("open3d", "matplotlib", "matplotlib.pyplot", "matplotlib.cm", "third_party.difix.infer",
+                 "third_party.TAPIP3D.utils.inference_utils"):
+        _stub(name, process_images_with_difix=None, load_model=None, read_video=None, inference=None,
+              get_grid_queries=None, resize_depth_bilinear=None)
+    for p in [p for p in (ttr_path, path) if p is not None]:
+        sys.path.insert(0, str(p))
+    out: dict[str, object] = {
+        "vggt": importlib.import_module("dggt.models.vggt"),
+        "aggregator": importlib.import_module("dggt.models.aggregator"),
+        "vit": importlib.import_module("dggt.layers.vision_transformer"),
+        "pose_enc": importlib.import_module("dggt.utils.pose_enc"),
+        "geometry": importlib.import_module("dggt.utils.geometry"),
+        "gs": importlib.import_module("dggt.utils.gs"),
+    }
+    if ttr_path is not None:
+        spec = importlib.util.spec_from_file_location("inference_refine_mode2", ttr_path / "inference_refine_mode2.py")
+        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        mod.rasterization = cpu_rasterization
+        out["ttr"] = mod
+    return out
+
+
+def build_original_tiny(ref: dict[str, object]) -> torch.nn.Module:
+    """The original VGGT at recon's tiny size (its constructors' hard-coded sizes patched)."""
+    t = DGGT_SIZES["tiny"]
+    V, A, VT = ref["vggt"], ref["aggregator"], ref["vit"]
+    A.vit_large = lambda patch_size=16, num_register_tokens=0, **kw: VT.DinoVisionTransformer(  # type: ignore[attr-defined]
+        patch_size=patch_size, embed_dim=t.embed_dim, depth=t.dino_depth, num_heads=t.num_heads, mlp_ratio=4,
+        block_fn=partial(VT.Block, attn_class=VT.MemEffAttention), num_register_tokens=num_register_tokens, **kw)
+    dpt = dict(features=t.dpt_features, out_channels=list(t.dpt_out_channels), intermediate_layer_idx=list(t.dpt_layers))
+    originals = {n: getattr(V, n) for n in ("Aggregator", "CameraHead", "DPTHead", "GaussianHead", "TrackHead", "SkyGaussian")}
+    V.Aggregator = partial(originals["Aggregator"], depth=t.depth, num_heads=t.num_heads)  # type: ignore[attr-defined]
+    V.CameraHead = partial(originals["CameraHead"], trunk_depth=t.camera_trunk_depth, num_heads=t.camera_num_heads)  # type: ignore[attr-defined]
+    V.DPTHead = partial(originals["DPTHead"], **dpt)  # type: ignore[attr-defined]
+    V.GaussianHead = partial(originals["GaussianHead"], **dpt)  # type: ignore[attr-defined]
+    V.TrackHead = partial(originals["TrackHead"], features=t.track_features, hidden_size=t.track_hidden,  # type: ignore[attr-defined]
+                          corr_levels=t.track_corr_levels)
+    V.SkyGaussian = partial(originals["SkyGaussian"], resolution=t.sky_resolution, radius=t.sky_radius)  # type: ignore[attr-defined]
+    track = importlib.import_module("dggt.heads.track_head")
+    track_dpt = track.DPTHead  # type: ignore[attr-defined]
+    track.DPTHead = partial(track_dpt, out_channels=list(t.dpt_out_channels), intermediate_layer_idx=list(t.dpt_layers))  # type: ignore[attr-defined]
+    try:
+        net = V.VGGT(img_size=t.img_size, patch_size=t.patch_size, embed_dim=t.embed_dim)  # type: ignore[attr-defined]
+        pe = net.aggregator.patch_embed
+        every = pe.get_intermediate_layers  # the aggregator asks for n=24, every block of ViT-L: here every block
+        pe.get_intermediate_layers = lambda x, n=1, **kw: every(x, n=min(n, len(pe.blocks)) if isinstance(n, int) else n, **kw)
+        return net
+    finally:
+        for n, f in originals.items():
+            setattr(V, n, f)
+        track.DPTHead = track_dpt  # type: ignore[attr-defined]
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    if a.shape != b.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} != {tuple(b.shape)}")
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _spread(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Max, 99.9th percentile and share above TOL of |a - b| (for renders and Adam steps, where a
+    few values amplify float noise: an edge pixel, a parameter whose gradient is near Adam's eps)."""
+    d = (a.detach().float() - b.detach().float()).abs().flatten()
+    return {"max": float(d.max()), "p99.9": float(torch.quantile(d[: 2**24], 0.999)), "share_above_tol": float((d > TOL).float().mean())}
+
+
+def _frames(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T*V, H, W, 3] smooth random frames in DGGT's (time, camera) order, and sky masks (top rows)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(TIMES * VIEWS, 3, 4, 7, generator=g)
+    img = torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)
+    img = (img + 0.05 * torch.rand(img.shape, generator=g)).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    sky = torch.zeros(TIMES * VIEWS, H, W, dtype=torch.bool)
+    sky[:, :5] = True
+    return img, sky
+
+
+def compare_network(ref: dict[str, object], ours: DGGTNetwork, orig: torch.nn.Module, images: torch.Tensor) -> tuple[dict, dict]:
+    x = images.permute(0, 3, 1, 2)[None]
+    with torch.no_grad():
+        theirs = orig(x)
+        mine = ours(x, heads=("depth", "point", "gs", "instance", "semantic"))
+    gs = theirs["gs_map"]
+    pairs = {
+        "pose_enc": (mine.pose_enc, theirs["pose_enc"]),
+        "depth": (mine.depth, theirs["depth"]),
+        "depth_conf": (mine.depth_conf, theirs["depth_conf"]),
+        "gs_map": (mine.gs_map, gs),
+        "lifespan (gs_conf)": (mine.lifespan, theirs["gs_conf"]),
+        "dynamic_logit": (mine.dynamic_logit, theirs["dynamic_conf"][..., 0]),
+        "world_points": (mine.world_points, theirs["world_points"]),
+        "world_points_conf": (mine.world_points_conf, theirs["world_points_conf"]),
+        "semantic_logits": (mine.semantic_logits, theirs["semantic_logits"]),
+    }
+    return {k: _maxdiff(a, b) for k, (a, b) in pairs.items()}, theirs
+
+
+def original_mode2(ref: dict[str, object], theirs: dict, images: torch.Tensor, sky: torch.Tensor) -> dict[str, object]:
+    """inference.py main(), mode 2, from the predictions to the per-image Gaussians (its own functions)."""
+    pe, geo, gsu = ref["pose_enc"], ref["geometry"], ref["gs"]
+    ext, intr = pe.pose_encoding_to_extri_intri(theirs["pose_enc"], (H, W))  # type: ignore[attr-defined]
+    extrinsic = torch.cat([ext[0], torch.tensor([0.0, 0, 0, 1]).view(1, 1, 4).expand(ext.shape[1], 1, 4)], dim=1)
+    intrinsic = intr[0]
+    point_map = torch.from_numpy(geo.unproject_depth_map_to_point_map(theirs["depth"][0], ext[0], intr[0])[None]).float()  # type: ignore[attr-defined]
+    gs_map, gs_conf, dy_map = theirs["gs_map"], theirs["gs_conf"], theirs["dynamic_conf"].squeeze(-1)
+    if dy_map.ndim == 5:  # instance head: 2 channels; inference.py squeezes a size-1 last axis only
+        dy_map = dy_map[..., 0]
+    bg_mask = ~sky[None]
+    idx = torch.arange(TIMES)
+    timestamps = (idx / idx[-1] * (TIMES / 4)).repeat_interleave(VIEWS).float()
+    static_mask = bg_mask & (dy_map < 0.5)
+    rgbs, opac, scales, rots = gsu.get_split_gs(gs_map, static_mask)  # type: ignore[attr-defined]
+    static = {"points": point_map[static_mask].reshape(-1, 3), "rgbs": rgbs, "opacity": opac * (1 - dy_map[static_mask].sigmoid()),
+              "scales": scales, "rotations": rots, "gs_conf": gs_conf[static_mask]}
+    gs_timestamps = timestamps[torch.nonzero(static_mask, as_tuple=False)[:, 1]]
+    dynamic = []
+    for i in range(dy_map.shape[1]):
+        m = bg_mask[:, i]
+        r, o, s, q = gsu.get_split_gs(gs_map[:, i], m)  # type: ignore[attr-defined]
+        dynamic.append({"points": point_map[:, i][m].reshape(-1, 3), "rgbs": r, "opacity": o * dy_map[:, i][m].sigmoid(),
+                        "scales": s, "rotations": q})
+    return {"static": static, "dynamic": dynamic, "timestamps": timestamps, "gs_timestamps": gs_timestamps,
+            "extrinsic": extrinsic, "intrinsic": intrinsic}
+
+
+def _sorted_rows(means: torch.Tensor, *cols: torch.Tensor) -> list[torch.Tensor]:
+    """Rows as they are: both sides list static Gaussians in (image, row, column) mask order, then
+    the image's dynamic ones (recon keeps the original's order, so no matching is needed)."""
+    return [means, *cols]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference", type=Path, required=True, help="checkout of xiaomi-research/dggt")
+    ap.add_argument("--ttr-reference", type=Path, help="checkout of Shilin-Zhao/dggt-ttr (for the TTR step and render_all_frames)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for p in [args.reference] + ([args.ttr_reference] if args.ttr_reference else []):
+        if not (p / "dggt" / "models" / "vggt.py").is_file():
+            print(f"error: {p} is not a DGGT checkout (no dggt/models/vggt.py)", file=sys.stderr)
+            return 2
+    ref = load_reference(args.reference.resolve(), args.ttr_reference.resolve() if args.ttr_reference else None)
+    report: dict[str, object] = {"commits": {}}
+    for name, p in (("dggt", args.reference), ("dggt-ttr", args.ttr_reference)):
+        if p is not None:
+            rev = subprocess.run(["git", "-C", str(p), "rev-parse", "HEAD"], capture_output=True, text=True)
+            report["commits"][name] = rev.stdout.strip() or "(not a git checkout)"  # type: ignore[index]
+
+    # 1. network
+    torch.manual_seed(args.seed)
+    ours = DGGTNetwork("tiny").eval()
+    with torch.no_grad():  # fields of view pinned to ~1 rad: ReLU'd random ones may be 0 (as tests/conftest.py does)
+        ours.camera_head.pose_branch.fc2.weight[7:] = 0.0
+        ours.camera_head.pose_branch.fc2.bias[7:] = 1.0 / ours.camera_head.iterations
+    orig = build_original_tiny(ref).eval()
+    missing = orig.load_state_dict(ours.state_dict(), strict=True)
+    report["state_dict"] = {"keys": len(ours.state_dict()), "load": str(missing)}
+    images, sky = _frames(args.seed)
+    heads, theirs = compare_network(ref, ours, orig, images)
+    report["heads_max_abs_diff"] = heads
+
+    # 2. Gaussians and frames: the original's split + the fork's render_all_frames vs recon's dggt
+    o = original_mode2(ref, theirs, images, sky)
+    ckpt = Path("/tmp") / f"dggt_parity_tiny_{args.seed}.pt"
+    torch.save(ours.state_dict(), ckpt)
+    K0 = torch.tensor([[40.0, 0, W / 2], [0, 40.0, H / 2], [0, 0, 1]])
+    views = [View(f"{k:03d}_{c}", Cameras.create(K0, torch.eye(4), W, H, times=0.1 * k), images[k * VIEWS + c], "train",
+                  sky_mask=sky[k * VIEWS + c]) for c in range(VIEWS) for k in range(TIMES)]  # camera-major, as the loader
+    scene = Scene("parity", views, Bounds(torch.zeros(3), 10.0))
+    renderer = TorchGaussianRenderer()
+    ctx = RunContext(device=torch.device("cpu"), seed=args.seed, renderer=renderer, background=torch.zeros(3), log=lambda m: None)
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(ckpt), size="tiny", width=W, min_dynamic_opacity=0.0))
+    rep.build(scene, ctx)
+    cams = rep.cameras()
+    w2c = torch.linalg.inv(cams.c2w)
+    report["cameras_max_abs_diff"] = {"world_to_camera": _maxdiff(w2c, o["extrinsic"]), "K": _maxdiff(cams.K, o["intrinsic"])}
+    st, ts = o["static"], o["timestamps"]
+    g_diff = {"count": 0.0, "means": 0.0, "opacities": 0.0, "colors": 0.0, "scales": 0.0}
+    for index, g in rep.gaussians_for_cameras(cams):
+        [i] = index
+        from recon_core.gaussians import sh_to_rgb
+
+        op = ref["ttr"].alpha_t(o["gs_timestamps"], ts[i], st["opacity"], gamma0=st["gs_conf"]) if "ttr" in ref else None  # type: ignore[attr-defined]
+        if op is None:
+            sigma = math.log(0.1) / (st["gs_conf"] ** 2 + 1e-6)
+            op = st["opacity"] * torch.exp(sigma * (ts[i] - o["gs_timestamps"]) ** 2)
+        d = o["dynamic"][i]
+        want = _sorted_rows(torch.cat([st["points"], d["points"]]), torch.cat([op, d["opacity"]]), torch.cat([st["rgbs"], d["rgbs"]]),
+                            torch.cat([st["scales"], d["scales"]]))
+        got = _sorted_rows(g.means.detach(), g.opacities.detach(), sh_to_rgb(g.sh[:, 0].detach()), g.scales.detach())
+        g_diff["count"] = max(g_diff["count"], abs(len(g) - len(want[0])))
+        if len(g) == len(want[0]):
+            for k, a, b in zip(("means", "opacities", "colors", "scales"), got, want):
+                g_diff[k] = max(g_diff[k], _maxdiff(a, b))
+    report["gaussians_max_abs_diff"] = g_diff
+    with torch.no_grad():
+        mine = renderer.render(rep, cams).rgb
+    if "ttr" in ref:
+        with torch.no_grad():
+            theirs_img, _, _ = ref["ttr"].render_all_frames(  # type: ignore[attr-defined]
+                st, o["dynamic"], ts, o["gs_timestamps"], o["extrinsic"], o["intrinsic"], H, W, orig.sky_model,
+                images.permute(0, 3, 1, 2)[None])
+        report["frames_max_abs_diff"] = _maxdiff(mine, theirs_img.permute(0, 2, 3, 1))
+        report["frames_abs_diff"] = _spread(mine, theirs_img.permute(0, 2, 3, 1))
+
+        # 3. one TTR step: the fork's stage 2 (pose at 0.1 x lr + Gaussians) vs recon's ttr preset=fork
+        report["ttr_step"] = compare_ttr_step(ref, o, orig, images, sky, rep, scene, ctx)
+    worst = max([v for v in heads.values()] + [v for v in report["cameras_max_abs_diff"].values()]  # type: ignore[union-attr]
+                + [v for k, v in g_diff.items()] + [report.get("frames_max_abs_diff", 0.0)]  # type: ignore[list-item]
+                + [v for k, v in report.get("ttr_step", {}).items() if k.endswith("diff") and "after_step" not in k])  # type: ignore[union-attr]
+    report["worst"] = worst
+    report["pass"] = worst <= TOL
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if report["pass"] else 1
+
+
+def compare_ttr_step(ref: dict[str, object], o: dict, orig: torch.nn.Module, images: torch.Tensor, sky: torch.Tensor,
+                     rep: DGGTRepresentation, scene: Scene, ctx: RunContext) -> dict[str, float]:
+    from recon_core.gaussians import sh_to_rgb
+    from recon_plugins.ttr import TestTimeRefiner, TTRConfig
+
+    mod = ref["ttr"]
+    args = argparse.Namespace(enable_refinement=True, refine_pose=True, refine_gs=True, refine_xyz=False, refine_steps=1,
+                              refine_steps_pose=1, refine_steps_gs=1, refine_lr_pose=1e-4, refine_lr_opacity=0.05,
+                              refine_lr_color=0.003, refine_lr_rot=0.001, refine_lr_scales=1e-5, refine_lr_xyz=1e-4,
+                              pose_lr_factor_gs=0.1)
+    import logging
+
+    trainer = mod.RefinementTrainer(args, logging.getLogger("parity"), device="cpu")  # type: ignore[attr-defined]
+    losses: list[float] = []
+    compute = trainer.compute_loss
+
+    def spy(*a: object, **k: object) -> object:
+        out = compute(*a, **k)
+        losses.append(float(out[0]))
+        return out
+
+    trainer.compute_loss = spy
+    with torch.enable_grad():
+        _, best = trainer.optimize_stage(
+            images.permute(0, 3, 1, 2), o["static"], [dict(d) for d in o["dynamic"]], o["timestamps"], o["gs_timestamps"],
+            o["extrinsic"], o["intrinsic"], H, W, orig.sky_model, images.permute(0, 3, 1, 2)[None],
+            refine_pose_flag=True, refine_gs_flag=True, lr_pose_override=1e-4 * 0.1, num_steps=1,
+            loss_mask=(~sky).float())
+    ttr = TestTimeRefiner(TTRConfig(preset="fork", steps_pose=0, steps_gs=1, lpips=False))
+    ttr.setup(rep, scene, ctx)
+    logs = ttr.step(0)
+    sp = rep.splats
+    static = ~sp["dynamic"]
+    got = _sorted_rows(sp["means"].detach()[static], torch.sigmoid(sp["opacities"].detach()[static]),
+                       sh_to_rgb(sp["sh0"].detach()[static, 0]), torch.exp(sp["scales"].detach()[static]),
+                       torch.nn.functional.normalize(sp["quats"].detach()[static], dim=-1))
+    want = _sorted_rows(best["points"], best["opacity"], best["rgbs"], best["scales"], torch.nn.functional.normalize(best["rotations"], dim=-1))
+    out = {"loss_ours": float(logs["loss"]), "loss_fork": losses[0], "loss_diff": abs(float(logs["loss"]) - losses[0])}
+    for k, a, b in zip(("means", "opacities", "colors", "scales", "quats"), got, want):
+        out[f"{k}_after_step_diff"] = _maxdiff(a, b)
+        out[f"{k}_after_step_spread"] = _spread(a, b)  # type: ignore[assignment]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -540,10 +540,16 @@ def export(ctx: click.Context, run_dir: Path, fmt: str, out: Path | None) -> Non
 
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--build", is_flag=True,
+              help="Compile the plugins' C++ extensions for this environment now (else the first run does).")
 @click.pass_context
-def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the environment: Python, torch, CUDA, gsplat, tinycudann, LPIPS and plugin weights."""
-    report = _doctor_report(_registry(ctx))
+def doctor(ctx: click.Context, as_json: bool, build: bool) -> None:
+    """Check the environment: Python, torch, CUDA, gsplat, tinycudann, LPIPS, plugin weights and
+    the compiled extensions (``--build`` compiles those not built yet)."""
+    reg = _registry(ctx)
+    if build:
+        _build_extensions(reg, quiet=as_json)
+    report = _doctor_report(reg)
     if as_json:
         _echo_json(report)
         return
@@ -559,6 +565,10 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         mark = "[green]present[/green]" if w["present"] else "[red]missing[/red]"
         console.print(f"{w['kind']} {w['component']}: {w['description']}: {mark} at {w['path']}"
                       + ("" if w["present"] else f" (get it from {w['source']})"))
+    for e in report["extensions"]:
+        mark = "[green]built[/green]" if e["built"] else "[yellow]not built[/yellow]"
+        console.print(f"C++ extension {e['name']}: {mark}" + (f" in {e['folder']}" if e["built"] else
+                      " (built on first use; `recon doctor --build` builds it now)"), highlight=False)
     p = report["plugins"]
     console.print(f"plugins: {p['ok']} components ok; problems: {len(p['problems'])}", highlight=False)
     for line in p["problems"]:
@@ -604,9 +614,45 @@ def _doctor_report(reg: Registry) -> dict[str, Any]:
             weights.append({"component": row.name, "kind": row.kind, "description": w.description,
                             "path": str(w.path), "source": w.source, "present": w.present})
     report["weights"] = weights
+    report["extensions"] = _extension_status(reg)
     problems = [f"{r.kind} {r.name}: {r.status} ({r.detail})" for r in reg.rows() if r.status != Status.OK]
     report["plugins"] = {"ok": sum(r.status == Status.OK and r.cls is not None for r in reg.rows()), "problems": problems}
     return report
+
+
+def _extension_status(reg: Registry) -> list[dict[str, Any]]:
+    """The C++ extensions the loaded plugins declare, and whether this environment has a build."""
+    from recon_core.cpp_extension import cpp_disabled, declared_extensions
+
+    reg.rows()  # imports every plugin, which declares its extensions
+    out = []
+    for ext in declared_extensions():
+        folder = ext.cached_build()
+        out.append({"name": ext.name, "built": folder is not None, "folder": str(folder) if folder else None,
+                    "disabled": cpp_disabled()})
+    return out
+
+
+def _build_extensions(reg: Registry, quiet: bool) -> None:
+    """``doctor --build``: build every declared extension; a failure is exit 1 naming it."""
+    from recon_core.cpp_extension import cpp_disabled, declared_extensions
+
+    reg.rows()
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    if cpp_disabled():
+        raise InputError("RECON_NO_CPP is set: unset it to build the C++ extensions")
+    failed = []
+    for ext in declared_extensions():
+        result = ext.build(say=say)
+        if result.module is None:
+            failed.append(f"{ext.name} ({result.reason})")
+            say(f"{ext.name}: could not be built: {result.reason}")
+        else:
+            say(f"{ext.name}: " + (f"built in {result.seconds:.0f} s" if result.compiled else "already built")
+                + f" ({result.folder})")
+    if failed:
+        raise ReconError(f"{len(failed)} C++ extension(s) could not be built: {'; '.join(failed)}. recon still works "
+                         f"with the slower pure-PyTorch paths; RECON_CPP_VERBOSE=1 shows the compiler output")
 
 
 def _lpips_status(reg: Registry) -> dict[str, Any]:

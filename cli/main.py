@@ -464,10 +464,12 @@ def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], dev
     """Re-evaluate a run folder from its latest checkpoint (rewrites metrics.json)."""
     from recon_core.restore import restore_run
     from recon_core.rundir import RunDir, read_json
+    from recon_core.threads import torch_threads
 
     folder = RunDir.open(run_dir)
     restored = restore_run(_registry(ctx), folder, device=device, evaluators=list(evaluators) if evaluators else None)
-    doc = restored.evaluate()
+    with torch_threads(restored.spec.options.threads):
+        doc = restored.evaluate()
     if folder.metrics_path.exists():
         previous = read_json(folder.metrics_path, "metrics")
         doc["refiners"] = previous.get("refiners", {})
@@ -486,13 +488,21 @@ def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], dev
 @click.pass_context
 def render(ctx: click.Context, run_dir: Path, cameras: str, frames: int, fps: float, out: Path | None, device: str | None) -> None:
     """Render a run's representation from chosen cameras to PNGs and renders.mp4."""
-    from recon_core.restore import orbit_cameras, read_cameras_file, render_to_folder, restore_run
+    from recon_core.restore import restore_run
     from recon_core.rundir import RunDir
-    from recon_core.scene import Scene
+    from recon_core.threads import torch_threads
 
     reg = _registry(ctx)
     folder = RunDir.open(run_dir)
     restored = restore_run(reg, folder, device=device, evaluators=["none"])
+    with torch_threads(restored.spec.options.threads):
+        _render_cameras(restored, folder, cameras, frames, fps, out)
+
+
+def _render_cameras(restored: Any, folder: Any, cameras: str, frames: int, fps: float, out: Path | None) -> None:
+    from recon_core.restore import orbit_cameras, read_cameras_file, render_to_folder
+    from recon_core.scene import Scene
+
     data = restored.data
     label = Path(cameras).stem if cameras not in ("test", "train", "all", "orbit") else cameras
     target = out or folder.path / f"renders-{label}"

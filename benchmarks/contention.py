@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def _threads_used(threads: str) -> int:
 
 
 def _worker_d2gv(video_path: str, threads: str, frames: int, gaussians: int, repeats: int) -> dict[str, Any]:
+    import recon_core  # noqa: F401 - first, as in `recon`: it sets the OpenMP wait policy before torch loads
     import av
     import numpy as np
     import torch
@@ -130,7 +132,13 @@ def _run_worker(args: argparse.Namespace, task: str, threads: str) -> dict[str, 
            "--video", str(args.video), "--steps", str(args.steps), "--frames", str(args.frames),
            "--gaussians", str(args.gaussians), "--decode-repeats", str(args.decode_repeats)]
     load0, (busy0, total0) = _loadavg(), _proc_stat()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            proc.kill()
+            raise
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     busy1, total1 = _proc_stat()
     if out.returncode != 0:
         raise SystemExit(f"worker {task} threads={threads} failed:\n{out.stderr[-3000:]}")
@@ -154,6 +162,10 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("/work/shared/datasets/object"))
@@ -173,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker-threads", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind, so busy loops and workers are stopped
     if args.worker:
         if args.worker == "3dgs":
             result = _worker_3dgs(str(args.data), args.worker_threads, args.steps)

@@ -160,3 +160,14 @@ def test_a_run_uses_run_threads_and_restores_the_count(tmp_path, toy_registry):
     assert torch.get_num_threads() == before
     assert f"with {target} CPU threads" in (run_dir.path / "log.txt").read_text()
     assert doc["timings"]["refine_cpu"] >= 0.0 and "load_cpu" in doc["timings"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "lots"])
+def test_a_bad_run_threads_on_the_command_line_is_an_input_error(tmp_path, toy_registry, bad):
+    from conftest import write_toy_scene
+
+    from recon_core.resolve import resolve_run
+
+    data = write_toy_scene(tmp_path / "scene")
+    with pytest.raises(InputError, match="run.threads"):
+        resolve_run(toy_registry, data=data, representation="toy-grid", sets=[f"run.threads={bad}"])

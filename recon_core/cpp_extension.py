@@ -331,19 +331,37 @@ def _import_cached(name: str, folder: Path, key: str) -> ModuleType | None:
     return module
 
 
-_STALE_LOCK_S = 600.0
+_STALE_LOCK_S = 3600.0
+_BUILDER = "recon_builder.json"
 
 
 def _clear_stale_lock(folder: Path) -> None:
     """Remove torch's build lock left by a build that was killed (torch would wait on it
-    forever); a lock younger than ten minutes may belong to a build running now."""
+    forever): the lock is stale when the process that started the build (``recon_builder.json``)
+    is gone from this host, or when the lock is over an hour old. Then record
+    this process as the builder."""
     lock = folder / "lock"
     try:
-        if time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
-            lock.unlink()
-            _say(f"recon: removed a stale build lock {lock} (an interrupted build)")
+        if lock.exists():
+            builder = _read_json(folder / _BUILDER) or {}
+            same_host = builder.get("host") == platform.node() and isinstance(builder.get("pid"), int)
+            dead = same_host and not _alive(builder["pid"])
+            if dead or time.time() - lock.stat().st_mtime > _STALE_LOCK_S:  # no build takes an hour
+                lock.unlink()
+                _say(f"recon: removed the lock of an interrupted build in {folder}")
     except OSError:
         pass
+    _write_json(folder / _BUILDER, {"pid": os.getpid(), "host": platform.node()})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
 
 
 def _why(name: str, info: dict[str, Any]) -> str:

@@ -246,3 +246,27 @@ def test_doctor_build_failure_is_exit_1_naming_the_extension(tmp_path, monkeypat
     result = CliRunner().invoke(make_cli(Registry(entry_points=[])), ["doctor", "--build"])
     assert result.exit_code == 1
     assert "recon_test_doctor_bad" in result.output and "could not be built" in result.output
+
+
+def test_the_lock_of_a_killed_build_is_removed_but_not_a_live_one(tmp_path, fake_build):
+    """torch waits forever on the 'lock' file of a build that was killed; recon removes it
+    when the builder process is gone, and leaves a running builder's lock alone."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.cpp"
+    src.write_text("// v\n")
+    key, _ = cpp_extension.build_key("recon_test_lock", [src], ["-O3"], [])
+    folder = cpp_extension.cache_root() / f"recon_test_lock-{key}"
+    folder.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / "recon_builder.json").write_text(json.dumps({"pid": int(gone.stdout), "host": platform.node()}))
+    (folder / "lock").write_text("")
+    cpp_extension._clear_stale_lock(folder)
+    assert not (folder / "lock").exists()
+    assert json.loads((folder / "recon_builder.json").read_text())["pid"] == os.getpid()
+    (folder / "lock").write_text("")  # now held by a live process (this one)
+    cpp_extension._clear_stale_lock(folder)
+    assert (folder / "lock").exists()

@@ -464,10 +464,12 @@ def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], dev
     """Re-evaluate a run folder from its latest checkpoint (rewrites metrics.json)."""
     from recon_core.restore import restore_run
     from recon_core.rundir import RunDir, read_json
+    from recon_core.threads import torch_threads
 
     folder = RunDir.open(run_dir)
     restored = restore_run(_registry(ctx), folder, device=device, evaluators=list(evaluators) if evaluators else None)
-    doc = restored.evaluate()
+    with torch_threads(restored.spec.options.threads):
+        doc = restored.evaluate()
     if folder.metrics_path.exists():
         previous = read_json(folder.metrics_path, "metrics")
         doc["refiners"] = previous.get("refiners", {})
@@ -486,13 +488,21 @@ def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], dev
 @click.pass_context
 def render(ctx: click.Context, run_dir: Path, cameras: str, frames: int, fps: float, out: Path | None, device: str | None) -> None:
     """Render a run's representation from chosen cameras to PNGs and renders.mp4."""
-    from recon_core.restore import orbit_cameras, read_cameras_file, render_to_folder, restore_run
+    from recon_core.restore import restore_run
     from recon_core.rundir import RunDir
-    from recon_core.scene import Scene
+    from recon_core.threads import torch_threads
 
     reg = _registry(ctx)
     folder = RunDir.open(run_dir)
     restored = restore_run(reg, folder, device=device, evaluators=["none"])
+    with torch_threads(restored.spec.options.threads):
+        _render_cameras(restored, folder, cameras, frames, fps, out)
+
+
+def _render_cameras(restored: Any, folder: Any, cameras: str, frames: int, fps: float, out: Path | None) -> None:
+    from recon_core.restore import orbit_cameras, read_cameras_file, render_to_folder
+    from recon_core.scene import Scene
+
     data = restored.data
     label = Path(cameras).stem if cameras not in ("test", "train", "all", "orbit") else cameras
     target = out or folder.path / f"renders-{label}"
@@ -540,10 +550,16 @@ def export(ctx: click.Context, run_dir: Path, fmt: str, out: Path | None) -> Non
 
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--build", is_flag=True,
+              help="Compile the plugins' C++ extensions for this environment now (else the first run does).")
 @click.pass_context
-def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the environment: Python, torch, CUDA, gsplat, tinycudann, LPIPS and plugin weights."""
-    report = _doctor_report(_registry(ctx))
+def doctor(ctx: click.Context, as_json: bool, build: bool) -> None:
+    """Check the environment: Python, torch, CUDA, gsplat, tinycudann, LPIPS, plugin weights and
+    the compiled extensions (``--build`` compiles those not built yet)."""
+    reg = _registry(ctx)
+    if build:
+        _build_extensions(reg, quiet=as_json)
+    report = _doctor_report(reg)
     if as_json:
         _echo_json(report)
         return
@@ -559,6 +575,10 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         mark = "[green]present[/green]" if w["present"] else "[red]missing[/red]"
         console.print(f"{w['kind']} {w['component']}: {w['description']}: {mark} at {w['path']}"
                       + ("" if w["present"] else f" (get it from {w['source']})"))
+    for e in report["extensions"]:
+        mark = "[green]built[/green]" if e["built"] else "[yellow]not built[/yellow]"
+        console.print(f"C++ extension {e['name']}: {mark}" + (f" in {e['folder']}" if e["built"] else
+                      " (built on first use; `recon doctor --build` builds it now)"), highlight=False)
     p = report["plugins"]
     console.print(f"plugins: {p['ok']} components ok; problems: {len(p['problems'])}", highlight=False)
     for line in p["problems"]:
@@ -604,9 +624,45 @@ def _doctor_report(reg: Registry) -> dict[str, Any]:
             weights.append({"component": row.name, "kind": row.kind, "description": w.description,
                             "path": str(w.path), "source": w.source, "present": w.present})
     report["weights"] = weights
+    report["extensions"] = _extension_status(reg)
     problems = [f"{r.kind} {r.name}: {r.status} ({r.detail})" for r in reg.rows() if r.status != Status.OK]
     report["plugins"] = {"ok": sum(r.status == Status.OK and r.cls is not None for r in reg.rows()), "problems": problems}
     return report
+
+
+def _extension_status(reg: Registry) -> list[dict[str, Any]]:
+    """The C++ extensions the loaded plugins declare, and whether this environment has a build."""
+    from recon_core.cpp_extension import cpp_disabled, declared_extensions
+
+    reg.rows()  # imports every plugin, which declares its extensions
+    out = []
+    for ext in declared_extensions():
+        folder = ext.cached_build()
+        out.append({"name": ext.name, "built": folder is not None, "folder": str(folder) if folder else None,
+                    "disabled": cpp_disabled()})
+    return out
+
+
+def _build_extensions(reg: Registry, quiet: bool) -> None:
+    """``doctor --build``: build every declared extension; a failure is exit 1 naming it."""
+    from recon_core.cpp_extension import cpp_disabled, declared_extensions
+
+    reg.rows()
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    if cpp_disabled():
+        raise InputError("RECON_NO_CPP is set: unset it to build the C++ extensions")
+    failed = []
+    for ext in declared_extensions():
+        result = ext.build(say=say)
+        if result.module is None:
+            failed.append(f"{ext.name} ({result.reason})")
+            say(f"{ext.name}: could not be built: {result.reason}")
+        else:
+            say(f"{ext.name}: " + (f"built in {result.seconds:.0f} s" if result.compiled else "already built")
+                + f" ({result.folder})")
+    if failed:
+        raise ReconError(f"{len(failed)} C++ extension(s) could not be built: {'; '.join(failed)}. recon still works "
+                         f"with the slower pure-PyTorch paths; RECON_CPP_VERBOSE=1 shows the compiler output")
 
 
 def _lpips_status(reg: Registry) -> dict[str, Any]:

@@ -3,6 +3,14 @@
 Plugin authors need only the names exported here; see docs/plugins.md.
 """
 
+# Before anything imports torch: libgomp reads OMP_WAIT_POLICY once, when it is loaded, and its
+# default (spinning waits) multiplies the CPU cost of every step on a shared machine
+# (recon_core.threads explains; a wait setting the user made is kept).
+from .threads import prefer_passive_waits
+
+prefer_passive_waits()
+
+
 from .cameras import Cameras, check_rigid, opengl_to_opencv
 from .components import (
     CameraRenderer,

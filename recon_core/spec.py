@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import config_to_dict, option
 from .errors import InputError
+from .threads import parse_threads
 
 __all__ = ["DEFAULT_EVALUATORS", "CONFIG_FORMAT", "RunOptions", "Choice", "RunSpec"]
 
@@ -25,6 +26,8 @@ class RunOptions:
 
     checkpoint_every: int = option(500, "checkpoint every N refiner steps (0: only at the end of each refiner)", min=0)
     log_every: int = option(100, "write refiner step logs to log.txt every N steps (0: never)", min=0)
+    threads: str = option("auto", "CPU threads of torch and the compiled kernels: 'auto' (the CPUs this process may "
+                                  "use: affinity mask and cgroup quota, capped by OMP_NUM_THREADS) or a positive integer")
     render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call", min=1)
     export: list[str] | None = option(None, "export formats (default: every format the representation offers)")
     save_renders: bool = option(True, "write a PNG per evaluated view and renders.mp4")
@@ -36,6 +39,10 @@ class RunOptions:
     )
 
     def __post_init__(self) -> None:
+        try:
+            self.threads = str(parse_threads(self.threads) or "auto")
+        except ValueError as e:
+            raise InputError(f"bad value for run.threads: {e}") from None
         bg = self.background
         if len(bg) != 3 or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in bg):
             raise InputError(f"run.background must be three numbers in [0, 1] (R,G,B), got {bg}")

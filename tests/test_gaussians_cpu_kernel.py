@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import look_at_torch
 
-from recon_core.cpp_extension import cpp_disabled
+from recon_core.cpp_extension import Extension, cpp_disabled
 from recon_core.errors import InputError
 from recon_plugins.gaussians import _cpp
 from recon_plugins.gaussians.rasterize import (
@@ -311,8 +311,7 @@ def test_failed_build_warns_once_and_falls_back_to_torch(tmp_path, monkeypatch):
     broken.write_text("this is not C++;\n")  # no torch headers: the compiler fails at once
     monkeypatch.delenv("RECON_NO_CPP", raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))  # not the user's cache
-    monkeypatch.setattr(_cpp, "EXTENSION_NAME", f"recon_test_broken_{uuid.uuid4().hex[:8]}")
-    monkeypatch.setattr(_cpp, "SOURCES", [broken])
+    monkeypatch.setattr(_cpp, "EXTENSION", Extension(f"recon_test_broken_{uuid.uuid4().hex[:8]}", (broken,)))
     scene = _scene("one camera, SH 0", torch.float32)
     with pytest.warns(RuntimeWarning, match=r"could not build the C\+\+ extension .*broken.cpp.*error"):
         fallback = _render(scene, "auto")

@@ -16,17 +16,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from recon_core.cpp_extension import load_extension
+from recon_core.cpp_extension import declare_extension
 
-__all__ = ["EXTENSION_NAME", "SOURCES", "extension", "rasterize_sum_cpp"]
+__all__ = ["EXTENSION", "EXTENSION_NAME", "SOURCES", "extension", "rasterize_sum_cpp"]
 
 EXTENSION_NAME = "recon_d2gv_cpu"
 SOURCES = (Path(__file__).with_name("csrc") / "rasterize_sum.cpp",)
+EXTENSION = declare_extension(EXTENSION_NAME, SOURCES)  # recon doctor --build builds it ahead
 
 
 def extension() -> ModuleType | None:
     """The compiled module (built once per environment), or None when it is unavailable."""
-    return load_extension(EXTENSION_NAME, SOURCES)
+    return EXTENSION.load()
 
 
 class _RasterizeSumCpp(torch.autograd.Function):

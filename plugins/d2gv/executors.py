@@ -15,7 +15,6 @@ a few GoPs' frames are in memory at once, however long the video.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import torch
 
 from recon_core import InputError
+from recon_core.threads import available_cpus
 
 __all__ = ["EXECUTORS", "Executor", "InlineExecutor", "LocalProcessExecutor", "RayExecutor", "make_executor", "cpu_count"]
 
@@ -30,11 +30,8 @@ EXECUTORS = ("local", "inline", "ray")
 
 
 def cpu_count() -> int:
-    """CPU cores this process may use (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """CPUs this process may use: affinity mask and cgroup quota (:func:`recon_core.threads.available_cpus`)."""
+    return available_cpus()
 
 
 class Executor(Protocol):

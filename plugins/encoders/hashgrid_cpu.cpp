@@ -114,7 +114,7 @@ torch::Tensor hashgrid_forward(torch::Tensor u, torch::Tensor table, std::vector
   const float* tp = table.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int C = 1 << D;
-#pragma omp parallel for schedule(static) num_threads(n_threads())
+#pragma omp parallel for schedule(dynamic, 256) num_threads(n_threads())
   for (int64_t i = 0; i < N; ++i) {
     Cell cl;
     for (int64_t l = 0; l < A; ++l) {
@@ -153,7 +153,7 @@ std::vector<torch::Tensor> hashgrid_backward(torch::Tensor grad_out, torch::Tens
   float* gt = need_table ? grad_table.data_ptr<float>() : nullptr;
   const int C = 1 << D;
   const int threads = n_threads();
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 256) num_threads(threads)
   for (int64_t i = 0; i < N; ++i) {
     Cell cl;
     for (int64_t l = 0; l < A; ++l) {

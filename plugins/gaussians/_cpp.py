@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from recon_core.cpp_extension import load_extension
+from recon_core.cpp_extension import declare_extension
 
-__all__ = ["EXTENSION_NAME", "SOURCES", "extension"]
+__all__ = ["EXTENSION", "EXTENSION_NAME", "SOURCES", "extension"]
 
 EXTENSION_NAME = "recon_gaussians_cpu"
 SOURCES = [Path(__file__).with_name("rasterize_cpu.cpp")]
+EXTENSION = declare_extension(EXTENSION_NAME, SOURCES)  # recon doctor --build builds it ahead
 
 
 def extension() -> ModuleType | None:
     """The compiled module (built and cached on the first call), or ``None`` if unavailable."""
-    return load_extension(EXTENSION_NAME, SOURCES)
+    return EXTENSION.load()

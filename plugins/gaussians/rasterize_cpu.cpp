@@ -45,6 +45,16 @@ constexpr double kRejectMargin = 1e-3;
 
 int threads() { return std::max(1, at::get_num_threads()); }
 
+// f(begin, end) over [0, n) in chunks of `grain`, handed out to the threads one at a time. Not
+// at::parallel_for, which gives each thread one fixed 1/threads share: on a shared CPU a
+// preempted thread would hold up everyone for its whole share, here only for one chunk.
+template <typename F>
+void parallel_chunks(int64_t n, int64_t grain, const F& f) {
+  const int64_t chunks = (n + grain - 1) / grain;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads()) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) f(c * grain, std::min(n, (c + 1) * grain));
+}
+
 // ------------------------------------------------------------------------ depth sort (radix)
 
 inline uint32_t sort_key(float v) {
@@ -108,7 +118,7 @@ std::vector<at::Tensor> bin_impl(const at::Tensor& means2d, const at::Tensor& co
   const int64_t* cam = camera_ids.data_ptr<int64_t>();
 
   std::vector<Rect> rect(m);
-  at::parallel_for(0, m, 2048, [&](int64_t begin, int64_t end) {
+  parallel_chunks(m, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const scalar_t extent = std::min<scalar_t>(
           std::sqrt(scalar_t(2) * std::log(std::max<scalar_t>(opac[g] * scalar_t(255), scalar_t(1)))),
@@ -279,7 +289,7 @@ std::vector<scalar_t> make_records(const at::Tensor& means2d, const at::Tensor& 
   const scalar_t* cov = cov2d.data_ptr<scalar_t>();
   const scalar_t* feat = features.data_ptr<scalar_t>();
   std::vector<scalar_t> rec(static_cast<size_t>(m * width), scalar_t(0));
-  at::parallel_for(0, m, 4096, [&](int64_t begin, int64_t end) {
+  parallel_chunks(m, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       scalar_t* r = &rec[g * width];
       r[kMx] = mean[2 * g];
@@ -621,25 +631,27 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
     }
   }
 
-  // Sum the pair slots per Gaussian: each thread owns a range of Gaussians (deterministic).
+  // Sum the pair slots per Gaussian, in pair order whatever the thread count: list each
+  // Gaussian's pairs (a stable counting sort), then sum Gaussians in dynamically shared chunks.
   at::Tensor grad = at::zeros({m, stride}, in.means2d.options());
   scalar_t* gr = grad.data_ptr<scalar_t>();
-#pragma omp parallel num_threads(threads())
+  std::vector<int64_t> first(static_cast<size_t>(m + 1), 0);
+  for (int64_t p = 0; p < pairs; ++p) ++first[id[p] + 1];
+  for (int64_t g = 0; g < m; ++g) first[g + 1] += first[g];
+  std::vector<int64_t> by_gaussian(static_cast<size_t>(pairs));
   {
-#ifdef _OPENMP
-    const int64_t k = omp_get_thread_num(), nk = omp_get_num_threads();
-#else
-    const int64_t k = 0, nk = 1;
-#endif
-    const int64_t lo = k * m / nk, hi = (k + 1) * m / nk;
-    for (int64_t p = 0; p < pairs; ++p) {
-      const int64_t gid = id[p];
-      if (gid < lo || gid >= hi) continue;
-      const scalar_t* q = pg_all + p * stride;
-      scalar_t* dst = gr + gid * stride;
-      for (int64_t s = 0; s < stride; ++s) dst[s] += q[s];
-    }
+    std::vector<int64_t> cursor(first.begin(), first.end() - 1);
+    for (int64_t p = 0; p < pairs; ++p) by_gaussian[cursor[id[p]]++] = p;
   }
+  parallel_chunks(m, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t gid = lo; gid < hi; ++gid) {
+      scalar_t* dst = gr + gid * stride;
+      for (int64_t k = first[gid]; k < first[gid + 1]; ++k) {
+        const scalar_t* q = pg_all + by_gaussian[k] * stride;
+        for (int64_t s = 0; s < stride; ++s) dst[s] += q[s];
+      }
+    }
+  });
   using at::indexing::Slice;
   return {grad.index({Slice(), Slice(0, 2)}), grad.index({Slice(), Slice(2, 5)}), grad.index({Slice(), 5}),
           grad.index({Slice(), Slice(6, at::indexing::None)})};

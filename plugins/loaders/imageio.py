@@ -34,7 +34,6 @@ limit, ``PIL.Image.MAX_IMAGE_PIXELS``) are refused. Every problem becomes an
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from recon_core import InputError
+from recon_core.threads import available_cpus
 
 __all__ = [
     "ImageInfo",
@@ -363,7 +363,7 @@ def verify_files(checks: Sequence[tuple[Path, Callable[[Path], None]]], descript
 
     from recon_core.progress import progress_bar
 
-    n = workers or min(8, os.cpu_count() or 1, len(checks))
+    n = workers or min(8, available_cpus(), len(checks))
     errors: dict[int, BaseException] = {}
     with progress_bar(description, total=len(checks)) as advance, ThreadPoolExecutor(max_workers=n) as pool:
         futures = {pool.submit(fn, p): i for i, (p, fn) in enumerate(checks)}

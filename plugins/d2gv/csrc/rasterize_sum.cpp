@@ -101,7 +101,7 @@ Bins bin_gaussians(const T* means, const int64_t* radii, int64_t B, int64_t N, i
     bins.boxes.resize(B * N * 4);
     std::vector<int64_t> counts(B * tiles, 0);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (B > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads()) if (B > 1)
 #endif
     for (int64_t b = 0; b < B; ++b) {
         int64_t* cnt = counts.data() + b * tiles;
@@ -122,7 +122,7 @@ Bins bin_gaussians(const T* means, const int64_t* radii, int64_t B, int64_t N, i
     for (int64_t t = 0; t < B * tiles; ++t) bins.offsets[t + 1] = bins.offsets[t] + counts[t];
     bins.ids.resize(bins.offsets.back());
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (B > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads()) if (B > 1)
 #endif
     for (int64_t b = 0; b < B; ++b) {
         std::vector<int64_t> fill(bins.offsets.begin() + b * tiles, bins.offsets.begin() + (b + 1) * tiles);
@@ -316,7 +316,7 @@ void backward_impl(const Scene<T>& s, const T* grad_out, T* d_means, T* d_conics
     const int64_t stride = ((W + kLanes - 1) / kLanes + 1) * kLanes;
     std::vector<T> gp(B * C * H * stride, T(0));
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(num_threads())
+#pragma omp parallel for schedule(dynamic, 16) num_threads(num_threads())
 #endif
     for (int64_t row = 0; row < B * H; ++row) {
         const int64_t b = row / H, y = row % H;

@@ -303,6 +303,9 @@ class RunContext:
     """The refiner's saved ``state_dict()`` when resuming, else None."""
     start_step: int = 0
     """The step saved with ``resume_state`` (where a resumed ``run`` continues)."""
+    log_scalars: Callable[[int, dict[str, float]], None] = lambda step, values: None
+    """``log_scalars(step, values)`` records a unit of work's numbers in ``RUN/scalars.jsonl``
+    (the step loop does this itself for refiners without a custom ``run``)."""
 
 
 class Refiner(Component):

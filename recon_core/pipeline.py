@@ -29,6 +29,7 @@ from .registry import Registry
 from .resolve import load_data, open_data, resolve_device
 from .spec import Choice, RunSpec
 from .rundir import RunDir
+from .scalars import CURVES_FILE, ScalarLog, plot_curves, read_scalars
 from .scene import Scene, Video
 
 __all__ = ["Pipeline", "seed_everything"]
@@ -196,19 +197,30 @@ class Pipeline:
                 rep.load_state_dict_resizing(checkpoint["representation"])
 
         refiners: list[tuple[str, Refiner]] = [(c.name, self.create(c)) for c in spec.refiners]  # type: ignore[misc]
-        with self._timed("refine"):
-            result = run_refiners(
-                rep, data, refiners, ctx,
-                save=lambda state, label: self.run_dir.save_checkpoint(state, label),
-                checkpoint_every=spec.options.checkpoint_every,
-                log_every=spec.options.log_every,
-                resume=checkpoint,
-                stop=self.stop,
-                log=self.log,
-            )
+        position = checkpoint["position"] if checkpoint is not None else None
+        scalars = ScalarLog(self.run_dir.path).open(
+            resume_at=(position["refiner"], position["step"]) if position is not None else None)
+        try:
+            with self._timed("refine"):
+                result = run_refiners(
+                    rep, data, refiners, ctx,
+                    save=lambda state, label: self.run_dir.save_checkpoint(state, label),
+                    checkpoint_every=spec.options.checkpoint_every,
+                    log_every=spec.options.log_every,
+                    resume=checkpoint,
+                    stop=self.stop,
+                    log=self.log,
+                    scalars=scalars.write,
+                )
+        finally:
+            scalars.close()
         doc = self.evaluate(rep, data)
         doc["refiners"] = _reports_json(result.reports)
         self.run_dir.write_metrics(doc)
+        try:
+            plot_curves(read_scalars(scalars.path), self.run_dir.path / CURVES_FILE, eval_psnr=doc["metrics"].get("psnr"))
+        except ImportError as e:  # matplotlib is a dependency; a broken install should not lose the run
+            self.log(f"{CURVES_FILE} not drawn: {e}")
         with self._timed("export"):
             formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats)
             exported = [str(p) for fmt in formats for p in rep.export(self.run_dir.path, fmt)]

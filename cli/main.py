@@ -4,7 +4,9 @@ Exit codes: 0 success; 1 internal error (traceback with ``--debug``); 2 bad usag
 (one paragraph naming the file and the problem); 130 interrupted (with how to resume).
 
 ``make_cli(registry)`` builds the command group around a given registry (tests inject one made
-of test plugins); ``main()`` uses the installed plugins. Nothing is loaded at import time.
+of test plugins); ``main()`` uses the installed plugins, imported only when a command needs them:
+``recon --help`` and shell completion answer from a cached catalog (:mod:`recon_cli.catalog`).
+Nothing is loaded at import time (this module imports neither torch nor a plugin).
 """
 
 from __future__ import annotations
@@ -17,20 +19,23 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
 from recon_core.errors import InputError, Interrupted, ReconError
-from recon_core.registry import Registry, Status, get_registry
+
+if TYPE_CHECKING:  # the registry imports the components (torch): loaded on first use
+    from recon_core.registry import Registry
 
 __all__ = ["make_cli", "main"]
 
-RegistrySource = Registry | Callable[[], Registry] | None
+RegistrySource = "Registry | Callable[[], Registry] | None"
 
-_STATUS_STYLE = {Status.OK: "green", Status.FAILED: "red", Status.BLOCKED: "yellow", Status.MISSING_DEPENDENCY: "yellow"}
+_STATUS_STYLE = {"ok": "green", "failed": "red", "blocked": "yellow", "missing-dependency": "yellow"}
 
 
 class _State:
@@ -38,14 +43,19 @@ class _State:
 
     def __init__(self, source: RegistrySource) -> None:
         self._source = source
-        self._registry: Registry | None = source if isinstance(source, Registry) else None
+        self._registry: Registry | None = source if source is not None and not callable(source) else None  # type: ignore[assignment]
         self.debug = False
         self.command_errors: list[str] = []
+        self.group: ReconGroup | None = None
 
     @property
     def registry(self) -> Registry:
         if self._registry is None:
+            from recon_core.registry import get_registry
+
             self._registry = self._source() if callable(self._source) else get_registry()
+            if self.group is not None:
+                self.group.load_plugin_commands()  # keeps the catalog of help and completion fresh
         return self._registry
 
 
@@ -59,7 +69,68 @@ def _disk_full(e: BaseException) -> bool:
 
 
 class ReconGroup(click.Group):
-    """Turns recon's exceptions into exit codes and one-paragraph messages."""
+    """Turns recon's exceptions into exit codes and one-paragraph messages.
+
+    With ``lazy_plugins`` the plugins' commands are added on first need (a command name that is
+    not built in, or any use of the registry); until then help and completion list them from
+    the cached catalog (:mod:`recon_cli.catalog`), or load the plugins when there is none.
+    """
+
+    state: _State | None = None
+    lazy_plugins = False
+
+    def load_plugin_commands(self) -> None:
+        """Add the plugins' commands now (once) and refresh the catalog."""
+        if not self.lazy_plugins or self.state is None:
+            return
+        self.lazy_plugins = False
+        from .catalog import build_catalog, write_catalog
+
+        registry = self.state.registry
+        self.state.command_errors = registry.add_commands(self)
+        write_catalog(build_catalog(registry, self))
+
+    def _cached_commands(self) -> dict[str, str] | None:
+        """Plugin command name → short help from the catalog (None: plugins loaded, or no catalog)."""
+        if not self.lazy_plugins:
+            return None
+        from .catalog import read_catalog
+
+        catalog = read_catalog()
+        return None if catalog is None else {k: v for k, v in catalog["commands"].items() if k not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        cached = self._cached_commands()
+        if cached is None:
+            self.load_plugin_commands()
+            return super().list_commands(ctx)
+        return sorted(set(self.commands) | set(cached))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and self.lazy_plugins:
+            self.load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        cached = self._cached_commands()
+        if cached is None:
+            self.load_plugin_commands()
+            return super().format_commands(ctx, formatter)
+        limit = formatter.width - 6 - max(len(n) for n in [*self.commands, *cached])
+        rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands else cached[name])
+                for name in sorted(set(self.commands) | set(cached))]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        cached = self._cached_commands()
+        if cached is None:
+            return super().shell_complete(ctx, incomplete)
+        names = {**{n: c.get_short_help_str() for n, c in self.commands.items()}, **cached}
+        return [CompletionItem(n, help=h) for n, h in sorted(names.items()) if n.startswith(incomplete)] + \
+            click.Command.shell_complete(self, ctx, incomplete)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -98,10 +169,11 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True) -> click.Group:
+def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True, lazy: bool = False) -> click.Group:
     """The ``recon`` click group around ``registry`` (a Registry, a factory, or None: installed).
 
-    With ``plugin_commands`` the registry is built now, so plugins can add their commands.
+    With ``plugin_commands`` the registry is built now, so plugins can add their commands; with
+    ``lazy`` (what ``recon`` itself uses) only once a command needs them (:class:`ReconGroup`).
     """
     state = _State(registry)
 
@@ -115,13 +187,65 @@ def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True) -
         state.debug = debug
 
     _add_builtin_commands(cli)
-    if plugin_commands:
+    assert isinstance(cli, ReconGroup)
+    cli.state = state
+    if lazy:
+        cli.lazy_plugins = True
+        state.group = cli
+    elif plugin_commands:
         state.command_errors = state.registry.add_commands(cli)
     return cli
 
 
 def _registry(ctx: click.Context) -> Registry:
     return ctx.find_object(_State).registry  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------- completion
+# Shell completion (README "Shell completion") of component names and option keys answers from
+# the catalog (recon_cli.catalog) without importing plugins; with no catalog it is built once.
+
+
+def _completion_catalog(ctx: click.Context) -> dict[str, Any]:
+    from .catalog import build_catalog, read_catalog
+
+    group = ctx.find_root().command
+    state = ctx.find_object(_State)
+    if isinstance(group, ReconGroup) and group.lazy_plugins:
+        catalog = read_catalog()
+        if catalog is not None:
+            return catalog
+    if state is None:  # completion runs before the group callback: find the state on the group
+        state = group.state if isinstance(group, ReconGroup) else None
+    if state is None:
+        return {"components": {}, "options": {}, "commands": {}}
+    registry = state.registry  # a lazy group adds its plugin commands and writes the catalog here
+    return build_catalog(registry, group)
+
+
+def _complete_names(*kinds: str, commas: bool = False) -> Callable[[click.Context, click.Parameter, str], list[CompletionItem]]:
+    """Completion of component names of ``kinds`` (all kinds when none); with ``commas`` the
+    last item of a comma-separated list is completed (``--refiner 3dgs-train,tt<TAB>``)."""
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        components = _completion_catalog(ctx)["components"]
+        names = sorted({n for k, ns in components.items() if not kinds or k in kinds for n in ns})
+        head, _, last = incomplete.rpartition(",") if commas else ("", "", incomplete)
+        prefix = head + "," if head else ""
+        return [CompletionItem(prefix + n) for n in names if n.startswith(last)]
+
+    return complete
+
+
+def _complete_set(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``--set`` completion: ``NAME.`` first, then ``NAME.KEY=`` from that component's options."""
+    options: dict[str, list[str]] = _completion_catalog(ctx)["options"]
+    if "=" in incomplete:
+        return []
+    if "." not in incomplete:
+        return [CompletionItem(f"{n}.", type="plain") for n in sorted(options) if n.startswith(incomplete)]
+    name, _, key = incomplete.partition(".")
+    return [CompletionItem(f"{name}.{k}=") for k in options.get(name, []) if k.startswith(key)]
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -137,6 +261,8 @@ def _add_builtin_commands(cli: click.Group) -> None:
 @click.pass_context
 def list_plugins(ctx: click.Context, as_json: bool) -> None:
     """List installed components and plugins (including broken ones)."""
+    from recon_core.registry import Status
+
     reg = _registry(ctx)
     rows = reg.rows()
     if as_json:
@@ -146,7 +272,7 @@ def list_plugins(ctx: click.Context, as_json: bool) -> None:
     for col in ("name", "kind", "status", "distribution", "version", "description / detail"):
         table.add_column(col)
     for r in rows:
-        style = _STATUS_STYLE.get(r.status, "")
+        style = _STATUS_STYLE.get(str(r.status), "")
         text = r.detail if r.status != Status.OK else r.description
         table.add_row(r.name, r.kind, f"[{style}]{r.status}[/{style}]", r.plugin.distribution, r.plugin.version, text)
     console = _console()
@@ -159,7 +285,7 @@ _KIND_PRIORITY = ("representation", "refiner", "renderer", "loader", "encoder", 
 
 
 @click.command("plugin-info")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_names())
 @click.option("--kind", help="Which kind, when a name is used by several (e.g. loader idr / representation idr).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -294,17 +420,23 @@ def _view_json(v: Any) -> dict[str, Any]:
 
 @click.command("run")
 @click.option("--data", type=click.Path(path_type=Path), help="Input data (folder or file).")
-@click.option("--loader", help="Loader name (default: detected from the data).")
-@click.option("--repr", "representation", help="Representation name, e.g. 3dgs.")
-@click.option("--renderer", help="Renderer name (default: the representation's for the device).")
-@click.option("--encoder", help="Encoder for neural-field representations.")
-@click.option("--refiner", "refiners", multiple=True, help="Refiner(s), in order; repeat or comma-separate; 'none' for none.")
-@click.option("--fixer", help="Image fixer applied to renders (metrics reported with and without).")
-@click.option("--eval", "evaluators", multiple=True, help="Evaluators (comma-separated; default psnr,ssim,lpips).")
+@click.option("--loader", help="Loader name (default: detected from the data).", shell_complete=_complete_names("loader"))
+@click.option("--repr", "representation", help="Representation name, e.g. 3dgs.",
+              shell_complete=_complete_names("representation"))
+@click.option("--renderer", help="Renderer name (default: the representation's for the device).",
+              shell_complete=_complete_names("renderer"))
+@click.option("--encoder", help="Encoder for neural-field representations.", shell_complete=_complete_names("encoder"))
+@click.option("--refiner", "refiners", multiple=True, help="Refiner(s), in order; repeat or comma-separate; 'none' for none.",
+              shell_complete=_complete_names("refiner", commas=True))
+@click.option("--fixer", help="Image fixer applied to renders (metrics reported with and without).",
+              shell_complete=_complete_names("fixer"))
+@click.option("--eval", "evaluators", multiple=True, help="Evaluators (comma-separated; default psnr,ssim,lpips).",
+              shell_complete=_complete_names("evaluator", commas=True))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: auto (CUDA when present).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default outputs/<data>/<repr>/<timestamp>).")
-@click.option("--set", "sets", multiple=True, metavar="PLUGIN.KEY=VALUE", help="Set a component option (run.KEY for the pipeline).")
+@click.option("--set", "sets", multiple=True, metavar="PLUGIN.KEY=VALUE", help="Set a component option (run.KEY for the pipeline).",
+              shell_complete=_complete_set)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="A config.json of an earlier run to start from.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run folder.")
 @click.option("--overwrite", is_flag=True,
@@ -457,7 +589,8 @@ def _print_metrics(doc: dict[str, Any]) -> None:
 
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--eval", "evaluators", multiple=True, help="Evaluators (default: the run's).")
+@click.option("--eval", "evaluators", multiple=True, help="Evaluators (default: the run's).",
+              shell_complete=_complete_names("evaluator", commas=True))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.pass_context
 def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], device: str | None) -> None:
@@ -570,6 +703,8 @@ def _doctor_report(reg: Registry) -> dict[str, Any]:
 
     import torch
 
+    from recon_core.registry import Status
+
     cuda = torch.cuda.is_available()
     report: dict[str, Any] = {
         "python": {"version": platform.python_version(), "executable": sys.executable},
@@ -626,7 +761,7 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (``recon``)."""
     signal.signal(signal.SIGTERM, _terminate)  # the refine stage installs its own handler meanwhile
-    make_cli()(args=list(argv) if argv is not None else None, prog_name="recon")
+    make_cli(lazy=True)(args=list(argv) if argv is not None else None, prog_name="recon")
 
 
 if __name__ == "__main__":

@@ -23,15 +23,21 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
 from click.shell_completion import CompletionItem
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from recon_core.errors import InputError, Interrupted, ReconError
 
 if TYPE_CHECKING:  # the registry imports the components (torch): loaded on first use
     from recon_core.registry import Registry
 
-__all__ = ["make_cli", "main"]
+__all__ = ["make_cli", "main", "DISTRIBUTION"]
+
+DISTRIBUTION = "recon-3d"
+"""The distribution name on the package index (``pip install recon-3d``); the command and the
+import names stay ``recon``, ``recon_core``, ``recon_cli`` and ``recon_plugins``."""
 
 RegistrySource = "Registry | Callable[[], Registry] | None"
 
@@ -162,7 +168,9 @@ class ReconGroup(click.Group):
 
 
 def _console() -> Console:
-    return Console(soft_wrap=True)
+    """stdout console. Markup is off: names, details and hints come from plugins and users and may
+    hold brackets (``pip install 'recon-3d[difix]'``); styled parts are :class:`Text` pieces."""
+    return Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def _echo_json(value: Any) -> None:
@@ -179,12 +187,17 @@ def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True, l
 
     @click.group(cls=ReconGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-    @click.version_option(package_name="recon", prog_name="recon")
+    @click.option("-q", "--quiet", "quiet", count=True, help="Only warnings and errors on stderr (no progress, no stage log).")
+    @click.option("-v", "--verbose", "verbose", count=True, help="Also debug details on stderr.")
+    @click.version_option(package_name=DISTRIBUTION, prog_name="recon")
     @click.pass_context
-    def cli(ctx: click.Context, debug: bool) -> None:
+    def cli(ctx: click.Context, debug: bool, quiet: int, verbose: int) -> None:
         """recon: plugin-based 3D/4D reconstruction."""
+        from recon_core.logs import setup_logging
+
         ctx.obj = state
         state.debug = debug
+        setup_logging(max(-1, min(1, verbose - quiet)))
 
     _add_builtin_commands(cli)
     assert isinstance(cli, ReconGroup)
@@ -268,17 +281,31 @@ def list_plugins(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _echo_json([r.as_json() for r in rows])
         return
-    table = Table(title="recon plugins")
-    for col in ("name", "kind", "status", "distribution", "version", "description / detail"):
-        table.add_column(col)
-    for r in rows:
-        style = _STATUS_STYLE.get(str(r.status), "")
+    # Fits 80 columns: components grouped by kind (the kind printed once per group), long text
+    # folded in the last column; the distributions in a second, narrow table.
+    table = Table(title="recon components", box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
+    table.add_column("kind", no_wrap=True, style="bold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("description / detail", overflow="fold", ratio=1)
+    order = {k: i for i, k in enumerate(_KIND_PRIORITY)}
+    previous = None
+    for r in sorted(rows, key=lambda r: order.get(r.kind, len(order))):  # stable: plugin order within a kind
+        if previous is not None and r.kind != previous:
+            table.add_section()
         text = r.detail if r.status != Status.OK else r.description
-        table.add_row(r.name, r.kind, f"[{style}]{r.status}[/{style}]", r.plugin.distribution, r.plugin.version, text)
+        table.add_row(r.kind if r.kind != previous else "", r.name, Text(str(r.status), style=_STATUS_STYLE.get(str(r.status), "")), text)
+        previous = r.kind
+    plugins = Table(title="plugins (entry points)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("plugin", "distribution", "version", "status"):
+        plugins.add_column(col, overflow="fold")
+    for p in reg.plugins:
+        plugins.add_row(p.name, p.distribution, p.version, Text(str(p.status), style=_STATUS_STYLE.get(str(p.status), "")))
     console = _console()
     console.print(table)
+    console.print(plugins)
     for line in ctx.find_object(_State).command_errors:  # type: ignore[union-attr]
-        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+        console.print(Text.assemble(("warning:", "yellow"), f" {line}"))
 
 
 _KIND_PRIORITY = ("representation", "refiner", "renderer", "loader", "encoder", "fixer", "evaluator", "generator", "plugin")
@@ -291,8 +318,10 @@ _KIND_PRIORITY = ("representation", "refiner", "renderer", "loader", "encoder", 
 @click.pass_context
 def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) -> None:
     """Options, defaults, capabilities and weights of one component."""
-    from recon_core.config import describe_options, format_value
+    from recon_core.config import describe_options
 
+    if name == "run" and kind in (None, "pipeline"):
+        return _pipeline_info(as_json)
     reg = _registry(ctx)
     reg.info(name, kind)  # InputError with suggestions when unknown
     rows = [r for r in reg.rows() if r.name == name and (kind is None or r.kind == kind)]
@@ -325,8 +354,8 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
         _echo_json(info)
         return
     console = _console()
-    console.print(f"[bold]{info['name']}[/bold] ({info['kind']}) — {info['status']}"
-                  + (f": {info['detail']}" if info["detail"] else ""), highlight=False)
+    console.print(Text.assemble((info["name"], "bold"), f" ({info['kind']}) — {info['status']}"
+                                + (f": {info['detail']}" if info["detail"] else "")))
     console.print(f"from {info['distribution']} {info['version']}", highlight=False)
     if info["description"]:
         console.print(info["description"], highlight=False)
@@ -344,17 +373,39 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
         if info.get(label):
             console.print(f"{label}: {info[label]}", highlight=False)
     if info["options"]:
-        table = Table(title="options (--set NAME.KEY=VALUE)")
-        for col in ("option", "type", "default", "help"):
-            table.add_column(col)
-        for o in info["options"]:
-            help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
-            help_text += f" (range {o['range']})" if o.get("range") else ""
-            table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
-        console.print(table)
+        _print_options(console, info["options"], "NAME")
     for w in info["required_weights"]:
         mark = "present" if w["present"] else "MISSING"
         console.print(f"weights: {w['description']}: {mark} at {w['path']} (from {w['source']})", highlight=False)
+
+
+def _print_options(console: Console, options: list[dict[str, Any]], owner: str) -> None:
+    from recon_core.config import format_value
+
+    table = Table(title=f"options (--set {owner}.KEY=VALUE)")
+    for col in ("option", "type", "default", "help"):
+        table.add_column(col)
+    for o in options:
+        help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
+        help_text += f" (range {o['range']})" if o.get("range") else ""
+        table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
+    console.print(table)
+
+
+def _pipeline_info(as_json: bool) -> None:
+    """``plugin-info run``: the pipeline's own options (``--set run.KEY=VALUE``)."""
+    from recon_core.config import describe_options
+    from recon_core.spec import RunOptions
+
+    info = {"name": "run", "kind": "pipeline", "status": "ok",
+            "description": "options of the pipeline itself (checkpoints, logs, renders, exports, background)",
+            "options": describe_options(RunOptions)}
+    if as_json:
+        _echo_json(info)
+        return
+    console = _console()
+    console.print(Text.assemble(("run", "bold"), " (pipeline) — " + info["description"]))
+    _print_options(console, info["options"], "run")
 
 
 @click.command("inspect-data")
@@ -441,11 +492,12 @@ def _view_json(v: Any) -> dict[str, Any]:
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run folder.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in --out (only once the new run has succeeded; the old one stays until then).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics document (metrics.json, plus run_folder) as JSON.")
 @click.pass_context
 def run(ctx: click.Context, data: Path | None, loader: str | None, representation: str | None, renderer: str | None,
         encoder: str | None, refiners: tuple[str, ...], fixer: str | None, evaluators: tuple[str, ...],
         device: str | None, seed: int | None, out: Path | None, sets: tuple[str, ...], config_file: Path | None,
-        resume_dir: Path | None, overwrite: bool) -> None:
+        resume_dir: Path | None, overwrite: bool, as_json: bool) -> None:
     """Reconstruct: load → build → refine → render → fix → evaluate → export.
 
     --out must be new, empty, or (with --overwrite) an earlier run folder; it may not be inside the
@@ -482,12 +534,13 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
         lock.acquire()  # an existing run: nobody else may be writing it
     try:
         if replace:
-            _replace_run(reg, spec, target, lock)
+            _replace_run(reg, spec, target, lock, as_json=as_json)
             return
         run_dir = RunDir.create(target)
         if not lock.held:
             lock.acquire()
-        _run_into(reg, spec, run_dir, resume=resume_dir is not None)
+        doc = _run_into(reg, spec, run_dir, resume=resume_dir is not None)
+        _report_run(doc, run_dir.path, as_json)
     finally:
         lock.release()
 
@@ -519,13 +572,19 @@ def _run_into(reg: Registry, spec: Any, run_dir: Any, resume: bool, *, quiet: bo
             raise InputError(f"no space left on the device while writing the run ({e.filename or e}); its last "
                              f"checkpoint is intact: free some space, then {how}", run_dir.path) from None
         raise
-    if not quiet:
-        _print_metrics(doc)
-        click.echo(f"run folder: {run_dir.path}")
     return doc
 
 
-def _replace_run(reg: Registry, spec: Any, target: Path, lock: Any) -> None:
+def _report_run(doc: dict[str, Any], folder: Path, as_json: bool, note: str = "") -> None:
+    """The end of ``recon run``: the metrics table and the folder, or (``--json``) the document."""
+    if as_json:
+        _echo_json({**doc, "run_folder": str(folder)})
+        return
+    _print_metrics(doc)
+    click.echo(f"run folder: {folder}{note}")
+
+
+def _replace_run(reg: Registry, spec: Any, target: Path, lock: Any, *, as_json: bool = False) -> None:
     """``--overwrite``: run into a temporary sibling folder; swap it in only when it succeeded."""
     import shutil
 
@@ -553,8 +612,7 @@ def _replace_run(reg: Registry, spec: Any, target: Path, lock: Any) -> None:
     new_lock.folder = target  # the lock file moved with the folder
     new_lock.release()
     lock.held = False  # its file went away with the old run
-    _print_metrics(doc)
-    click.echo(f"run folder: {target} (replaced the earlier run)")
+    _report_run(doc, target, as_json, " (replaced the earlier run)")
 
 
 def _moved(value: Any, old: str, new: str) -> Any:
@@ -583,8 +641,11 @@ def _print_metrics(doc: dict[str, Any]) -> None:
             better = {True: "higher", False: "lower"}.get(about.get("higher_is_better"), "")
             table.add_row(k, "n/a" if v is None else f"{v:.4f}", about.get("unit") or "", better, about.get("region") or "")
         console.print(table)
+    from recon_core.logs import verbose_enough
+
     for k, reason in doc.get("unavailable", {}).items():
-        console.print(f"{k}: unavailable ({reason})", highlight=False)
+        # the run's log already showed the reason (once is enough), unless -q hid it
+        console.print(f"{k}: unavailable (" + ("reason above; also in metrics.json" if verbose_enough() else reason) + ")")
 
 
 @click.command("eval")
@@ -592,8 +653,9 @@ def _print_metrics(doc: dict[str, Any]) -> None:
 @click.option("--eval", "evaluators", multiple=True, help="Evaluators (default: the run's).",
               shell_complete=_complete_names("evaluator", commas=True))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics document as JSON.")
 @click.pass_context
-def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], device: str | None) -> None:
+def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], device: str | None, as_json: bool) -> None:
     """Re-evaluate a run folder from its latest checkpoint (rewrites metrics.json)."""
     from recon_core.restore import restore_run
     from recon_core.rundir import RunDir, read_json
@@ -606,7 +668,10 @@ def eval_cmd(ctx: click.Context, run_dir: Path, evaluators: tuple[str, ...], dev
         doc["refiners"] = previous.get("refiners", {})
         doc["exports"] = previous.get("exports", [])
     folder.write_metrics(doc)
-    _print_metrics(doc)
+    if as_json:
+        _echo_json(doc)
+    else:
+        _print_metrics(doc)
 
 
 @click.command("render")
@@ -675,10 +740,16 @@ def export(ctx: click.Context, run_dir: Path, fmt: str, out: Path | None) -> Non
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the environment: Python, torch, CUDA, gsplat, tinycudann, LPIPS and plugin weights."""
+    """Check the environment: Python, torch, CUDA, gsplat, tinycudann, LPIPS and plugin weights.
+
+    Exits 1 when something required fails (a plugin that does not load); optional parts
+    (CUDA, gsplat, tinycudann, weights, plugins missing an optional package) only report.
+    """
     report = _doctor_report(_registry(ctx))
     if as_json:
         _echo_json(report)
+        if report["required_failures"]:
+            ctx.exit(1)
         return
     console = _console()
     console.print(f"python {report['python']['version']} ({report['python']['executable']})", highlight=False)
@@ -686,16 +757,20 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     console.print(f"torch {t['version']}; CUDA: {'yes, ' + ', '.join(t['devices']) if t['cuda'] else 'no'}", highlight=False)
     for key in ("gsplat", "tinycudann", "lpips"):
         entry = report[key]
-        mark = "[green]ok[/green]" if entry["usable"] else "[yellow]no[/yellow]"
-        console.print(f"{key}: {mark} — {entry['detail']}")
+        mark = ("ok", "green") if entry["usable"] else ("no", "yellow")
+        console.print(Text.assemble(f"{key}: ", mark, f" — {entry['detail']}"))
     for w in report["weights"]:
-        mark = "[green]present[/green]" if w["present"] else "[red]missing[/red]"
-        console.print(f"{w['kind']} {w['component']}: {w['description']}: {mark} at {w['path']}"
-                      + ("" if w["present"] else f" (get it from {w['source']})"))
+        mark = ("present", "green") if w["present"] else ("missing", "red")
+        console.print(Text.assemble(f"{w['kind']} {w['component']}: {w['description']}: ", mark, f" at {w['path']}"
+                                    + ("" if w["present"] else f" (get it from {w['source']})")))
     p = report["plugins"]
-    console.print(f"plugins: {p['ok']} components ok; problems: {len(p['problems'])}", highlight=False)
+    console.print(f"plugins: {p['ok']} components ok; problems: {len(p['problems'])}")
     for line in p["problems"]:
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}")
+    for line in report["required_failures"]:
+        console.print(Text.assemble(("required: ", "red"), line))
+    if report["required_failures"]:
+        ctx.exit(1)
 
 
 def _doctor_report(reg: Registry) -> dict[str, Any]:
@@ -741,6 +816,12 @@ def _doctor_report(reg: Registry) -> dict[str, Any]:
     report["weights"] = weights
     problems = [f"{r.kind} {r.name}: {r.status} ({r.detail})" for r in reg.rows() if r.status != Status.OK]
     report["plugins"] = {"ok": sum(r.status == Status.OK and r.cls is not None for r in reg.rows()), "problems": problems}
+    # required: every installed plugin loads (one that needs an optional package, or that the user
+    # blocked, is not a failure)
+    report["required_failures"] = [f"plugin {p.name} ({p.distribution}) does not load: {p.detail}"
+                                   for p in reg.plugins if p.status == Status.FAILED]
+    report["required_failures"] += [f"{r.kind} {r.name}: {r.detail}" for r in reg.rows()
+                                    if r.status == Status.FAILED and r.kind != "plugin"]
     return report
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
 from .evaluate import evaluate_run
-from .progress import stderr_console
+from .logs import logger
 from .refine import StopFlag, run_refiners
 from .registry import Registry
 from .resolve import load_data, open_data, resolve_device
@@ -90,12 +90,12 @@ class Pipeline:
         self.stop = stop
         self.device = resolve_device(spec.device)
         self.timings: dict[str, float] = {}
-        self.console = stderr_console()
         self._ctx: RunContext | None = None
 
     def log(self, message: str) -> None:
+        """Into the run's log.txt, and to the ``recon`` logger (the console, see recon_core.logs)."""
         self.run_dir.log(message)
-        self.console.print(f"[dim]{message}[/dim]", highlight=False)
+        logger().info(message)
 
     def _timed(self, stage: str) -> "_Timer":
         return _Timer(self, stage)

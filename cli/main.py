@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # the registry imports the components (torch): loaded on firs
 
 __all__ = ["make_cli", "main", "DISTRIBUTION"]
 
-DISTRIBUTION = "recon-3d"
-"""The distribution name on the package index (``pip install recon-3d``); the command and the
+DISTRIBUTION = "recon-toolkit"
+"""The distribution name on the package index (``pip install recon-toolkit``); the command and the
 import names stay ``recon``, ``recon_core``, ``recon_cli`` and ``recon_plugins``."""
 
 RegistrySource = "Registry | Callable[[], Registry] | None"
@@ -169,12 +169,18 @@ class ReconGroup(click.Group):
 
 def _console() -> Console:
     """stdout console. Markup is off: names, details and hints come from plugins and users and may
-    hold brackets (``pip install 'recon-3d[difix]'``); styled parts are :class:`Text` pieces."""
+    hold brackets (``pip install 'recon-toolkit[difix]'``); styled parts are :class:`Text` pieces."""
     return Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
+
+
+def _version() -> str:
+    from recon_core import __version__  # light: recon_core's names load lazily
+
+    return __version__
 
 
 def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True, lazy: bool = False) -> click.Group:
@@ -189,7 +195,7 @@ def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True, l
     @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
     @click.option("-q", "--quiet", "quiet", count=True, help="Only warnings and errors on stderr (no progress, no stage log).")
     @click.option("-v", "--verbose", "verbose", count=True, help="Also debug details on stderr.")
-    @click.version_option(package_name=DISTRIBUTION, prog_name="recon")
+    @click.version_option(version=_version(), prog_name="recon")
     @click.pass_context
     def cli(ctx: click.Context, debug: bool, quiet: int, verbose: int) -> None:
         """recon: plugin-based 3D/4D reconstruction."""

@@ -94,7 +94,7 @@ class Component:
     needs_packages: ClassVar[tuple[str, ...]] = ()
     """Optional import names this component needs (status 'missing-dependency' when absent)."""
     install_hint: ClassVar[str] = ""
-    """How to install ``needs_packages``, e.g. ``pip install 'recon[difix]'``."""
+    """How to install ``needs_packages``, e.g. ``pip install 'recon-toolkit[difix]'``."""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -534,7 +534,7 @@ def _broken_registry(tmp_path, monkeypatch):
 
     import recon_toy
 
-    (tmp_path / "brackets_mod.py").write_text("raise RuntimeError(\"needs: pip install 'recon-3d[difix]'\")\n")
+    (tmp_path / "brackets_mod.py").write_text("raise RuntimeError(\"needs: pip install 'recon-toolkit[difix]'\")\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     make_dist(tmp_path, "brackets-dist", {"brackets": "brackets_mod"})
     eps = [ep for d in md.distributions(path=[str(tmp_path)]) for ep in d.entry_points]
@@ -545,12 +545,12 @@ def test_doctor_exits_1_when_a_plugin_fails_and_keeps_brackets(tmp_path, monkeyp
     cli = make_cli(_broken_registry(tmp_path, monkeypatch))
     result = invoke(cli, "doctor")
     assert result.exit_code == 1
-    assert "pip install 'recon-3d[difix]'" in result.stdout  # escaped, not swallowed as markup
+    assert "pip install 'recon-toolkit[difix]'" in result.stdout  # escaped, not swallowed as markup
     assert "required:" in result.stdout and "brackets" in result.stdout
     as_json = invoke(cli, "doctor", "--json")
     assert as_json.exit_code == 1 and json.loads(as_json.stdout)["required_failures"]
     listed = invoke(cli, "list-plugins")
-    assert listed.exit_code == 0 and "recon-3d[difix]" in listed.stdout
+    assert listed.exit_code == 0 and "recon-toolkit[difix]" in listed.stdout
 
 
 def test_doctor_exits_0_when_only_optional_parts_are_missing(cli):

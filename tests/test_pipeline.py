@@ -585,3 +585,16 @@ def test_cli_non_finite_refiner_exits_1_without_export(toy_registry, toy_scene, 
     assert "step 3" in result.output and "'grid'" in result.output
     assert "internal error" not in result.output  # recon explains it: no traceback hint
     assert not (tmp_path / "r" / "grid.npy").exists()
+
+
+def test_default_renderer_falls_back_when_the_cuda_one_is_not_installed():
+    from recon_core.resolve import default_renderer
+
+    class Rep:
+        name = "splats"
+        default_renderer = {"cpu": "torch-3dgs", "cuda": "gsplat"}
+
+    cuda = torch.device("cuda")
+    assert default_renderer(Rep, cuda) == "gsplat"
+    assert default_renderer(Rep, cuda, usable={"torch-3dgs"}.__contains__) == "torch-3dgs"  # no `cuda` extra
+    assert default_renderer(Rep, torch.device("cpu"), usable={"torch-3dgs"}.__contains__) == "torch-3dgs"

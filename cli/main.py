@@ -722,22 +722,31 @@ def render(ctx: click.Context, run_dir: Path, cameras: str, frames: int, fps: fl
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", required=True, help="Export format (see plugin-info of the representation).")
+@click.option("--format", "fmt", required=True,
+              help="Export format: one of the representation's (plugin-info; e.g. ply, splat, ply_compressed, mesh) "
+                   "or 'cameras' (the views' cameras as a nerfstudio transforms.json).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default RUN_DIR).")
 @click.pass_context
 def export(ctx: click.Context, run_dir: Path, fmt: str, out: Path | None) -> None:
-    """Export a run's representation (Representation.export)."""
-    from recon_core.restore import restore_run
+    """Export a run's representation (Representation.export) or its cameras."""
+    from recon_core.restore import restore_run, write_transforms_json
     from recon_core.rundir import RunDir
+    from recon_core.scene import Scene
 
     reg = _registry(ctx)
     folder = RunDir.open(run_dir)
     config = folder.read_config()
     rep_name = (config.get("representation") or {}).get("name")
     formats = reg.get("representation", rep_name).export_formats
-    if fmt not in formats:
-        raise InputError(f"representation {rep_name} cannot export '{fmt}'; formats: {', '.join(formats) or 'none'}")
+    if fmt not in formats and fmt != "cameras":
+        raise InputError(f"representation {rep_name} cannot export '{fmt}'; formats: {', '.join(formats) or 'none'}, "
+                         "and cameras")
     restored = restore_run(reg, folder, device="cpu", evaluators=["none"])
+    if fmt == "cameras":
+        if not isinstance(restored.data, Scene):
+            raise InputError("--format cameras: a video run has no cameras")
+        click.echo(str(write_transforms_json((out or folder.path) / "transforms.json", restored.data)))
+        return
     for p in restored.rep.export(out or folder.path, fmt):
         click.echo(str(p))
 

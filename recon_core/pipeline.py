@@ -222,7 +222,7 @@ class Pipeline:
         except ImportError as e:  # matplotlib is a dependency; a broken install should not lose the run
             self.log(f"{CURVES_FILE} not drawn: {e}")
         with self._timed("export"):
-            formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats)
+            formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats[:1])
             exported = [str(p) for fmt in formats for p in rep.export(self.run_dir.path, fmt)]
         doc["exports"] = exported
         doc["timings"] = dict(self.timings)

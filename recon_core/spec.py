@@ -26,7 +26,7 @@ class RunOptions:
     checkpoint_every: int = option(500, "checkpoint every N refiner steps (0: only at the end of each refiner)", min=0)
     log_every: int = option(100, "write refiner step logs to log.txt every N steps (0: never)", min=0)
     render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call", min=1)
-    export: list[str] | None = option(None, "export formats (default: every format the representation offers)")
+    export: list[str] | None = option(None, "export formats written at the end of a run (default: the representation's first, e.g. ply; `recon export` writes the others)")
     save_renders: bool = option(True, "write a PNG per evaluated view and renders.mp4")
     video_fps: float = option(0.0, "frame rate of renders.mp4 (0: the video's own, or 10 for scenes)", min=0)
     background: list[float] = option(

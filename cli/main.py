@@ -273,6 +273,7 @@ def _complete_set(ctx: click.Context, param: click.Parameter, incomplete: str) -
 def _add_builtin_commands(cli: click.Group) -> None:
     for command in (list_plugins, plugin_info, inspect_data, run, eval_cmd, render, export, doctor):
         cli.add_command(command)
+    cli.add_command(view)
 
 
 @click.command("list-plugins")
@@ -749,6 +750,47 @@ def export(ctx: click.Context, run_dir: Path, fmt: str, out: Path | None) -> Non
         return
     for p in restored.rep.export(out or folder.path, fmt):
         click.echo(str(p))
+
+
+@click.command("view")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.pass_context
+def view(ctx: click.Context, target: Path, host: str, port: int, device: str | None) -> None:
+    """Show a run folder or a Gaussian file (.ply, .splat) in the browser (extra: viewer).
+
+    Gaussians (or idr's mesh), the cameras coloured by split (click one: our render beside its
+    image) and a time slider for dggt and d2gv runs. Runs until Ctrl-C.
+    """
+    import time
+
+    from recon_core.viewer import SceneViewer, view_file, view_run
+
+    if target.is_file():
+        show: Callable[[SceneViewer], str] = lambda viewer: view_file(viewer, target)  # noqa: E731
+    else:
+        from recon_core.restore import restore_run
+        from recon_core.rundir import RunDir
+
+        restored = restore_run(_registry(ctx), RunDir.open(target), device=device, evaluators=["none"])
+        show = lambda viewer: view_run(viewer, restored)  # noqa: E731
+    viewer = SceneViewer(host, port)
+    try:
+        what = show(viewer)
+    except BaseException:
+        viewer.close()
+        raise
+    click.echo(f"viewer: {viewer.url} ({what}); Ctrl-C to stop")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.close()
 
 
 @click.command("doctor")

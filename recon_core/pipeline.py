@@ -200,6 +200,14 @@ class Pipeline:
         position = checkpoint["position"] if checkpoint is not None else None
         scalars = ScalarLog(self.run_dir.path).open(
             resume_at=(position["refiner"], position["step"]) if position is not None else None)
+        on_step = scalars.write
+        viewer = self._live_viewer(rep, data) if spec.options.viewer else None
+        if viewer is not None:
+            interval = spec.options.viewer_interval
+
+            def on_step(name: str, index: int, step: int, values: dict[str, float]) -> None:
+                scalars.write(name, index, step, values)
+                viewer.maybe_update(rep.gaussians, interval)  # type: ignore[attr-defined]
         try:
             with self._timed("refine"):
                 result = run_refiners(
@@ -210,10 +218,12 @@ class Pipeline:
                     resume=checkpoint,
                     stop=self.stop,
                     log=self.log,
-                    scalars=scalars.write,
+                    scalars=on_step,
                 )
         finally:
             scalars.close()
+            if viewer is not None:
+                viewer.close()
         doc = self.evaluate(rep, data)
         doc["refiners"] = _reports_json(result.reports)
         self.run_dir.write_metrics(doc)
@@ -229,6 +239,23 @@ class Pipeline:
         self.run_dir.write_metrics(doc)
         self.log("run finished")
         return doc
+
+
+    def _live_viewer(self, rep: Representation, data: Scene | Video) -> Any:
+        """``run.viewer``: a :class:`~recon_core.viewer.SceneViewer` showing the Gaussians as they
+        train and the scene's cameras (None, with a log line, for a representation without Gaussians)."""
+        from .gaussians import GaussianRepresentation
+        from .viewer import SceneViewer
+
+        if not isinstance(rep, GaussianRepresentation):
+            self.log(f"run.viewer: {rep.name} has no Gaussians to show while training; use `recon view` on the run")
+            return None
+        viewer = SceneViewer(port=self.spec.options.viewer_port)
+        if isinstance(data, Scene):
+            viewer.show_cameras(data.views)
+        viewer.show_gaussians(rep.gaussians())
+        self.log(f"live viewer: {viewer.url}")
+        return viewer
 
 
 class _Timer:

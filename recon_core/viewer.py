@@ -96,6 +96,7 @@ class SceneViewer:
         self._lock = threading.Lock()
         self._splats: Any = None
         self._panel: Any = None
+        self._comparison: tuple[Any, Any] | None = None
         self._last_update = 0.0
         self.server.gui.configure_theme(control_width="large")
 
@@ -132,7 +133,6 @@ class SceneViewer:
         extent = float((centers - centers.mean(0)).norm(dim=1).max()) if len(views) > 1 else 1.0
         scale = scale if scale is not None else max(extent, 1e-3) * 0.06
         self._panel = self.server.gui.add_markdown("Click a camera to compare our render with its image.")
-        image_handle: list[Any] = []
         for view in views:
             wxyz, position = _look_from(view.camera.c2w[0])
             K = view.camera.K[0]
@@ -140,18 +140,22 @@ class SceneViewer:
             frustum = self.server.scene.add_camera_frustum(
                 f"/cameras/{view.split}/{view.name}", fov=fov_y, aspect=view.width / view.height, scale=scale,
                 wxyz=wxyz, position=position, color=SPLIT_COLORS.get(view.split, (120, 120, 120)))
-            frustum.on_click(lambda event, view=view: self._clicked(view, render, image_handle))
+            frustum.on_click(lambda event, view=view: self.show_comparison(view, render))
 
-    def _clicked(self, view: Any, render: Callable[[Any], Tensor | None] | None, handle: list[Any]) -> None:
+    def show_comparison(self, view: Any, render: Callable[[Any], Tensor | None] | None = None) -> np.ndarray:
+        """The panel a click on ``view``'s frustum opens: ``render(view)`` | the view's image
+        (uint8 [H, W or 2W, 3], also returned)."""
         panels = [render(view)] if render is not None else []
         panels = [p for p in panels if p is not None] + [view.image.float()]
-        strip = (torch.cat([p.detach().float().cpu().clamp(0, 1) for p in panels], dim=1).numpy() * 255).astype(np.uint8)
+        strip = (torch.cat([p.detach().float().cpu().clamp(0, 1) for p in panels], dim=1).numpy() * 255 + 0.5).astype(np.uint8)
         label = f"{view.name} ({view.split}): " + ("our render | captured image" if len(panels) == 2 else "captured image")
-        if handle:
-            handle[0].image = strip
-            handle[1].content = label
-        else:
-            handle += [self.server.gui.add_image(strip, label=None), self.server.gui.add_markdown(label)]
+        with self._lock:
+            if self._comparison is None:
+                self._comparison = (self.server.gui.add_image(strip, label=None), self.server.gui.add_markdown(label))
+            else:
+                self._comparison[0].image = strip
+                self._comparison[1].content = label
+        return strip
 
     def show_image(self, image: Tensor, label: str) -> None:
         """An image panel (e.g. a decoded video frame) beside the 3D view."""
@@ -180,15 +184,15 @@ class SceneViewer:
         self.show_gaussians(gaussians())
         return True
 
-    def start_at(self, c2w: Tensor, target: Tensor | None = None, back: float = 0.5) -> None:
+    def start_at(self, c2w: Tensor, target: Tensor | None = None, ahead: float = 0.25) -> None:
         """Open every browser (connected now or later) looking as the OpenCV camera-to-world ``c2w``
-        does, from ``back`` × its distance to ``target`` behind it (so its own frustum is in view
-        rather than around the eye), orbiting ``target``."""
+        does, moved ``ahead`` × its distance to ``target`` forward (so its own frustum is behind
+        the eye, not across the view), orbiting ``target``."""
         wxyz, position = _look_from(c2w)
         look_at = None if target is None else target.detach().double().cpu().numpy()
         if look_at is not None:
             forward = c2w[:3, 2].detach().double().cpu().numpy()
-            position = position - forward * back * float(np.linalg.norm(position - look_at))
+            position = position + forward * ahead * float(np.linalg.norm(position - look_at))
 
         def place(client: Any) -> None:
             with client.atomic():

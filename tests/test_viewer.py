@@ -165,3 +165,24 @@ def test_maybe_update_is_throttled():
         assert viewer.maybe_update(make, interval=0.0) is True and len(sent) == 2
     finally:
         viewer.close()
+
+
+def test_clicking_a_camera_compares_our_render_with_its_image(toy_scene):
+    import recon_toy
+
+    from recon_core.viewer import SceneViewer
+
+    scene = recon_toy.ToyFolderLoader().load(toy_scene)
+    view = scene.views[0]
+    ours = torch.full((view.height, view.width, 3), 0.25)
+    viewer = SceneViewer(port=0)
+    try:
+        viewer.show_cameras(scene.views, render=lambda v: ours)
+        strip = viewer.show_comparison(view, render=lambda v: ours)
+        assert strip.shape == (view.height, 2 * view.width, 3)
+        assert (strip[:, :view.width] == 64).all()  # our render (0.25) on the left
+        expected = (view.image.float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        assert np.array_equal(strip[:, view.width:], expected)  # the captured image on the right
+        assert viewer.show_comparison(scene.views[1]).shape == (view.height, view.width, 3)  # no renderer: the image
+    finally:
+        viewer.close()

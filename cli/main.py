@@ -178,9 +178,9 @@ def _echo_json(value: Any) -> None:
 
 
 def _version() -> str:
-    from recon_core import __version__  # light: recon_core's names load lazily
+    import recon_core  # light: recon_core's names load lazily
 
-    return __version__
+    return recon_core.__version__
 
 
 def make_cli(registry: RegistrySource = None, *, plugin_commands: bool = True, lazy: bool = False) -> click.Group:

@@ -97,6 +97,10 @@ class SceneViewer:
         self._splats: Any = None
         self._panel: Any = None
         self._comparison: tuple[Any, Any] | None = None
+        self.image_panel: Any = None
+        """The GUI image of :meth:`show_image` (e.g. d2gv's decoded frame), once shown."""
+        self.time_slider: Any = None
+        """The slider of :meth:`add_time_slider`, once added (``.value`` moves it, as a user does)."""
         self._last_update = 0.0
         self.server.gui.configure_theme(control_width="large")
 
@@ -159,18 +163,20 @@ class SceneViewer:
 
     def show_image(self, image: Tensor, label: str) -> None:
         """An image panel (e.g. a decoded video frame) beside the 3D view."""
-        arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
+        arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
         with self._lock:
-            if getattr(self, "_image", None) is None:
-                self._image = self.server.gui.add_image(arr, label=label)
+            if self.image_panel is None:
+                self.image_panel = self.server.gui.add_image(arr, label=label)
             else:
-                self._image.image = arr
+                self.image_panel.image = arr
+                self.image_panel.label = label
 
     def add_time_slider(self, times: Sequence[float], on_change: Callable[[int], None]) -> Any:
         """A slider over ``times`` (indices); ``on_change(index)`` runs on every move and once now."""
         slider = self.server.gui.add_slider("time", min=0, max=max(len(times) - 1, 0), step=1, initial_value=0)
         slider.on_update(lambda event: on_change(int(slider.value)))
         on_change(0)
+        self.time_slider = slider
         return slider
 
     # ------------------------------------------------------------------------------ training

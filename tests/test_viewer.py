@@ -186,3 +186,26 @@ def test_clicking_a_camera_compares_our_render_with_its_image(toy_scene):
         assert viewer.show_comparison(scene.views[1]).shape == (view.height, view.width, 3)  # no renderer: the image
     finally:
         viewer.close()
+
+
+def test_time_slider_shows_the_decoded_frame(toy_registry, toy_video, tmp_path):
+    from recon_core.pipeline import Pipeline
+    from recon_core.resolve import resolve_run
+    from recon_core.restore import restore_run
+    from recon_core.rundir import RunDir
+    from recon_core.viewer import SceneViewer, view_run
+
+    spec = resolve_run(toy_registry, data=toy_video, representation="toy-frames", evaluators=["psnr"],
+                       sets=["toy-fit.steps=5"])
+    run_dir = RunDir.create(tmp_path / "r")
+    Pipeline(toy_registry, spec, run_dir).run()
+    restored = restore_run(toy_registry, run_dir, evaluators=["none"])
+    viewer = SceneViewer(port=0)
+    try:
+        assert view_run(viewer, restored) == "5 decoded frames"
+        for i in (0, 3):
+            viewer.time_slider.value = i  # what dragging the slider does
+            expected = (restored.rep.image(i, *restored.rep.frame_size).detach().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+            assert np.array_equal(np.asarray(viewer.image_panel.image), expected) and viewer.image_panel.label == f"frame {i}"
+    finally:
+        viewer.close()

@@ -94,7 +94,7 @@ class Component:
     needs_packages: ClassVar[tuple[str, ...]] = ()
     """Optional import names this component needs (status 'missing-dependency' when absent)."""
     install_hint: ClassVar[str] = ""
-    """How to install ``needs_packages``, e.g. ``pip install 'recon[difix]'``."""
+    """How to install ``needs_packages``, e.g. ``pip install 'recon-toolkit[difix]'``."""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -303,6 +303,9 @@ class RunContext:
     """The refiner's saved ``state_dict()`` when resuming, else None."""
     start_step: int = 0
     """The step saved with ``resume_state`` (where a resumed ``run`` continues)."""
+    log_scalars: Callable[[int, dict[str, float]], None] = lambda step, values: None
+    """``log_scalars(step, values)`` records a unit of work's numbers in ``RUN/scalars.jsonl``
+    (the step loop does this itself for refiners without a custom ``run``)."""
 
 
 class Refiner(Component):

@@ -46,7 +46,7 @@ from .scene import Scene, Video, View
 from .spec import Choice, RunSpec
 
 __all__ = ["RenderedItem", "render_items", "evaluate_run", "plugins_json", "view_mask", "view_nonsky", "MASKED_SUFFIX",
-           "NONSKY_SUFFIX", "device_label", "versions_json"]
+           "NONSKY_SUFFIX", "device_label", "versions_json", "compare_strip", "COMPARE_DIR"]
 
 MASKED_SUFFIX = "_masked"
 """Appended to an image metric's name for its value inside the views' object masks."""
@@ -236,6 +236,24 @@ def render_items(
                                    batch.nonsky[j] if batch.nonsky else _none)
 
 
+COMPARE_DIR = "compare"
+"""Per evaluated view: render | ground truth | error (written by :func:`evaluate_run`)."""
+
+ERROR_GAIN = 4.0
+"""The error panel shows ``min(1, ERROR_GAIN * mean |render - truth|)``: one fixed scale for every
+view, so panels compare across views and runs (white = a mean channel error of 0.25 or more)."""
+
+
+def compare_strip(pred: Tensor, target: Tensor) -> Tensor:
+    """[H, 3W, 3] float image: ``pred`` | ``target`` | grey error, both inputs [H, W, 3] in [0, 1]."""
+    pred = pred.detach().float().cpu().clamp(0, 1)
+    target = target.detach().float().cpu().clamp(0, 1)
+    if pred.shape != target.shape:
+        raise ValueError(f"render {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in shape")
+    error = ((pred - target).abs().mean(-1, keepdim=True) * ERROR_GAIN).clamp(0, 1).expand_as(pred)
+    return torch.cat([pred, target, error], dim=1)
+
+
 def _mean(values: list[float]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(sum(finite) / len(finite)) if finite else None
@@ -323,8 +341,10 @@ def evaluate_run(
                         write_png(run_dir.renders_dir / "fixed" / f"{item.name}.png", item.fixed)
                         if "fixed" in writers:
                             writers["fixed"].add(item.fixed)
+                target = item.target() if (save or image_evals) else None
+                if save and target is not None:
+                    write_png(run_dir.path / COMPARE_DIR / f"{item.name}.png", compare_strip(item.pred, target))
                 if image_evals:
-                    target = item.target()
                     mask = item.mask()
                     nonsky = item.nonsky()
                     if target is None:

@@ -196,7 +196,7 @@ class GaussianRepresentation(Representation):
 
     provides = frozenset({"gaussians-3d"})
     default_renderer = {"cpu": "torch-3dgs", "cuda": "gsplat"}
-    export_formats = ("ply",)
+    export_formats = ("ply", "splat", "ply_compressed")
     refinable: ClassVar[frozenset[str]] = frozenset(SPLAT_KEYS)
     """Entries of ``splats`` an optimiser may train (others keep ``requires_grad=False``)."""
 
@@ -256,12 +256,20 @@ class GaussianRepresentation(Representation):
         return activate(self.splats, self.sh_degree_in_use())
 
     def export(self, out_dir: Path, fmt: str) -> list[Path]:
-        """``ply``: ``out_dir/point_cloud.ply`` in the INRIA layout, written atomically."""
+        """Written atomically into ``out_dir``: ``ply`` → ``point_cloud.ply`` (INRIA layout),
+        ``splat`` → ``point_cloud.splat`` (antimatter15), ``ply_compressed`` →
+        ``point_cloud.compressed.ply`` (SuperSplat, through gsplat); see :mod:`recon_core.splatfile`."""
         from .ply import write_splat_ply
+        from .splatfile import write_ply_compressed, write_splat_file
 
         if fmt not in self.export_formats:
             raise InputError(f"{self.name} cannot export '{fmt}'; formats: {', '.join(self.export_formats)}")
-        return [write_splat_ply(Path(out_dir) / "point_cloud.ply", self.splat_values())]
+        out = Path(out_dir)
+        if fmt == "splat":
+            return [write_splat_file(out / "point_cloud.splat", self.splat_values())]
+        if fmt == "ply_compressed":
+            return [write_ply_compressed(out / "point_cloud.compressed.ply", self.splat_values())]
+        return [write_splat_ply(out / "point_cloud.ply", self.splat_values())]
 
     def load_state_dict_resizing(self, state: Mapping[str, Tensor]) -> None:
         """Load a checkpoint whose Gaussian count differs (densified), then use every SH band."""

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from .components import Encoder, Evaluator, Fixer, Generator, Loader, Refiner, Renderer, Representation
 
 PROJECT = "recon"
+ENTRY_POINT_GROUP = "recon.plugins"
+"""The entry-point group plugins register under."""
+DISABLE_ENV = "RECON_DISABLE_PLUGINS"
+"""Comma-separated plugin names blocked before import."""
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

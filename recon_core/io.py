@@ -93,7 +93,8 @@ class Mp4Writer:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.stem}.partial.mp4")
-        self.container = av.open(str(self._tmp), mode="w", format="mp4")
+        # faststart: the index (moov) goes before the media data, so a browser can stream the file
+        self.container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self.stream.pix_fmt = "yuv420p"
         self._size: tuple[int, int] | None = None

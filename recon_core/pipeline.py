@@ -23,13 +23,14 @@ from torch import Tensor
 
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
 from .evaluate import evaluate_run
-from .progress import stderr_console
+from .logs import logger
 from .refine import StopFlag, run_refiners
 from .registry import Registry
 from .resolve import load_data, open_data, resolve_device
 from .spec import Choice, RunSpec
 from .threads import torch_threads
 from .rundir import RunDir
+from .scalars import CURVES_FILE, ScalarLog, plot_curves, read_scalars
 from .scene import Scene, Video
 
 __all__ = ["Pipeline", "seed_everything"]
@@ -90,12 +91,12 @@ class Pipeline:
         self.stop = stop
         self.device = resolve_device(spec.device)
         self.timings: dict[str, float] = {}
-        self.console = stderr_console()
         self._ctx: RunContext | None = None
 
     def log(self, message: str) -> None:
+        """Into the run's log.txt, and to the ``recon`` logger (the console, see recon_core.logs)."""
         self.run_dir.log(message)
-        self.console.print(f"[dim]{message}[/dim]", highlight=False)
+        logger().info(message)
 
     def _timed(self, stage: str) -> "_Timer":
         return _Timer(self, stage)
@@ -204,27 +205,65 @@ class Pipeline:
                 rep.load_state_dict_resizing(checkpoint["representation"])
 
         refiners: list[tuple[str, Refiner]] = [(c.name, self.create(c)) for c in spec.refiners]  # type: ignore[misc]
-        with self._timed("refine"):
-            result = run_refiners(
-                rep, data, refiners, ctx,
-                save=lambda state, label: self.run_dir.save_checkpoint(state, label),
-                checkpoint_every=spec.options.checkpoint_every,
-                log_every=spec.options.log_every,
-                resume=checkpoint,
-                stop=self.stop,
-                log=self.log,
-            )
+        position = checkpoint["position"] if checkpoint is not None else None
+        scalars = ScalarLog(self.run_dir.path).open(
+            resume_at=(position["refiner"], position["step"]) if position is not None else None)
+        on_step = scalars.write
+        viewer = self._live_viewer(rep, data) if spec.options.viewer else None
+        if viewer is not None:
+            interval = spec.options.viewer_interval
+
+            def on_step(name: str, index: int, step: int, values: dict[str, float]) -> None:
+                scalars.write(name, index, step, values)
+                viewer.maybe_update(rep.gaussians, interval)  # type: ignore[attr-defined]
+        try:
+            with self._timed("refine"):
+                result = run_refiners(
+                    rep, data, refiners, ctx,
+                    save=lambda state, label: self.run_dir.save_checkpoint(state, label),
+                    checkpoint_every=spec.options.checkpoint_every,
+                    log_every=spec.options.log_every,
+                    resume=checkpoint,
+                    stop=self.stop,
+                    log=self.log,
+                    scalars=on_step,
+                )
+        finally:
+            scalars.close()
+            if viewer is not None:
+                viewer.close()
         doc = self.evaluate(rep, data)
         doc["refiners"] = _reports_json(result.reports)
         self.run_dir.write_metrics(doc)
+        try:
+            plot_curves(read_scalars(scalars.path), self.run_dir.path / CURVES_FILE, eval_psnr=doc["metrics"].get("psnr"))
+        except ImportError as e:  # matplotlib is a dependency; a broken install should not lose the run
+            self.log(f"{CURVES_FILE} not drawn: {e}")
         with self._timed("export"):
-            formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats)
+            formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats[:1])
             exported = [str(p) for fmt in formats for p in rep.export(self.run_dir.path, fmt)]
         doc["exports"] = exported
         doc["timings"] = dict(self.timings)
         self.run_dir.write_metrics(doc)
         self.log("run finished")
         return doc
+
+
+    def _live_viewer(self, rep: Representation, data: Scene | Video) -> Any:
+        """``run.viewer``: a :class:`~recon_core.viewer.SceneViewer` showing the Gaussians as they
+        train and the scene's cameras (None, with a log line, for a representation without Gaussians)."""
+        from .gaussians import GaussianRepresentation
+        from .viewer import SceneViewer
+
+        if not isinstance(rep, GaussianRepresentation):
+            self.log(f"run.viewer: {rep.name} has no Gaussians to show while training; use `recon view` on the run")
+            return None
+        viewer = SceneViewer(port=self.spec.options.viewer_port)
+        if isinstance(data, Scene):
+            viewer.show_cameras(data.views)
+        viewer.show_gaussians(rep.gaussians())
+        self.log(f"live viewer: {viewer.url}")
+        return viewer
 
 
 class _Timer:

@@ -24,6 +24,8 @@ def stderr_console() -> Console:
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, completed: int = 0) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n=1, **fields)``; ``fields`` (e.g. loss=0.1) are shown after the bar."""
+    from .logs import verbose_enough
+
     console = stderr_console()
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -33,7 +35,7 @@ def progress_bar(description: str, total: int, completed: int = 0) -> Iterator[C
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, console=console, disable=not console.is_terminal, transient=False) as bar:
+    with Progress(*columns, console=console, disable=not (console.is_terminal and verbose_enough()), transient=False) as bar:
         task = bar.add_task(description, total=total, completed=completed, info="")
 
         def advance(n: int = 1, **fields: float) -> None:

@@ -252,6 +252,7 @@ def run_refiners(
     resume: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
     log: Callable[[str], None] = lambda message: None,
+    scalars: Callable[[str, int, int, dict[str, float]], None] = lambda name, index, step, values: None,
 ) -> RefineResult:
     """Run ``refiners`` in order on ``rep``; see the module docstring for checkpoints and resume.
 
@@ -260,6 +261,9 @@ def run_refiners(
         save: ``save(state, label) -> folder`` persists a checkpoint (``RunDir.save_checkpoint``).
         checkpoint_every: also checkpoint every this many steps (0: only at refiner ends).
         log_every: pass the step's logs to ``log`` every this many steps (0: never).
+        scalars: ``scalars(name, index, step, values)`` receives every step's numeric logs
+            (:class:`recon_core.scalars.ScalarLog.write`); a refiner with its own ``run`` reports
+            them through ``ctx.log_scalars(step, values)``.
         resume: a checkpoint written by this function; the representation must already hold its
             parameters (``rep.load_state_dict_resizing(resume["representation"])``); the saved
             cameras are given back to the scene's views here (:func:`restore_cameras`).
@@ -316,6 +320,7 @@ def run_refiners(
 
             if refiner.run is not None:
                 try:
+                    ctx.log_scalars = lambda step, values, _n=name, _i=index: scalars(_n, _i, step, _scalars(values))
                     report, saved_at_stop = _run_custom(refiner, index, rep, data, ctx, saved_refiner_state, first, checkpoint, resume, stop)
                 except _NonFiniteStep as e:
                     report, saved_at_stop = roll_back(name, e.step, e.what), None
@@ -342,6 +347,7 @@ def run_refiners(
                         if what is not None:
                             report = roll_back(name, step, what)
                             break
+                        scalars(name, index, step, logs)
                         advance(1, **logs)
                         done = step + 1
                         if log_every and (done % log_every == 0 or done == total):
@@ -369,6 +375,10 @@ def _scalars(logs: dict[str, Any] | None) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     return out
+
+
+def _ignore_scalars(step: int, values: dict[str, Any]) -> None:
+    """``ctx.log_scalars`` outside a refiner's own ``run``."""
 
 
 class _NonFiniteStep(Exception):
@@ -416,3 +426,4 @@ def _run_custom(
         return report, (saved_at_stop[-1] if saved_at_stop else None)
     finally:
         ctx.save_state, ctx.resume_state, ctx.start_step = None, None, 0
+        ctx.log_scalars = _ignore_scalars

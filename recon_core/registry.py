@@ -28,11 +28,9 @@ import pluggy
 from . import hookspecs
 from .components import KINDS, Component
 from .errors import InputError, PluginConflictError
+from .hookspecs import DISABLE_ENV, ENTRY_POINT_GROUP
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "ComponentInfo", "Registry", "get_registry", "Status"]
-
-ENTRY_POINT_GROUP = "recon.plugins"
-DISABLE_ENV = "RECON_DISABLE_PLUGINS"
 
 
 class Status:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -115,13 +115,21 @@ def open_data(registry: Registry, path: str | Path, loader: str | None = None) -
     return name, load_data(component, path)
 
 
-def default_renderer(representation: type[Representation], device: torch.device) -> str:
-    """The renderer a representation names for ``device`` (else its CPU one) when the user names none."""
+def default_renderer(representation: type[Representation], device: torch.device,
+                     usable: Callable[[str], bool] = lambda name: True) -> str:
+    """The renderer a representation names for ``device`` (else its CPU one) when the user names none.
+
+    When the device's renderer is not ``usable`` (e.g. ``gsplat`` without the ``cuda`` extra) and
+    the CPU one is, the CPU one is taken: the torch renderers run on any device.
+    """
     if not representation.default_renderer:
         raise InputError(f"representation {representation.name} names no default renderer; pass --renderer NAME")
     name = representation.default_renderer.get(device.type) or representation.default_renderer.get("cpu")
     if name is None:
         raise CombinationError(f"representation {representation.name} has no renderer for {device.type}; pass --renderer NAME")
+    fallback = representation.default_renderer.get("cpu")
+    if not usable(name) and fallback is not None and usable(fallback):
+        return fallback
     return name
 
 
@@ -223,7 +231,8 @@ def resolve_run(
 
     renderer_name, renderer_cfg = pick("renderer", renderer)
     if renderer_name is None:
-        renderer_name = default_renderer(rep_cls, dev)
+        usable = {r.name for r in registry.components("renderer")}
+        renderer_name = default_renderer(rep_cls, dev, usable=usable.__contains__)
     renderer_cls = registry.get("renderer", renderer_name)
 
     encoder_name, encoder_cfg = pick("encoder", encoder)

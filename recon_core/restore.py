@@ -24,7 +24,7 @@ from .rundir import RunDir, read_json
 from .scene import Scene, Video, View
 from .spec import RunSpec
 
-__all__ = ["RestoredRun", "restore_run", "render_to_folder", "orbit_cameras", "read_cameras_file"]
+__all__ = ["RestoredRun", "restore_run", "render_to_folder", "orbit_cameras", "read_cameras_file", "write_transforms_json"]
 
 
 @dataclass
@@ -175,3 +175,33 @@ def read_cameras_file(path: Path) -> tuple[Cameras, list[str]]:
         hs.append(h)
         names.append(Path(fr["file_path"]).stem if isinstance(fr.get("file_path"), str) else f"{i:05d}")
     return Cameras.create(torch.stack(Ks), torch.stack(c2ws), ws, hs), names
+
+
+def write_transforms_json(path: Path, scene: Scene) -> Path:
+    """The scene's view cameras (as the run left them: ``ttr`` refines poses) as a nerfstudio
+    ``transforms.json``: per frame its OpenGL camera-to-world, intrinsics, size, split and image.
+
+    Image paths are the views' own (absolute), so the file next to the run opens with the original
+    images in nerfstudio and in ``recon run --data``. Distortion, when a view has any, is written
+    as OpenCV ``k1 k2 p1 p2 [k3 k4]``.
+    """
+    from .cameras import _GL_TO_CV
+    from .io import write_json
+
+    frames = []
+    for view in scene.views:
+        cam = view.camera
+        K = cam.K[0].detach().cpu().double()
+        c2w_gl = cam.c2w[0].detach().cpu().double() @ _GL_TO_CV.double()  # diag(1,-1,-1,1) is its own inverse
+        frame: dict[str, Any] = {
+            "file_path": str(view.path) if view.path is not None else view.name,
+            "transform_matrix": c2w_gl.tolist(),
+            "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+            "w": int(cam.width), "h": int(cam.height),
+            "split": view.split,
+            "name": view.name,
+        }
+        if cam.distortion is not None:
+            frame.update(zip(("k1", "k2", "p1", "p2", "k3", "k4"), map(float, cam.distortion[0].tolist())))
+        frames.append(frame)
+    return write_json(path, {"camera_model": "OPENCV", "frames": frames})

@@ -29,9 +29,12 @@ class RunOptions:
     threads: str = option("auto", "CPU threads of torch and the compiled kernels: 'auto' (the CPUs this process may "
                                   "use: affinity mask and cgroup quota, capped by OMP_NUM_THREADS) or a positive integer")
     render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call", min=1)
-    export: list[str] | None = option(None, "export formats (default: every format the representation offers)")
+    export: list[str] | None = option(None, "export formats written at the end of a run (default: the representation's first, e.g. ply; `recon export` writes the others)")
     save_renders: bool = option(True, "write a PNG per evaluated view and renders.mp4")
     video_fps: float = option(0.0, "frame rate of renders.mp4 (0: the video's own, or 10 for scenes)", min=0)
+    viewer: bool = option(False, "live browser viewer while refining (extra 'viewer'); its address is logged")
+    viewer_port: int = option(8080, "port of the live viewer (0: any free port)", min=0, max=65535)
+    viewer_interval: float = option(1.0, "seconds between updates of the live viewer (training never waits for it)", min=0)
     background: list[float] = option(
         factory=lambda: [1.0, 1.0, 1.0],
         help="RGB in [0, 1] behind everything rendered (RunContext.background); a loader with a 'background' "

@@ -523,3 +523,89 @@ def test_out_inside_the_data_is_refused(cli, toy_scene, tmp_path):
     shutil.copytree(toy_scene, run_dir / "data")
     result = invoke(cli, "run", "--data", run_dir / "data", *FAST, "--out", run_dir, "--overwrite")
     assert result.exit_code == 2 and "inside" in result.stderr and (run_dir / "data").is_dir()
+
+
+# ------------------------------------------------------------------- output and diagnostics
+
+
+def _broken_registry(tmp_path, monkeypatch):
+    """The toy plugin plus one whose import fails with a message holding rich-markup brackets."""
+    import importlib.metadata as md
+
+    import recon_toy
+
+    (tmp_path / "brackets_mod.py").write_text("raise RuntimeError(\"needs: pip install 'recon-toolkit[difix]'\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_dist(tmp_path, "brackets-dist", {"brackets": "brackets_mod"})
+    eps = [ep for d in md.distributions(path=[str(tmp_path)]) for ep in d.entry_points]
+    return Registry(entry_points=eps, modules=[("toy", recon_toy)], disabled=())
+
+
+def test_doctor_exits_1_when_a_plugin_fails_and_keeps_brackets(tmp_path, monkeypatch):
+    cli = make_cli(_broken_registry(tmp_path, monkeypatch))
+    result = invoke(cli, "doctor")
+    assert result.exit_code == 1
+    assert "pip install 'recon-toolkit[difix]'" in result.stdout  # escaped, not swallowed as markup
+    assert "required:" in result.stdout and "brackets" in result.stdout
+    as_json = invoke(cli, "doctor", "--json")
+    assert as_json.exit_code == 1 and json.loads(as_json.stdout)["required_failures"]
+    listed = invoke(cli, "list-plugins")
+    assert listed.exit_code == 0 and "recon-toolkit[difix]" in listed.stdout
+
+
+def test_doctor_exits_0_when_only_optional_parts_are_missing(cli):
+    report = json.loads(run_ok(cli, "doctor", "--json").stdout)  # no CUDA, no lpips: optional
+    assert report["required_failures"] == []
+
+
+def test_list_plugins_fits_80_columns(cli):
+    result = CliRunner().invoke(cli, ["list-plugins"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)
+    for name in ("toy-grid", "toy-fit", "toy-folder"):
+        assert any(name in line for line in lines)
+
+
+def test_plugin_info_run_lists_the_pipeline_options(cli):
+    out = run_ok(cli, "plugin-info", "run").stdout
+    assert "checkpoint_every" in out and "--set run.KEY=VALUE" in out
+    info = json.loads(run_ok(cli, "plugin-info", "run", "--json").stdout)
+    assert {o["name"] for o in info["options"]} >= {"checkpoint_every", "log_every", "background", "export"}
+
+
+def test_run_and_eval_json_and_quiet(cli, toy_scene, tmp_path):
+    result = invoke(cli, "-q", "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "toy-fit.steps=3",
+                    "--out", tmp_path / "r", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # stdout is the document alone
+    assert doc["run_folder"] == str(tmp_path / "r") and "psnr" in doc["metrics"]
+    assert "stage refine" not in result.stderr  # -q: no stage log on the console (it stays in log.txt)
+    assert "stage refine" in (tmp_path / "r" / "log.txt").read_text()
+    again = json.loads(run_ok(cli, "eval", tmp_path / "r", "--json").stdout)
+    assert again["metrics"] == doc["metrics"]
+    loud = invoke(cli, "run", "--data", toy_scene, "--repr", "toy-grid", "--set", "toy-fit.steps=3", "--out", tmp_path / "r2")
+    assert "stage refine" in loud.stderr
+
+
+def test_warnings_once_and_known_torch_noise_filtered(capsys):
+    import logging
+    import warnings
+
+    from recon_core.logs import setup_logging
+
+    setup_logging(0)
+    logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+    with warnings.catch_warnings():  # pytest records warnings itself: route them to logging again here
+        warnings.simplefilter("always")  # Python alone would print it three times
+        logging.captureWarnings(False)
+        logging.captureWarnings(True)
+        for _ in range(3):
+            warnings.warn("the same [bracketed] warning", UserWarning, stacklevel=1)
+            logging.getLogger("recon").warning("a repeated   recon\nwarning")
+        logging.captureWarnings(False)
+    logging.captureWarnings(True)
+    err = capsys.readouterr().err
+    assert "No CUDA runtime" not in err
+    assert err.count("the same [bracketed] warning") == 1
+    assert err.count("a repeated") == 1

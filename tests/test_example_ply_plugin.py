@@ -90,7 +90,7 @@ def test_registered_as_a_gaussian_representation(registry: Registry, example: An
     assert row.status == Status.OK, row.detail
     cls = registry.get("representation", "ply-splats")
     assert cls is example.PlySplats and issubclass(cls, GaussianRepresentation)
-    assert cls.provides == {"gaussians-3d"} and cls.export_formats == ("ply",)
+    assert cls.provides == {"gaussians-3d"} and cls.export_formats == ("ply", "splat", "ply_compressed")
 
 
 # ------------------------------------------------------------------------------ the data

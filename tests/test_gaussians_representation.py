@@ -37,7 +37,7 @@ def test_component_declarations() -> None:
     assert GaussianSplat.name == "3dgs" and GaussianSplat.kind == "representation"
     assert GaussianSplat.provides == frozenset({"gaussians-3d"})
     assert dict(GaussianSplat.default_renderer) == {"cpu": "torch-3dgs", "cuda": "gsplat"}
-    assert GaussianSplat.native_refiner == "3dgs-train" and GaussianSplat.export_formats == ("ply",)
+    assert GaussianSplat.native_refiner == "3dgs-train" and GaussianSplat.export_formats == ("ply", "splat", "ply_compressed")
 
 
 def test_build_from_point_cloud() -> None:

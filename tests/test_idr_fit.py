@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import look_at_torch
@@ -213,6 +214,15 @@ def test_export_mesh(tmp_path: Path) -> None:
     mesh = trimesh.load(files[0], force="mesh")
     r = (torch.from_numpy(mesh.vertices).float()).norm(dim=-1)
     assert 0.2 < float(r.mean()) < 0.9  # the geometric-init sphere (radius ≈ 0.6)
+    # vertex colours: the appearance network's colour at each vertex seen head-on, to 8 bits
+    colors = torch.from_numpy(np.asarray(mesh.visual.vertex_colors)[:, :3]).float() / 255
+    vertices = torch.from_numpy(np.asarray(mesh.vertices)).float()[:5]
+    x = rep.to_network(vertices)
+    with torch.enable_grad():
+        _, _, grad = rep.implicit.sdf_and_gradient(x, create_graph=False)
+    normals = torch.nn.functional.normalize(grad.detach(), dim=-1)
+    expected = rep.shade(x, -normals, create_graph=False).rgb.detach().clamp(0, 1)
+    assert torch.allclose(colors[:5], expected, atol=0.5 / 255 + 1e-4)
 
 
 def test_schedules_follow_the_driver_progress() -> None:

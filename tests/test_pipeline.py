@@ -173,6 +173,18 @@ def test_run_writes_the_run_folder_and_honours_masks(toy_registry, toy_scene, tm
     with av.open(str(run_dir.renders_dir / "renders.mp4")) as container:
         assert container.streams.video[0].codec_context.name == "h264"
         assert sum(1 for _ in container.decode(video=0)) == 2
+    mp4 = (run_dir.renders_dir / "renders.mp4").read_bytes()
+    assert 0 < mp4.find(b"moov") < mp4.find(b"mdat")  # faststart: the index precedes the media
+    # the experiment log: every step's scalars, the curves, render | truth | error per test view
+    scalars = [json.loads(line) for line in (run_dir.path / "scalars.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in scalars] == list(range(10)) and all(r["refiner"] == "toy-fit" for r in scalars)
+    assert (run_dir.path / "curves.png").stat().st_size > 0
+    strip = np.asarray(Image.open(run_dir.path / "compare" / "v4.png"), np.float32) / 255
+    pred = np.asarray(Image.open(run_dir.renders_dir / "v4.png"), np.float32) / 255
+    w = pred.shape[1]
+    assert strip.shape == (pred.shape[0], 3 * w, 3) and np.array_equal(strip[:, :w], pred)
+    error = np.abs(strip[:, :w] - strip[:, w:2 * w]).mean(-1)
+    assert np.allclose(strip[:, 2 * w:, 0], np.minimum(1, 4 * error), atol=2 / 255)
     assert (run_dir.path / "grid.npy").exists() and doc["exports"] == [str(run_dir.path / "grid.npy")]
     config = json.loads(run_dir.config_path.read_text())
     assert config["refiners"][0]["config"]["steps"] == 10
@@ -573,3 +585,16 @@ def test_cli_non_finite_refiner_exits_1_without_export(toy_registry, toy_scene, 
     assert "step 3" in result.output and "'grid'" in result.output
     assert "internal error" not in result.output  # recon explains it: no traceback hint
     assert not (tmp_path / "r" / "grid.npy").exists()
+
+
+def test_default_renderer_falls_back_when_the_cuda_one_is_not_installed():
+    from recon_core.resolve import default_renderer
+
+    class Rep:
+        name = "splats"
+        default_renderer = {"cpu": "torch-3dgs", "cuda": "gsplat"}
+
+    cuda = torch.device("cuda")
+    assert default_renderer(Rep, cuda) == "gsplat"
+    assert default_renderer(Rep, cuda, usable={"torch-3dgs"}.__contains__) == "torch-3dgs"  # no `cuda` extra
+    assert default_renderer(Rep, torch.device("cpu"), usable={"torch-3dgs"}.__contains__) == "torch-3dgs"

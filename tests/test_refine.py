@@ -16,6 +16,7 @@ from recon_core.pipeline import Pipeline
 from recon_core.resolve import resolve_run
 from recon_core.refine import NonFiniteError, StopFlag, catch_stop_signals, rng_state, set_rng_state
 from recon_core.rundir import RunDir
+from recon_core.scalars import read_scalars
 
 
 def _run(registry, data: Path, out: Path, refiners: str = "toy-fit", steps: int = 25, every: int = 7, resume: bool = False):
@@ -74,6 +75,10 @@ def test_interrupt_then_resume_is_bit_identical(toy_registry, toy_scene, tmp_pat
         assert torch.equal(ref_params[key], got_params[key]), key
     assert resumed_doc["metrics"] == reference_doc["metrics"]
     assert resumed_doc["refiners"] == reference_doc["refiners"]
+    # scalars.jsonl: the lines past the resumed step were dropped, so the log equals the uninterrupted one
+    ref_scalars = read_scalars(reference.path / "scalars.jsonl")
+    assert len(ref_scalars) == 25 * len(refiners.split(","))
+    assert read_scalars(cut.path / "scalars.jsonl") == ref_scalars
 
 
 def test_stop_flag_set_directly_saves_and_raises(toy_registry, toy_scene, tmp_path):

@@ -258,6 +258,7 @@ class D2GVFit(GopRefiner):
         todo = [i for i in range(len(ranges)) if i not in self.done]
         log(f"d2gv-fit: {len(ranges)} GoPs, {len(ranges) - len(todo)} already fitted, saving to {work}")
         should_stop = getattr(ctx, "should_stop", lambda: False)
+        log_scalars = getattr(ctx, "log_scalars", lambda step, values: None)
         t0 = time.perf_counter()
         stats: dict[int, dict[str, float]] = {}
         if todo:
@@ -277,6 +278,7 @@ class D2GVFit(GopRefiner):
                     save_checkpoint(work, {"frames": [r.start, r.stop], "state": result.state, "stats": result.stats}, f"gop_{result.index:05d}")
                     self.done.add(result.index)
                     stats[result.index] = result.stats
+                    log_scalars(result.index, result.stats)  # one "step" per GoP in scalars.jsonl
                     log(
                         f"d2gv-fit: GoP {result.index} frames {r.start}-{r.stop - 1}: {result.stats['psnr']:.2f} dB, "
                         f"{int(result.stats['gaussians_kept'])} Gaussians, {result.stats['seconds']:.1f} s"

@@ -109,6 +109,7 @@ class DGGTRepresentation(GaussianRepresentation):
     Config = DGGTConfig
     provides = frozenset({"gaussians-3d", "cameras", "dynamic"})
     native_refiner = None
+    export_formats = ("ply",)  # one PLY per input frame (the Gaussians of that time)
     refinable = frozenset(SPLAT_KEYS) | {"lifespans"}
 
     def __init__(self, config: DGGTConfig | None = None) -> None:

@@ -69,7 +69,7 @@ class DifixFixer(Fixer):
     description = "Difix single-step diffusion artifact removal (nvidia/difix, nvidia/difix_ref)"
     Config = DifixConfig
     needs_packages = ("diffusers", "transformers")
-    install_hint = "pip install 'recon[difix]'"
+    install_hint = "pip install 'recon-toolkit[difix]'"
 
     def __init__(self, config: DifixConfig | None = None) -> None:
         super().__init__(config)

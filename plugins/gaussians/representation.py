@@ -15,6 +15,7 @@ import torch
 from recon_core import GaussianRepresentation, InputError, RunContext, Scene, Video, option
 from recon_core.gaussians import num_sh_bases
 from recon_core.ply import check_splats, read_splat_ply
+from recon_core.splatfile import read_splat_file
 from recon_core.points import initial_points, splats_from_points
 
 __all__ = ["GaussianSplat", "GaussianSplatConfig"]
@@ -25,7 +26,7 @@ class GaussianSplatConfig:
     init: str = option("auto", "where Gaussians start: auto (point cloud, else depth, else points triangulated with the "
                        "known poses, else random), points, depth, triangulate, random, ply",
                        choices=("auto", "points", "depth", "triangulate", "random", "ply"))
-    ply_path: str | None = option(None, "3DGS PLY to start from (init=ply)")
+    ply_path: str | None = option(None, "3DGS PLY (or antimatter15 .splat) to start from (init=ply)")
     num_points: int = option(50_000, "at most this many initial Gaussians (random init: exactly this many)", min=1)
     sh_degree: int = option(3, "highest spherical-harmonics degree stored (0-3)", min=0, max=3)
     init_opacity: float = option(0.1, "initial opacity of every Gaussian", min=0, max=1)
@@ -34,8 +35,9 @@ class GaussianSplatConfig:
 
 
 def read_ply_splats(path: str | Path, sh_degree: int) -> dict[str, torch.Tensor]:
-    """A 3DGS PLY's splats with their SH bands cut or zero-padded to ``sh_degree``."""
-    splats = read_splat_ply(path)
+    """A 3DGS PLY's (or an antimatter15 ``.splat`` file's) splats with their SH bands cut or
+    zero-padded to ``sh_degree``."""
+    splats = read_splat_file(path) if Path(path).suffix.lower() == ".splat" else read_splat_ply(path)
     k = num_sh_bases(sh_degree) - 1
     shN = splats["shN"][:, :k]
     if shN.shape[1] < k:

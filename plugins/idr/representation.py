@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import trimesh
 import torch.nn.utils.parametrize as parametrize
@@ -225,9 +226,27 @@ class IDRRepresentation(Representation):
         mesh.vertices = mesh.vertices * float(self.scale) + self.center.cpu().numpy()
         return mesh
 
+    def vertex_colors(self, vertices: Tensor, chunk: int = 8192) -> Tensor:
+        """RGB [V, 3] in [0, 1] of world points on the surface, each seen head-on (along minus its
+        normal): the appearance network's colour without a particular viewpoint."""
+        self._check_built()
+        out = []
+        dev = self.center.device
+        for part in vertices.split(chunk):
+            x = self.to_network(part.to(dev, torch.float32))
+            with torch.enable_grad():
+                _, _, grad = self.implicit.sdf_and_gradient(x, create_graph=False)
+            normals = grad.detach() / grad.detach().norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            out.append(self.shade(x, -normals, create_graph=False).rgb.detach().clamp(0, 1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 3)
+
     def export(self, out_dir: Path, fmt: str) -> list[Path]:
+        """``mesh``: ``mesh.ply``, the zero level set with per-vertex colours (:meth:`vertex_colors`)."""
         if fmt != "mesh":
             raise InputError(f"idr exports {', '.join(self.export_formats)}, not '{fmt}'")
-        return [write_mesh(self.extract_mesh(), Path(out_dir) / "mesh.ply")]
+        mesh = self.extract_mesh()
+        rgb = self.vertex_colors(torch.from_numpy(np.asarray(mesh.vertices)).float())
+        mesh.visual.vertex_colors = (rgb.numpy() * 255 + 0.5).astype(np.uint8)
+        return [write_mesh(mesh, Path(out_dir) / "mesh.ply")]
 
 

@@ -318,7 +318,7 @@ class ToyLoop(ToyFit):
             if ctx.should_stop():
                 ctx.save_state(step)
                 return {}
-            self.step(step)
+            ctx.log_scalars(step, self.step(step))
         return self.finish()
 
 

@@ -38,7 +38,7 @@ class PlySplats(GaussianRepresentation):
     description = "3D Gaussians read from a 3DGS PLY file (INRIA layout; example third-party plugin)"
     Config = PlySplatsConfig
     # Inherited from GaussianRepresentation: provides {"gaussians-3d"}, the torch-3dgs/gsplat
-    # renderers, export_formats ("ply",). native_refiner stays None: with no --refiner, a run
+    # renderers, export_formats ("ply", "splat", "ply_compressed"). native_refiner stays None: with no --refiner, a run
     # renders and evaluates the file as it is.
 
     def __init__(self, config: PlySplatsConfig | None = None) -> None:

@@ -27,7 +27,7 @@ STOP_BOUND_S = 10.0
 GOPS = 3
 SETS = [
     "d2gv.num_gaussians=60", "d2gv.mlp_width=16", "d2gv.gop_length=0",
-    "d2gv-fit.static_steps=400", "d2gv-fit.deform_steps=400", "d2gv-fit.mlp_bf16=false",
+    "d2gv-fit.static_steps=800", "d2gv-fit.deform_steps=800", "d2gv-fit.mlp_bf16=false",
     "d2gv-fit.workers=2", "d2gv-fit.threads_per_worker=1", "d2gv-fit.log_every=0.2", "d2gv-fit.evaluate=false",
 ]
 

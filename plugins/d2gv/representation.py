@@ -221,6 +221,15 @@ class D2GVConfig:
     mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP", min=1)
     seed: int = option(0, "seed of the random initial positions")
 
+    @classmethod
+    def for_layout(cls, deform: DeformSettings, **options: Any) -> "D2GVConfig":
+        """A config whose ``deform_settings`` are ``deform`` (for models read back from a file)."""
+        preset = next((name for name, p in PRESETS.items()
+                       if (p["embedder"], p["branches"]) == (deform.embedder, deform.branches)), None)
+        if preset is None:
+            raise InputError(f"d2gv has no preset with the MLP layout {deform}")
+        return cls(preset=preset, xy_freqs=deform.xy_freqs, t_freqs=deform.t_freqs, mlp_width=deform.width, **options)
+
     def resolved(self, key: str) -> Any:
         """Option ``key`` of the preset unless set explicitly."""
         value = getattr(self, key, None)
@@ -363,10 +372,11 @@ class D2GV(Representation):
         if state.get("format") != "d2gv-1":
             raise InputError("not a d2gv export", directory)
         d = state["deform"]
-        preset = "paper" if d.get("branches") else "cpu"  # exports before presets have no "branches"
-        rep = cls(D2GVConfig(preset=preset, num_gaussians=1, xy_freqs=d["xy_freqs"], t_freqs=d["t_freqs"], mlp_width=d["width"]))
-        if rep.deform_settings.embedder != d.get("embedder", "nerf"):
-            raise InputError(f"d2gv export with an unknown MLP layout {d}", directory)
+        try:
+            deform = DeformSettings(**d)  # exports from before the presets lack embedder/branches: the defaults
+            rep = cls(D2GVConfig.for_layout(deform, num_gaussians=1))
+        except (TypeError, InputError):
+            raise InputError(f"d2gv export with an unknown MLP layout {d}", directory) from None
         s = state["gop_starts"]
         rep._set_layout([range(a, b) for a, b in zip(s[:-1], s[1:])], state["frame_times"], state["height"], state["width"])
         for gop, payload in zip(rep.gops, state["gops"]):

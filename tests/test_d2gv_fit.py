@@ -224,3 +224,14 @@ def test_unset_preset_options_round_trip_through_config():
         config_from_dict(FitConfig, {"sampling": "shuffled"}, "d2gv-fit")
     with pytest.raises(InputError, match="lr_step_every"):
         config_from_dict(FitConfig, {"lr_step_every": "500"}, "d2gv-fit")  # a fraction now
+
+
+def test_cli_defaults_are_the_documented_benchmark_settings():
+    """docs/benchmarks.md's Bunny figure: 16 000 Gaussians, GoP 4, 1 000 + 800 steps, one frame per
+    step, bfloat16 MLP, lr 5e-3 halved every ~500 steps (0.28 of 1 800), MLP 8e-4 → 1.6e-5,
+    sparsity 5e-4; ``recon run --repr d2gv`` gets them with no --set."""
+    rep = D2GVConfig()
+    assert (rep.preset, rep.resolved("num_gaussians"), rep.resolved("gop_length")) == ("cpu", 16000, 4)
+    s = FitConfig().settings(rep.preset)
+    assert (s.static_steps, s.deform_steps, s.frames_per_step, s.mlp_bf16, s.optimizer) == (1000, 800, 1, True, "adam")
+    assert (s.lr_gaussians, s.lr_step, s.lr_mlp, s.lr_mlp_final, s.sparsity_weight, s.prune_start) == (5e-3, 504, 8e-4, 1.6e-5, 5e-4, 0)

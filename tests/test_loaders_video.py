@@ -100,9 +100,14 @@ def test_original_d2gv_layout_one_folder_per_gop(tmp_path: Path) -> None:
     rep = D2GV(D2GVConfig(num_gaussians=5))
     rep.build(video, RunContext(torch.device("cpu"), seed=0))
     assert rep.gop_ranges() == video.gops()
+    # folders without numbers (image/ + mask/ of an IDR scene) are not GoPs
+    for folder in ("image", "mask"):
+        write_png(tmp_path / "idr" / folder / "000000.png", np.zeros((8, 10, 3), np.uint8))
+        write_png(tmp_path / "idr" / folder / "000001.png", np.zeros((8, 10, 3), np.uint8))
+    assert VideoLoader().detect(tmp_path / "idr") == 0
     # a sub-folder that is not a GoP of frames: not this layout
-    (root / "notes").mkdir()
-    (root / "notes" / "readme.txt").write_text("x")
+    (root / "notes_1").mkdir()
+    (root / "notes_1" / "readme.txt").write_text("x")
     assert VideoLoader().detect(root) == 0
 
 

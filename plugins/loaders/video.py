@@ -288,9 +288,13 @@ class VideoLoader(Loader):
 
 def _gop_folders(path: Path) -> list[list[Path]]:
     """Frames of the sub-folders of ``path`` that hold numbered frames, one list per folder, in
-    frame-name order; [] unless every non-hidden sub-folder holds only numbered frames."""
+    frame-name order; [] unless every non-hidden sub-folder is numbered (``bunny_1``) and holds
+    only numbered frames (so ``image/`` + ``mask/`` of other layouts is not taken for GoPs)."""
     folders = []
-    for sub in sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key):
+    subs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key)
+    if not subs or not all(_NUMBER.search(sub.name) for sub in subs):
+        return []
+    for sub in subs:
         frames = sorted(imageio.list_images(sub), key=_natural_key)
         if not frames or not all(_NUMBER.search(p.stem) for p in frames):
             return []

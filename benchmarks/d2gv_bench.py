@@ -2,8 +2,11 @@
 
 For one video, in one run:
 
-1. reads the first ``--frames`` frames with PyAV, resized to ``--size`` (FFmpeg's swscale, bicubic),
-2. fits ``d2gv`` with ``d2gv-fit`` (local worker processes), recording the CPU seconds of the GoP
+1. loads the video with the ``video`` loader, as ``recon run`` does (``--set video.end=36
+   --set video.width=320 --set video.height=180`` pick frames and size),
+2. fits ``d2gv`` with ``d2gv-fit`` (local worker processes), configured exactly as ``recon run
+   --repr d2gv`` is: the defaults (``preset=cpu``) plus the same ``--set PLUGIN.KEY=VALUE``
+   options (plugins ``d2gv``, ``d2gv-fit``, ``video``), recording the CPU seconds of the GoP
    fits (``time.process_time`` in each worker, summed) and of the whole fit including worker
    start-up (``resource`` usage of this process and its children), and the wall seconds,
 3. exports the fp16 model, decodes it again and measures mean PSNR / MS-SSIM of the *decoded*
@@ -26,14 +29,15 @@ as the fitter initialises them, or the Gaussians of frame 0 of ``--decode-only``
 Usage::
 
     python benchmarks/d2gv_bench.py --video /work/shared/datasets/video/bigbuckbunny.mp4 \\
-        --size 320x180 --frames 36 --gop 12 --gaussians 8000 --static-steps 300 --deform-steps 300 \\
-        --json bench_bunny.json
+        --set video.end=36 --set video.width=320 --set video.height=180 --json bench_bunny.json
+    # = recon run --data .../bigbuckbunny.mp4 --repr d2gv with the same --set options
     python benchmarks/d2gv_bench.py --video /work/shared/datasets/video/bigbuckbunny.mp4 --kernel-only
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import io
 import os
 import json
@@ -49,7 +53,9 @@ import numpy as np
 import torch
 
 from recon_core import RunContext, Video
+from recon_core.config import config_from_dict, parse_set_option
 from recon_core.imageops import psnr
+from recon_plugins.loaders.video import VideoConfig, VideoLoader
 from recon_plugins.d2gv.decode import Decoder
 from recon_plugins.d2gv.executors import cpu_count
 from recon_plugins.d2gv.fit import D2GVFit, FitConfig, evaluate_frames
@@ -225,22 +231,8 @@ def kernel_times(means, conics, colors, radii, H: int, W: int, repeats: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", required=True)
-    p.add_argument("--size", default="320x180", help="WxH the frames are resized to")
-    p.add_argument("--frames", type=int, default=0, help="first N frames (0: all)")
-    p.add_argument("--gop", type=int, default=12)
-    p.add_argument("--gaussians", type=int, default=8000)
-    p.add_argument("--static-steps", type=int, default=300)
-    p.add_argument("--deform-steps", type=int, default=300)
-    p.add_argument("--frames-per-step", type=int, default=2)
-    p.add_argument("--lr-gaussians", type=float, default=FitConfig.lr_gaussians)
-    p.add_argument("--lr-step-every", type=int, default=FitConfig.lr_step_every)
-    p.add_argument("--lr-mlp", type=float, default=FitConfig.lr_mlp)
-    p.add_argument("--sparsity", type=float, default=FitConfig.sparsity_weight)
-    p.add_argument("--mlp-bf16", action="store_true", help="fit with the deformation MLP in bfloat16 (FitConfig.mlp_bf16)")
-    p.add_argument("--backend", default="auto", choices=("auto", "cpp", "torch"), help="rasteriser used for fitting and decoding")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--executor", default="local")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: automatic)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                   help="an option of video, d2gv or d2gv-fit, as recon run --set takes it (repeatable)")
     p.add_argument("--crf", default="18,23,28,33,38,43")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default="")
@@ -251,19 +243,30 @@ def main() -> None:
     p.add_argument("--kernel-gaussians", type=int, default=20000)
     args = p.parse_args()
 
-    frames_u8, fps, frames, video = load_clip(args.video, args.size, args.frames, args.gop)
-    T, H, W = video.num_frames, video.height, video.width
-    print(f"{video.name}: {T} frames at {W}x{H}, GoP {args.gop}, {cpu_count()} cores, rasteriser {resolve_backend(args.backend, frames)}", flush=True)
+    options: dict[str, dict[str, str]] = {"video": {}, "d2gv": {}, "d2gv-fit": {}}
+    for text in args.sets:
+        plugin, key, value = parse_set_option(text)
+        if plugin not in options:
+            raise SystemExit(f"--set {text}: this benchmark takes options of {', '.join(options)}")
+        options[plugin][key] = value
+    video = VideoLoader(config_from_dict(VideoConfig, options["video"], "video")).load(Path(args.video))
+    rep_config = config_from_dict(D2GVConfig, options["d2gv"], "d2gv")
+    fit_config = config_from_dict(FitConfig, {"evaluate": "false", **options["d2gv-fit"]}, "d2gv-fit")
+    frames = torch.stack(list(video.frames()))
+    frames_u8 = (frames * 255).round().to(torch.uint8).numpy()  # what H.264 encodes
+    fps, T, H, W = video.fps, video.num_frames, video.height, video.width
+    backend = fit_config.backend
+    print(f"{video.name}: {T} frames at {W}x{H}, {cpu_count()} cores, rasteriser {resolve_backend(backend, frames)}", flush=True)
 
     if args.kernel_only:
         if args.decode_only:
             model = D2GV.from_export(args.decode_only)
         else:
-            model = D2GV(D2GVConfig(num_gaussians=args.kernel_gaussians))
+            model = D2GV(D2GVConfig(gop_length=0, num_gaussians=args.kernel_gaussians))
             model.build(video, RunContext(torch.device("cpu"), seed=0))
         _, g = next(model.frame_gaussians(torch.tensor([0])))
         means, conics, radii = project_cholesky(g.xy.detach(), g.chol.detach(), H, W)
-        result = {"size": [W, H], "load_avg_1min": os.getloadavg()[0], "kernel": kernel_times(means, conics, g.color.detach(), radii, H, W, args.repeats)}
+        result = {"size": [W, H], "load_avg_1min": os.getloadavg()[0], "kernel": kernel_times(means, conics, g.color.detach(), radii, H, W, args.repeats)}  # noqa: E501
         print(json.dumps(result, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
@@ -273,25 +276,11 @@ def main() -> None:
     if args.decode_only:
         decoded = D2GV.from_export(args.decode_only)
     else:
-        rep = D2GV(D2GVConfig(num_gaussians=args.gaussians))
+        rep = D2GV(rep_config)
         rep.build(video, RunContext(torch.device("cpu"), seed=0))
-        cfg = FitConfig(
-            static_steps=args.static_steps,
-            deform_steps=args.deform_steps,
-            frames_per_step=args.frames_per_step,
-            lr_gaussians=args.lr_gaussians,
-            lr_step_every=args.lr_step_every,
-            lr_mlp=args.lr_mlp,
-            sparsity_weight=args.sparsity,
-            mlp_bf16=args.mlp_bf16,
-            backend=args.backend,
-            executor=args.executor,
-            workers=args.workers,
-            threads_per_worker=args.threads,
-            evaluate=False,
-        )
+        cfg = fit_config
         with tempfile.TemporaryDirectory(prefix="d2gv-bench-") as tmp:
-            ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(Torch2DGSConfig(backend=args.backend)), out_dir=Path(tmp), log=print)
+            ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(Torch2DGSConfig(backend=backend)), out_dir=Path(tmp), log=print)
             t0, c0 = time.perf_counter(), rusage_cpu()
             report = D2GVFit(cfg).run(rep, video, ctx)
             wall, cpu, cpu_total = time.perf_counter() - t0, report["cpu_seconds"], rusage_cpu() - c0
@@ -300,18 +289,18 @@ def main() -> None:
             decoded = D2GV.from_export(export_dir)
     if (decoded.height, decoded.width, decoded.num_frames) != (H, W, T):
         raise SystemExit(f"the exported model is {decoded.width}x{decoded.height}, {decoded.num_frames} frames; the video is {W}x{H}, {T}")
-    metrics = evaluate_frames(decoded, video, Torch2DGS(Torch2DGSConfig(backend=args.backend)))
+    metrics = evaluate_frames(decoded, video, Torch2DGS(Torch2DGSConfig(backend=backend)))
     payload = decoded.payload_bytes()
 
     with torch.no_grad():  # the same model decoded with the MLP in bfloat16
-        bf16_frames = Decoder(decoded, args.backend, mlp_dtype=torch.bfloat16).frames()
+        bf16_frames = Decoder(decoded, backend, mlp_dtype=torch.bfloat16).frames()
         bf16_psnr = sum(float(psnr(bf16_frames[i], frames[i])) for i in range(T)) / T
     load_before = os.getloadavg()[0]
-    speed = decode_speed(decoded, args.repeats, args.backend)
-    speed_bf16 = decode_speed(decoded, args.repeats, args.backend, torch.bfloat16)
+    speed = decode_speed(decoded, args.repeats, backend)
+    speed_bf16 = decode_speed(decoded, args.repeats, backend, torch.bfloat16)
     synthetic = None
     if args.decode_gaussians:
-        synthetic_rep = D2GV(D2GVConfig(num_gaussians=args.decode_gaussians))
+        synthetic_rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=args.decode_gaussians))
         synthetic_rep.build(video, RunContext(torch.device("cpu"), seed=0))
         with torch.no_grad():  # a deformation that moves things, as a fitted MLP would
             g = torch.Generator().manual_seed(0)
@@ -319,22 +308,20 @@ def main() -> None:
                 gop.deform.head.weight.copy_(torch.randn(gop.deform.head.weight.shape, generator=g) * 0.01)
         synthetic = {
             "gaussians_per_gop": args.decode_gaussians,
-            **decode_speed(synthetic_rep, args.repeats, args.backend),
-            "bf16_mlp": decode_speed(synthetic_rep, args.repeats, args.backend, torch.bfloat16),
+            **decode_speed(synthetic_rep, args.repeats, backend),
+            "bf16_mlp": decode_speed(synthetic_rep, args.repeats, backend, torch.bfloat16),
         }
     h264 = [h264_point(frames_u8, fps, int(c), args.repeats) for c in args.crf.split(",")]
     result = {
         "video": args.video,
         "size": [W, H],
         "frames": T,
-        "gop": args.gop,
-        "gaussians_per_gop": None if args.decode_only else args.gaussians,
+        "gops": [len(r) for r in decoded.gop_ranges()],
+        "options": options,
+        "rep_config": None if args.decode_only else asdict(rep_config),
+        "fit_settings": None if args.decode_only else asdict(fit_config.settings(rep_config.preset)),
         "gaussians_kept": decoded.num_kept(),
-        "static_steps": None if args.decode_only else args.static_steps,
-        "deform_steps": None if args.decode_only else args.deform_steps,
-        "frames_per_step": None if args.decode_only else args.frames_per_step,
-        "fit_options": None if args.decode_only else {k: getattr(args, k) for k in ("lr_gaussians", "lr_step_every", "lr_mlp", "sparsity", "mlp_bf16")},
-        "backend": resolve_backend(args.backend, frames),
+        "backend": resolve_backend(backend, frames),
         "train_wall_seconds": wall,
         "train_cpu_seconds": cpu,
         "train_cpu_seconds_with_startup": cpu_total,

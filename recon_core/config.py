@@ -305,7 +305,7 @@ def config_from_dict(cls: type, values: Mapping[str, Any] | Iterable[tuple[str, 
     for name, value in flat.items():
         parsed = parse_value(hints[name], value, f"{where}.{name}")
         choices = fields[name].metadata.get("choices")
-        if choices and parsed not in choices:
+        if choices and parsed not in choices and not (parsed is None and fields[name].default is None):  # None = unset
             raise InputError(f"bad value for {where}.{name}: '{parsed}' is not one of {', '.join(map(str, choices))}")
         check_range(fields[name], parsed, f"{where}.{name}")
         kwargs[name] = parsed

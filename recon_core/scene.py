@@ -215,6 +215,9 @@ class Video:
     gop_length: int = 10
     source: Path | None = None
     timestamps: Tensor = field(default=None)  # type: ignore[assignment]
+    gop_starts: list[int] | None = None
+    """First frame of each GoP when the data defines its GoPs (one folder of frames per GoP);
+    ``gops()`` then follows them instead of ``gop_length``."""
 
     def __post_init__(self) -> None:
         if self.timestamps is None:
@@ -233,7 +236,11 @@ class Video:
             yield self.frame(i)
 
     def gops(self, length: int | None = None) -> list[range]:
-        """Consecutive groups of pictures covering every frame exactly once."""
+        """Consecutive groups of pictures covering every frame exactly once: the data's own
+        (``gop_starts``) when ``length`` is None and it has them, else runs of ``length`` frames."""
+        if length is None and self.gop_starts:
+            bounds = [*self.gop_starts, self.num_frames]
+            return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         n = self.gop_length if length is None else length
         if n < 1:
             raise ValueError("GoP length must be >= 1")

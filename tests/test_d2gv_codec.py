@@ -39,7 +39,7 @@ CPU = RunContext(torch.device("cpu"), seed=0)
 def _rep(n: int = 80, width: int = 16) -> tuple[D2GV, object]:
     """A built (unfitted) model with a random, non-zero MLP, so every stream carries information."""
     video = tiny_video(num_frames=5, gop_length=3)
-    rep = D2GV(D2GVConfig(num_gaussians=n, mlp_width=width))
+    rep = D2GV(D2GVConfig(num_gaussians=n, gop_length=0, mlp_width=width))
     rep.build(video, CPU)
     gen = torch.Generator().manual_seed(1)
     for gop in rep.gops:

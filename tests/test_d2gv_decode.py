@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def deformed_rep(num_frames: int = 7, gop_length: int = 3, n: int = 80) -> D2GV:
     """A model whose frames differ through the MLP, with a third of GoP 1 pruned."""
     video = tiny_video(num_frames=num_frames, gop_length=gop_length)
-    rep = D2GV(D2GVConfig(num_gaussians=n, mlp_width=24))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=n, mlp_width=24))
     rep.build(video, CPU)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():

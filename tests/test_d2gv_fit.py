@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from recon_core import InputError, RunContext
-from recon_core.checkpoint import checkpoint_exists
+from recon_core.checkpoint import checkpoint_exists, load_checkpoint
 from recon_core.imageops import psnr
 from recon_plugins.d2gv import fit as fit_module
 from recon_plugins.d2gv.executors import make_executor
@@ -21,12 +23,12 @@ from test_d2gv_representation import tiny_video
 
 CPU = RunContext(torch.device("cpu"), seed=0)
 
-FAST = dict(static_steps=25, deform_steps=15, lr_step_every=1000, evaluate=True, threads_per_worker=1)
+FAST = dict(static_steps=25, deform_steps=15, lr_step_every=1.0, mlp_bf16=False, evaluate=True, threads_per_worker=1)
 
 
 def _setup(num_frames=6, gop_length=3, n=120):
     video = tiny_video(num_frames=num_frames, gop_length=gop_length)
-    rep = D2GV(D2GVConfig(num_gaussians=n, mlp_width=32))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=n, mlp_width=32))
     rep.build(video, CPU)
     return video, rep
 
@@ -59,26 +61,64 @@ def test_fit_improves_every_gop_and_reports_metrics(tmp_path):
 
 
 def test_learning_rates_continue_across_stages():
-    cfg = FitConfig(static_steps=300, deform_steps=101, lr_gaussians=4e-3, lr_step_every=100, lr_mlp=1e-3, lr_mlp_final=1e-5)
+    cfg = FitConfig(static_steps=300, deform_steps=100, lr_gaussians=4e-3, lr_step_every=0.25, lr_mlp=1e-3, lr_mlp_final=1e-5)
+    s = cfg.settings()
+    assert s.lr_step == 100  # a quarter of all 400 steps
     gop = fit_module.GopModel(4, fit_module.DeformSettings(width=8))
-    opt = fit_module._optimizer(gop, cfg)
+    opts = fit_module._optimizers(gop, s)
 
     def lrs(step):
-        fit_module._set_lrs(opt, cfg, step)
-        return {g["name"]: g["lr"] for g in opt.param_groups}
+        fit_module._set_lrs(opts, s, step)
+        return {g["name"]: g["lr"] for o in opts for g in o.param_groups}
 
-    assert lrs(0) == {"gaussians": 4e-3, "mask": cfg.lr_mask, "mlp": 0.0}
+    assert lrs(0) == {"gaussians": 4e-3, "mask": s.lr_mask, "mlp": 0.0}
     assert lrs(299)["mlp"] == 0.0 and lrs(299)["gaussians"] == pytest.approx(1e-3)
     first = lrs(300)  # the deformation stage starts where the static schedule left off
     assert first["gaussians"] == pytest.approx(5e-4) and first["mlp"] == pytest.approx(1e-3)
-    assert lrs(350)["mlp"] == pytest.approx(1e-4)  # halfway in log space
-    assert lrs(400)["mlp"] == pytest.approx(1e-5) and lrs(400)["gaussians"] == pytest.approx(2.5e-4)
+    assert lrs(300 + 99)["mlp"] == pytest.approx(1e-5) and lrs(399)["gaussians"] == pytest.approx(5e-4)
+
+
+def test_cpu_schedules_scale_with_the_step_counts():
+    """Every schedule of the cpu preset is a fraction of the steps: halving the steps halves them."""
+    a = FitConfig(preset="cpu", prune_start=0.5).settings()
+    b = FitConfig(preset="cpu", prune_start=0.5, static_steps=500, deform_steps=400).settings()
+    assert (a.total, b.total) == (1800, 900)
+    assert a.lr_step == 504 and b.lr_step == 252
+    assert a.prune_start == 900 and b.prune_start == 450
+    # the MLP decays over the deformation stage, whatever its length
+    assert fit_module._mlp_lr(b, b.deform_steps - 1) == pytest.approx(b.lr_mlp_final)
+
+
+def test_paper_preset_keeps_the_original_literal_schedule():
+    s = FitConfig(preset="paper").settings()
+    assert (s.static_steps, s.deform_steps, s.optimizer, s.sampling) == (10000, 50000, "adan", "sequential")
+    assert (s.lr_step, s.prune_start, s.prune_every, s.sparsity_weight) == (20000, 40000, 15, 5e-3)
+    short = FitConfig(preset="paper", static_steps=100, deform_steps=200).settings()
+    assert (short.lr_step, short.prune_start) == (20000, 100 + 30000)  # literal: never reached in a short run
+    gop = fit_module.GopModel(4, fit_module.DeformSettings(width=8, embedder="deform3dgs", branches=True))
+    opts = fit_module._optimizers(gop, s)
+    assert [type(o).__name__ for o in opts] == ["Adan", "Adam"] and opts[1].defaults["eps"] == 1e-15
+
+    def lrs(step):
+        fit_module._set_lrs(opts, s, step)
+        return {g["name"]: g["lr"] for o in opts for g in o.param_groups}
+
+    assert lrs(19999)["gaussians"] == 5e-3 and lrs(20000)["gaussians"] == 2.5e-3  # StepLR(20000, 0.5)
+    assert lrs(20000)["mask"] == 2.5e-3  # the logits are in the same Adan as the Gaussians
+    expon = lambda k: math.exp(math.log(8e-4) * (1 - k / 50000) + math.log(1.6e-5) * k / 50000)  # noqa: E731
+    assert lrs(10000)["mlp"] == pytest.approx(expon(10000))  # first fine step: the rate left by the coarse stage
+    assert lrs(10001)["mlp"] == pytest.approx(expon(1)) and lrs(59999)["mlp"] == pytest.approx(expon(49999))
+    # sequential frames continue the cycle across stages; the penalty on every 15th fine iteration after 30 000
+    gen = torch.Generator()
+    assert [int(fit_module._frames_at(s, k, 3, gen)[0]) for k in (0, 1, 2, 3, 10000)] == [0, 1, 2, 0, 1]
+    penalised = [k for k in range(39990, 40040) if k >= s.prune_start and (k - s.prune_start + 1) % s.prune_every == 0]
+    assert [k - s.static_steps + 1 for k in penalised] == [30015, 30030]  # fine iteration numbers (1-based)
 
 
 def test_bfloat16_mlp_fit_trains_the_deformation(tmp_path):
     video, rep = _setup(num_frames=4, gop_length=4, n=100)
     before = _mean_psnr(rep, video)
-    cfg = FitConfig(executor="inline", mlp_bf16=True, **dict(FAST, static_steps=20, deform_steps=15, evaluate=False))
+    cfg = FitConfig(executor="inline", **dict(FAST, mlp_bf16=True, static_steps=20, deform_steps=15, evaluate=False))
     D2GVFit(cfg).run(rep, video, _ctx(tmp_path))
     assert _mean_psnr(rep, video) > before + 3
     head = rep.gops[0].deform.head.weight
@@ -115,16 +155,31 @@ def test_resume_skips_finished_gops(tmp_path, monkeypatch):
     torch.testing.assert_close(fresh.state_dict()["gops.1.xy"], fitted["gops.1.xy"])  # same seed → same refit
 
 
-def test_stop_request_saves_and_returns(tmp_path):
-    video, rep = _setup(num_frames=9, gop_length=3)
+def test_stop_request_mid_gop_saves_its_progress_and_resume_is_exact(tmp_path):
+    video, rep = _setup(num_frames=6, gop_length=3)
+    _, reference = _setup(num_frames=6, gop_length=3)
+    D2GVFit(FitConfig(executor="inline", **FAST)).run(reference, video, _ctx(tmp_path / "ref"))
+
     saved: list[int] = []
-    ctx = _ctx(tmp_path)
-    ctx.should_stop = lambda: True
+    calls = itertools.count()
+    ctx = _ctx(tmp_path / "run")
+    # checked before each GoP and before each of its 40 steps: the 56th check is GoP 1's step 13
+    ctx.should_stop = lambda: next(calls) >= 55
     ctx.save_state = saved.append
     refiner = D2GVFit(FitConfig(executor="inline", **FAST))
     report = refiner.run(rep, video, ctx)
     assert report["interrupted"] and report["gops_done"] == [0]
     assert saved == [1] and refiner.state_dict() == {"done": [0]}
+    work = tmp_path / "run" / "d2gv-gops"
+    partial = load_checkpoint(work, "gop_00001.partial")
+    assert partial["partial"]["step"] == 13
+
+    _, fresh = _setup(num_frames=6, gop_length=3)
+    resumed = D2GVFit(FitConfig(executor="inline", **FAST))
+    resumed.run(fresh, video, _ctx(tmp_path / "run"))
+    assert not checkpoint_exists(work, "gop_00001.partial")  # replaced by the finished GoP
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_local_processes_match_inline(tmp_path):
@@ -156,3 +211,27 @@ def test_ray_local_cluster(tmp_path):
     assert not ray.is_initialized()  # the instance it started is shut down
     for (k, a), b in zip(rep_a.state_dict().items(), rep_b.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_unset_preset_options_round_trip_through_config():
+    """Options left to the preset are None; a saved config (as --resume reads it) parses back."""
+    from recon_core.config import config_from_dict, config_to_dict
+
+    cfg = config_from_dict(FitConfig, {"preset": "paper", "deform_steps": "200"}, "d2gv-fit")
+    again = config_from_dict(FitConfig, config_to_dict(cfg), "d2gv-fit")
+    assert again == cfg and again.sampling is None and again.settings().sampling == "sequential"
+    with pytest.raises(InputError, match="sampling"):
+        config_from_dict(FitConfig, {"sampling": "shuffled"}, "d2gv-fit")
+    with pytest.raises(InputError, match="lr_step_every"):
+        config_from_dict(FitConfig, {"lr_step_every": "500"}, "d2gv-fit")  # a fraction now
+
+
+def test_cli_defaults_are_the_documented_benchmark_settings():
+    """docs/benchmarks.md's Bunny figure: 16 000 Gaussians, GoP 4, 1 000 + 800 steps, one frame per
+    step, bfloat16 MLP, lr 5e-3 halved every ~500 steps (0.28 of 1 800), MLP 8e-4 → 1.6e-5,
+    sparsity 5e-4; ``recon run --repr d2gv`` gets them with no --set."""
+    rep = D2GVConfig()
+    assert (rep.preset, rep.resolved("num_gaussians"), rep.resolved("gop_length")) == ("cpu", 16000, 4)
+    s = FitConfig().settings(rep.preset)
+    assert (s.static_steps, s.deform_steps, s.frames_per_step, s.mlp_bf16, s.optimizer) == (1000, 800, 1, True, "adam")
+    assert (s.lr_gaussians, s.lr_step, s.lr_mlp, s.lr_mlp_final, s.sparsity_weight, s.prune_start) == (5e-3, 504, 8e-4, 1.6e-5, 5e-4, 0)

@@ -37,7 +37,7 @@ def test_straight_through_mask_is_hard_forward_soft_backward():
 
 def test_hard_mask_removes_contribution_and_prune_drops_gaussians():
     video = tiny_video(num_frames=3, gop_length=3)
-    rep = D2GV(D2GVConfig(num_gaussians=50))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=50))
     rep.build(video, CPU)
     gop = rep.gops[0]
     renderer = Torch2DGS()
@@ -54,7 +54,7 @@ def test_hard_mask_removes_contribution_and_prune_drops_gaussians():
 @pytest.mark.parametrize("num_frames,gop_length", [(7, 3), (6, 3), (1, 4), (10, 1), (5, 10)])
 def test_gop_split_and_stitch_cover_every_frame_once(num_frames, gop_length):
     video = tiny_video(num_frames=num_frames, gop_length=gop_length)
-    rep = D2GV(D2GVConfig(num_gaussians=8))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=8))
     rep.build(video, CPU)
     covered = [i for r in rep.gop_ranges() for i in r]
     assert covered == list(range(num_frames))
@@ -74,7 +74,7 @@ def test_gop_split_and_stitch_cover_every_frame_once(num_frames, gop_length):
 
 def test_render_by_time_index_and_order():
     video = tiny_video(num_frames=7, gop_length=3)
-    rep = D2GV(D2GVConfig(num_gaussians=40))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=40))
     rep.build(video, CPU)
     with torch.no_grad():  # give every GoP/frame a distinct image through the deformation head
         for gop in rep.gops:
@@ -97,7 +97,7 @@ def test_render_by_time_index_and_order():
 
 def test_render_is_differentiable():
     video = tiny_video(num_frames=4, gop_length=2)
-    rep = D2GV(D2GVConfig(num_gaussians=30))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=30))
     rep.build(video, CPU)
     out = Torch2DGS().render_frames(rep, torch.tensor([3, 0])).rgb
     out.sum().backward()
@@ -106,7 +106,7 @@ def test_render_is_differentiable():
 
 def test_export_decode_round_trip(tmp_path):
     video = tiny_video(num_frames=7, gop_length=3)
-    rep = D2GV(D2GVConfig(num_gaussians=60, mlp_width=16))
+    rep = D2GV(D2GVConfig(gop_length=0, num_gaussians=60, mlp_width=16))
     rep.build(video, CPU)
     with torch.no_grad():
         rep.gops[1].mask_logit[:20] = -4.0  # pruned Gaussians are not exported

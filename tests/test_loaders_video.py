@@ -75,6 +75,42 @@ def test_folder_of_frames(tmp_path: Path) -> None:
     assert e.value.path == tmp_path / "frames" / "f00011.png"
 
 
+def test_original_d2gv_layout_one_folder_per_gop(tmp_path: Path) -> None:
+    """dataset/Bunny/bunny_1/f00001.png …: the root is one video, each folder one GoP (folders
+    of unequal length; bunny_10 sorts after bunny_2 because its frames come later)."""
+    root = tmp_path / "Bunny"
+    layout = {"bunny_1": range(1, 4), "bunny_2": range(4, 6), "bunny_10": range(6, 10)}
+    for folder, frames in layout.items():
+        for i in frames:
+            write_png(root / folder / f"f{i:05d}.png", np.full((8, 10, 3), 20 * i, np.uint8))
+    scores = {cls.name: cls().detect(root) for cls in register_loaders()}
+    assert max(scores, key=scores.get) == "video"
+    video = VideoLoader().load(root)
+    assert (video.num_frames, video.width, video.height) == (9, 10, 8)
+    assert [round(level(video.frame(i))) for i in range(9)] == [20 * i for i in range(1, 10)]
+    assert video.gops() == [range(0, 3), range(3, 5), range(5, 9)]
+    assert video.gops(4) == [range(0, 4), range(4, 8), range(8, 9)]  # an explicit length still wins
+    # a frame range keeps the folders' boundaries
+    part = VideoLoader(VideoConfig(start=2, end=7)).load(root)
+    assert part.gops() == [range(0, 1), range(1, 3), range(3, 5)]
+    # a d2gv representation takes the folders as its GoPs
+    from recon_core import RunContext
+    from recon_plugins.d2gv.representation import D2GV, D2GVConfig
+
+    rep = D2GV(D2GVConfig(num_gaussians=5))
+    rep.build(video, RunContext(torch.device("cpu"), seed=0))
+    assert rep.gop_ranges() == video.gops()
+    # folders without numbers (image/ + mask/ of an IDR scene) are not GoPs
+    for folder in ("image", "mask"):
+        write_png(tmp_path / "idr" / folder / "000000.png", np.zeros((8, 10, 3), np.uint8))
+        write_png(tmp_path / "idr" / folder / "000001.png", np.zeros((8, 10, 3), np.uint8))
+    assert VideoLoader().detect(tmp_path / "idr") == 0
+    # a sub-folder that is not a GoP of frames: not this layout
+    (root / "notes_1").mkdir()
+    (root / "notes_1" / "readme.txt").write_text("x")
+    assert VideoLoader().detect(root) == 0
+
+
 @pytest.mark.parametrize("content", [b"", b"\x00\x00\x00\x18ftypmp42 not really a video", bytes(range(256)) * 8])
 def test_undecodable_video_raises_input_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.mp4"

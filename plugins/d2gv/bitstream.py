@@ -466,7 +466,7 @@ def decode_file(path: str | Path) -> tuple[D2GV, ClipHeader]:
         raise InputError(f"cannot read the bitstream ({e.strerror})", path) from None
     header, chunks = read_bitstream(data, path)
     d = header.deform
-    rep = D2GV(D2GVConfig(num_gaussians=0, xy_freqs=d.xy_freqs, t_freqs=d.t_freqs, mlp_width=d.width))
+    rep = D2GV(D2GVConfig.for_layout(d, num_gaussians=1))  # GoP models come from the chunks
     starts = np.cumsum([0] + header.gop_lengths).tolist()
     times = torch.arange(header.frame_count, dtype=torch.float64) / float(header.fps)
     rep._set_layout([range(a, b) for a, b in zip(starts[:-1], starts[1:])], times, header.height, header.width)

@@ -8,7 +8,8 @@ path computes the same images; this path only reorganises the work for inference
 * what does not depend on time is computed once per GoP: the first layer's response to the
   canonical positions ``W_xy γ(xy)`` (the time input only shifts it by ``b + W_t γ(t)``), the
   conics and the footprint radii (the Cholesky factors are not deformed);
-* so each frame costs one add + ReLU and two matrix products over the Gaussians (the hidden
+* so each frame costs one add + ReLU and two matrix products over the Gaussians (three with
+  ``preset=paper``'s branches, fused into one layer; the hidden
   layer with its ReLU fused, and the heads), run by oneDNN where PyTorch exposes it
   (``torch.ops.mkldnn._linear_pointwise``, which uses AVX-512 on AMD CPUs where MKL does not;
   plain ``addmm`` otherwise, same result up to rounding);
@@ -63,8 +64,9 @@ class GopConstants:
 
     xy [K, 2] positions before tanh; h_xy [K, width] first-layer response ``W_xy γ(tanh(xy))``
     (no bias); conics [K, 3]; radii [K] int64; color [K, 3]; bias_t [F, width] first-layer bias
-    of each frame of the GoP (``b + W_t γ(t_i)``); length F; hidden / head: (weight, bias) of the
-    other two layers. h_xy, bias_t and the layers are in the MLP's decoding dtype.
+    of each frame of the GoP (``b + W_t γ(t_i)``); length F; layers: (weight, bias, relu) of the
+    layers after the first (``DeformationMLP.decode_layers``: hidden, [fused branches,] heads).
+    h_xy, bias_t and the layers are in the MLP's decoding dtype.
     """
 
     xy: Tensor
@@ -74,8 +76,7 @@ class GopConstants:
     color: Tensor
     bias_t: Tensor
     length: int
-    hidden: tuple[Tensor, Tensor]
-    head: tuple[Tensor, Tensor]
+    layers: tuple[tuple[Tensor, Tensor, bool], ...]
 
 
 @torch.no_grad()
@@ -87,13 +88,11 @@ def gop_constants(gop: GopModel, length: int, height: int, width: int, mlp_dtype
     _, conics, radii = project_cholesky(torch.zeros_like(xy), chol, height, width)
     mlp = gop.deform
     s = mlp.settings
-    encoded = positional_encoding(torch.tanh(xy), s.xy_freqs).to(mlp_dtype)
+    encoded = positional_encoding(torch.tanh(xy), s.xy_freqs, s.embedder).to(mlp_dtype)
     h_xy = F.linear(encoded, mlp.in_xy.weight.to(mlp_dtype)).contiguous()
     t = gop_times(length, xy.device)
-    bias_t = mlp.in_xy.bias[None] + F.linear(positional_encoding(t[:, None], s.t_freqs), mlp.in_t.weight)
-
-    def layer(lin: torch.nn.Linear) -> tuple[Tensor, Tensor]:
-        return lin.weight.to(mlp_dtype).contiguous(), lin.bias.to(mlp_dtype).contiguous()
+    bias_t = mlp.in_xy.bias[None] + F.linear(positional_encoding(t[:, None], s.t_freqs, s.embedder), mlp.in_t.weight)
+    layers = tuple((w.to(mlp_dtype).contiguous(), b.to(mlp_dtype).contiguous(), relu) for w, b, relu in mlp.decode_layers())
 
     return GopConstants(
         xy,
@@ -103,8 +102,7 @@ def gop_constants(gop: GopModel, length: int, height: int, width: int, mlp_dtype
         gop.color[keep].contiguous(),
         bias_t.to(mlp_dtype).contiguous(),
         length,
-        layer(mlp.hidden),
-        layer(mlp.head),
+        layers,
     )
 
 
@@ -122,8 +120,9 @@ def decode_gop_frames(
     out = const.xy.new_empty(local.numel(), height, width, 3)
     for k, i in enumerate(local.tolist()):
         h = torch.add(const.h_xy, const.bias_t[i]).relu_()
-        h = _linear(h, *const.hidden, relu=True)
-        d = _linear(h, *const.head, relu=False).float()  # [K, 5]: Δxy, Δcolour
+        for weight, bias, relu in const.layers:
+            h = _linear(h, weight, bias, relu=relu)
+        d = h.float()  # [K, 5]: Δxy, Δcolour
         means = (torch.tanh(const.xy + d[:, :2]) + 1.0) * scale
         color = const.color + d[:, 2:]
         out[k] = rasterize_sum(means[None], const.conics[None], color[None], const.radii[None], None, settings)[0]

@@ -10,11 +10,25 @@ a few GoPs' frames are in memory at once, however long the video.
   which beats one two-threaded process for these small per-step kernels).
 * ``ray``: Ray tasks on the cluster at ``address`` (or a local Ray instance when empty), each
   reserving ``threads_per_worker`` CPUs. Ray is optional (``pip install 'recon[ray]'``).
+
+Progress and stopping: a job's function reaches its executor through :func:`worker_link`:
+``link.progress(index, step, total)`` reports (throttled to a few messages per second in worker
+processes) and ``link.should_stop()`` says to hand back what it has. ``map_unordered`` passes
+the reports to ``on_progress`` and, once ``should_stop()`` (the caller's) is true, asks every
+running job to stop and starts no new one; the jobs' early results are yielded as usual.
+Local worker processes start with SIGINT ignored and then take SIGINT/SIGTERM as a stop request
+(a terminal's Ctrl-C reaches the whole process group), so they stop within a step, never in the
+middle of one. Ray tasks are cancelled on a stop request (their GoPs are fitted again on resume).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import queue
+import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -24,9 +38,59 @@ import torch
 from recon_core import InputError
 from recon_core.threads import available_cpus
 
-__all__ = ["EXECUTORS", "Executor", "InlineExecutor", "LocalProcessExecutor", "RayExecutor", "make_executor", "cpu_count"]
+__all__ = ["EXECUTORS", "Executor", "InlineExecutor", "LocalProcessExecutor", "RayExecutor", "make_executor", "cpu_count",
+           "WorkerLink", "worker_link"]
 
 EXECUTORS = ("local", "inline", "ray")
+
+Progress = Callable[[int, int, int], None]
+
+
+class WorkerLink:
+    """What a running job sees of its executor: where to report progress, whether to stop."""
+
+    def __init__(self, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+        self._progress = progress
+        self._should_stop = should_stop
+
+    def progress(self, index: int, step: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(index, step, total)
+
+    def should_stop(self) -> bool:
+        return self._should_stop is not None and bool(self._should_stop())
+
+
+_LINK = WorkerLink()
+
+
+def worker_link() -> WorkerLink:
+    """The link of the job running in this process (a silent one outside executors)."""
+    return _LINK
+
+
+@contextlib.contextmanager
+def _linked(link: WorkerLink) -> Iterator[None]:
+    global _LINK
+    previous, _LINK = _LINK, link
+    try:
+        yield
+    finally:
+        _LINK = previous
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this (main) thread while worker processes are spawned: they inherit the
+    disposition, so a Ctrl-C cannot kill one before :func:`_init_worker` installs its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cpu_count() -> int:
@@ -35,12 +99,13 @@ def cpu_count() -> int:
 
 
 class Executor(Protocol):
-    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-        """Yield ``fn(job)`` for every job, in completion order."""
+    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
+        """Yield ``fn(job)`` for every job, in completion order (see the module docstring)."""
         ...
 
-    def close(self) -> None:
-        """Stop workers and cancel jobs not started (idempotent)."""
+    def close(self, force: bool = False) -> None:
+        """Stop workers and cancel jobs not started (idempotent); ``force`` kills running ones."""
         ...
 
 
@@ -51,24 +116,52 @@ class InlineExecutor:
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
 
-    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
+        stop = should_stop or (lambda: False)
         for job in jobs:
+            if stop():
+                return
             before = torch.get_num_threads()
             if self.threads:
                 torch.set_num_threads(self.threads)
             try:
-                result = fn(job)
+                with _linked(WorkerLink(on_progress, stop)):
+                    result = fn(job)
             finally:
                 torch.set_num_threads(before)
             yield result
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
         pass
 
 
-def _init_worker(threads: int) -> None:
+class _QueueProgress:
+    """Worker side of progress reports: at most one message per ``interval`` seconds per job
+    (and always the first and the last step)."""
+
+    def __init__(self, q: Any, interval: float = 0.5) -> None:
+        self.q, self.interval, self.last = q, interval, 0.0
+
+    def __call__(self, index: int, step: int, total: int) -> None:
+        now = time.monotonic()
+        if step == total or now - self.last >= self.interval:
+            self.last = now
+            with contextlib.suppress(Exception):  # progress is best-effort
+                self.q.put_nowait((index, step, total))
+
+
+_STOP_SIGNAL = threading.Event()  # set by SIGINT/SIGTERM in a worker process
+
+
+def _init_worker(threads: int, stop_event: Any = None, progress_queue: Any = None) -> None:
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: _STOP_SIGNAL.set())
+    global _LINK
+    progress = _QueueProgress(progress_queue) if progress_queue is not None else None
+    _LINK = WorkerLink(progress, lambda: _STOP_SIGNAL.is_set() or (stop_event is not None and stop_event.is_set()))
 
 
 class LocalProcessExecutor:
@@ -77,30 +170,63 @@ class LocalProcessExecutor:
     def __init__(self, workers: int, threads_per_worker: int) -> None:
         self.workers, self.threads = workers, threads_per_worker
         self._pool: ProcessPoolExecutor | None = None
+        self._stop_event: Any = None
 
-    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
         ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self.threads,))
+        stop_event, progress_queue = ctx.Event(), ctx.Queue()
+        self._stop_event = stop_event
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(self.threads, stop_event, progress_queue))
+        stop = should_stop or (lambda: False)
+
+        def drain() -> None:
+            while True:
+                try:
+                    message = progress_queue.get_nowait()
+                except (queue.Empty, OSError, ValueError):
+                    return
+                if on_progress is not None:
+                    on_progress(*message)
+
         pending: set[Future] = set()
         it = iter(jobs)
         exhausted = False
         while True:
-            while not exhausted and len(pending) < 2 * self.workers:
+            if not stop_event.is_set() and stop():
+                stop_event.set()  # running jobs hand back what they have; queued ones are dropped
+                for f in pending:
+                    f.cancel()
+                pending = {f for f in pending if not f.cancelled()}
+            while not exhausted and not stop_event.is_set() and len(pending) < 2 * self.workers:
                 job = next(it, None)
                 if job is None:
                     exhausted = True
                 else:
-                    pending.add(self._pool.submit(fn, job))
+                    with _sigint_ignored():
+                        pending.add(self._pool.submit(fn, job))
             if not pending:
+                drain()
                 return
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            drain()
             for f in done:
                 yield f.result()
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
+        """Shut the pool down; after a stop request (or with ``force``) the workers are killed
+        rather than left to exit on their own: their results are in, and a torch process's exit
+        can take seconds on a loaded machine."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            force = force or (self._stop_event is not None and self._stop_event.is_set())
+            if force:
+                for p in processes:
+                    with contextlib.suppress(Exception):
+                        p.kill()
+            pool.shutdown(wait=not force, cancel_futures=True)
 
 
 class RayExecutor:
@@ -124,13 +250,20 @@ class RayExecutor:
             ray.init(**kwargs)
             self._started = True
 
-    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+    def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
         ray = self.ray
         remote = ray.remote(num_cpus=self.threads)(_ray_call)
+        stop = should_stop or (lambda: False)
         pending: deque = deque()
         it = iter(jobs)
         exhausted = False
         while True:
+            if stop():  # no mid-GoP state from Ray tasks: cancel them (finished GoPs are kept)
+                for ref in pending:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                return
             while not exhausted and len(pending) < self.max_in_flight:
                 job = next(it, None)
                 if job is None:
@@ -139,12 +272,12 @@ class RayExecutor:
                     pending.append(remote.remote(fn, job, self.threads))
             if not pending:
                 return
-            done, rest = ray.wait(list(pending), num_returns=1)
+            done, rest = ray.wait(list(pending), num_returns=1, timeout=0.5)
             pending = deque(rest)
             for ref in done:
                 yield ray.get(ref)
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
         if self._started:
             self.ray.shutdown()
             self._started = False

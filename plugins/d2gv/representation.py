@@ -11,12 +11,22 @@ Every GoP holds N canonical Gaussians and one deformation MLP (``deform.py``):
   straight-through while fitting and as a hard 0/1 mask for evaluation and export.
 
 Frame i of a GoP of F frames is rendered at time t = (i + 1) / F.
+
+Presets (``d2gv.preset``; ``d2gv-fit`` follows it unless its own preset is set):
+
+* ``cpu`` (default): the settings that met the targets of docs/benchmarks.md on a 2-core CPU:
+  16 000 Gaussians per GoP of 4 frames, the single-head MLP (``deform.py``), Gaussians
+  initialised to cover the GoP's middle frame (colours sampled from it), mask logits at 2.0.
+* ``paper``: the original D2GV (Evan-sudo/D2GV, ``train_deform.py`` / ``train_prune.py``):
+  20 000 Gaussians, GoP = the loader's (one folder per GoP in the original's data layout), the
+  branched MLP with Deformable-3DGS's embedder, GaussianImage's random initialisation (positions
+  uniform in (-1, 1), Cholesky entries and colours ~ U[0, 1)), mask logits at 1.2.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -127,15 +137,25 @@ class GopModel(nn.Module):
         return FrameGaussians(xy, chol, color, weights, local)
 
     @torch.no_grad()
-    def initialise(self, frame: Tensor, generator: torch.Generator) -> None:
-        """Uniform random positions, colours sampled from ``frame`` (H, W, 3), isotropic sizes, and
-        a fresh deformation MLP, all drawn from ``generator`` (reproducible).
+    def initialise(self, frame: Tensor, generator: torch.Generator, style: str = "cpu") -> None:
+        """Initial Gaussians and a fresh deformation MLP, all drawn from ``generator`` (reproducible).
 
-        The size is chosen so that the Gaussians cover each pixel about once on average
+        ``cpu``: uniform random positions, colours sampled from ``frame`` (H, W, 3) and isotropic
+        sizes chosen so that the Gaussians cover each pixel about once on average
         (N · 2πσ² = H · W), which with the summation model makes the first render ≈ the frame.
+        ``paper``: GaussianImage's initialisation as D2GV uses it: positions uniform in (-1, 1),
+        raw Cholesky entries and colours ~ U[0, 1), mask logits 1.2 (``frame`` is not used).
         """
         H, W, _ = frame.shape
         n = self.num_gaussians
+        if style == "paper":
+            u = (2 * (torch.rand(n, 2, generator=generator) - 0.5)).clamp(-1 + 1e-6, 1 - 1e-6)
+            self.xy.copy_(torch.atanh(u))
+            self.chol.copy_(torch.rand(n, 3, generator=generator))
+            self.color.copy_(torch.rand(n, 3, generator=generator))
+            self.mask_logit.fill_(1.2)
+            self.deform.reset_parameters(generator)
+            return
         u = torch.rand(n, 2, generator=generator) * 1.9 - 0.95
         self.xy.copy_(torch.atanh(u))
         cols = ((u[:, 0] + 1) * 0.5 * W).long().clamp(0, W - 1)
@@ -187,10 +207,18 @@ class GopModel(nn.Module):
         )
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"num_gaussians": 16000, "gop_length": 4, "embedder": "nerf", "branches": False},
+    "paper": {"num_gaussians": 20000, "gop_length": 0, "embedder": "deform3dgs", "branches": True},
+}
+"""What each ``d2gv.preset`` sets (module docstring); explicit options override it."""
+
+
 @dataclass
 class D2GVConfig:
-    num_gaussians: int = option(20000, "canonical 2D Gaussians per GoP (paper: 20 000 for Bunny, 35 000 for UVG/DAVIS)", min=1)
-    gop_length: int = option(0, "frames per GoP; 0 uses the loader's (Video.gop_length)", min=0)
+    preset: str = option("cpu", "cpu: the CPU-tuned settings of docs/benchmarks.md; paper: the original D2GV's MLP, embedder and initialisation (d2gv-fit follows)", choices=tuple(PRESETS))
+    num_gaussians: int | None = option(None, "canonical 2D Gaussians per GoP (none: the preset's; cpu 16 000, paper 20 000 as for Bunny)", min=1)
+    gop_length: int | None = option(None, "frames per GoP; 0 uses the loader's (a folder per GoP, else Video.gop_length); none: the preset's (cpu 4 unless the data has GoP folders, paper 0)", min=0)
     xy_freqs: int = option(10, "positional-encoding frequencies of the canonical position", min=0)
     t_freqs: int = option(6, "positional-encoding frequencies of the GoP time", min=0)
     mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP", min=1)
@@ -200,6 +228,20 @@ class D2GVConfig:
     q_chol_step: float = option(1 / 16, "bitstream: Cholesky factor grid step in pixels", min=1e-6)
     q_color_step: float = option(1 / 64, "bitstream: colour grid step", min=1e-6)
     q_mlp_bits: int = option(8, "bitstream: bits per deformation-MLP weight (symmetric, per tensor)", min=2, max=16)
+
+    @classmethod
+    def for_layout(cls, deform: DeformSettings, **options: Any) -> "D2GVConfig":
+        """A config whose ``deform_settings`` are ``deform`` (for models read back from a file)."""
+        preset = next((name for name, p in PRESETS.items()
+                       if (p["embedder"], p["branches"]) == (deform.embedder, deform.branches)), None)
+        if preset is None:
+            raise InputError(f"d2gv has no preset with the MLP layout {deform}")
+        return cls(preset=preset, xy_freqs=deform.xy_freqs, t_freqs=deform.t_freqs, mlp_width=deform.width, **options)
+
+    def resolved(self, key: str) -> Any:
+        """Option ``key`` of the preset unless set explicitly."""
+        value = getattr(self, key, None)
+        return PRESETS[self.preset][key] if value is None else value
 
 
 class D2GV(Representation):
@@ -227,7 +269,8 @@ class D2GV(Representation):
     @property
     def deform_settings(self) -> DeformSettings:
         c = self.config
-        return DeformSettings(xy_freqs=c.xy_freqs, t_freqs=c.t_freqs, width=c.mlp_width)
+        return DeformSettings(xy_freqs=c.xy_freqs, t_freqs=c.t_freqs, width=c.mlp_width,
+                              embedder=c.resolved("embedder"), branches=c.resolved("branches"))
 
     @property
     def height(self) -> int:
@@ -251,7 +294,7 @@ class D2GV(Representation):
         self.gop_starts = torch.tensor(starts, dtype=torch.long, device=self.gop_starts.device)
         self.frame_times = times.float().to(self.gop_starts.device)
         self.frame_size = torch.tensor([height, width], dtype=torch.long, device=self.gop_starts.device)
-        self.gops = nn.ModuleList([GopModel(self.config.num_gaussians, self.deform_settings) for _ in ranges])
+        self.gops = nn.ModuleList([GopModel(self.config.resolved("num_gaussians"), self.deform_settings) for _ in ranges])
 
     def build(self, data: Any, ctx: RunContext) -> None:
         """Split ``data`` (a Video) into GoPs and initialise each GoP from its middle frame, on ``ctx.device``."""
@@ -259,11 +302,14 @@ class D2GV(Representation):
             raise InputError(f"d2gv represents videos; got {type(data).__name__} (use a video loader)")
         if data.num_frames < 1:
             raise InputError("the video has no frames", data.source)
-        ranges = data.gops(self.config.gop_length or None)
+        length = self.config.gop_length
+        if length is None:  # the preset's, but GoP folders of the data win
+            length = 0 if getattr(data, "gop_starts", None) else self.config.resolved("gop_length")
+        ranges = data.gops(length or None)
         self._set_layout(ranges, data.timestamps, data.height, data.width)
         gen = torch.Generator().manual_seed(self.config.seed)
         for gop, r in zip(self.gops, ranges):
-            gop.initialise(data.frame(r[len(r) // 2]), gen)
+            gop.initialise(data.frame(r[len(r) // 2]), gen, self.config.preset)
         self.to(ctx.device)
 
     # ------------------------------------------------------------------------------ frames
@@ -308,7 +354,7 @@ class D2GV(Representation):
             "width": self.width,
             "gop_starts": self.gop_starts.tolist(),
             "frame_times": self.frame_times.cpu().float(),
-            "deform": {"xy_freqs": self.config.xy_freqs, "t_freqs": self.config.t_freqs, "width": self.config.mlp_width},
+            "deform": asdict(self.deform_settings),
             "gops": [g.export_tensors() for g in self.gops],
         }
 
@@ -340,7 +386,11 @@ class D2GV(Representation):
         if state.get("format") != "d2gv-1":
             raise InputError("not a d2gv export", directory)
         d = state["deform"]
-        rep = cls(D2GVConfig(num_gaussians=0, xy_freqs=d["xy_freqs"], t_freqs=d["t_freqs"], mlp_width=d["width"]))
+        try:
+            deform = DeformSettings(**d)  # exports from before the presets lack embedder/branches: the defaults
+            rep = cls(D2GVConfig.for_layout(deform, num_gaussians=1))
+        except (TypeError, InputError):
+            raise InputError(f"d2gv export with an unknown MLP layout {d}", directory) from None
         s = state["gop_starts"]
         rep._set_layout([range(a, b) for a, b in zip(s[:-1], s[1:])], state["frame_times"], state["height"], state["width"])
         for gop, payload in zip(rep.gops, state["gops"]):

@@ -1,5 +1,12 @@
 """Videos (``.mp4 .mov .mkv .avi .webm`` through PyAV) and folders of frames (``f00001.png`` ...).
 
+A folder whose sub-folders hold the frames (and which has no frames itself) is one video cut
+into GoPs, one sub-folder each: the original D2GV's layout (``dataset/Bunny/bunny_1/f00001.png``
+…). Frames are ordered by name (numbers compared as numbers), within a folder and across folders
+(folders by the name of their first frame, then by their own name); ``Video.gop_starts`` records
+the folders' boundaries. ``start`` / ``end`` / ``step`` then apply to the whole sequence, and a
+GoP left with no frame is dropped.
+
 Loading only *indexes* the video: it demuxes the packets (no decoding) to learn every frame's
 presentation timestamp and where the keyframes are. :attr:`Video.read_frame` then decodes on
 demand: a frame at or shortly after the last decoded one is reached by decoding forward; any other
@@ -196,6 +203,8 @@ class VideoLoader(Loader):
             frames = imageio.list_images(path)
             if len(frames) >= 2 and all(_NUMBER.search(p.stem) for p in frames):
                 return 5
+            if not frames and _gop_folders(path):
+                return 5
         return 0
 
     def _size(self, width: int, height: int) -> tuple[int, int] | None:
@@ -245,8 +254,13 @@ class VideoLoader(Loader):
 
     def _load_folder(self, path: Path) -> Video:
         frames = sorted(imageio.list_images(path), key=_natural_key)
+        gop_of: list[int] | None = None
         if not frames:
-            raise InputError("folder has no image frames", path)
+            folders = _gop_folders(path)
+            frames = [f for files in folders for f in files]
+            gop_of = [g for g, files in enumerate(folders) for _ in files]
+        if not frames:
+            raise InputError("folder has no image frames (nor sub-folders of numbered frames, one per GoP)", path)
         infos = [imageio.probe_image(p) for p in frames]
         first = infos[0]
         for info in infos[1:]:
@@ -264,5 +278,26 @@ class VideoLoader(Loader):
         def read(i: int) -> Tensor:
             return imageio.read_rgb_alpha(files[i], (h, w))[0]
 
+        starts = None
+        if gop_of is not None:  # first picked frame of each GoP folder
+            kept = [gop_of[i] for i in picked]
+            starts = [k for k in range(len(kept)) if k == 0 or kept[k] != kept[k - 1]]
         return Video(name=path.name, num_frames=len(files), width=w, height=h, fps=fps, read_frame=read,
-                     gop_length=self.config.gop_length, source=path)
+                     gop_length=self.config.gop_length, source=path, gop_starts=starts)
+
+
+def _gop_folders(path: Path) -> list[list[Path]]:
+    """Frames of the sub-folders of ``path`` that hold numbered frames, one list per folder, in
+    frame-name order; [] unless every non-hidden sub-folder is numbered (``bunny_1``) and holds
+    only numbered frames (so ``image/`` + ``mask/`` of other layouts is not taken for GoPs)."""
+    folders = []
+    subs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key)
+    if not subs or not all(_NUMBER.search(sub.name) for sub in subs):
+        return []
+    for sub in subs:
+        frames = sorted(imageio.list_images(sub), key=_natural_key)
+        if not frames or not all(_NUMBER.search(p.stem) for p in frames):
+            return []
+        folders.append(frames)
+    folders.sort(key=lambda files: _natural_key(files[0]))  # stable: ties keep the folder-name order
+    return folders

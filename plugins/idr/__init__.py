@@ -1,7 +1,7 @@
 """HashModFFB-IDR: IDR neural implicit surfaces with pluggable encoders.
 
 Components: representation ``idr``, renderer ``sphere-tracing``, refiner ``idr-fit`` and geometry
-evaluator ``chamfer``.
+evaluators ``chamfer`` and ``dtu-chamfer`` (the DTU protocol, in mm).
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 from recon_core import Evaluator, Refiner, Renderer, Representation, hookimpl
 
 from .chamfer import ChamferEvaluator
+from .dtu import DTUChamferEvaluator
 from .fit import IDRFit
 from .renderer import SphereTracingRenderer
 from .representation import IDRRepresentation
 
-__all__ = ["IDRRepresentation", "SphereTracingRenderer", "IDRFit", "ChamferEvaluator"]
+__all__ = ["IDRRepresentation", "SphereTracingRenderer", "IDRFit", "ChamferEvaluator", "DTUChamferEvaluator"]
 
 
 @hookimpl
@@ -33,4 +34,4 @@ def register_refiners() -> list[type[Refiner]]:
 
 @hookimpl
 def register_evaluators() -> list[type[Evaluator]]:
-    return [ChamferEvaluator]
+    return [ChamferEvaluator, DTUChamferEvaluator]

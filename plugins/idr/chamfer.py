@@ -90,6 +90,9 @@ class ChamferEvaluator(GeometryEvaluator):
         if reason:
             raise InputError(f"chamfer is unavailable: {reason}")
         gt = trimesh.load(inputs.data.gt_mesh_path, force="mesh", process=False)
+        if len(gt.faces) == 0:  # e.g. DTU's stl*_total.ply: a point cloud in world millimetres
+            raise InputError("the ground truth is a point cloud, not a mesh (a DTU scan's STL points: use "
+                             "--eval dtu-chamfer, which applies DTU's frame, observation mask and plane)", inputs.data.gt_mesh_path)
         pred = self._prediction(inputs)
         c = self.config
         return chamfer(pred, gt, density=c.density, max_points=c.max_points, max_dist=c.max_dist, seed=c.seed).chamfer

@@ -20,12 +20,31 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from recon_core import Encoder
 
-__all__ = ["ImplicitNetwork", "RenderingNetwork"]
+__all__ = ["ClampedSoftplus", "ImplicitNetwork", "RenderingNetwork"]
+
+
+class ClampedSoftplus(nn.Module):
+    """Softplus(β) with its input clamped below at −20/β, where it is < 2e-9/β from the true value.
+
+    Why: IDR's β = 100 sends most pre-activations far into the negative tail, where ``log1p`` of a
+    tiny ``exp(βx)`` computes denormal intermediates; on x86 CPUs without flush-to-zero those run
+    ~4x slower (``F.softplus`` on 20 k × 64 values: 16 ms vs 4 ms). The clamp keeps every value
+    normal. The gradient below the clamp is 0 instead of σ(βx) < 2e-9.
+    """
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = float(beta)
+        self.floor = -20.0 / self.beta
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x.clamp_min(self.floor), beta=self.beta)
 
 
 class ImplicitNetwork(nn.Module):
@@ -66,7 +85,7 @@ class ImplicitNetwork(nn.Module):
             if geometric_init:
                 self._geometric_init(lin, i, n_lin, dims, out_dim, init_radius)
             self.layers.append(weight_norm(lin) if use_weight_norm else lin)
-        self.activation = nn.Softplus(beta=softplus_beta)
+        self.activation = ClampedSoftplus(softplus_beta)
 
     def _geometric_init(self, lin: nn.Linear, i: int, n_lin: int, dims: list[int], out_dim: int, radius: float) -> None:
         d_in = dims[0]

@@ -71,6 +71,9 @@ class IDRConfig:
     trace_iters: int = option(10, "sphere-tracing iterations", min=0)
     trace_samples: int = option(100, "samples of the fallback search along unconverged rays", min=1)
     secant_steps: int = option(8, "secant refinement steps", min=0)
+    trace_min_search: str = option("coarse-to-fine", "search on rays whose tracing fronts crossed: coarse-to-fine "
+                                   "(minimal SDF in 2⌈√(2·trace_samples)⌉+2 evaluations, full sampling only where it is "
+                                   "negative) or uniform (IDR: trace_samples evaluations on every such ray)", choices=("coarse-to-fine", "uniform"))
     chunk: int = option(8192, "rays per chunk when rendering", min=1)
     mesh_resolution: int = option(256, "marching-cubes grid resolution for the mesh export", min=2)
     mesh_drop_voids: bool = option(True, "leave out surfaces of voids enclosed by the object (unseen by any camera)")
@@ -86,7 +89,7 @@ class IDRConfig:
 
     def trace_settings(self) -> TraceSettings:
         return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters,
-                             n_samples=self.trace_samples, secant_steps=self.secant_steps)
+                             n_samples=self.trace_samples, secant_steps=self.secant_steps, min_search=self.trace_min_search)
 
 
 def _create_encoder(ctx: RunContext, name: str, **options: Any) -> Encoder:

@@ -11,7 +11,7 @@ from conftest import look_at_torch
 from torch import nn
 
 import recon_plugins.encoders as encoders_plugin
-from recon_core import Bounds, Cameras, RunContext, Scene, View
+from recon_core import Bounds, Cameras, InputError, RunContext, Scene, View
 from recon_core.registry import Registry, get_registry
 from recon_plugins.encoders import FourierEncoder, HashGridEncoder
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
@@ -317,3 +317,20 @@ def test_lr_schedule_defaults_to_the_encoders_milestones() -> None:
         fit.step(1)
         for g in fit.optimizer.param_groups:
             assert g["lr"] == pytest.approx(g["base_lr"] * 0.5**halvings)
+
+
+def test_idr_rgb_range_compares_in_minus_one_to_one() -> None:
+    """rgb_range=[-1,1]: tanh output, shading maps back to [0, 1], the loss sees colours in [-1, 1]."""
+    scene = tiny_scene()
+    rep = build(scene, rgb_range=[-1.0, 1.0])
+    assert rep.rendering.output == "tanh"
+    pts = torch.randn(7, 3) * 0.3
+    sh = rep.shade(pts, torch.nn.functional.normalize(torch.randn(7, 3), dim=-1))
+    torch.testing.assert_close(sh.rgb, (sh.rgb_net + 1) / 2)
+    torch.testing.assert_close(rep.to_rgb_range(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([-1.0, 0.0, 1.0]))
+    fit = make_fit(rep, scene, steps=3)
+    for s in range(3):
+        logs = fit.step(s)
+    assert math.isfinite(logs["loss"])
+    with pytest.raises(InputError, match="rgb_range"):
+        build(scene, rgb_range=[0.0, 255.0])

@@ -5,8 +5,9 @@ them (no gradients), and minimises
 
     L = L_rgb + w_eik · L_eikonal + w_mask · L_mask
 
-* L_rgb: L1 between rendered and observed colour on rays that hit the surface *and* are inside the
-  object mask, summed and divided by the batch size; colour is computed at the differentiable surface
+* L_rgb: L1 between rendered and observed colour (in the network's range ``idr.rgb_range``: [0, 1], or
+  IDR's [−1, 1]) on rays that hit the surface *and* are inside the object mask, summed and divided by
+  the batch size; colour is computed at the differentiable surface
   point (implicit differentiation, :func:`raytrace.surface_points`);
 * L_eikonal: mean (‖∇f‖ − 1)² over the traced points and ``batch_rays / 2`` uniform points in the
   bounding cube;
@@ -254,7 +255,8 @@ class IDRFit(Refiner):
             xs = surface_points(rep.implicit.sdf, o[h], v[h], tr.t[h], g[: len(h)])
             shaded = rep.shade(xs, v[h], create_graph=True)
             sel = rgb_mask[h]
-            loss_rgb = (shaded.rgb[sel] - rgb_gt[h][sel]).abs().sum() / b
+            # in the network's colour range: IDR's [-1, 1] doubles the L1 against eikonal and mask
+            loss_rgb = (shaded.rgb_net[sel] - rep.to_rgb_range(rgb_gt[h][sel])).abs().sum() / b
 
         loss_mask = torch.zeros((), device=dev)
         m_idx = (~rgb_mask & tr.in_sphere).nonzero().squeeze(1)

@@ -61,6 +61,10 @@ class IDRConfig:
     init_radius: float = option(0.6, "geometric initialisation sphere radius (normalised frame)", min=1e-12)
     softplus_beta: float = option(100.0, "Softplus β of the SDF network", min=1e-12)
     weight_norm: bool = option(True, "weight normalisation on all layers")
+    rgb_range: list[float] = option(None, "range of the predicted colour: [0, 1] (sigmoid; recon's default) or [-1, 1] "
+                                    "(tanh, as IDR: images are compared in [-1, 1], so the RGB L1 counts double)",
+                                    factory=lambda: [0.0, 1.0])
+    sdf_squash: bool = option(False, "the HashModNFFBanks-IDR seed's SDF squashing tanh(f / (2 + LaplaceDensity(f)))")
     encoder: str = option("fourier", "encoder of 3-D points when the run names no --encoder (fourier: 6 octaves)",
                           component="encoder")
     view_encoder: str = option("fourier", "encoder of view directions (its n_frequencies option, when it has one, "
@@ -107,11 +111,14 @@ def _create_encoder(ctx: RunContext, name: str, **options: Any) -> Encoder:
 
 @dataclass(frozen=True)
 class Shading:
-    """Differentiable quantities at surface points: points/normals [P, 3] (network frame), rgb [P, 3]."""
+    """Differentiable quantities at surface points: points/normals [P, 3] (network frame), rgb [P, 3] in
+    [0, 1], and ``rgb_net`` [P, 3]: the network's output in its own range (``rgb_range``), where IDR's
+    RGB loss is computed."""
 
     points: Tensor
     normals: Tensor
     rgb: Tensor
+    rgb_net: Tensor
 
 
 class IDRRepresentation(Representation):
@@ -142,17 +149,20 @@ class IDRRepresentation(Representation):
         if not isinstance(data, Scene):
             raise InputError("idr needs posed views (a Scene), not a video")
         c = self.config
+        if [float(v) for v in c.rgb_range] not in ([0.0, 1.0], [-1.0, 1.0]):
+            raise InputError(f"idr.rgb_range must be [0, 1] or [-1, 1], got {list(c.rgb_range)}")
         enc = ctx.encoder if ctx.encoder is not None else _create_encoder(ctx, c.encoder)
         if enc.in_dim != 3:
             raise InputError(f"idr needs an encoder of 3-D points, got in_dim={enc.in_dim}")
         s = c.sizes()
         self.implicit = ImplicitNetwork(
             enc, width=s["sdf_width"], n_layers=s["sdf_layers"], skip_in=tuple(s["skip_in"]), feature_dim=s["feature_dim"],
-            init_radius=c.init_radius, softplus_beta=c.softplus_beta, use_weight_norm=c.weight_norm,
+            init_radius=c.init_radius, softplus_beta=c.softplus_beta, use_weight_norm=c.weight_norm, sdf_squash=c.sdf_squash,
         )
         self.rendering = RenderingNetwork(
             s["feature_dim"], width=s["color_width"], n_layers=s["color_layers"],
             view_encoder=_create_encoder(ctx, c.view_encoder, n_frequencies=c.view_frequencies), use_weight_norm=c.weight_norm,
+            output="tanh" if float(c.rgb_range[0]) < 0 else "sigmoid",
         )
         self.center = data.bounds.center.detach().float().clone().reshape(3)
         self.scale = torch.tensor(float(c.bounding_radius if c.bounding_radius is not None else data.bounds.radius))
@@ -208,8 +218,13 @@ class IDRRepresentation(Representation):
         self._check_built()
         _, feat, grad = self.implicit.sdf_and_gradient(points_n, create_graph=create_graph)
         normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        rgb = self.rendering(points_n, -dirs, normals, feat)
-        return Shading(points_n, normals, rgb)
+        out = self.rendering(points_n, -dirs, normals, feat)
+        rgb = (out + 1) * 0.5 if self.rendering.output == "tanh" else out
+        return Shading(points_n, normals, rgb, out)
+
+    def to_rgb_range(self, rgb: Tensor) -> Tensor:
+        """Colours in [0, 1] → the network's range (``rgb_range``)."""
+        return rgb * 2 - 1 if self.rendering.output == "tanh" else rgb
 
     # ------------------------------------------------------------------------------ export
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from recon_core import Evaluator, Refiner, Renderer, Representation, hookimpl
 
 from .chamfer import ChamferEvaluator
+from .conf import read_idr_conf
 from .dtu import DTUChamferEvaluator
 from .fit import IDRFit
 from .renderer import SphereTracingRenderer
@@ -35,3 +36,18 @@ def register_refiners() -> list[type[Refiner]]:
 @hookimpl
 def register_evaluators() -> list[type[Evaluator]]:
     return [ChamferEvaluator, DTUChamferEvaluator]
+
+
+class IDRConfReader:
+    """``recon run --config FILE.conf``: IDR / HashModNFFBanks-IDR pyhocon files (see :mod:`.conf`)."""
+
+    suffixes = (".conf",)
+
+    @staticmethod
+    def read(path):  # noqa: ANN001, ANN205 - the hook's reader protocol
+        return read_idr_conf(path)
+
+
+@hookimpl
+def register_config_readers() -> list[IDRConfReader]:
+    return [IDRConfReader()]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from recon_core import Cameras, Encoder, InputError, Representation, RunContext, Scene, Video, option
 from recon_core.geometry import so3_exp  # re-exported: ``recon_plugins.idr.representation.so3_exp``
 
+from .checkpoint import load_idr_checkpoint
 from .mesh import extract_mesh, write_mesh
 from .network import ImplicitNetwork, RenderingNetwork
 from .raytrace import TraceResult, TraceSettings, trace
@@ -74,6 +75,8 @@ class IDRConfig:
     trace_threshold: float = option(5e-5, "sphere-tracing convergence |f| (normalised units)", min=1e-12)
     trace_iters: int = option(10, "sphere-tracing iterations", min=0)
     trace_samples: int = option(100, "samples of the fallback search along unconverged rays", min=1)
+    trace_back_off_iters: int = option(1, "halvings of a sphere-tracing step that overshot into the inside "
+                                       "(IDR's conf: line_step_iters = 3)", min=0)
     secant_steps: int = option(8, "secant refinement steps", min=0)
     trace_min_search: str = option("coarse-to-fine", "search on rays whose tracing fronts crossed: coarse-to-fine "
                                    "(minimal SDF in 2⌈√(2·trace_samples)⌉+2 evaluations, full sampling only where it is "
@@ -82,6 +85,8 @@ class IDRConfig:
     mesh_resolution: int = option(256, "marching-cubes grid resolution for the mesh export", min=2)
     mesh_drop_voids: bool = option(True, "leave out surfaces of voids enclosed by the object (unseen by any camera)")
     refine_cameras: bool = option(False, "hold learnable corrections of the training poses")
+    init_weights: str | None = option(None, "an IDR / HashModNFFBanks-IDR checkpoint (ModelParameters/<epoch>.pth) to "
+                                      "start from; the network sizes must match it (e.g. from its .conf)")
 
     def sizes(self) -> dict[str, Any]:
         """Network sizes: the preset with explicit overrides applied."""
@@ -92,7 +97,7 @@ class IDRConfig:
         return out
 
     def trace_settings(self) -> TraceSettings:
-        return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters,
+        return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters, back_off_iters=self.trace_back_off_iters,
                              n_samples=self.trace_samples, secant_steps=self.secant_steps, min_search=self.trace_min_search)
 
 
@@ -166,6 +171,8 @@ class IDRRepresentation(Representation):
         )
         self.center = data.bounds.center.detach().float().clone().reshape(3)
         self.scale = torch.tensor(float(c.bounding_radius if c.bounding_radius is not None else data.bounds.radius))
+        if c.init_weights is not None:
+            load_idr_checkpoint(self, Path(c.init_weights))
         if c.refine_cameras:
             train = data.train_views
             self.register_buffer("train_c2w", torch.cat([v.camera.c2w for v in train]).float())

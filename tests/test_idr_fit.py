@@ -108,10 +108,20 @@ def test_build_defaults_to_fourier_and_idr_sizes() -> None:
     assert isinstance(rep.implicit.encoder, FourierEncoder) and rep.implicit.encoder.out_dim == 39
     assert isinstance(rep.rendering.view_encoder, FourierEncoder) and rep.rendering.view_encoder.out_dim == 27
     assert IDRRepresentation.uses(rep.config) == [("encoder", "fourier"), ("encoder", "fourier")]
-    assert len(rep.implicit.layers) == 9 and rep.implicit.feature_dim == 256
-    assert rep.rendering.layers[1].weight.shape == (512, 512)
+    # on the CPU, preset auto is the benchmark's: small for fourier, grid for grid encoders; idr on CUDA
+    assert rep.config.resolved_preset("cpu", rep.implicit.encoder) == "small" and len(rep.implicit.layers) == 5
+    assert rep.config.resolved_preset("cpu", small_hashgrid()) == "grid"
+    assert rep.config.resolved_preset("cuda", small_hashgrid()) == "idr"
+    ours = IDRRepresentation(IDRRepresentation.Config(preset="idr"))
+    ours.build(scene, cpu_context())
+    assert len(ours.implicit.layers) == 9 and ours.implicit.feature_dim == 256
+    assert ours.rendering.layers[1].weight.shape == (512, 512)
     hg = build(scene, small_hashgrid())
-    assert rep.config.sizes()["sdf_width"] == 512 and hg.implicit.d_in == 3 + 4
+    assert ours.config.sizes()["sdf_width"] == 512 and hg.implicit.d_in == 3 + 4
+    assert rep.config.trace_settings("cpu").n_samples == 32 and rep.config.trace_settings("cuda").n_samples == 100
+    fit = IDRFit()
+    fit.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=SphereTracingRenderer()))
+    assert fit.batch_rays == 1024 and fit.optimizer.param_groups[0]["lr"] == 5e-4
 
 
 def test_sphere_tracing_renderer_matches_analytic_sphere() -> None:

@@ -52,7 +52,9 @@ def pixel_rays(K: Tensor, c2w: Tensor, uv: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class IDRConfig:
-    preset: str = option("idr", "network sizes: idr (8×512 SDF, 4×512 colour), small (4×128, CPU) or grid (2×64, for grid encoders)", choices=tuple(PRESETS))
+    preset: str = option("auto", "network sizes: idr (8×512 SDF, 4×512 colour), small (4×128, CPU), grid (2×64, for grid "
+                         "encoders), or auto: idr on CUDA; on the CPU grid for grid encoders, else small (docs/benchmarks.md, IDR)",
+                         choices=("auto", *PRESETS))
     sdf_width: int | None = option(None, "SDF network width (overrides the preset)", min=1)
     sdf_layers: int | None = option(None, "SDF network hidden layers (overrides the preset)", min=1)
     skip_in: list[int] | None = option(None, "layers receiving the skip connection (overrides the preset)", min=0)
@@ -74,7 +76,8 @@ class IDRConfig:
     bounding_radius: float | None = option(None, "bounding sphere radius (world); none: the scene's bounds", min=1e-12)
     trace_threshold: float = option(5e-5, "sphere-tracing convergence |f| (normalised units)", min=1e-12)
     trace_iters: int = option(10, "sphere-tracing iterations", min=0)
-    trace_samples: int = option(100, "samples of the fallback search along unconverged rays", min=1)
+    trace_samples: int | None = option(None, "samples of the fallback search along unconverged rays; none: IDR's 100 on "
+                                       "CUDA, 32 on the CPU (the benchmark's)", min=1)
     trace_back_off_iters: int = option(1, "halvings of a sphere-tracing step that overshot into the inside "
                                        "(IDR's conf: line_step_iters = 3)", min=0)
     secant_steps: int = option(8, "secant refinement steps", min=0)
@@ -88,17 +91,26 @@ class IDRConfig:
     init_weights: str | None = option(None, "an IDR / HashModNFFBanks-IDR checkpoint (ModelParameters/<epoch>.pth) to "
                                       "start from; the network sizes must match it (e.g. from its .conf)")
 
-    def sizes(self) -> dict[str, Any]:
+    def resolved_preset(self, device: torch.device | str = "cpu", encoder: Encoder | None = None) -> str:
+        """The preset ``auto`` stands for on ``device`` with ``encoder`` (see the option)."""
+        if self.preset != "auto":
+            return self.preset
+        if torch.device(device).type == "cuda":
+            return "idr"
+        return "grid" if encoder is not None and hasattr(encoder, "n_grid_levels") else "small"
+
+    def sizes(self, device: torch.device | str = "cpu", encoder: Encoder | None = None) -> dict[str, Any]:
         """Network sizes: the preset with explicit overrides applied."""
-        out = dict(PRESETS[self.preset])
+        out = dict(PRESETS[self.resolved_preset(device, encoder)])
         for k in out:
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out
 
-    def trace_settings(self) -> TraceSettings:
+    def trace_settings(self, device: torch.device | str = "cpu") -> TraceSettings:
+        samples = self.trace_samples if self.trace_samples is not None else (100 if torch.device(device).type == "cuda" else 32)
         return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters, back_off_iters=self.trace_back_off_iters,
-                             n_samples=self.trace_samples, secant_steps=self.secant_steps, min_search=self.trace_min_search)
+                             n_samples=samples, secant_steps=self.secant_steps, min_search=self.trace_min_search)
 
 
 def _create_encoder(ctx: RunContext, name: str, **options: Any) -> Encoder:
@@ -159,7 +171,7 @@ class IDRRepresentation(Representation):
         enc = ctx.encoder if ctx.encoder is not None else _create_encoder(ctx, c.encoder)
         if enc.in_dim != 3:
             raise InputError(f"idr needs an encoder of 3-D points, got in_dim={enc.in_dim}")
-        s = c.sizes()
+        s = c.sizes(ctx.device, enc)
         self.implicit = ImplicitNetwork(
             enc, width=s["sdf_width"], n_layers=s["sdf_layers"], skip_in=tuple(s["skip_in"]), feature_dim=s["feature_dim"],
             init_radius=c.init_radius, softplus_beta=c.softplus_beta, use_weight_norm=c.weight_norm, sdf_squash=c.sdf_squash,
@@ -218,7 +230,7 @@ class IDRRepresentation(Representation):
         """Network-frame rays [R, 3] → first surface crossing (no gradients)."""
         self._check_built()
         with parametrize.cached():
-            return trace(self.implicit.sdf, origins_n, dirs, self.config.trace_settings(), generator)
+            return trace(self.implicit.sdf, origins_n, dirs, self.config.trace_settings(self.center.device), generator)
 
     def shade(self, points_n: Tensor, dirs: Tensor, create_graph: bool = True) -> Shading:
         """Colour of network-frame surface points [P, 3] seen along ``dirs`` [P, 3]."""

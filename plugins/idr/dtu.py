@@ -43,6 +43,8 @@ from scipy.spatial import cKDTree
 from recon_core import EvaluationInput, GeometryEvaluator, InputError, Scene, option
 from recon_core.io import write_json
 
+from .chamfer import predicted_mesh
+
 __all__ = ["DTUFiles", "DTUResult", "find_dtu_files", "sample_mesh_dtu", "radius_downsample", "dtu_evaluate",
            "read_scale_mat", "DTUChamferEvaluator"]
 
@@ -241,14 +243,6 @@ class DTUChamferEvaluator(GeometryEvaluator):
             return f"{Path(src) / 'cameras.npz'} is missing (its scale_mat_0 maps the mesh to millimetres)"
         return None
 
-    def _mesh(self, inputs: EvaluationInput) -> trimesh.Trimesh:
-        if inputs.run_dir is not None and (Path(inputs.run_dir) / "mesh.ply").exists():
-            return trimesh.load(Path(inputs.run_dir) / "mesh.ply", force="mesh", process=False)
-        extract = getattr(inputs.rep, "extract_mesh", None)
-        if extract is None:
-            raise InputError(f"dtu-chamfer needs a surface: representation '{inputs.rep.name}' has no mesh and the run has no mesh.ply")
-        return extract(self.config.resolution)
-
     def evaluate(self, inputs: EvaluationInput) -> dict[str, float]:
         """``{"dtu-chamfer": overall, "accuracy": …, "completeness": …}`` in mm; also written to
         ``dtu_eval.json`` in the run folder."""
@@ -259,7 +253,7 @@ class DTUChamferEvaluator(GeometryEvaluator):
         src = Path(inputs.data.source)
         files = find_dtu_files(src, None if c.dataset_dir is None else Path(c.dataset_dir), c.scan)
         assert isinstance(files, DTUFiles)
-        res = evaluate_mesh(self._mesh(inputs), files, read_scale_mat(src / "cameras.npz"), c)
+        res = evaluate_mesh(predicted_mesh(inputs, c.resolution, self.name), files, read_scale_mat(src / "cameras.npz"), c)
         out = {self.name: res.overall, "accuracy": res.accuracy, "completeness": res.completeness}
         if inputs.run_dir is not None:
             write_json(Path(inputs.run_dir) / "dtu_eval.json", {"scan": files.scan, **out, "observed_points": res.n_observed,

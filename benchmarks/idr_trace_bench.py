@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import idr_bench as B
-from recon_core import RunContext
-from recon_core.registry import get_registry
-from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
-from recon_plugins.idr.representation import pixel_rays
+import idr_bench as B  # noqa: E402 - the benchmark's scene reader and encoder settings
+
+from recon_core import RunContext  # noqa: E402
+from recon_core.registry import get_registry  # noqa: E402
+from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer  # noqa: E402
+from recon_plugins.idr.representation import pixel_rays  # noqa: E402
 
 
 def main() -> None:

@@ -109,7 +109,10 @@ def load_scene(root: Path, n_train: int = 48, background: float = 1.0) -> Scene:
     try:
         from recon_core.registry import get_registry
 
-        scene = get_registry().create("loader", "idr").load(root)
+        from recon_plugins.loaders.idr import IdrConfig
+
+        # the benchmark scenes' cameras.npz put pixel centres at i + 0.5, not at IDR's integers
+        scene = get_registry().create("loader", "idr", IdrConfig(pixel_offset=0.0)).load(root)
         if not isinstance(scene, Scene) or scene.gt_mesh_path is None:
             raise ValueError("no ground-truth mesh")
     except Exception as e:  # noqa: BLE001 - the idr loader may not exist yet

@@ -476,6 +476,21 @@ def _view_json(v: Any) -> dict[str, Any]:
     return out
 
 
+def _read_run_config(reg: Any, path: Path) -> dict[str, Any]:
+    """A config.json, or a file a plugin's config reader maps (naming each key it could not map)."""
+    from recon_core.progress import stderr_console
+    from recon_core.rundir import read_json
+
+    reader = reg.config_reader(Path(path).suffix)
+    if reader is None:
+        return read_json(path, "run configuration")
+    base, unmapped = reader.read(Path(path))
+    console = stderr_console()
+    for line in unmapped:
+        console.print(Text(f"{path.name}: not mapped: {line}", style="yellow"))
+    return base
+
+
 @click.command("run")
 @click.option("--data", type=click.Path(path_type=Path), help="Input data (folder or file).")
 @click.option("--loader", help="Loader name (default: detected from the data).", shell_complete=_complete_names("loader"))
@@ -495,7 +510,8 @@ def _view_json(v: Any) -> dict[str, Any]:
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default outputs/<data>/<repr>/<timestamp>).")
 @click.option("--set", "sets", multiple=True, metavar="PLUGIN.KEY=VALUE", help="Set a component option (run.KEY for the pipeline).",
               shell_complete=_complete_set)
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="A config.json of an earlier run to start from.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="A config.json of an earlier run to start from, or a foreign config a plugin reads (IDR's .conf).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run folder.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in --out (only once the new run has succeeded; the old one stays until then).")
@@ -511,7 +527,7 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
     data. A run folder is locked (run.lock) while a run writes it.
     """
     from recon_core.resolve import resolve_run
-    from recon_core.rundir import RunDir, RunLock, check_out_path, default_run_path, read_json
+    from recon_core.rundir import RunDir, RunLock, check_out_path, default_run_path
 
     reg = _registry(ctx)
     replace = False
@@ -528,7 +544,7 @@ def run(ctx: click.Context, data: Path | None, loader: str | None, representatio
         spec = resolve_run(reg, base=run_dir.read_config())
         target = run_dir.path
     else:
-        base = read_json(config_file, "run configuration") if config_file is not None else None
+        base = _read_run_config(reg, config_file) if config_file is not None else None
         spec = resolve_run(
             reg, data=data, loader=loader, representation=representation, renderer=renderer, encoder=encoder,
             refiners=list(refiners) if refiners else None, fixer=fixer,

@@ -451,7 +451,9 @@ class ImageEvaluator(Evaluator):
 class GeometryEvaluator(Evaluator):
     """A metric over the whole reconstruction (e.g. Chamfer distance to a ground-truth mesh)."""
 
-    def evaluate(self, inputs: EvaluationInput) -> float:
+    def evaluate(self, inputs: EvaluationInput) -> float | dict[str, float]:
+        """The metric's value; or a dict holding it under the evaluator's name plus named parts
+        (e.g. accuracy and completeness), reported in metrics.json as ``<name>.<part>``."""
         raise NotImplementedError
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -380,8 +380,13 @@ def evaluate_run(
     t0 = time.perf_counter()
     for ev in geometry_evals:
         try:
-            metrics[ev.name] = _finite(ev.evaluate(EvaluationInput(rep, data, run_dir.path)))
-            info[ev.name] = _metric_info(ev, None, "", None)
+            value = ev.evaluate(EvaluationInput(rep, data, run_dir.path))
+            # a dict: the evaluator's own value under its name, plus parts reported as "<name>.<part>"
+            parts = dict(value) if isinstance(value, Mapping) else {ev.name: value}
+            for part, v in parts.items():
+                key = ev.name if part == ev.name else f"{ev.name}.{part}"
+                metrics[key] = _finite(v)
+                info[key] = _metric_info(ev, None, "", None)
         except InputError as e:  # e.g. the data has no ground-truth mesh
             unavailable[ev.name] = str(e)
     if geometry_evals:

@@ -7,7 +7,7 @@ versions, never lose or rename them (pluggy passes only the arguments an impleme
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -81,3 +81,10 @@ KIND_HOOKS = {
     "generator": "register_generators",
 }
 """Which hook returns components of which kind."""
+
+
+@hookspec
+def register_config_readers() -> list[Any]:
+    """Readers of foreign run configurations for ``recon run --config FILE``: objects with
+    ``suffixes`` (e.g. ``(".conf",)``) and ``read(path) -> (config dict, [unmapped key lines])``,
+    the dict in the format of a run's config.json (without ``data``)."""

@@ -312,6 +312,14 @@ class Registry:
                 errors.append(detail)
         return errors
 
+    def config_reader(self, suffix: str) -> Any | None:
+        """The plugin reader of foreign run configurations with this file suffix (``register_config_readers``), or None."""
+        for readers in self.pm.hook.register_config_readers():
+            for reader in readers or []:
+                if suffix.lower() in getattr(reader, "suffixes", ()):
+                    return reader
+        return None
+
 
 _REGISTRY: Registry | None = None
 

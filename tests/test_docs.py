@@ -74,7 +74,7 @@ def _runnable(text: str) -> list[tuple[str, str]]:
 
 
 def test_hookspecs_are_found():
-    assert "register_loaders" in HOOKS and "register_commands" in HOOKS and len(HOOKS) == 9
+    assert "register_loaders" in HOOKS and "register_commands" in HOOKS and len(HOOKS) == 10
 
 
 @pytest.mark.parametrize("hook", HOOKS)

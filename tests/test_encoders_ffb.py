@@ -117,3 +117,26 @@ def test_table_parameters_are_the_inner_hash_grid(cls) -> None:
     grids = [m for m in enc.modules() if hasattr(m, "params") and m is not enc]
     assert len(tables) == 1 and tables[0] is grids[0].params
     assert all(t is not p for t in tables for p in [q for name, q in enc.named_parameters() if not name.endswith("params")])
+
+
+def test_seed_stylemod_variant_normalises_a_shared_linear_map_per_point() -> None:
+    """variant=seed: h_l = sin(ω₀ W_l h) + InstanceNorm1d(A e_l) with one A for all levels (the seed's
+    StyleAttention; its softmax over one logit is 1) — checked against torch's InstanceNorm1d."""
+    a, b = make(FFBEncoder), make(FFBStyleModEncoder, variant="seed")
+    assert not hasattr(b.net, "styles") and isinstance(b.net.style_map, nn.Linear)
+    b.net.load_state_dict(a.net.state_dict(), strict=False)
+    with torch.no_grad():
+        b.net.grid.params.uniform_(-1, 1)
+        a.net.grid.params.copy_(b.net.grid.params)
+    x = torch.rand(9, 3) * 2 - 1
+    # reference: FFB's forward with the level features replaced as the seed does
+    net, c = a.net, a.net.c
+    norm = nn.InstanceNorm1d(c.hidden_dim)
+    emb = net.level_embeddings(x)
+    h = torch.sin(c.w0 * net.backbone[0](x / c.bound))
+    out = 0.0
+    for lvl in range(c.n_levels):
+        h = torch.sin(c.w0 * net.backbone[lvl + 1](h)) + norm(b.net.style_map(emb[lvl]))
+        out = out + torch.sin(c.w1 * net.heads[lvl](h))
+    torch.testing.assert_close(b(x), out / c.n_levels, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a(x), b(x), atol=1e-3)

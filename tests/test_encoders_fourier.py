@@ -63,8 +63,38 @@ def test_all_encoders_registered_as_encoder_plugins() -> None:
 
     reg = get_registry()
     names = {r.name for r in reg.components("encoder")}
-    assert {"fourier", "hashgrid", "ffb", "ffb-stylemod"} <= names
-    for name in ("fourier", "hashgrid", "ffb", "ffb-stylemod"):
+    assert {"fourier", "fourier-features", "sh", "hashgrid", "ffb", "ffb-stylemod"} <= names
+    for name in ("fourier", "fourier-features", "sh", "hashgrid", "ffb", "ffb-stylemod"):
         cls = reg.get("encoder", name)
-        enc = cls(cls.Config(**({"log2_hashmap_size": 8} if name != "fourier" else {})), in_dim=3)
+        enc = cls(cls.Config(**({"log2_hashmap_size": 8} if name in ("hashgrid", "ffb", "ffb-stylemod") else {})), in_dim=3)
         assert enc(torch.zeros(4, 3)).shape == (4, enc.out_dim)
+
+
+def test_gaussian_fourier_features_values_and_seed() -> None:
+    from recon_plugins.encoders import GaussianFourierEncoder
+
+    enc = GaussianFourierEncoder(GaussianFourierEncoder.Config(n_features=5, sigma=2.0, seed=7))
+    assert enc.out_dim == 3 + 10 and enc.includes_input
+    B = torch.randn(3, 5, generator=torch.Generator().manual_seed(7)) * 2.0
+    x = torch.rand(11, 3, dtype=torch.float64) * 2 - 1
+    xp = 2 * math.pi * (x @ B.double())
+    torch.testing.assert_close(enc(x.float()).double(), torch.cat([x, xp.sin(), xp.cos()], -1), atol=2e-5, rtol=0)
+    assert "B" in enc.state_dict()  # fixed, but saved with the weights (as the seed's persistent buffer)
+    assert not list(enc.parameters())
+    other = GaussianFourierEncoder(GaussianFourierEncoder.Config(n_features=5, sigma=2.0, seed=8))
+    assert not torch.allclose(other.B, enc.B)
+    # the seed's default: 3 features (its network's first dims entry), sigma 1
+    assert GaussianFourierEncoder().out_dim == 9
+
+
+def test_spherical_harmonics_are_orthonormal() -> None:
+    """∫ Y_i Y_j dΩ = δ_ij over the sphere (Monte Carlo with 400k directions), degree 5 (25 functions)."""
+    from recon_plugins.encoders import SphericalHarmonicsEncoder
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(400000, 3, generator=g, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    Y = SphericalHarmonicsEncoder(SphericalHarmonicsEncoder.Config(degree=5))(d)
+    gram = (Y.T @ Y) * (4 * math.pi / len(d))
+    assert (gram - torch.eye(25, dtype=torch.float64)).abs().max() < 0.03
+    assert SphericalHarmonicsEncoder().out_dim == 16

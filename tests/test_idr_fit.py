@@ -12,7 +12,7 @@ from conftest import look_at_torch
 from torch import nn
 
 import recon_plugins.encoders as encoders_plugin
-from recon_core import Bounds, Cameras, RunContext, Scene, View
+from recon_core import Bounds, Cameras, InputError, RunContext, Scene, View
 from recon_core.registry import Registry, get_registry
 from recon_plugins.encoders import FourierEncoder, HashGridEncoder
 from recon_plugins.idr import IDRFit, IDRRepresentation, SphereTracingRenderer
@@ -109,10 +109,20 @@ def test_build_defaults_to_fourier_and_idr_sizes() -> None:
     assert isinstance(rep.implicit.encoder, FourierEncoder) and rep.implicit.encoder.out_dim == 39
     assert isinstance(rep.rendering.view_encoder, FourierEncoder) and rep.rendering.view_encoder.out_dim == 27
     assert IDRRepresentation.uses(rep.config) == [("encoder", "fourier"), ("encoder", "fourier")]
-    assert len(rep.implicit.layers) == 9 and rep.implicit.feature_dim == 256
-    assert rep.rendering.layers[1].weight.shape == (512, 512)
+    # on the CPU, preset auto is the benchmark's: small for fourier, grid for grid encoders; idr on CUDA
+    assert rep.config.resolved_preset("cpu", rep.implicit.encoder) == "small" and len(rep.implicit.layers) == 5
+    assert rep.config.resolved_preset("cpu", small_hashgrid()) == "grid"
+    assert rep.config.resolved_preset("cuda", small_hashgrid()) == "idr"
+    ours = IDRRepresentation(IDRRepresentation.Config(preset="idr"))
+    ours.build(scene, cpu_context())
+    assert len(ours.implicit.layers) == 9 and ours.implicit.feature_dim == 256
+    assert ours.rendering.layers[1].weight.shape == (512, 512)
     hg = build(scene, small_hashgrid())
-    assert rep.config.sizes()["sdf_width"] == 512 and hg.implicit.d_in == 3 + 4
+    assert ours.config.sizes()["sdf_width"] == 512 and hg.implicit.d_in == 3 + 4
+    assert rep.config.trace_settings("cpu").n_samples == 32 and rep.config.trace_settings("cuda").n_samples == 100
+    fit = IDRFit()
+    fit.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=SphereTracingRenderer()))
+    assert fit.batch_rays == 1024 and fit.optimizer.param_groups[0]["lr"] == 5e-4
 
 
 def test_sphere_tracing_renderer_matches_analytic_sphere() -> None:
@@ -327,3 +337,20 @@ def test_lr_schedule_defaults_to_the_encoders_milestones() -> None:
         fit.step(1)
         for g in fit.optimizer.param_groups:
             assert g["lr"] == pytest.approx(g["base_lr"] * 0.5**halvings)
+
+
+def test_idr_rgb_range_compares_in_minus_one_to_one() -> None:
+    """rgb_range=[-1,1]: tanh output, shading maps back to [0, 1], the loss sees colours in [-1, 1]."""
+    scene = tiny_scene()
+    rep = build(scene, rgb_range=[-1.0, 1.0])
+    assert rep.rendering.output == "tanh"
+    pts = torch.randn(7, 3) * 0.3
+    sh = rep.shade(pts, torch.nn.functional.normalize(torch.randn(7, 3), dim=-1))
+    torch.testing.assert_close(sh.rgb, (sh.rgb_net + 1) / 2)
+    torch.testing.assert_close(rep.to_rgb_range(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([-1.0, 0.0, 1.0]))
+    fit = make_fit(rep, scene, steps=3)
+    for s in range(3):
+        logs = fit.step(s)
+    assert math.isfinite(logs["loss"])
+    with pytest.raises(InputError, match="rgb_range"):
+        build(scene, rgb_range=[0.0, 255.0])

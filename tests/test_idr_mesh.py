@@ -110,3 +110,8 @@ def test_chamfer_evaluator(tmp_path: Path) -> None:
     assert value == pytest.approx(0.02, abs=4e-3)
     with pytest.raises(InputError, match="ground-truth"):
         ev.evaluate(EvaluationInput(rep=None, data=_scene(None), run_dir=run))  # type: ignore[arg-type]
+    # a DTU STL point cloud as ground truth: a clear error pointing to dtu-chamfer (it used to be an IndexError)
+    stl = tmp_path / "stl007_total.ply"
+    trimesh.PointCloud(np.random.default_rng(0).normal(size=(100, 3))).export(stl)
+    with pytest.raises(InputError, match="dtu-chamfer"):
+        ev.evaluate(EvaluationInput(rep=None, data=_scene(stl), run_dir=run))  # type: ignore[arg-type]

@@ -91,3 +91,41 @@ def test_rendering_network_shapes_and_range() -> None:
     rgb = rn(torch.rand(10, 3), torch.randn(10, 3), torch.randn(10, 3), torch.randn(10, 16))
     assert rgb.shape == (10, 3) and (rgb > 0).all() and (rgb < 1).all()
     assert rn.layers[0].weight.shape[1] == 3 + 27 + 3 + 16  # IDR: points, γ_v(view) 4 octaves, normal, feature
+
+
+def test_seed_sdf_squashing_known_values() -> None:
+    from recon_plugins.idr.network import SEED_LAPLACE_BETA, squash_sdf
+
+    s = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    b = SEED_LAPLACE_BETA
+    rho = torch.where(s > 0, 0.5 * torch.exp(-s.abs() / b), 1 - 0.5 * torch.exp(-s.abs() / b)) / b
+    rho[2] = 0.5 / b  # sign(0) = 0
+    f = squash_sdf(s)
+    torch.testing.assert_close(f, torch.tanh(s / (2 + rho.detach())))
+    assert f[2].item() == 0.0 and (f.abs() < 1).all()
+    (g,) = torch.autograd.grad(f.sum(), s)
+    assert g[2].item() == pytest.approx(1 / (2 + 0.5 / b))  # the density is a constant for gradients
+
+
+def test_squashed_network_keeps_the_zero_level_set() -> None:
+    torch.manual_seed(0)
+    plain = ImplicitNetwork(FourierEncoder(), width=64, n_layers=2, skip_in=(1,), feature_dim=4)
+    squashed = ImplicitNetwork(FourierEncoder(), width=64, n_layers=2, skip_in=(1,), feature_dim=4, sdf_squash=True)
+    squashed.load_state_dict(plain.state_dict())
+    x = torch.rand(200, 3) * 2 - 1
+    a, b = plain(x), squashed(x)
+    assert torch.equal(torch.sign(a[:, 0]), torch.sign(b[:, 0])) and torch.equal(a[:, 1:], b[:, 1:])
+    assert (b[:, 0].abs() < a[:, 0].abs() + 1e-7).all()
+
+
+def test_tanh_output_is_idr_rgb_range() -> None:
+    torch.manual_seed(0)
+    view = FourierEncoder(FourierEncoder.Config(n_frequencies=4))
+    sig = RenderingNetwork(8, width=32, n_layers=2, view_encoder=view)
+    tanh = RenderingNetwork(8, width=32, n_layers=2, view_encoder=view, output="tanh")
+    tanh.load_state_dict(sig.state_dict())
+    args = [torch.randn(50, 3), torch.randn(50, 3), torch.randn(50, 3), torch.randn(50, 8)]
+    y = tanh(*args)
+    assert y.min() < 0 and (y.abs() <= 1).all()
+    with pytest.raises(ValueError, match="sigmoid or tanh"):
+        RenderingNetwork(8, view_encoder=view, output="relu")

@@ -110,3 +110,45 @@ def test_implicit_differentiation_gradient_matches_finite_differences() -> None:
             torch.testing.assert_close(g.flatten(), fd, atol=1e-6, rtol=1e-5)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_coarse_to_fine_minimum_matches_uniform_samples() -> None:
+    """On rays whose fronts crossed, the coarse-to-fine search gives the same hits as sampling the whole
+    chord uniformly, and on rays without a surface a minimal SDF within tolerance of the uniform one,
+    with 32 instead of 100 evaluations per such ray; a non-metric SDF (fronts overshoot and cross) still hits."""
+    c = torch.tensor([0.05, -0.1, 0.02])
+    wavy = lambda x: (x - c).norm(dim=-1) - 0.45 + 0.03 * torch.sin(9 * x[:, 0]) * torch.cos(7 * x[:, 1])  # noqa: E731
+    for sdf, iters in ((wavy, 10), (lambda x: 3.0 * wavy(x), 3)):
+        o, v = camera_rays(600, spread=0.9, seed=3)
+        calls = []
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return sdf(x)
+
+        uni = trace(counted, o, v, TraceSettings(min_search="uniform", iters=iters))
+        n_uniform = sum(calls)
+        calls.clear()
+        ctf = trace(counted, o, v, TraceSettings(iters=iters))
+        n_ctf = sum(calls)
+        assert torch.equal(uni.hit, ctf.hit)
+        assert (uni.t[uni.hit] - ctf.t[ctf.hit]).abs().max() < 1e-4
+        missed = uni.in_sphere & ~uni.hit
+        assert missed.sum() > 100 and uni.hit.sum() > 100
+        f_uni = sdf(o[missed] + uni.t[missed, None] * v[missed])
+        f_ctf = sdf(o[missed] + ctf.t[missed, None] * v[missed])
+        assert (f_ctf - f_uni).max() < 2e-3  # never noticeably above IDR's minimum
+        if iters == 10:  # metric SDF: rays that miss are searched with 32 instead of 100 evaluations
+            assert n_ctf < 0.5 * n_uniform
+
+
+def test_clamped_softplus_equals_softplus() -> None:
+    from recon_plugins.idr.network import ClampedSoftplus
+
+    x = (torch.randn(5000, dtype=torch.float64) * 0.3).requires_grad_(True)
+    ours, ref = ClampedSoftplus(100.0)(x), torch.nn.functional.softplus(x, beta=100.0)
+    (g1,) = torch.autograd.grad(ours.sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(ref.sum(), x, create_graph=True)
+    (h1,) = torch.autograd.grad(g1.sum(), x)
+    (h2,) = torch.autograd.grad(g2.sum(), x)
+    assert (ours - ref).abs().max() < 3e-11 and (g1 - g2).abs().max() < 3e-9 and (h1 - h2).abs().max() < 1e-6

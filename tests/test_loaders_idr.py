@@ -24,7 +24,7 @@ def test_object_three_conventions_describe_the_same_cameras() -> None:
     K_ref = torch.tensor(meta["K"], dtype=torch.float64)
     c2w_ref = torch.tensor([f["c2w"] for f in meta["frames"]], dtype=torch.float64)
     ns = NerfstudioLoader().load(OBJECT)
-    idr = IdrLoader().load(OBJECT)
+    idr = IdrLoader(IdrConfig(pixel_offset=0.0)).load(OBJECT)  # object's cameras.npz: centres at i + 0.5
     assert [v.name for v in ns.views] == [v.name for v in idr.views] == [Path(f["file_path"]).stem for f in meta["frames"]]
     for scene in (ns, idr):
         cams = scene.cameras()
@@ -36,6 +36,8 @@ def test_object_three_conventions_describe_the_same_cameras() -> None:
     assert torch.equal(ns.views[5].object_mask, idr.views[5].object_mask)
     assert idr.bounds.radius == 1.0 and idr.gt_mesh_path == OBJECT / "gt_mesh.ply"
     assert IdrLoader().detect(OBJECT) < NerfstudioLoader().detect(OBJECT)
+    # IDR's convention (the default) puts the same file's pixel centres half a pixel further
+    assert torch.allclose(IdrLoader().load(OBJECT).cameras().K[:, :2, 2], idr.cameras().K[:, :2, 2] + 0.5)
 
 
 @settings(max_examples=100, deadline=None)
@@ -68,17 +70,17 @@ def test_rq3_properties(values: list[float]) -> None:
 def test_scale_mat_normalised_frame_masks_and_linear_init(tmp_path: Path) -> None:
     truth = write_idr(tmp_path, n=3, scale=5.0, linear_noise=0.05)
     assert IdrLoader().detect(tmp_path) == 10
-    scene = IdrLoader().load(tmp_path)
+    scene = IdrLoader(IdrConfig(pixel_offset=0.0)).load(tmp_path)  # write_idr writes K for centres at i + 0.5
     cams = scene.cameras()
     assert torch.allclose(cams.K.double(), torch.from_numpy(truth["K"]).expand(3, 3, 3), rtol=1e-5)
     assert torch.allclose(cams.c2w.double(), torch.from_numpy(truth["c2w"]), atol=1e-5)
     mask = scene.views[0].object_mask
     assert mask[:, :8].all() and not mask[:, 8:].any()  # grey 128 is object, 127 is not
-    noisy = IdrLoader(IdrConfig(init_cameras="linear")).load(tmp_path)
+    noisy = IdrLoader(IdrConfig(init_cameras="linear", pixel_offset=0.0)).load(tmp_path)
     d = (noisy.cameras().centers - cams.centers).norm(dim=-1)
     assert (d > 1e-4).all() and (d < 0.5).all()
     assert torch.allclose(true_cameras(tmp_path).c2w, cams.c2w)
-    shifted = IdrLoader(IdrConfig(pixel_offset=0.5, downscale=2)).load(tmp_path).cameras()
+    shifted = IdrLoader(IdrConfig(downscale=2)).load(tmp_path).cameras()  # default: IDR's integer centres
     assert torch.allclose(shifted.K[0, 0, 2].double(), torch.tensor((truth["K"][0, 2] + 0.5) / 2), atol=1e-5)
 
 

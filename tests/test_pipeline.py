@@ -151,7 +151,9 @@ def test_run_writes_the_run_folder_and_honours_masks(toy_registry, toy_scene, tm
     assert "toy-unavailable" not in on_disk["metrics"]
     assert on_disk["metrics"]["toy-params"] == 4 * 4 * 3
     # metrics over the full image and inside the object masks, with and without the fixer
-    assert list(on_disk["metrics"]) == ["psnr", "psnr_masked", "psnr+toy-smooth", "psnr_masked+toy-smooth", "toy-params"]
+    assert on_disk["metrics"]["toy-params.tensors"] == 1  # a geometry evaluator's named part
+    assert list(on_disk["metrics"]) == ["psnr", "psnr_masked", "psnr+toy-smooth", "psnr_masked+toy-smooth", "toy-params",
+                                        "toy-params.tensors"]
     assert on_disk["metric_info"]["psnr_masked+toy-smooth"] == {
         "evaluator": "psnr", "higher_is_better": True, "unit": "dB", "region": "object mask",
         "renders": "fixed by toy-smooth", "views": 2}

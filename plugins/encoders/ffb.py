@@ -10,10 +10,21 @@ Structure (L grid levels, hidden width H, F features per level):
 * each ``h_l`` (l ≥ 1) goes through an output layer ``sin(ω₁(U_l h_l + c_l))`` and the L outputs are
   averaged: ``[..., out_features]``.
 
-``ffb-stylemod`` replaces the hidden SIREN linear layers by StyleGAN2-like modulated layers whose
-per-point style is an affine map of the level's Fourier features, ``s_l = 1 + A_l e_{l-1}``:
-``y = ((h ⊙ s) Wᵀ) · ‖W_o‖ / sqrt(Σ_i W_oi² s_i² + ε) + b`` (modulate, then demodulate back to the
-row norm of the unmodulated weight). ``A_l`` starts at zero, so the variant starts out equal to FFB.
+``ffb-stylemod`` has two variants (option ``variant``):
+
+* ``stylegan2`` (default; ours): the hidden SIREN linear layers become StyleGAN2-like modulated
+  layers whose per-point style is an affine map of the level's Fourier features,
+  ``s_l = 1 + A_l e_{l-1}``: ``y = ((h ⊙ s) Wᵀ) · ‖W_o‖ / sqrt(Σ_i W_oi² s_i² + ε) + b`` (modulate,
+  then demodulate back to the row norm of the unmodulated weight). ``A_l`` starts at zero, so the
+  variant starts out equal to FFB.
+* ``seed``: the HashModNFFBanks-IDR seed's ``StyleAttention``: the level's Fourier features are
+  replaced by ``N(A e_{l-1})`` before they are added, ``h_l = sin(ω₀(W_l h_{l-1} + b_l)) + N(A e_{l-1})``,
+  with one affine map ``A`` shared by all levels (PyTorch's default init) and ``N`` the per-point
+  normalisation over the H features (``InstanceNorm1d`` of a [N, H] input: zero mean, unit biased
+  variance, ε = 1e-5, no affine). (The seed's attention weight is a softmax over a single logit,
+  identically 1, so it is left out.) Backbone and output heads stay NFFB's, as in ``ffb``; the seed's
+  other FFB differences (one shared linear output layer, a backbone that does not carry the level
+  features on) are not reproduced.
 """
 
 from __future__ import annotations
@@ -22,13 +33,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon_core import Encoder, option
 
 from .hashgrid import HashGridEncoder
 
-__all__ = ["FFBConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]
+__all__ = ["FFBConfig", "FFBStyleModConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]
 
 
 @dataclass
@@ -53,6 +65,12 @@ class FFBConfig:
                           choices=("auto", "torch", "tcnn"))
 
 
+@dataclass
+class FFBStyleModConfig(FFBConfig):
+    variant: str = option("stylegan2", "style modulation: stylegan2 (modulated/demodulated SIREN layers, ours) or seed "
+                          "(the seed's linear map + per-point normalisation of the level features)", choices=("stylegan2", "seed"))
+
+
 def _siren_init_(lin: nn.Linear, w0: float, first: bool) -> None:
     """SIREN initialisation: U(±1/n) for the first layer, U(±sqrt(6/n)/ω₀) otherwise."""
     n = lin.in_features
@@ -75,7 +93,8 @@ def modulated_linear(h: Tensor, style: Tensor, lin: nn.Linear, eps: float = 1e-8
 class FourierFilterBank(nn.Module):
     """The FFB network shared by ``ffb`` and ``ffb-stylemod``: x [N, D] → [N, out_features]."""
 
-    def __init__(self, c: FFBConfig, in_dim: int, style_modulation: bool) -> None:
+    def __init__(self, c: FFBConfig, in_dim: int, style_modulation: str | None) -> None:
+        """``style_modulation``: None (FFB), "stylegan2" or "seed" (see module docstring)."""
         super().__init__()
         if c.n_levels < 1:
             raise ValueError("ffb needs at least one grid level")
@@ -102,7 +121,9 @@ class FourierFilterBank(nn.Module):
         self.heads = nn.ModuleList([nn.Linear(h, c.out_features) for _ in range(c.n_levels)])
         for lin in self.heads:
             _siren_init_(lin, c.w1, first=False)
-        if style_modulation:
+        if style_modulation == "seed":
+            self.style_map = nn.Linear(h, h)
+        elif style_modulation == "stylegan2":
             self.styles = nn.ModuleList([nn.Linear(h, h) for _ in range(c.n_levels)])
             for lin in self.styles:
                 nn.init.zeros_(lin.weight)
@@ -120,11 +141,14 @@ class FourierFilterBank(nn.Module):
         out = 0.0
         for lvl in range(c.n_levels):
             lin = self.backbone[lvl + 1]
-            if self.style_modulation:
+            if self.style_modulation == "stylegan2":
                 pre = modulated_linear(h, 1.0 + self.styles[lvl](emb[lvl]), lin)
             else:
                 pre = lin(h)
-            h = torch.sin(c.w0 * pre) + emb[lvl]
+            e = emb[lvl]
+            if self.style_modulation == "seed":
+                e = F.layer_norm(self.style_map(e), (e.shape[-1],), eps=1e-5)  # = InstanceNorm1d of an [N, H] input
+            h = torch.sin(c.w0 * pre) + e
             out = out + torch.sin(c.w1 * self.heads[lvl](h))
         return out / c.n_levels
 
@@ -181,19 +205,19 @@ class FFBEncoder(_FFBBase, Encoder):
     def __init__(self, config: FFBConfig | None = None, in_dim: int = 3) -> None:
         Encoder.__init__(self, config, in_dim)
         self.includes_input = bool(self.config.include_input)
-        self.net = FourierFilterBank(self.config, in_dim, style_modulation=False)
+        self.net = FourierFilterBank(self.config, in_dim, style_modulation=None)
 
 
 class FFBStyleModEncoder(_FFBBase, Encoder):
     """FFB whose hidden SIREN layers are style-modulated by the level's Fourier grid features."""
 
     name = "ffb-stylemod"
-    description = "Fourier Filter Banks with StyleGAN2-like modulation of the SIREN layers by grid features"
-    Config = FFBConfig
+    description = "Fourier Filter Banks with style modulation by grid features (variant stylegan2, or the seed's)"
+    Config = FFBStyleModConfig
 
-    def __init__(self, config: FFBConfig | None = None, in_dim: int = 3) -> None:
+    def __init__(self, config: FFBStyleModConfig | None = None, in_dim: int = 3) -> None:
         Encoder.__init__(self, config, in_dim)
         self.includes_input = bool(self.config.include_input)
-        self.net = FourierFilterBank(self.config, in_dim, style_modulation=True)
+        self.net = FourierFilterBank(self.config, in_dim, style_modulation=self.config.variant)
 
 

@@ -1,4 +1,7 @@
-"""NeRF positional (frequency) encoding.
+"""Frequency encodings: NeRF positional encoding (``fourier``), random Gaussian Fourier features
+(``fourier-features``) and spherical harmonics of directions (``sh``).
+
+``fourier``:
 
 ``γ(x) = [x, sin(2⁰x), cos(2⁰x), …, sin(2^{L-1}x), cos(2^{L-1}x)]`` in IDR's layout: the raw input
 first (when ``include_input``), then for each frequency k the sines of every input dimension followed
@@ -19,7 +22,8 @@ from recon_core import Encoder, option
 
 from ._tcnn import tcnn_available, tcnn_module
 
-__all__ = ["FourierEncoder", "frequency_encoding", "tcnn_frequency_permutation"]
+__all__ = ["FourierEncoder", "GaussianFourierEncoder", "SphericalHarmonicsEncoder", "frequency_encoding", "spherical_harmonics",
+           "tcnn_frequency_permutation"]
 
 
 def frequency_encoding(x: Tensor, n_frequencies: int, include_input: bool = True, pi_scale: bool = False) -> Tensor:
@@ -81,3 +85,100 @@ class FourierEncoder(Encoder):
                 enc = torch.cat([flat, enc], dim=-1)
             return enc.reshape(*x.shape[:-1], self.out_dim)
         return frequency_encoding(x, c.n_frequencies, c.include_input, c.pi_scale)
+
+
+class GaussianFourierEncoder(Encoder):
+    """Random Fourier features (Tancik et al. 2020), as the HashModNFFBanks-IDR seed's ``FourierFeature``.
+
+    ``γ(x) = [x, sin(2π x B), cos(2π x B)]`` with ``B ∈ R^{D×M}`` drawn once from N(0, σ²) and kept
+    fixed (a persistent buffer: it is saved with the weights). The seed sizes M from its network's
+    first ``dims`` entry, which is the input size 3 — hence the default M = 3, σ = 1; B is drawn from
+    ``seed`` (the seed's comes from the global torch RNG).
+    """
+
+    name = "fourier-features"
+    description = "random Gaussian Fourier features [x, sin(2πxB), cos(2πxB)], B ~ N(0, σ²) fixed (the seed's FourierFeature)"
+
+    @dataclass
+    class Config:
+        n_features: int = option(3, "number of random frequencies M (the seed: 3)", min=1)
+        sigma: float = option(1.0, "standard deviation σ of the frequencies", min=0)
+        include_input: bool = option(True, "prepend the raw coordinates")
+        seed: int = option(0, "seed of the random frequencies B")
+
+    def __init__(self, config: "GaussianFourierEncoder.Config | None" = None, in_dim: int = 3) -> None:
+        super().__init__(config, in_dim)
+        c = self.config
+        self.includes_input = bool(c.include_input)
+        g = torch.Generator().manual_seed(int(c.seed))
+        self.register_buffer("B", torch.randn(in_dim, c.n_features, generator=g) * c.sigma)
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim * int(self.config.include_input) + 2 * self.config.n_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_dim] → [..., out_dim]."""
+        xp = (2 * math.pi * x) @ self.B.to(x.dtype)
+        parts = ([x] if self.config.include_input else []) + [torch.sin(xp), torch.cos(xp)]
+        return torch.cat(parts, dim=-1)
+
+
+# Real spherical-harmonics constants (the values tiny-cuda-nn and the seed's SHEncoder use).
+_SH_C = (
+    (0.28209479177387814,),
+    (0.4886025119029199,),
+    (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396),
+    (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658,
+     1.445305721320277, -0.5900435899266435),
+    (2.5033429417967046, -1.7701307697799304, 0.9461746957575601, -0.6690465435572892, 0.10578554691520431,
+     -0.6690465435572892, 0.47308734787878004, -1.7701307697799304, 0.6258357354491761),
+)
+
+
+def spherical_harmonics(d: Tensor, degree: int) -> Tensor:
+    """Real SH basis of unit directions d [..., 3] up to band ``degree − 1``: [..., degree²]."""
+    x, y, z = d.unbind(-1)
+    out = [torch.full_like(x, _SH_C[0][0])]
+    if degree > 1:
+        c = _SH_C[1][0]
+        out += [-c * y, c * z, -c * x]
+    if degree > 2:
+        c = _SH_C[2]
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        out += [c[0] * xy, c[1] * yz, c[2] * (2 * zz - xx - yy), c[3] * xz, c[4] * (xx - yy)]
+    if degree > 3:
+        c = _SH_C[3]
+        out += [c[0] * y * (3 * xx - yy), c[1] * xy * z, c[2] * y * (4 * zz - xx - yy), c[3] * z * (2 * zz - 3 * xx - 3 * yy),
+                c[4] * x * (4 * zz - xx - yy), c[5] * z * (xx - yy), c[6] * x * (xx - 3 * yy)]
+    if degree > 4:
+        c = _SH_C[4]
+        out += [c[0] * xy * (xx - yy), c[1] * yz * (3 * xx - yy), c[2] * xy * (7 * zz - 1), c[3] * yz * (7 * zz - 3),
+                c[4] * (zz * (35 * zz - 30) + 3), c[5] * xz * (7 * zz - 3), c[6] * (xx - yy) * (7 * zz - 1),
+                c[7] * xz * (xx - 3 * yy), c[8] * (xx * (xx - 3 * yy) - yy * (3 * xx - yy))]
+    return torch.stack(out, dim=-1)
+
+
+class SphericalHarmonicsEncoder(Encoder):
+    """Real spherical harmonics of a direction (the seed's ``SHEncoder``; view directions)."""
+
+    name = "sh"
+    description = "real spherical-harmonics basis of unit 3-D directions (degree² outputs; for view directions)"
+
+    @dataclass
+    class Config:
+        degree: int = option(4, "number of SH bands (outputs: degree²); the seed uses 4", min=1, max=5)
+
+    def __init__(self, config: "SphericalHarmonicsEncoder.Config | None" = None, in_dim: int = 3) -> None:
+        super().__init__(config, in_dim)
+        if in_dim != 3:
+            raise ValueError(f"spherical harmonics encode 3-D directions, got in_dim={in_dim}")
+        self.includes_input = False
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.degree**2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Unit directions [..., 3] → [..., degree²]."""
+        return spherical_harmonics(x, self.config.degree)

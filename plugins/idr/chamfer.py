@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from recon_core import EvaluationInput, GeometryEvaluator, InputError, Scene, option
 
-__all__ = ["ChamferResult", "sample_surface", "chamfer", "ChamferEvaluator"]
+__all__ = ["ChamferResult", "sample_surface", "chamfer", "predicted_mesh", "ChamferEvaluator"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,16 @@ def chamfer(pred: trimesh.Trimesh | np.ndarray, gt: trimesh.Trimesh | np.ndarray
     return ChamferResult(_mean_below(acc, max_dist), _mean_below(comp, max_dist))
 
 
+def predicted_mesh(inputs: EvaluationInput, resolution: int, evaluator: str) -> trimesh.Trimesh:
+    """The run's exported mesh.ply, else the representation's mesh at ``resolution`` (scene frame)."""
+    if inputs.run_dir is not None and (Path(inputs.run_dir) / "mesh.ply").exists():
+        return trimesh.load(Path(inputs.run_dir) / "mesh.ply", force="mesh", process=False)
+    extract = getattr(inputs.rep, "extract_mesh", None)
+    if extract is None:
+        raise InputError(f"{evaluator} needs a surface: representation '{inputs.rep.name}' has no mesh and the run has no mesh.ply")
+    return extract(resolution)
+
+
 class ChamferEvaluator(GeometryEvaluator):
     """Mean of accuracy and completeness against ``Scene.gt_mesh_path`` (lower is better, scene units)."""
 
@@ -78,18 +88,16 @@ class ChamferEvaluator(GeometryEvaluator):
         return None
 
     def _prediction(self, inputs: EvaluationInput) -> trimesh.Trimesh:
-        if inputs.run_dir is not None and (Path(inputs.run_dir) / "mesh.ply").exists():
-            return trimesh.load(Path(inputs.run_dir) / "mesh.ply", force="mesh", process=False)
-        extract = getattr(inputs.rep, "extract_mesh", None)
-        if extract is None:
-            raise InputError(f"chamfer needs a surface: representation '{inputs.rep.name}' has no mesh and the run has no mesh.ply")
-        return extract(self.config.resolution)
+        return predicted_mesh(inputs, self.config.resolution, self.name)
 
     def evaluate(self, inputs: EvaluationInput) -> float:
         reason = self.unavailable_reason(inputs.data)
         if reason:
             raise InputError(f"chamfer is unavailable: {reason}")
         gt = trimesh.load(inputs.data.gt_mesh_path, force="mesh", process=False)
+        if len(gt.faces) == 0:  # e.g. DTU's stl*_total.ply: a point cloud in world millimetres
+            raise InputError("the ground truth is a point cloud, not a mesh (a DTU scan's STL points: use "
+                             "--eval dtu-chamfer, which applies DTU's frame, observation mask and plane)", inputs.data.gt_mesh_path)
         pred = self._prediction(inputs)
         c = self.config
         return chamfer(pred, gt, density=c.density, max_points=c.max_points, max_dist=c.max_dist, seed=c.seed).chamfer

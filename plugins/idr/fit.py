@@ -5,8 +5,9 @@ them (no gradients), and minimises
 
     L = L_rgb + w_eik · L_eikonal + w_mask · L_mask
 
-* L_rgb: L1 between rendered and observed colour on rays that hit the surface *and* are inside the
-  object mask, summed and divided by the batch size; colour is computed at the differentiable surface
+* L_rgb: L1 between rendered and observed colour (in the network's range ``idr.rgb_range``: [0, 1], or
+  IDR's [−1, 1]) on rays that hit the surface *and* are inside the object mask, summed and divided by
+  the batch size; colour is computed at the differentiable surface
   point (implicit differentiation, :func:`raytrace.surface_points`);
 * L_eikonal: mean (‖∇f‖ − 1)² over the traced points and ``batch_rays / 2`` uniform points in the
   bounding cube;
@@ -103,8 +104,9 @@ class IDRFit(Refiner):
     @dataclass
     class Config:
         steps: int = option(20000, "optimisation steps", min=1)
-        batch_rays: int = option(2048, "random rays per step", min=1)
-        lr: float = option(1e-4, "Adam learning rate of the networks (IDR: 1e-4)", min=0)
+        batch_rays: int | None = option(None, "random rays per step; none: IDR's 2048 on CUDA, 1024 on the CPU (the benchmark's)", min=1)
+        lr: float | None = option(None, "Adam learning rate of the networks; none: IDR's 1e-4 on CUDA, 5e-4 on the CPU "
+                                  "(the benchmark's)", min=0)
         encoder_lr: float | None = option(None, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb); "
                                           "none: the encoder's table_lr (hashgrid 1e-2, ffb 1e-3)", min=0)
         encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
@@ -132,6 +134,7 @@ class IDRFit(Refiner):
         self.last: dict[str, float] = {}
         self.progress: float | None = None
         self.lr_milestones: list[float] = []
+        self.batch_rays = 0
         """Run progress in [0, 1] set by a driver with its own budget; None: ``step / steps``."""
 
     # -------------------------------------------------------------------------------- contract
@@ -153,7 +156,10 @@ class IDRFit(Refiner):
         enc_weights = [] if weights_lr is None else [p for p in encoder.parameters() if id(p) not in enc_ids]
         special = enc_ids | {id(p) for p in enc_weights}
         net_params = [p for p in list(rep.implicit.parameters()) + list(rep.rendering.parameters()) if id(p) not in special]
-        groups = [{"params": net_params, "lr": c.lr, "base_lr": c.lr}]
+        cuda = dev.type == "cuda"
+        self.batch_rays = c.batch_rays if c.batch_rays is not None else (2048 if cuda else 1024)
+        lr = c.lr if c.lr is not None else (1e-4 if cuda else 5e-4)
+        groups = [{"params": net_params, "lr": lr, "base_lr": lr}]
         if enc_weights:
             groups.append({"params": enc_weights, "lr": float(weights_lr), "base_lr": float(weights_lr)})
         if enc_params:
@@ -207,7 +213,7 @@ class IDRFit(Refiner):
             enc.active_levels = self.active_levels(step, enc.n_grid_levels)
 
         # ---- a random batch of rays
-        b = c.batch_rays
+        b = self.batch_rays
         view = torch.randint(len(d.rgb), (b,), generator=self.generator).to(dev)
         pix = (torch.rand(b, generator=self.generator).to(dev) * d.npix[view]).long().clamp_max(d.npix[view] - 1)
         uv = torch.stack([pix % d.width[view], pix // d.width[view]], dim=-1).float() + 0.5
@@ -244,7 +250,7 @@ class IDRFit(Refiner):
         hit = tr.hit & tr.in_sphere
         h = hit.nonzero().squeeze(1)
         x0 = o.detach()[h] + tr.t[h, None] * v.detach()[h]
-        rand_pts = (torch.rand(b // 2, 3, generator=self.generator).to(dev) * 2 - 1) * rep.config.trace_settings().radius
+        rand_pts = (torch.rand(b // 2, 3, generator=self.generator).to(dev) * 2 - 1) * rep.config.trace_settings(dev).radius
         _, _, g = rep.implicit.sdf_and_gradient(torch.cat([x0, rand_pts]), create_graph=True)
         eikonal = ((g.norm(dim=-1) - 1) ** 2).mean()
 
@@ -254,7 +260,8 @@ class IDRFit(Refiner):
             xs = surface_points(rep.implicit.sdf, o[h], v[h], tr.t[h], g[: len(h)])
             shaded = rep.shade(xs, v[h], create_graph=True)
             sel = rgb_mask[h]
-            loss_rgb = (shaded.rgb[sel] - rgb_gt[h][sel]).abs().sum() / b
+            # in the network's colour range: IDR's [-1, 1] doubles the L1 against eikonal and mask
+            loss_rgb = (shaded.rgb_net[sel] - rep.to_rgb_range(rgb_gt[h][sel])).abs().sum() / b
 
         loss_mask = torch.zeros((), device=dev)
         m_idx = (~rgb_mask & tr.in_sphere).nonzero().squeeze(1)

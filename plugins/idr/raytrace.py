@@ -9,9 +9,16 @@ All functions work in the normalised frame (bounding sphere centred at the origi
 2. sphere-trace from *both* ends at once (forward from t_near, backward from t_far), at most
    ``iters`` steps of the SDF value, a ray finishing when |f| ≤ ``threshold``; a step that overshoots
    (f < 0 at the new point) is backed off (halved ``back_off_iters`` times);
-3. rays still unfinished (or whose two fronts crossed) are sampled with ``n_samples`` points
-   between the fronts; the first + → − sign change is refined by ``secant_steps`` secant steps; rays
-   without a sign change keep the sample of minimal SDF (used by the mask loss).
+3. rays still unfinished are sampled with ``n_samples`` points between the fronts (over the whole
+   chord when the fronts crossed); the first + → − sign change is refined by ``secant_steps`` secant
+   steps; rays without a sign change keep the sample of minimal SDF (used by the mask loss).
+
+   ``min_search="coarse-to-fine"`` (default) saves most of those evaluations on rays whose fronts
+   crossed (mostly rays that miss the object): first the point of minimal SDF on the chord is found
+   with c = ⌈√(2·n_samples)⌉ + 1 samples, then c more between the neighbours of the best one — a grid
+   at least as fine as the uniform one near the minimum (spacing 2·chord/(c−1)² ≤ chord/n_samples)
+   for 2c evaluations (32 instead of 100 at IDR's setting); only rays whose minimum is negative (a
+   surface the fronts stepped over) get the full sampling. ``"uniform"`` samples every unfinished ray.
 
 ``surface_points`` implements implicit differentiation: with x₀ = c + t₀v a traced point,
 ``t(θ) = t₀ − (f(x; θ) − f(x₀; θ₀)) / (∇f(x₀) · v₀)`` and ``x(θ) = c + t(θ) v``, whose first-order
@@ -20,13 +27,14 @@ derivatives w.r.t. θ, c and v equal those of the true intersection.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["TraceSettings", "TraceResult", "sphere_intersections", "trace", "surface_points"]
+__all__ = ["TraceSettings", "TraceResult", "sphere_intersections", "trace", "min_sdf_points", "surface_points"]
 
 SDF = Callable[[Tensor], Tensor]
 """points [P, 3] → signed distances [P]."""
@@ -43,6 +51,8 @@ class TraceSettings:
     back_off_step: float = 0.5
     n_samples: int = 100
     secant_steps: int = 8
+    min_search: str = "coarse-to-fine"
+    """How rays without a surface find their minimal-SDF point: "coarse-to-fine" or "uniform" (IDR)."""
 
 
 @dataclass(frozen=True)
@@ -112,12 +122,7 @@ def _sample_and_secant(sdf: SDF, o: Tensor, v: Tensor, t0: Tensor, t1: Tensor, s
                        generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Dense sampling between t0 and t1 → (t [R], hit [R]): secant-refined first sign change, else min-SDF sample."""
     r = len(t0)
-    u = torch.linspace(0.0, 1.0, s.n_samples, device=o.device)
-    if generator is not None:  # jitter inside the bins during training
-        jitter = torch.rand(r, s.n_samples, generator=generator, device=generator.device).to(o.device)
-        jitter = (jitter - 0.5) / max(s.n_samples - 1, 1)
-        u = (u + jitter).clamp(0.0, 1.0).sort(dim=-1).values
-    ts = t0[:, None] + (t1 - t0)[:, None] * u  # [R, S]
+    ts = t0[:, None] + (t1 - t0)[:, None] * _bin_positions(r, s.n_samples, o.device, generator)  # [R, S]
     vals = sdf((o[:, None, :] + ts[..., None] * v[:, None, :]).reshape(-1, 3)).reshape(r, s.n_samples)
     # first negative sample after a positive one: argmin of sign · decreasing ramp
     ramp = torch.arange(s.n_samples, 0, -1, device=o.device, dtype=vals.dtype)
@@ -143,10 +148,39 @@ def _sample_and_secant(sdf: SDF, o: Tensor, v: Tensor, t0: Tensor, t1: Tensor, s
     return t_min, hit
 
 
+def _bin_positions(r: int, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """[r, n] sorted fractions of the chord: n evenly spaced, jittered inside their bins with ``generator``."""
+    u = torch.linspace(0.0, 1.0, n, device=device).expand(r, n)
+    if generator is not None:
+        jitter = torch.rand(r, n, generator=generator, device=generator.device).to(device)
+        u = (u + (jitter - 0.5) / max(n - 1, 1)).clamp(0.0, 1.0).sort(dim=-1).values
+    return u
+
+
+def min_sdf_points(sdf: SDF, o: Tensor, v: Tensor, t0: Tensor, t1: Tensor, s: TraceSettings,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Coarse-to-fine minimal SDF on [t0, t1] (module docstring, step 3) → (t [R], sdf there [R])."""
+    r = len(t0)
+    rows = torch.arange(r, device=o.device)
+
+    def search(lo: Tensor, hi: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        ts = lo[:, None] + (hi - lo)[:, None] * _bin_positions(r, n, o.device, generator)
+        vals = sdf((o[:, None, :] + ts[..., None] * v[:, None, :]).reshape(-1, 3)).reshape(r, n)
+        return ts, vals, vals.argmin(-1)
+
+    c = math.ceil(math.sqrt(2 * s.n_samples)) + 1
+    ts, vals, k = search(t0, t1, c)
+    lo, hi = ts[rows, (k - 1).clamp_min(0)], ts[rows, (k + 1).clamp_max(c - 1)]
+    ts2, vals2, k2 = search(lo, hi, c)
+    better = vals2[rows, k2] < vals[rows, k]
+    return torch.where(better, ts2[rows, k2], ts[rows, k]), torch.where(better, vals2[rows, k2], vals[rows, k])
+
+
 @torch.no_grad()
 def trace(sdf: SDF, origins: Tensor, dirs: Tensor, settings: TraceSettings = TraceSettings(),
           generator: torch.Generator | None = None) -> TraceResult:
-    """Find the first surface crossing along each ray (see module docstring). No gradients."""
+    """Find the first surface crossing along each ray (see module docstring). No gradients.
+    ``generator`` jitters the samples (training)."""
     s = settings
     n = len(origins)
     near, far, ok = sphere_intersections(origins, dirs, s.radius)
@@ -158,7 +192,14 @@ def trace(sdf: SDF, origins: Tensor, dirs: Tensor, settings: TraceSettings = Tra
     o, v = origins[idx], dirs[idx]
     t_s, t_e, conv = _sphere_trace(sdf, o, v, near[idx], far[idx], s)
     t_out, h_out = t_s.clone(), conv.clone()
-    rest = (~conv).nonzero().squeeze(1)
+    unfinished = ~conv
+    if s.min_search == "coarse-to-fine" and s.n_samples > 1:
+        crossed = (unfinished & (t_s >= t_e)).nonzero().squeeze(1)
+        if len(crossed):
+            t_min, f_min = min_sdf_points(sdf, o[crossed], v[crossed], near[idx][crossed], far[idx][crossed], s, generator)
+            t_out[crossed] = t_min
+            unfinished[crossed[f_min >= 0]] = False  # no surface on the chord: done
+    rest = unfinished.nonzero().squeeze(1)
     if len(rest) and s.n_samples > 1:
         # sample between the two fronts when they did not cross, else over the whole chord
         lo = torch.where(t_s[rest] < t_e[rest], t_s[rest], near[idx][rest])

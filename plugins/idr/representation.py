@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from recon_core import Cameras, Encoder, InputError, Representation, RunContext, Scene, Video, option
 from recon_core.geometry import so3_exp  # re-exported: ``recon_plugins.idr.representation.so3_exp``
 
+from .checkpoint import load_idr_checkpoint
 from .mesh import extract_mesh, write_mesh
 from .network import ImplicitNetwork, RenderingNetwork
 from .raytrace import TraceResult, TraceSettings, trace
@@ -52,7 +53,9 @@ def pixel_rays(K: Tensor, c2w: Tensor, uv: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class IDRConfig:
-    preset: str = option("idr", "network sizes: idr (8×512 SDF, 4×512 colour), small (4×128, CPU) or grid (2×64, for grid encoders)", choices=tuple(PRESETS))
+    preset: str = option("auto", "network sizes: idr (8×512 SDF, 4×512 colour), small (4×128, CPU), grid (2×64, for grid "
+                         "encoders), or auto: idr on CUDA; on the CPU grid for grid encoders, else small (docs/benchmarks.md, IDR)",
+                         choices=("auto", *PRESETS))
     sdf_width: int | None = option(None, "SDF network width (overrides the preset)", min=1)
     sdf_layers: int | None = option(None, "SDF network hidden layers (overrides the preset)", min=1)
     skip_in: list[int] | None = option(None, "layers receiving the skip connection (overrides the preset)", min=0)
@@ -62,6 +65,10 @@ class IDRConfig:
     init_radius: float = option(0.6, "geometric initialisation sphere radius (normalised frame)", min=1e-12)
     softplus_beta: float = option(100.0, "Softplus β of the SDF network", min=1e-12)
     weight_norm: bool = option(True, "weight normalisation on all layers")
+    rgb_range: list[float] = option(None, "range of the predicted colour: [0, 1] (sigmoid; recon's default) or [-1, 1] "
+                                    "(tanh, as IDR: images are compared in [-1, 1], so the RGB L1 counts double)",
+                                    factory=lambda: [0.0, 1.0])
+    sdf_squash: bool = option(False, "the HashModNFFBanks-IDR seed's SDF squashing tanh(f / (2 + LaplaceDensity(f)))")
     encoder: str = option("fourier", "encoder of 3-D points when the run names no --encoder (fourier: 6 octaves)",
                           component="encoder")
     view_encoder: str = option("fourier", "encoder of view directions (its n_frequencies option, when it has one, "
@@ -70,24 +77,41 @@ class IDRConfig:
     bounding_radius: float | None = option(None, "bounding sphere radius (world); none: the scene's bounds", min=1e-12)
     trace_threshold: float = option(5e-5, "sphere-tracing convergence |f| (normalised units)", min=1e-12)
     trace_iters: int = option(10, "sphere-tracing iterations", min=0)
-    trace_samples: int = option(100, "samples of the fallback search along unconverged rays", min=1)
+    trace_samples: int | None = option(None, "samples of the fallback search along unconverged rays; none: IDR's 100 on "
+                                       "CUDA, 32 on the CPU (the benchmark's)", min=1)
+    trace_back_off_iters: int = option(1, "halvings of a sphere-tracing step that overshot into the inside "
+                                       "(IDR's conf: line_step_iters = 3)", min=0)
     secant_steps: int = option(8, "secant refinement steps", min=0)
+    trace_min_search: str = option("coarse-to-fine", "search on rays whose tracing fronts crossed: coarse-to-fine "
+                                   "(minimal SDF in 2⌈√(2·trace_samples)⌉+2 evaluations, full sampling only where it is "
+                                   "negative) or uniform (IDR: trace_samples evaluations on every such ray)", choices=("coarse-to-fine", "uniform"))
     chunk: int = option(8192, "rays per chunk when rendering", min=1)
     mesh_resolution: int = option(256, "marching-cubes grid resolution for the mesh export", min=2)
     mesh_drop_voids: bool = option(True, "leave out surfaces of voids enclosed by the object (unseen by any camera)")
     refine_cameras: bool = option(False, "hold learnable corrections of the training poses")
+    init_weights: str | None = option(None, "an IDR / HashModNFFBanks-IDR checkpoint (ModelParameters/<epoch>.pth) to "
+                                      "start from; the network sizes must match it (e.g. from its .conf)")
 
-    def sizes(self) -> dict[str, Any]:
+    def resolved_preset(self, device: torch.device | str = "cpu", encoder: Encoder | None = None) -> str:
+        """The preset ``auto`` stands for on ``device`` with ``encoder`` (see the option)."""
+        if self.preset != "auto":
+            return self.preset
+        if torch.device(device).type == "cuda":
+            return "idr"
+        return "grid" if encoder is not None and hasattr(encoder, "n_grid_levels") else "small"
+
+    def sizes(self, device: torch.device | str = "cpu", encoder: Encoder | None = None) -> dict[str, Any]:
         """Network sizes: the preset with explicit overrides applied."""
-        out = dict(PRESETS[self.preset])
+        out = dict(PRESETS[self.resolved_preset(device, encoder)])
         for k in out:
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out
 
-    def trace_settings(self) -> TraceSettings:
-        return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters,
-                             n_samples=self.trace_samples, secant_steps=self.secant_steps)
+    def trace_settings(self, device: torch.device | str = "cpu") -> TraceSettings:
+        samples = self.trace_samples if self.trace_samples is not None else (100 if torch.device(device).type == "cuda" else 32)
+        return TraceSettings(threshold=self.trace_threshold, iters=self.trace_iters, back_off_iters=self.trace_back_off_iters,
+                             n_samples=samples, secant_steps=self.secant_steps, min_search=self.trace_min_search)
 
 
 def _create_encoder(ctx: RunContext, name: str, **options: Any) -> Encoder:
@@ -105,11 +129,14 @@ def _create_encoder(ctx: RunContext, name: str, **options: Any) -> Encoder:
 
 @dataclass(frozen=True)
 class Shading:
-    """Differentiable quantities at surface points: points/normals [P, 3] (network frame), rgb [P, 3]."""
+    """Differentiable quantities at surface points: points/normals [P, 3] (network frame), rgb [P, 3] in
+    [0, 1], and ``rgb_net`` [P, 3]: the network's output in its own range (``rgb_range``), where IDR's
+    RGB loss is computed."""
 
     points: Tensor
     normals: Tensor
     rgb: Tensor
+    rgb_net: Tensor
 
 
 class IDRRepresentation(Representation):
@@ -140,20 +167,25 @@ class IDRRepresentation(Representation):
         if not isinstance(data, Scene):
             raise InputError("idr needs posed views (a Scene), not a video")
         c = self.config
+        if [float(v) for v in c.rgb_range] not in ([0.0, 1.0], [-1.0, 1.0]):
+            raise InputError(f"idr.rgb_range must be [0, 1] or [-1, 1], got {list(c.rgb_range)}")
         enc = ctx.encoder if ctx.encoder is not None else _create_encoder(ctx, c.encoder)
         if enc.in_dim != 3:
             raise InputError(f"idr needs an encoder of 3-D points, got in_dim={enc.in_dim}")
-        s = c.sizes()
+        s = c.sizes(ctx.device, enc)
         self.implicit = ImplicitNetwork(
             enc, width=s["sdf_width"], n_layers=s["sdf_layers"], skip_in=tuple(s["skip_in"]), feature_dim=s["feature_dim"],
-            init_radius=c.init_radius, softplus_beta=c.softplus_beta, use_weight_norm=c.weight_norm,
+            init_radius=c.init_radius, softplus_beta=c.softplus_beta, use_weight_norm=c.weight_norm, sdf_squash=c.sdf_squash,
         )
         self.rendering = RenderingNetwork(
             s["feature_dim"], width=s["color_width"], n_layers=s["color_layers"],
             view_encoder=_create_encoder(ctx, c.view_encoder, n_frequencies=c.view_frequencies), use_weight_norm=c.weight_norm,
+            output="tanh" if float(c.rgb_range[0]) < 0 else "sigmoid",
         )
         self.center = data.bounds.center.detach().float().clone().reshape(3)
         self.scale = torch.tensor(float(c.bounding_radius if c.bounding_radius is not None else data.bounds.radius))
+        if c.init_weights is not None:
+            load_idr_checkpoint(self, Path(c.init_weights))
         if c.refine_cameras:
             train = data.train_views
             self.register_buffer("train_c2w", torch.cat([v.camera.c2w for v in train]).float())
@@ -199,15 +231,20 @@ class IDRRepresentation(Representation):
         """Network-frame rays [R, 3] → first surface crossing (no gradients)."""
         self._check_built()
         with parametrize.cached():
-            return trace(self.implicit.sdf, origins_n, dirs, self.config.trace_settings(), generator)
+            return trace(self.implicit.sdf, origins_n, dirs, self.config.trace_settings(self.center.device), generator)
 
     def shade(self, points_n: Tensor, dirs: Tensor, create_graph: bool = True) -> Shading:
         """Colour of network-frame surface points [P, 3] seen along ``dirs`` [P, 3]."""
         self._check_built()
         _, feat, grad = self.implicit.sdf_and_gradient(points_n, create_graph=create_graph)
         normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        rgb = self.rendering(points_n, -dirs, normals, feat)
-        return Shading(points_n, normals, rgb)
+        out = self.rendering(points_n, -dirs, normals, feat)
+        rgb = (out + 1) * 0.5 if self.rendering.output == "tanh" else out
+        return Shading(points_n, normals, rgb, out)
+
+    def to_rgb_range(self, rgb: Tensor) -> Tensor:
+        """Colours in [0, 1] → the network's range (``rgb_range``)."""
+        return rgb * 2 - 1 if self.rendering.output == "tanh" else rgb
 
     # ------------------------------------------------------------------------------ export
 

@@ -9,23 +9,25 @@ P is decomposed with our own RQ decomposition (:func:`decompose_projection`): K 
 with positive focal lengths and K[2,2] = 1, R a proper rotation (det +1), camera centre from the
 null space of P. The result is an OpenCV camera-to-world pose.
 
-Pixel centres: the benchmark data write K with pixel centres at i + 0.5 (recon's convention),
-so by default K is used as is. The original IDR code casts rays through integer pixel
-coordinates (centres at i); for such files set ``pixel_offset=0.5`` (added to cx, cy).
+Pixel centres: by default (``pixel_offset=0.5``) the loader follows IDR, whose cameras.npz are
+written for rays through integer pixel coordinates (IDR's ``uv`` grid: the centre of pixel i is at
+i): 0.5 is added to cx, cy to express K in recon's convention (centres at i + 0.5). Files written
+for centres at i + 0.5 — the shared benchmark scene ``object`` is one — need ``pixel_offset=0``.
 
 Noisy initial cameras: with ``init_cameras="linear"`` the views get the cameras of
 ``cameras_linear_init.npz`` (IDR's camera-optimisation setting). The true cameras stay available
 for scoring through :func:`true_cameras` (same views, same resolution), or by loading again
 with the default ``init_cameras="true"``.
 
-Splits: cameras.npz has none. As in the ``colmap`` loader, every ``test_every``-th image in name
-order (indices 7, 15, 23, … for the default 8) is a ``test`` view, so evaluation renders an
-eighth of the views (IDR renders slowly: about 20 s per view on a CPU); ``test_every=0`` makes
-every view ``train`` (and evaluation then renders them all).
+Splits: cameras.npz has none. By default (``test_every=8``, recon's choice, as in the ``colmap``
+loader) every 8th image in name order (indices 7, 15, 23, …) is a ``test`` view, so evaluation renders
+an eighth of the views (IDR renders slowly: about 20 s per view on a CPU). IDR itself trains on every
+view: ``test_every=0`` does that (evaluation then renders them all).
 
 Masks: grey > 127.5 is object. ``Scene.gt_mesh_path`` is set when the folder has ``gt_mesh.ply``,
 ``mesh.ply`` or a DTU ``stl*_total.ply``; that mesh is in the *world* frame, which is the scene
-frame only when scale_mat is the identity (map it with the inverse of ``scale_mat_0`` otherwise).
+frame only when scale_mat is the identity. A DTU ``stl*_total.ply`` is a point cloud in millimetres:
+evaluate against it with ``dtu-chamfer`` (DTU's protocol: scale_mat, ObsMask, plane), not ``chamfer``.
 """
 
 from __future__ import annotations
@@ -131,9 +133,11 @@ class IdrConfig:
     init_cameras: str = option("true", "which cameras the views get: 'true' (cameras.npz) or 'linear' (cameras_linear_init.npz)", choices=("true", "linear"))
     downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
                                            "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
-    pixel_offset: float = option(0.0, "added to cx, cy: 0.5 for files whose pixel centres are at integer coordinates (original IDR)")
+    pixel_offset: float = option(0.5, "added to cx, cy: 0.5 for IDR's convention (pixel centres at integer coordinates, "
+                                      "IDR's uv grid); 0 for files written for centres at i + 0.5 (the shared 'object' scene)")
     background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto", min=0, max=1)
-    test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; 0 = all train", min=0)
+    test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; "
+                                "0 = all train (IDR's split)", min=0)
 
 
 class IdrLoader(Loader):

@@ -459,8 +459,10 @@ class ToyParams(GeometryEvaluator):
     name = "toy-params"
     higher_is_better = False
 
-    def evaluate(self, inputs: Any) -> float:
-        return float(sum(p.numel() for p in inputs.rep.parameters()))
+    def evaluate(self, inputs: Any) -> dict[str, float]:
+        """Its value plus a named part (reported as ``toy-params.tensors``)."""
+        params = list(inputs.rep.parameters())
+        return {"toy-params": float(sum(p.numel() for p in params)), "tensors": float(len(params))}
 
 
 class ToySmooth(Fixer):

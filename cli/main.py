@@ -165,9 +165,12 @@ _KIND_PRIORITY = ("representation", "refiner", "renderer", "loader", "encoder", 
 @click.pass_context
 def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) -> None:
     """Options, defaults, capabilities and weights of one component."""
-    from recon_core.config import describe_options, format_value
+    from recon_core.config import describe_options
 
     reg = _registry(ctx)
+    if name == "run" and kind in (None, "run"):
+        _run_options_info(as_json)
+        return
     reg.info(name, kind)  # InputError with suggestions when unknown
     rows = [r for r in reg.rows() if r.name == name and (kind is None or r.kind == kind)]
     rows.sort(key=lambda r: _KIND_PRIORITY.index(r.kind) if r.kind in _KIND_PRIORITY else 99)
@@ -218,30 +221,51 @@ def plugin_info(ctx: click.Context, name: str, kind: str | None, as_json: bool) 
         if info.get(label):
             console.print(f"{label}: {info[label]}", highlight=False)
     if info["options"]:
-        table = Table(title="options (--set NAME.KEY=VALUE)")
-        for col in ("option", "type", "default", "help"):
-            table.add_column(col)
-        for o in info["options"]:
-            help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
-            help_text += f" (range {o['range']})" if o.get("range") else ""
-            table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
-        console.print(table)
+        console.print(_options_table(info["options"]))
     for w in info["required_weights"]:
         mark = "present" if w["present"] else "MISSING"
         console.print(f"weights: {w['description']}: {mark} at {w['path']} (from {w['source']})", highlight=False)
 
 
+def _options_table(options: list[dict[str, Any]], title: str = "options (--set NAME.KEY=VALUE)") -> Table:
+    from recon_core.config import format_value
+
+    table = Table(title=title)
+    for col in ("option", "type", "default", "help"):
+        table.add_column(col)
+    for o in options:
+        help_text = o["help"] + (f" (one of {', '.join(map(str, o['choices']))})" if o["choices"] else "")
+        help_text += f" (range {o['range']})" if o.get("range") else ""
+        table.add_row(o["name"], o["type"], format_value(o["default"]), help_text)
+    return table
+
+
+def _run_options_info(as_json: bool) -> None:
+    """``recon plugin-info run``: the pipeline's own options (``--set run.KEY=VALUE``)."""
+    from recon_core.config import describe_options
+    from recon_core.spec import RunOptions
+
+    options = describe_options(RunOptions)
+    if as_json:
+        _echo_json({"name": "run", "kind": "run", "description": RunOptions.__doc__, "options": options})
+        return
+    console = _console()
+    console.print("[bold]run[/bold] — the pipeline's own options", highlight=False)
+    console.print(_options_table(options, "options (--set run.KEY=VALUE)"))
+
+
 @click.command("inspect-data")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--loader", "loader_name", help="Force a loader instead of detecting one.")
+@click.option("--set", "sets", multiple=True, metavar="LOADER.KEY=VALUE", help="Set a loader option (as recon run does).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def inspect_data(ctx: click.Context, path: Path, loader_name: str | None, as_json: bool) -> None:
+def inspect_data(ctx: click.Context, path: Path, loader_name: str | None, sets: tuple[str, ...], as_json: bool) -> None:
     """Load PATH with the detected (or given) loader and describe it."""
     from recon_core.resolve import open_data
     from recon_core.scene import Scene
 
-    name, data = open_data(_registry(ctx), path, loader_name)
+    name, data = open_data(_registry(ctx), path, loader_name, sets)
     if isinstance(data, Scene):
         out: dict[str, Any] = {
             "loader": name,

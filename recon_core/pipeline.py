@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .budget import parse_budget
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
 from .evaluate import evaluate_run
 from .progress import stderr_console
@@ -205,6 +206,7 @@ class Pipeline:
                 resume=checkpoint,
                 stop=self.stop,
                 log=self.log,
+                budget=parse_budget(spec.options.budget),
             )
         doc = self.evaluate(rep, data)
         doc["refiners"] = _reports_json(result.reports)

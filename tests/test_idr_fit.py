@@ -215,13 +215,18 @@ def test_export_mesh(tmp_path: Path) -> None:
     assert 0.2 < float(r.mean()) < 0.9  # the geometric-init sphere (radius ≈ 0.6)
 
 
-def test_schedules_follow_the_driver_progress() -> None:
-    """A time-budgeted driver sets ``progress``; the α milestones then follow it, not step / steps."""
+def test_schedules_follow_the_budget_fraction() -> None:
+    """With a time budget (run.budget), the α milestones follow the fraction of it used, not step / steps."""
+    from recon_core import RunContext
+    from recon_core.budget import Budget, BudgetClock
+
     fit = IDRFit(IDRFit.Config(steps=100000))
     assert fit.alpha(10) == 50 and fit.fraction(10) == pytest.approx(1e-4)
-    fit.progress = 0.3  # past the 0.125 and 0.25 milestones
-    assert fit.alpha(10) == 200 and fit.fraction(10) == 0.3
-    fit.progress = 1.0
+    fit.ctx = RunContext(device=torch.device("cpu"), seed=0)
+    assert fit.fraction(10) == pytest.approx(1e-4)  # no budget: the steps
+    fit.ctx.budget = BudgetClock(Budget(100.0, "cpu"), 100.0, used=30.0)  # 30 % used: past the 0.125 and 0.25 milestones
+    assert fit.alpha(10) == 200 and fit.fraction(10) == pytest.approx(0.3)
+    fit.ctx.budget = BudgetClock(Budget(100.0, "cpu"), 100.0, used=100.0)
     assert fit.alpha(10) == 50 * 2**5
 
 

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Cameras
-from .config import option
+from .config import auto_or_number, option
 from .errors import InputError
 from .gaussians import GaussianRepresentation
 from .strategies import StrategyConfig, make_strategy, max_gaussians_value
@@ -184,16 +184,7 @@ class OptimConfig:
 
 def steps_scaler_value(value: Any) -> float | None:
     """``steps_scaler`` parsed: None for ``auto``, else a positive number (InputError otherwise)."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise InputError(f"bad value for steps_scaler: '{value}' (auto, or a positive number such as 1)") from None
-    if not (number > 0 and number < float("inf")):
-        raise InputError(f"bad value for steps_scaler: {value} must be a positive, finite number (or auto)")
-    return number
+    return auto_or_number(value, "steps_scaler", positive=True)  # type: ignore[return-value]
 
 
 class GaussianOptimizer:

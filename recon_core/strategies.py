@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .cameras import Cameras
-from .config import option
-from .errors import CombinationError, InputError
+from .config import auto_or_number, option
+from .errors import CombinationError
 from .geometry import project_points, quat_to_rotmat, rigid_inverse
 
 __all__ = [
@@ -322,16 +322,7 @@ class StrategyConfig:
 
 def max_gaussians_value(value: Any) -> int | None:
     """``max_gaussians`` parsed: None for ``auto``, else a count >= 0 (0: no cap); InputError otherwise."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise InputError(f"bad value for max_gaussians: '{value}' (auto, 0 for no cap, or a number of Gaussians)") from None
-    if not number >= 0 or not number.is_integer():
-        raise InputError(f"bad value for max_gaussians: {value} must be a whole number >= 0 (or auto)")
-    return int(number)
+    return auto_or_number(value, "max_gaussians", integer=True)  # type: ignore[return-value]
 
 
 def make_strategy(cfg: StrategyConfig) -> Any:

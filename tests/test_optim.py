@@ -225,15 +225,18 @@ def test_auto_schedule_scales_with_steps_and_keeps_floors() -> None:
 
 
 def test_auto_schedule_densifies_resets_and_raises_sh_at_the_expected_steps() -> None:
+    """1000 steps over 8 views: refine every epoch (8) after 2 periods, reset every 5 periods."""
     rep = sh_blobs()
     target = torch.zeros(24, 24, 3)
     target[6:18, 6:18] = torch.tensor([0.9, 0.1, 0.1])
     cfg = OptimConfig(strategy=StrategyConfig(grow_grad2d=1e-9))  # every visible Gaussian grows at a refine step
-    engine = GaussianOptimizer(rep, cfg, scene_scale=1.0, total_steps=1000, views=40, pixels=40 * 96 * 96)
+    engine = GaussianOptimizer(rep, cfg, scene_scale=1.0, total_steps=1000, views=8, pixels=128 * 1000)
+    s = engine.strategy_config
+    assert (s.refine_every, s.refine_start, s.reset_every, s.max_gaussians, engine.sh_degree_interval) == (8, 16, 100, "1000", 33)
     renderer, cam = TorchGaussianRenderer(), camera()
     events: dict[int, dict[str, int]] = {}
     degrees = {}
-    for step in range(245):
+    for step in range(101):
         at = engine.schedule(step)
         assert at == step  # no budget: the schedule step is the step
         degrees[step] = rep.active_sh_degree
@@ -243,11 +246,10 @@ def test_auto_schedule_densifies_resets_and_raises_sh_at_the_expected_steps() ->
         if report:
             events[step] = report
     grown = sorted(k for k, r in events.items() if r.get("duplicated", 0) + r.get("split", 0) > 0)
-    assert grown == [120, 160, 200, 240]  # after refine_start = 80, every epoch of 40 views
-    assert sorted(k for k, r in events.items() if r.get("reset")) == [200]  # every 5 refine periods
-    assert engine.sh_degree_interval == 40  # 1000 / 30 = 33 steps: one epoch at least
-    assert (degrees[0], degrees[39], degrees[40], degrees[80], degrees[120], degrees[240]) == (0, 0, 1, 2, 3, 3)
-    assert len(rep) <= 2880
+    assert grown[:2] == [24, 32] and set(grown) <= set(range(24, 101, 8))  # after refine_start = 16, every epoch
+    assert len(rep) == 1000  # grown up to max_gaussians = 128 000 pixels / 128
+    assert sorted(k for k, r in events.items() if r.get("reset")) == [100]  # every 5 refine periods (40 < 100 scaled)
+    assert (degrees[0], degrees[32], degrees[33], degrees[66], degrees[99], degrees[100]) == (0, 0, 1, 2, 3, 3)
 
 
 def test_budget_fraction_moves_the_schedule_without_skipping_refine_steps() -> None:

@@ -227,8 +227,8 @@ def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path) -> 
     scene, gt = scene_with_held_out(renderer, size=12)
     fixer = NearestGTFixer(NearestGTConfig(background=BLACK))
     fixer.set_pool(scene.views)
-    cfg = Difix3DPlusConfig(steps=8, fix_every=3, shift_distance=0.7, novel_prob=0.5, densify=True,
-                            strategy=StrategyConfig(refine_start=1, refine_every=2, grow_grad2d=1e-6), **FAST)
+    cfg = Difix3DPlusConfig(steps=8, fix_every=3, shift_distance=0.7, novel_prob=0.5, densify=True, steps_scaler="1",
+                            strategy=StrategyConfig(refine_start=1, refine_every=2, grow_grad2d=1e-6), **FAST)  # counts as written
 
     straight = start_from(gt)
     _run(Difix3DPlus(cfg), straight, scene, renderer, fixer, range(8))

@@ -10,8 +10,10 @@ background the images were composited on, and inside the object mask).
         --encoders fourier hashgrid ffb ffb-stylemod --out outputs/idr_bench
 
 The budget counts this process's CPU time (one torch thread) and only the training loop; meshing and
-evaluation come after it. idr-fit's schedules (mask α doublings, lr decay, coarse-to-fine grid levels)
-follow the fraction of the budget used. Network preset and hash-table lr are chosen per encoder
+evaluation come after it. Training is recon's refine loop (:func:`recon_core.refine.run_refiners`) with
+the budget, as ``recon run --set run.budget=cpu:SECONDS`` runs it: idr-fit's schedules (mask α
+doublings, lr decay, coarse-to-fine grid levels) follow the fraction of the budget used, and the
+loop stops the refiner when it is spent. Network preset and hash-table lr are chosen per encoder
 (``AUTO_PRESET``); grid tables use their encoder's ``table_lr`` (hashgrid 1e-2, ffb 1e-3) unless
 ``--encoder-lr`` is given.
 
@@ -34,6 +36,8 @@ import trimesh
 from PIL import Image
 
 from recon_core import Bounds, Cameras, RunContext, Scene, View
+from recon_core.budget import Budget
+from recon_core.refine import run_refiners
 from recon_core.imageops import psnr
 from recon_core.registry import get_registry
 from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder, FourierEncoder, HashGridEncoder
@@ -132,22 +136,21 @@ def run_one(name: str, scene: Scene, seconds: float, args: argparse.Namespace, o
     fit = IDRFit(IDRFit.Config(steps=args.max_steps, batch_rays=args.batch, lr=args.lr,
                                encoder_lr=args.encoder_lr, **({"lr_milestones": args.lr_milestones} if args.lr_milestones else {}),
                                c2f_start_levels=args.c2f_start, c2f_until=args.c2f_until, log_every=0))
-    log = []
-    fit.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer()))
+    log: list[str] = []
+
+    def note(message: str) -> None:
+        log.append(message)
+        print(f"  {name}: {message}", flush=True)
+
     # CPU time of this process is the fair budget on a shared machine (wall time depends on the others' load)
-    clock = time.process_time if args.budget == "cpu" else time.perf_counter
-    t0, w0 = clock(), time.perf_counter()
-    load0 = os.getloadavg()[0]
-    step = 0
-    while clock() - t0 < seconds and step < fit.total_steps:
-        # schedules (mask α, lr decay, coarse-to-fine) follow the fraction of the time budget used
-        fit.progress = min((clock() - t0) / seconds, 1.0)
-        logs = fit.step(step)
-        if step % 50 == 0:
-            log.append({"step": step, "time": clock() - t0, **logs})
-            print(f"  {name} step {step} {args.budget}={clock() - t0:.0f}s " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()), flush=True)
-        step += 1
-    train_time, train_wall = clock() - t0, time.perf_counter() - w0
+    budget = Budget(seconds, args.budget)
+    ctx = RunContext(device=torch.device("cpu"), seed=args.seed, renderer=SphereTracingRenderer(), log=note)
+    w0, load0 = time.perf_counter(), os.getloadavg()[0]
+    result = run_refiners(rep, scene, [("idr-fit", fit)], ctx, save=lambda state, label: out, checkpoint_every=0,
+                          log_every=50, log=note, budget=budget)  # nothing saved: `save` only names the folder
+    report = result.reports[0]["report"]["budget"]
+    step = report["stopped_at_step"] or fit.total_steps
+    train_time, train_wall = report["used"], time.perf_counter() - w0
     rep.eval()
     gt = trimesh.load(scene.gt_mesh_path, force="mesh", process=False)
     try:

@@ -418,14 +418,15 @@ def _pipeline_info(as_json: bool) -> None:
 @click.command("inspect-data")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--loader", "loader_name", help="Force a loader instead of detecting one.")
+@click.option("--set", "sets", multiple=True, metavar="LOADER.KEY=VALUE", help="Set a loader option (as recon run does).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def inspect_data(ctx: click.Context, path: Path, loader_name: str | None, as_json: bool) -> None:
+def inspect_data(ctx: click.Context, path: Path, loader_name: str | None, sets: tuple[str, ...], as_json: bool) -> None:
     """Load PATH with the detected (or given) loader and describe it."""
     from recon_core.resolve import open_data
     from recon_core.scene import Scene
 
-    name, data = open_data(_registry(ctx), path, loader_name)
+    name, data = open_data(_registry(ctx), path, loader_name, sets)
     if isinstance(data, Scene):
         out: dict[str, Any] = {
             "loader": name,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .budget import BudgetClock
 from .cameras import Cameras
 from .config import EmptyConfig, component_uses
 from .scene import Scene, Video, View
@@ -306,6 +307,24 @@ class RunContext:
     log_scalars: Callable[[int, dict[str, float]], None] = lambda step, values: None
     """``log_scalars(step, values)`` records a unit of work's numbers in ``RUN/scalars.jsonl``
     (the step loop does this itself for refiners without a custom ``run``)."""
+
+    budget: BudgetClock | None = None
+    """The running refiner's share of ``run.budget`` (:mod:`recon_core.budget`); None without one."""
+
+    def budget_fraction(self) -> float:
+        """Fraction of the running refiner's budget share spent (0 without a budget)."""
+        return self.budget.fraction() if self.budget is not None else 0.0
+
+    def budget_spent(self) -> bool:
+        """True once the running refiner's budget share is spent (never without a budget). The
+        step loop checks it itself; a refiner with its own ``run`` checks it between units of
+        work, then saves (``save_state``) and returns, as at its normal end."""
+        return self.budget is not None and self.budget.spent()
+
+    def progress(self, step: int, total: int) -> float:
+        """Where a refiner's schedules stand, in [0, 1]: ``max(step / total, budget fraction)``,
+        so that decays and milestones complete within the budget whatever the step rate."""
+        return min(max(step / max(int(total), 1), self.budget_fraction()), 1.0)
 
 
 class Refiner(Component):

@@ -49,6 +49,7 @@ __all__ = [
     "component_uses",
     "option_names",
     "check_range",
+    "auto_or_number",
 ]
 
 
@@ -395,6 +396,23 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type) and typing.get_origin(tp) is None:
         return tp.__name__
     return str(tp).replace("typing.", "")
+
+
+def auto_or_number(value: Any, where: str, *, integer: bool = False, positive: bool = False) -> float | int | None:
+    """An option that is ``auto`` or a number (``steps_scaler``, ``max_gaussians``): None for
+    ``auto``, else the finite number (an int when ``integer``), >= 0 (> 0 when ``positive``);
+    InputError naming ``where`` otherwise."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    kind = ("a whole number" if integer else "a number") + (" > 0" if positive else " >= 0")
+    try:
+        number = float(text)
+    except ValueError:
+        raise InputError(f"bad value for {where}: '{value}' (auto, or {kind})") from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0) or (integer and not number.is_integer()):
+        raise InputError(f"bad value for {where}: {value} must be auto or {kind}")
+    return int(number) if integer else number
 
 
 def parse_set_option(text: str) -> tuple[str, str, str]:

@@ -20,13 +20,19 @@ decaying exponentially to 1 % at the last step; quats 1e-3, scales 5e-3, opaciti
 2.5e-3, shN 2.5e-3 / 20; Adam eps 1e-15. The SH degree in use rises by one every
 ``sh_degree_interval`` steps.
 
-Schedules scale as gsplat's ``steps_scaler`` scales them: the engine multiplies the step counts
-in the options (``sh_degree_interval``, ``strategy.refine_start/stop/every``, ``reset_every``,
-written for gsplat's 30 000-step run) by ``steps_scaler`` (default 1, gsplat's default: the
-counts as written; ``steps_scaler = steps / 30000`` compresses that schedule into the run). One departure
-from gsplat: a scaled refine period is never shorter than one epoch (a pass over the training
-views, capped at the configured period), since densifying on the gradients of a handful of views
-makes the set explode in short runs.
+Schedules scale with the run. The step counts in the options (``sh_degree_interval``,
+``strategy.refine_start/stop/every``, ``reset_every``) are gsplat's, written for its 30 000-step
+run; the engine multiplies them by ``steps_scaler`` as gsplat does. The default ``auto`` is
+``steps / 30000`` — densification, SH growth and opacity resets happen in a run of any length —
+with floors for short runs (:func:`auto_schedule`: SH steps and refine periods of at least one
+epoch, densification from the second refine period, resets at least five periods apart);
+``steps_scaler=1`` gives gsplat's counts as written (its default), any number exactly that factor
+(then only the one-epoch refine period of :func:`scaled_strategy` applies). Densification stops
+growing at ``strategy.max_gaussians`` (``auto``: one Gaussian per 128 training pixels,
+:func:`auto_max_gaussians`; 0: no cap, gsplat's behaviour).
+
+A time budget (``run.budget``) moves the schedules with the fraction of it used:
+:meth:`GaussianOptimizer.schedule` returns the *schedule step* the refiner hands on.
 """
 
 from __future__ import annotations
@@ -39,13 +45,100 @@ import torch
 from torch import Tensor
 
 from .cameras import Cameras
-from .config import option
+from .config import auto_or_number, option
 from .errors import InputError
 from .gaussians import GaussianRepresentation
-from .strategies import StrategyConfig, make_strategy
+from .strategies import StrategyConfig, make_strategy, max_gaussians_value
 
 __all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "TargetCache", "default_scene_scale", "scaled_steps",
-           "scaled_strategy"]
+           "scaled_strategy", "resolve_schedule", "auto_schedule", "auto_max_gaussians", "steps_scaler_value", "GSPLAT_STEPS"]
+
+
+GSPLAT_STEPS = 30_000
+"""Length of the run that gsplat's schedule, and the step counts in our options, are written for."""
+
+
+PIXELS_PER_GAUSSIAN = 128
+"""``max_gaussians=auto``: one Gaussian per this many training pixels (see :func:`auto_max_gaussians`)."""
+
+AUTO_START_PERIODS = 2
+"""``steps_scaler=auto``: densification starts after at least this many refine periods."""
+
+AUTO_RESET_PERIODS = 5
+"""``steps_scaler=auto``: opacity resets are at least this many refine periods apart."""
+
+AUTO_RECOVERY_EPOCHS = 10
+"""``steps_scaler=auto``: the last opacity reset is followed by at least this many epochs of
+training; a run too short for that has no reset."""
+
+
+def auto_max_gaussians(pixels: int) -> int:
+    """The Gaussian budget of ``max_gaussians=auto``: one Gaussian per :data:`PIXELS_PER_GAUSSIAN`
+    training pixels (``pixels``: summed over the training views), at least 1000, at most 1,000,000
+    (gsplat MCMC's default cap; 0 pixels also gives it).
+
+    Why: a Gaussian with SH degree 3 has 59 parameters and a pixel gives 3 observations, so
+    one Gaussian per 20 pixels already has as many parameters as the views have numbers; one per
+    128 pixels keeps more than 6 observations per parameter. On README's demo (40 views of
+    96 x 96: 2 880, fewer than its 3 000 initial points, so nothing grows) this kept the 500-step
+    run's PSNR and time, where one per 64 pixels grew 5 755 Gaussians for no gain and 1.15x the
+    CPU time (docs/benchmarks.md, "Schedules that scale with steps"); ``object`` (48 views of
+    200 x 200) gets 15 000. Memory: each trained Gaussian holds about 1 KB (59 float32
+    parameters, their gradients and two Adam moments: 4 x 236 B) plus the renderer's per-view
+    buffers, so 1,000,000 Gaussians need about 1.5 GB."""
+    if pixels <= 0:
+        return 1_000_000
+    return int(min(max(pixels // PIXELS_PER_GAUSSIAN, 1000), 1_000_000))
+
+
+def resolve_schedule(config: "OptimConfig", total_steps: int, views: int = 1,
+                     pixels: int = 0) -> tuple[float, int, StrategyConfig]:
+    """What runs: ``(scaler, SH interval, strategy settings)`` of ``config`` for a run of
+    ``total_steps`` over ``views`` training views of ``pixels`` pixels in all. A number
+    ``steps_scaler`` multiplies the counts (gsplat's ``steps_scaler``); ``auto`` is
+    :func:`auto_schedule`. ``max_gaussians=auto`` becomes :func:`auto_max_gaussians`."""
+    scaler = steps_scaler_value(config.steps_scaler)
+    if scaler is None:
+        scaler, sh_interval, strategy = auto_schedule(config, total_steps, views)
+    else:
+        sh_interval, strategy = scaled_steps(config.sh_degree_interval, scaler), scaled_strategy(config.strategy, scaler, views)
+    if max_gaussians_value(strategy.max_gaussians) is None:
+        strategy = replace(strategy, max_gaussians=str(auto_max_gaussians(pixels)))
+    return scaler, sh_interval, strategy
+
+
+def auto_schedule(config: "OptimConfig", total_steps: int, views: int = 1) -> tuple[float, int, StrategyConfig]:
+    """``steps_scaler=auto``: gsplat's 30 000-step schedule compressed into ``total_steps``
+    (scaler ``total_steps / 30000``, :func:`scaled_strategy`), with floors where a compressed
+    period is too short for the optimisation to recover from (measured on 500-step runs,
+    docs/benchmarks.md "Schedules that scale with steps"):
+
+    * the SH degree rises at most once per epoch (a pass over the ``views`` training views);
+    * a refine period is at least one epoch (capped at the configured period), as
+      :func:`scaled_strategy` does for every scaler below 1;
+    * densification starts after at least :data:`AUTO_START_PERIODS` refine periods, once the
+      initial Gaussians have settled;
+    * opacity resets are at least :data:`AUTO_RESET_PERIODS` refine periods apart, so that
+      every reset is followed by densification and pruning passes and by steps that restore the
+      opacities (a 500-step run reset every 50 steps never recovers: -1.6 dB on README's demo);
+    * the last reset is followed by at least :data:`AUTO_RECOVERY_EPOCHS` epochs, else the run
+      has no reset (a Gaussian gets a gradient only from the views that see it, so restoring the
+      opacities takes epochs, not steps: a reset 7.5 epochs before the end of README's demo
+      still costs 0.7 dB).
+
+    Runs of 30 000 steps and more get gsplat's counts times the scaler, unchanged."""
+    scaler = total_steps / GSPLAT_STEPS
+    strategy = scaled_strategy(config.strategy, scaler, views)
+    sh_interval = scaled_steps(config.sh_degree_interval, scaler)
+    if scaler < 1:
+        sh_interval = max(sh_interval, min(int(views), int(config.sh_degree_interval)))
+        period = strategy.refine_every
+        reset = max(strategy.reset_every, AUTO_RESET_PERIODS * period)
+        last_reset = (strategy.refine_stop - 1) // reset * reset  # resets happen before refine_stop only
+        if total_steps - last_reset < AUTO_RECOVERY_EPOCHS * int(views):
+            reset = max(strategy.refine_stop, total_steps) + 1  # too short to recover from one: none
+        strategy = replace(strategy, refine_start=max(strategy.refine_start, AUTO_START_PERIODS * period), reset_every=reset)
+    return scaler, sh_interval, strategy
 
 
 def scaled_steps(steps: int, scaler: float) -> int:
@@ -78,11 +171,20 @@ class OptimConfig:
     lr_lifespans: float = option(0.0, "learning rate of the log lifespans of dynamic representations (0: frozen)", min=0)
     sh_degree: int | None = option(None, "highest SH degree to train (default: all the representation stores)", min=0, max=3)
     sh_degree_interval: int = option(1000, "raise the SH degree in use by one every this many steps (times steps_scaler)", min=1)
-    steps_scaler: float = option(1.0, "multiplies every step schedule (SH interval, refine start/stop/every, opacity "
-                                      "reset), as gsplat's steps_scaler (e.g. steps / 30000 compresses gsplat's "
-                                      "30 000-step schedule into the run)", min=1e-12)
+    steps_scaler: str = option("auto", "multiplies every step schedule (SH interval, refine start/stop/every, opacity "
+                                       "reset) as gsplat's steps_scaler; auto: steps / 30000 (gsplat's 30 000-step "
+                                       "schedule compressed into the run) with the floors of recon_core.optim.auto_schedule; "
+                                       "a number: exactly that factor (1: gsplat's counts as written)")
     densify: bool = option(True, "add/remove Gaussians with the strategy")
     strategy: StrategyConfig = option(help="densification strategy and its settings", factory=StrategyConfig)
+
+    def __post_init__(self) -> None:
+        steps_scaler_value(self.steps_scaler)  # InputError (exit 2) for a bad value, before any work
+
+
+def steps_scaler_value(value: Any) -> float | None:
+    """``steps_scaler`` parsed: None for ``auto``, else a positive number (InputError otherwise)."""
+    return auto_or_number(value, "steps_scaler", positive=True)  # type: ignore[return-value]
 
 
 class GaussianOptimizer:
@@ -95,22 +197,22 @@ class GaussianOptimizer:
         total_steps: length of the run (the means' lr decays over it; schedules scale with it).
         generator: CPU generator of the strategy's random choices (reproducible splits).
         views: training views per epoch (the shortest refine period, see :func:`scaled_strategy`).
+        pixels: training pixels, all views together (``max_gaussians=auto``, :func:`auto_max_gaussians`;
+            0: unknown, gsplat MCMC's cap of 1,000,000).
     """
 
     def __init__(self, rep: GaussianRepresentation, config: OptimConfig, *, scene_scale: float, total_steps: int,
-                 generator: torch.Generator | None = None, views: int = 1) -> None:
+                 generator: torch.Generator | None = None, views: int = 1, pixels: int = 0) -> None:
         if not isinstance(rep, GaussianRepresentation):
             raise InputError(f"'{rep.name}' is not a Gaussian representation (it does not hold splats)")
         self.rep, self.config = rep, config
         self.scene_scale = float(scene_scale)
         self.total_steps = max(int(total_steps), 1)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.scaler = float(config.steps_scaler)
-        if not self.scaler > 0:
-            raise InputError(f"steps_scaler must be positive, got {config.steps_scaler}")
-        self.sh_degree_interval = scaled_steps(config.sh_degree_interval, self.scaler)
-        self.strategy_config = scaled_strategy(config.strategy, self.scaler, views)
-        """The strategy's settings with its step counts scaled (what actually runs)."""
+        self.scaler, self.sh_degree_interval, self.strategy_config = resolve_schedule(config, self.total_steps, views, pixels)
+        """The factor applied, the SH interval and the strategy's settings with its step counts
+        scaled (what actually runs)."""
+        self.last_schedule_step = -1
         self.strategy = make_strategy(self.strategy_config) if config.densify else None
         stored = rep.max_sh_degree
         self.max_sh_degree = stored if config.sh_degree is None else max(0, min(int(config.sh_degree), stored))
@@ -159,10 +261,29 @@ class GaussianOptimizer:
             self.optimizers["means"].param_groups[0]["lr"] = lr
         return lr
 
-    def schedule(self, step: int, total_steps: int | None = None) -> None:
-        """Per-step schedules: the means' lr decay and the SH degree in use."""
-        self.set_means_lr(step / max(total_steps or self.total_steps, 1))
-        self.rep.active_sh_degree = min(step // self.sh_degree_interval, self.max_sh_degree)
+    def schedule(self, step: int, total_steps: int | None = None, fraction: float = 0.0) -> int:
+        """Per-step schedules: the means' lr decay and the SH degree in use; returns the
+        *schedule step* to hand to :meth:`before_backward` and :meth:`step`.
+
+        It is ``step``, or further on when ``fraction`` (of a time budget used, ``ctx.budget_fraction()``)
+        is ahead: ``fraction x total_steps``, so that a run stopped by its budget has gone through
+        its whole schedule. It never jumps over a densification or opacity-reset step of the
+        strategy (it stops at the first one it would pass), so every one of them happens."""
+        total = max(total_steps or self.total_steps, 1)
+        s = max(int(step), int(float(fraction) * total), self.last_schedule_step + 1)
+        s = self._next_event(s)
+        self.last_schedule_step = s
+        self.set_means_lr(min(s / total, 1.0))
+        self.rep.active_sh_degree = min(s // self.sh_degree_interval, self.max_sh_degree)
+        return s
+
+    def _next_event(self, s: int) -> int:
+        """``s``, or the first refine/reset step after the last schedule step when ``s`` lies beyond it."""
+        last, cfg = self.last_schedule_step, self.strategy_config
+        if self.strategy is None or s <= last + 1 or last + 1 >= cfg.refine_stop:
+            return s
+        events = [last + 1 + (-(last + 1)) % period for period in (cfg.refine_every, cfg.reset_every)]
+        return min([s] + events)
 
     def finish(self) -> None:
         """Leave the representation rendering every trained SH band."""
@@ -208,6 +329,7 @@ class GaussianOptimizer:
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "strategy": self.state,
             "generator": self.generator.get_state(),
+            "schedule_step": self.last_schedule_step,
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -224,6 +346,7 @@ class GaussianOptimizer:
         device = self.rep.splats["means"].device
         self.state = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in state["strategy"].items()}
         self.generator.set_state(state["generator"].cpu().to(torch.uint8))
+        self.last_schedule_step = int(state.get("schedule_step", -1))
 
 
 def default_scene_scale(bounds_radius: float) -> float:

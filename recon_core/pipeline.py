@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .budget import parse_budget
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
 from .evaluate import evaluate_run
 from .logs import logger
@@ -227,6 +228,7 @@ class Pipeline:
                     stop=self.stop,
                     log=self.log,
                     scalars=on_step,
+                    budget=parse_budget(spec.options.budget),
                 )
         finally:
             scalars.close()

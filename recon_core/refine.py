@@ -7,7 +7,8 @@ A checkpoint is taken *between* steps and records where to continue::
      "refiner": {"name": ..., "state": refiners[i].state_dict()} or None (k == 0),
      "reports": [{"name": ..., "report": ...}],  # finish() reports of refiners already done
      "rng": {"torch": ..., "numpy": ..., "python": ..., "cuda": [...]},
-     "cameras": {"names": [...], "K": [N, 3, 3], "c2w": [N, 4, 4]} or None (a video)}
+     "cameras": {"names": [...], "K": [N, 3, 3], "c2w": [N, 4, 4]} or None (a video),
+     "budget": {"finished": s, "current": s}}   # run.budget seconds used by the refiners done, by refiner i
 
 ``cameras`` are the scene's view cameras at that moment: a refiner may correct them (``ttr``
 writes refined poses into the views), and the data loaded again on resume has the original
@@ -26,6 +27,12 @@ infinity stops the refiner: the representation is rolled back to the last checkp
 this stage (or the one resumed from), the refiner's report says so, and refining goes on with the
 next refiner; with no such checkpoint :class:`NonFiniteError` ends the run. A non-finite model is
 never checkpointed, and so never exported.
+
+Budgets (``run.budget``, :mod:`recon_core.budget`): each refiner gets an even share of what is
+left of the budget when it starts (``ctx.budget``); the loop ends a refiner whose share is spent
+before its next step (after at least one step) as at a normal end: ``finish()``, a checkpoint, and
+a ``budget`` entry in its report. Seconds used are checkpointed, so a resumed run spends only what
+was left.
 
 Signals: while refining, the first SIGINT/SIGTERM only sets a flag; the loop notices it before
 the next step, saves a checkpoint and raises :class:`Interrupted`. A second SIGINT interrupts at
@@ -47,6 +54,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .budget import Budget, BudgetClock
 from .cameras import Cameras
 from .components import RunContext, Refiner, Representation
 from .errors import InputError, Interrupted, ReconError
@@ -225,6 +233,7 @@ def _state(
     position: RefinePosition,
     refiners: Sequence[tuple[str, Refiner]],
     reports: list[dict[str, Any]],
+    budget_used: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     current = None
     if position.step > 0 and position.refiner < len(refiners):
@@ -237,6 +246,7 @@ def _state(
         "reports": list(reports),
         "rng": rng_state(),
         "cameras": camera_state(data),
+        "budget": dict(budget_used or {"finished": 0.0, "current": 0.0}),
     }
 
 
@@ -253,6 +263,7 @@ def run_refiners(
     stop: StopFlag | None = None,
     log: Callable[[str], None] = lambda message: None,
     scalars: Callable[[str, int, int, dict[str, float]], None] = lambda name, index, step, values: None,
+    budget: Budget | None = None,
 ) -> RefineResult:
     """Run ``refiners`` in order on ``rep``; see the module docstring for checkpoints and resume.
 
@@ -269,6 +280,7 @@ def run_refiners(
             cameras are given back to the scene's views here (:func:`restore_cameras`).
         stop: the flag SIGINT/SIGTERM set during the stage (a fresh one when None); tests
             may also set it directly.
+        budget: the stage's time budget (``run.budget``); see the module docstring.
 
     Raises:
         Interrupted: after saving, when ``stop`` was set during the stage.
@@ -279,6 +291,13 @@ def run_refiners(
     start = RefinePosition(**resume["position"]) if resume else RefinePosition()
     reports: list[dict[str, Any]] = list(resume["reports"]) if resume else []
     ctx.should_stop = lambda: bool(stop)
+    saved_budget = dict(resume.get("budget") or {}) if resume else {}
+    finished_s = float(saved_budget.get("finished", 0.0))  # budget seconds used by the refiners done
+    clock: BudgetClock | None = None
+
+    def budget_used(position: RefinePosition) -> dict[str, float]:
+        current = clock.used() if clock is not None and position.step > 0 else 0.0
+        return {"finished": finished_s, "current": current}
 
     # the last state saved (or resumed from), to roll back to when a refiner goes non-finite
     last_good: dict[str, Any] = {}
@@ -287,7 +306,7 @@ def run_refiners(
 
     def checkpoint(position: RefinePosition) -> Path:
         label = f"refiner{position.refiner}-step{position.step}"
-        state = _state(rep, data, position, refiners, reports)
+        state = _state(rep, data, position, refiners, reports, budget_used(position))
         folder = save(state, label)
         last_good.update(state=_clone_state(state["representation"]), label=f"checkpoint {label}")
         return folder
@@ -317,8 +336,17 @@ def run_refiners(
             if resuming and first > 0 and resume["refiner"]["name"] != name:
                 raise InputError(f"checkpoint is for refiner {resume['refiner']['name']}, but the config runs {name} here")
             log(f"refiner {name} ({index + 1}/{len(refiners)}) starts at step {first}")
+            clock = None
+            if budget is not None:  # an even share of what is left; a resumed refiner keeps its share
+                share = max(budget.seconds - finished_s, 0.0) / (len(refiners) - index)
+                clock = BudgetClock(budget, share, used=float(saved_budget.get("current", 0.0)) if resuming and first > 0 else 0.0)
+                log(f"refiner {name}: budget {share:.1f} s of {budget}")
+            ctx.budget = clock
+            budget_stop: int | None = None
 
             if refiner.run is not None:
+                if clock is not None:
+                    clock.start()
                 try:
                     ctx.log_scalars = lambda step, values, _n=name, _i=index: scalars(_n, _i, step, _scalars(values))
                     report, saved_at_stop = _run_custom(refiner, index, rep, data, ctx, saved_refiner_state, first, checkpoint, resume, stop)
@@ -338,10 +366,17 @@ def run_refiners(
                     set_rng_state(resume["rng"])
                 total = int(refiner.total_steps)
                 report = None
+                if clock is not None:
+                    clock.start()
                 with progress_bar(name, total=total, completed=first) as advance:
                     for step in range(first, total):
                         if stop:
                             raise interrupted(RefinePosition(index, step))
+                        if clock is not None and step > 0 and clock.spent():
+                            budget_stop = step
+                            log(f"refiner {name} used its budget ({clock.used():.1f} of {clock.allowance:.1f} s) "
+                                f"after {step} of {total} steps; ending it")
+                            break
                         logs = _scalars(refiner.step(step))
                         what = non_finite(rep, logs)
                         if what is not None:
@@ -356,7 +391,14 @@ def run_refiners(
                             checkpoint(RefinePosition(index, done))
                 if report is None:
                     report = refiner.finish()
-            reports.append({"name": name, "report": report or {}})
+            report = dict(report or {})
+            if clock is not None:
+                report["budget"] = {"seconds": round(clock.allowance, 3), "used": round(clock.used(), 3),
+                                    "clock": budget.clock, "stopped_at_step": budget_stop}  # type: ignore[union-attr]
+                finished_s += clock.used()
+                clock = None
+            ctx.budget = None
+            reports.append({"name": name, "report": report})
             log(f"refiner {name} finished")
             folder = checkpoint(RefinePosition(index + 1, 0))
             if stop and index + 1 < len(refiners):

@@ -104,13 +104,23 @@ def load_data(loader: Loader, path: Path) -> Scene | Video:
     return data
 
 
-def open_data(registry: Registry, path: str | Path, loader: str | None = None) -> tuple[str, Scene | Video]:
-    """Check ``path``, pick the loader (``loader`` or the best detected) with default options, and
-    load it: ``(loader name, data)``. ``recon inspect-data`` and ``RunContext.load`` use it."""
+def open_data(registry: Registry, path: str | Path, loader: str | None = None,
+              sets: Sequence[str] = ()) -> tuple[str, Scene | Video]:
+    """Check ``path``, pick the loader (``loader`` or the best detected) with its default options
+    updated by ``sets`` (``--set LOADER.KEY=VALUE``, parsed as ``recon run`` parses them; options
+    of other components are an InputError), and load it: ``(loader name, data)``.
+    ``recon inspect-data`` and ``RunContext.load`` use it."""
     path = Path(path).expanduser().absolute()
     check_data_path(path)
     name = loader or detect_loader(registry, path)
-    component = registry.create("loader", name)
+    overrides = _parse_sets(sets)
+    others = sorted(set(overrides) - {name})
+    if others:
+        text = next(t for t in sets if parse_set_option(t)[0] == others[0])
+        raise InputError(f"--set '{text}': only options of the loader ({name}) apply here")
+    choice = _configure("loader", name, registry.get("loader", name), {}, overrides)
+    _check_overrides(registry, sets, overrides, [choice])
+    component = registry.get("loader", name)(choice.config)
     assert isinstance(component, Loader)
     return name, load_data(component, path)
 

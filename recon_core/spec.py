@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budget import parse_budget
 from .config import config_to_dict, option
 from .errors import InputError
 from .threads import parse_threads
@@ -41,11 +42,17 @@ class RunOptions:
              "option composites RGBA targets onto the same colour unless that option is set explicitly", min=0, max=1,
     )
 
+    budget: str | None = option(
+        None, "time budget of the refine stage: SECONDS of wall clock (600) or cpu:SECONDS of this process's CPU "
+              "time (cpu:600); refiners stop when it is spent, their schedules follow the fraction used, and each "
+              "refiner gets an even share of what is left when it starts (recon_core.budget)")
+
     def __post_init__(self) -> None:
         try:
             self.threads = str(parse_threads(self.threads) or "auto")
         except ValueError as e:
             raise InputError(f"bad value for run.threads: {e}") from None
+        parse_budget(self.budget)  # InputError (exit 2) for a bad budget, before any work
         bg = self.background
         if len(bg) != 3 or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in bg):
             raise InputError(f"run.background must be three numbers in [0, 1] (R,G,B), got {bg}")

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .cameras import Cameras
-from .config import option
+from .config import auto_or_number, option
 from .errors import CombinationError
 from .geometry import project_points, quat_to_rotmat, rigid_inverse
 
@@ -294,7 +294,8 @@ class StrategyConfig:
     The refinement window and period apply to every strategy; the growth and pruning thresholds
     to ``default`` and ``gsplat-default``. Step counts are gsplat's defaults for its 30 000-step
     run; the optimisation engine multiplies them by its ``steps_scaler``. ``max_gaussians`` caps growth (``mcmc``: its
-    ``cap_max``, 0 = gsplat's 1,000,000); ``noise_lr`` and the two regularisers are MCMC's.
+    ``cap_max``; ``auto``: one Gaussian per 128 training pixels, resolved by the engine; 0 = no cap, gsplat's
+    default, and for ``mcmc`` gsplat's 1,000,000); ``noise_lr`` and the two regularisers are MCMC's.
     """
 
     __selector__ = "name"
@@ -309,19 +310,32 @@ class StrategyConfig:
     grow_scale3d: float = option(0.01, "clone (below) or split (above) at this max scale x scene scale", min=0)
     prune_opa: float = option(0.005, "remove (mcmc: relocate) Gaussians less opaque than this", min=0, max=1)
     prune_scale3d: float = option(0.1, "after the first reset, remove Gaussians larger than this x scene scale", min=0)
-    max_gaussians: int = option(0, "cap on the number of Gaussians (0: none; mcmc: 1,000,000)", min=0)
+    max_gaussians: str = option("auto", "cap on the number of Gaussians: auto (training pixels / 128, see "
+                                        "recon_core.optim.auto_max_gaussians), a number, or 0 for none (mcmc: 1,000,000)")
     noise_lr: float = option(5e5, "mcmc: position noise scale, times the means' learning rate", min=0)
     opacity_reg: float = option(0.01, "mcmc: weight of the mean opacity added to the loss", min=0)
     scale_reg: float = option(0.01, "mcmc: weight of the mean scale added to the loss", min=0)
 
+    def __post_init__(self) -> None:
+        max_gaussians_value(self.max_gaussians)  # InputError (exit 2) for a bad value, before any work
+
+
+def max_gaussians_value(value: Any) -> int | None:
+    """``max_gaussians`` parsed: None for ``auto``, else a count >= 0 (0: no cap); InputError otherwise."""
+    return auto_or_number(value, "max_gaussians", integer=True)  # type: ignore[return-value]
+
 
 def make_strategy(cfg: StrategyConfig) -> Any:
-    """The strategy object ``cfg.name`` selects (gsplat's are imported only when chosen)."""
+    """The strategy object ``cfg.name`` selects (gsplat's are imported only when chosen);
+    ``max_gaussians`` must be resolved to a number (``auto``: :func:`recon_core.optim.resolve_schedule`)."""
+    cap = max_gaussians_value(cfg.max_gaussians)
+    if cap is None:
+        raise ValueError("max_gaussians=auto must be resolved before the strategy is made (recon_core.optim.resolve_schedule)")
     if cfg.name == "default":
         return DefaultStrategy(
             prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
             prune_scale3d=cfg.prune_scale3d, refine_start=cfg.refine_start, refine_stop=cfg.refine_stop,
-            refine_every=cfg.refine_every, reset_every=cfg.reset_every, max_gaussians=cfg.max_gaussians,
+            refine_every=cfg.refine_every, reset_every=cfg.reset_every, max_gaussians=cap,
         )
     try:
         import gsplat.strategy as gs
@@ -336,7 +350,7 @@ def make_strategy(cfg: StrategyConfig) -> Any:
         ), needs_info=True)
     if cfg.name == "mcmc":
         return _GsplatAdapter(gs.MCMCStrategy(
-            cap_max=cfg.max_gaussians or 1_000_000, noise_lr=cfg.noise_lr, refine_start_iter=cfg.refine_start,
+            cap_max=cap or 1_000_000, noise_lr=cfg.noise_lr, refine_start_iter=cfg.refine_start,
             refine_stop_iter=cfg.refine_stop, refine_every=cfg.refine_every, min_opacity=cfg.prune_opa,
         ), needs_info=False)
     raise CombinationError(f"unknown strategy '{cfg.name}' (default, gsplat-default, mcmc)")

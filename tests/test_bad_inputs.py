@@ -243,6 +243,10 @@ CASES = [
     Case("ns-image-missing-strict", _delete("ns/images/0001.png"),
          ("run", "--data", "{root}/ns", *FAST_RUN, "--set", "nerfstudio.strict=true", "--out", "{root}/run", "--overwrite"),
          2, "0001.png"),
+    Case("ns-image-missing-strict-inspect", _delete("ns/images/0001.png"), (*INSPECT_NS, "--set", "nerfstudio.strict=true"),
+         2, "0001.png"),
+    Case("inspect-set-other-component", _nothing, (*INSPECT_NS, "--set", "toy-fit.steps=1"), 2, "only options of the loader"),
+    Case("inspect-set-unknown-option", _nothing, (*INSPECT_NS, "--set", "nerfstudio.speed=1"), 2, "speed"),
     Case("ns-image-missing-lenient", _delete("ns/images/0001.png"), RUN_OUT, 0, "run finished"),  # skipped with a warning
     Case("ns-image-not-an-image", _write("ns/images/0002.png", b"\x89PNG\r\n\x1a\ntruncated"), INSPECT_NS, 2, "0002.png"),
     # PLY point cloud of a nerfstudio scene
@@ -327,6 +331,13 @@ CASES = [
     Case("set-seed-float", _nothing, ("run", "--data", "{root}/ns", *FAST_RUN, "--seed", "1.5", "--out", "{root}/out"), 2,
          "1.5"),
     Case("set-video-fps-negative", _nothing, (*RUN_NS, "--set", "run.video_fps=-5"), 2, "run.video_fps"),
+    Case("set-budget-negative", _nothing, (*RUN_NS, "--set", "run.budget=-5"), 2, "run.budget"),
+    Case("set-budget-cpu-not-a-number", _nothing, (*RUN_NS, "--set", "run.budget=cpu:x"), 2, "run.budget"),
+    Case("set-budget-unknown-clock", _nothing, (*RUN_NS, "--set", "run.budget=gpu:60"), 2, "run.budget"),
+    Case("set-steps-scaler-word", _nothing, ("run", "--data", "{root}/ns", "--repr", "3dgs", "--eval", "none", "--set",
+                                             "3dgs-train.steps_scaler=fast", "--out", "{root}/out"), 2, "steps_scaler"),
+    Case("set-steps-scaler-negative", _nothing, ("run", "--data", "{root}/ns", "--repr", "3dgs", "--eval", "none", "--set",
+                                                 "3dgs-train.steps_scaler=-1", "--out", "{root}/out"), 2, "steps_scaler"),
     Case("set-bad-choice", _nothing, (*RUN_NS, "--set", "toy-fit.schedule=sometimes"), 2, "sometimes"),
     Case("set-loader-option-of-other-loader", _nothing, (*RUN_NS, "--set", "idr.strict=true"), 2, "idr"),
     # run folders

@@ -280,7 +280,7 @@ def test_resume_is_bit_identical_with_pseudo_views(renderer, tmp_path: Path, sch
     fixer.set_pool(scene.views)
     # both fix before steps 0, 3 and 6 (paper: 0, 22500, 45000 of 60000 scaled to 8 steps)
     cfg = Difix3DPlusConfig(steps=8, schedule=schedule, fix_every=3, fix_steps=[0, 22500, 45000], shift_distance=0.7,
-                            novel_prob=0.5, densify=True,
+                            novel_prob=0.5, densify=True, steps_scaler="1",
                             strategy=StrategyConfig(refine_start=1, refine_every=2, refine_stop=10**9, reset_every=10**9, grow_grad2d=1e-6), **FAST)
 
     straight = start_from(gt)

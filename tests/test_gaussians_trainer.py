@@ -258,7 +258,7 @@ def test_training_fits_a_synthetic_scene(renderer) -> None:
     # a short run: higher rates than gsplat's; densification (which needs a long run to pay off) is
     # exercised by test_resume_is_bit_identical and the strategy tests
     cfg = GaussianTrainConfig(steps=50, lr_sh0=0.05, lr_opacities=0.1, lr_means=1e-3,
-                              lr_scales=0.02, lr_quats=0.01, densify=False, sh_degree_interval=25)
+                              lr_scales=0.02, lr_quats=0.01, densify=False, sh_degree_interval=25, steps_scaler="1")
     trainer = GaussianTrainer(cfg)
     trainer.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=0, renderer=renderer, background=BLACK))
     degrees = []
@@ -374,7 +374,7 @@ def test_resume_is_bit_identical(renderer, tmp_path) -> None:
     from recon_core.checkpoint import load_checkpoint, save_checkpoint
 
     scene, gt = synthetic_scene(renderer, size=16, n_views=4)
-    cfg = GaussianTrainConfig(steps=8, sh_degree_interval=3, strategy=StrategyConfig(
+    cfg = GaussianTrainConfig(steps=8, sh_degree_interval=3, steps_scaler="1", strategy=StrategyConfig(
         refine_start=1, refine_every=2, reset_every=6, grow_grad2d=1e-7, grow_scale3d=0.05))
     ctx = RunContext(device=torch.device("cpu"), seed=3, renderer=renderer, background=BLACK)
 

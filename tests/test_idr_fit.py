@@ -69,6 +69,13 @@ def small_hashgrid() -> HashGridEncoder:
     return HashGridEncoder(HashGridEncoder.Config(n_levels=2, log2_hashmap_size=8, max_resolution=32))
 
 
+def at_progress(fit: IDRFit, fraction: float) -> None:
+    """Give the fit's run a time budget (run.budget) of which ``fraction`` is used."""
+    from recon_core.budget import Budget, BudgetClock
+
+    fit.ctx.budget = BudgetClock(Budget(1.0, "cpu"), 1.0, used=fraction)
+
+
 def make_fit(rep: IDRRepresentation, scene: Scene, steps: int = 50, seed: int = 0, **kw) -> IDRFit:
     fit = IDRFit(IDRFit.Config(steps=steps, batch_rays=128, lr=1e-3, log_every=0, **kw))
     fit.setup(rep, scene, RunContext(device=torch.device("cpu"), seed=seed, renderer=SphereTracingRenderer()))
@@ -235,13 +242,18 @@ def test_export_mesh(tmp_path: Path) -> None:
     assert torch.allclose(colors[:5], expected, atol=0.5 / 255 + 1e-4)
 
 
-def test_schedules_follow_the_driver_progress() -> None:
-    """A time-budgeted driver sets ``progress``; the α milestones then follow it, not step / steps."""
+def test_schedules_follow_the_budget_fraction() -> None:
+    """With a time budget (run.budget), the α milestones follow the fraction of it used, not step / steps."""
+    from recon_core import RunContext
+    from recon_core.budget import Budget, BudgetClock
+
     fit = IDRFit(IDRFit.Config(steps=100000))
     assert fit.alpha(10) == 50 and fit.fraction(10) == pytest.approx(1e-4)
-    fit.progress = 0.3  # past the 0.125 and 0.25 milestones
-    assert fit.alpha(10) == 200 and fit.fraction(10) == 0.3
-    fit.progress = 1.0
+    fit.ctx = RunContext(device=torch.device("cpu"), seed=0)
+    assert fit.fraction(10) == pytest.approx(1e-4)  # no budget: the steps
+    fit.ctx.budget = BudgetClock(Budget(100.0, "cpu"), 100.0, used=30.0)  # 30 % used: past the 0.125 and 0.25 milestones
+    assert fit.alpha(10) == 200 and fit.fraction(10) == pytest.approx(0.3)
+    fit.ctx.budget = BudgetClock(Budget(100.0, "cpu"), 100.0, used=100.0)
     assert fit.alpha(10) == 50 * 2**5
 
 
@@ -269,7 +281,7 @@ def test_fit_unlocks_grid_levels_of_the_encoder() -> None:
     moved = (enc.params.detach().view(-1, 2) - before).abs().sum(-1) > 0
     lay = enc.layout
     assert moved[: lay.sizes[0]].any() and not moved[lay.offsets[1]:].any()  # locked levels get no update
-    fit.progress = 0.6
+    at_progress(fit, 0.6)  # a time budget 60 % used
     fit.step(2)
     assert enc.active_levels == 3
 
@@ -330,10 +342,10 @@ def test_lr_schedule_defaults_to_the_encoders_milestones() -> None:
     ffb = FFBEncoder(FFBEncoder.Config(n_levels=2, hidden_dim=16, out_features=8, log2_hashmap_size=8, backend="torch"))
     for enc, kw, halvings in ((ffb, {}, 5), (small_hashgrid(), {}, 2), (ffb, {"lr_milestones": [0.3]}, 1)):
         fit = make_fit(build(scene, enc), scene, c2f_until=0.0, **kw)
-        fit.progress = 0.25
+        at_progress(fit, 0.25)
         fit.step(0)
         assert all(g["lr"] == g["base_lr"] for g in fit.optimizer.param_groups)
-        fit.progress = 0.95
+        at_progress(fit, 0.95)
         fit.step(1)
         for g in fit.optimizer.param_groups:
             assert g["lr"] == pytest.approx(g["base_lr"] * 0.5**halvings)

@@ -10,7 +10,8 @@ import torch
 from recon_core import CombinationError, GaussianRepresentation, OptimConfig, StrategyConfig
 from recon_core.cameras import Cameras
 from recon_core.geometry import quat_to_rotmat
-from recon_core.optim import GaussianOptimizer
+from recon_core.errors import InputError
+from recon_core.optim import GaussianOptimizer, auto_max_gaussians, resolve_schedule
 from recon_core.strategies import _covariance_torch, _relocation_torch, install_gsplat_cpu_ops
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
 
@@ -42,8 +43,8 @@ def camera(size: int = 24) -> Cameras:
 
 def train(rep: Blobs, strategy: StrategyConfig, steps: int, target: torch.Tensor) -> tuple[GaussianOptimizer, list[int]]:
     renderer = TorchGaussianRenderer()
-    engine = GaussianOptimizer(rep, OptimConfig(strategy=strategy), scene_scale=1.0, total_steps=steps,
-                               generator=torch.Generator().manual_seed(0))
+    engine = GaussianOptimizer(rep, OptimConfig(strategy=strategy, steps_scaler="1"), scene_scale=1.0, total_steps=steps,
+                               generator=torch.Generator().manual_seed(0))  # the counts as written
     cam = camera(target.shape[0])
     counts = []
     for step in range(steps):
@@ -178,7 +179,7 @@ def test_engine_trains_only_refinable_entries_and_resumes_identically() -> None:
 
 def test_steps_scaler_scales_every_schedule_as_gsplat_with_an_epoch_floor() -> None:
     rep = blobs()
-    cfg = OptimConfig(steps_scaler=2000 / 30000)  # gsplat's 30 000-step schedule compressed into 2 000 steps
+    cfg = OptimConfig(steps_scaler=str(2000 / 30000))  # gsplat's 30 000-step schedule compressed into 2 000 steps
     engine = GaussianOptimizer(rep, cfg, scene_scale=1.0, total_steps=2000, views=48)
     s = engine.strategy_config
     assert (s.refine_start, s.refine_stop, s.reset_every) == (33, 1000, 200)  # int(x * 1/15), as adjust_steps
@@ -186,7 +187,78 @@ def test_steps_scaler_scales_every_schedule_as_gsplat_with_an_epoch_floor() -> N
     assert engine.sh_degree_interval == 66
     engine.schedule(66 * 2)
     assert rep.active_sh_degree == 0  # the blobs store degree 0 only
-    unscaled = GaussianOptimizer(blobs(), OptimConfig(), scene_scale=1.0, total_steps=2000, views=48).strategy_config
-    assert (unscaled.refine_start, unscaled.refine_stop, unscaled.refine_every, unscaled.reset_every) == (500, 15000, 100, 3000)
-    with pytest.raises(Exception, match="steps_scaler must be positive"):
-        GaussianOptimizer(blobs(), OptimConfig(steps_scaler=0.0), scene_scale=1.0, total_steps=10)
+    literal = GaussianOptimizer(blobs(), OptimConfig(steps_scaler="1"), scene_scale=1.0, total_steps=2000, views=48)
+    s = literal.strategy_config  # gsplat's counts as written
+    assert (s.refine_start, s.refine_stop, s.refine_every, s.reset_every, literal.sh_degree_interval) == (500, 15000, 100, 3000, 1000)
+    for bad in ("0", "-1", "fast", "inf"):
+        with pytest.raises(InputError, match="steps_scaler"):
+            OptimConfig(steps_scaler=bad)
+
+
+def sh_blobs(n: int = 200) -> Blobs:
+    rep = Blobs(sh_degree=3)
+    values = blobs(n).splat_values()
+    rep.set_splats({**values, "shN": torch.zeros(n, 15, 3)})
+    return rep
+
+
+def test_auto_schedule_scales_with_steps_and_keeps_floors() -> None:
+    """README's 500-step run over 40 views of 96 x 96: every schedule happens inside the run."""
+    _, sh, s = resolve_schedule(OptimConfig(), 500, views=40, pixels=40 * 96 * 96)
+    assert sh == 40  # 1000 / 60 = 16 steps: at least one epoch per SH degree
+    assert (s.refine_every, s.refine_start, s.refine_stop) == (40, 80, 250)  # an epoch; 2 periods; half the run
+    assert s.reset_every > 500  # a reset at 200 (5 periods) leaves 7.5 epochs to recover, fewer than 10: none
+    assert s.max_gaussians == str(40 * 96 * 96 // 128) == "2880"
+    _, _, s = resolve_schedule(OptimConfig(), 1000, views=40)
+    assert s.reset_every == 200  # resets at 200 and 400: 15 epochs left after the last
+    _, sh, s = resolve_schedule(OptimConfig(), 7000, views=48, pixels=48 * 200 * 200)  # floors no longer bind
+    assert (sh, s.refine_start, s.refine_stop, s.reset_every, s.max_gaussians) == (233, 116, 3500, 700, "15000")
+    _, sh, s = resolve_schedule(OptimConfig(), 30000, views=48)
+    assert (sh, s.refine_start, s.refine_stop, s.refine_every, s.reset_every) == (1000, 500, 15000, 100, 3000)  # gsplat's
+    assert s.max_gaussians == "1000000"  # pixels unknown: gsplat MCMC's cap
+    # gsplat's literal schedule: with 500 steps nothing happens; explicit caps stay
+    _, sh, s = resolve_schedule(OptimConfig(steps_scaler="1", strategy=StrategyConfig(max_gaussians="0")), 500, views=40)
+    assert (sh, s.refine_start, s.reset_every, s.max_gaussians) == (1000, 500, 3000, "0")
+    assert auto_max_gaussians(10) == 1000 and auto_max_gaussians(10**12) == 1_000_000
+    with pytest.raises(InputError, match="max_gaussians"):
+        StrategyConfig(max_gaussians="-3")
+
+
+def test_auto_schedule_densifies_resets_and_raises_sh_at_the_expected_steps() -> None:
+    """1000 steps over 8 views: refine every epoch (8) after 2 periods, reset every 5 periods."""
+    rep = sh_blobs()
+    target = torch.zeros(24, 24, 3)
+    target[6:18, 6:18] = torch.tensor([0.9, 0.1, 0.1])
+    cfg = OptimConfig(strategy=StrategyConfig(grow_grad2d=1e-9))  # every visible Gaussian grows at a refine step
+    engine = GaussianOptimizer(rep, cfg, scene_scale=1.0, total_steps=1000, views=8, pixels=128 * 1000)
+    s = engine.strategy_config
+    assert (s.refine_every, s.refine_start, s.reset_every, s.max_gaussians, engine.sh_degree_interval) == (8, 16, 100, "1000", 33)
+    renderer, cam = TorchGaussianRenderer(), camera()
+    events: dict[int, dict[str, int]] = {}
+    degrees = {}
+    for step in range(101):
+        at = engine.schedule(step)
+        assert at == step  # no budget: the schedule step is the step
+        degrees[step] = rep.active_sh_degree
+        out = renderer.render(rep, cam, background=torch.ones(3))
+        engine.before_backward(at, out.info)
+        report = engine.step((out.rgb[0] - target).abs().mean(), at, out.info, cam)
+        if report:
+            events[step] = report
+    grown = sorted(k for k, r in events.items() if r.get("duplicated", 0) + r.get("split", 0) > 0)
+    assert grown[:2] == [24, 32] and set(grown) <= set(range(24, 101, 8))  # after refine_start = 16, every epoch
+    assert len(rep) == 1000  # grown up to max_gaussians = 128 000 pixels / 128
+    assert sorted(k for k, r in events.items() if r.get("reset")) == [100]  # every 5 refine periods (40 < 100 scaled)
+    assert (degrees[0], degrees[32], degrees[33], degrees[66], degrees[99], degrees[100]) == (0, 0, 1, 2, 3, 3)
+
+
+def test_budget_fraction_moves_the_schedule_without_skipping_refine_steps() -> None:
+    engine = GaussianOptimizer(blobs(), OptimConfig(), scene_scale=1.0, total_steps=500, views=40, pixels=40 * 96 * 96)
+    lr0 = engine.optimizers["means"].param_groups[0]["lr"]
+    at = [engine.schedule(step, fraction=min(step / 20, 1.0)) for step in range(25)]  # the budget runs 25 x faster
+    assert at == sorted(set(at))  # strictly increasing
+    assert [a for a in at if 0 < a < 250 and a % 40 == 0] == [40, 80, 120, 160, 200, 240]  # each refine step, once
+    assert engine.strategy_config.refine_stop == 250
+    assert at[-1] >= 480  # then it follows the budget to the end
+    lr = engine.optimizers["means"].param_groups[0]["lr"]
+    assert lr == pytest.approx(lr0 * 0.01 ** min(at[-1] / 500, 1.0))  # the lr decayed as far as the budget

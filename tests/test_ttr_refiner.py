@@ -463,3 +463,26 @@ def test_poses_only_on_a_representation_without_splats() -> None:
     assert float(after.mean()) < float(before.mean())
     with pytest.raises(CombinationError, match="refine_gs=false"):
         TestTimeRefiner(TTRConfig(lpips=False)).setup(other, scene, _ctx())
+
+
+def test_a_time_budget_moves_the_stages_on() -> None:
+    """With a budget running short (run.budget), the schedule follows the fraction used: the pose
+    stage ends (keeping its result, with a report) when the budget is past its share of the steps,
+    and a stop in the middle of the last stage still reports it."""
+    from recon_core.budget import Budget, BudgetClock
+
+    scene, rep, _ = make_scene(n=4, test=(2,), rot_deg=0.5, trans_m=0.02)
+    refiner = TestTimeRefiner(TTRConfig(steps_pose=10, steps_gs=10, eval_every=2, lpips=False))
+    ctx = _ctx()
+    refiner.setup(rep, scene, ctx)
+    clock = BudgetClock(Budget(100.0, "cpu"), 100.0, used=0.0)
+    ctx.budget = clock
+    for step in range(2):
+        refiner.step(step)  # fraction 0: the steps
+    clock._before = 60.0  # 60 % of the budget spent after 2 steps
+    refiner.step(2)  # schedule step 12: attributes stage, local step 2
+    assert refiner.stages[refiner.stage_index] == "attributes" and len(refiner.reports) == 1
+    assert refiner.reports[0]["stage"] == "pose" and refiner.reports[0]["steps_run"] == 2
+    report = refiner.finish()  # the loop ends the refiner here (budget): the open stage is closed
+    assert [s["stage"] for s in report["stages"]] == ["pose", "attributes"]
+    assert report["stages"][1]["steps_run"] == 3

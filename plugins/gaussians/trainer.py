@@ -58,7 +58,8 @@ class GaussianTrainer(Refiner):
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         scene_scale = float(cfg.scene_scale) if cfg.scene_scale else default_scene_scale(data.bounds.radius)
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=scene_scale, total_steps=self.total_steps,
-                                        generator=self.generator, views=len(self.views))
+                                        generator=self.generator, views=len(self.views),
+                                        pixels=sum(v.width * v.height for v in self.views))
         self.order = EpochOrder(len(self.views))
         self.last_loss = float("nan")
 
@@ -69,15 +70,15 @@ class GaussianTrainer(Refiner):
     def step(self, step: int) -> dict[str, float]:
         engine = self.engine
         engine.sync()
-        engine.schedule(step)
+        at = engine.schedule(step, fraction=self.ctx.budget_fraction())  # ahead of step when a budget runs short
         view = self.views[self.order.next(self.generator)]
         camera = view.camera.to(self.ctx.device)
         target = self.targets(view)
         out = self.ctx.renderer.render(self.rep, camera, background=self.background)
-        engine.before_backward(step, out.info)
+        engine.before_backward(at, out.info)
         pred = out.rgb[0]
         loss = photometric_loss(pred, target, self.config.ssim_weight) + engine.regularisation()
-        engine.step(loss, step, out.info, camera)
+        engine.step(loss, at, out.info, camera)
         self.last_loss = float(loss.detach())
         return {"loss": self.last_loss, "psnr": float(psnr(pred.detach(), target)), "gaussians": float(len(self.rep))}
 

@@ -24,9 +24,11 @@ multiplied by ``lr_gamma`` at ``lr_milestones``: by default the encoder's ``lr_m
 declares them (FFB: every tenth from half-way, like NFFB's step decay), else IDR's 50 % and 75 %. Needs object masks (``View.object_mask``, or
 ``View.alpha > 0.5``).
 
-Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1]: ``step / steps`` by
-default; a driver with another budget (e.g. CPU time, as the benchmark) sets :attr:`IDRFit.progress`
-to its own fraction before each step, so the milestones are reached whatever the step rate.
+Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1],
+``ctx.progress(step, steps)``: ``step / steps``, or the fraction of the time budget used when that is
+ahead (``--set run.budget=600``, or ``cpu:600`` for CPU time; :mod:`recon_core.budget`), so the
+milestones are reached whatever the step rate. The benchmark (benchmarks/idr_bench.py) runs the
+same refine loop with its budget.
 
 Coarse-to-fine (Neuralangelo, NFFB): encoders with grid levels (``hashgrid``, ``ffb``, ``ffb-stylemod``
 expose ``n_grid_levels`` and ``active_levels``) start with ``c2f_start_levels`` levels; the others are
@@ -132,10 +134,9 @@ class IDRFit(Refiner):
         self.optimizer: torch.optim.Adam | None = None
         self.generator: torch.Generator | None = None
         self.last: dict[str, float] = {}
-        self.progress: float | None = None
         self.lr_milestones: list[float] = []
         self.batch_rays = 0
-        """Run progress in [0, 1] set by a driver with its own budget; None: ``step / steps``."""
+        self.ctx: RunContext | None = None
 
     # -------------------------------------------------------------------------------- contract
 
@@ -177,8 +178,10 @@ class IDRFit(Refiner):
         return self.config.steps
 
     def fraction(self, step: int) -> float:
-        """Progress of the run at ``step``: :attr:`progress` when a driver sets it, else ``step / steps``."""
-        return float(self.progress) if self.progress is not None else step / max(self.config.steps, 1)
+        """Progress of the run at ``step``: ``max(step / steps, fraction of the time budget used)``."""
+        if self.ctx is None:  # not set up: the steps alone
+            return step / max(self.config.steps, 1)
+        return self.ctx.progress(step, self.config.steps)
 
     def _milestones_passed(self, step: int, fractions: list[float]) -> int:
         return bisect.bisect_right(sorted(fractions), self.fraction(step))

@@ -179,7 +179,8 @@ class ConfidenceRefiner(Refiner):
         self.background = ctx.background_color()
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         self.engine = GaussianOptimizer(rep, cfg, scene_scale=default_scene_scale(data.bounds.radius),
-                                        total_steps=self.total_steps, generator=self.generator, views=len(self.inputs))
+                                        total_steps=self.total_steps, generator=self.generator, views=len(self.inputs),
+                                        pixels=sum(v.width * v.height for v in self.inputs))
         self.weights = LossWeights(cfg.lambda_rgb, cfg.lambda_ssim, cfg.lambda_lpips)
         self.lpips, self.lpips_reason = (None, None)
         if cfg.lambda_lpips > 0:
@@ -237,22 +238,23 @@ class ConfidenceRefiner(Refiner):
 
     def step(self, step: int) -> dict[str, float]:
         cfg, rep, engine = self.config, self.rep, self.engine
-        if self.generate_step is not None and step >= self.generate_step and (not self.generated or (
+        progressed = self.generate_step is not None and (step >= self.generate_step or self.ctx.budget_fraction() >= cfg.generate_at)
+        if progressed and (not self.generated or (
                 cfg.regenerate_every > 0 and step > self.generate_step and (step - self.generate_step) % cfg.regenerate_every == 0)):
             self._generate()
         elif cfg.confidence_every > 0 and step > 0 and step % cfg.confidence_every == 0 and cfg.source == "consistency":
             self._update_confidence()
         engine.sync()  # splats replaced (a checkpoint was loaded): fresh optimizers
-        engine.schedule(step)  # the means' lr decay and SH degree
+        at = engine.schedule(step, fraction=self.ctx.budget_fraction())  # lr decay and SH degree (ahead of step when a budget runs short)
 
         index = self.order.next(self.generator)
         view = self.views[index]
         camera = view.camera.to(self.ctx.device)
         out = self.ctx.renderer.render(rep, camera, background=self.background)
-        engine.before_backward(step, out.info)
+        engine.before_backward(at, out.info)
         pred, target = out.rgb[0], self.targets[index]
         loss, terms = confidence_loss(pred, target, self.confidences[index], self.weights, self.lpips)
-        engine.step(loss + engine.regularisation(), step, out.info, camera)
+        engine.step(loss + engine.regularisation(), at, out.info, camera)
         self.last_loss = float(loss.detach())
         logs = {"loss": self.last_loss, "psnr": float(psnr(pred.detach(), target)), "views": float(len(self.views))}
         logs.update({k: float(v.detach()) for k, v in terms.items()})

@@ -359,6 +359,7 @@ class TestTimeRefiner(Refiner):
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         self.stage_index = -1
         self.stage_done = True
+        self.stage_run = 0  # steps of the current stage done
         self.optimizer: torch.optim.Optimizer | None = None
         self.guard = HoldoutGuard(patience=int(cfg.patience))
         self.snapshot: dict[str, Tensor] | None = None
@@ -582,8 +583,13 @@ class TestTimeRefiner(Refiner):
         return sorted(torch.randperm(n, generator=self.generator)[:k].tolist())
 
     def step(self, step: int) -> dict[str, float]:
-        stage, local = self._locate(step)
+        # with a time budget (run.budget) running short, the schedule moves on with the fraction of it
+        # used: a stage whose share of the budget is spent ends (keeping its best) and the next begins
+        at = min(max(step, int(self.ctx.budget_fraction() * self.total_steps)), self.total_steps - 1)
+        stage, local = self._locate(at)
         if stage != self.stage_index:
+            if self.stage_index >= 0 and not self.stage_done:
+                self._end_stage(self.stage_run)
             self._enter_stage(stage)
         if self.stage_done:  # stopped early by the guard: the rest of the stage is skipped
             return {"skipped": 1.0}
@@ -632,7 +638,7 @@ class TestTimeRefiner(Refiner):
                              **{r: p.detach().clone() for r, p in self._trained(stage).items()}}
         logs = {"loss": float(loss.detach()), "stage": float(stage)}
         self.last_loss = logs["loss"]
-        done = local + 1
+        done = self.stage_run = local + 1
         if self._guarded(stage) and (done % max(1, int(cfg.eval_every)) == 0 or done == n):
             score = self.heldout_psnr()
             self._check(done, score)
@@ -655,6 +661,7 @@ class TestTimeRefiner(Refiner):
             "tau": self.tau.detach(),
             "stage_index": self.stage_index,
             "stage_done": self.stage_done,
+            "stage_run": self.stage_run,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "guard": self.guard.state_dict(),
             "snapshot": self.snapshot,
@@ -687,6 +694,7 @@ class TestTimeRefiner(Refiner):
             if state["optimizer"] is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
         self.stage_done = bool(state["stage_done"])
+        self.stage_run = int(state.get("stage_run", 0))
         self.guard.load_state_dict(state["guard"])
         self.snapshot = {k: v.to(self.device) for k, v in state["snapshot"].items()} if state["snapshot"] else None
         self.measured = copy.deepcopy(state["measured"])
@@ -702,6 +710,8 @@ class TestTimeRefiner(Refiner):
 
     def finish(self) -> dict[str, Any]:
         """Write the refined poses back and report per-stage before/after metrics."""
+        if self.stage_index >= 0 and not self.stage_done:  # stopped by the time budget inside a stage
+            self._end_stage(self.stage_run)
         c2w = self.corrected_c2w().detach()
         self._write_back(c2w)
         report: dict[str, Any] = {

@@ -36,10 +36,10 @@ from test_d2gv_representation import tiny_video  # noqa: E402
 CPU = RunContext(torch.device("cpu"), seed=0)
 
 
-def _rep(n: int = 80, width: int = 16) -> tuple[D2GV, object]:
+def _rep(n: int = 80, width: int = 16, preset: str = "cpu") -> tuple[D2GV, object]:
     """A built (unfitted) model with a random, non-zero MLP, so every stream carries information."""
     video = tiny_video(num_frames=5, gop_length=3)
-    rep = D2GV(D2GVConfig(num_gaussians=n, gop_length=0, mlp_width=width))
+    rep = D2GV(D2GVConfig(preset=preset, num_gaussians=n, gop_length=0, mlp_width=width))
     rep.build(video, CPU)
     gen = torch.Generator().manual_seed(1)
     for gop in rep.gops:
@@ -72,13 +72,15 @@ def test_ans_stream_rejects_wrong_counts_and_garbage():
         decode_symbols(data[:-2], 50)
 
 
-def test_bitstream_round_trip_decodes_the_quantised_model_exactly(tmp_path):
-    rep, _ = _rep()
+@pytest.mark.parametrize("preset", ["cpu", "paper"])  # paper: the branched MLP and its embedder travel
+def test_bitstream_round_trip_decodes_the_quantised_model_exactly(tmp_path, preset):
+    rep, _ = _rep(preset=preset)
     kept = [int((torch.sigmoid(g.mask_logit) > 0.2).sum()) for g in rep.gops]
     data, qs = encode_representation(rep, apply=True)  # rep now renders what a decoder renders
     assert [q.num_gaussians for q in qs] == kept == [73, 73]
     (tmp_path / "clip.d2gv").write_bytes(data)
     decoded, header = decode_file(tmp_path / "clip.d2gv")
+    assert decoded.deform_settings == rep.deform_settings
     assert (header.width, header.height, header.frame_count, header.gop_lengths, float(header.fps)) == (24, 16, 5, [3, 2], 25.0)
     assert torch.equal(Decoder(decoded).frames(), Decoder(rep).frames())
     # quantising a quantised model gives the same file (export after d2gv-compress is exact)

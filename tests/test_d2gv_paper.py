@@ -74,7 +74,7 @@ def test_paper_export_round_trip(tmp_path):
     video = tiny_video(num_frames=3, gop_length=3)
     rep = D2GV(D2GVConfig(preset="paper", num_gaussians=30, mlp_width=8))
     rep.build(video, CPU)
-    rep.export(tmp_path, "d2gv")
+    rep.export(tmp_path, "d2gv-fp16")
     decoded = D2GV.from_export(tmp_path)
     assert decoded.deform_settings == rep.deform_settings
     for key, value in rep.gops[0].deform.state_dict().items():  # the branched MLP travels (fp16 payload)

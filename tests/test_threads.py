@@ -135,6 +135,7 @@ def test_importing_recon_core_sets_the_policy_before_torch_loads():
         "        return None\n"
         "sys.meta_path.insert(0, Spy())\n"
         "import recon_core\n"
+        "import recon_core.cameras  # the first module that needs torch\n"
         "print(seen[0])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "RECON_OMP_ACTIVE")}

@@ -128,9 +128,14 @@ class Registry:
         self._components: dict[tuple[str, str], ComponentInfo] = {}
         self._rows: list[ComponentInfo] = []
         eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
-        sources = [
-            _Source(ep.name, ep.dist.name if ep.dist else "unknown", ep.dist.version if ep.dist else "", ep.load) for ep in eps
-        ]
+        # The same entry point (name and target) seen twice is one plugin: stale metadata of a renamed
+        # distribution (e.g. a source tree's old *.egg-info beside the new one) must not fail it.
+        sources: list[_Source] = []
+        seen: set[tuple[str, str]] = set()
+        for ep in eps:
+            if (ep.name, ep.value) not in seen:
+                seen.add((ep.name, ep.value))
+                sources.append(_Source(ep.name, ep.dist.name if ep.dist else "unknown", ep.dist.version if ep.dist else "", ep.load))
         sources += [_Source(name, "(local)", "", (lambda m=m: m)) for name, m in modules]
         for source in sorted(sources, key=lambda s: s.name):
             self._load_plugin(source)

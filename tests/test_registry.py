@@ -294,3 +294,20 @@ def test_plugin_cannot_take_a_builtin_command_name(site):
     assert "built-in command" in row["detail"] and "not registered" in row["detail"]
     table = runner.invoke(cli, ["list-plugins"]).stdout
     assert "built-in command" in table
+
+
+def test_the_same_entry_point_from_a_renamed_distribution_is_one_plugin(site):
+    """Stale metadata of a renamed distribution (old ``recon.egg-info`` beside ``recon_toolkit``)
+    declares the same entry point twice: one plugin, not a 'name already registered' failure. A
+    different target under the same name is still a conflict."""
+    folder, add = site
+    module = add("new-name", GOOD_PLUGIN.replace("{name}", "twice-rep"), ep_name="twice")
+    make_dist(folder, "old-name", {"twice": module})
+    registry = Registry(entry_points=_entry_points(folder), disabled=())
+    assert [p.name for p in registry.plugins] == ["twice"]
+    assert registry.plugins[0].status == "ok"
+    assert _row(registry, "twice-rep").status == "ok"
+    other = add("other-dist", GOOD_PLUGIN.replace("{name}", "other-rep"))
+    make_dist(folder, "clash-dist", {"twice": other})
+    clash = Registry(entry_points=_entry_points(folder), disabled=())
+    assert sorted(p.status for p in clash.plugins if p.name == "twice") == ["failed", "ok"]

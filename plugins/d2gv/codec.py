@@ -272,17 +272,17 @@ class D2GVCompress(GopRefiner):
         if not isinstance(data, Video) or not isinstance(rep, D2GV):
             raise InputError("d2gv-compress compresses a d2gv representation of a video")
         cfg, grid = self.config, grid_of(rep)
-        if getattr(ctx, "resume_state", None):
+        if ctx.resume_state:
             self.load_state_dict(ctx.resume_state)  # GoPs fine-tuned before an interruption
         t0, c0 = time.perf_counter(), time.process_time()
         ranges = rep.gop_ranges()
-        should_stop = getattr(ctx, "should_stop", lambda: False)
+        should_stop = ctx.should_stop
         with progress_bar("d2gv-compress", total=len(ranges) * cfg.steps, completed=len(self.done) * cfg.steps) as advance:
             for g, r in enumerate(ranges):
                 if g in self.done:
                     continue
                 if should_stop():  # between GoPs: save the fine-tuned ones, resume with the rest
-                    if getattr(ctx, "save_state", None) is not None:
+                    if ctx.save_state is not None:
                         ctx.save_state(len(self.done))
                     return {"interrupted": True, "gops_done": sorted(self.done)}
                 frames = torch.stack([data.frame(i) for i in r]).float().cpu()

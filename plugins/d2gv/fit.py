@@ -450,7 +450,7 @@ class D2GVFit(GopRefiner):
         """Fit all unfinished GoPs through the configured executor; return the fit report."""
         if not isinstance(data, Video) or not isinstance(rep, D2GV):
             raise InputError("d2gv-fit fits a d2gv representation to a video")
-        resume = getattr(ctx, "resume_state", None)
+        resume = ctx.resume_state
         if resume:
             self.load_state_dict(resume)
         log = ctx.log
@@ -462,13 +462,13 @@ class D2GVFit(GopRefiner):
         todo = [i for i in range(len(ranges)) if i not in self.done]
         settings = self._settings(rep)
         log(f"d2gv-fit: {len(ranges)} GoPs, {len(ranges) - len(todo)} already fitted, {settings.total} steps per GoP, saving to {work}")
-        asked = getattr(ctx, "should_stop", lambda: False)
+        asked = ctx.should_stop
         stopped = False  # a worker stopped on its own (SIGTERM to it): stop the others too
 
         def should_stop() -> bool:
             return stopped or bool(asked())
 
-        log_scalars = getattr(ctx, "log_scalars", lambda step, values: None)
+        log_scalars = ctx.log_scalars
         t0 = time.perf_counter()
         stats: dict[int, dict[str, float]] = {}
         if todo:
@@ -512,7 +512,7 @@ class D2GVFit(GopRefiner):
             finally:
                 executor.close()
             if len(self.done) < len(ranges):  # stopped on request: save where we are and return
-                if getattr(ctx, "save_state", None) is not None:
+                if ctx.save_state is not None:
                     ctx.save_state(len(self.done))
                 return {"interrupted": True, "gops_done": sorted(self.done), "stopped": stopped}
         report: dict[str, Any] = {

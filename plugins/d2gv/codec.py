@@ -282,9 +282,7 @@ class D2GVCompress(GopRefiner):
                 if g in self.done:
                     continue
                 if should_stop():  # between GoPs: save the fine-tuned ones, resume with the rest
-                    if ctx.save_state is not None:
-                        ctx.save_state(len(self.done))
-                    return {"interrupted": True, "gops_done": sorted(self.done)}
+                    return self.stopped_early(ctx)
                 frames = torch.stack([data.frame(i) for i in r]).float().cpu()
                 gop = kept_copy(rep.gops[g])
                 finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,

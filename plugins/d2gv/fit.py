@@ -512,9 +512,7 @@ class D2GVFit(GopRefiner):
             finally:
                 executor.close()
             if len(self.done) < len(ranges):  # stopped on request: save where we are and return
-                if ctx.save_state is not None:
-                    ctx.save_state(len(self.done))
-                return {"interrupted": True, "gops_done": sorted(self.done), "stopped": stopped}
+                return {**self.stopped_early(ctx), "stopped": stopped}
         report: dict[str, Any] = {
             "gops": len(ranges),
             "train_seconds": time.perf_counter() - t0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recon_core import Refiner
+from recon_core import Refiner, RunContext
 
 __all__ = ["GopRefiner"]
 
@@ -22,3 +22,9 @@ class GopRefiner(Refiner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done = {int(i) for i in state.get("done", [])}
+
+    def stopped_early(self, ctx: RunContext) -> dict[str, Any]:
+        """Checkpoint the finished GoPs (a resumed run does the rest) and the report of a stopped run."""
+        if ctx.save_state is not None:
+            ctx.save_state(len(self.done))
+        return {"interrupted": True, "gops_done": sorted(self.done)}

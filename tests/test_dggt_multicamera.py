@@ -16,6 +16,7 @@ import torch
 
 from recon_core import Bounds, Cameras, Gaussians3D, RunContext, Scene, View
 from recon_core.geometry import unproject_depth
+from recon_plugins.dggt.composition import unproject_depth_dggt
 from recon_plugins.dggt import DGGTConfig, DGGTRepresentation
 from recon_plugins.dggt.pose_encoding import extrinsics_to_c2w, pose_encoding_to_extri_intri
 from recon_plugins.dggt.preprocess import plan_resize, resize_images, resize_masks
@@ -76,7 +77,8 @@ def _expected_views(ckpt: Path, scene: Scene) -> tuple[list[Gaussians3D], Camera
         out = net(resize_images(images, plan)[None], heads=("depth", "gs", "instance"))
         ext, K = pose_encoding_to_extri_intri(out.pose_enc[0].float(), (plan.height, plan.width))
         c2w = extrinsics_to_c2w(ext)
-        pts = unproject_depth(out.depth[0, ..., 0], K, c2w, pixel_offset=0.0)  # DGGT lifts pixel i at u = i
+        pts = unproject_depth_dggt(out.depth[0, ..., 0], ext, K)  # DGGT lifts pixel i at u = i (its float64 arithmetic)
+        assert torch.allclose(pts, unproject_depth(out.depth[0, ..., 0], K, c2w, pixel_offset=0.0), atol=1e-5)
     gs, gamma, logit = out.gs_map[0], out.lifespan[0], out.dynamic_logit[0]
     non_sky = ~resize_masks(sky, plan)
     tau = torch.tensor([k / (S - 1) * S / 4 for k in range(S) for _ in range(CAMS)])  # DGGT's timestamps, repeated per view

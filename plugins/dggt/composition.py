@@ -25,10 +25,38 @@ from torch import Tensor
 
 from recon_core.geometry import unproject_depth  # re-exported: callers import it from here
 
-__all__ = ["LIFESPAN_LOG_DECAY", "lifespan_opacity", "unproject_depth", "PixelGaussians", "compose_pixel_gaussians", "TimeMap"]
+__all__ = [
+    "LIFESPAN_LOG_DECAY", "lifespan_opacity", "unproject_depth", "unproject_depth_dggt", "PixelGaussians",
+    "compose_pixel_gaussians", "TimeMap",
+]
 
 LIFESPAN_LOG_DECAY = math.log(0.1)
 """ln(0.1): a static Gaussian keeps 10 % of its opacity one lifespan away from its frame."""
+
+
+def unproject_depth_dggt(depth: Tensor, extrinsics: Tensor, K: Tensor) -> Tensor:
+    """World points [S, H, W, 3] (float32) of depth maps [S, H, W] through world→camera
+    ``extrinsics`` [S, 3|4, 4] and ``K`` [S, 3, 3], with DGGT's arithmetic: pixel (r, c) at (c, r);
+    camera coordinates (c − cx)·d/fx computed in float64 and rounded to float32; the
+    camera→world rotation Rᵀ and translation −Rᵀt (float32) applied in float64; the result rounded
+    to float32. This is what ``unproject_depth_map_to_point_map`` computes through NumPy's type
+    promotion (an int64 pixel grid and a float64 identity matrix pull the products into float64);
+    :func:`unproject_depth` in float32 differs from it by up to a few 1e-7 (relative).
+    """
+    H, W = depth.shape[-2:]
+    R, t = extrinsics[..., :3, :3].float(), extrinsics[..., :3, 3:].float()
+    Rt = R.transpose(-1, -2)
+    # −Rᵀt in float32, one camera at a time: a batched float32 matmul sums in another order
+    # (1 ulp off), an unbatched one agrees with NumPy's on the original's side
+    t_c2w = torch.stack([-(a @ b)[:, 0] for a, b in zip(Rt.reshape(-1, 3, 3), t.reshape(-1, 3, 1))]).reshape(t.shape[:-2] + (3,))
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=depth.device),
+                          torch.arange(W, dtype=torch.float64, device=depth.device), indexing="ij")
+    d = depth.double()
+    fx, fy = K[..., 0, 0, None, None].double(), K[..., 1, 1, None, None].double()
+    cx, cy = K[..., 0, 2, None, None].double(), K[..., 1, 2, None, None].double()
+    cam = torch.stack([(u - cx) * d / fx, (v - cy) * d / fy, d], dim=-1).float()  # [S, H, W, 3]
+    world = torch.einsum("...hwj,...ij->...hwi", cam.double(), Rt.double()) + t_c2w.double()[..., None, None, :]
+    return world.float()
 
 
 def lifespan_opacity(opacity: Tensor, t: Tensor | float, t_birth: Tensor, lifespan: Tensor) -> Tensor:

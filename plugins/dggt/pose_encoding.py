@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from recon_core.geometry import quat_to_rotmat, rotmat_to_quat
+from recon_core.geometry import rotmat_to_quat
 
 __all__ = [
     "quat_to_mat",
@@ -27,8 +27,21 @@ __all__ = [
 
 
 def quat_to_mat(q: Tensor) -> Tensor:
-    """Quaternions [..., 4] (x, y, z, w; need not be unit) → rotation matrices [..., 3, 3]."""
-    return quat_to_rotmat(q[..., [3, 0, 1, 2]])
+    """Quaternions [..., 4] (x, y, z, w; need not be unit) → rotation matrices [..., 3, 3].
+
+    With VGGT/DGGT's arithmetic: s = 2 / |q|² scales the products (no normalisation first), so the
+    cameras equal the original's bit for bit (normalising first differs by a few 1e-7)."""
+    x, y, z, w = q.unbind(-1)
+    s = 2.0 / (q * q).sum(-1)
+    m = torch.stack(
+        [
+            1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
+            s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
+            s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
+        ],
+        dim=-1,
+    )
+    return m.reshape(q.shape[:-1] + (3, 3))
 
 
 def mat_to_quat(m: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,7 +50,8 @@ from recon_core.gaussians import SPLAT_KEYS, activate, splats_from_activated
 from recon_core.geometry import apply_similarity, camera_similarity, transform_c2w
 from recon_core.ply import write_splat_ply
 
-from .composition import PixelGaussians, TimeMap, compose_pixel_gaussians, lifespan_opacity, unproject_depth
+from .composition import PixelGaussians, TimeMap, compose_pixel_gaussians, lifespan_opacity, unproject_depth_dggt
+from .interpolate import TrackHeadTracker, interpolate_cameras, interpolate_dynamic
 from .network import DGGT_SIZES
 from .pose_encoding import extrinsics_to_c2w, pose_encoding_to_extri_intri
 from .preprocess import ResizePlan, plan_resize, resize_images, resize_masks
@@ -71,8 +73,15 @@ class DGGTConfig:
     fit_steps: int = option(500, "init=fit: 3dgs-train steps of the static fit", min=0)
     fit_points: int = option(20_000, "init=fit: at most this many initial static Gaussians", min=1)
     fit_dynamic_stride: int = option(2, "init=fit: one dynamic Gaussian per this many pixels (each way) of a dynamic mask", min=1)
-    sky_normalize: bool = option(True, "min-max normalise the rendered sky as DGGT's inference.py does (range over the sky "
-                                       "rendered at every input camera); false: the sky MLP's raw output, as in train.py")
+    sky_normalize: bool | None = option(None, "min-max normalise the rendered sky (range over the sky rendered at every "
+                                              "input camera); false: the sky MLP's raw output, as train.py; default (null): "
+                                              "as inference.py, true for mode=reconstruct, false for mode=interpolate")
+    mode: str = option("reconstruct", "reconstruct: inference.py --mode 2 (every training view is an input frame); "
+                                      "interpolate: --mode 3 (one camera: every `intervals`-th view by time is an input "
+                                      "frame, the views between become test views rendered at interpolated poses and "
+                                      "times, with tracked dynamic objects; init=network only)",
+                       choices=("reconstruct", "interpolate"))
+    intervals: int = option(2, "mode=interpolate: input frames are this many views apart (inference.py --intervals)", min=1)
     eval_resolution: str = option("auto", "where views are rendered and scored: network (DGGT's input size, 518 wide: the "
                                           "scene's views are resized to it), source (the loaded size); auto: network for "
                                           "init=network, source for init=fit", choices=("auto", "network", "source"))
@@ -99,6 +108,16 @@ class _Built(NamedTuple):
     sky_model: SkyModel
     sky_samples: Tensor  # [M, 3]
     sky_visible: Tensor  # [n] bool
+    novel: "_Novel | None" = None  # mode=interpolate: the frames between the input frames
+
+
+class _Novel(NamedTuple):
+    """mode=interpolate: the output frames between keyframes (M of them)."""
+
+    gaussians: PixelGaussians  # their dynamic Gaussians; ``frame`` counts from 0 over these frames
+    c2w: Tensor  # [M, 4, 4] interpolated cameras
+    K: Tensor  # [M, 3, 3] at the input frames' resolution
+    keyframe: Tensor  # [M] the keyframe before each (its Gaussian attributes and static fading time)
 
 
 class DGGTRepresentation(GaussianRepresentation):
@@ -122,6 +141,11 @@ class DGGTRepresentation(GaussianRepresentation):
         self.register_buffer("camera_size", torch.zeros(2, dtype=torch.long))
         self.register_buffer("sky_samples", torch.zeros(0, 3))
         self.register_buffer("sky_visible", torch.zeros(0, dtype=torch.bool))
+        # mode=interpolate: new frames (dynamic rows with ``frames`` >= num_frames index them)
+        self.register_buffer("novel_times", torch.zeros(0))
+        self.register_buffer("novel_c2w", torch.zeros(0, 4, 4))
+        self.register_buffer("novel_K", torch.zeros(0, 3, 3))
+        self.register_buffer("novel_keyframe", torch.zeros(0, dtype=torch.long))
         self.sky_model = SkyModel(resolution=0)
         self._sky_range_cache: tuple[tuple, Tensor, Tensor] | None = None
 
@@ -157,12 +181,29 @@ class DGGTRepresentation(GaussianRepresentation):
             raise InputError(f"dggt.width must be a positive multiple of {patch} (518 for the published model), got {cfg.width}")
         if cfg.init == "network":
             self._require_checkpoint()  # before reading any frame
+        between: list[View] = []
+        if cfg.mode == "interpolate":
+            between = _interpolation_split(data, cfg, ctx)
         views, images, sky, times = _input_frames(data, cfg.max_frames)
-        built = self._fit(data, views, images, ctx) if cfg.init == "fit" else self._predict(images, sky, device)
+        built = self._fit(data, views, images, ctx) if cfg.init == "fit" else self._predict(images, sky, device, ctx)
         g = built.gaussians
         times = times.to(device)
-        self._set_gaussians(g.means, g.quats, g.scales, g.opacity, g.rgb, times[g.frame], g.lifespan, g.dynamic, g.frame)
+        frames, row_times = g.frame, times[g.frame]
+        n_in = len(times)
+        novel_times = torch.tensor([float(v.time) for v in between], device=device)
+        if built.novel is not None:  # append the new frames' dynamic Gaussians
+            ng = built.novel.gaussians
+            g = PixelGaussians(*[torch.cat([getattr(g, f), getattr(ng, f)]) for f in PixelGaussians.__dataclass_fields__])
+            frames = torch.cat([frames, ng.frame + n_in])
+            row_times = torch.cat([row_times, novel_times[ng.frame]])
+        self._set_gaussians(g.means, g.quats, g.scales, g.opacity, g.rgb, row_times, g.lifespan, g.dynamic, frames)
         self.frame_times = times
+        if built.novel is not None:
+            self.novel_times, self.novel_keyframe = novel_times, built.novel.keyframe.to(device)
+            self.novel_c2w, self.novel_K = built.novel.c2w, built.novel.K
+        else:
+            self.novel_times, self.novel_keyframe = torch.zeros(0, device=device), torch.zeros(0, dtype=torch.long, device=device)
+            self.novel_c2w, self.novel_K = torch.zeros(0, 4, 4, device=device), torch.zeros(0, 3, 3, device=device)
         self.camera_c2w, self.camera_K = built.c2w, built.K
         self.camera_size = torch.tensor(built.size, device=device)
         self.sky_model = built.sky_model
@@ -170,11 +211,15 @@ class DGGTRepresentation(GaussianRepresentation):
         self._sky_range_cache = None
         if isinstance(data, Scene) and cfg.init == "network":
             self._write_cameras(data, views)
+            for m, view in enumerate(between):  # the original renders them at the interpolated poses
+                cam = view.camera
+                view.camera = Cameras(K=self.novel_K[m : m + 1].cpu(), c2w=self.novel_c2w[m : m + 1].cpu(), width=cam.width,
+                                      height=cam.height, times=cam.times)
         if self.network_resolution():
             self._to_network_resolution(data)
 
-    def _predict(self, images: Tensor, sky: Tensor | None, device: torch.device) -> _Built:
-        """Run the network (init=network)."""
+    def _predict(self, images: Tensor, sky: Tensor | None, device: torch.device, ctx: RunContext | None = None) -> _Built:
+        """Run the network (init=network); mode=interpolate also builds the new frames."""
         cfg = self.config
         path = self._require_checkpoint()
         plan = plan_resize(images.shape[2], images.shape[1], int(cfg.width), DGGT_SIZES[cfg.size].patch_size)
@@ -185,8 +230,9 @@ class DGGTRepresentation(GaussianRepresentation):
             ext, K_net = pose_encoding_to_extri_intri(out.pose_enc[0].float(), (plan.height, plan.width))
             c2w = extrinsics_to_c2w(ext)
             # pixel (r, c) lifted at (c, r) as DGGT's unproject_depth_map_to_point_map does (half a
-            # pixel from where the renderer draws it; the published network was trained so)
-            points = unproject_depth(out.depth[0, ..., 0], K_net, c2w, pixel_offset=0.0)
+            # pixel from where the renderer draws it; the published network was trained so), with
+            # its float64 intermediates
+            points = unproject_depth_dggt(out.depth[0, ..., 0], ext, K_net)
             non_sky = ~resize_masks(sky, plan).to(device) if sky is not None else torch.ones_like(out.lifespan[0], dtype=torch.bool)
             g = compose_pixel_gaussians(
                 points, out.gs_map[0], out.lifespan[0], out.dynamic_logit[0], non_sky,
@@ -194,8 +240,34 @@ class DGGTRepresentation(GaussianRepresentation):
             )
             sky_model = net.sky_model
             samples, visible = sky_model.sample(x, torch.linalg.inv(c2w), K_net)
+            novel = None
+            if cfg.mode == "interpolate":
+                novel = self._novel_frames(net, x, out, points, ext, K_net, non_sky, plan, ctx)
         del net, out
-        return _Built(g, c2w, plan.K_to_source(K_net), (plan.src_width, plan.src_height), sky_model, samples, visible)
+        return _Built(g, c2w, plan.K_to_source(K_net), (plan.src_width, plan.src_height), sky_model, samples, visible, novel)
+
+    def _novel_frames(self, net: torch.nn.Module, x: Tensor, out: object, points: Tensor, ext: Tensor, K_net: Tensor,
+                      non_sky: Tensor, plan: ResizePlan, ctx: RunContext | None) -> _Novel:
+        """mode=interpolate (inference.py --mode 3, :mod:`.interpolate`): cameras, point maps and
+        dynamic logits of the frames between keyframes, and their dynamic Gaussians."""
+        cfg = self.config
+        interval = int(cfg.intervals)
+        S = points.shape[0]
+        w2c = torch.cat([ext, ext.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(S, 1, 4)], dim=1)
+        w2c_all, K_all = interpolate_cameras(w2c, K_net, interval)
+        logits = out.dynamic_logit[0]
+        seed = ctx.seed if ctx is not None and ctx.seed is not None else 0
+        tracker = TrackHeadTracker(net, x, points)
+        pts_all, logit_all = interpolate_dynamic(points, logits, interval, tracker, np.random.RandomState(seed), images=x,
+                                                 depth=out.depth[0, ..., 0], K=K_net, w2c=w2c)
+        keep = [k for k in range(len(w2c_all)) if k % interval]
+        base = torch.tensor([k // interval for k in keep], dtype=torch.long, device=points.device)
+        idx = torch.tensor(keep, dtype=torch.long, device=points.device)
+        # dynamic Gaussians of frame k: keyframe k // I's non-sky pixels and attributes at the
+        # interpolated points, opacity x sigmoid(interpolated logit) (no static split: all rows dynamic)
+        g = compose_pixel_gaussians(pts_all[idx], out.gs_map[0][base], out.lifespan[0][base], logit_all[idx], non_sky[base],
+                                    threshold=float("-inf"), min_dynamic_opacity=float(cfg.min_dynamic_opacity))
+        return _Novel(g, extrinsics_to_c2w(w2c_all[idx]), plan.K_to_source(K_all[idx]), base)
 
     def _fit(self, data: Scene | Video, views: list[View], images: Tensor, ctx: RunContext) -> _Built:
         """Fit without weights (init=fit): static fit + per-frame dynamic Gaussians, black sky."""
@@ -262,6 +334,8 @@ class DGGTRepresentation(GaussianRepresentation):
         w0, h0 = (int(v) for v in self.camera_size.tolist())
         plan = plan_resize(w0, h0, width, patch)
         self.camera_K = plan.K_to_network(self.camera_K)
+        if len(self.novel_K):
+            self.novel_K = plan.K_to_network(self.novel_K)
         self.camera_size = torch.tensor((plan.width, plan.height), device=self.camera_size.device)
         self._sky_range_cache = None
         for view in data.views:
@@ -348,9 +422,10 @@ class DGGTRepresentation(GaussianRepresentation):
         camera of a rig finds the image its camera took at the nearest time."""
         self._check_built()
         times = cameras.times if cameras.times is not None else torch.zeros(len(cameras))
-        ft = self.frame_times.detach().cpu().double()
-        R = self.camera_c2w[:, :3, :3].detach().cpu().double()
-        c = self.camera_c2w[:, :3, 3].detach().cpu().double()
+        ft = torch.cat([self.frame_times, self.novel_times]).detach().cpu().double()
+        all_c2w = torch.cat([self.camera_c2w, self.novel_c2w.to(self.camera_c2w)])
+        R = all_c2w[:, :3, :3].detach().cpu().double()
+        c = all_c2w[:, :3, 3].detach().cpu().double()
         out = []
         for i in range(len(cameras)):
             d = (ft - float(times[i])).abs()
@@ -372,8 +447,11 @@ class DGGTRepresentation(GaussianRepresentation):
         if cameras.times is None:
             return [(list(range(len(cameras))), self.gaussians(None))]
         groups: dict[tuple[float, int], list[int]] = {}
+        n = self.num_frames
         for i, j in enumerate(self.source_images(cameras)):
-            groups.setdefault((float(cameras.times[i]), j), []).append(i)
+            # a new frame of mode=interpolate fades the static Gaussians to its keyframe's time (as the original)
+            t = float(cameras.times[i]) if j < n else float(self.frame_times[self.novel_keyframe[j - n]])
+            groups.setdefault((t, j), []).append(i)
         return [(index, self._frame_gaussians(t, [j])) for (t, j), index in groups.items()]
 
     def _sky_background(self, cameras: Cameras, renderer: CameraRenderer) -> Tensor:
@@ -388,10 +466,16 @@ class DGGTRepresentation(GaussianRepresentation):
             n, w, h = len(cameras), int(cameras.width[0]), int(cameras.height[0])
             return colors.new_zeros(n, h, w, 3)
         sky = self.sky_model.render(colors, self.sky_visible, cameras, renderer)
-        if not self.config.sky_normalize:
+        if not self.sky_normalized():
             return sky
         lo, hi = self.sky_range(renderer, (int(cameras.width[0]), int(cameras.height[0])))
         return (sky - lo) / (hi - lo + 1e-8)
+
+    def sky_normalized(self) -> bool:
+        """Whether the sky is min-max normalised (``sky_normalize``; by default as inference.py:
+        mode 2 normalises, mode 3 draws the sky at new poses without it)."""
+        flag = self.config.sky_normalize
+        return (self.config.mode == "reconstruct") if flag is None else bool(flag)
 
     def sky_range(self, renderer: CameraRenderer, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """(min, max) of the raw sky rendered at every input camera (at ``size``, default theirs).
@@ -462,6 +546,37 @@ def _resize_view(view: View, plan: ResizePlan) -> None:
 
 def _read(value: object) -> Tensor:
     return value() if callable(value) else value  # type: ignore[return-value]
+
+
+def _interpolation_split(data: Scene | Video, cfg: DGGTConfig, ctx: RunContext) -> list[View]:
+    """mode=interpolate on a Scene of one camera: its views by time, every ``intervals``-th one an
+    input frame (split "train"), the views between them "test" (rendered at new times), any after
+    the last input frame "val" (beyond the interpolated range: not rendered). Returns the views
+    between, in time order."""
+    if cfg.init != "network":
+        raise InputError("dggt.mode=interpolate needs dggt.init=network (it interpolates the network's per-pixel predictions)")
+    if not isinstance(data, Scene):
+        raise InputError("dggt.mode=interpolate takes a Scene of one camera with timed views (a video has no views to render)")
+    views = list(data.views)
+    if any(v.time is None for v in views):
+        raise InputError("dggt.mode=interpolate needs a time on every view")
+    views.sort(key=lambda v: v.time)
+    if len({float(v.time) for v in views}) != len(views):
+        raise InputError("dggt.mode=interpolate takes one camera (one view per time); DGGT's mode 3 is single-view "
+                         "(its three-camera path is commented out in the original)")
+    interval = int(cfg.intervals)
+    S = (len(views) - 1) // interval + 1
+    if S < 2:
+        raise InputError(f"dggt.mode=interpolate with dggt.intervals={interval} needs at least {interval + 1} views; the scene has {len(views)}")
+    last = (S - 1) * interval
+    between = []
+    for k, view in enumerate(views):
+        view.split = "train" if k % interval == 0 and k <= last else ("test" if k < last else "val")
+        if view.split == "test":
+            between.append(view)
+    if last < len(views) - 1:
+        ctx.log(f"dggt.mode=interpolate: {len(views) - 1 - last} view(s) after the last input frame are not rendered (split 'val')")
+    return between
 
 
 def _input_frames(data: Scene | Video, max_frames: int) -> tuple[list[View], Tensor, Tensor | None, Tensor]:

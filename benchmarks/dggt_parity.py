@@ -312,6 +312,86 @@ def compare_mode3(ref: dict[str, object], seed: int, interval: int = 3) -> dict[
             "moved_pixels": float(moved), "frames": float(o_points.shape[0])}
 
 
+def _alpha_t(t: torch.Tensor, t0: torch.Tensor, alpha: torch.Tensor, gamma0: torch.Tensor, gamma1: float = 0.1) -> torch.Tensor:
+    """inference.py's lifespan fading, its arithmetic (a float32 log of gamma1)."""
+    sigma = torch.log(torch.tensor(gamma1)) / (gamma0**2 + 1e-6)
+    return (alpha * torch.exp(sigma * (t0 - t) ** 2)).float()
+
+
+def original_mode3_frames(ref: dict[str, object], orig: torch.nn.Module, images: torch.Tensor, sky: torch.Tensor,
+                          interval: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """inference.py main(), mode 3 (one camera), restated with its own functions: the network on
+    the keyframes, ``interp_all``, static Gaussians of the keyframes faded to ``timestamps[k // I]``,
+    each frame's dynamic Gaussians, the sky from ``forward_with_new_pose`` (not normalised),
+    ``alpha * rgb + (1 - alpha) * sky``. Returns (frames [T, H, W, 3], world-to-camera [T, 4, 4])."""
+    pe, geo, gsu, V = ref["pose_enc"], ref["geometry"], ref["gs"], ref["interp"]
+    x = images.permute(0, 3, 1, 2)[None]
+    with torch.no_grad():
+        pred = orig(x)
+        S = x.shape[1]
+        ext, intr = pe.pose_encoding_to_extri_intri(pred["pose_enc"], (H, W))  # type: ignore[attr-defined]
+        extrinsic = torch.cat([ext[0], torch.tensor([0.0, 0, 0, 1]).view(1, 1, 4).expand(S, 1, 4)], dim=1)
+        intrinsic = intr[0]
+        depth_map = pred["depth"][0]
+        point_map = torch.from_numpy(geo.unproject_depth_map_to_point_map(depth_map, ext[0], intr[0])[None]).float()  # type: ignore[attr-defined]
+        gs_map, gs_conf, dy_map = pred["gs_map"], pred["gs_conf"], pred["dynamic_conf"].squeeze(-1)
+        if dy_map.ndim == 5:
+            dy_map = dy_map[..., 0]
+        bg_mask = ~sky[None]
+        idx = torch.arange(S)
+        timestamps = (idx / idx[-1] * (S / 4)).float()
+        (extrinsic_i, intrinsic_i, point_map, gs_map, dy_map, gs_conf, bg_mask, _, _, _, _) = V.interp_all(  # type: ignore[attr-defined]
+            extrinsic, intrinsic, point_map, gs_map, dy_map, gs_conf, bg_mask, x, x, depth_map.unsqueeze(0), object(), interval, 1)
+        I = interval
+        static_mask = bg_mask[:, ::I] & (dy_map[:, ::I] < 0.5)
+        st_conf = gs_conf[:, ::I][static_mask]
+        st_points = point_map[:, ::I][static_mask].reshape(-1, 3)
+        st_rgb, st_op, st_scale, st_rot = gsu.get_split_gs(gs_map[:, ::I], static_mask)  # type: ignore[attr-defined]
+        st_time = timestamps[torch.nonzero(static_mask, as_tuple=False)[:, 1]]
+        st_op = st_op * (1 - dy_map[:, ::I][static_mask].sigmoid())
+        frames = []
+        for k in range(dy_map.shape[1]):
+            m = bg_mask[:, k]
+            d_rgb, d_op, d_scale, d_rot = gsu.get_split_gs(gs_map[:, k], m)  # type: ignore[attr-defined]
+            d_op = d_op * dy_map[:, k][m].sigmoid()
+            op = _alpha_t(st_time, timestamps[k // I], st_op, st_conf)
+            means, rgb, opac, scales, rot = gsu.concat_list(  # type: ignore[attr-defined]
+                [st_points, st_rgb, op, st_scale, st_rot], [point_map[:, k][m].reshape(-1, 3), d_rgb, d_op, d_scale, d_rot])
+            out, alpha, _ = cpu_rasterization(means, rot, scales, opac, rgb, extrinsic_i[k : k + 1], intrinsic_i[k : k + 1], W, H, "RGB+ED")
+            frames.append((out[..., :3], alpha))
+        bg = orig.sky_model.forward_with_new_pose(x, extrinsic, intrinsic, extrinsic_i, intrinsic_i)
+        rgb = torch.cat([f[0] for f in frames])
+        alpha = torch.cat([f[1] for f in frames])
+        return alpha * rgb + (1 - alpha) * bg, extrinsic_i
+
+
+def compare_mode3_frames(ref: dict[str, object], orig: torch.nn.Module, ckpt: Path, images: torch.Tensor, sky: torch.Tensor,
+                         seed: int, interval: int = 2) -> dict[str, object]:
+    """Mode 3 end to end: the original's frames (:func:`original_mode3_frames`) vs recon's
+    ``dggt.mode=interpolate`` on a scene of (S - 1)·I + 1 views of one camera whose every I-th view
+    holds the keyframe images; recon renders the views between at its interpolated cameras."""
+    S = images.shape[0]
+    theirs, w2c = original_mode3_frames(ref, orig, images, sky, interval)
+    K0 = torch.tensor([[40.0, 0, W / 2], [0, 40.0, H / 2], [0, 0, 1]])
+    views = [View(f"{k:03d}", Cameras.create(K0, torch.eye(4), W, H, times=0.1 * k), images[k // interval], "train",
+                  sky_mask=sky[k // interval]) for k in range((S - 1) * interval + 1)]
+    scene = Scene("parity-mode3", views, Bounds(torch.zeros(3), 10.0))
+    renderer = TorchGaussianRenderer()
+    ctx = RunContext(device=torch.device("cpu"), seed=seed, renderer=renderer, background=torch.zeros(3), log=lambda m: None)
+    rep = DGGTRepresentation(DGGTConfig(checkpoint=str(ckpt), size="tiny", width=W, min_dynamic_opacity=0.0,
+                                        mode="interpolate", intervals=interval))
+    rep.build(scene, ctx)
+    between = [k for k in range(len(views)) if k % interval]
+    cams = Cameras.cat([views[k].camera for k in between])
+    with torch.no_grad():
+        mine = renderer.render(rep, cams).rgb
+        exact = _render_with_viewmats(rep, cams, w2c[between], renderer)
+    want = theirs[between]
+    return {"new_frames": float(len(between)), "world_to_camera": _maxdiff(cams.viewmats, w2c[between]),
+            "world_to_camera_inverted_c2w": _maxdiff(torch.linalg.inv(cams.c2w), w2c[between]),
+            "frames": _spread(mine, want), "frames_with_original_viewmats": _spread(exact, want)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", type=Path, required=True, help="checkout of xiaomi-research/dggt")
@@ -357,8 +437,9 @@ def main() -> int:
     rep = DGGTRepresentation(DGGTConfig(checkpoint=str(ckpt), size="tiny", width=W, min_dynamic_opacity=0.0))
     rep.build(scene, ctx)
     cams = rep.cameras()
-    w2c = torch.linalg.inv(cams.c2w)
-    report["cameras_max_abs_diff"] = {"world_to_camera": _maxdiff(w2c, o["extrinsic"]), "K": _maxdiff(cams.K, o["intrinsic"])}
+    w2c = cams.viewmats  # what the renderer draws from (the network's own world-to-camera, Cameras.w2c)
+    report["cameras_max_abs_diff"] = {"world_to_camera": _maxdiff(w2c, o["extrinsic"]), "K": _maxdiff(cams.K, o["intrinsic"]),
+                                      "world_to_camera_inverted_c2w": _maxdiff(torch.linalg.inv(cams.c2w), o["extrinsic"])}
     st, ts = o["static"], o["timestamps"]
     g_diff = {"count": 0.0, "means": 0.0, "opacities": 0.0, "colors": 0.0, "scales": 0.0}
     for index, g in rep.gaussians_for_cameras(cams):
@@ -380,6 +461,11 @@ def main() -> int:
     report["gaussians_max_abs_diff"] = g_diff
     if "interp" in ref:
         report["mode3_max_abs_diff"] = compare_mode3(ref, args.seed)
+    if "interp" in ref:
+        key = torch.arange(0, TIMES * VIEWS, VIEWS)  # camera 0's frames: one camera, as mode 3 takes
+        frames6 = torch.cat([images[key], images[key + 1], images[key + 2]])  # 6 keyframes of one camera
+        sky6 = torch.cat([sky[key], sky[key + 1], sky[key + 2]])
+        report["mode3_frames"] = compare_mode3_frames(ref, orig, ckpt, frames6, sky6, args.seed)
     with torch.no_grad():
         mine = renderer.render(rep, cams).rgb
     if "ttr" in ref:
@@ -401,6 +487,7 @@ def main() -> int:
     worst = max([v for v in heads.values()] + [v for v in report["cameras_max_abs_diff"].values()]  # type: ignore[union-attr]
                 + [v for k, v in g_diff.items()] + [report.get("frames_max_abs_diff", 0.0)]  # type: ignore[list-item]
                 + [v for k, v in report.get("mode3_max_abs_diff", {}).items() if k in ("w2c", "K", "point_maps", "dynamic_logits")]  # type: ignore[union-attr]
+                + ([report["mode3_frames"]["frames"]["max"], report["mode3_frames"]["world_to_camera"]] if "mode3_frames" in report else [])  # type: ignore[index]
                 + [v for k, v in report.get("ttr_step", {}).items() if k.endswith("diff") and "after_step" not in k])  # type: ignore[union-attr]
     report["worst"] = worst
     report["pass"] = worst <= TOL

@@ -60,6 +60,11 @@ class Cameras:
         height: [N] int64 image heights in pixels.
         distortion: [N, D] float32 OpenCV distortion (k1, k2, p1, p2[, k3, k4]) or None.
         times: [N] float32 timestamps in seconds (4D scenes) or None.
+        w2c: [N, 4, 4] the world-to-camera matrices these poses were made from, or None. A
+            source that predicts world-to-camera poses (a network) keeps them here so that
+            renderers draw from exactly those, not from a float32 inverse of ``c2w`` (which
+            differs by up to an ulp of the translation, enough to move edge pixels by 1e-5).
+            It must be the inverse of ``c2w``; :meth:`with_c2w` drops it.
     """
 
     K: Tensor
@@ -68,6 +73,7 @@ class Cameras:
     height: Tensor
     distortion: Tensor | None = None
     times: Tensor | None = None
+    w2c: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.K.shape[0]
@@ -76,6 +82,7 @@ class Cameras:
         assert self.width.shape == (n,) and self.height.shape == (n,), "width/height must be [N]"
         assert self.distortion is None or self.distortion.shape[0] == n
         assert self.times is None or self.times.shape == (n,)
+        assert self.w2c is None or self.w2c.shape == (n, 4, 4), "w2c must be [N, 4, 4]"
 
     @staticmethod
     def create(
@@ -122,6 +129,7 @@ class Cameras:
             height=self.height[index],
             distortion=pick(self.distortion),
             times=pick(self.times),
+            w2c=pick(self.w2c),
         )
 
     @staticmethod
@@ -146,6 +154,7 @@ class Cameras:
             height=torch.cat([c.height for c in cameras]),
             distortion=join("distortion"),
             times=join("times"),
+            w2c=join("w2c"),
         )
 
     def to(self, device: torch.device | str) -> "Cameras":
@@ -157,11 +166,12 @@ class Cameras:
             height=self.height.to(device),
             distortion=move(self.distortion),
             times=move(self.times),
+            w2c=move(self.w2c),
         )
 
     def with_c2w(self, c2w: Tensor) -> "Cameras":
         """The same cameras moved to new poses (e.g. refined ones)."""
-        return replace(self, c2w=c2w)
+        return replace(self, c2w=c2w, w2c=None)
 
     @property
     def device(self) -> torch.device:
@@ -169,8 +179,9 @@ class Cameras:
 
     @property
     def viewmats(self) -> Tensor:
-        """[N, 4, 4] world-to-camera matrices (OpenCV), differentiable w.r.t. c2w."""
-        return torch.linalg.inv(self.c2w)
+        """[N, 4, 4] world-to-camera matrices (OpenCV): ``w2c`` when given, else the inverse of
+        ``c2w`` (differentiable w.r.t. c2w)."""
+        return self.w2c if self.w2c is not None else torch.linalg.inv(self.c2w)
 
     @property
     def centers(self) -> Tensor:

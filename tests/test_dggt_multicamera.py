@@ -96,8 +96,9 @@ def _expected_views(ckpt: Path, scene: Scene) -> tuple[list[Gaussians3D], Camera
             colors=torch.cat([gs[..., 0:3][static], gs[i][..., 0:3][dyn]]),
         ))
     n = S * CAMS
+    w2c = torch.cat([ext, torch.tensor([0.0, 0, 0, 1]).expand(n, 1, 4)], dim=1)  # DGGT renders from the network's own
     cams = Cameras(K=K, c2w=c2w, width=torch.full((n,), plan.width), height=torch.full((n,), plan.height),
-                   times=torch.tensor([order[i].time for i in range(n)]))
+                   times=torch.tensor([order[i].time for i in range(n)]), w2c=w2c)
     return views, cams, tau
 
 
@@ -121,14 +122,16 @@ def test_each_view_renders_its_own_image_dynamic_gaussians(rig) -> None:
         ka, kb = _sort_key(g.means.detach()), _sort_key(e.means)
         assert torch.allclose(g.means.detach()[ka], e.means[kb], atol=1e-5)
         assert torch.allclose(g.opacities.detach()[ka], e.opacities[kb], atol=1e-5)
-    # and the rendered frames (sky off: the colours of the Gaussians alone, DGGT's alpha·rgb)
+    # and the rendered frames (sky off: the colours of the Gaussians alone, DGGT's alpha·rgb); the
+    # independent opacities differ by ~3e-8 (float32 time arithmetic), which the rasteriser's
+    # transmittance cut-off can turn into ~1e-5 at a few edge pixels: hence 1e-4
     with torch.no_grad():
         got = RENDERER.render(rep, rep.cameras())
         for i in range(S * CAMS):
             want = RENDERER.render(SkyLayer(expected[i]), cams[[i]])  # a plain Gaussian layer
-            assert torch.allclose(got.alpha[i], want.alpha[0], atol=1e-5)
+            assert torch.allclose(got.alpha[i], want.alpha[0], atol=1e-4)
             sky = rep.render_sky(rep.cameras()[[i]], RENDERER)[0]
-            assert torch.allclose(got.rgb[i], want.alpha[0] * want.rgb[0] + (1 - want.alpha[0]) * sky, atol=1e-5)
+            assert torch.allclose(got.rgb[i], want.alpha[0] * want.rgb[0] + (1 - want.alpha[0]) * sky, atol=1e-4)
 
 
 def test_cameras_of_one_time_see_different_dynamic_gaussians(rig) -> None:

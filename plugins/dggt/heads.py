@@ -130,8 +130,10 @@ def _uv_embedding(channels: int, h: int, w: int, aspect: float, device: torch.de
     the image diagonal-normalised, x in the first half of the channels, y in the second."""
     diag = math.sqrt(aspect**2 + 1.0)
     span_x, span_y = aspect / diag, 1.0 / diag
-    xs = torch.linspace(-span_x * (w - 1) / w, span_x * (w - 1) / w, w, device=device, dtype=torch.float64)
-    ys = torch.linspace(-span_y * (h - 1) / h, span_y * (h - 1) / h, h, device=device, dtype=torch.float64)
+    # the grid in the features' dtype, its products with omega in float64, as VGGT's create_uv_grid /
+    # make_sincos_pos_embed (a float64 grid differs in the last bit and shifts outputs by ~1e-7)
+    xs = torch.linspace(-span_x * (w - 1) / w, span_x * (w - 1) / w, w, device=device, dtype=dtype).double()
+    ys = torch.linspace(-span_y * (h - 1) / h, span_y * (h - 1) / h, h, device=device, dtype=dtype).double()
     quarter = channels // 4
     omega = 1.0 / 100.0 ** (torch.arange(quarter, device=device, dtype=torch.float64) / quarter)
 

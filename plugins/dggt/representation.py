@@ -109,6 +109,7 @@ class _Built(NamedTuple):
     sky_samples: Tensor  # [M, 3]
     sky_visible: Tensor  # [n] bool
     novel: "_Novel | None" = None  # mode=interpolate: the frames between the input frames
+    w2c: Tensor | None = None  # [S, 4, 4] the network's world-to-camera matrices (c2w is their inverse)
 
 
 class _Novel(NamedTuple):
@@ -116,6 +117,7 @@ class _Novel(NamedTuple):
 
     gaussians: PixelGaussians  # their dynamic Gaussians; ``frame`` counts from 0 over these frames
     c2w: Tensor  # [M, 4, 4] interpolated cameras
+    w2c: Tensor  # [M, 4, 4] the same as world-to-camera (what the original renders with)
     K: Tensor  # [M, 3, 3] at the input frames' resolution
     keyframe: Tensor  # [M] the keyframe before each (its Gaussian attributes and static fading time)
 
@@ -137,6 +139,7 @@ class DGGTRepresentation(GaussianRepresentation):
                             torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
         self.register_buffer("frame_times", torch.zeros(0))
         self.register_buffer("camera_c2w", torch.zeros(0, 4, 4))
+        self.register_buffer("camera_w2c", torch.zeros(0, 4, 4))  # exactly what renderers use (Cameras.w2c)
         self.register_buffer("camera_K", torch.zeros(0, 3, 3))
         self.register_buffer("camera_size", torch.zeros(2, dtype=torch.long))
         self.register_buffer("sky_samples", torch.zeros(0, 3))
@@ -144,6 +147,7 @@ class DGGTRepresentation(GaussianRepresentation):
         # mode=interpolate: new frames (dynamic rows with ``frames`` >= num_frames index them)
         self.register_buffer("novel_times", torch.zeros(0))
         self.register_buffer("novel_c2w", torch.zeros(0, 4, 4))
+        self.register_buffer("novel_w2c", torch.zeros(0, 4, 4))
         self.register_buffer("novel_K", torch.zeros(0, 3, 3))
         self.register_buffer("novel_keyframe", torch.zeros(0, dtype=torch.long))
         self.sky_model = SkyModel(resolution=0)
@@ -200,11 +204,13 @@ class DGGTRepresentation(GaussianRepresentation):
         self.frame_times = times
         if built.novel is not None:
             self.novel_times, self.novel_keyframe = novel_times, built.novel.keyframe.to(device)
-            self.novel_c2w, self.novel_K = built.novel.c2w, built.novel.K
+            self.novel_c2w, self.novel_w2c, self.novel_K = built.novel.c2w, built.novel.w2c, built.novel.K
         else:
             self.novel_times, self.novel_keyframe = torch.zeros(0, device=device), torch.zeros(0, dtype=torch.long, device=device)
             self.novel_c2w, self.novel_K = torch.zeros(0, 4, 4, device=device), torch.zeros(0, 3, 3, device=device)
+            self.novel_w2c = torch.zeros(0, 4, 4, device=device)
         self.camera_c2w, self.camera_K = built.c2w, built.K
+        self.camera_w2c = built.w2c if built.w2c is not None else torch.linalg.inv(built.c2w)
         self.camera_size = torch.tensor(built.size, device=device)
         self.sky_model = built.sky_model
         self.sky_samples, self.sky_visible = built.sky_samples, built.sky_visible
@@ -214,7 +220,7 @@ class DGGTRepresentation(GaussianRepresentation):
             for m, view in enumerate(between):  # the original renders them at the interpolated poses
                 cam = view.camera
                 view.camera = Cameras(K=self.novel_K[m : m + 1].cpu(), c2w=self.novel_c2w[m : m + 1].cpu(), width=cam.width,
-                                      height=cam.height, times=cam.times)
+                                      height=cam.height, times=cam.times, w2c=self.novel_w2c[m : m + 1].cpu())
         if self.network_resolution():
             self._to_network_resolution(data)
 
@@ -239,12 +245,13 @@ class DGGTRepresentation(GaussianRepresentation):
                 float(cfg.dynamic_threshold), float(cfg.min_dynamic_opacity),
             )
             sky_model = net.sky_model
-            samples, visible = sky_model.sample(x, torch.linalg.inv(c2w), K_net)
+            w2c = torch.cat([ext, ext.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(len(ext), 1, 4)], dim=1)
+            samples, visible = sky_model.sample(x, w2c, K_net)
             novel = None
             if cfg.mode == "interpolate":
                 novel = self._novel_frames(net, x, out, points, ext, K_net, non_sky, plan, ctx)
         del net, out
-        return _Built(g, c2w, plan.K_to_source(K_net), (plan.src_width, plan.src_height), sky_model, samples, visible, novel)
+        return _Built(g, c2w, plan.K_to_source(K_net), (plan.src_width, plan.src_height), sky_model, samples, visible, novel, w2c)
 
     def _novel_frames(self, net: torch.nn.Module, x: Tensor, out: object, points: Tensor, ext: Tensor, K_net: Tensor,
                       non_sky: Tensor, plan: ResizePlan, ctx: RunContext | None) -> _Novel:
@@ -267,7 +274,7 @@ class DGGTRepresentation(GaussianRepresentation):
         # interpolated points, opacity x sigmoid(interpolated logit) (no static split: all rows dynamic)
         g = compose_pixel_gaussians(pts_all[idx], out.gs_map[0][base], out.lifespan[0][base], logit_all[idx], non_sky[base],
                                     threshold=float("-inf"), min_dynamic_opacity=float(cfg.min_dynamic_opacity))
-        return _Novel(g, extrinsics_to_c2w(w2c_all[idx]), plan.K_to_source(K_all[idx]), base)
+        return _Novel(g, extrinsics_to_c2w(w2c_all[idx]), w2c_all[idx], plan.K_to_source(K_all[idx]), base)
 
     def _fit(self, data: Scene | Video, views: list[View], images: Tensor, ctx: RunContext) -> _Built:
         """Fit without weights (init=fit): static fit + per-frame dynamic Gaussians, black sky."""
@@ -309,7 +316,8 @@ class DGGTRepresentation(GaussianRepresentation):
             if id(view) in by_id:
                 i = by_id[id(view)]
                 new = predicted[i]
-                view.camera = Cameras(K=new.K.cpu(), c2w=new.c2w.cpu(), width=cam.width, height=cam.height, times=cam.times)
+                view.camera = Cameras(K=new.K.cpu(), c2w=new.c2w.cpu(), width=cam.width, height=cam.height, times=cam.times,
+                                      w2c=new.w2c.cpu() if new.w2c is not None else None)
             else:
                 view.camera = cam.with_c2w(align_cameras(cam.c2w.to(given), given, target).cpu())
         if scene.point_cloud is not None:
@@ -351,7 +359,7 @@ class DGGTRepresentation(GaussianRepresentation):
         """The predicted input cameras at the input frames' resolution (OpenCV c2w, frame 0 the reference)."""
         n = self.num_frames
         return Cameras(
-            K=self.camera_K, c2w=self.camera_c2w,
+            K=self.camera_K, c2w=self.camera_c2w, w2c=self.camera_w2c if len(self.camera_w2c) == n else None,
             width=self.camera_size[0].expand(n).clone(), height=self.camera_size[1].expand(n).clone(),
             times=self.frame_times if n else None,
         )
@@ -368,6 +376,7 @@ class DGGTRepresentation(GaussianRepresentation):
         if cameras.times is not None and n and not torch.allclose(cameras.times.to(self.frame_times), self.frame_times, atol=1e-4):
             raise InputError("set_cameras got cameras whose times are not dggt's input frame times")
         self.camera_c2w = cameras.c2w.detach().to(self.camera_c2w.device, torch.float32).clone()
+        self.camera_w2c = cameras.viewmats.detach().to(self.camera_c2w.device, torch.float32).clone()
         self.camera_K = cameras.K.detach().to(self.camera_K.device, torch.float32).clone()
 
     def _time_map(self) -> TimeMap:
@@ -528,7 +537,7 @@ def _resize_view(view: View, plan: ResizePlan) -> None:
         return
     cam = view.camera
     view.camera = Cameras(K=plan.K_to_network(cam.K), c2w=cam.c2w, width=torch.tensor([plan.width]),
-                          height=torch.tensor([plan.height]), distortion=cam.distortion, times=cam.times)
+                          height=torch.tensor([plan.height]), distortion=cam.distortion, times=cam.times, w2c=cam.w2c)
     image = view._image  # the lazy source: read when needed, like the loaders' views
     view.image = lambda: resize_images(_read(image)[None].float(), plan)[0].permute(1, 2, 0)
     for name in ("sky_mask", "dynamic_mask", "object_mask"):

@@ -204,9 +204,11 @@ def restore_cameras(data: Scene | Video, checkpoint: dict[str, Any]) -> None:
         )
     for i, view in enumerate(data.views):
         cam = view.camera
+        c2w = saved["c2w"][i : i + 1].to(cam.c2w)
         view.camera = Cameras(
-            K=saved["K"][i : i + 1].to(cam.K), c2w=saved["c2w"][i : i + 1].to(cam.c2w), width=cam.width,
+            K=saved["K"][i : i + 1].to(cam.K), c2w=c2w, width=cam.width,
             height=cam.height, distortion=cam.distortion, times=cam.times,
+            w2c=cam.w2c if cam.w2c is not None and torch.equal(c2w, cam.c2w) else None,  # kept while the pose is unchanged
         )
 
 

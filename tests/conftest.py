@@ -78,6 +78,26 @@ def tiny_dggt_checkpoint(path: Path, seed: int = 5) -> Path:
     return path
 
 
+def forward_views(n: int, height: int, width: int, step: float, t0: float = 0.0, generator=None) -> list:
+    """``n`` timed "train" views of one camera driving forward (z += ``step`` per view, times t0 +
+    0.1 i), random images from ``generator``, the top 4 rows marked sky (dggt tests)."""
+    import torch
+
+    from recon_core import Cameras, View
+
+    g = generator if generator is not None else torch.Generator().manual_seed(3)
+    K = torch.tensor([[30.0, 0, width / 2], [0, 30.0, height / 2], [0, 0, 1]])
+    views = []
+    for i in range(n):
+        c2w = torch.eye(4)
+        c2w[2, 3] = step * i
+        sky = torch.zeros(height, width, dtype=torch.bool)
+        sky[:4] = True
+        cam = Cameras.create(K, c2w, width, height, times=t0 + 0.1 * i)
+        views.append(View(f"f{i}", cam, torch.rand(height, width, 3, generator=g), "train", sky_mask=sky))
+    return views
+
+
 def write_toy_scene(root: Path, n_views: int = 6, width: int = 12, height: int = 10, masks: bool = True) -> Path:
     """A toy.json folder: smooth colour images from cameras on a circle; the last 2 are test views."""
     from PIL import Image

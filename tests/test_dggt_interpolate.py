@@ -18,7 +18,7 @@ from recon_plugins.dggt.interpolate import (
 )
 from recon_plugins.dggt.pose_encoding import extrinsics_to_c2w
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
-from conftest import tiny_dggt_checkpoint
+from conftest import forward_views, tiny_dggt_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,7 +107,6 @@ def test_tracked_objects_move_by_their_share_of_the_step() -> None:
     assert out_pts.shape == (9, 40, 80, 3) and out_logits.shape == (9, 40, 80)
     q, pix = calls[0]
     assert q.shape == (100, 4) and (q[:, 0] == 0).all(), "50 points of each cluster of frame 0"
-    W = points.shape[2]
     assert torch.equal(points[0][pix[:, 1].long(), pix[:, 0].long()], q[:, 1:]), "pixels are where the queries were seen"
     for k in range(9):
         b, j = divmod(k, 4)
@@ -136,17 +135,7 @@ def test_without_enough_dynamic_pixels_frames_repeat_their_keyframe() -> None:
 
 
 def _clip(n: int = 5, H: int = 20, W: int = 28) -> Scene:
-    g = torch.Generator().manual_seed(3)
-    K = torch.tensor([[30.0, 0, W / 2], [0, 30.0, H / 2], [0, 0, 1]])
-    views = []
-    for i in range(n):
-        c2w = torch.eye(4)
-        c2w[2, 3] = 0.2 * i
-        sky = torch.zeros(H, W, dtype=torch.bool)
-        sky[:4] = True
-        views.append(View(f"f{i}", Cameras.create(K, c2w, W, H, times=0.1 * i), torch.rand(H, W, 3, generator=g),
-                          "train" if i % 3 else "test", sky_mask=sky))
-    return Scene("clip", views, Bounds(torch.zeros(3), 1.0))
+    return Scene("clip", forward_views(n, H, W, 0.2), Bounds(torch.zeros(3), 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +181,20 @@ def test_interpolate_mode_input_errors(checkpoint: Path) -> None:
                           rig.views[0].image, "train"))
     with pytest.raises(InputError, match="one camera"):
         DGGTRepresentation(DGGTConfig(**cfg)).build(rig, CTX)
+
+
+def test_track_head_tracker_lifts_tracks_through_the_point_maps(checkpoint: Path) -> None:
+    from recon_plugins.dggt.interpolate import TrackHeadTracker
+    from recon_plugins.dggt.weights import load_network
+
+    net = load_network(checkpoint, "tiny", torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 14, 28, generator=g)
+    point_map = torch.randn(3, 14, 28, 3, generator=g)
+    pixels = torch.tensor([[3.0, 2.0], [20.0, 9.0], [27.0, 13.0]])
+    queries = torch.cat([torch.zeros(3, 1), point_map[0, pixels[:, 1].long(), pixels[:, 0].long()]], dim=1)
+    out = TrackHeadTracker(net, images, point_map)(images, point_map[..., 2], None, None, queries, pixels)
+    assert out.shape == (3, 3, 3) and torch.isfinite(out).all()
+    assert torch.allclose(out[0], queries[:, 1:], atol=1e-5), "frame 0 holds the queries: their own points"
+    with pytest.raises(ValueError, match="frame 0"):
+        TrackHeadTracker(net, images, point_map)(images, None, None, None, queries + torch.tensor([1.0, 0, 0, 0]), pixels)

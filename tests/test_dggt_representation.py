@@ -19,7 +19,7 @@ from recon_plugins.dggt import DGGTConfig, DGGTRepresentation, register_represen
 from recon_plugins.dggt.network import DGGTNetwork
 from recon_plugins.dggt.representation import align_cameras, align_points
 from recon_plugins.gaussians.renderers import TorchGaussianRenderer
-from conftest import tiny_dggt_checkpoint
+from conftest import forward_views, tiny_dggt_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,14 +36,7 @@ def frame_index(rep: DGGTRepresentation) -> torch.Tensor:
 def _scene(n: int = 3) -> Scene:
     g = torch.Generator().manual_seed(3)
     K = torch.tensor([[30.0, 0, 15], [0, 30.0, 10], [0, 0, 1]])
-    views = []
-    for i in range(n):
-        c2w = torch.eye(4)
-        c2w[2, 3] = 0.4 * i
-        sky = torch.zeros(H, W, dtype=torch.bool)
-        sky[:4] = True
-        cam = Cameras.create(K, c2w, W, H, times=10.0 + 0.1 * i)
-        views.append(View(f"f{i}", cam, torch.rand(H, W, 3, generator=g), "train", sky_mask=sky))
+    views = forward_views(n, H, W, 0.4, t0=10.0, generator=g)
     test_view = View("t0", Cameras.create(K, torch.eye(4), W, H, times=10.0), torch.rand(H, W, 3, generator=g), "test")
     return Scene("toy", views + [test_view], Bounds(torch.zeros(3), 1.0))
 

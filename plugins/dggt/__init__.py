@@ -8,10 +8,13 @@ Provides the ``dggt`` representation. Modules:
   :mod:`.sky` (sky hemisphere) and :mod:`.network` (the whole model, ``full``/``tiny`` sizes);
   the ``full`` layout equals the published checkpoint key for key; ``benchmarks/dggt_parity.py``
   runs the original code (xiaomi-research/dggt, the TTR fork) beside it at tiny size with the same
-  weights: heads within 6e-6, composed Gaussians within 1e-6, frames within 3e-5 (docs/benchmarks.md);
+  weights: heads, cameras and Gaussian positions identical, frames (modes 2 and 3) within 6e-7
+  (docs/benchmarks.md);
 * :mod:`.weights` (strict ``weights_only`` loading of ``model_latest_waymo.pt``),
   :mod:`.pose_encoding`, :mod:`.preprocess` (518-wide inputs), :mod:`.composition`
-  (static/dynamic/lifespan rules), :mod:`.fit` (``init=fit``) and :mod:`.representation`.
+  (static/dynamic/lifespan rules), :mod:`.interpolate` (``mode=interpolate``, the original's mode 3:
+  frames between the input frames, with clustered and tracked dynamic objects), :mod:`.fit`
+  (``init=fit``) and :mod:`.representation`.
 """
 
 from __future__ import annotations

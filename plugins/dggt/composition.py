@@ -32,6 +32,7 @@ __all__ = [
 
 LIFESPAN_LOG_DECAY = math.log(0.1)
 """ln(0.1): a static Gaussian keeps 10 % of its opacity one lifespan away from its frame."""
+_LOG_DECAY_F32 = float(torch.log(torch.tensor(0.1)))  # the original takes the log of a float32 0.1
 
 
 def unproject_depth_dggt(depth: Tensor, extrinsics: Tensor, K: Tensor) -> Tensor:
@@ -60,8 +61,10 @@ def unproject_depth_dggt(depth: Tensor, extrinsics: Tensor, K: Tensor) -> Tensor
 
 
 def lifespan_opacity(opacity: Tensor, t: Tensor | float, t_birth: Tensor, lifespan: Tensor) -> Tensor:
-    """opacity · exp(ln(0.1) · (t − t_birth)² / (γ² + 1e-6)), all in DGGT's normalised time."""
-    return opacity * torch.exp(LIFESPAN_LOG_DECAY * (t - t_birth) ** 2 / (lifespan**2 + 1e-6))
+    """opacity · exp(ln(0.1) / (γ² + 1e-6) · (t − t_birth)²), all in DGGT's normalised time (in
+    inference.py's order of operations, with its float32 ln 0.1)."""
+    sigma = _LOG_DECAY_F32 / (lifespan**2 + 1e-6)
+    return opacity * torch.exp(sigma * (t - t_birth) ** 2)
 
 
 @dataclass

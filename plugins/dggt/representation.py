@@ -26,6 +26,9 @@ by time and then pose (:meth:`DGGTRepresentation.source_images`); renderers ask
 of S times at k/(S−1) · S/4, S the sequence length (not the number of images). The image is
 composed as DGGT trained it, ``α · rgb + (1 − α) · sky`` with the rasteriser's (already
 α-weighted) rgb; the sky is min-max normalised as inference.py does (``sky_normalize``).
+``mode=interpolate`` is inference.py's mode 3 (:mod:`.interpolate`): the views of one camera by
+time, every ``intervals``-th one an input frame, the views between become test views rendered at
+the slerped cameras with their own (tracked) dynamic Gaussians, the sky not normalised.
 ``eval_resolution`` (default ``auto``: ``network`` for init=network, ``source`` for init=fit)
 decides where views are rendered and scored: ``network`` resizes every view of the scene to the
 network input (518 wide), as DGGT scores, ``source`` keeps the loaded size.
@@ -513,7 +516,8 @@ class DGGTRepresentation(GaussianRepresentation):
 
     def export(self, out_dir: Path, fmt: str) -> list[Path]:
         """``ply``: one 3DGS PLY per input image k, ``point_cloud_t{k:03d}.ply``: what image k's
-        camera sees (static Gaussians faded to its time, plus image k's own dynamic ones). No sky."""
+        camera sees (static Gaussians faded to its time, plus image k's own dynamic ones), and with
+        mode=interpolate one per new frame m, ``point_cloud_new{m:03d}.ply``. No sky."""
         if fmt != "ply":
             raise InputError(f"dggt cannot export '{fmt}'; formats: {', '.join(self.export_formats)}")
         paths = []
@@ -521,6 +525,11 @@ class DGGTRepresentation(GaussianRepresentation):
             with torch.no_grad():
                 splats = splats_from_activated(self._frame_gaussians(t, [k]))
             paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_t{k:03d}.ply", splats))
+        n = self.num_frames
+        for m, b in enumerate(self.novel_keyframe.tolist()):  # mode=interpolate: the frames between
+            with torch.no_grad():
+                splats = splats_from_activated(self._frame_gaussians(float(self.frame_times[b]), [n + m]))
+            paths.append(write_splat_ply(Path(out_dir) / f"point_cloud_new{m:03d}.ply", splats))
         return paths
 
 

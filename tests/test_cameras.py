@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from conftest import look_at
@@ -119,3 +121,19 @@ def test_loader_rejects_camera_values_that_overflow_float32(tmp_path, edit, mess
     with pytest.raises(InputError, match=message) as info:
         NerfstudioLoader(NerfstudioConfig()).load(tmp_path)
     assert info.value.path is not None
+
+
+def test_exact_world_to_camera_is_used_kept_and_dropped_with_the_pose():
+    c2w = torch.as_tensor(look_at(np.array([1.0, 2.0, 3.0])), dtype=torch.float32)
+    w2c = torch.linalg.inv(c2w.double()).float()
+    w2c[0, 3] += 1e-3  # distinguishable from any inverse of c2w
+    cams = Cameras.create(torch.eye(3), c2w, 4, 4)
+    with_exact = Cameras(K=cams.K, c2w=cams.c2w, width=cams.width, height=cams.height, w2c=w2c[None])
+    assert torch.equal(with_exact.viewmats, w2c[None]), "the given matrices, not an inverse"
+    assert torch.equal(Cameras.cat([with_exact, with_exact])[[1]].viewmats, w2c[None])
+    assert torch.equal(with_exact.to("cpu").scaled(2.0).viewmats, w2c[None]), "intrinsics changes keep the pose"
+    assert Cameras.cat([with_exact, cams]).w2c is None, "only when every batch has them"
+    moved = with_exact.with_c2w(c2w[None] * 1.0)
+    assert moved.w2c is None and torch.equal(moved.viewmats, torch.linalg.inv(c2w[None])), "a new pose drops them"
+    with pytest.raises(AssertionError):
+        Cameras(K=cams.K, c2w=cams.c2w, width=cams.width, height=cams.height, w2c=w2c)

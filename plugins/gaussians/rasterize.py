@@ -1,12 +1,19 @@
 """3D Gaussian splatting rasteriser of the ``torch-3dgs`` renderer: PyTorch, plus compiled CPU kernels.
 
-Projection, SH and packing are PyTorch ops (autograd carries their gradients, camera poses
-included). Binning and compositing, forward and backward, have two same-named twins:
-:func:`composite_gaussians`, compiled C++ with OpenMP (``rasterize_cpu.cpp``, built on first
-use by :mod:`._cpp`; CPU tensors), and :func:`_composite_gaussians`, pure PyTorch (any device).
-``RasterizeSettings.backend`` picks one ("auto": the compiled kernels for CPU tensors when they
-could be built, else PyTorch with one warning); both give the same images and gradients
-(``tests/test_gaussians_cpu_kernel.py``). The rest of this docstring describes the PyTorch twin.
+Each of the two halves of a render has a pair of twins, compiled C++ with OpenMP
+(``rasterize_cpu.cpp``, built on first use by :mod:`._cpp`; CPU float32/float64 tensors) and pure
+PyTorch (any device):
+
+* projection + SH colours + packing of the visible pairs: :func:`pack_gaussians` (fused kernel
+  with a hand-written backward, camera-pose gradients included) and :func:`_pack_gaussians`
+  (PyTorch ops differentiated by autograd), picked by ``RasterizeSettings.projection``;
+* binning + compositing: :func:`composite_gaussians` and :func:`_composite_gaussians`, picked
+  by ``RasterizeSettings.backend``.
+
+"auto" picks the compiled kernels for CPU tensors when they could be built (else PyTorch, with
+one warning), and the projection follows the compositing; every combination gives the same
+images and gradients (``tests/test_gaussians_cpu_kernel.py``,
+``tests/test_gaussians_cpu_projection.py``). The rest of this docstring describes the PyTorch twins.
 
 It follows gsplat's conventions so that images agree with the CUDA path (see
 ``docs/conventions.md``):

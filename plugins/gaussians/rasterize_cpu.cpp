@@ -2,8 +2,9 @@
 // binning and front-to-back compositing, forward and backward, multi-threaded with OpenMP.
 //
 // Built just in time by recon_plugins/gaussians/_cpp.py (torch.utils.cpp_extension.load); the
-// pure-PyTorch twin is recon_plugins.gaussians.rasterize._composite_gaussians, and
-// tests/test_gaussians_cpu_kernel.py checks that both give the same images and gradients.
+// pure-PyTorch twins are recon_plugins.gaussians.rasterize._pack_gaussians (projection) and
+// _composite_gaussians (binning, compositing); tests/test_gaussians_cpu_projection.py and
+// tests/test_gaussians_cpu_kernel.py check that both give the same images and gradients.
 //
 // Rules (gsplat's, as in rasterize.py): alpha = min(0.999, o exp(-sigma)) with
 // sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, (dx, dy) = mean - pixel centre, pixel (i, j) centred
@@ -23,7 +24,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -665,14 +669,16 @@ void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// check_float for several (tensor, name) pairs, all of one dtype
+void check_floats(at::ScalarType dtype, std::initializer_list<std::pair<const at::Tensor&, const char*>> tensors) {
+  for (const auto& [t, name] : tensors) check_float(t, name, dtype);
+}
+
 std::vector<at::Tensor> bin_gaussians(const at::Tensor& means2d, const at::Tensor& cov2d, const at::Tensor& opacities,
                                       const at::Tensor& depths, const at::Tensor& camera_ids, int64_t n_cameras,
                                       int64_t width, int64_t height, int64_t tile_size) {
   const auto dtype = means2d.scalar_type();
-  check_float(means2d, "means2d", dtype);
-  check_float(cov2d, "cov2d", dtype);
-  check_float(opacities, "opacities", dtype);
-  check_float(depths, "depths", dtype);
+  check_floats(dtype, {{means2d, "means2d"}, {cov2d, "cov2d"}, {opacities, "opacities"}, {depths, "depths"}});
   TORCH_CHECK(camera_ids.scalar_type() == at::kLong && camera_ids.is_contiguous(), "camera_ids must be contiguous int64");
   TORCH_CHECK(tile_size > 0 && width > 0 && height > 0 && n_cameras > 0, "bad image or tile size");
   TORCH_CHECK(means2d.size(0) < std::numeric_limits<int32_t>::max(), "too many Gaussians");
@@ -686,12 +692,8 @@ std::vector<at::Tensor> bin_gaussians(const at::Tensor& means2d, const at::Tenso
 Inputs check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
                     const at::Tensor& cov2d, const at::Tensor& features, const at::Tensor& offsets,
                     const at::Tensor& ids, int64_t n_cameras, int64_t width, int64_t height, int64_t tile_size) {
-  const auto dtype = means2d.scalar_type();
-  check_float(means2d, "means2d", dtype);
-  check_float(conics, "conics", dtype);
-  check_float(opacities, "opacities", dtype);
-  check_float(cov2d, "cov2d", dtype);
-  check_float(features, "features", dtype);
+  check_floats(means2d.scalar_type(), {{means2d, "means2d"}, {conics, "conics"}, {opacities, "opacities"},
+                                       {cov2d, "cov2d"}, {features, "features"}});
   const int64_t m = means2d.size(0);
   TORCH_CHECK(means2d.dim() == 2 && means2d.size(1) == 2, "means2d must be [M, 2]");
   TORCH_CHECK(conics.sizes() == at::IntArrayRef({m, 3}) && cov2d.sizes() == at::IntArrayRef({m, 3}),
@@ -726,9 +728,7 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
   const Inputs in =
       check_inputs(means2d, conics, opacities, cov2d, features, offsets, ids, n_cameras, width, height, tile_size);
   const auto dtype = means2d.scalar_type();
-  check_float(trans, "trans", dtype);
-  check_float(grad_image, "grad_image", dtype);
-  check_float(grad_trans, "grad_trans", dtype);
+  check_floats(dtype, {{trans, "trans"}, {grad_image, "grad_image"}, {grad_trans, "grad_trans"}});
   TORCH_CHECK(last.scalar_type() == at::kInt && last.is_contiguous(), "last must be contiguous int32");
   TORCH_CHECK(grad_image.sizes() == at::IntArrayRef({n_cameras, height, width, features.size(1)}),
               "grad_image must be [C, H, W, D]");
@@ -956,7 +956,7 @@ std::vector<at::Tensor> project_forward_impl(const ProjectArgs& a) {
 
   // pass 1: project every pair; keep the outputs of the visible ones in pair order
   constexpr int kPairFields = 11;  // u, v, conic (3), cov2d (3), depth, radii (2)
-  std::vector<T> pair(static_cast<size_t>(n_cams * n * kPairFields));
+  std::unique_ptr<T[]> pair(new T[static_cast<size_t>(n_cams * n * kPairFields)]);  // read only where visible
   std::vector<uint8_t> visible(static_cast<size_t>(n_cams * n), 0);
   const int64_t n_chunks = (n + kProjectGrain - 1) / kProjectGrain;
   std::vector<int64_t> count(static_cast<size_t>(n_cams * n_chunks + 1), 0);
@@ -1083,9 +1083,11 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
   const int64_t k_coeffs = degree >= 0 ? a.colors.size(1) : 1;
   const int n_bases = degree >= 0 ? (degree + 1) * (degree + 1) : 0;
 
-  at::Tensor g_means = at::zeros_like(a.means), g_quats = at::zeros_like(a.quats);
-  at::Tensor g_scales = at::zeros_like(a.scales), g_opac = at::zeros_like(a.opacities);
-  at::Tensor g_colors = at::zeros_like(a.colors);
+  // every entry is written below (zeros for Gaussians without a visible pair): no zero fill first
+  at::Tensor g_means = at::empty_like(a.means), g_quats = at::empty_like(a.quats);
+  at::Tensor g_scales = at::empty_like(a.scales), g_opac = at::empty_like(a.opacities);
+  at::Tensor g_colors = at::empty_like(a.colors);
+  const int64_t colour_row = degree >= 0 ? k_coeffs * 3 : 3;
   T* o_means = g_means.data_ptr<T>();
   T* o_quats = g_quats.data_ptr<T>();
   T* o_scales = g_scales.data_ptr<T>();
@@ -1103,7 +1105,14 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
     for (int64_t g = begin; g < end; ++g) {
       bool any = false;
       for (int64_t c = 0; c < n_cams; ++c) any |= idx[c * n + g] >= 0;
-      if (!any) continue;
+      std::fill_n(o_col + g * colour_row, colour_row, T(0));
+      if (!any) {
+        std::fill_n(o_means + 3 * g, 3, T(0));
+        std::fill_n(o_quats + 4 * g, 4, T(0));
+        std::fill_n(o_scales + 3 * g, 3, T(0));
+        o_opac[g] = 0;
+        continue;
+      }
       const T* mean = means + 3 * g;
       const T* s = scales + 3 * g;
       T qn[4], Q[9], QS[9];
@@ -1218,12 +1227,13 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
         for (int e = 0; e < 3; ++e) g_mean[e] += R[e] * g_p[0] + R[3 + e] * g_p[1] + R[6 + e] * g_p[2];
       }
       // QS = R(q) diag(s)
-      T g_Q[9];
+      T g_Q[9], g_s[3] = {0, 0, 0};
       for (int jj = 0; jj < 3; ++jj)
         for (int k = 0; k < 3; ++k) {
-          o_scales[3 * g + k] += Q[3 * jj + k] * g_QS[3 * jj + k];
+          g_s[k] += Q[3 * jj + k] * g_QS[3 * jj + k];
           g_Q[3 * jj + k] = g_QS[3 * jj + k] * s[k];
         }
+      for (int k = 0; k < 3; ++k) o_scales[3 * g + k] = g_s[k];
       quat_rotation_backward(quats + 4 * g, qn, g_Q, o_quats + 4 * g);
       for (int e = 0; e < 3; ++e) o_means[3 * g + e] = g_mean[e];
       o_opac[g] = g_op;
@@ -1247,15 +1257,8 @@ ProjectArgs check_project_args(const at::Tensor& means, const at::Tensor& quats,
                                const at::Tensor& opacities, const at::Tensor& colors, int64_t sh_degree,
                                const at::Tensor& viewmats, const at::Tensor& centres, const at::Tensor& Ks,
                                int64_t width, int64_t height, double eps2d, double near_plane, double far_plane) {
-  const auto dtype = means.scalar_type();
-  check_float(means, "means", dtype);
-  check_float(quats, "quats", dtype);
-  check_float(scales, "scales", dtype);
-  check_float(opacities, "opacities", dtype);
-  check_float(colors, "colors", dtype);
-  check_float(viewmats, "viewmats", dtype);
-  check_float(centres, "centres", dtype);
-  check_float(Ks, "Ks", dtype);
+  check_floats(means.scalar_type(), {{means, "means"}, {quats, "quats"}, {scales, "scales"}, {opacities, "opacities"},
+                                     {colors, "colors"}, {viewmats, "viewmats"}, {centres, "centres"}, {Ks, "Ks"}});
   const int64_t n = means.size(0);
   TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be [N, 3]");
   TORCH_CHECK(quats.sizes() == at::IntArrayRef({n, 4}), "quats must be [N, 4]");
@@ -1305,10 +1308,8 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
                   index.sizes() == at::IntArrayRef({viewmats.size(0), means.size(0)}),
               "index must be contiguous int32 [C, N] (from project_forward)");
   const int64_t m = grad_means2d.size(0);
-  check_float(grad_means2d, "grad_means2d", dtype);
-  check_float(grad_conics, "grad_conics", dtype);
-  check_float(grad_opacities, "grad_opacities", dtype);
-  check_float(grad_features, "grad_features", dtype);
+  check_floats(dtype, {{grad_means2d, "grad_means2d"}, {grad_conics, "grad_conics"},
+                       {grad_opacities, "grad_opacities"}, {grad_features, "grad_features"}});
   TORCH_CHECK(grad_means2d.sizes() == at::IntArrayRef({m, 2}) && grad_conics.sizes() == at::IntArrayRef({m, 3}) &&
                   grad_opacities.sizes() == at::IntArrayRef({m}) && grad_features.sizes() == at::IntArrayRef({m, 4}),
               "gradients must be [M, 2], [M, 3], [M], [M, 4] (the packed outputs of project_forward)");

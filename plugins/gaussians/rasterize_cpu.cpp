@@ -942,15 +942,39 @@ struct ProjectArgs {
   double eps2d, near_plane, far_plane;
 };
 
+// The inputs of one projection call as raw pointers and scalars (forward and backward).
+template <typename T>
+struct ProjectInputs {
+  int64_t n, n_cams;
+  std::vector<CameraParams<T>> cams;
+  const T *means, *quats, *scales, *opac, *col;
+  T eps2d, near_plane, far_plane;
+  int degree;        // -1: colours [N, 3]
+  int64_t k_coeffs;  // SH coefficients stored per Gaussian (1 for colours)
+  int n_bases;       // (degree + 1)^2 of them evaluated (0 for colours)
+
+  explicit ProjectInputs(const ProjectArgs& a)
+      : n(a.means.size(0)),
+        n_cams(a.viewmats.size(0)),
+        cams(camera_params<T>(a.viewmats, a.centres, a.Ks, a.width, a.height)),
+        means(a.means.data_ptr<T>()),
+        quats(a.quats.data_ptr<T>()),
+        scales(a.scales.data_ptr<T>()),
+        opac(a.opacities.data_ptr<T>()),
+        col(a.colors.data_ptr<T>()),
+        eps2d(T(a.eps2d)),
+        near_plane(T(a.near_plane)),
+        far_plane(T(a.far_plane)),
+        degree(static_cast<int>(a.sh_degree)),
+        k_coeffs(a.sh_degree >= 0 ? a.colors.size(1) : 1),
+        n_bases(a.sh_degree >= 0 ? static_cast<int>((a.sh_degree + 1) * (a.sh_degree + 1)) : 0) {}
+};
+
 template <typename T>
 std::vector<at::Tensor> project_forward_impl(const ProjectArgs& a) {
-  const int64_t n = a.means.size(0), n_cams = a.viewmats.size(0);
-  const auto cams = camera_params<T>(a.viewmats, a.centres, a.Ks, a.width, a.height);
-  const T* means = a.means.data_ptr<T>();
-  const T* quats = a.quats.data_ptr<T>();
-  const T* scales = a.scales.data_ptr<T>();
-  const T* opac = a.opacities.data_ptr<T>();
-  const T eps2d = T(a.eps2d), near_plane = T(a.near_plane), far_plane = T(a.far_plane);
+  const ProjectInputs<T> in(a);
+  const int64_t n = in.n, n_cams = in.n_cams;
+  const auto& cams = in.cams;
   const T alpha_min = T(kAlphaThreshold), sigmas = T(kRadiusSigmas);
   const T w_img = T(a.width), h_img = T(a.height);
 
@@ -965,10 +989,10 @@ std::vector<at::Tensor> project_forward_impl(const ProjectArgs& a) {
     PairProjection<T> o;
     for (int64_t g = begin; g < end; ++g) {
       T qn[4], Q[9], QS[9];
-      rotation_scale(quats + 4 * g, scales + 3 * g, qn, Q, QS);
-      const bool opaque = opac[g] >= alpha_min;
+      rotation_scale(in.quats + 4 * g, in.scales + 3 * g, qn, Q, QS);
+      const bool opaque = in.opac[g] >= alpha_min;
       for (int64_t c = 0; c < n_cams; ++c) {
-        project_pair(cams[c], means + 3 * g, QS, eps2d, near_plane, far_plane, o);
+        project_pair(cams[c], in.means + 3 * g, QS, in.eps2d, in.near_plane, in.far_plane, o);
         const T rad_x = std::ceil(sigmas * std::sqrt(o.cxx)), rad_y = std::ceil(sigmas * std::sqrt(o.cyy));
         const bool inside = o.u + rad_x > 0 && o.u - rad_x < w_img && o.v + rad_y > 0 && o.v - rad_y < h_img;
         if (!(o.in_depth && inside && rad_x > 0 && rad_y > 0 && opaque)) continue;
@@ -1008,10 +1032,6 @@ std::vector<at::Tensor> project_forward_impl(const ProjectArgs& a) {
   int64_t* o_gid = gauss_ids.data_ptr<int64_t>();
   int32_t* o_rad = radii.data_ptr<int32_t>();
   int32_t* o_index = index.data_ptr<int32_t>();
-  const int degree = static_cast<int>(a.sh_degree);
-  const T* col = a.colors.data_ptr<T>();
-  const int64_t k_coeffs = degree >= 0 ? a.colors.size(1) : 1;
-  const int n_bases = degree >= 0 ? (degree + 1) * (degree + 1) : 0;
 
   // pass 2: pack the visible pairs and evaluate their colours
   parallel_chunks(n, kProjectGrain, [&](int64_t begin, int64_t end) {
@@ -1025,34 +1045,34 @@ std::vector<at::Tensor> project_forward_impl(const ProjectArgs& a) {
           continue;
         }
         o_index[pi] = static_cast<int32_t>(j);
-        const T* in = &pair[pi * kPairFields];
-        o_m2d[2 * j] = in[0];
-        o_m2d[2 * j + 1] = in[1];
+        const T* pr = &pair[pi * kPairFields];
+        o_m2d[2 * j] = pr[0];
+        o_m2d[2 * j + 1] = pr[1];
         for (int e = 0; e < 3; ++e) {
-          o_con[3 * j + e] = in[2 + e];
-          o_cov[3 * j + e] = in[5 + e];
+          o_con[3 * j + e] = pr[2 + e];
+          o_cov[3 * j + e] = pr[5 + e];
         }
-        o_op[j] = opac[g];
+        o_op[j] = in.opac[g];
         o_cam[j] = c;
         o_gid[j] = g;
-        o_rad[2 * j] = static_cast<int32_t>(in[9]);
-        o_rad[2 * j + 1] = static_cast<int32_t>(in[10]);
+        o_rad[2 * j] = static_cast<int32_t>(pr[9]);
+        o_rad[2 * j + 1] = static_cast<int32_t>(pr[10]);
         T* f = &o_feat[4 * j];
-        f[3] = in[8];
-        if (degree < 0) {
-          for (int e = 0; e < 3; ++e) f[e] = col[3 * g + e];
+        f[3] = pr[8];
+        if (in.degree < 0) {
+          for (int e = 0; e < 3; ++e) f[e] = in.col[3 * g + e];
         } else {
           T b[16], dir[3] = {0, 0, 0};
-          if (degree >= 1) {
-            for (int e = 0; e < 3; ++e) dir[e] = means[3 * g + e] - cams[c].centre[e];
+          if (in.degree >= 1) {
+            for (int e = 0; e < 3; ++e) dir[e] = in.means[3 * g + e] - cams[c].centre[e];
             const T d = std::max(std::sqrt(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]), T(1e-12));
             for (int e = 0; e < 3; ++e) dir[e] /= d;
           }
-          sh_bases(degree, dir[0], dir[1], dir[2], b);
-          const T* sh = col + g * k_coeffs * 3;
+          sh_bases(in.degree, dir[0], dir[1], dir[2], b);
+          const T* sh = in.col + g * in.k_coeffs * 3;
           for (int e = 0; e < 3; ++e) {
             T s = 0;
-            for (int k = 0; k < n_bases; ++k) s += b[k] * sh[3 * k + e];
+            for (int k = 0; k < in.n_bases; ++k) s += b[k] * sh[3 * k + e];
             f[e] = std::max(s + T(0.5), T(0));
           }
         }
@@ -1067,27 +1087,20 @@ template <typename T>
 std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Tensor& index,
                                               const at::Tensor& grad_means2d, const at::Tensor& grad_conics,
                                               const at::Tensor& grad_opacities, const at::Tensor& grad_features) {
-  const int64_t n = a.means.size(0), n_cams = a.viewmats.size(0);
-  const auto cams = camera_params<T>(a.viewmats, a.centres, a.Ks, a.width, a.height);
-  const T* means = a.means.data_ptr<T>();
-  const T* quats = a.quats.data_ptr<T>();
-  const T* scales = a.scales.data_ptr<T>();
-  const T* col = a.colors.data_ptr<T>();
+  const ProjectInputs<T> in(a);
+  const int64_t n = in.n, n_cams = in.n_cams;
+  const auto& cams = in.cams;
   const int32_t* idx = index.data_ptr<int32_t>();
   const T* gm2d = grad_means2d.data_ptr<T>();
   const T* gcon = grad_conics.data_ptr<T>();
   const T* gop = grad_opacities.data_ptr<T>();
   const T* gfeat = grad_features.data_ptr<T>();
-  const T eps2d = T(a.eps2d), near_plane = T(a.near_plane), far_plane = T(a.far_plane);
-  const int degree = static_cast<int>(a.sh_degree);
-  const int64_t k_coeffs = degree >= 0 ? a.colors.size(1) : 1;
-  const int n_bases = degree >= 0 ? (degree + 1) * (degree + 1) : 0;
 
   // every entry is written below (zeros for Gaussians without a visible pair): no zero fill first
   at::Tensor g_means = at::empty_like(a.means), g_quats = at::empty_like(a.quats);
   at::Tensor g_scales = at::empty_like(a.scales), g_opac = at::empty_like(a.opacities);
   at::Tensor g_colors = at::empty_like(a.colors);
-  const int64_t colour_row = degree >= 0 ? k_coeffs * 3 : 3;
+  const int64_t colour_row = in.degree >= 0 ? in.k_coeffs * 3 : 3;
   T* o_means = g_means.data_ptr<T>();
   T* o_quats = g_quats.data_ptr<T>();
   T* o_scales = g_scales.data_ptr<T>();
@@ -1113,10 +1126,10 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
         o_opac[g] = 0;
         continue;
       }
-      const T* mean = means + 3 * g;
-      const T* s = scales + 3 * g;
+      const T* mean = in.means + 3 * g;
+      const T* s = in.scales + 3 * g;
       T qn[4], Q[9], QS[9];
-      rotation_scale(quats + 4 * g, s, qn, Q, QS);
+      rotation_scale(in.quats + 4 * g, s, qn, Q, QS);
       T g_mean[3] = {0, 0, 0}, g_QS[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0}, g_op = 0;
       for (int64_t c = 0; c < n_cams; ++c) {
         const int64_t j = idx[c * n + g];
@@ -1126,31 +1139,31 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
         g_op += gop[j];
         const T* gf = gfeat + 4 * j;
         // colours
-        if (degree < 0) {
+        if (in.degree < 0) {
           for (int e = 0; e < 3; ++e) o_col[3 * g + e] += gf[e];
         } else {
           T b[16], dir[3] = {0, 0, 0}, raw[3] = {0, 0, 0}, len = 1;
-          if (degree >= 1) {
+          if (in.degree >= 1) {
             for (int e = 0; e < 3; ++e) raw[e] = mean[e] - cam.centre[e];
             len = std::sqrt(raw[0] * raw[0] + raw[1] * raw[1] + raw[2] * raw[2]);
             const T d = std::max(len, T(1e-12));
             for (int e = 0; e < 3; ++e) dir[e] = raw[e] / d;
           }
-          sh_bases(degree, dir[0], dir[1], dir[2], b);
-          const T* sh = col + g * k_coeffs * 3;
-          T* gsh = o_col + g * k_coeffs * 3;
+          sh_bases(in.degree, dir[0], dir[1], dir[2], b);
+          const T* sh = in.col + g * in.k_coeffs * 3;
+          T* gsh = o_col + g * in.k_coeffs * 3;
           T g_rgb[3];
           for (int e = 0; e < 3; ++e) {
             T sum = 0;
-            for (int k = 0; k < n_bases; ++k) sum += b[k] * sh[3 * k + e];
+            for (int k = 0; k < in.n_bases; ++k) sum += b[k] * sh[3 * k + e];
             g_rgb[e] = sum + T(0.5) >= T(0) ? gf[e] : T(0);  // clamp_min(0) passes the gradient at >= 0
           }
-          for (int k = 0; k < n_bases; ++k)
+          for (int k = 0; k < in.n_bases; ++k)
             for (int e = 0; e < 3; ++e) gsh[3 * k + e] += b[k] * g_rgb[e];
-          if (degree >= 1) {
+          if (in.degree >= 1) {
             T g_b[16], g_dir[3];
-            for (int k = 0; k < n_bases; ++k) g_b[k] = sh[3 * k] * g_rgb[0] + sh[3 * k + 1] * g_rgb[1] + sh[3 * k + 2] * g_rgb[2];
-            sh_bases_backward(degree, dir[0], dir[1], dir[2], g_b, g_dir);
+            for (int k = 0; k < in.n_bases; ++k) g_b[k] = sh[3 * k] * g_rgb[0] + sh[3 * k + 1] * g_rgb[1] + sh[3 * k + 2] * g_rgb[2];
+            sh_bases_backward(in.degree, dir[0], dir[1], dir[2], g_b, g_dir);
             T g_raw[3];
             if (len > T(1e-12)) {
               const T dot = dir[0] * g_dir[0] + dir[1] * g_dir[1] + dir[2] * g_dir[2];
@@ -1165,7 +1178,7 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
           }
         }
         // projection
-        project_pair(cam, mean, QS, eps2d, near_plane, far_plane, o);
+        project_pair(cam, mean, QS, in.eps2d, in.near_plane, in.far_plane, o);
         const T* K = cam.K;
         const T fx = K[0], fy = K[4];
         T g_p[3] = {0, 0, gf[3]};  // the depth feature is p_z
@@ -1234,7 +1247,7 @@ std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Te
           g_Q[3 * jj + k] = g_QS[3 * jj + k] * s[k];
         }
       for (int k = 0; k < 3; ++k) o_scales[3 * g + k] = g_s[k];
-      quat_rotation_backward(quats + 4 * g, qn, g_Q, o_quats + 4 * g);
+      quat_rotation_backward(in.quats + 4 * g, qn, g_Q, o_quats + 4 * g);
       for (int e = 0; e < 3; ++e) o_means[3 * g + e] = g_mean[e];
       o_opac[g] = g_op;
     }

@@ -25,13 +25,7 @@ from test_gaussians_cpu_kernel import SCENES, _assert_parity, _cameras, _render,
 from recon_core.cpp_extension import cpp_disabled
 from recon_core.errors import InputError
 from recon_plugins.gaussians import _cpp
-from recon_plugins.gaussians.rasterize import (
-    RasterizeSettings,
-    _pack_gaussians,
-    pack_gaussians,
-    rasterize_gaussians,
-    select_projection,
-)
+from recon_plugins.gaussians.rasterize import RasterizeSettings, _pack_gaussians, pack_gaussians, rasterize_gaussians, select_projection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,9 @@ A thin wrapper around :mod:`recon_plugins.gaussians.bench` (also ``recon bench r
 holds the scene, the measurement and the renderer registry; this script adds the full default
 grid, speed-up and scaling summaries and a JSON dump. See that module for what is measured.
 
-Renderers: ``cpp-cpu`` (compiled CPU kernels), ``torch-3dgs`` (pure PyTorch), ``reference``
+Renderers: ``cpp-cpu`` (compiled CPU kernels: fused projection + SH, binning, compositing),
+``cpp-unfused`` (the same with the projection, SH and packing as PyTorch ops, the compiled path
+before issue 24), ``torch-3dgs`` (pure PyTorch), ``reference``
 (brute force, only where it fits), and peers from ``benchmarks/render_peers.py`` given as
 ``--peer NAME=PATH`` (opensplat, warp, mxbonn; checkouts kept outside this repository).
 
@@ -13,6 +15,10 @@ Usage::
     python benchmarks/render_bench.py                       # full grid, cpp-cpu + torch-3dgs + reference
     python benchmarks/render_bench.py --counts 10000 100000 --sizes 200x200 640x360 --repeats 5 \\
         --renderers cpp-cpu torch-3dgs --peer opensplat=/work/peers/pierotofy+OpenSplat --json rows.json
+    python benchmarks/render_bench.py --stages --counts 100000 --sizes 640x360 --threads 1   # where the time goes
+
+``--stages`` times each compiled kernel of ``cpp-cpu`` and ``cpp-unfused`` inside one forward +
+backward (CPU seconds, :func:`recon_plugins.gaussians.bench.stage_breakdown`) instead of the grid.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recon_plugins.gaussians.bench import ROW_KEYS, format_table, make_scene, parse_sizes, run_render_benchmark
+from recon_plugins.gaussians.bench import (
+    ROW_KEYS,
+    format_stages,
+    format_table,
+    make_scene,
+    parse_sizes,
+    run_render_benchmark,
+    stage_breakdown,
+)
 
 __all__ = ["ROW_KEYS", "make_scene", "run_render_benchmark", "format_table", "scaling_summary", "main"]
 
@@ -60,7 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mxbonn", help="shorthand for --peer mxbonn=PATH")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--no-omp-passive", action="store_true", help="do not set OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--stages", action="store_true", help="per-kernel CPU time of cpp-cpu and cpp-unfused instead of the grid")
     args = parser.parse_args(argv)
+    if args.stages:
+        rows = [
+            stage_breakdown(name, n, w, h, args.repeats, args.threads)
+            for n in args.counts for w, h in parse_sizes(",".join(args.sizes)) for name in ("cpp-unfused", "cpp-cpu")
+        ]
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        print(format_stages(rows))
+        return
     peers = dict(item.split("=", 1) for item in args.peer)
     if args.mxbonn:
         peers["mxbonn"] = args.mxbonn

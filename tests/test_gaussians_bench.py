@@ -91,3 +91,22 @@ def test_parse_sizes():
     assert bench.parse_sizes("200x200,640X360") == [(200, 200), (640, 360)]
     with pytest.raises(InputError):
         bench.parse_sizes("0x10")
+
+
+@pytest.mark.skipif(cpp_disabled(), reason="RECON_NO_CPP=1: no compiled kernels to time")
+def test_stage_breakdown_times_each_kernel_of_each_path():
+    """cpp-cpu calls every compiled kernel once per forward + backward; cpp-unfused (projection as
+    PyTorch ops) never calls the projection kernels; the stages add up to the total."""
+    rows = [bench.stage_breakdown(name, 300, 24, 16, repeats=2, threads=1) for name in ("cpp-unfused", "cpp-cpu")]
+    unfused, fused = rows
+    assert unfused["project_forward_cpu_s"] == 0 and unfused["project_backward_cpu_s"] == 0
+    for r in rows:
+        for k in ("bin_gaussians", "composite_forward", "composite_backward"):
+            assert r[f"{k}_cpu_s"] > 0, (r["renderer"], k)
+        parts = sum(r[f"{k}_cpu_s"] for k in bench.KERNELS) + r["outside_kernels_cpu_s"]
+        assert parts == pytest.approx(r["total_cpu_s"], rel=1e-9)
+    assert fused["project_forward_cpu_s"] > 0 and fused["project_backward_cpu_s"] > 0
+    with bench.KernelTimer() as timer:
+        bench.renderer("cpp-cpu", None)[0](bench.make_scene(100, 16, 12))
+    assert timer.calls == {"project_forward": 1, "bin_gaussians": 1, "composite_forward": 1}
+    assert "cpp-cpu" in bench.format_stages(rows) and "outside kernels" in bench.format_stages(rows)

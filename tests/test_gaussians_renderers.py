@@ -14,7 +14,7 @@ from recon_core.config import config_from_dict, describe_options
 from recon_core.cpp_extension import cpp_disabled
 from recon_core.errors import InputError
 from recon_core.gaussians import Gaussians3D
-from recon_plugins.gaussians.rasterize import RasterizeSettings, rasterize_gaussians
+from recon_plugins.gaussians.rasterize import RasterizeSettings, rasterize_gaussians, select_projection
 from recon_plugins.gaussians.renderers import GsplatRenderer, TorchGaussianRenderer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,12 +135,24 @@ def test_info_holds_projected_means_for_strategies():
     gradient of ``means2d`` is retained (what gsplat's strategies read)."""
     rep = _Blobs()
     cams = _cams(2)
-    out = TorchGaussianRenderer().render(rep, cams)
+    # the PyTorch projection gives the unpacked layout [C, N, 2]
+    out = TorchGaussianRenderer(RasterizeSettings(projection="torch")).render(rep, cams)
     info = out.info
     assert info["means2d"].shape == (2, 150, 2) and info["radii"].shape[:2] == (2, 150)
     assert (info["width"], info["height"], info["n_cameras"]) == (32, 24, 2)
+    assert not info.get("packed", False)
     out.rgb.sum().backward()
     assert info["means2d"].grad is not None and info["means2d"].grad.abs().sum() > 0
+    # the fused C++ projection (the default on CPU when it is built) gives gsplat's packed layout
+    renderer = TorchGaussianRenderer()
+    if select_projection(renderer.config, rep.gaussians(None).means) == "cpp":
+        out = renderer.render(rep, cams)
+        packed = out.info
+        m = packed["gaussian_ids"].shape[0]
+        assert packed["packed"] is True and packed["means2d"].shape == (m, 2) and packed["radii"].shape == (m, 2)
+        assert packed["camera_ids"].shape == (m,) and 0 < m <= 300
+        out.rgb.sum().backward()
+        assert packed["means2d"].grad is not None and packed["means2d"].grad.abs().sum() > 0
     # several groups (two sizes): no info, since it would not cover every camera
     mixed = TorchGaussianRenderer().render(rep, Cameras.cat([_cams(1, 32, 24), _cams(1, 20, 16)]))
     assert mixed.info == {}

@@ -11,7 +11,10 @@ included; ``baseline_rss_mb`` is the same process before the scene exists).
 
 Renderers (``RENDERERS``: name -> factory(path) -> render(scene) -> rgb):
 
-    cpp-cpu     :func:`.rasterize.rasterize_gaussians` with the compiled CPU kernels
+    cpp-cpu     :func:`.rasterize.rasterize_gaussians` with the compiled CPU kernels (the default:
+                fused projection + SH, binning and compositing, all compiled)
+    cpp-unfused the same with ``projection="torch"``: projection, SH and packing as PyTorch ops
+                (the compiled path before issue 24)
     torch-3dgs  the same with ``backend="torch"`` (pure PyTorch)
     reference   :func:`._reference.render_reference` (every pixel x every Gaussian; only where
                 it finishes in reasonable time and memory)
@@ -54,6 +57,10 @@ __all__ = [
     "run_render_benchmark",
     "format_table",
     "parse_sizes",
+    "KERNELS",
+    "KernelTimer",
+    "stage_breakdown",
+    "format_stages",
 ]
 
 Scene = Mapping[str, Any]
@@ -93,11 +100,11 @@ def make_scene(n: int, width: int, height: int, seed: int = 0) -> dict[str, Any]
     )
 
 
-def _ours(backend: str) -> RendererFactory:
+def _ours(backend: str, projection: str = "auto") -> RendererFactory:
     def factory(path: str | None) -> RenderFn:
         from .rasterize import RasterizeSettings, rasterize_gaussians
 
-        settings = RasterizeSettings(backend=backend)
+        settings = RasterizeSettings(backend=backend, projection=projection)
 
         def run(s: Scene) -> Tensor:
             rgb, _, _ = rasterize_gaussians(
@@ -126,6 +133,7 @@ def _reference(path: str | None) -> RenderFn:
 
 RENDERERS: dict[str, RendererFactory] = {
     "cpp-cpu": _ours("cpp"),
+    "cpp-unfused": _ours("cpp", "torch"),
     "torch-3dgs": _ours("torch"),
     "reference": _reference,
 }
@@ -348,6 +356,105 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
             raise InputError(f"bad size {part!r}: width and height must be positive")
         sizes.append((w, h))
     return sizes
+
+
+# ------------------------------------------------------------------ where the time goes
+
+KERNELS = ("project_forward", "bin_gaussians", "composite_forward", "composite_backward", "project_backward")
+"""The compiled kernels of ``rasterize_cpu.cpp`` that a torch-3dgs render and its backward call."""
+
+
+class KernelTimer:
+    """While active (``with KernelTimer() as t``), every call into the compiled extension of
+    torch-3dgs is timed: ``t.cpu_s[name]`` (process CPU seconds, all threads) and
+    ``t.wall_s[name]`` per kernel, ``t.calls[name]``. The kernels themselves are the same; only
+    :func:`recon_plugins.gaussians._cpp.extension` hands out a timing proxy meanwhile."""
+
+    def __init__(self) -> None:
+        self.cpu_s: dict[str, float] = {}
+        self.wall_s: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._original: Callable[[], ModuleType | None] | None = None
+
+    def __enter__(self) -> "KernelTimer":
+        from . import _cpp
+
+        ext = _cpp.extension()
+        if ext is None:
+            raise InputError("the compiled CPU rasteriser is unavailable (RECON_NO_CPP or no compiler): nothing to time")
+        timer = self
+
+        class _Timed:
+            def __getattr__(self, name: str) -> Any:
+                fn = getattr(ext, name)
+                if not callable(fn):
+                    return fn
+
+                def timed(*args: Any) -> Any:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    try:
+                        return fn(*args)
+                    finally:
+                        timer.cpu_s[name] = timer.cpu_s.get(name, 0.0) + time.process_time() - c0
+                        timer.wall_s[name] = timer.wall_s.get(name, 0.0) + time.perf_counter() - t0
+                        timer.calls[name] = timer.calls.get(name, 0) + 1
+
+                return timed
+
+        proxy = _Timed()
+        self._original = _cpp.extension
+        _cpp.extension = lambda: proxy  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from . import _cpp
+
+        _cpp.extension = self._original  # type: ignore[assignment]
+
+    def kernel_cpu_s(self) -> float:
+        return sum(self.cpu_s.values())
+
+
+def stage_breakdown(renderer_name: str, n: int, width: int, height: int, repeats: int = 5, threads: int = 2) -> dict[str, Any]:
+    """Per-stage CPU time of one forward + backward of ``renderer_name`` (``cpp-cpu`` or
+    ``cpp-unfused``) on the benchmark scene, averaged over ``repeats`` runs after a warm-up: each
+    compiled kernel (:data:`KERNELS`), and ``outside_kernels`` (everything else: PyTorch ops of
+    the unfused projection and their autograd backward, activations, packing, Python)."""
+    torch.set_num_threads(threads)
+    run, _ = renderer(renderer_name, None)
+    scene = make_scene(n, width, height)
+    params = [scene[k] for k in ("means", "quats", "scales", "opacities", "sh")]
+
+    def forward_backward() -> None:
+        for p in params:
+            p.grad = None
+            p.requires_grad_(True)
+        run(scene).sum().backward()
+
+    forward_backward()
+    with KernelTimer() as timer:
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(repeats):
+            forward_backward()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    row: dict[str, Any] = dict(renderer=renderer_name, n=n, width=width, height=height, threads=threads, repeats=repeats,
+                               total_cpu_s=cpu / repeats, total_wall_s=wall / repeats)
+    for name in KERNELS:
+        row[f"{name}_cpu_s"] = timer.cpu_s.get(name, 0.0) / repeats
+    row["outside_kernels_cpu_s"] = (cpu - timer.kernel_cpu_s()) / repeats
+    return row
+
+
+def format_stages(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`stage_breakdown` rows: ms of CPU time per stage and its share."""
+    stages = [f"{k}_cpu_s" for k in KERNELS] + ["outside_kernels_cpu_s"]
+    head = "| renderer | N | size | " + " | ".join(s.removesuffix("_cpu_s").replace("_", " ") for s in stages) + " | total |"
+    lines = [head, "|" + "---|" * (len(stages) + 4)]
+    for r in rows:
+        cells = [f"{1e3 * r[s]:.1f} ({100 * r[s] / r['total_cpu_s']:.0f} %)" for s in stages]
+        lines.append(f"| {r['renderer']} | {r['n']} | {r['width']}x{r['height']} | " + " | ".join(cells)
+                     + f" | {1e3 * r['total_cpu_s']:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # child process of run_render_benchmark: one configuration, one JSON line

@@ -1,12 +1,19 @@
 """3D Gaussian splatting rasteriser of the ``torch-3dgs`` renderer: PyTorch, plus compiled CPU kernels.
 
-Projection, SH and packing are PyTorch ops (autograd carries their gradients, camera poses
-included). Binning and compositing, forward and backward, have two same-named twins:
-:func:`composite_gaussians`, compiled C++ with OpenMP (``rasterize_cpu.cpp``, built on first
-use by :mod:`._cpp`; CPU tensors), and :func:`_composite_gaussians`, pure PyTorch (any device).
-``RasterizeSettings.backend`` picks one ("auto": the compiled kernels for CPU tensors when they
-could be built, else PyTorch with one warning); both give the same images and gradients
-(``tests/test_gaussians_cpu_kernel.py``). The rest of this docstring describes the PyTorch twin.
+Each of the two halves of a render has a pair of twins, compiled C++ with OpenMP
+(``rasterize_cpu.cpp``, built on first use by :mod:`._cpp`; CPU float32/float64 tensors) and pure
+PyTorch (any device):
+
+* projection + SH colours + packing of the visible pairs: :func:`pack_gaussians` (fused kernel
+  with a hand-written backward, camera-pose gradients included) and :func:`_pack_gaussians`
+  (PyTorch ops differentiated by autograd), picked by ``RasterizeSettings.projection``;
+* binning + compositing: :func:`composite_gaussians` and :func:`_composite_gaussians`, picked
+  by ``RasterizeSettings.backend``.
+
+"auto" picks the compiled kernels for CPU tensors when they could be built (else PyTorch, with
+one warning), and the projection follows the compositing; every combination gives the same
+images and gradients (``tests/test_gaussians_cpu_kernel.py``,
+``tests/test_gaussians_cpu_projection.py``). The rest of this docstring describes the PyTorch twins.
 
 It follows gsplat's conventions so that images agree with the CUDA path (see
 ``docs/conventions.md``):
@@ -77,6 +84,9 @@ __all__ = [
     "composite_tiles",
     "composite_gaussians",
     "select_backend",
+    "select_projection",
+    "PackedGaussians",
+    "pack_gaussians",
     "rasterize_gaussians",
 ]
 
@@ -116,6 +126,12 @@ class RasterizeSettings:
         "any device) or 'auto' (cpp for CPU tensors when it could be built, else torch)",
         choices=("auto", "cpp", "torch"),
     )
+    projection: str = option(
+        "auto",
+        "projection + SH colours + packing: 'cpp' (fused compiled kernel, forward and backward, CPU tensors), "
+        "'torch' (PyTorch ops and autograd, the reference) or 'auto' (cpp whenever the compositing backend is cpp)",
+        choices=("auto", "cpp", "torch"),
+    )
     cpp_tile_size: int = option(16, "tile edge in pixels of the compiled path (tile_size is the torch path's)", min=1)
     eps2d: float = option(0.3, "added to the 2D covariance diagonal (px²), as gsplat does", min=0)
     near_plane: float = option(0.01, "Gaussians with camera z <= this are culled", min=0)
@@ -124,8 +140,9 @@ class RasterizeSettings:
     def __post_init__(self) -> None:
         if min(self.tile_size, self.cpp_tile_size, self.batch_size, self.max_block_elements) < 1:
             raise ValueError("tile_size, cpp_tile_size, batch_size and max_block_elements must be positive")
-        if self.backend not in ("auto", "cpp", "torch"):
-            raise ValueError(f"backend must be 'auto', 'cpp' or 'torch', got {self.backend!r}")
+        for name in ("backend", "projection"):
+            if getattr(self, name) not in ("auto", "cpp", "torch"):
+                raise ValueError(f"{name} must be 'auto', 'cpp' or 'torch', got {getattr(self, name)!r}")
 
 
 # ------------------------------------------------------------------------------- projection
@@ -730,18 +747,31 @@ def select_backend(settings: RasterizeSettings, reference: Tensor) -> str:
     could be built (the first call builds it; a failure warns once), else ``"torch"``.
     ``"cpp"`` raises :class:`~recon_core.errors.InputError` when that is impossible.
     """
-    if settings.backend == "torch":
+    return _resolve(settings.backend, "backend", reference)
+
+
+def select_projection(settings: RasterizeSettings, reference: Tensor) -> str:
+    """The projection ``settings.projection`` resolves to: ``"auto"`` follows
+    :func:`select_backend` (the fused C++ projection whenever the compositing is compiled);
+    ``"cpp"`` and ``"torch"`` as for :func:`select_backend`."""
+    if settings.projection == "auto":
+        return select_backend(settings, reference)
+    return _resolve(settings.projection, "projection", reference)
+
+
+def _resolve(choice: str, what: str, reference: Tensor) -> str:
+    if choice == "torch":
         return "torch"
     usable = reference.device.type == "cpu" and reference.dtype in (torch.float32, torch.float64)
-    if settings.backend == "cpp":
+    if choice == "cpp":
         if not usable:
             raise InputError(
-                f"backend 'cpp' needs float32/float64 CPU tensors, got {reference.dtype} on {reference.device}; "
-                "use backend 'torch' (or 'auto') on other devices"
+                f"{what} 'cpp' needs float32/float64 CPU tensors, got {reference.dtype} on {reference.device}; "
+                f"use {what} 'torch' (or 'auto') on other devices"
             )
         if _cpp.extension() is None:
             reason = "RECON_NO_CPP is set" if cpp_disabled() else "it could not be built (see the warning above)"
-            raise InputError(f"backend 'cpp' is unavailable: {reason}; use backend 'torch' or 'auto'")
+            raise InputError(f"{what} 'cpp' is unavailable: {reason}; use {what} 'torch' or 'auto'")
         return "cpp"
     return "cpp" if usable and _cpp.extension() is not None else "torch"
 
@@ -844,6 +874,135 @@ class _CompositeCpp(torch.autograd.Function):
         return g_means, g_conics, g_opac, g_feat, None, None, None, None, None
 
 
+# ---------------------------------------------------------- projection + SH + packing (both paths)
+
+
+@dataclass(frozen=True)
+class PackedGaussians:
+    """The visible (camera, Gaussian) pairs, camera-major then by Gaussian index (M of them).
+
+    means2d [M, 2], conics [M, 3], opacities [M] and features [M, 4] (rgb, camera z) are
+    differentiable; cov2d [M, 3] (tile boxes), camera_ids / gaussian_ids [M] (int64) and radii
+    [M, 2] (int32) are not. A pair is visible when both radii are positive (in front of the
+    near plane, its 3.33-sigma box meets the image) and its opacity is at least 1/255.
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    opacities: Tensor
+    features: Tensor
+    cov2d: Tensor
+    camera_ids: Tensor
+    gaussian_ids: Tensor
+    radii: Tensor
+
+
+def _pack_gaussians(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
+    width: int, height: int, colors: Tensor | None, sh: Tensor | None, sh_degree: int,
+    settings: RasterizeSettings, info: dict | None,
+) -> PackedGaussians:
+    """PyTorch twin of :func:`pack_gaussians` (any device): :func:`project_gaussians`, then the
+    visible pairs' colours (:func:`sh_to_colors`), all by autograd. ``info`` (when given) gets
+    gsplat's unpacked layout: ``means2d`` [C, N, 2] with its gradient retained, ``radii`` [C, N, 2]."""
+    n_cams = viewmats.shape[0]
+    proj = project_gaussians(
+        means, quats, scales, viewmats, Ks, width, height, settings.eps2d, settings.near_plane, settings.far_plane
+    )
+    if info is not None:
+        if proj.means2d.requires_grad:
+            proj.means2d.retain_grad()
+        info.update(means2d=proj.means2d, radii=proj.radii, width=width, height=height, n_cameras=n_cams, gaussian_ids=None)
+    with torch.no_grad():
+        visible = (proj.radii > 0).all(-1) & (opacities >= ALPHA_THRESHOLD)[None, :]
+        cam_ids, gauss_ids = torch.nonzero(visible, as_tuple=True)
+        flat = cam_ids * means.shape[0] + gauss_ids
+    depths = proj.depths.reshape(-1).index_select(0, flat)
+    if sh is not None:
+        # camera centres as gsplat computes them (same gradient w.r.t. viewmats as the CUDA path)
+        centres = torch.linalg.inv(viewmats)[:, :3, 3]
+        rgb = sh_to_colors(sh.index_select(0, gauss_ids), sh_degree, means.index_select(0, gauss_ids) - centres[cam_ids])
+    else:
+        rgb = colors.index_select(0, gauss_ids)
+    return PackedGaussians(
+        means2d=proj.means2d.reshape(-1, 2).index_select(0, flat),
+        conics=proj.conics.reshape(-1, 3).index_select(0, flat),
+        opacities=opacities.index_select(0, gauss_ids),
+        features=torch.cat([rgb, depths[:, None]], dim=-1),
+        cov2d=proj.cov2d.detach().reshape(-1, 3).index_select(0, flat),
+        camera_ids=cam_ids,
+        gaussian_ids=gauss_ids,
+        radii=proj.radii[cam_ids, gauss_ids],
+    )
+
+
+def pack_gaussians(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
+    width: int, height: int, colors: Tensor | None, sh: Tensor | None, sh_degree: int,
+    settings: RasterizeSettings, info: dict | None,
+) -> PackedGaussians:
+    """Project, colour and pack in one compiled kernel (``project_forward`` / ``project_backward``
+    in ``rasterize_cpu.cpp``), CPU float32/float64 tensors: the same pairs, values and gradients
+    as :func:`_pack_gaussians` (means, quats, scales, opacities, colours / SH and ``viewmats``;
+    not ``Ks``). Each Gaussian is one work item of the forward and of the hand-written backward;
+    the camera gradients are summed per fixed chunk of Gaussians, so results do not depend on
+    the thread count. The camera centres of the SH directions are ``inverse(viewmats)[:, :3, 3]``
+    as in the twin; the kernel returns their gradient and autograd carries it through that
+    inverse (C 4x4 matrices) to the poses.
+
+    ``info`` (when given) gets gsplat's *packed* layout: ``means2d`` [M, 2] (gradient retained),
+    ``radii`` [M, 2], ``gaussian_ids`` and ``camera_ids`` [M], ``packed=True``, which gsplat's
+    strategies read as they do from gsplat's packed renderer.
+    """
+    ext = _cpp.extension()
+    if ext is None:
+        raise InputError("the compiled CPU projection is unavailable; use _pack_gaussians (pure PyTorch)")
+    if sh is not None:
+        if not 0 <= sh_degree <= 3:
+            raise ValueError(f"SH degree must be 0..3, got {sh_degree}")
+        centres = torch.linalg.inv(viewmats)[:, :3, 3] if sh_degree > 0 else viewmats.new_zeros(viewmats.shape[0], 3)
+        table, degree = sh, sh_degree
+    else:
+        centres, table, degree = viewmats.new_zeros(viewmats.shape[0], 3), colors, -1
+    geometry = (degree, width, height, float(settings.eps2d), float(settings.near_plane), float(settings.far_plane))
+    m2d, conics, opac, feats, cov2d, cam_ids, gauss_ids, radii, _ = _ProjectCpp.apply(
+        means, quats, scales, opacities, table, viewmats, centres, Ks.detach(), geometry, ext
+    )
+    if info is not None:
+        if m2d.requires_grad:
+            m2d.retain_grad()
+        info.update(means2d=m2d, radii=radii, width=width, height=height, n_cameras=viewmats.shape[0],
+                    gaussian_ids=gauss_ids, camera_ids=cam_ids, packed=True)
+    return PackedGaussians(m2d, conics, opac, feats, cov2d, cam_ids, gauss_ids, radii)
+
+
+class _ProjectCpp(torch.autograd.Function):
+    """Autograd wrapper of the fused projection kernels (``project_forward`` / ``project_backward``)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, table, viewmats, centres, Ks, geometry, ext):  # type: ignore[override]
+        degree, width, height, eps2d, near_plane, far_plane = geometry
+        dtype = means.dtype
+        inputs = [t.detach().to(dtype).contiguous() for t in (means, quats, scales, opacities, table, viewmats, centres, Ks)]
+        outs = ext.project_forward(*inputs[:5], degree, *inputs[5:], width, height, eps2d, near_plane, far_plane)
+        ctx.save_for_backward(*inputs, outs[-1])
+        ctx.geometry, ctx.ext = geometry, ext
+        ctx.mark_non_differentiable(*outs[4:])
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_means2d, g_conics, g_opac, g_features, *_):  # type: ignore[override]
+        *inputs, index = ctx.saved_tensors
+        degree, width, height, eps2d, near_plane, far_plane = ctx.geometry
+        dtype = inputs[0].dtype
+        grads = ctx.ext.project_backward(
+            *inputs[:5], degree, *inputs[5:], width, height, eps2d, near_plane, far_plane, index,
+            *(g.to(dtype).contiguous() for g in (g_means2d, g_conics, g_opac, g_features)),
+        )
+        return (*grads, None, None, None)
+
+
 # ------------------------------------------------------------------------------- whole render
 
 
@@ -883,8 +1042,9 @@ def rasterize_gaussians(
         background: [3] or [C, 3] colour composited as rgb + (1 - alpha) * background.
         settings: :class:`RasterizeSettings`.
         info: when given, filled in gsplat's shape for densification strategies: ``means2d``
-            [C, N, 2] (its gradient retained when it has one), ``radii`` [C, N, 2], ``width``,
-            ``height``, ``n_cameras``.
+            (its gradient retained when it has one), ``radii``, ``width``, ``height``,
+            ``n_cameras``; unpacked ([C, N, 2]) from the PyTorch projection, packed ([M, 2],
+            with ``gaussian_ids``, ``camera_ids`` and ``packed=True``) from the fused one.
 
     Returns:
         rgb [C, H, W, 3], alpha [C, H, W, 1], depth [C, H, W, 1]. Depth is the expected camera
@@ -894,29 +1054,10 @@ def rasterize_gaussians(
     if (colors is None) == (sh is None):
         raise ValueError("give exactly one of colors and sh")
     n_cams = viewmats.shape[0]
-    proj = project_gaussians(
-        means, quats, scales, viewmats, Ks, width, height, settings.eps2d, settings.near_plane, settings.far_plane
-    )
-    if info is not None:
-        if proj.means2d.requires_grad:
-            proj.means2d.retain_grad()
-        info.update(means2d=proj.means2d, radii=proj.radii, width=width, height=height, n_cameras=n_cams, gaussian_ids=None)
-    with torch.no_grad():
-        visible = (proj.radii > 0).all(-1) & (opacities >= ALPHA_THRESHOLD)[None, :]
-        cam_ids, gauss_ids = torch.nonzero(visible, as_tuple=True)
-        flat = cam_ids * means.shape[0] + gauss_ids
-    means2d = proj.means2d.reshape(-1, 2).index_select(0, flat)
-    conics = proj.conics.reshape(-1, 3).index_select(0, flat)
-    depths = proj.depths.reshape(-1).index_select(0, flat)
-    opac = opacities.index_select(0, gauss_ids)
-    if sh is not None:
-        # camera centres as gsplat computes them (same gradient w.r.t. viewmats as the CUDA path)
-        centres = torch.linalg.inv(viewmats)[:, :3, 3]
-        rgb = sh_to_colors(sh.index_select(0, gauss_ids), sh_degree, means.index_select(0, gauss_ids) - centres[cam_ids])
-    else:
-        rgb = colors.index_select(0, gauss_ids)
-    features = torch.cat([rgb, depths[:, None]], dim=-1)  # [M, 4]
-    cov2d = proj.cov2d.detach().reshape(-1, 3).index_select(0, flat)
+    pack = pack_gaussians if select_projection(settings, means) == "cpp" else _pack_gaussians
+    p = pack(means, quats, scales, opacities, viewmats, Ks, width, height, colors, sh, sh_degree, settings, info)
+    means2d, conics, opac, features, cov2d, cam_ids = p.means2d, p.conics, p.opacities, p.features, p.cov2d, p.camera_ids
+    depths = features[:, 3].detach()
     composite = composite_gaussians if select_backend(settings, means) == "cpp" else _composite_gaussians
     image, alpha = composite(means2d, conics, opac, features, cov2d, depths, cam_ids, n_cams, width, height, settings)
     rgb_out = image[..., :3]

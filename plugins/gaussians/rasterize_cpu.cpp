@@ -1,9 +1,10 @@
-// Compiled CPU path of the torch-3dgs rasteriser: tile binning and front-to-back compositing,
-// forward and backward, multi-threaded over tiles with OpenMP.
+// Compiled CPU path of the torch-3dgs rasteriser: EWA projection + SH colours + packing, tile
+// binning and front-to-back compositing, forward and backward, multi-threaded with OpenMP.
 //
 // Built just in time by recon_plugins/gaussians/_cpp.py (torch.utils.cpp_extension.load); the
-// pure-PyTorch twin is recon_plugins.gaussians.rasterize._composite_gaussians, and
-// tests/test_gaussians_cpu_kernel.py checks that both give the same images and gradients.
+// pure-PyTorch twins are recon_plugins.gaussians.rasterize._pack_gaussians (projection) and
+// _composite_gaussians (binning, compositing); tests/test_gaussians_cpu_projection.py and
+// tests/test_gaussians_cpu_kernel.py check that both give the same images and gradients.
 //
 // Rules (gsplat's, as in rasterize.py): alpha = min(0.999, o exp(-sigma)) with
 // sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, (dx, dy) = mean - pixel centre, pixel (i, j) centred
@@ -23,7 +24,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -665,14 +669,16 @@ void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// check_float for several (tensor, name) pairs, all of one dtype
+void check_floats(at::ScalarType dtype, std::initializer_list<std::pair<const at::Tensor&, const char*>> tensors) {
+  for (const auto& [t, name] : tensors) check_float(t, name, dtype);
+}
+
 std::vector<at::Tensor> bin_gaussians(const at::Tensor& means2d, const at::Tensor& cov2d, const at::Tensor& opacities,
                                       const at::Tensor& depths, const at::Tensor& camera_ids, int64_t n_cameras,
                                       int64_t width, int64_t height, int64_t tile_size) {
   const auto dtype = means2d.scalar_type();
-  check_float(means2d, "means2d", dtype);
-  check_float(cov2d, "cov2d", dtype);
-  check_float(opacities, "opacities", dtype);
-  check_float(depths, "depths", dtype);
+  check_floats(dtype, {{means2d, "means2d"}, {cov2d, "cov2d"}, {opacities, "opacities"}, {depths, "depths"}});
   TORCH_CHECK(camera_ids.scalar_type() == at::kLong && camera_ids.is_contiguous(), "camera_ids must be contiguous int64");
   TORCH_CHECK(tile_size > 0 && width > 0 && height > 0 && n_cameras > 0, "bad image or tile size");
   TORCH_CHECK(means2d.size(0) < std::numeric_limits<int32_t>::max(), "too many Gaussians");
@@ -686,12 +692,8 @@ std::vector<at::Tensor> bin_gaussians(const at::Tensor& means2d, const at::Tenso
 Inputs check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
                     const at::Tensor& cov2d, const at::Tensor& features, const at::Tensor& offsets,
                     const at::Tensor& ids, int64_t n_cameras, int64_t width, int64_t height, int64_t tile_size) {
-  const auto dtype = means2d.scalar_type();
-  check_float(means2d, "means2d", dtype);
-  check_float(conics, "conics", dtype);
-  check_float(opacities, "opacities", dtype);
-  check_float(cov2d, "cov2d", dtype);
-  check_float(features, "features", dtype);
+  check_floats(means2d.scalar_type(), {{means2d, "means2d"}, {conics, "conics"}, {opacities, "opacities"},
+                                       {cov2d, "cov2d"}, {features, "features"}});
   const int64_t m = means2d.size(0);
   TORCH_CHECK(means2d.dim() == 2 && means2d.size(1) == 2, "means2d must be [M, 2]");
   TORCH_CHECK(conics.sizes() == at::IntArrayRef({m, 3}) && cov2d.sizes() == at::IntArrayRef({m, 3}),
@@ -726,9 +728,7 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
   const Inputs in =
       check_inputs(means2d, conics, opacities, cov2d, features, offsets, ids, n_cameras, width, height, tile_size);
   const auto dtype = means2d.scalar_type();
-  check_float(trans, "trans", dtype);
-  check_float(grad_image, "grad_image", dtype);
-  check_float(grad_trans, "grad_trans", dtype);
+  check_floats(dtype, {{trans, "trans"}, {grad_image, "grad_image"}, {grad_trans, "grad_trans"}});
   TORCH_CHECK(last.scalar_type() == at::kInt && last.is_contiguous(), "last must be contiguous int32");
   TORCH_CHECK(grad_image.sizes() == at::IntArrayRef({n_cameras, height, width, features.size(1)}),
               "grad_image must be [C, H, W, D]");
@@ -741,13 +741,610 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
   return out;
 }
 
+// ------------------------------------------------------- projection + SH colours + packing
+//
+// Fused twin of rasterize.project_gaussians + sh_to_colors + the packing in
+// rasterize.rasterize_gaussians (same formulas, same order of the packed pairs: camera-major,
+// then Gaussian index, as torch.nonzero gives them), forward and hand-written backward.
+// The forward works per Gaussian (all cameras at once), parallel over chunks of Gaussians; a
+// pair (c, n) is kept when its radii are both positive and opacity >= 1/255. The backward also
+// runs per Gaussian, so each Gaussian's gradient is written by one thread (no atomics); the
+// camera gradients (viewmats and camera centres) are summed per fixed chunk of Gaussians in
+// double precision and the chunks are added in order, so results do not depend on the thread
+// count.
+
+constexpr int64_t kProjectGrain = 512;  // Gaussians per work item (and per camera-gradient partial)
+
+// Real SH basis values (the 3DGS sign convention of rasterize.eval_sh_bases), degree 0..3, of
+// the unit direction (x, y, z).
+template <typename T>
+inline void sh_bases(int degree, T x, T y, T z, T* b) {
+  b[0] = T(0.28209479177387814);
+  if (degree < 1) return;
+  const T c1 = T(0.4886025119029199);
+  b[1] = -c1 * y;
+  b[2] = c1 * z;
+  b[3] = -c1 * x;
+  if (degree < 2) return;
+  const T xx = x * x, yy = y * y, zz = z * z;
+  b[4] = T(1.0925484305920792) * x * y;
+  b[5] = T(-1.0925484305920792) * y * z;
+  b[6] = T(0.31539156525252005) * (T(2) * zz - xx - yy);
+  b[7] = T(-1.0925484305920792) * x * z;
+  b[8] = T(0.5462742152960396) * (xx - yy);
+  if (degree < 3) return;
+  b[9] = T(-0.5900435899266435) * y * (T(3) * xx - yy);
+  b[10] = T(2.890611442640554) * x * y * z;
+  b[11] = T(-0.4570457994644658) * y * (T(4) * zz - xx - yy);
+  b[12] = T(0.3731763325901154) * z * (T(2) * zz - T(3) * xx - T(3) * yy);
+  b[13] = T(-0.4570457994644658) * x * (T(4) * zz - xx - yy);
+  b[14] = T(1.445305721320277) * z * (xx - yy);
+  b[15] = T(-0.5900435899266435) * x * (xx - T(3) * yy);
+}
+
+// Gradient of sum_b g[b] * basis_b(x, y, z) with respect to the unit direction (degree >= 1).
+template <typename T>
+inline void sh_bases_backward(int degree, T x, T y, T z, const T* g, T* gd) {
+  const T c1 = T(0.4886025119029199);
+  T gx = -c1 * g[3], gy = -c1 * g[1], gz = c1 * g[2];
+  if (degree >= 2) {
+    const T c20 = T(1.0925484305920792), c22 = T(0.31539156525252005), c24 = T(0.5462742152960396);
+    gx += c20 * y * g[4] - T(2) * c22 * x * g[6] - c20 * z * g[7] + T(2) * c24 * x * g[8];
+    gy += c20 * x * g[4] - c20 * z * g[5] - T(2) * c22 * y * g[6] - T(2) * c24 * y * g[8];
+    gz += -c20 * y * g[5] + T(4) * c22 * z * g[6] - c20 * x * g[7];
+  }
+  if (degree >= 3) {
+    const T c30 = T(0.5900435899266435), c31 = T(2.890611442640554), c32 = T(0.4570457994644658);
+    const T c33 = T(0.3731763325901154), c34 = T(1.445305721320277);
+    const T xx = x * x, yy = y * y, zz = z * z;
+    gx += -c30 * T(6) * x * y * g[9] + c31 * y * z * g[10] + T(2) * c32 * x * y * g[11] -
+          T(6) * c33 * x * z * g[12] - c32 * (T(4) * zz - T(3) * xx - yy) * g[13] + T(2) * c34 * x * z * g[14] -
+          c30 * T(3) * (xx - yy) * g[15];
+    gy += -c30 * T(3) * (xx - yy) * g[9] + c31 * x * z * g[10] - c32 * (T(4) * zz - xx - T(3) * yy) * g[11] -
+          T(6) * c33 * y * z * g[12] + T(2) * c32 * x * y * g[13] - T(2) * c34 * y * z * g[14] +
+          T(6) * c30 * x * y * g[15];
+    gz += c31 * x * y * g[10] - T(8) * c32 * y * z * g[11] + c33 * (T(6) * zz - T(3) * xx - T(3) * yy) * g[12] -
+          T(8) * c32 * x * z * g[13] + c34 * (xx - yy) * g[14];
+  }
+  gd[0] = gx;
+  gd[1] = gy;
+  gd[2] = gz;
+}
+
+// Unit quaternion (F.normalize with eps 1e-12) and its rotation matrix (recon_core.geometry).
+template <typename T>
+inline void quat_rotation(const T* q, T* qn, T* R) {
+  const T norm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  const T d = std::max(norm, T(1e-12));
+  for (int k = 0; k < 4; ++k) qn[k] = q[k] / d;
+  const T w = qn[0], x = qn[1], y = qn[2], z = qn[3];
+  R[0] = T(1) - T(2) * (y * y + z * z);
+  R[1] = T(2) * (x * y - w * z);
+  R[2] = T(2) * (x * z + w * y);
+  R[3] = T(2) * (x * y + w * z);
+  R[4] = T(1) - T(2) * (x * x + z * z);
+  R[5] = T(2) * (y * z - w * x);
+  R[6] = T(2) * (x * z - w * y);
+  R[7] = T(2) * (y * z + w * x);
+  R[8] = T(1) - T(2) * (x * x + y * y);
+}
+
+// Gradient of the raw quaternion q from the gradient G of its rotation matrix.
+template <typename T>
+inline void quat_rotation_backward(const T* q, const T* qn, const T* G, T* gq) {
+  const T w = qn[0], x = qn[1], y = qn[2], z = qn[3];
+  T g[4];
+  g[0] = T(2) * (-z * G[1] + y * G[2] + z * G[3] - x * G[5] - y * G[6] + x * G[7]);
+  g[1] = T(2) * (y * G[1] + z * G[2] + y * G[3] - T(2) * x * G[4] - w * G[5] + z * G[6] + w * G[7] - T(2) * x * G[8]);
+  g[2] = T(2) * (-T(2) * y * G[0] + x * G[1] + w * G[2] + x * G[3] + z * G[5] - w * G[6] + z * G[7] - T(2) * y * G[8]);
+  g[3] = T(2) * (-T(2) * z * G[0] - w * G[1] + x * G[2] + w * G[3] - T(2) * z * G[4] + y * G[5] + x * G[6] + y * G[7]);
+  const T norm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  if (norm > T(1e-12)) {
+    const T dot = qn[0] * g[0] + qn[1] * g[1] + qn[2] * g[2] + qn[3] * g[3];
+    for (int k = 0; k < 4; ++k) gq[k] = (g[k] - qn[k] * dot) / norm;
+  } else {
+    for (int k = 0; k < 4; ++k) gq[k] = g[k] / T(1e-12);
+  }
+}
+
+// d max(a, b) / d a as torch gives it: 1 where a > b, 1/2 at a tie, 0 below.
+template <typename T>
+inline T pass_max(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
+
+template <typename T>
+struct CameraParams {
+  T R[9], t[3], K[6], centre[3];
+  T x_lim_pos, x_lim_neg, y_lim_pos, y_lim_neg;
+};
+
+template <typename T>
+std::vector<CameraParams<T>> camera_params(const at::Tensor& viewmats, const at::Tensor& centres, const at::Tensor& Ks,
+                                           int64_t width, int64_t height) {
+  const int64_t n_cams = viewmats.size(0);
+  const T* v = viewmats.data_ptr<T>();
+  const T* c = centres.data_ptr<T>();
+  const T* k = Ks.data_ptr<T>();
+  std::vector<CameraParams<T>> cams(n_cams);
+  for (int64_t i = 0; i < n_cams; ++i) {
+    CameraParams<T>& p = cams[i];
+    for (int r = 0; r < 3; ++r) {
+      for (int col = 0; col < 3; ++col) p.R[3 * r + col] = v[16 * i + 4 * r + col];
+      p.t[r] = v[16 * i + 4 * r + 3];
+      p.centre[r] = c[3 * i + r];
+    }
+    for (int e = 0; e < 6; ++e) p.K[e] = k[9 * i + e];  // the first two rows of K
+    const T fx = p.K[0], fy = p.K[4], cx = p.K[2], cy = p.K[5];
+    // 1.3 x the field of view, as rasterize.project_gaussians
+    const T half_x = T(0.5) * T(width) / fx, half_y = T(0.5) * T(height) / fy;
+    p.x_lim_pos = (T(width) - cx) / fx + T(0.3) * half_x;
+    p.x_lim_neg = cx / fx + T(0.3) * half_x;
+    p.y_lim_pos = (T(height) - cy) / fy + T(0.3) * half_y;
+    p.y_lim_neg = cy / fy + T(0.3) * half_y;
+  }
+  return cams;
+}
+
+// Everything the projection of one (camera, Gaussian) pair computes; the backward recomputes it.
+template <typename T>
+struct PairProjection {
+  T p[3], zs, tx, ty, W[9], rx[3], ry[3], cxx, cyy, cxy, det_raw, det, u, v;
+  bool in_depth;
+};
+
+template <typename T>
+inline void project_pair(const CameraParams<T>& cam, const T* mean, const T* QS, T eps2d, T near_plane,
+                         T far_plane, PairProjection<T>& o) {
+  const T* R = cam.R;
+  for (int i = 0; i < 3; ++i) o.p[i] = R[3 * i] * mean[0] + R[3 * i + 1] * mean[1] + R[3 * i + 2] * mean[2] + cam.t[i];
+  const T z = o.p[2];
+  o.in_depth = z > near_plane && z < far_plane;
+  o.zs = o.in_depth ? z : T(1);
+  const T fx = cam.K[0], fy = cam.K[4];
+  o.tx = std::min(std::max(o.p[0] / o.zs, -cam.x_lim_neg), cam.x_lim_pos);
+  o.ty = std::min(std::max(o.p[1] / o.zs, -cam.y_lim_neg), cam.y_lim_pos);
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k) o.W[3 * i + k] = R[3 * i] * QS[k] + R[3 * i + 1] * QS[3 + k] + R[3 * i + 2] * QS[6 + k];
+  const T inv_z = T(1) / o.zs;
+  const T ax = fx * inv_z, ay = fy * inv_z;
+  o.cxx = eps2d;
+  o.cyy = eps2d;
+  o.cxy = 0;
+  T sxx = 0, syy = 0, sxy = 0;
+  for (int k = 0; k < 3; ++k) {
+    o.rx[k] = ax * (o.W[k] - o.tx * o.W[6 + k]);
+    o.ry[k] = ay * (o.W[3 + k] - o.ty * o.W[6 + k]);
+    sxx += o.rx[k] * o.rx[k];
+    syy += o.ry[k] * o.ry[k];
+    sxy += o.rx[k] * o.ry[k];
+  }
+  o.cxx = sxx + eps2d;
+  o.cyy = syy + eps2d;
+  o.cxy = sxy;
+  o.det_raw = o.cxx * o.cyy - o.cxy * o.cxy;
+  o.det = std::max(o.det_raw, T(1e-10));
+  const T* K = cam.K;
+  o.u = (K[0] * o.p[0] + K[1] * o.p[1] + K[2] * o.p[2]) / o.zs;
+  o.v = (K[3] * o.p[0] + K[4] * o.p[1] + K[5] * o.p[2]) / o.zs;
+}
+
+// R(q) diag(s) of one Gaussian (row-major 3 x 3), with the unit quaternion and R(q).
+template <typename T>
+inline void rotation_scale(const T* q, const T* s, T* qn, T* Q, T* QS) {
+  quat_rotation(q, qn, Q);
+  for (int j = 0; j < 3; ++j)
+    for (int k = 0; k < 3; ++k) QS[3 * j + k] = Q[3 * j + k] * s[k];
+}
+
+struct ProjectArgs {
+  at::Tensor means, quats, scales, opacities, colors, viewmats, centres, Ks;
+  int64_t sh_degree;  // -1: colours [N, 3] instead of SH [N, K, 3]
+  int64_t width, height;
+  double eps2d, near_plane, far_plane;
+};
+
+// The inputs of one projection call as raw pointers and scalars (forward and backward).
+template <typename T>
+struct ProjectInputs {
+  int64_t n, n_cams;
+  std::vector<CameraParams<T>> cams;
+  const T *means, *quats, *scales, *opac, *col;
+  T eps2d, near_plane, far_plane;
+  int degree;        // -1: colours [N, 3]
+  int64_t k_coeffs;  // SH coefficients stored per Gaussian (1 for colours)
+  int n_bases;       // (degree + 1)^2 of them evaluated (0 for colours)
+
+  explicit ProjectInputs(const ProjectArgs& a)
+      : n(a.means.size(0)),
+        n_cams(a.viewmats.size(0)),
+        cams(camera_params<T>(a.viewmats, a.centres, a.Ks, a.width, a.height)),
+        means(a.means.data_ptr<T>()),
+        quats(a.quats.data_ptr<T>()),
+        scales(a.scales.data_ptr<T>()),
+        opac(a.opacities.data_ptr<T>()),
+        col(a.colors.data_ptr<T>()),
+        eps2d(T(a.eps2d)),
+        near_plane(T(a.near_plane)),
+        far_plane(T(a.far_plane)),
+        degree(static_cast<int>(a.sh_degree)),
+        k_coeffs(a.sh_degree >= 0 ? a.colors.size(1) : 1),
+        n_bases(a.sh_degree >= 0 ? static_cast<int>((a.sh_degree + 1) * (a.sh_degree + 1)) : 0) {}
+};
+
+template <typename T>
+std::vector<at::Tensor> project_forward_impl(const ProjectArgs& a) {
+  const ProjectInputs<T> in(a);
+  const int64_t n = in.n, n_cams = in.n_cams;
+  const auto& cams = in.cams;
+  const T alpha_min = T(kAlphaThreshold), sigmas = T(kRadiusSigmas);
+  const T w_img = T(a.width), h_img = T(a.height);
+
+  // pass 1: project every pair; keep the outputs of the visible ones in pair order
+  constexpr int kPairFields = 11;  // u, v, conic (3), cov2d (3), depth, radii (2)
+  std::unique_ptr<T[]> pair(new T[static_cast<size_t>(n_cams * n * kPairFields)]);  // read only where visible
+  std::vector<uint8_t> visible(static_cast<size_t>(n_cams * n), 0);
+  const int64_t n_chunks = (n + kProjectGrain - 1) / kProjectGrain;
+  std::vector<int64_t> count(static_cast<size_t>(n_cams * n_chunks + 1), 0);
+  parallel_chunks(n, kProjectGrain, [&](int64_t begin, int64_t end) {
+    const int64_t chunk = begin / kProjectGrain;
+    PairProjection<T> o;
+    for (int64_t g = begin; g < end; ++g) {
+      T qn[4], Q[9], QS[9];
+      rotation_scale(in.quats + 4 * g, in.scales + 3 * g, qn, Q, QS);
+      const bool opaque = in.opac[g] >= alpha_min;
+      for (int64_t c = 0; c < n_cams; ++c) {
+        project_pair(cams[c], in.means + 3 * g, QS, in.eps2d, in.near_plane, in.far_plane, o);
+        const T rad_x = std::ceil(sigmas * std::sqrt(o.cxx)), rad_y = std::ceil(sigmas * std::sqrt(o.cyy));
+        const bool inside = o.u + rad_x > 0 && o.u - rad_x < w_img && o.v + rad_y > 0 && o.v - rad_y < h_img;
+        if (!(o.in_depth && inside && rad_x > 0 && rad_y > 0 && opaque)) continue;
+        const int64_t pi = c * n + g;
+        visible[pi] = 1;
+        ++count[c * n_chunks + chunk + 1];
+        T* out = &pair[pi * kPairFields];
+        out[0] = o.u;
+        out[1] = o.v;
+        out[2] = o.cyy / o.det;
+        out[3] = -o.cxy / o.det;
+        out[4] = o.cxx / o.det;
+        out[5] = o.cxx;
+        out[6] = o.cxy;
+        out[7] = o.cyy;
+        out[8] = o.p[2];
+        out[9] = rad_x;
+        out[10] = rad_y;
+      }
+    }
+  });
+  for (size_t i = 1; i < count.size(); ++i) count[i] += count[i - 1];  // start of each (camera, chunk)
+  const int64_t m = count.back();
+
+  const auto fopt = a.means.options();
+  at::Tensor means2d = at::empty({m, 2}, fopt), conics = at::empty({m, 3}, fopt), opac_p = at::empty({m}, fopt);
+  at::Tensor features = at::empty({m, 4}, fopt), cov2d = at::empty({m, 3}, fopt);
+  at::Tensor camera_ids = at::empty({m}, fopt.dtype(at::kLong)), gauss_ids = at::empty({m}, fopt.dtype(at::kLong));
+  at::Tensor radii = at::empty({m, 2}, fopt.dtype(at::kInt));
+  at::Tensor index = at::empty({n_cams, n}, fopt.dtype(at::kInt));  // packed index of each pair, -1: culled
+  T* o_m2d = means2d.data_ptr<T>();
+  T* o_con = conics.data_ptr<T>();
+  T* o_op = opac_p.data_ptr<T>();
+  T* o_feat = features.data_ptr<T>();
+  T* o_cov = cov2d.data_ptr<T>();
+  int64_t* o_cam = camera_ids.data_ptr<int64_t>();
+  int64_t* o_gid = gauss_ids.data_ptr<int64_t>();
+  int32_t* o_rad = radii.data_ptr<int32_t>();
+  int32_t* o_index = index.data_ptr<int32_t>();
+
+  // pass 2: pack the visible pairs and evaluate their colours
+  parallel_chunks(n, kProjectGrain, [&](int64_t begin, int64_t end) {
+    const int64_t chunk = begin / kProjectGrain;
+    for (int64_t c = 0; c < n_cams; ++c) {
+      int64_t j = count[c * n_chunks + chunk];
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t pi = c * n + g;
+        if (!visible[pi]) {
+          o_index[pi] = -1;
+          continue;
+        }
+        o_index[pi] = static_cast<int32_t>(j);
+        const T* pr = &pair[pi * kPairFields];
+        o_m2d[2 * j] = pr[0];
+        o_m2d[2 * j + 1] = pr[1];
+        for (int e = 0; e < 3; ++e) {
+          o_con[3 * j + e] = pr[2 + e];
+          o_cov[3 * j + e] = pr[5 + e];
+        }
+        o_op[j] = in.opac[g];
+        o_cam[j] = c;
+        o_gid[j] = g;
+        o_rad[2 * j] = static_cast<int32_t>(pr[9]);
+        o_rad[2 * j + 1] = static_cast<int32_t>(pr[10]);
+        T* f = &o_feat[4 * j];
+        f[3] = pr[8];
+        if (in.degree < 0) {
+          for (int e = 0; e < 3; ++e) f[e] = in.col[3 * g + e];
+        } else {
+          T b[16], dir[3] = {0, 0, 0};
+          if (in.degree >= 1) {
+            for (int e = 0; e < 3; ++e) dir[e] = in.means[3 * g + e] - cams[c].centre[e];
+            const T d = std::max(std::sqrt(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]), T(1e-12));
+            for (int e = 0; e < 3; ++e) dir[e] /= d;
+          }
+          sh_bases(in.degree, dir[0], dir[1], dir[2], b);
+          const T* sh = in.col + g * in.k_coeffs * 3;
+          for (int e = 0; e < 3; ++e) {
+            T s = 0;
+            for (int k = 0; k < in.n_bases; ++k) s += b[k] * sh[3 * k + e];
+            f[e] = std::max(s + T(0.5), T(0));
+          }
+        }
+        ++j;
+      }
+    }
+  });
+  return {means2d, conics, opac_p, features, cov2d, camera_ids, gauss_ids, radii, index};
+}
+
+template <typename T>
+std::vector<at::Tensor> project_backward_impl(const ProjectArgs& a, const at::Tensor& index,
+                                              const at::Tensor& grad_means2d, const at::Tensor& grad_conics,
+                                              const at::Tensor& grad_opacities, const at::Tensor& grad_features) {
+  const ProjectInputs<T> in(a);
+  const int64_t n = in.n, n_cams = in.n_cams;
+  const auto& cams = in.cams;
+  const int32_t* idx = index.data_ptr<int32_t>();
+  const T* gm2d = grad_means2d.data_ptr<T>();
+  const T* gcon = grad_conics.data_ptr<T>();
+  const T* gop = grad_opacities.data_ptr<T>();
+  const T* gfeat = grad_features.data_ptr<T>();
+
+  // every entry is written below (zeros for Gaussians without a visible pair): no zero fill first
+  at::Tensor g_means = at::empty_like(a.means), g_quats = at::empty_like(a.quats);
+  at::Tensor g_scales = at::empty_like(a.scales), g_opac = at::empty_like(a.opacities);
+  at::Tensor g_colors = at::empty_like(a.colors);
+  const int64_t colour_row = in.degree >= 0 ? in.k_coeffs * 3 : 3;
+  T* o_means = g_means.data_ptr<T>();
+  T* o_quats = g_quats.data_ptr<T>();
+  T* o_scales = g_scales.data_ptr<T>();
+  T* o_opac = g_opac.data_ptr<T>();
+  T* o_col = g_colors.data_ptr<T>();
+
+  // per chunk and camera: d/d viewmat (rows 0-2, 12 entries) and d/d centre (3), in double
+  constexpr int kCamFields = 15;
+  const int64_t n_chunks = (n + kProjectGrain - 1) / kProjectGrain;
+  std::vector<double> partial(static_cast<size_t>(n_chunks * n_cams * kCamFields), 0.0);
+
+  parallel_chunks(n, kProjectGrain, [&](int64_t begin, int64_t end) {
+    double* cam_acc = &partial[(begin / kProjectGrain) * n_cams * kCamFields];
+    PairProjection<T> o;
+    for (int64_t g = begin; g < end; ++g) {
+      bool any = false;
+      for (int64_t c = 0; c < n_cams; ++c) any |= idx[c * n + g] >= 0;
+      std::fill_n(o_col + g * colour_row, colour_row, T(0));
+      if (!any) {
+        std::fill_n(o_means + 3 * g, 3, T(0));
+        std::fill_n(o_quats + 4 * g, 4, T(0));
+        std::fill_n(o_scales + 3 * g, 3, T(0));
+        o_opac[g] = 0;
+        continue;
+      }
+      const T* mean = in.means + 3 * g;
+      const T* s = in.scales + 3 * g;
+      T qn[4], Q[9], QS[9];
+      rotation_scale(in.quats + 4 * g, s, qn, Q, QS);
+      T g_mean[3] = {0, 0, 0}, g_QS[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0}, g_op = 0;
+      for (int64_t c = 0; c < n_cams; ++c) {
+        const int64_t j = idx[c * n + g];
+        if (j < 0) continue;
+        const CameraParams<T>& cam = cams[c];
+        double* acc = cam_acc + c * kCamFields;
+        g_op += gop[j];
+        const T* gf = gfeat + 4 * j;
+        // colours
+        if (in.degree < 0) {
+          for (int e = 0; e < 3; ++e) o_col[3 * g + e] += gf[e];
+        } else {
+          T b[16], dir[3] = {0, 0, 0}, raw[3] = {0, 0, 0}, len = 1;
+          if (in.degree >= 1) {
+            for (int e = 0; e < 3; ++e) raw[e] = mean[e] - cam.centre[e];
+            len = std::sqrt(raw[0] * raw[0] + raw[1] * raw[1] + raw[2] * raw[2]);
+            const T d = std::max(len, T(1e-12));
+            for (int e = 0; e < 3; ++e) dir[e] = raw[e] / d;
+          }
+          sh_bases(in.degree, dir[0], dir[1], dir[2], b);
+          const T* sh = in.col + g * in.k_coeffs * 3;
+          T* gsh = o_col + g * in.k_coeffs * 3;
+          T g_rgb[3];
+          for (int e = 0; e < 3; ++e) {
+            T sum = 0;
+            for (int k = 0; k < in.n_bases; ++k) sum += b[k] * sh[3 * k + e];
+            g_rgb[e] = sum + T(0.5) >= T(0) ? gf[e] : T(0);  // clamp_min(0) passes the gradient at >= 0
+          }
+          for (int k = 0; k < in.n_bases; ++k)
+            for (int e = 0; e < 3; ++e) gsh[3 * k + e] += b[k] * g_rgb[e];
+          if (in.degree >= 1) {
+            T g_b[16], g_dir[3];
+            for (int k = 0; k < in.n_bases; ++k) g_b[k] = sh[3 * k] * g_rgb[0] + sh[3 * k + 1] * g_rgb[1] + sh[3 * k + 2] * g_rgb[2];
+            sh_bases_backward(in.degree, dir[0], dir[1], dir[2], g_b, g_dir);
+            T g_raw[3];
+            if (len > T(1e-12)) {
+              const T dot = dir[0] * g_dir[0] + dir[1] * g_dir[1] + dir[2] * g_dir[2];
+              for (int e = 0; e < 3; ++e) g_raw[e] = (g_dir[e] - dir[e] * dot) / len;
+            } else {
+              for (int e = 0; e < 3; ++e) g_raw[e] = g_dir[e] / T(1e-12);
+            }
+            for (int e = 0; e < 3; ++e) {
+              g_mean[e] += g_raw[e];
+              acc[12 + e] -= static_cast<double>(g_raw[e]);
+            }
+          }
+        }
+        // projection
+        project_pair(cam, mean, QS, in.eps2d, in.near_plane, in.far_plane, o);
+        const T* K = cam.K;
+        const T fx = K[0], fy = K[4];
+        T g_p[3] = {0, 0, gf[3]};  // the depth feature is p_z
+        T g_zs = 0;
+        // means2d = K[:2] p / zs
+        const T gu = gm2d[2 * j], gv = gm2d[2 * j + 1];
+        const T inv_zs = T(1) / o.zs;
+        for (int e = 0; e < 3; ++e) g_p[e] += (K[e] * gu + K[3 + e] * gv) * inv_zs;
+        g_zs -= (o.u * gu + o.v * gv) * inv_zs;
+        // conics = (cyy, -cxy, cxx) / det, det = max(cxx cyy - cxy², 1e-10)
+        const T ga = gcon[3 * j], gb = gcon[3 * j + 1], gc = gcon[3 * j + 2];
+        const T inv_det = T(1) / o.det;
+        T g_cxx = gc * inv_det, g_cyy = ga * inv_det, g_cxy = -gb * inv_det;
+        const T g_det = -(ga * o.cyy - gb * o.cxy + gc * o.cxx) * inv_det * inv_det;
+        if (o.det_raw >= T(1e-10)) {
+          g_cxx += g_det * o.cyy;
+          g_cyy += g_det * o.cxx;
+          g_cxy -= T(2) * o.cxy * g_det;
+        }
+        // rows of J W: rx = ax (W0 - tx W2), ry = ay (W1 - ty W2)
+        const T inv_z = T(1) / o.zs;
+        const T ax = fx * inv_z, ay = fy * inv_z;
+        T g_rx[3], g_ry[3], g_ax = 0, g_ay = 0, g_tx = 0, g_ty = 0, g_W[9];
+        for (int k = 0; k < 3; ++k) {
+          g_rx[k] = T(2) * g_cxx * o.rx[k] + g_cxy * o.ry[k];
+          g_ry[k] = T(2) * g_cyy * o.ry[k] + g_cxy * o.rx[k];
+          const T dx = o.W[k] - o.tx * o.W[6 + k], dy = o.W[3 + k] - o.ty * o.W[6 + k];
+          g_ax += dx * g_rx[k];
+          g_ay += dy * g_ry[k];
+          g_tx -= ax * o.W[6 + k] * g_rx[k];
+          g_ty -= ay * o.W[6 + k] * g_ry[k];
+          g_W[k] = ax * g_rx[k];
+          g_W[3 + k] = ay * g_ry[k];
+          g_W[6 + k] = -(ax * o.tx * g_rx[k] + ay * o.ty * g_ry[k]);
+        }
+        g_zs -= (fx * g_ax + fy * g_ay) * inv_z * inv_z;
+        // tx = clamp(px / zs), ty = clamp(py / zs) (torch's min/max: half the gradient at a tie)
+        const T xz = o.p[0] / o.zs, yz = o.p[1] / o.zs;
+        const T mx = std::max(xz, -cam.x_lim_neg), my = std::max(yz, -cam.y_lim_neg);
+        const T g_xz = g_tx * pass_max(cam.x_lim_pos, mx) * pass_max(xz, -cam.x_lim_neg);
+        const T g_yz = g_ty * pass_max(cam.y_lim_pos, my) * pass_max(yz, -cam.y_lim_neg);
+        g_p[0] += g_xz * inv_zs;
+        g_p[1] += g_yz * inv_zs;
+        g_zs -= (g_xz * o.p[0] + g_yz * o.p[1]) * inv_zs * inv_zs;
+        if (o.in_depth) g_p[2] += g_zs;
+        // W = R QS; p = R mean + t
+        const T* R = cam.R;
+        for (int jj = 0; jj < 3; ++jj)
+          for (int k = 0; k < 3; ++k)
+            g_QS[3 * jj + k] += R[jj] * g_W[k] + R[3 + jj] * g_W[3 + k] + R[6 + jj] * g_W[6 + k];
+        for (int i = 0; i < 3; ++i) {
+          for (int jj = 0; jj < 3; ++jj) {
+            const T gR = g_W[3 * i] * QS[3 * jj] + g_W[3 * i + 1] * QS[3 * jj + 1] + g_W[3 * i + 2] * QS[3 * jj + 2] +
+                         g_p[i] * mean[jj];
+            acc[4 * i + jj] += static_cast<double>(gR);
+          }
+          acc[4 * i + 3] += static_cast<double>(g_p[i]);
+        }
+        for (int e = 0; e < 3; ++e) g_mean[e] += R[e] * g_p[0] + R[3 + e] * g_p[1] + R[6 + e] * g_p[2];
+      }
+      // QS = R(q) diag(s)
+      T g_Q[9], g_s[3] = {0, 0, 0};
+      for (int jj = 0; jj < 3; ++jj)
+        for (int k = 0; k < 3; ++k) {
+          g_s[k] += Q[3 * jj + k] * g_QS[3 * jj + k];
+          g_Q[3 * jj + k] = g_QS[3 * jj + k] * s[k];
+        }
+      for (int k = 0; k < 3; ++k) o_scales[3 * g + k] = g_s[k];
+      quat_rotation_backward(in.quats + 4 * g, qn, g_Q, o_quats + 4 * g);
+      for (int e = 0; e < 3; ++e) o_means[3 * g + e] = g_mean[e];
+      o_opac[g] = g_op;
+    }
+  });
+  at::Tensor g_view = at::zeros({n_cams, 4, 4}, a.means.options().dtype(at::kDouble));
+  at::Tensor g_centre = at::zeros({n_cams, 3}, a.means.options().dtype(at::kDouble));
+  double* gv = g_view.data_ptr<double>();
+  double* gcen = g_centre.data_ptr<double>();
+  for (int64_t ch = 0; ch < n_chunks; ++ch)  // in chunk order: the same sum for any thread count
+    for (int64_t c = 0; c < n_cams; ++c) {
+      const double* acc = &partial[(ch * n_cams + c) * kCamFields];
+      for (int e = 0; e < 12; ++e) gv[16 * c + e] += acc[e];
+      for (int e = 0; e < 3; ++e) gcen[3 * c + e] += acc[12 + e];
+    }
+  return {g_means, g_quats, g_scales, g_opac, g_colors, g_view.to(a.means.scalar_type()),
+          g_centre.to(a.means.scalar_type())};
+}
+
+ProjectArgs check_project_args(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
+                               const at::Tensor& opacities, const at::Tensor& colors, int64_t sh_degree,
+                               const at::Tensor& viewmats, const at::Tensor& centres, const at::Tensor& Ks,
+                               int64_t width, int64_t height, double eps2d, double near_plane, double far_plane) {
+  check_floats(means.scalar_type(), {{means, "means"}, {quats, "quats"}, {scales, "scales"}, {opacities, "opacities"},
+                                     {colors, "colors"}, {viewmats, "viewmats"}, {centres, "centres"}, {Ks, "Ks"}});
+  const int64_t n = means.size(0);
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be [N, 3]");
+  TORCH_CHECK(quats.sizes() == at::IntArrayRef({n, 4}), "quats must be [N, 4]");
+  TORCH_CHECK(scales.sizes() == at::IntArrayRef({n, 3}), "scales must be [N, 3]");
+  TORCH_CHECK(opacities.dim() == 1 && opacities.size(0) == n, "opacities must be [N]");
+  TORCH_CHECK(sh_degree >= -1 && sh_degree <= 3, "sh_degree must be -1 (colours) or 0..3");
+  if (sh_degree < 0) {
+    TORCH_CHECK(colors.sizes() == at::IntArrayRef({n, 3}), "colors must be [N, 3]");
+  } else {
+    TORCH_CHECK(colors.dim() == 3 && colors.size(0) == n && colors.size(2) == 3 &&
+                    colors.size(1) >= (sh_degree + 1) * (sh_degree + 1),
+                "sh must be [N, K, 3] with K >= (sh_degree + 1)^2");
+  }
+  const int64_t c = viewmats.size(0);
+  TORCH_CHECK(viewmats.sizes() == at::IntArrayRef({c, 4, 4}), "viewmats must be [C, 4, 4]");
+  TORCH_CHECK(centres.sizes() == at::IntArrayRef({c, 3}), "centres must be [C, 3]");
+  TORCH_CHECK(Ks.sizes() == at::IntArrayRef({c, 3, 3}), "Ks must be [C, 3, 3]");
+  TORCH_CHECK(width > 0 && height > 0, "bad image size");
+  TORCH_CHECK(c * n < std::numeric_limits<int32_t>::max(), "too many (camera, Gaussian) pairs");
+  return ProjectArgs{means, quats, scales, opacities, colors, viewmats, centres, Ks, sh_degree, width, height,
+                     eps2d, near_plane, far_plane};
+}
+
+std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
+                                        const at::Tensor& opacities, const at::Tensor& colors, int64_t sh_degree,
+                                        const at::Tensor& viewmats, const at::Tensor& centres, const at::Tensor& Ks,
+                                        int64_t width, int64_t height, double eps2d, double near_plane,
+                                        double far_plane) {
+  const ProjectArgs a = check_project_args(means, quats, scales, opacities, colors, sh_degree, viewmats, centres, Ks,
+                                           width, height, eps2d, near_plane, far_plane);
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] { out = project_forward_impl<scalar_t>(a); });
+  return out;
+}
+
+std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
+                                         const at::Tensor& opacities, const at::Tensor& colors, int64_t sh_degree,
+                                         const at::Tensor& viewmats, const at::Tensor& centres, const at::Tensor& Ks,
+                                         int64_t width, int64_t height, double eps2d, double near_plane,
+                                         double far_plane, const at::Tensor& index, const at::Tensor& grad_means2d,
+                                         const at::Tensor& grad_conics, const at::Tensor& grad_opacities,
+                                         const at::Tensor& grad_features) {
+  const ProjectArgs a = check_project_args(means, quats, scales, opacities, colors, sh_degree, viewmats, centres, Ks,
+                                           width, height, eps2d, near_plane, far_plane);
+  const auto dtype = means.scalar_type();
+  TORCH_CHECK(index.scalar_type() == at::kInt && index.is_contiguous() &&
+                  index.sizes() == at::IntArrayRef({viewmats.size(0), means.size(0)}),
+              "index must be contiguous int32 [C, N] (from project_forward)");
+  const int64_t m = grad_means2d.size(0);
+  check_floats(dtype, {{grad_means2d, "grad_means2d"}, {grad_conics, "grad_conics"},
+                       {grad_opacities, "grad_opacities"}, {grad_features, "grad_features"}});
+  TORCH_CHECK(grad_means2d.sizes() == at::IntArrayRef({m, 2}) && grad_conics.sizes() == at::IntArrayRef({m, 3}) &&
+                  grad_opacities.sizes() == at::IntArrayRef({m}) && grad_features.sizes() == at::IntArrayRef({m, 4}),
+              "gradients must be [M, 2], [M, 3], [M], [M, 4] (the packed outputs of project_forward)");
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "project_backward", [&] {
+    out = project_backward_impl<scalar_t>(a, index, grad_means2d, grad_conics, grad_opacities, grad_features);
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "recon torch-3dgs compiled CPU rasteriser (binning and compositing, forward and backward)";
+  m.doc() = "recon torch-3dgs compiled CPU rasteriser (projection + SH, binning and compositing, forward and backward)";
   m.def("bin_gaussians", &bin_gaussians, "tile lists (offsets int64 [tiles + 1], ids int32 [P]), front to back");
   m.def("composite_forward", &composite_forward, "image [C,H,W,D], alpha [C,H,W], transmittance [C,H,W], last [C,H,W] int32");
   m.def("composite_backward", &composite_backward, "gradients of means2d, conics, opacities, features");
+  m.def("project_forward", &project_forward,
+        "packed pairs: means2d [M,2], conics [M,3], opacities [M], features (rgb, depth) [M,4], cov2d [M,3], "
+        "camera_ids [M], gaussian_ids [M], radii [M,2] int32, index [C,N] int32 (-1: culled)");
+  m.def("project_backward", &project_backward,
+        "gradients of means, quats, scales, opacities, colours / SH, viewmats [C,4,4], camera centres [C,3]");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

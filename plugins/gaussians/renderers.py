@@ -122,9 +122,11 @@ def render_gaussian_batches(
 class TorchGaussianRenderer(CameraRenderer):
     """``torch-3dgs``: tile rasteriser with gsplat's conventions (CPU or any device).
 
-    On CPU tensors the binning and compositing run in compiled, multi-threaded C++
-    (``rasterize_cpu.cpp``, built on first use); elsewhere, or when it cannot be built (one
-    warning), in pure PyTorch. ``backend`` forces either (``--set torch-3dgs.backend=torch``).
+    On CPU tensors the projection + SH colours and the binning and compositing run in compiled,
+    multi-threaded C++ (``rasterize_cpu.cpp``, built on first use); elsewhere, or when it cannot
+    be built (one warning), in pure PyTorch. ``backend`` forces either for the compositing
+    (``--set torch-3dgs.backend=torch``), ``projection`` for the projection
+    (``--set torch-3dgs.projection=torch``: the PyTorch reference).
     Both give the same images and gradients. Differentiable with respect to every Gaussian
     parameter and to the camera poses (c2w). Options are
     :class:`~recon_plugins.gaussians.rasterize.RasterizeSettings`.

@@ -366,3 +366,21 @@ def test_idr_rgb_range_compares_in_minus_one_to_one() -> None:
     assert math.isfinite(logs["loss"])
     with pytest.raises(InputError, match="rgb_range"):
         build(scene, rgb_range=[0.0, 255.0])
+
+
+def test_auto_preset_sizes_a_default_grid_encoder_for_the_cpu() -> None:
+    """preset=auto on the CPU: a hashgrid at its defaults gets its cpu_options (the benchmark's
+    sizes); a changed option, or an explicit preset, keeps the encoder as given."""
+    scene = tiny_scene(n_views=2, size=8)
+    logs: list[str] = []
+
+    def built(enc: HashGridEncoder, preset: str = "auto") -> HashGridEncoder:
+        rep = IDRRepresentation(IDRRepresentation.Config(preset=preset))
+        rep.build(scene, RunContext(device=torch.device("cpu"), seed=0, encoder=enc, create=get_registry().create, log=logs.append))
+        return rep.implicit.encoder
+
+    sized = built(HashGridEncoder())
+    assert (sized.config.n_levels, sized.config.log2_hashmap_size, sized.config.max_resolution) == (12, 15, 512)
+    assert sized.params.numel() < HashGridEncoder().params.numel() / 10 and any("CPU sizes" in m for m in logs)
+    given = HashGridEncoder(HashGridEncoder.Config(n_levels=14))  # an option changed: kept as given
+    assert built(given) is given and built(HashGridEncoder(), preset="grid").config == HashGridEncoder.Config()

@@ -179,6 +179,8 @@ class HashGridEncoder(Encoder):
     name = "hashgrid"
     description = "instant-NGP multiresolution hash grid, trilinear (torch; tinycudann on CUDA when installed)"
     table_lr = 1e-2  # instant-NGP's
+    # the sizes of the CPU benchmark (docs/benchmarks.md, IDR): 786 k table entries instead of 16 M
+    cpu_options = {"n_levels": 12, "log2_hashmap_size": 15, "max_resolution": 512}
 
     @dataclass
     class Config:

@@ -93,6 +93,8 @@ class AnalyticSphere(nn.Module):
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         return (x - CENTER).norm(dim=-1) - RADIUS
 
+    sdf_inference = sdf  # what the tracer evaluates
+
     def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool = True):
         g = (x - CENTER) / (x - CENTER).norm(dim=-1, keepdim=True)
         return self.sdf(x), self.dummy.expand(len(x), 8), g

@@ -115,7 +115,9 @@ def _hash_grid_encode(u: Tensor, table: Tensor, layout: HashGridLayout, n_active
     sizes = torch.tensor(layout.sizes[:a], dtype=torch.long, device=dev)[:, None]
     offsets = torch.tensor(layout.offsets[:a], dtype=torch.long, device=dev)[:, None]
     idx = torch.where(is_dense, dense_idx, hashed) % sizes + offsets  # [N, A, C]
-    feats = table[idx]  # [N, A, C, F]
+    # index_select, not table[idx]: its backward is an index_add (the double backward of IDR's eikonal
+    # loss runs it every step), ~2x faster on the CPU than the accumulating index_put of advanced indexing
+    feats = table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])  # [N, A, C, F]
     out = (feats * w[..., None]).sum(2).reshape(n, -1)  # [N, A·F]
     if a < n_levels:
         out = torch.cat([out, out.new_zeros(n, (n_levels - a) * table.shape[1])], dim=-1)

@@ -83,9 +83,11 @@ class IDRConfig:
     trace_back_off_iters: int = option(1, "halvings of a sphere-tracing step that overshot into the inside "
                                        "(IDR's conf: line_step_iters = 3)", min=0)
     secant_steps: int = option(8, "secant refinement steps", min=0)
-    trace_min_search: str = option("coarse-to-fine", "search on rays whose tracing fronts crossed: coarse-to-fine "
-                                   "(minimal SDF in 2⌈√(2·trace_samples)⌉+2 evaluations, full sampling only where it is "
-                                   "negative) or uniform (IDR: trace_samples evaluations on every such ray)", choices=("coarse-to-fine", "uniform"))
+    trace_min_search: str = option("traced", "search on rays whose tracing fronts crossed: traced (the sphere tracer's own "
+                                   "points as the coarse pass, then ⌈√(2·trace_samples)⌉+1 evaluations around the best), "
+                                   "coarse-to-fine (twice that: a coarse pass over the chord too), both with full sampling "
+                                   "only where the minimum is negative, or uniform (IDR: trace_samples evaluations on every "
+                                   "such ray)", choices=("traced", "coarse-to-fine", "uniform"))
     chunk: int = option(8192, "rays per chunk when rendering", min=1)
     mesh_resolution: int = option(256, "marching-cubes grid resolution for the mesh export", min=2)
     mesh_drop_voids: bool = option(True, "leave out surfaces of voids enclosed by the object (unseen by any camera)")

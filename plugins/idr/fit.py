@@ -256,23 +256,30 @@ class IDRFit(Refiner):
         h = hit.nonzero().squeeze(1)
         x0 = o.detach()[h] + tr.t[h, None] * v.detach()[h]
         rand_pts = (torch.rand(b // 2, 3, generator=self.generator).to(dev) * 2 - 1) * rep.config.trace_settings(dev).radius
-        _, _, g = rep.implicit.sdf_and_gradient(torch.cat([x0, rand_pts]), create_graph=True)
-        eikonal = ((g.norm(dim=-1) - 1) ** 2).mean()
+        rgb_mask = hit & mask_gt
+        m_idx = (~rgb_mask & tr.in_sphere).nonzero().squeeze(1)
+        # Without camera refinement the rays carry no graph, so the surface points' SDF (for the
+        # implicit differentiation) and the mask points' SDF are rows of the eikonal evaluation: one
+        # network call instead of three (IDR too evaluates all traced points in one forward). The rows
+        # are independent, so values and gradients are those of separate calls.
+        merged = not (o.requires_grad or v.requires_grad)
+        xm = o[m_idx] + tr.t[m_idx, None] * v[m_idx]
+        pts = torch.cat([x0, rand_pts, xm.detach()]) if merged else torch.cat([x0, rand_pts])
+        f_all, _, g = rep.implicit.sdf_and_gradient(pts, create_graph=True)
+        n_eik = len(h) + len(rand_pts)
+        eikonal = ((g[:n_eik].norm(dim=-1) - 1) ** 2).mean()
 
         loss_rgb = torch.zeros((), device=dev)
-        rgb_mask = hit & mask_gt
         if len(h):
-            xs = surface_points(rep.implicit.sdf, o[h], v[h], tr.t[h], g[: len(h)])
+            xs = surface_points(rep.implicit.sdf, o[h], v[h], tr.t[h], g[: len(h)], f=f_all[: len(h)] if merged else None)
             shaded = rep.shade(xs, v[h], create_graph=True)
             sel = rgb_mask[h]
             # in the network's colour range: IDR's [-1, 1] doubles the L1 against eikonal and mask
             loss_rgb = (shaded.rgb_net[sel] - rep.to_rgb_range(rgb_gt[h][sel])).abs().sum() / b
 
         loss_mask = torch.zeros((), device=dev)
-        m_idx = (~rgb_mask & tr.in_sphere).nonzero().squeeze(1)
         if len(m_idx):
-            xm = o[m_idx] + tr.t[m_idx, None] * v[m_idx]
-            logits = -alpha * rep.implicit.sdf(xm)
+            logits = -alpha * (f_all[n_eik:] if merged else rep.implicit.sdf(xm))
             loss_mask = F.binary_cross_entropy_with_logits(logits, mask_gt[m_idx].float(), reduction="sum") / (alpha * b)
 
         loss = loss_rgb + c.eikonal_weight * eikonal + c.mask_weight * loss_mask

@@ -246,7 +246,7 @@ def trace(sdf: SDF, origins: Tensor, dirs: Tensor, settings: TraceSettings = Tra
     return TraceResult(t, hit, ok)
 
 
-def surface_points(sdf: SDF, origins: Tensor, dirs: Tensor, t0: Tensor, grad_at_x0: Tensor) -> Tensor:
+def surface_points(sdf: SDF, origins: Tensor, dirs: Tensor, t0: Tensor, grad_at_x0: Tensor, f: Tensor | None = None) -> Tensor:
     """Differentiable surface points x(θ) = c + t(θ) v by implicit differentiation.
 
     Args:
@@ -254,12 +254,13 @@ def surface_points(sdf: SDF, origins: Tensor, dirs: Tensor, t0: Tensor, grad_at_
         origins, dirs: [P, 3] ray origins c and unit directions v (may require grad: camera refinement).
         t0: [P] traced distances (treated as constants).
         grad_at_x0: [P, 3] ∇ₓf at x₀ (treated as a constant).
+        f: [P] ``sdf(origins + t0 · dirs)`` with its graph, when the caller already has it (else evaluated).
     Returns:
         [P, 3] points equal to c + t₀v in value, with the derivatives of the exact intersection.
     """
     t0 = t0.detach()
-    x = origins + t0[:, None] * dirs
-    f = sdf(x)
+    if f is None:
+        f = sdf(origins + t0[:, None] * dirs)
     dot = (grad_at_x0.detach() * dirs.detach()).sum(-1)
     dot = torch.where(dot.abs() > 1e-6, dot, torch.full_like(dot, -1e-6))
     t = t0 - (f - f.detach()) / dot

@@ -97,6 +97,16 @@ void check_inputs(const torch::Tensor& u, const torch::Tensor& table, size_t n_l
 
 int n_threads() { return std::max(1, at::get_num_threads()); }
 
+// Table-gradient accumulation: rows are shared between points, so atomic when several threads write.
+inline void scatter_add(float* dst, float v, int threads) {
+  if (threads > 1) {
+#pragma omp atomic
+    *dst += v;
+  } else {
+    *dst += v;
+  }
+}
+
 }  // namespace
 
 torch::Tensor hashgrid_forward(torch::Tensor u, torch::Tensor table, std::vector<double> scales, std::vector<int64_t> res,
@@ -163,15 +173,7 @@ std::vector<torch::Tensor> hashgrid_backward(torch::Tensor grad_out, torch::Tens
       for (int c = 0; c < C; ++c) {
         if (need_table) {
           float* dst = gt + cl.row[c] * F;
-          for (int64_t f = 0; f < F; ++f) {
-            const float v = cl.w[c] * g[f];
-            if (threads > 1) {
-#pragma omp atomic
-              dst[f] += v;
-            } else {
-              dst[f] += v;
-            }
-          }
+          for (int64_t f = 0; f < F; ++f) scatter_add(dst + f, cl.w[c] * g[f], threads);
         }
         if (need_u) {
           const float* t = tp + cl.row[c] * F;
@@ -240,15 +242,7 @@ std::vector<torch::Tensor> hashgrid_double_backward(torch::Tensor gg_u, torch::T
           for (int64_t f = 0; f < F; ++f) dgo[i * L * F + l * F + f] += q * t[f];
         if (need_table) {
           float* dst = dt + cl.row[c] * F;
-          for (int64_t f = 0; f < F; ++f) {
-            const float v = q * g[f];
-            if (threads > 1) {
-#pragma omp atomic
-              dst[f] += v;
-            } else {
-              dst[f] += v;
-            }
-          }
+          for (int64_t f = 0; f < F; ++f) scatter_add(dst + f, q * g[f], threads);
         }
         if (need_u && D > 1) {
           float dot = 0.f;

@@ -388,6 +388,9 @@ class Encoder(Component, nn.Module):
     """Recommended Adam lr of the encoder's other weights (None: the network lr)."""
     lr_milestones: tuple[float, ...] | None = None
     """Recommended fractions of a run at which trainers decay every lr (None: the trainer's schedule)."""
+    cpu_options: ClassVar[dict[str, Any]] = {}
+    """Option values sized for a CPU (e.g. a smaller hash table), which a representation may apply on
+    the CPU when the run left every option at its default (``idr.preset=auto``)."""
 
     def __init__(self, config: Any = None, in_dim: int = 3) -> None:
         nn.Module.__init__(self)

@@ -93,6 +93,8 @@ class AnalyticSphere(nn.Module):
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         return (x - CENTER).norm(dim=-1) - RADIUS
 
+    sdf_inference = sdf  # what the tracer evaluates
+
     def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool = True):
         g = (x - CENTER) / (x - CENTER).norm(dim=-1, keepdim=True)
         return self.sdf(x), self.dummy.expand(len(x), 8), g
@@ -366,3 +368,54 @@ def test_idr_rgb_range_compares_in_minus_one_to_one() -> None:
     assert math.isfinite(logs["loss"])
     with pytest.raises(InputError, match="rgb_range"):
         build(scene, rgb_range=[0.0, 255.0])
+
+
+def test_auto_preset_sizes_a_default_grid_encoder_for_the_cpu() -> None:
+    """preset=auto on the CPU: a hashgrid at its defaults gets its cpu_options (the benchmark's
+    sizes); a changed option, or an explicit preset, keeps the encoder as given."""
+    scene = tiny_scene(n_views=2, size=8)
+    logs: list[str] = []
+
+    def built(enc: HashGridEncoder, preset: str = "auto") -> HashGridEncoder:
+        rep = IDRRepresentation(IDRRepresentation.Config(preset=preset))
+        rep.build(scene, RunContext(device=torch.device("cpu"), seed=0, encoder=enc, create=get_registry().create, log=logs.append))
+        return rep.implicit.encoder
+
+    sized = built(HashGridEncoder())
+    assert (sized.config.n_levels, sized.config.log2_hashmap_size, sized.config.max_resolution) == (12, 15, 512)
+    assert sized.params.numel() < HashGridEncoder().params.numel() / 10 and any("CPU sizes" in m for m in logs)
+    given = HashGridEncoder(HashGridEncoder.Config(n_levels=14))  # an option changed: kept as given
+    assert built(given) is given and built(HashGridEncoder(), preset="grid").config == HashGridEncoder.Config()
+
+
+def test_merged_network_call_gives_the_separate_calls_gradients() -> None:
+    """Without camera refinement the surface and mask points are rows of the eikonal evaluation (one
+    network call); the loss and every parameter gradient equal those of separate calls (forced here by
+    rays that require grad, the camera-refinement path)."""
+    from recon_plugins.idr.representation import pixel_rays as rays
+
+    scene = tiny_scene()
+    torch.manual_seed(0)
+    rep = IDRRepresentation(IDRRepresentation.Config(preset="small", trace_samples=16))
+    rep.build(scene, RunContext(device=torch.device("cpu"), seed=0, encoder=small_hashgrid(), create=get_registry().create))
+    fit = make_fit(rep, scene)
+    for s in range(3):
+        fit.step(s)
+    d = fit.data
+    g = torch.Generator().manual_seed(3)
+    view = torch.randint(len(d.rgb), (128,), generator=g)
+    pix = (torch.rand(128, generator=g) * d.npix[view]).long().clamp_max(d.npix[view] - 1)
+    uv = torch.stack([pix % d.width[view], pix // d.width[view]], dim=-1).float() + 0.5
+    o, v = rep.network_rays(*rays(d.K[view], d.c2w[view], uv))
+    tr = rep.trace(o, v)
+    params = [p for p in rep.parameters() if p.requires_grad]
+    out = []
+    for needs_grad in (False, True):
+        fit.generator.manual_seed(11)  # the same random eikonal points
+        oo = o.clone().requires_grad_(needs_grad)
+        loss, *_ = fit._losses(tr, oo, v, d.rgb[view, pix], d.mask[view, pix], alpha=50.0)
+        out.append((loss.detach(), torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)))
+    assert tr.hit.sum() > 5 and (tr.in_sphere & ~tr.hit).sum() > 5
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-7)
+    for a, b in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

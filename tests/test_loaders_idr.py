@@ -36,8 +36,10 @@ def test_object_three_conventions_describe_the_same_cameras() -> None:
     assert torch.equal(ns.views[5].object_mask, idr.views[5].object_mask)
     assert idr.bounds.radius == 1.0 and idr.gt_mesh_path == OBJECT / "gt_mesh.ply"
     assert IdrLoader().detect(OBJECT) < NerfstudioLoader().detect(OBJECT)
-    # IDR's convention (the default) puts the same file's pixel centres half a pixel further
-    assert torch.allclose(IdrLoader().load(OBJECT).cameras().K[:, :2, 2], idr.cameras().K[:, :2, 2] + 0.5)
+    # IDR's convention puts the same file's pixel centres half a pixel further
+    assert torch.allclose(IdrLoader(IdrConfig(pixel_offset=0.5)).load(OBJECT).cameras().K[:, :2, 2], idr.cameras().K[:, :2, 2] + 0.5)
+    # unset, the offset comes from object's transforms.json (same principal point as cameras.npz: 0)
+    assert torch.equal(IdrLoader().load(OBJECT).cameras().K, idr.cameras().K)
 
 
 @settings(max_examples=100, deadline=None)
@@ -173,3 +175,20 @@ def test_every_eighth_view_is_held_out_by_default_as_in_colmap(tmp_path: Path) -
     assert {v.split for v in everything.views} == {"train"} and len(everything.eval_views) == 17
     with pytest.raises(InputError, match="idr.test_every must be >= 0"):
         IdrLoader(IdrConfig(test_every=-1)).load(tmp_path)
+
+
+@pytest.mark.parametrize(("shift", "first", "expected"), [
+    (0.0, "000000", 0.0),   # transforms.json has cameras.npz's principal point: written for centres at i + 0.5
+    (0.5, "000000", 0.5),   # 0.5 px larger: IDR's integer centres
+    (0.2, "000000", 0.5),   # neither: IDR's default
+    (0.0, "other", 0.5),    # describes another first image: not used
+])
+def test_pixel_offset_from_a_sibling_transforms_json(tmp_path: Path, shift: float, first: str, expected: float) -> None:
+    truth = write_idr(tmp_path, n=2)
+    K = truth["K"]
+    frames = [{"file_path": f"image/{first}.png", "transform_matrix": np.eye(4).tolist()}]
+    (tmp_path / "transforms.json").write_text(json.dumps({"cx": K[0, 2] + shift, "cy": K[1, 2] + shift, "frames": frames}))
+    got = IdrLoader().load(tmp_path).cameras().K[0, :2, 2].double()
+    assert torch.allclose(got, torch.tensor(K[:2, 2] + expected), atol=1e-5)
+    explicit = IdrLoader(IdrConfig(pixel_offset=0.5)).load(tmp_path).cameras().K[0, :2, 2].double()
+    assert torch.allclose(explicit, torch.tensor(K[:2, 2] + 0.5), atol=1e-5)  # an explicit offset wins

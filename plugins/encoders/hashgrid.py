@@ -14,9 +14,9 @@ outputs with either backend:
 * outputs are level-major: ``[..., L · F]``; parameters are one flat vector (level, row, feature).
 
 Backends: tinycudann on CUDA when installed; on the CPU the compiled kernel ``hashgrid_cpu.cpp``
-(forward and first-order backward in C++, ~14x faster than torch; second derivatives, needed by
-IDR's eikonal loss and normals, by recomputing the backward through the torch twin), else the
-pure-PyTorch twin :func:`_hash_grid_encode`.
+(forward, backward and second derivatives in C++, ~14x faster than torch; the second derivatives
+are what IDR's eikonal loss and normals need, a third raises), else the pure-PyTorch twin
+:func:`_hash_grid_encode`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from recon_core import Encoder, option
 
@@ -115,7 +116,9 @@ def _hash_grid_encode(u: Tensor, table: Tensor, layout: HashGridLayout, n_active
     sizes = torch.tensor(layout.sizes[:a], dtype=torch.long, device=dev)[:, None]
     offsets = torch.tensor(layout.offsets[:a], dtype=torch.long, device=dev)[:, None]
     idx = torch.where(is_dense, dense_idx, hashed) % sizes + offsets  # [N, A, C]
-    feats = table[idx]  # [N, A, C, F]
+    # index_select, not table[idx]: its backward is an index_add (the double backward of IDR's eikonal
+    # loss runs it every step), ~2x faster on the CPU than the accumulating index_put of advanced indexing
+    feats = table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])  # [N, A, C, F]
     out = (feats * w[..., None]).sum(2).reshape(n, -1)  # [N, A·F]
     if a < n_levels:
         out = torch.cat([out, out.new_zeros(n, (n_levels - a) * table.shape[1])], dim=-1)
@@ -126,13 +129,55 @@ def _layout_args(layout: HashGridLayout) -> tuple:
     return (list(layout.scales), list(layout.resolutions), list(layout.sizes), list(layout.offsets), list(layout.dense))
 
 
+class _CompiledGradU(torch.autograd.Function):
+    """∂(encoding)/∂u contracted with ``grad_out`` (the first-order backward), differentiable once
+    more in C++ (``double_backward``): what IDR's eikonal loss and normals differentiate."""
+
+    @staticmethod
+    def forward(ctx, grad_out: Tensor, u: Tensor, table: Tensor, layout: HashGridLayout, n_active: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad_out, u, table)
+        ctx.layout, ctx.n_active = layout, n_active
+        return _cpp.extension().backward(grad_out, u, table, *_layout_args(layout), n_active, True, False)[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg_u: Tensor):  # type: ignore[override]
+        grad_out, u, table = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_go, d_u, d_t = _cpp.extension().double_backward(gg_u, grad_out, u, table, *_layout_args(ctx.layout), ctx.n_active,
+                                                          need[0], need[1], need[2])
+        return (d_go if need[0] else None), (d_u if need[1] else None), (d_t if need[2] else None), None, None
+
+
+class _CompiledGradTable(torch.autograd.Function):
+    """∂(encoding)/∂table contracted with ``grad_out`` (a scatter of w·grad_out), differentiable once
+    more: w.r.t. grad_out it is the encoding of the incoming table gradient, w.r.t. u the first-order
+    u-gradient with that as the table (both existing kernels)."""
+
+    @staticmethod
+    def forward(ctx, grad_out: Tensor, u: Tensor, table: Tensor, layout: HashGridLayout, n_active: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad_out, u)
+        ctx.layout, ctx.n_active = layout, n_active
+        return _cpp.extension().backward(grad_out, u, table, *_layout_args(layout), n_active, False, True)[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg_t: Tensor):  # type: ignore[override]
+        grad_out, u = ctx.saved_tensors
+        ext, args = _cpp.extension(), _layout_args(ctx.layout)
+        gg_t = gg_t.contiguous()
+        d_go = ext.forward(u, gg_t, *args, ctx.n_active) if ctx.needs_input_grad[0] else None
+        d_u = ext.backward(grad_out, u, gg_t, *args, ctx.n_active, True, False)[0] if ctx.needs_input_grad[1] else None
+        return d_go, d_u, None, None, None
+
+
 class _CompiledHashGrid(torch.autograd.Function):
     """The compiled kernel as an autograd op.
 
     First-order backward runs in C++. When a backward is itself differentiated (``create_graph``:
-    IDR's eikonal loss and normals differentiate ∇ₓSDF, which contains d(encoding)/du), the
-    backward is recomputed through the PyTorch twin on the saved inputs, so higher derivatives are
-    exact (the kernel has no double-backward of its own).
+    IDR's eikonal loss and normals differentiate ∇ₓSDF, which contains d(encoding)/du), it is built
+    from :class:`_CompiledGradU` and :class:`_CompiledGradTable`, whose own backward is C++ too: second
+    derivatives are exact (tested against the PyTorch twin); a third derivative raises.
     """
 
     @staticmethod
@@ -145,13 +190,9 @@ class _CompiledHashGrid(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         u, table = ctx.saved_tensors
         need_u, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if torch.is_grad_enabled():  # double backward requested: differentiable torch recomputation
-            with torch.enable_grad():
-                inputs = [t for t, need in ((u, need_u), (table, need_table)) if need]
-                out = _hash_grid_encode(u, table, ctx.layout, ctx.n_active)
-                grads = list(torch.autograd.grad(out, inputs, grad_out, create_graph=True, allow_unused=True))
-            g_u = grads.pop(0) if need_u else None
-            g_t = grads.pop(0) if need_table else None
+        if torch.is_grad_enabled():  # double backward requested: twice-differentiable compiled ops
+            g_u = _CompiledGradU.apply(grad_out, u, table, ctx.layout, ctx.n_active) if need_u else None
+            g_t = _CompiledGradTable.apply(grad_out, u, table, ctx.layout, ctx.n_active) if need_table else None
             return g_u, g_t, None, None
         g_u, g_t = _cpp.extension().backward(grad_out, u, table, *_layout_args(ctx.layout), ctx.n_active,
                                              need_u, need_table)
@@ -179,6 +220,8 @@ class HashGridEncoder(Encoder):
     name = "hashgrid"
     description = "instant-NGP multiresolution hash grid, trilinear (torch; tinycudann on CUDA when installed)"
     table_lr = 1e-2  # instant-NGP's
+    # the sizes of the CPU benchmark (docs/benchmarks.md, IDR): 786 k table entries instead of 16 M
+    cpu_options = {"n_levels": 12, "log2_hashmap_size": 15, "max_resolution": 512}
 
     @dataclass
     class Config:

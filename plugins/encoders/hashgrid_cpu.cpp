@@ -97,6 +97,16 @@ void check_inputs(const torch::Tensor& u, const torch::Tensor& table, size_t n_l
 
 int n_threads() { return std::max(1, at::get_num_threads()); }
 
+// Table-gradient accumulation: rows are shared between points, so atomic when several threads write.
+inline void scatter_add(float* dst, float v, int threads) {
+  if (threads > 1) {
+#pragma omp atomic
+    *dst += v;
+  } else {
+    *dst += v;
+  }
+}
+
 }  // namespace
 
 torch::Tensor hashgrid_forward(torch::Tensor u, torch::Tensor table, std::vector<double> scales, std::vector<int64_t> res,
@@ -163,15 +173,7 @@ std::vector<torch::Tensor> hashgrid_backward(torch::Tensor grad_out, torch::Tens
       for (int c = 0; c < C; ++c) {
         if (need_table) {
           float* dst = gt + cl.row[c] * F;
-          for (int64_t f = 0; f < F; ++f) {
-            const float v = cl.w[c] * g[f];
-            if (threads > 1) {
-#pragma omp atomic
-              dst[f] += v;
-            } else {
-              dst[f] += v;
-            }
-          }
+          for (int64_t f = 0; f < F; ++f) scatter_add(dst + f, cl.w[c] * g[f], threads);
         }
         if (need_u) {
           const float* t = tp + cl.row[c] * F;
@@ -185,7 +187,87 @@ std::vector<torch::Tensor> hashgrid_backward(torch::Tensor grad_out, torch::Tens
   return {grad_u, grad_table};
 }
 
+// Second derivatives (IDR's eikonal loss and normals differentiate grad_u). With g = grad_out and
+// G = gg_u, the first-order grad_u[i, d] = sum_l s_l sum_c dw_c,d (T_c . g_l) is differentiated:
+//   d grad_out[i, l, f] = s_l sum_c q_c T_c[f],   d table[row_c, f] += s_l q_c g_l[f],   q_c = sum_d dw_c,d G_d
+//   d u[i, e] = s_l^2 sum_c (T_c . g_l) sum_{d != e} d2w_c,de G_d   (the blend is linear in each frac_d).
+std::vector<torch::Tensor> hashgrid_double_backward(torch::Tensor gg_u, torch::Tensor grad_out, torch::Tensor u,
+                                                    torch::Tensor table, std::vector<double> scales,
+                                                    std::vector<int64_t> res, std::vector<int64_t> sizes,
+                                                    std::vector<int64_t> offsets, std::vector<bool> dense,
+                                                    int64_t n_active, bool need_grad_out, bool need_u, bool need_table) {
+  const auto levels = make_levels(scales, res, sizes, offsets, dense);
+  check_inputs(u, table, levels.size());
+  u = u.contiguous();
+  table = table.contiguous();
+  grad_out = grad_out.contiguous().to(torch::kFloat32);
+  gg_u = gg_u.contiguous().to(torch::kFloat32);
+  const int64_t N = u.size(0), L = static_cast<int64_t>(levels.size()), F = table.size(1);
+  const int D = static_cast<int>(u.size(1));
+  TORCH_CHECK(grad_out.size(0) == N && grad_out.size(1) == L * F, "grad_out must be [N, L*F]");
+  TORCH_CHECK(gg_u.size(0) == N && gg_u.size(1) == D, "gg_u must be [N, D]");
+  const int64_t A = std::max<int64_t>(0, std::min<int64_t>(n_active, L));
+  auto d_go = need_grad_out ? torch::zeros({N, L * F}, u.options()) : torch::Tensor();
+  auto d_u = need_u ? torch::zeros({N, D}, u.options()) : torch::Tensor();
+  auto d_t = need_table ? torch::zeros_like(table) : torch::Tensor();
+  const float* up = u.data_ptr<float>();
+  const float* tp = table.data_ptr<float>();
+  const float* gp = grad_out.data_ptr<float>();
+  const float* Gp = gg_u.data_ptr<float>();
+  float* dgo = need_grad_out ? d_go.data_ptr<float>() : nullptr;
+  float* du = need_u ? d_u.data_ptr<float>() : nullptr;
+  float* dt = need_table ? d_t.data_ptr<float>() : nullptr;
+  const int C = 1 << D;
+  const int threads = n_threads();
+#pragma omp parallel for schedule(dynamic, 256) num_threads(threads)
+  for (int64_t i = 0; i < N; ++i) {
+    Cell cl;
+    const float* G = Gp + i * D;
+    float frac[kMaxDim];
+    for (int64_t l = 0; l < A; ++l) {
+      const Level& lv = levels[l];
+      cell(up + i * D, D, lv, true, cl);
+      const float* g = gp + i * L * F + l * F;
+      if (need_u)
+        for (int d = 0; d < D; ++d) {
+          const float p = up[i * D + d] * lv.scale + 0.5f;
+          frac[d] = p - std::floor(p);
+        }
+      for (int c = 0; c < C; ++c) {
+        const float* t = tp + cl.row[c] * F;
+        float q = 0.f;
+        for (int d = 0; d < D; ++d) q += cl.dw[c * D + d] * G[d];
+        q *= lv.scale;
+        if (need_grad_out)
+          for (int64_t f = 0; f < F; ++f) dgo[i * L * F + l * F + f] += q * t[f];
+        if (need_table) {
+          float* dst = dt + cl.row[c] * F;
+          for (int64_t f = 0; f < F; ++f) scatter_add(dst + f, q * g[f], threads);
+        }
+        if (need_u && D > 1) {
+          float dot = 0.f;
+          for (int64_t f = 0; f < F; ++f) dot += t[f] * g[f];
+          const float s2 = lv.scale * lv.scale * dot;
+          for (int e = 0; e < D; ++e) {
+            float acc = 0.f;
+            for (int d = 0; d < D; ++d) {
+              if (d == e) continue;
+              float h = (((c >> d) & 1) ? 1.f : -1.f) * (((c >> e) & 1) ? 1.f : -1.f);
+              for (int k = 0; k < D; ++k)
+                if (k != d && k != e) h *= ((c >> k) & 1) ? frac[k] : 1.f - frac[k];
+              acc += h * G[d];
+            }
+            du[i * D + e] += s2 * acc;
+          }
+        }
+      }
+    }
+  }
+  return {d_go, d_u, d_t};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("double_backward", &hashgrid_double_backward, "hash-grid second derivatives (CPU): d grad_out, d u, d table");
   m.def("forward", &hashgrid_forward, "hash-grid encoding forward (CPU)");
   m.def("backward", &hashgrid_backward, "hash-grid encoding backward (CPU): grad_u, grad_table");
 }

@@ -47,8 +47,9 @@ class ClampedSoftplus(nn.Module):
         self.beta = float(beta)
         self.floor = -20.0 / self.beta
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x.clamp_min(self.floor), beta=self.beta)
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """``inplace`` clamps ``x`` itself (no autograd: the tracer's evaluations)."""
+        return F.softplus(x.clamp_min_(self.floor) if inplace else x.clamp_min(self.floor), beta=self.beta)
 
 
 SEED_LAPLACE_BETA = 0.9 + 1e-4
@@ -143,6 +144,27 @@ class ImplicitNetwork(nn.Module):
     def sdf(self, x: Tensor) -> Tensor:
         """x [N, 3] → [N] signed distance (normalised units)."""
         return self.forward(x)[:, 0]
+
+    def sdf_inference(self, x: Tensor) -> Tensor:
+        """x [N, 3] → [N] signed distance without gradients (the sphere tracer's evaluations).
+
+        The same values as :meth:`sdf` (tests/test_idr_network.py), cheaper: the last layer computes
+        only its SDF row (not the ``feature_dim`` feature rows), activations are clamped in place and
+        no autograd state is recorded.
+        """
+        with torch.inference_mode():
+            inp = self.embed(x)
+            h = inp
+            last = len(self.layers) - 1
+            for i, lin in enumerate(self.layers):
+                if i in self.skip_in:
+                    h = torch.cat([h, inp], dim=-1) / math.sqrt(2)
+                if i < last:
+                    h = self.activation(lin(h), inplace=True)
+                else:
+                    h = F.linear(h, lin.weight[:1], lin.bias[:1])
+            f = squash_sdf(h[:, 0]) if self.sdf_squash else h[:, 0]
+        return f.clone()  # a normal tensor: callers index and update it in place outside inference mode
 
     def sdf_and_gradient(self, x: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """x [N, 3] → (sdf [N], features [N, feature_dim], ∇ₓsdf [N, 3]).

@@ -54,7 +54,8 @@ def pixel_rays(K: Tensor, c2w: Tensor, uv: Tensor) -> tuple[Tensor, Tensor]:
 @dataclass
 class IDRConfig:
     preset: str = option("auto", "network sizes: idr (8×512 SDF, 4×512 colour), small (4×128, CPU), grid (2×64, for grid "
-                         "encoders), or auto: idr on CUDA; on the CPU grid for grid encoders, else small (docs/benchmarks.md, IDR)",
+                         "encoders), or auto: idr on CUDA; on the CPU grid for grid encoders, else small, and an encoder left at "
+                         "its defaults at its CPU sizes (hashgrid 12 levels, 2^15, finest 512; ffb 2^15) (docs/benchmarks.md, IDR)",
                          choices=("auto", *PRESETS))
     sdf_width: int | None = option(None, "SDF network width (overrides the preset)", min=1)
     sdf_layers: int | None = option(None, "SDF network hidden layers (overrides the preset)", min=1)
@@ -82,9 +83,11 @@ class IDRConfig:
     trace_back_off_iters: int = option(1, "halvings of a sphere-tracing step that overshot into the inside "
                                        "(IDR's conf: line_step_iters = 3)", min=0)
     secant_steps: int = option(8, "secant refinement steps", min=0)
-    trace_min_search: str = option("coarse-to-fine", "search on rays whose tracing fronts crossed: coarse-to-fine "
-                                   "(minimal SDF in 2⌈√(2·trace_samples)⌉+2 evaluations, full sampling only where it is "
-                                   "negative) or uniform (IDR: trace_samples evaluations on every such ray)", choices=("coarse-to-fine", "uniform"))
+    trace_min_search: str = option("traced", "search on rays whose tracing fronts crossed: traced (the sphere tracer's own "
+                                   "points as the coarse pass, then ⌈√(2·trace_samples)⌉+1 evaluations around the best), "
+                                   "coarse-to-fine (twice that: a coarse pass over the chord too), both with full sampling "
+                                   "only where the minimum is negative, or uniform (IDR: trace_samples evaluations on every "
+                                   "such ray)", choices=("traced", "coarse-to-fine", "uniform"))
     chunk: int = option(8192, "rays per chunk when rendering", min=1)
     mesh_resolution: int = option(256, "marching-cubes grid resolution for the mesh export", min=2)
     mesh_drop_voids: bool = option(True, "leave out surfaces of voids enclosed by the object (unseen by any camera)")
@@ -172,6 +175,7 @@ class IDRRepresentation(Representation):
         enc = ctx.encoder if ctx.encoder is not None else _create_encoder(ctx, c.encoder)
         if enc.in_dim != 3:
             raise InputError(f"idr needs an encoder of 3-D points, got in_dim={enc.in_dim}")
+        enc = self._cpu_sized(enc, ctx)
         s = c.sizes(ctx.device, enc)
         self.implicit = ImplicitNetwork(
             enc, width=s["sdf_width"], n_layers=s["sdf_layers"], skip_in=tuple(s["skip_in"]), feature_dim=s["feature_dim"],
@@ -191,6 +195,20 @@ class IDRRepresentation(Representation):
             self.register_buffer("train_c2w", torch.cat([v.camera.c2w for v in train]).float())
             self.pose_delta = nn.Parameter(torch.zeros(len(train), 6))
         self.to(ctx.device)
+
+    def _cpu_sized(self, enc: Encoder, ctx: RunContext) -> Encoder:
+        """With ``preset=auto`` on the CPU, an encoder whose options all equal their defaults is rebuilt
+        with its ``cpu_options`` (hashgrid: 12 levels, 2^15 rows, finest 512; ffb: 2^15 rows): the sizes
+        the CPU benchmark trains (docs/benchmarks.md). A changed option (or an explicit preset) keeps
+        the encoder as given."""
+        cfg = enc.config
+        if (self.config.preset != "auto" or torch.device(ctx.device).type == "cuda" or not enc.cpu_options
+                or not dataclasses.is_dataclass(cfg) or cfg != type(cfg)()):
+            return enc
+        sized = type(enc)(dataclasses.replace(cfg, **enc.cpu_options), in_dim=enc.in_dim).to(ctx.device)
+        ctx.log(f"idr: preset auto on the CPU: encoder {enc.name} at its CPU sizes "
+                + ", ".join(f"{k}={v}" for k, v in enc.cpu_options.items()) + " (change one of its options, or set idr.preset, to keep it as given)")
+        return sized
 
     def _check_built(self) -> None:
         if self.implicit is None or self.rendering is None:
@@ -231,7 +249,7 @@ class IDRRepresentation(Representation):
         """Network-frame rays [R, 3] → first surface crossing (no gradients)."""
         self._check_built()
         with parametrize.cached():
-            return trace(self.implicit.sdf, origins_n, dirs, self.config.trace_settings(self.center.device), generator)
+            return trace(self.implicit.sdf_inference, origins_n, dirs, self.config.trace_settings(self.center.device), generator)
 
     def shade(self, points_n: Tensor, dirs: Tensor, create_graph: bool = True) -> Shading:
         """Colour of network-frame surface points [P, 3] seen along ``dirs`` [P, 3]."""

@@ -9,10 +9,14 @@ P is decomposed with our own RQ decomposition (:func:`decompose_projection`): K 
 with positive focal lengths and K[2,2] = 1, R a proper rotation (det +1), camera centre from the
 null space of P. The result is an OpenCV camera-to-world pose.
 
-Pixel centres: by default (``pixel_offset=0.5``) the loader follows IDR, whose cameras.npz are
-written for rays through integer pixel coordinates (IDR's ``uv`` grid: the centre of pixel i is at
-i): 0.5 is added to cx, cy to express K in recon's convention (centres at i + 0.5). Files written
-for centres at i + 0.5 — the shared benchmark scene ``object`` is one — need ``pixel_offset=0``.
+Pixel centres: by default the loader follows IDR, whose cameras.npz are written for rays through
+integer pixel coordinates (IDR's ``uv`` grid: the centre of pixel i is at i): 0.5 is added to cx, cy
+to express K in recon's convention (centres at i + 0.5). Files written for centres at i + 0.5 — the
+shared benchmark scene ``object`` is one — need ``pixel_offset=0``. With ``pixel_offset`` unset the
+folder decides when it can: a ``transforms.json`` beside cameras.npz (nerfstudio's convention,
+centres at i + 0.5) whose first frame is the first image and whose principal point equals
+cameras.npz's (within 0.05 px) says the file was written for centres at i + 0.5 (offset 0); one
+0.5 px larger says IDR's (0.5); anything else, or no such file, gives IDR's 0.5.
 
 Noisy initial cameras: with ``init_cameras="linear"`` the views get the cameras of
 ``cameras_linear_init.npz`` (IDR's camera-optimisation setting). The true cameras stay available
@@ -32,6 +36,7 @@ evaluate against it with ``dtu-chamfer`` (DTU's protocol: scale_mat, ObsMask, pl
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +49,7 @@ from recon_core import Bounds, Cameras, InputError, Loader, Scene, option
 from . import imageio
 from .common import FrameSpec, build_views, hold_out_every
 
-__all__ = ["IdrLoader", "decompose_projection", "rq3", "read_idr_cameras", "true_cameras"]
+__all__ = ["IDR_PIXEL_OFFSET", "IdrLoader", "decompose_projection", "rq3", "read_idr_cameras", "sibling_pixel_offset", "true_cameras"]
 
 
 def rq3(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +129,31 @@ def read_idr_cameras(path: Path, count: int) -> list[tuple[np.ndarray, np.ndarra
     return out
 
 
+IDR_PIXEL_OFFSET = 0.5
+"""IDR's cameras.npz put pixel centres at integer coordinates: +0.5 on cx, cy gives recon's i + 0.5."""
+
+
+def sibling_pixel_offset(path: Path, first_image: Path, K: np.ndarray, tol: float = 0.05) -> float | None:
+    """The pixel offset that cameras.npz's ``K`` (of ``first_image``) needs, read from a
+    ``transforms.json`` in ``path`` (nerfstudio: centres at i + 0.5) describing the same first image:
+    0 when its principal point equals K's, 0.5 when it is 0.5 px larger, else (or without one) None."""
+    file = path / "transforms.json"
+    if not file.is_file():
+        return None
+    try:
+        meta = json.loads(file.read_text())
+        frame = meta["frames"][0]
+        if Path(str(frame["file_path"])).stem != first_image.stem:
+            return None
+        cx, cy = float(frame.get("cx", meta.get("cx"))), float(frame.get("cy", meta.get("cy")))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # not a usable nerfstudio file: IDR's convention
+    for off in (0.0, IDR_PIXEL_OFFSET):
+        if abs(K[0, 2] + off - cx) < tol and abs(K[1, 2] + off - cy) < tol:
+            return off
+    return None
+
+
 def _folder(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
@@ -133,8 +163,10 @@ class IdrConfig:
     init_cameras: str = option("true", "which cameras the views get: 'true' (cameras.npz) or 'linear' (cameras_linear_init.npz)", choices=("true", "linear"))
     downscale: float | None = option(None, "divide image sizes by this (antialiased; intrinsics scaled to match); "
                                            "unset: automatic, to a long side of at most 1600 pixels (a warning says so)", min=1)
-    pixel_offset: float = option(0.5, "added to cx, cy: 0.5 for IDR's convention (pixel centres at integer coordinates, "
-                                      "IDR's uv grid); 0 for files written for centres at i + 0.5 (the shared 'object' scene)")
+    pixel_offset: float | None = option(None, "added to cx, cy: 0.5 for IDR's convention (pixel centres at integer "
+                                             "coordinates, IDR's uv grid); 0 for files written for centres at i + 0.5 "
+                                             "(the shared 'object' scene); none: 0.5, or what a transforms.json beside "
+                                             "cameras.npz says (its principal point equal to cameras.npz's: 0)")
     background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto", min=0, max=1)
     test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; "
                                 "0 = all train (IDR's split)", min=0)
@@ -170,10 +202,13 @@ class IdrLoader(Loader):
                 raise InputError(f"{len(masks)} masks for {len(images)} images (they pair up in name order)", mask_dir)
         return images, masks
 
-    def _cameras(self, path: Path, count: int, which: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _cameras(self, path: Path, count: int, which: str, first_image: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         file = path / ("cameras_linear_init.npz" if which == "linear" else "cameras.npz")
         cams = read_idr_cameras(file, count)
         off = self.config.pixel_offset
+        if off is None:
+            off = sibling_pixel_offset(path, first_image, cams[0][0]) if cams else None
+            off = IDR_PIXEL_OFFSET if off is None else off
         if off:
             cams = [(K + np.array([[0, 0, off], [0, 0, off], [0, 0, 0]]), c2w) for K, c2w in cams]
         return cams
@@ -183,7 +218,7 @@ class IdrLoader(Loader):
         if not path.is_dir():
             raise InputError("an IDR dataset must be a folder", path)
         images, masks = self._files(path)
-        cams = self._cameras(path, len(images), self.config.init_cameras)
+        cams = self._cameras(path, len(images), self.config.init_cameras, images[0])
         frames = [
             FrameSpec(
                 name=img.stem,

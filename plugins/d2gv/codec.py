@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from recon_core import InputError, RunContext, Video, option
+from recon_core.budget import BudgetClock
 from recon_core.io import write_bytes
 from recon_core.progress import progress_bar
 
@@ -169,12 +170,14 @@ def finetune_quantised(
     seed: int = 0,
     backend: str = "auto",
     on_step: Callable[[], None] | None = None,
+    clock: BudgetClock | None = None,
 ) -> GopModel:
     """Quantisation-aware fine-tune of a (pruned, CPU) GoP model in place; returns it.
 
     Adam on L2 between frames [F, H, W, 3] and renders of the *dequantised* model (straight-through
     rounding); the learning rates decay linearly to 0. The mask logits are frozen. ``on_step``
-    is called after every step (progress).
+    is called after every step (progress). With a budget ``clock`` (started) the schedule follows
+    ``max(step, fraction of its allowance used × steps)`` and ends when the allowance is spent.
     """
     from .renderer import render_gaussians
 
@@ -190,7 +193,12 @@ def finetune_quantised(
     base = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(seed)
     per_step = max(1, min(frames_per_step, F))
-    for step in range(steps):
+    step = 0
+    while True:
+        if clock is not None:
+            step = clock.scheduled_step(step, steps)
+        if step >= steps:
+            break
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * (1 - step / steps)
         local = torch.randperm(F, generator=gen)[:per_step]
@@ -199,6 +207,7 @@ def finetune_quantised(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        step += 1
         if on_step is not None:
             on_step()
     for module in [m for m in gop.modules() if parametrize.is_parametrized(m)]:
@@ -277,6 +286,8 @@ class D2GVCompress(GopRefiner):
         t0, c0 = time.perf_counter(), time.process_time()
         ranges = rep.gop_ranges()
         should_stop = ctx.should_stop
+        left = [g for g in range(len(ranges)) if g not in self.done]
+        steps_run: dict[int, int] = {}
         with progress_bar("d2gv-compress", total=len(ranges) * cfg.steps, completed=len(self.done) * cfg.steps) as advance:
             for g, r in enumerate(ranges):
                 if g in self.done:
@@ -285,9 +296,14 @@ class D2GVCompress(GopRefiner):
                     return self.stopped_early(ctx)
                 frames = torch.stack([data.frame(i) for i in r]).float().cpu()
                 gop = kept_copy(rep.gops[g])
+                clock = None
+                if ctx.budget is not None:  # this GoP's part of what is left of the share (run.budget)
+                    gops_left = len(left) - left.index(g)
+                    allowance = max(ctx.budget.allowance - ctx.budget.used(), 0.0) / gops_left
+                    clock = BudgetClock(ctx.budget.budget, allowance).start()
                 finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
                                    frames_per_step=cfg.frames_per_step, seed=cfg.seed * 7919 + g, backend=cfg.backend,
-                                   on_step=lambda g=g: advance(1, gop=g))
+                                   on_step=lambda g=g: (advance(1, gop=g), steps_run.__setitem__(g, steps_run.get(g, 0) + 1)), clock=clock)
                 rep.gops[g] = gop.to(rep.gop_starts.device)
                 self.done.add(g)
         data_bytes, _ = encode_representation(rep, grid, apply=True)
@@ -297,6 +313,7 @@ class D2GVCompress(GopRefiner):
             "bpp": 8 * len(data_bytes) / max(rep.num_frames * rep.width * rep.height, 1),
             "seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - c0,
+            "steps_run": {str(g): n for g, n in sorted(steps_run.items())},
         }
         if cfg.write and ctx.out_dir is not None:
             report["file"] = str(write_bytes(Path(ctx.out_dir) / "clip.d2gv", data_bytes))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,9 @@ class GopModel(nn.Module):
         self.color = nn.Parameter(torch.zeros(n, 3))
         self.mask_logit = nn.Parameter(torch.full((n,), 2.0))
         self.deform = DeformationMLP(deform)
+        # [stages, codewords, 3] residual-VQ colour codebooks once d2gv-compress (q_color_codec=rvq)
+        # put the colours on them: what the bitstream stores; empty otherwise
+        self.register_buffer("color_codebook", torch.zeros(0, 0, 3))
 
     @property
     def num_gaussians(self) -> int:
@@ -179,6 +182,7 @@ class GopModel(nn.Module):
         """Load a ``state_dict()`` of possibly another Gaussian count (parameters are replaced)."""
         for name in ("xy", "chol", "color", "mask_logit"):
             setattr(self, name, nn.Parameter(state[name].detach().to(self.xy.device, torch.float32).clone()))
+        self.color_codebook = state.get("color_codebook", torch.zeros(0, 0, 3)).detach().to(self.xy.device, torch.float32).clone()
         self.deform.load_state_dict({k[len("deform.") :]: v for k, v in state.items() if k.startswith("deform.")})
 
     def export_tensors(self) -> dict[str, Tensor]:
@@ -228,6 +232,9 @@ class D2GVConfig:
     q_chol_step: float = option(1 / 16, "bitstream: Cholesky factor grid step in pixels", min=1e-6)
     q_color_step: float = option(1 / 64, "bitstream: colour grid step", min=1e-6)
     q_mlp_bits: int = option(8, "bitstream: bits per deformation-MLP weight (symmetric, per tensor)", min=2, max=16)
+    q_color_codec: str = option("uniform", "bitstream: colours on the q_color_step grid (uniform) or residual vector quantisation as GaussianImage (rvq)", choices=("uniform", "rvq"))
+    q_color_codebook: int = option(8, "bitstream, rvq: codewords per stage (GaussianImage: 8)", min=2, max=256)
+    q_color_stages: int = option(2, "bitstream, rvq: residual stages (GaussianImage: 2); codebook^stages at most 4096", min=1, max=4)
 
     @classmethod
     def for_layout(cls, deform: DeformSettings, **options: Any) -> "D2GVConfig":
@@ -357,6 +364,14 @@ class D2GV(Representation):
             "deform": asdict(self.deform_settings),
             "gops": [g.export_tensors() for g in self.gops],
         }
+
+    def load_state_dict_resizing(self, state: Mapping[str, Tensor]) -> None:
+        """As the base class; checkpoints written before the colour codebooks existed load with
+        empty ones."""
+        state = dict(state)
+        for key in [k for k in state if k.startswith("gops.") and k.endswith(".xy")]:
+            state.setdefault(key[: -len("xy")] + "color_codebook", torch.zeros(0, 0, 3))
+        super().load_state_dict_resizing(state)
 
     def payload_bytes(self) -> int:
         """Bytes of the fp16 payload (positions, Cholesky factors, colours and MLP weights of every GoP)."""

@@ -196,24 +196,33 @@ def _write_mp4(path: Path, video) -> None:
             out.mux(packet)
 
 
-def test_cli_run_compress_export_decode(tmp_path):
-    """recon run (fit + compress) → recon export --format d2gv → recon decode: the decoded PNGs are
-    the run's quantised model; damaged files and other versions exit 2."""
+def cli_run(tmp_path: Path, *sets: str, frames: int = 6, gop: int = 3, fit_steps: tuple[int, int] = (6, 4), compress_steps: int = 4):
+    """``recon run`` (d2gv-fit + d2gv-compress, inline) on a tiny clip written as mp4, options
+    ``sets`` added; returns (click result, run folder, invoke(*args) for further commands)."""
     from click.testing import CliRunner
-    from PIL import Image
 
     from recon_cli.main import make_cli
 
     cli = make_cli()
-    video = tiny_video(num_frames=6, width=32, height=24, gop_length=3)
+    video = tiny_video(num_frames=frames, width=32, height=24, gop_length=gop)
     _write_mp4(tmp_path / "clip.mp4", video)
     run = tmp_path / "run"
     args = ["run", "--data", tmp_path / "clip.mp4", "--repr", "d2gv", "--refiner", "d2gv-fit,d2gv-compress", "--out", run,
-            "--set", "d2gv.num_gaussians=60", "--set", "d2gv.mlp_width=8", "--set", "d2gv.gop_length=3",
-            "--set", "d2gv-fit.static_steps=6", "--set", "d2gv-fit.deform_steps=4", "--set", "d2gv-fit.executor=inline",
-            "--set", "d2gv-compress.steps=4", "--set", "d2gv.q_mlp_bits=6"]
+            "--set", "d2gv.num_gaussians=60", "--set", "d2gv.mlp_width=8", "--set", f"d2gv.gop_length={gop}",
+            "--set", f"d2gv-fit.static_steps={fit_steps[0]}", "--set", f"d2gv-fit.deform_steps={fit_steps[1]}",
+            "--set", "d2gv-fit.executor=inline", "--set", f"d2gv-compress.steps={compress_steps}"]
+    for option in sets:
+        args += ["--set", option]
     invoke = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
-    result = invoke(*args)
+    return invoke(*args), run, invoke
+
+
+def test_cli_run_compress_export_decode(tmp_path):
+    """recon run (fit + compress) → recon export --format d2gv → recon decode: the decoded PNGs are
+    the run's quantised model; damaged files and other versions exit 2."""
+    from PIL import Image
+
+    result, run, invoke = cli_run(tmp_path, "d2gv.q_mlp_bits=6")
     assert result.exit_code == 0, result.output
     report = json.loads((run / "metrics.json").read_text())["refiners"]["d2gv-compress"]
     assert (run / "clip.d2gv").stat().st_size == report["bytes"]

@@ -189,21 +189,11 @@ def test_cli_rvq_run_export_decode(tmp_path):
     """`--set d2gv.q_color_codec=rvq`: the run's file, `recon export --format d2gv` (codebooks read
     back from the checkpoint) and the decoded frames agree."""
     import numpy as np
-    from click.testing import CliRunner
     from PIL import Image
 
-    from recon_cli.main import make_cli
-    from test_d2gv_codec import _write_mp4
-    from test_d2gv_representation import tiny_video
+    from test_d2gv_codec import cli_run
 
-    video = tiny_video(num_frames=4, width=32, height=24, gop_length=2)
-    _write_mp4(tmp_path / "clip.mp4", video)
-    run = tmp_path / "run"
-    invoke = lambda *a: CliRunner().invoke(make_cli(), [str(x) for x in a])  # noqa: E731
-    result = invoke("run", "--data", tmp_path / "clip.mp4", "--repr", "d2gv", "--refiner", "d2gv-fit,d2gv-compress", "--out", run,
-                    "--set", "d2gv.num_gaussians=60", "--set", "d2gv.mlp_width=8", "--set", "d2gv.gop_length=2",
-                    "--set", "d2gv-fit.static_steps=6", "--set", "d2gv-fit.deform_steps=4", "--set", "d2gv-fit.executor=inline",
-                    "--set", "d2gv-compress.steps=4", "--set", "d2gv.q_color_codec=rvq", "--set", "d2gv.q_color_codebook=4")
+    result, run, invoke = cli_run(tmp_path, "d2gv.q_color_codec=rvq", "d2gv.q_color_codebook=4", frames=4, gop=2)
     assert result.exit_code == 0, result.output
     result = invoke("export", run, "--format", "d2gv", "--out", tmp_path / "clip.d2gv")
     assert result.exit_code == 0, result.output

@@ -51,7 +51,7 @@ from d2gv_bench import CPU_TIMES, codec_point, load_clip, rusage_cpu, timed_medi
 
 from recon_core import RunContext, Video  # noqa: E402
 from recon_core.imageops import ms_ssim, psnr  # noqa: E402
-from recon_plugins.d2gv.bitstream import decode_file, decode_gop_chunk, gop_streams, read_bitstream  # noqa: E402
+from recon_plugins.d2gv.bitstream import _varint, decode_file, decode_gop_chunk, encode_symbols, gop_streams, read_bitstream  # noqa: E402
 from recon_plugins.d2gv.codec import CompressConfig, D2GVCompress, encode_representation  # noqa: E402
 from recon_plugins.d2gv.decode import Decoder  # noqa: E402
 from recon_plugins.d2gv.fit import D2GVFit, FitConfig  # noqa: E402
@@ -70,6 +70,21 @@ def quality(decoded: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     p = [float(psnr(decoded[i], ref[i])) for i in range(ref.shape[0])]
     s = [float(ms_ssim(decoded[i], ref[i])) for i in range(ref.shape[0])]
     return sum(p) / len(p), sum(s) / len(s)
+
+
+def stream_bytes(data: bytes) -> dict[str, int]:
+    """Bytes of each symbol stream (varint length included) summed over the GoPs, plus the MLP
+    steps and colour codebooks (float32) and the container (magic, header, CRCs, counts)."""
+    header, chunks = read_bitstream(data)
+    out: dict[str, int] = {}
+    for chunk in chunks:
+        q = decode_gop_chunk(chunk, header.deform, grid=header.grid)
+        for name, arr in gop_streams(q).items():
+            blob = encode_symbols(arr)
+            out[name] = out.get(name, 0) + len(blob) + len(_varint(len(blob)))
+        out["floats"] = out.get("floats", 0) + 4 * q.mlp_steps.numel() + (4 * q.codebook.numel() if q.codebook is not None else 0)
+    out["container"] = len(data) - sum(out.values())
+    return out
 
 
 def zstd_bytes(data: bytes) -> int:
@@ -132,7 +147,7 @@ def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int
     rep = D2GV(D2GVConfig(num_gaussians=n, gop_length=gop, mlp_width=width, **GRIDS[grid]))
     rep.build(video, RunContext(torch.device("cpu"), seed=0))
     fit_cfg = FitConfig(static_steps=args.static_steps, deform_steps=args.deform_steps, frames_per_step=1,
-                        mlp_bf16=args.mlp_bf16, workers=args.workers, threads_per_worker=1, evaluate=False)
+                        mlp_bf16=args.mlp_bf16, workers=args.workers, threads_per_worker=args.threads_per_worker, evaluate=False)
     with tempfile.TemporaryDirectory(prefix="d2gv-rd-") as tmp:
         ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(), out_dir=Path(tmp), log=lambda m: None)
         c0, w0 = rusage_cpu(), time.perf_counter()
@@ -145,7 +160,10 @@ def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int
         rows = []
         for codec in args.color_codecs.split(","):
             rep = copy.deepcopy(fitted)
-            rep.config = dataclasses.replace(rep.config, q_color_codec=codec)
+            if codec.startswith("rvq"):  # rvq or rvqK: K codewords per stage (d2gv.q_color_codebook)
+                rep.config = dataclasses.replace(rep.config, q_color_codec="rvq", q_color_codebook=int(codec[3:] or 8))
+            else:
+                rep.config = dataclasses.replace(rep.config, q_color_codec=codec)
             ptq = copy.deepcopy(rep)
             ptq_data, _ = encode_representation(ptq, apply=True)
             ptq_quality = quality(Decoder(ptq).frames(), ref)
@@ -173,7 +191,8 @@ def _measure(rep: D2GV, video: Video, ref: torch.Tensor, args: argparse.Namespac
     cpu_fps = T / statistics.median(CPU_TIMES)
     torch.set_num_threads(os.cpu_count() or 1)
     return {
-        "codec": "d2gv" if codec == "uniform" else f"d2gv-{codec}", "color_codec": codec, "gaussians": n, "kept": decoded.num_kept(),
+        "codec": "d2gv" if codec == "uniform" else f"d2gv-{codec}", "color_codec": codec,
+        "stream_bytes": stream_bytes(data), "gaussians": n, "kept": decoded.num_kept(),
         "mlp_width": width, "grid": grid, "gop": gop, "file": str(path),
         "bytes_per_frame": len(data) / T, "bpp": 8 * len(data) / (T * H * W), "mean_psnr": p, "mean_ms_ssim": s,
         "decode_fps": T / seconds, "decode_fps_cpu_time": cpu_fps,
@@ -196,7 +215,8 @@ def main() -> None:
     p.add_argument("--static-steps", type=int, default=500)
     p.add_argument("--deform-steps", type=int, default=500)
     p.add_argument("--qat-steps", type=int, default=CompressConfig.steps)
-    p.add_argument("--color-codecs", default="uniform", help="d2gv.q_color_codec values compressed from the same fit (uniform, rvq; comma-separated)")
+    p.add_argument("--color-codecs", default="uniform", help="d2gv.q_color_codec values compressed from the same fit (uniform, rvq, rvqK: K codewords per stage; comma-separated)")
+    p.add_argument("--threads-per-worker", type=int, default=0, help="d2gv-fit.threads_per_worker (0: the CLI's default, cores // workers; the fit's trajectory depends on it)")
     p.add_argument("--frames-from", default="loader", choices=("loader", "pyav"), help="loader: the CLI's video loader (resize included); pyav: swscale bicubic")
     p.add_argument("--mlp-bf16", action="store_true")
     p.add_argument("--workers", type=int, default=0)

@@ -254,7 +254,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     anchor = [r for r in rows if r["codec"] == "libx264"]
-    result["bd_rate_vs_h264_percent"] = {c: bd_rate(anchor, [r for r in rows if r["codec"] == c]) for c in ("libx265", "libsvtav1", "d2gv", "d2gv-rvq") if any(r["codec"] == c for r in rows)}
+    result["bd_rate_vs_h264_percent"] = {c: bd_rate(anchor, [r for r in rows if r["codec"] == c]) for c in dict.fromkeys(r["codec"] for r in rows) if c != "libx264"}
     result["rows"] = rows
     result["load_avg_end"] = os.getloadavg()
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

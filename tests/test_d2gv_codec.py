@@ -267,3 +267,43 @@ def test_compress_refiner_stops_between_gops_and_resumes_to_the_same_file(tmp_pa
     resumed = second.run(rep_b, video, ctx)
     assert resumed["bytes"] == full["bytes"]
     assert encode_representation(rep_b)[0] == encode_representation(rep_a)[0]
+
+
+# The Bunny figure's --set list (docs/benchmarks.md, "The Bunny figure from the CLI") on the cpu preset.
+BUNNY_SETS = {
+    "d2gv": {"num_gaussians": "6000", "mlp_width": "64", "gop_length": "8", "q_color_step": "0.03125", "q_mlp_bits": "6"},
+    "d2gv-fit": {"static_steps": "1000", "deform_steps": "1500"},
+    "d2gv-compress": {"steps": "300"},
+}
+
+
+def _resolved(d2gv: dict, fit: dict, compress: dict) -> dict:
+    """Everything the three components use, from options as ``--set`` gives them (strings)."""
+    from recon_core.config import config_from_dict
+    from recon_plugins.d2gv.codec import CompressConfig, D2GVCompress, grid_of
+    from recon_plugins.d2gv.fit import FitConfig
+
+    rep = D2GV(config_from_dict(D2GVConfig, d2gv, "d2gv"))
+    c = rep.config
+    return {
+        "num_gaussians": c.resolved("num_gaussians"), "gop_length": c.resolved("gop_length"),
+        "deform": rep.deform_settings, "grid": grid_of(rep),
+        "fit": FitConfig(**{k: int(v) for k, v in fit.items()}).settings(c.preset),
+        "compress_steps": D2GVCompress(config_from_dict(CompressConfig, compress, "d2gv-compress")).steps(rep),
+    }
+
+
+def test_codec_preset_is_the_bunny_figure_settings():
+    """``d2gv.preset=codec`` resolves to exactly the documented --set list of the Bunny figure
+    (model, initialisation style, grid, fit schedule, compress steps), and an explicit option
+    still overrides its preset value."""
+    codec = _resolved({"preset": "codec"}, {}, {})
+    assert codec == _resolved(BUNNY_SETS["d2gv"], BUNNY_SETS["d2gv-fit"], BUNNY_SETS["d2gv-compress"])
+    assert (codec["num_gaussians"], codec["gop_length"], codec["deform"].width, codec["compress_steps"]) == (6000, 8, 64, 300)
+    assert (codec["grid"].color_step, codec["grid"].mlp_bits, codec["fit"].deform_steps) == (1 / 32, 6, 1500)
+    cpu = _resolved({}, {}, {})  # the defaults are unchanged
+    assert (cpu["num_gaussians"], cpu["deform"].width, cpu["grid"].color_step, cpu["grid"].mlp_bits) == (16000, 156, 1 / 64, 8)
+    assert (cpu["fit"].deform_steps, cpu["compress_steps"]) == (800, 100)
+    over = _resolved({"preset": "codec", "mlp_width": "32", "q_mlp_bits": "8"}, {"deform_steps": "700"}, {"steps": "5"})
+    assert (over["deform"].width, over["grid"].mlp_bits, over["fit"].deform_steps, over["compress_steps"]) == (32, 8, 700, 5)
+    assert (over["num_gaussians"], over["grid"].color_step) == (6000, 1 / 32)  # the rest stays the preset's

@@ -74,7 +74,7 @@ __all__ = ["CompressConfig", "D2GVCompress", "grid_of", "quantise_gop", "finetun
 def grid_of(rep: D2GV) -> QuantGrid:
     """The quantisation grid of ``rep`` (its ``q_*`` options)."""
     c = rep.config
-    return QuantGrid(pos_step=c.q_pos_step, chol_step=c.q_chol_step, color_step=c.q_color_step, mlp_bits=c.q_mlp_bits,
+    return QuantGrid(pos_step=c.q_pos_step, chol_step=c.q_chol_step, color_step=c.resolved("q_color_step"), mlp_bits=c.resolved("q_mlp_bits"),
                      color_codec=c.q_color_codec, color_codebook=c.q_color_codebook, color_stages=c.q_color_stages)
 
 
@@ -386,9 +386,13 @@ def export_bitstream(rep: D2GV, out: Path) -> Path:
 # ------------------------------------------------------------------------------ refiner
 
 
+COMPRESS_STEPS: dict[str, int] = {"cpu": 100, "paper": 100, "codec": 300}
+"""Fine-tune steps per GoP of each ``d2gv.preset`` (``codec``: the Bunny figure of docs/benchmarks.md)."""
+
+
 @dataclass
 class CompressConfig:
-    steps: int = option(100, "quantisation-aware fine-tune steps per GoP (0: quantise only)", min=0)
+    steps: int | None = option(None, "quantisation-aware fine-tune steps per GoP, 0: quantise only (none: the d2gv preset's; cpu, paper 100, codec 300)", min=0)
     lr_gaussians: float = option(1e-3, "Adam learning rate of positions, Cholesky factors and colours (linear decay to 0)", min=0)
     lr_mlp: float = option(1e-4, "Adam learning rate of the MLP weights (linear decay to 0)", min=0)
     frames_per_step: int = option(1, "frames per fine-tune step", min=1)
@@ -405,15 +409,22 @@ class D2GVCompress(GopRefiner):
     Config = CompressConfig
     requires = frozenset({"gaussians-2d", "dynamic"})
 
+    def steps(self, rep: D2GV | None = None) -> int:
+        """Fine-tune steps per GoP: the option, else those of ``rep``'s preset (cpu without one)."""
+        if self.config.steps is not None:
+            return self.config.steps
+        return COMPRESS_STEPS[getattr(getattr(rep, "config", None), "preset", "cpu")]
+
     @property
     def total_steps(self) -> int:
-        return self.config.steps
+        """Nominal steps per GoP (the cpu preset's unless set); the work happens in ``run``."""
+        return self.steps()
 
     def run(self, rep: D2GV, data: Video, ctx: RunContext) -> dict[str, Any]:  # type: ignore[override]
         """Fine-tune and quantise every GoP; the rep ends on the grid (renders = decoded frames)."""
         if not isinstance(data, Video) or not isinstance(rep, D2GV):
             raise InputError("d2gv-compress compresses a d2gv representation of a video")
-        cfg, grid = self.config, grid_of(rep)
+        cfg, grid, steps = self.config, grid_of(rep), self.steps(rep)
         if ctx.resume_state:
             self.load_state_dict(ctx.resume_state)  # GoPs fine-tuned before an interruption
         t0, c0 = time.perf_counter(), time.process_time()
@@ -421,7 +432,7 @@ class D2GVCompress(GopRefiner):
         should_stop = ctx.should_stop
         left = [g for g in range(len(ranges)) if g not in self.done]
         steps_run: dict[int, int] = {}
-        with progress_bar("d2gv-compress", total=len(ranges) * cfg.steps, completed=len(self.done) * cfg.steps) as advance:
+        with progress_bar("d2gv-compress", total=len(ranges) * steps, completed=len(self.done) * steps) as advance:
             for g, r in enumerate(ranges):
                 if g in self.done:
                     continue
@@ -434,7 +445,7 @@ class D2GVCompress(GopRefiner):
                     gops_left = len(left) - left.index(g)
                     allowance = max(ctx.budget.allowance - ctx.budget.used(), 0.0) / gops_left
                     clock = BudgetClock(ctx.budget.budget, allowance).start()
-                finetune_quantised(gop, frames, grid, cfg.steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
+                finetune_quantised(gop, frames, grid, steps, lr_gaussians=cfg.lr_gaussians, lr_mlp=cfg.lr_mlp,
                                    frames_per_step=cfg.frames_per_step, seed=cfg.seed * 7919 + g, backend=cfg.backend,
                                    on_step=lambda g=g: (advance(1, gop=g), steps_run.__setitem__(g, steps_run.get(g, 0) + 1)), clock=clock)
                 rep.gops[g] = gop.to(rep.gop_starts.device)

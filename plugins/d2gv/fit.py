@@ -31,6 +31,7 @@ Presets (``preset``; ``auto`` follows ``d2gv.preset``), every option overriding 
   iteration 10 000, as in the original, whose schedule is updated during the coarse stage too);
   pruning after fine iteration 30 000, the penalty 5e-3 on every 15th iteration. These step
   numbers stay literal whatever the step counts (set ``lr_step_every``/``prune_start`` to scale).
+* ``codec``: ``cpu`` with 1 500 deformation steps (the Bunny figure of docs/benchmarks.md).
 
 Time budget (``run.budget``, :mod:`recon_core.budget`): the refiner's share is split among the
 GoPs still to fit when it starts, each GoP getting its own allowance of the budget's clock —
@@ -95,6 +96,7 @@ FIT_PRESETS: dict[str, dict[str, Any]] = {
         "sparsity_weight": 5e-3, "prune_start": None, "prune_every": 15, "mlp_bf16": False,
     },
 }
+FIT_PRESETS["codec"] = {**FIT_PRESETS["cpu"], "deform_steps": 1500}  # the Bunny figure (docs/benchmarks.md)
 """What each ``d2gv-fit.preset`` sets; ``None`` schedules of ``paper`` are its literal step numbers
 (:data:`PAPER_STEPS`)."""
 
@@ -105,9 +107,9 @@ horizon of the MLP's exponential decay."""
 
 @dataclass
 class FitConfig:
-    preset: str = option("auto", "auto: the d2gv representation's preset; cpu: CPU-tuned (docs/benchmarks.md); paper: the original's train_prune.py schedule", choices=("auto", *FIT_PRESETS))
+    preset: str = option("auto", "auto: the d2gv representation's preset; cpu: CPU-tuned (docs/benchmarks.md); paper: the original's train_prune.py schedule; codec: cpu with 1 500 deformation steps (the Bunny figure)", choices=("auto", *FIT_PRESETS))
     static_steps: int | None = option(None, "steps of the static stage (none: the preset's; cpu 1000, paper 10000)", min=0)
-    deform_steps: int | None = option(None, "steps of the deformation stage (none: the preset's; cpu 800, paper 50000)", min=0)
+    deform_steps: int | None = option(None, "steps of the deformation stage (none: the preset's; cpu 800, codec 1500, paper 50000)", min=0)
     frames_per_step: int | None = option(None, "frames per step (none: the preset's, 1)", min=1)
     sampling: str | None = option(None, "frames per step: random (cpu; static stage on the mean frame) or sequential (paper: in order, cycling)", choices=("random", "sequential"))
     optimizer: str | None = option(None, "optimiser of Gaussians and mask logits: adam (cpu) or adan (paper); the MLP always uses Adam", choices=("adam", "adan"))

@@ -2,9 +2,13 @@
 
 On the same frames, in one run:
 
-1. the first ``--frames`` frames read with PyAV and resized to ``--size`` (``d2gv_bench.read_frames``);
-2. for each D2GV operating point ``--points N:W:STEP,...`` (Gaussians per GoP, MLP width, the
-   quantisation preset of ``--grids``): ``d2gv-fit`` (the CLI's refiner, local workers), then
+1. the first ``--frames`` frames resized to ``--size``: by default through the CLI's ``video``
+   loader (``--set video.end=N --set video.width=W --set video.height=H``, its antialiased resize),
+   with ``--frames-from pyav`` as before issue 20's CLI check (PyAV's swscale bicubic,
+   ``d2gv_bench.read_frames``); the block codecs encode those frames rounded to 8 bits;
+2. for each D2GV operating point ``--points N:W:GRID:GOP,...`` (Gaussians per GoP, MLP width, the
+   quantisation preset of ``GRIDS``): ``d2gv-fit`` (the CLI's refiner, local workers), then for
+   each colour codec of ``--color-codecs`` (``d2gv.q_color_codec``: uniform, rvq) on the same fit,
    ``d2gv-compress`` (quantisation-aware fine-tune), the ``.d2gv`` file written, and the frames
    decoded **from that file** (``bitstream.decode_file`` + ``decode.Decoder``): bytes/frame, bpp,
    PSNR, MS-SSIM, decode FPS (file parse + ANS decode + every frame to 8-bit RGB, 1 torch thread,
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -46,7 +51,7 @@ from d2gv_bench import CPU_TIMES, codec_point, load_clip, rusage_cpu, timed_medi
 
 from recon_core import RunContext, Video  # noqa: E402
 from recon_core.imageops import ms_ssim, psnr  # noqa: E402
-from recon_plugins.d2gv.bitstream import decode_file, decode_gop_chunk, gop_streams, read_bitstream  # noqa: E402
+from recon_plugins.d2gv.bitstream import _varint, decode_file, decode_gop_chunk, encode_symbols, gop_streams, read_bitstream  # noqa: E402
 from recon_plugins.d2gv.codec import CompressConfig, D2GVCompress, encode_representation  # noqa: E402
 from recon_plugins.d2gv.decode import Decoder  # noqa: E402
 from recon_plugins.d2gv.fit import D2GVFit, FitConfig  # noqa: E402
@@ -67,6 +72,21 @@ def quality(decoded: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return sum(p) / len(p), sum(s) / len(s)
 
 
+def stream_bytes(data: bytes) -> dict[str, int]:
+    """Bytes of each symbol stream (varint length included) summed over the GoPs, plus the MLP
+    steps and colour codebooks (float32) and the container (magic, header, CRCs, counts)."""
+    header, chunks = read_bitstream(data)
+    out: dict[str, int] = {}
+    for chunk in chunks:
+        q = decode_gop_chunk(chunk, header.deform, grid=header.grid)
+        for name, arr in gop_streams(q).items():
+            blob = encode_symbols(arr)
+            out[name] = out.get(name, 0) + len(blob) + len(_varint(len(blob)))
+        out["floats"] = out.get("floats", 0) + 4 * q.mlp_steps.numel() + (4 * q.codebook.numel() if q.codebook is not None else 0)
+    out["container"] = len(data) - sum(out.values())
+    return out
+
+
 def zstd_bytes(data: bytes) -> int:
     """Bytes of the file with every chunk's symbol streams (the same delta-coded streams, int16
     or int32 each) and MLP steps compressed by zstd (level 19) instead of the ANS coder."""
@@ -76,13 +96,15 @@ def zstd_bytes(data: bytes) -> int:
     total = len(data) - sum(len(c) + 4 for c in chunks)  # magic, header, CRCs
     compressor = zstandard.ZstdCompressor(level=19)
     for chunk in chunks:
-        q = decode_gop_chunk(chunk, header.deform)
+        q = decode_gop_chunk(chunk, header.deform, grid=header.grid)
         raw = bytearray()
         for arr in gop_streams(q).values():
             arr = np.asarray(arr, dtype=np.int64)
             small = arr.size == 0 or (arr.min() >= -32768 and arr.max() < 32768)
             raw += arr.astype("<i2" if small else "<i4").tobytes()
         raw += q.mlp_steps.numpy().astype("<f4").tobytes()
+        if q.codebook is not None:
+            raw += q.codebook.numpy().astype("<f4").tobytes()
         total += len(compressor.compress(bytes(raw))) + 4
     return total
 
@@ -109,29 +131,58 @@ def bd_rate(anchor: list[dict], test: list[dict]) -> float | None:
     return 100.0 * (math.exp(diff) - 1.0)
 
 
-def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int, width: int, grid: str, gop: int, out_dir: Path) -> dict:
-    """Fit, compress, write the file, decode from the file and measure one operating point."""
-    T, H, W = video.num_frames, video.height, video.width
+def load_with_loader(path: str, size: str, limit: int, gop: int) -> tuple[np.ndarray, float, torch.Tensor, Video]:
+    """As ``load_clip``, through the CLI's ``video`` loader (``video.end``, ``video.width``, ``video.height``)."""
+    from recon_plugins.loaders.video import VideoConfig, VideoLoader
+
+    W, H = (int(v) for v in size.lower().split("x"))
+    video = VideoLoader(VideoConfig(end=limit, width=W, height=H, gop_length=gop)).load(Path(path))
+    frames = torch.stack([video.frame(i) for i in range(video.num_frames)]).float()
+    frames_u8 = (frames * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return frames_u8, float(video.fps), frames, video
+
+
+def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int, width: int, grid: str, gop: int, out_dir: Path) -> list[dict]:
+    """Fit, then per colour codec compress, write the file, decode from the file and measure one operating point."""
     rep = D2GV(D2GVConfig(num_gaussians=n, gop_length=gop, mlp_width=width, **GRIDS[grid]))
     rep.build(video, RunContext(torch.device("cpu"), seed=0))
     fit_cfg = FitConfig(static_steps=args.static_steps, deform_steps=args.deform_steps, frames_per_step=1,
-                        mlp_bf16=args.mlp_bf16, workers=args.workers, threads_per_worker=1, evaluate=False)
+                        mlp_bf16=args.mlp_bf16, workers=args.workers, threads_per_worker=args.threads_per_worker, evaluate=False)
     with tempfile.TemporaryDirectory(prefix="d2gv-rd-") as tmp:
         ctx = RunContext(device=torch.device("cpu"), seed=0, renderer=Torch2DGS(), out_dir=Path(tmp), log=lambda m: None)
         c0, w0 = rusage_cpu(), time.perf_counter()
         fit = D2GVFit(fit_cfg).run(rep, video, ctx)
         fit_cpu = rusage_cpu() - c0
+        fit_wall = time.perf_counter() - w0
         fp16_bytes = rep.payload_bytes()
         fp16_quality = quality(Decoder(rep).frames(), ref)
-        ptq = copy.deepcopy(rep)
-        ptq_data, _ = encode_representation(ptq, apply=True)
-        ptq_quality = quality(Decoder(ptq).frames(), ref)
-        c1 = rusage_cpu()
-        D2GVCompress(CompressConfig(steps=args.qat_steps, write=False)).run(rep, video, ctx)
-        compress_cpu = rusage_cpu() - c1
-        wall = time.perf_counter() - w0
+        fitted = rep
+        rows = []
+        for codec in args.color_codecs.split(","):
+            rep = copy.deepcopy(fitted)
+            if codec.startswith("rvq"):  # rvq or rvqK: K codewords per stage (d2gv.q_color_codebook)
+                rep.config = dataclasses.replace(rep.config, q_color_codec="rvq", q_color_codebook=int(codec[3:] or 8))
+            else:
+                rep.config = dataclasses.replace(rep.config, q_color_codec=codec)
+            ptq = copy.deepcopy(rep)
+            ptq_data, _ = encode_representation(ptq, apply=True)
+            ptq_quality = quality(Decoder(ptq).frames(), ref)
+            c1, w1 = rusage_cpu(), time.perf_counter()
+            D2GVCompress(CompressConfig(steps=args.qat_steps, write=False)).run(rep, video, ctx)
+            compress_cpu = rusage_cpu() - c1
+            wall = fit_wall + time.perf_counter() - w1
+            rows.append(_measure(rep, video, ref, args, n, width, grid, gop, out_dir, codec, fit, fit_cpu, compress_cpu, wall,
+                                 fp16_bytes, fp16_quality, ptq_data, ptq_quality))
+    return rows
+
+
+def _measure(rep: D2GV, video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int, width: int, grid: str, gop: int,
+             out_dir: Path, codec: str, fit: dict, fit_cpu: float, compress_cpu: float, wall: float, fp16_bytes: int,
+             fp16_quality: tuple[float, float], ptq_data: bytes, ptq_quality: tuple[float, float]) -> dict:
+    """Write the compressed ``rep``, decode it from the file and measure it."""
+    T, H, W = video.num_frames, video.height, video.width
     data, _ = encode_representation(rep)
-    path = out_dir / f"{Path(args.video).stem}_{n}_{width}_{grid}_gop{gop}.d2gv"
+    path = out_dir / f"{Path(args.video).stem}_{n}_{width}_{grid}_{codec}_gop{gop}.d2gv"
     path.write_bytes(data)
     decoded, _ = decode_file(path)
     p, s = quality(Decoder(decoded).frames(), ref)
@@ -140,7 +191,9 @@ def d2gv_point(video: Video, ref: torch.Tensor, args: argparse.Namespace, n: int
     cpu_fps = T / statistics.median(CPU_TIMES)
     torch.set_num_threads(os.cpu_count() or 1)
     return {
-        "codec": "d2gv", "gaussians": n, "kept": decoded.num_kept(), "mlp_width": width, "grid": grid, "gop": gop, "file": str(path),
+        "codec": "d2gv" if codec == "uniform" else f"d2gv-{codec}", "color_codec": codec,
+        "stream_bytes": stream_bytes(data), "gaussians": n, "kept": decoded.num_kept(),
+        "mlp_width": width, "grid": grid, "gop": gop, "file": str(path),
         "bytes_per_frame": len(data) / T, "bpp": 8 * len(data) / (T * H * W), "mean_psnr": p, "mean_ms_ssim": s,
         "decode_fps": T / seconds, "decode_fps_cpu_time": cpu_fps,
         "encode_cpu_seconds": fit_cpu + compress_cpu, "fit_cpu_seconds": fit_cpu, "compress_cpu_seconds": compress_cpu,
@@ -162,6 +215,9 @@ def main() -> None:
     p.add_argument("--static-steps", type=int, default=500)
     p.add_argument("--deform-steps", type=int, default=500)
     p.add_argument("--qat-steps", type=int, default=CompressConfig.steps)
+    p.add_argument("--color-codecs", default="uniform", help="d2gv.q_color_codec values compressed from the same fit (uniform, rvq, rvqK: K codewords per stage; comma-separated)")
+    p.add_argument("--threads-per-worker", type=int, default=0, help="d2gv-fit.threads_per_worker (0: the CLI's default, cores // workers; the fit's trajectory depends on it)")
+    p.add_argument("--frames-from", default="loader", choices=("loader", "pyav"), help="loader: the CLI's video loader (resize included); pyav: swscale bicubic")
     p.add_argument("--mlp-bf16", action="store_true")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--crf-x264", default="23,28,33,38,43,48")
@@ -172,12 +228,14 @@ def main() -> None:
     p.add_argument("--json", default="")
     args = p.parse_args()
 
-    frames_u8, fps, ref, video = load_clip(args.video, args.size, args.frames, args.gop)
+    load = load_with_loader if args.frames_from == "loader" else load_clip
+    frames_u8, fps, ref, video = load(args.video, args.size, args.frames, args.gop)
     T, H, W = video.num_frames, video.height, video.width
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"video": args.video, "size": [W, H], "frames": T, "gop": args.gop, "load_avg_start": os.getloadavg(),
-                    "steps": [args.static_steps, args.deform_steps], "qat_steps": args.qat_steps, "pyav": av.__version__}
+                    "steps": [args.static_steps, args.deform_steps], "qat_steps": args.qat_steps, "pyav": av.__version__,
+                    "frames_from": args.frames_from}
     rows: list[dict] = []
     missing = [c for c in ("libx264", "libx265", "libsvtav1") if c not in av.codecs_available]
     result["missing_encoders"] = missing
@@ -192,10 +250,11 @@ def main() -> None:
         n, width = int(parts[0]), int(parts[1])
         grid = parts[2] if len(parts) > 2 and parts[2] else args.grid
         gop = int(parts[3]) if len(parts) > 3 else args.gop
-        rows.append(d2gv_point(video, ref, args, n, width, grid, gop, out_dir))
-        print(json.dumps(rows[-1]), flush=True)
+        for row in d2gv_point(video, ref, args, n, width, grid, gop, out_dir):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     anchor = [r for r in rows if r["codec"] == "libx264"]
-    result["bd_rate_vs_h264_percent"] = {c: bd_rate(anchor, [r for r in rows if r["codec"] == c]) for c in ("libx265", "libsvtav1", "d2gv") if any(r["codec"] == c for r in rows)}
+    result["bd_rate_vs_h264_percent"] = {c: bd_rate(anchor, [r for r in rows if r["codec"] == c]) for c in dict.fromkeys(r["codec"] for r in rows) if c != "libx264"}
     result["rows"] = rows
     result["load_avg_end"] = os.getloadavg()
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

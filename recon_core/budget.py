@@ -14,7 +14,10 @@ whatever the step rate. Without a budget the fraction is 0 and schedules are tho
 
 The seconds used are checkpointed, so a resumed run continues with what was left, not a new
 budget. A refiner with its own loop (``Refiner.run``) checks ``ctx.budget_spent()`` between its
-units of work, saves and returns, and uses ``ctx.progress`` for its schedules.
+units of work, saves and returns, and uses ``ctx.progress`` for its schedules. One that hands
+units of work to other processes gives each unit a share of its own (a :class:`BudgetClock` built
+there: ``d2gv-fit``'s GoPs) and, for a CPU-time budget, ``charge``s the workers' CPU seconds to
+``ctx.budget``.
 """
 
 from __future__ import annotations
@@ -90,3 +93,14 @@ class BudgetClock:
 
     def spent(self) -> bool:
         return self.used() >= self.allowance
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` spent on this share outside this process's clock (the CPU time of
+        worker processes, which ``time.process_time`` of this process does not see)."""
+        self._before += max(float(seconds), 0.0)
+
+    def scheduled_step(self, step: int, total: int) -> int:
+        """The step a schedule of ``total`` steps has reached at ``step``: ``step``, or
+        ``floor(fraction() * total)`` when the share is being used faster than the steps; ``total``
+        once the share is spent (the work ends there, as at its last step)."""
+        return max(int(step), math.floor(self.fraction() * int(total)))

@@ -196,24 +196,33 @@ def _write_mp4(path: Path, video) -> None:
             out.mux(packet)
 
 
-def test_cli_run_compress_export_decode(tmp_path):
-    """recon run (fit + compress) → recon export --format d2gv → recon decode: the decoded PNGs are
-    the run's quantised model; damaged files and other versions exit 2."""
+def cli_run(tmp_path: Path, *sets: str, frames: int = 6, gop: int = 3, fit_steps: tuple[int, int] = (6, 4), compress_steps: int = 4):
+    """``recon run`` (d2gv-fit + d2gv-compress, inline) on a tiny clip written as mp4, options
+    ``sets`` added; returns (click result, run folder, invoke(*args) for further commands)."""
     from click.testing import CliRunner
-    from PIL import Image
 
     from recon_cli.main import make_cli
 
     cli = make_cli()
-    video = tiny_video(num_frames=6, width=32, height=24, gop_length=3)
+    video = tiny_video(num_frames=frames, width=32, height=24, gop_length=gop)
     _write_mp4(tmp_path / "clip.mp4", video)
     run = tmp_path / "run"
     args = ["run", "--data", tmp_path / "clip.mp4", "--repr", "d2gv", "--refiner", "d2gv-fit,d2gv-compress", "--out", run,
-            "--set", "d2gv.num_gaussians=60", "--set", "d2gv.mlp_width=8", "--set", "d2gv.gop_length=3",
-            "--set", "d2gv-fit.static_steps=6", "--set", "d2gv-fit.deform_steps=4", "--set", "d2gv-fit.executor=inline",
-            "--set", "d2gv-compress.steps=4", "--set", "d2gv.q_mlp_bits=6"]
+            "--set", "d2gv.num_gaussians=60", "--set", "d2gv.mlp_width=8", "--set", f"d2gv.gop_length={gop}",
+            "--set", f"d2gv-fit.static_steps={fit_steps[0]}", "--set", f"d2gv-fit.deform_steps={fit_steps[1]}",
+            "--set", "d2gv-fit.executor=inline", "--set", f"d2gv-compress.steps={compress_steps}"]
+    for option in sets:
+        args += ["--set", option]
     invoke = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
-    result = invoke(*args)
+    return invoke(*args), run, invoke
+
+
+def test_cli_run_compress_export_decode(tmp_path):
+    """recon run (fit + compress) → recon export --format d2gv → recon decode: the decoded PNGs are
+    the run's quantised model; damaged files and other versions exit 2."""
+    from PIL import Image
+
+    result, run, invoke = cli_run(tmp_path, "d2gv.q_mlp_bits=6")
     assert result.exit_code == 0, result.output
     report = json.loads((run / "metrics.json").read_text())["refiners"]["d2gv-compress"]
     assert (run / "clip.d2gv").stat().st_size == report["bytes"]
@@ -258,3 +267,43 @@ def test_compress_refiner_stops_between_gops_and_resumes_to_the_same_file(tmp_pa
     resumed = second.run(rep_b, video, ctx)
     assert resumed["bytes"] == full["bytes"]
     assert encode_representation(rep_b)[0] == encode_representation(rep_a)[0]
+
+
+# The Bunny figure's --set list (docs/benchmarks.md, "The Bunny figure from the CLI") on the cpu preset.
+BUNNY_SETS = {
+    "d2gv": {"num_gaussians": "6000", "mlp_width": "64", "gop_length": "8", "q_color_step": "0.03125", "q_mlp_bits": "6"},
+    "d2gv-fit": {"static_steps": "1000", "deform_steps": "1500"},
+    "d2gv-compress": {"steps": "300"},
+}
+
+
+def _resolved(d2gv: dict, fit: dict, compress: dict) -> dict:
+    """Everything the three components use, from options as ``--set`` gives them (strings)."""
+    from recon_core.config import config_from_dict
+    from recon_plugins.d2gv.codec import CompressConfig, D2GVCompress, grid_of
+    from recon_plugins.d2gv.fit import FitConfig
+
+    rep = D2GV(config_from_dict(D2GVConfig, d2gv, "d2gv"))
+    c = rep.config
+    return {
+        "num_gaussians": c.resolved("num_gaussians"), "gop_length": c.resolved("gop_length"),
+        "deform": rep.deform_settings, "grid": grid_of(rep),
+        "fit": FitConfig(**{k: int(v) for k, v in fit.items()}).settings(c.preset),
+        "compress_steps": D2GVCompress(config_from_dict(CompressConfig, compress, "d2gv-compress")).steps(rep),
+    }
+
+
+def test_codec_preset_is_the_bunny_figure_settings():
+    """``d2gv.preset=codec`` resolves to exactly the documented --set list of the Bunny figure
+    (model, initialisation style, grid, fit schedule, compress steps), and an explicit option
+    still overrides its preset value."""
+    codec = _resolved({"preset": "codec"}, {}, {})
+    assert codec == _resolved(BUNNY_SETS["d2gv"], BUNNY_SETS["d2gv-fit"], BUNNY_SETS["d2gv-compress"])
+    assert (codec["num_gaussians"], codec["gop_length"], codec["deform"].width, codec["compress_steps"]) == (6000, 8, 64, 300)
+    assert (codec["grid"].color_step, codec["grid"].mlp_bits, codec["fit"].deform_steps) == (1 / 32, 6, 1500)
+    cpu = _resolved({}, {}, {})  # the defaults are unchanged
+    assert (cpu["num_gaussians"], cpu["deform"].width, cpu["grid"].color_step, cpu["grid"].mlp_bits) == (16000, 156, 1 / 64, 8)
+    assert (cpu["fit"].deform_steps, cpu["compress_steps"]) == (800, 100)
+    over = _resolved({"preset": "codec", "mlp_width": "32", "q_mlp_bits": "8"}, {"deform_steps": "700"}, {"steps": "5"})
+    assert (over["deform"].width, over["grid"].mlp_bits, over["fit"].deform_steps, over["compress_steps"]) == (32, 8, 700, 5)
+    assert (over["num_gaussians"], over["grid"].color_step) == (6000, 1 / 32)  # the rest stays the preset's

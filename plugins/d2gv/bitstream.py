@@ -6,7 +6,8 @@ renders. Nothing here imports the fitter; the encoder (quantisation, quantisatio
 fine-tune, ANS encoding) is :mod:`.codec`, which shares the grids defined here so both sides
 dequantise with the same float32 operations.
 
-Layout, version 1 (integers little-endian)::
+Layout, version 2 (integers little-endian; version 1 files, which have only uniform colours, are
+read too)::
 
     "D2GV"                      magic, 4 bytes
     u16 version                 a reader rejects any other version (exit 2)
@@ -15,13 +16,16 @@ Layout, version 1 (integers little-endian)::
         u32 width, u32 height, u32 fps numerator, u32 fps denominator,
         u32 frame count, u32 GoP count G,
         G × (u32 frames in the GoP, u32 chunk bytes)      the GoP table
-        u32 settings length S, S bytes of UTF-8 JSON      MLP shape + quantisation grids
+        u32 settings length S, S bytes of UTF-8 JSON      MLP shape + quantisation grids + colour codec
     u32 CRC-32 of the header
     G × (chunk bytes, u32 CRC-32 of the chunk)             one chunk per GoP, in frame order
 
 A GoP chunk (see :func:`encode_gop_chunk` / :func:`decode_gop_chunk`): u32 Gaussian count N, then
 the symbol streams of :data:`STREAMS` (each a varint byte length + an ANS stream), then one
-float32 quantisation step per MLP tensor. An ANS stream is a sparse histogram (varints: distinct
+float32 quantisation step per MLP tensor. With ``color_codec=rvq`` (version 2) the colour
+streams ``r, g, b`` are replaced by one stream ``vq`` of the N × stages codeword indices (row-major,
+one histogram, as GaussianImage codes its index matrix), and the chunk ends with the float32
+codebooks [stages, codewords, 3]. An ANS stream is a sparse histogram (varints: distinct
 symbols, first symbol zig-zagged, then per symbol the gap to the previous and its count) followed
 by the ``constriction`` stack-coder words (u32) of the symbols under that categorical model.
 
@@ -34,7 +38,9 @@ Quantisation grids (the ``quant`` settings of the header):
   rasteriser adds them, the MLP treats each on its own);
 * Cholesky factors (pixels, bound included) on a grid of ``chol_step`` (diagonal at least
   ``MIN_DIAG``);
-* colours on a grid of ``color_step``;
+* colours on a grid of ``color_step`` (``color_codec=uniform``), or residual vector quantisation
+  (``rvq``, GaussianImage's): the colour is the sum over ``color_stages`` stages of one of
+  ``color_codebook`` codewords each (:func:`rvq_values`);
 * each MLP tensor symmetric on ``2^(mlp_bits-1) - 1`` levels of ``max |w|``.
 """
 
@@ -78,12 +84,19 @@ __all__ = [
     "cholesky_values",
     "uniform_values",
     "mlp_values",
+    "rvq_values",
+    "rvq_indices",
 ]
 
 MAGIC = b"D2GV"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""Versions this decoder reads (1: before the colour codec was a setting; its colours are uniform)."""
 STREAMS = ("dy", "dx", "x0", "l11", "l21", "l22", "r", "g", "b", "mlp")
-"""Symbol streams of a GoP chunk, in file order."""
+"""Symbol streams of a GoP chunk with uniform colours, in file order."""
+RVQ_STREAMS = ("dy", "dx", "x0", "l11", "l21", "l22", "vq", "mlp")
+"""The same with residual-VQ colours."""
+MAX_RVQ_COMBINATIONS = 4096
 _U32 = struct.Struct("<I")
 
 
@@ -102,6 +115,13 @@ class QuantGrid:
     chol_step: float = 1 / 16
     color_step: float = 1 / 64
     mlp_bits: int = 8
+    color_codec: str = "uniform"
+    color_codebook: int = 8
+    color_stages: int = 2
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return RVQ_STREAMS if self.color_codec == "rvq" else STREAMS
 
     def __post_init__(self) -> None:
         for name in ("pos_step", "chol_step", "color_step"):
@@ -110,6 +130,12 @@ class QuantGrid:
                 raise InputError(f"quantisation {name} must be a positive number, not {v!r}")
         if not (isinstance(self.mlp_bits, int) and 2 <= self.mlp_bits <= 16):
             raise InputError(f"quantisation mlp_bits must be an integer in 2..16, not {self.mlp_bits!r}")
+        if self.color_codec not in ("uniform", "rvq"):
+            raise InputError(f"colour codec must be 'uniform' or 'rvq', not {self.color_codec!r}")
+        k, s = self.color_codebook, self.color_stages
+        if not (isinstance(k, int) and isinstance(s, int) and 2 <= k <= 256 and 1 <= s <= 4 and k**s <= MAX_RVQ_COMBINATIONS):
+            raise InputError(f"residual VQ of {s!r} stages of {k!r} codewords: need 2..256 codewords, 1..4 stages and "
+                             f"codewords^stages <= {MAX_RVQ_COMBINATIONS}")
 
 
 def _cells(size: int, step: float) -> int:
@@ -151,6 +177,29 @@ def uniform_values(k: Tensor, step: float) -> Tensor:
 def mlp_values(k: Tensor, step: Tensor) -> Tensor:
     """Dequantised MLP tensor: symbols times its float32 step."""
     return k.to(torch.float32) * step.to(torch.float32)
+
+
+def rvq_values(indices: Tensor, codebook: Tensor) -> Tensor:
+    """[N, 3] colours of residual-VQ ``indices`` [N, S] under ``codebook`` [S, K, 3]: the sum of
+    one codeword per stage, added in stage order (float32, the same on both sides)."""
+    out = torch.zeros(indices.shape[0], codebook.shape[-1], dtype=torch.float32)
+    for s in range(codebook.shape[0]):
+        out = out + codebook[s].to(torch.float32)[indices[:, s].long()]
+    return out
+
+
+def rvq_indices(colors: Tensor, codebook: Tensor) -> Tensor:
+    """[N, S] int64: for each colour the combination of codewords (one per stage) whose sum is
+    nearest (exhaustive over the codebook^stages sums, so a colour already on the codebook gets
+    itself back exactly)."""
+    S, K, _ = codebook.shape
+    combos = torch.cartesian_prod(*[torch.arange(K)] * S).reshape(-1, S) if S > 1 else torch.arange(K)[:, None]
+    sums = rvq_values(combos, codebook)
+    colors = colors.detach().to(torch.float32)
+    best = torch.empty(colors.shape[0], dtype=torch.long)
+    for a in range(0, colors.shape[0], 8192):
+        best[a : a + 8192] = torch.cdist(colors[a : a + 8192], sums).argmin(dim=1)
+    return combos[best]
 
 
 # ------------------------------------------------------------------------------ ANS symbol streams
@@ -272,8 +321,9 @@ def decode_symbols(data: bytes, count: int, what: str = "symbol stream") -> np.n
 class QuantisedGop:
     """Integer symbols of one GoP (Gaussians already in bitstream order).
 
-    kx, ky [N] position cells; chol [N, 3] Cholesky symbols; color [N, 3] colour symbols;
-    mlp: one int64 tensor per MLP tensor (``state_dict`` order) and mlp_steps [T] float32.
+    kx, ky [N] position cells; chol [N, 3] Cholesky symbols; color [N, 3] colour symbols, or with
+    a ``codebook`` [S, K, 3] (residual VQ) [N, S] codeword indices; mlp: one int64 tensor per MLP
+    tensor (``state_dict`` order) and mlp_steps [T] float32.
     """
 
     kx: Tensor
@@ -282,6 +332,7 @@ class QuantisedGop:
     color: Tensor
     mlp: list[Tensor]
     mlp_steps: Tensor
+    codebook: Tensor | None = None
 
     @property
     def num_gaussians(self) -> int:
@@ -290,7 +341,7 @@ class QuantisedGop:
     def sort(self) -> "QuantisedGop":
         """Gaussians in raster order of their cells (row, then column): the order the chunk stores."""
         order = torch.argsort(self.ky * (int(self.kx.max()) + 1 if self.kx.numel() else 1) + self.kx, stable=True)
-        return QuantisedGop(self.kx[order], self.ky[order], self.chol[order], self.color[order], self.mlp, self.mlp_steps)
+        return QuantisedGop(self.kx[order], self.ky[order], self.chol[order], self.color[order], self.mlp, self.mlp_steps, self.codebook)
 
     def to_model(self, width: int, height: int, grid: QuantGrid, deform: DeformSettings) -> GopModel:
         """The GoP model these symbols decode to (every Gaussian kept)."""
@@ -299,7 +350,11 @@ class QuantisedGop:
         mlp_keys = [k for k in state if k.startswith("deform.")]
         state["xy"] = position_values(self.kx, self.ky, width, height, grid)
         state["chol"] = cholesky_values(self.chol, grid)
-        state["color"] = uniform_values(self.color, grid.color_step)
+        if self.codebook is not None:
+            state["color"] = rvq_values(self.color, self.codebook)
+            state["color_codebook"] = self.codebook.to(torch.float32)
+        else:
+            state["color"] = uniform_values(self.color, grid.color_step)
         state["mask_logit"] = torch.full((self.num_gaussians,), 10.0)
         for key, sym, step in zip(mlp_keys, self.mlp, self.mlp_steps):
             state[key] = mlp_values(sym, step).reshape(state[key].shape)
@@ -327,11 +382,12 @@ def gop_streams(q: QuantisedGop) -> dict[str, Any]:
         "l11": q.chol[:, 0],
         "l21": q.chol[:, 1],
         "l22": q.chol[:, 2],
-        "r": q.color[:, 0],
-        "g": q.color[:, 1],
-        "b": q.color[:, 2],
         "mlp": torch.cat([m.reshape(-1) for m in q.mlp]) if q.mlp else np.zeros(0),
     }
+    if q.codebook is not None:
+        streams["vq"] = q.color.reshape(-1)
+        return {name: streams[name] for name in RVQ_STREAMS}
+    streams.update(r=q.color[:, 0], g=q.color[:, 1], b=q.color[:, 2])
     return {name: streams[name] for name in STREAMS}
 
 
@@ -339,15 +395,17 @@ def encode_gop_chunk(q: QuantisedGop) -> bytes:
     """Symbols of one GoP (in stored order) → chunk bytes (without its CRC)."""
     streams = gop_streams(q)
     out = bytearray(_U32.pack(q.num_gaussians))
-    for name in STREAMS:
-        blob = encode_symbols(streams[name])
+    for name, stream in streams.items():
+        blob = encode_symbols(stream)
         out += _varint(len(blob)) + blob
     out += q.mlp_steps.to(torch.float32).numpy().astype("<f4").tobytes()
+    if q.codebook is not None:
+        out += q.codebook.to(torch.float32).numpy().astype("<f4").tobytes()
     return bytes(out)
 
 
-def decode_gop_chunk(data: bytes, deform: DeformSettings, what: str = "GoP chunk") -> QuantisedGop:
-    """Inverse of :func:`encode_gop_chunk`."""
+def decode_gop_chunk(data: bytes, deform: DeformSettings, what: str = "GoP chunk", grid: QuantGrid = QuantGrid()) -> QuantisedGop:
+    """Inverse of :func:`encode_gop_chunk` (``grid`` says the colour codec)."""
     r = _Reader(data, what)
     n = r.u32()
     shapes = _mlp_shapes(deform)
@@ -359,13 +417,18 @@ def decode_gop_chunk(data: bytes, deform: DeformSettings, what: str = "GoP chunk
     raw["dy"] = dy
     raw["dx"] = decode_symbols(r.take(r.varint()), int((~new_row).sum()), f"{what}, stream dx")
     raw["x0"] = decode_symbols(r.take(r.varint()), int(new_row.sum()), f"{what}, stream x0")
-    for name in STREAMS[3:-1]:
-        raw[name] = decode_symbols(r.take(r.varint()), n, f"{what}, stream {name}")
+    rvq = grid.color_codec == "rvq"
+    S, K = grid.color_stages, grid.color_codebook
+    for name in grid.streams[3:-1]:
+        raw[name] = decode_symbols(r.take(r.varint()), n * S if name == "vq" else n, f"{what}, stream {name}")
     mlp_flat = decode_symbols(r.take(r.varint()), n_mlp, f"{what}, stream mlp")
     steps = np.frombuffer(r.take(4 * len(shapes)), dtype="<f4").astype(np.float32)
+    codebook = np.frombuffer(r.take(4 * S * K * 3), dtype="<f4").astype(np.float32).reshape(S, K, 3) if rvq else None
     r.done()
-    if np.any(dy < 0) or not np.all(np.isfinite(steps)):
+    if np.any(dy < 0) or not np.all(np.isfinite(steps)) or (codebook is not None and not np.all(np.isfinite(codebook))):
         raise BitstreamError(f"{what}: invalid values")
+    if rvq and n and (raw["vq"].min() < 0 or raw["vq"].max() >= K):
+        raise BitstreamError(f"{what}: colour codeword index outside the codebook of {K}")
     ky = np.cumsum(dy)
     # column: absolute for the first Gaussian of a row, then gaps → a cumulative sum restarted per row
     steps_x = np.empty(n, dtype=np.int64)
@@ -379,8 +442,12 @@ def decode_gop_chunk(data: bytes, deform: DeformSettings, what: str = "GoP chunk
         mlp.append(torch.from_numpy(mlp_flat[offset : offset + size].copy()).reshape(s))
         offset += size
     chol = torch.from_numpy(np.stack([raw["l11"], raw["l21"], raw["l22"]], axis=-1))
-    color = torch.from_numpy(np.stack([raw["r"], raw["g"], raw["b"]], axis=-1))
-    return QuantisedGop(torch.from_numpy(kx), torch.from_numpy(ky), chol, color, mlp, torch.from_numpy(steps.copy()))
+    if rvq:
+        color = torch.from_numpy(raw["vq"].reshape(n, S).copy())
+    else:
+        color = torch.from_numpy(np.stack([raw["r"], raw["g"], raw["b"]], axis=-1))
+    return QuantisedGop(torch.from_numpy(kx), torch.from_numpy(ky), chol, color, mlp, torch.from_numpy(steps.copy()),
+                        torch.from_numpy(codebook.copy()) if codebook is not None else None)
 
 
 # ------------------------------------------------------------------------------ container
@@ -426,8 +493,8 @@ def read_bitstream(data: bytes, source: str | Path | None = None) -> tuple[ClipH
     if r.take(4) != MAGIC:
         raise BitstreamError(f"{where}not a D2GV bitstream (bad magic)")
     (version,) = struct.unpack("<H", r.take(2))
-    if version != VERSION:
-        raise BitstreamError(f"{where}D2GV bitstream version {version}; this decoder reads version {VERSION}")
+    if version not in READS:
+        raise BitstreamError(f"{where}D2GV bitstream version {version}; this decoder reads versions {', '.join(map(str, READS))}")
     body = r.take(r.u32())
     if zlib.crc32(body) != r.u32():
         raise BitstreamError(f"{where}header checksum mismatch (corrupted file)")
@@ -440,6 +507,8 @@ def read_bitstream(data: bytes, source: str | Path | None = None) -> tuple[ClipH
         if unknown:
             raise ValueError(f"MLP settings {sorted(unknown)} unknown to this decoder")
         deform = DeformSettings(**settings["deform"])
+        if version == 1 and set(settings["quant"]) - {"pos_step", "chol_step", "color_step", "mlp_bits"}:
+            raise ValueError("a version 1 header with version 2 settings")
         grid = QuantGrid(**settings["quant"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise BitstreamError(f"{where}header settings are invalid ({e})") from None
@@ -471,7 +540,7 @@ def decode_file(path: str | Path) -> tuple[D2GV, ClipHeader]:
     times = torch.arange(header.frame_count, dtype=torch.float64) / float(header.fps)
     rep._set_layout([range(a, b) for a, b in zip(starts[:-1], starts[1:])], times, header.height, header.width)
     for g, chunk in enumerate(chunks):
-        q = decode_gop_chunk(chunk, d, f"{path}: GoP {g}")
+        q = decode_gop_chunk(chunk, d, f"{path}: GoP {g}", header.grid)
         low = cholesky_min_symbol(header.grid)
         if q.num_gaussians and (
             int(q.kx.min()) < 0 or int(q.kx.max()) >= _cells(header.width, header.grid.pos_step)

@@ -99,6 +99,11 @@ def cpu_count() -> int:
 
 
 class Executor(Protocol):
+    parallel: int
+    """How many jobs run at the same time (a time budget's waves)."""
+    in_process: bool
+    """Whether jobs run in this process (their CPU time is then this process's)."""
+
     def map_unordered(self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_progress: Progress | None = None,
                       should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
         """Yield ``fn(job)`` for every job, in completion order (see the module docstring)."""
@@ -112,6 +117,9 @@ class Executor(Protocol):
 class InlineExecutor:
     """Runs every job in this process, one after the other, with ``threads`` torch threads
     (0: leave the process setting alone); the previous setting is restored after each job."""
+
+    parallel = 1
+    in_process = True
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
@@ -167,8 +175,11 @@ def _init_worker(threads: int, stop_event: Any = None, progress_queue: Any = Non
 class LocalProcessExecutor:
     """A pool of spawned worker processes with a bounded number of jobs in flight."""
 
+    in_process = False
+
     def __init__(self, workers: int, threads_per_worker: int) -> None:
         self.workers, self.threads = workers, threads_per_worker
+        self.parallel = workers
         self._pool: ProcessPoolExecutor | None = None
         self._stop_event: Any = None
 
@@ -232,6 +243,8 @@ class LocalProcessExecutor:
 class RayExecutor:
     """Ray tasks, each reserving ``threads_per_worker`` CPUs; results stream back as they finish."""
 
+    in_process = False
+
     def __init__(self, address: str, threads_per_worker: int, max_in_flight: int, local_cpus: int) -> None:
         try:
             import ray
@@ -239,6 +252,7 @@ class RayExecutor:
             raise InputError("executor 'ray' needs the package 'ray' (pip install 'recon[ray]' or pip install ray)") from None
         self.ray = ray
         self.threads = threads_per_worker
+        self.parallel = max(1, local_cpus // max(threads_per_worker, 1))
         self.max_in_flight = max_in_flight
         self._started = False
         if not ray.is_initialized():

@@ -31,6 +31,18 @@ Presets (``preset``; ``auto`` follows ``d2gv.preset``), every option overriding 
   iteration 10 000, as in the original, whose schedule is updated during the coarse stage too);
   pruning after fine iteration 30 000, the penalty 5e-3 on every 15th iteration. These step
   numbers stay literal whatever the step counts (set ``lr_step_every``/``prune_start`` to scale).
+* ``codec``: ``cpu`` with 1 500 deformation steps (the Bunny figure of docs/benchmarks.md).
+
+Time budget (``run.budget``, :mod:`recon_core.budget`): the refiner's share is split among the
+GoPs still to fit when it starts, each GoP getting its own allowance of the budget's clock —
+wall clock: the share over the number of waves of parallel GoPs (``ceil(GoPs / workers)``);
+CPU time: the share over the GoPs (the workers' CPU seconds add up and are charged to the
+share). A GoP's schedules (stage switch, learning rates, pruning start) follow
+``max(step, fraction of its allowance used × steps)``, so a GoP whose allowance runs short skips
+ahead through its schedule and ends, pruned and evaluated, when the allowance is spent; an
+interrupted GoP keeps its allowance and the seconds it used in its ``.partial`` state. Worker
+start-up and the final evaluation are outside the GoPs' allowances, so a wall-clock share can be
+overrun by those (seconds).
 
 Interrupts: the workers check a stop request every step (Ctrl-C or SIGTERM to them, or to this
 process, which passes it on) and hand back their GoP's state mid-way (parameters, optimiser
@@ -57,6 +69,7 @@ import torch
 from torch import Tensor
 
 from recon_core import FrameRenderer, InputError, Interrupted, RunContext, Video, option
+from recon_core.budget import Budget, BudgetClock
 from recon_core.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from recon_core.imageops import psnr
 from recon_core.progress import progress_bar
@@ -83,6 +96,7 @@ FIT_PRESETS: dict[str, dict[str, Any]] = {
         "sparsity_weight": 5e-3, "prune_start": None, "prune_every": 15, "mlp_bf16": False,
     },
 }
+FIT_PRESETS["codec"] = {**FIT_PRESETS["cpu"], "deform_steps": 1500}  # the Bunny figure (docs/benchmarks.md)
 """What each ``d2gv-fit.preset`` sets; ``None`` schedules of ``paper`` are its literal step numbers
 (:data:`PAPER_STEPS`)."""
 
@@ -93,9 +107,9 @@ horizon of the MLP's exponential decay."""
 
 @dataclass
 class FitConfig:
-    preset: str = option("auto", "auto: the d2gv representation's preset; cpu: CPU-tuned (docs/benchmarks.md); paper: the original's train_prune.py schedule", choices=("auto", *FIT_PRESETS))
+    preset: str = option("auto", "auto: the d2gv representation's preset; cpu: CPU-tuned (docs/benchmarks.md); paper: the original's train_prune.py schedule; codec: cpu with 1 500 deformation steps (the Bunny figure)", choices=("auto", *FIT_PRESETS))
     static_steps: int | None = option(None, "steps of the static stage (none: the preset's; cpu 1000, paper 10000)", min=0)
-    deform_steps: int | None = option(None, "steps of the deformation stage (none: the preset's; cpu 800, paper 50000)", min=0)
+    deform_steps: int | None = option(None, "steps of the deformation stage (none: the preset's; cpu 800, codec 1500, paper 50000)", min=0)
     frames_per_step: int | None = option(None, "frames per step (none: the preset's, 1)", min=1)
     sampling: str | None = option(None, "frames per step: random (cpu; static stage on the mean frame) or sequential (paper: in order, cycling)", choices=("random", "sequential"))
     optimizer: str | None = option(None, "optimiser of Gaussians and mask logits: adam (cpu) or adan (paper); the MLP always uses Adam", choices=("adam", "adan"))
@@ -192,6 +206,8 @@ class GopJob:
     config: dict[str, Any]  # FitSettings fields
     seed: int
     partial: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    """``{"clock": "wall" | "cpu", "seconds": s}``: this GoP's share of ``run.budget`` (None: no budget)."""
 
 
 @dataclass
@@ -251,15 +267,21 @@ def _frames_at(s: FitSettings, step: int, F: int, gen: torch.Generator) -> Tenso
 
 
 def _fit_steps(gop: GopModel, opts: list[torch.optim.Optimizer], s: FitSettings, frames: Tensor, first: int,
-               gen: torch.Generator, index: int) -> int:
-    """Steps ``first`` .. ``s.total - 1`` of L2 (+ sparsity); returns the next step to run (less
-    than ``s.total`` when a stop was requested)."""
+               gen: torch.Generator, index: int, clock: BudgetClock | None = None) -> tuple[int, int]:
+    """Steps ``first`` .. ``s.total - 1`` of L2 (+ sparsity); with a budget ``clock`` the step
+    jumps ahead to where the fraction of the allowance used puts the schedules. Returns (the next
+    step to run, less than ``s.total`` when a stop was requested; the steps run)."""
     F, H, W, _ = frames.shape
     mean_frame = frames.mean(0, keepdim=True)
     link = executors.worker_link()
-    for step in range(first, s.total):
+    step, ran = first, 0
+    while True:
+        if clock is not None:
+            step = clock.scheduled_step(step, s.total)
+        if step >= s.total:
+            break
         if link.should_stop():
-            return step
+            return step, ran
         link.progress(index, step, s.total)
         _set_lrs(opts, s, step)
         deform = step >= s.static_steps
@@ -278,8 +300,9 @@ def _fit_steps(gop: GopModel, opts: list[torch.optim.Optimizer], s: FitSettings,
         loss.backward()
         for opt in opts:
             opt.step()
+        step, ran = step + 1, ran + 1
     link.progress(index, s.total, s.total)
-    return s.total
+    return s.total, ran
 
 
 def fit_gop(job: GopJob) -> GopResult:
@@ -294,7 +317,8 @@ def fit_gop(job: GopJob) -> GopResult:
     gen = torch.Generator().manual_seed(job.seed)
     opts = _optimizers(gop, s)
     first = 0
-    spent = {"seconds": 0.0, "cpu_seconds": 0.0}
+    spent = {"seconds": 0.0, "cpu_seconds": 0.0, "steps_run": 0.0}
+    budget = job.budget
     if job.partial is not None:
         gop.load_tensors(job.partial["state"])
         opts = _optimizers(gop, s)  # on the loaded parameters
@@ -303,9 +327,17 @@ def fit_gop(job: GopJob) -> GopResult:
         gen.set_state(job.partial["generator"])
         first = int(job.partial["step"])
         spent = {k: float(job.partial.get(k, 0.0)) for k in spent}
-    step = _fit_steps(gop, opts, s, frames, first, gen, job.index)
+        if budget is not None and job.partial.get("budget") is not None:  # keep the allowance it started with
+            budget = job.partial["budget"]
+    clock = None
+    if budget is not None:
+        used = spent["cpu_seconds" if budget["clock"] == "cpu" else "seconds"]
+        clock = BudgetClock(Budget(float(budget["seconds"]), budget["clock"]), float(budget["seconds"]), used=used).start()
+    step, ran = _fit_steps(gop, opts, s, frames, first, gen, job.index, clock)
     seconds = spent["seconds"] + time.perf_counter() - t0
-    cpu_seconds = spent["cpu_seconds"] + time.process_time() - c0
+    session_cpu = time.process_time() - c0
+    cpu_seconds = spent["cpu_seconds"] + session_cpu
+    steps_run = spent["steps_run"] + ran
     if step < s.total:
         partial = {
             "step": step,
@@ -314,8 +346,10 @@ def fit_gop(job: GopJob) -> GopResult:
             "generator": gen.get_state(),
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
+            "steps_run": steps_run,
+            "budget": budget,
         }
-        return GopResult(job.index, partial["state"], {"step": float(step)}, partial)
+        return GopResult(job.index, partial["state"], {"step": float(step), "session_cpu_seconds": session_cpu}, partial)
 
     before = gop.num_gaussians
     kept = gop.prune() if s.prune else before
@@ -329,7 +363,11 @@ def fit_gop(job: GopJob) -> GopResult:
         "gaussians_before": float(before),
         "gaussians_kept": float(kept),
         "psnr": fit_psnr,
+        "steps_run": float(steps_run),
+        "session_cpu_seconds": session_cpu,
     }
+    if budget is not None:
+        stats["budget_seconds"] = float(budget["seconds"])
     return GopResult(job.index, {k: v.detach().clone() for k, v in gop.state_dict().items()}, stats)
 
 
@@ -420,13 +458,13 @@ class D2GVFit(GopRefiner):
     def _settings(self, rep: D2GV | None = None) -> FitSettings:
         return self.config.settings(getattr(getattr(rep, "config", None), "preset", "cpu"))
 
-    def _job(self, rep: D2GV, video: Video, index: int, ctx: RunContext, work: Path) -> GopJob:
+    def _job(self, rep: D2GV, video: Video, index: int, ctx: RunContext, work: Path, budget: dict[str, Any] | None = None) -> GopJob:
         r = rep.gop_ranges()[index]
         frames = torch.stack([video.frame(i) for i in r]).float()
         state = {k: v.detach().cpu() for k, v in rep.gops[index].state_dict().items()}
         deform = asdict(rep.deform_settings)
         seed = ctx.seed * 100003 + self.config.seed * 7919 + index
-        job = GopJob(index, r.start, frames, state, deform, asdict(self._settings(rep)), seed)
+        job = GopJob(index, r.start, frames, state, deform, asdict(self._settings(rep)), seed, budget=budget)
         name = f"gop_{index:05d}.partial"
         if checkpoint_exists(work, name):
             saved = load_checkpoint(work, name)
@@ -471,6 +509,7 @@ class D2GVFit(GopRefiner):
         log_scalars = ctx.log_scalars
         t0 = time.perf_counter()
         stats: dict[int, dict[str, float]] = {}
+        budget = None
         if todo:
             executor = make_executor(
                 self.config.executor,
@@ -479,12 +518,17 @@ class D2GVFit(GopRefiner):
                 threads_per_worker=self.config.threads_per_worker,
                 address=self.config.address,
             )
+            budget = self._gop_budget(ctx, executor, len(todo))
+            if budget is not None:
+                log(f"d2gv-fit: {budget['seconds']:.1f} s of {ctx.budget.budget} per GoP")  # type: ignore[union-attr]
             try:
                 with progress_bar("d2gv-fit", total=len(todo) * settings.total) as advance:
                     progress = _Progress(advance, log, len(ranges), len(ranges) - len(todo), settings.total, self.config.log_every)
-                    jobs = (self._job(rep, data, i, ctx, work) for i in todo)
+                    jobs = (self._job(rep, data, i, ctx, work, budget) for i in todo)
                     for result in executor.map_unordered(fit_gop, jobs, on_progress=progress, should_stop=should_stop):
                         r = ranges[result.index]
+                        if ctx.budget is not None and ctx.budget.budget.clock == "cpu" and not executor.in_process:
+                            ctx.budget.charge(result.stats.get("session_cpu_seconds", 0.0))  # the worker's CPU time
                         if result.partial is not None:  # stopped mid-GoP: keep its progress for --resume
                             stopped = True
                             if result.partial["step"] > 0:
@@ -522,10 +566,23 @@ class D2GVFit(GopRefiner):
             "bytes": rep.payload_bytes(),
             "bytes_per_frame": rep.payload_bytes() / max(rep.num_frames, 1),
         }
+        if todo and budget is not None:
+            report["gop_budget_seconds"] = budget["seconds"]
         if self.config.evaluate:
             report.update(evaluate_frames(rep, data, ctx.renderer))  # type: ignore[arg-type]  # d2gv: a FrameRenderer
             log(f"d2gv-fit: mean PSNR {report['mean_psnr']:.2f} dB" + (f", MS-SSIM {report['mean_ms_ssim']:.4f}" if "mean_ms_ssim" in report else ""))
         return report
+
+    @staticmethod
+    def _gop_budget(ctx: RunContext, executor: executors.Executor, gops: int) -> dict[str, Any] | None:
+        """Each unfinished GoP's allowance of what is left of this refiner's budget share: over the
+        waves of parallel GoPs for wall clock, over the GoPs for CPU time (None: no budget)."""
+        clock = ctx.budget
+        if clock is None or gops <= 0:
+            return None
+        left = max(clock.allowance - clock.used(), 0.0)
+        parts = gops if clock.budget.clock == "cpu" else math.ceil(gops / max(executor.parallel, 1))
+        return {"clock": clock.budget.clock, "seconds": left / parts}
 
     @property
     def total_steps(self) -> int:

@@ -21,6 +21,11 @@ Presets (``d2gv.preset``; ``d2gv-fit`` follows it unless its own preset is set):
   20 000 Gaussians, GoP = the loader's (one folder per GoP in the original's data layout), the
   branched MLP with Deformable-3DGS's embedder, GaussianImage's random initialisation (positions
   uniform in (-1, 1), Cholesky entries and colours ~ U[0, 1)), mask logits at 1.2.
+* ``codec``: the settings of the Bunny figure of docs/benchmarks.md ("The Bunny figure from the
+  CLI": ≥ 30 dB at ≤ 7.7 KB/frame from the ``.d2gv`` file): the cpu model and initialisation
+  with 6 000 Gaussians per GoP of 8 frames, a 64-wide MLP, colours on a 1/32 grid and 6-bit MLP
+  weights in the bitstream; ``d2gv-fit`` runs 1 500 deformation steps and ``d2gv-compress``
+  300 fine-tune steps (their ``auto`` settings follow this preset).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +98,9 @@ class GopModel(nn.Module):
         self.color = nn.Parameter(torch.zeros(n, 3))
         self.mask_logit = nn.Parameter(torch.full((n,), 2.0))
         self.deform = DeformationMLP(deform)
+        # [stages, codewords, 3] residual-VQ colour codebooks once d2gv-compress (q_color_codec=rvq)
+        # put the colours on them: what the bitstream stores; empty otherwise
+        self.register_buffer("color_codebook", torch.zeros(0, 0, 3))
 
     @property
     def num_gaussians(self) -> int:
@@ -179,6 +187,7 @@ class GopModel(nn.Module):
         """Load a ``state_dict()`` of possibly another Gaussian count (parameters are replaced)."""
         for name in ("xy", "chol", "color", "mask_logit"):
             setattr(self, name, nn.Parameter(state[name].detach().to(self.xy.device, torch.float32).clone()))
+        self.color_codebook = state.get("color_codebook", torch.zeros(0, 0, 3)).detach().to(self.xy.device, torch.float32).clone()
         self.deform.load_state_dict({k[len("deform.") :]: v for k, v in state.items() if k.startswith("deform.")})
 
     def export_tensors(self) -> dict[str, Tensor]:
@@ -207,27 +216,33 @@ class GopModel(nn.Module):
         )
 
 
+_GRID = {"mlp_width": 156, "q_color_step": 1 / 64, "q_mlp_bits": 8}
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"num_gaussians": 16000, "gop_length": 4, "embedder": "nerf", "branches": False},
-    "paper": {"num_gaussians": 20000, "gop_length": 0, "embedder": "deform3dgs", "branches": True},
+    "cpu": {"num_gaussians": 16000, "gop_length": 4, "embedder": "nerf", "branches": False, **_GRID},
+    "paper": {"num_gaussians": 20000, "gop_length": 0, "embedder": "deform3dgs", "branches": True, **_GRID},
+    "codec": {"num_gaussians": 6000, "gop_length": 8, "embedder": "nerf", "branches": False,
+              "mlp_width": 64, "q_color_step": 1 / 32, "q_mlp_bits": 6},
 }
 """What each ``d2gv.preset`` sets (module docstring); explicit options override it."""
 
 
 @dataclass
 class D2GVConfig:
-    preset: str = option("cpu", "cpu: the CPU-tuned settings of docs/benchmarks.md; paper: the original D2GV's MLP, embedder and initialisation (d2gv-fit follows)", choices=tuple(PRESETS))
-    num_gaussians: int | None = option(None, "canonical 2D Gaussians per GoP (none: the preset's; cpu 16 000, paper 20 000 as for Bunny)", min=1)
-    gop_length: int | None = option(None, "frames per GoP; 0 uses the loader's (a folder per GoP, else Video.gop_length); none: the preset's (cpu 4 unless the data has GoP folders, paper 0)", min=0)
+    preset: str = option("cpu", "cpu: the CPU-tuned settings of docs/benchmarks.md; paper: the original D2GV's MLP, embedder and initialisation; codec: the Bunny figure's model, grid and steps (d2gv-fit, d2gv-compress follow)", choices=tuple(PRESETS))
+    num_gaussians: int | None = option(None, "canonical 2D Gaussians per GoP (none: the preset's; cpu 16 000, paper 20 000 as for Bunny, codec 6 000)", min=1)
+    gop_length: int | None = option(None, "frames per GoP; 0 uses the loader's (a folder per GoP, else Video.gop_length); none: the preset's (cpu 4, codec 8 unless the data has GoP folders, paper 0)", min=0)
     xy_freqs: int = option(10, "positional-encoding frequencies of the canonical position", min=0)
     t_freqs: int = option(6, "positional-encoding frequencies of the GoP time", min=0)
-    mlp_width: int = option(156, "width of the two hidden layers of the deformation MLP", min=1)
+    mlp_width: int | None = option(None, "width of the two hidden layers of the deformation MLP (none: the preset's; cpu, paper 156, codec 64)", min=1)
     seed: int = option(0, "seed of the random initial positions")
     # quantisation grid of the .d2gv bitstream (bitstream.QuantGrid; d2gv-compress fine-tunes onto it)
     q_pos_step: float = option(1 / 16, "bitstream: position grid step in pixels (the MLP's positional encoding makes it sensitive: 1/4 px costs ~0.7 dB)", min=1e-6)
     q_chol_step: float = option(1 / 16, "bitstream: Cholesky factor grid step in pixels", min=1e-6)
-    q_color_step: float = option(1 / 64, "bitstream: colour grid step", min=1e-6)
-    q_mlp_bits: int = option(8, "bitstream: bits per deformation-MLP weight (symmetric, per tensor)", min=2, max=16)
+    q_color_step: float | None = option(None, "bitstream: colour grid step (none: the preset's; cpu, paper 1/64, codec 1/32)", min=1e-6)
+    q_mlp_bits: int | None = option(None, "bitstream: bits per deformation-MLP weight, symmetric, per tensor (none: the preset's; cpu, paper 8, codec 6)", min=2, max=16)
+    q_color_codec: str = option("uniform", "bitstream: colours on the q_color_step grid (uniform) or residual vector quantisation as GaussianImage (rvq)", choices=("uniform", "rvq"))
+    q_color_codebook: int = option(8, "bitstream, rvq: codewords per stage (GaussianImage: 8)", min=2, max=256)
+    q_color_stages: int = option(2, "bitstream, rvq: residual stages (GaussianImage: 2); codebook^stages at most 4096", min=1, max=4)
 
     @classmethod
     def for_layout(cls, deform: DeformSettings, **options: Any) -> "D2GVConfig":
@@ -269,7 +284,7 @@ class D2GV(Representation):
     @property
     def deform_settings(self) -> DeformSettings:
         c = self.config
-        return DeformSettings(xy_freqs=c.xy_freqs, t_freqs=c.t_freqs, width=c.mlp_width,
+        return DeformSettings(xy_freqs=c.xy_freqs, t_freqs=c.t_freqs, width=c.resolved("mlp_width"),
                               embedder=c.resolved("embedder"), branches=c.resolved("branches"))
 
     @property
@@ -357,6 +372,14 @@ class D2GV(Representation):
             "deform": asdict(self.deform_settings),
             "gops": [g.export_tensors() for g in self.gops],
         }
+
+    def load_state_dict_resizing(self, state: Mapping[str, Tensor]) -> None:
+        """As the base class; checkpoints written before the colour codebooks existed load with
+        empty ones."""
+        state = dict(state)
+        for key in [k for k in state if k.startswith("gops.") and k.endswith(".xy")]:
+            state.setdefault(key[: -len("xy")] + "color_codebook", torch.zeros(0, 0, 3))
+        super().load_state_dict_resizing(state)
 
     def payload_bytes(self) -> int:
         """Bytes of the fp16 payload (positions, Cholesky factors, colours and MLP weights of every GoP)."""

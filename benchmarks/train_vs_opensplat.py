@@ -260,7 +260,9 @@ def recon_run(data: Path, work: Path, steps: int, snap: int, scene_scale: float,
         dest = out / "snapshots" / f"step{step}"
         try:  # a copy of the run folder holding just this checkpoint, for `recon eval`
             (dest / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run / "config.json", dest / "config.json")
+            config = json.loads((run / "config.json").read_text())
+            config["run"]["save_renders"] = False  # scores only
+            (dest / "config.json").write_text(json.dumps(config))
             shutil.copytree(run / "checkpoints" / folder, dest / "checkpoints" / folder, dirs_exist_ok=True)
             (dest / "checkpoints" / "latest.json").write_text(json.dumps({"seq": 1, "folder": folder}))
         except OSError:
@@ -298,11 +300,16 @@ def score_checkpoint(run_copy: Path) -> dict[str, float]:
     return _metrics(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=child_env()).stdout))
 
 
+def score_snapshot(system: str, snap: Snapshot, data: Path, work: Path) -> None:
+    m = score_ply(Path(snap.path), data, work / "score" / f"{system}-{snap.step}")[0] if system == "opensplat" \
+        else score_checkpoint(Path(snap.path))
+    snap.psnr, snap.psnr_masked, snap.ssim = m.get("psnr"), m.get("psnr_masked"), m.get("ssim")
+
+
 def score(result: Result, data: Path, work: Path) -> None:
     for snap in result.snapshots:
-        m = score_ply(Path(snap.path), data, work / "score" / f"{result.system}-{snap.step}")[0] if result.system == "opensplat" \
-            else score_checkpoint(Path(snap.path))
-        snap.psnr, snap.psnr_masked, snap.ssim = m.get("psnr"), m.get("psnr_masked"), m.get("ssim")
+        if snap.psnr is None:
+            score_snapshot(result.system, snap, data, work)
     final = work / result.system / ("splat.ply" if result.system == "opensplat" else "run/point_cloud.ply")
     m, result.gaussians = score_ply(final, data, work / "score" / f"{result.system}-final")
     result.psnr, result.psnr_masked = m.get("psnr"), m.get("psnr_masked")

@@ -38,6 +38,8 @@ A time budget (``run.budget``) moves the schedules with the fraction of it used:
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,12 +52,90 @@ from .errors import InputError
 from .gaussians import GaussianRepresentation
 from .strategies import StrategyConfig, make_strategy, max_gaussians_value
 
-__all__ = ["GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "TargetCache", "default_scene_scale", "scaled_steps",
+__all__ = ["Adam", "GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "TargetCache", "default_scene_scale", "scaled_steps",
            "scaled_strategy", "resolve_schedule", "auto_schedule", "auto_max_gaussians", "steps_scaler_value", "GSPLAT_STEPS"]
 
 
 GSPLAT_STEPS = 30_000
 """Length of the run that gsplat's schedule, and the step counts in our options, are written for."""
+
+
+class Adam:
+    """``torch.optim.Adam`` (no weight decay, no amsgrad), step for step: the same update (its
+    single-tensor path, the one it takes on CPU), the same per-parameter ``state`` (``step``,
+    ``exp_avg``, ``exp_avg_sq``), ``param_groups`` and ``state_dict`` layout, so that gsplat's
+    strategies, ours and checkpoints written by either class work unchanged.
+
+    Why not ``torch.optim.Adam`` itself: constructing or stepping any ``torch.optim`` optimizer
+    imports ``torch._dynamo`` (for its compile hooks), which costs about 150 MB of resident memory
+    on CPU, a quarter of a whole 3DGS training run's peak (docs/benchmarks.md, issue 24).
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        params = list(params)
+        if not params:
+            raise ValueError("Adam got an empty parameter list")
+        self.defaults: dict[str, Any] = {"lr": float(lr), "betas": (float(betas[0]), float(betas[1])), "eps": float(eps)}
+        self.param_groups: list[dict[str, Any]] = [{"params": params, **self.defaults}]
+        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad, state = p.grad, self.state[p]
+                if not state:  # torch's lazy init: the step counter a float32 CPU scalar
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                state["step"] += 1
+                # the same operations in the same order as torch.optim.adam._single_tensor_adam
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = state["step"].item()
+                bias_correction1 = 1 - beta1**step
+                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict``'s layout: parameters by index, state by reference."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            ids = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+        state = {index[id(p)]: st for p, st in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class or of ``torch.optim.Adam`` (its extra group keys ignored)."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, self.param_groups)):
+            raise ValueError("loaded state dict has a different number of parameter groups or parameters")
+        params = {i: p for g, s in zip(groups, self.param_groups) for i, p in zip(g["params"], s["params"])}
+        self.state = defaultdict(dict)
+        for i, st in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {k: (v.clone() if k == "step" else v.to(p.device, p.dtype, copy=True)) if isinstance(v, Tensor) else v
+                             for k, v in st.items()}  # copies: stepping must not change the caller's dict
+        for group, saved in zip(self.param_groups, groups):
+            group["lr"], group["eps"] = float(saved["lr"]), float(saved["eps"])
+            group["betas"] = (float(saved["betas"][0]), float(saved["betas"][1]))
 
 
 PIXELS_PER_GAUSSIAN = 128
@@ -231,13 +311,13 @@ class GaussianOptimizer:
         splats = self.rep.splats
         return {k: lr for k, lr in lrs.items() if lr > 0 and k in splats and k in self.rep.refinable and splats[k].is_floating_point()}
 
-    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def build_optimizers(self) -> dict[str, Adam]:
         """Fresh Adam optimizers on the current entries; only trained entries keep a gradient
         (gsplat's strategies require exactly one optimizer per entry with ``requires_grad``)."""
         lrs = self.learning_rates()
         for key, p in self.rep.splats.items():
             p.requires_grad_(key in lrs)
-        return {k: torch.optim.Adam([self.rep.splats[k]], lr=lr, eps=1e-15) for k, lr in lrs.items()}
+        return {k: Adam([self.rep.splats[k]], lr=lr, eps=1e-15) for k, lr in lrs.items()}
 
     def in_sync(self) -> bool:
         return all(opt.param_groups[0]["params"][0] is self.rep.splats[k] for k, opt in self.optimizers.items())

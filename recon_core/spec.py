@@ -29,7 +29,8 @@ class RunOptions:
     log_every: int = option(100, "write refiner step logs to log.txt every N steps (0: never)", min=0)
     threads: str = option("auto", "CPU threads of torch and the compiled kernels: 'auto' (the CPUs this process may "
                                   "use: affinity mask and cgroup quota, capped by OMP_NUM_THREADS) or a positive integer")
-    render_chunk: int = option(8, "cameras (or video frames) rendered per renderer call", min=1)
+    render_chunk: int = option(0, "cameras (or video frames) rendered per renderer call (0: auto, 8 on CUDA, 1 on "
+                                  "the CPU, where a larger batch is no faster and holds every camera's buffers at once)", min=0)
     export: list[str] | None = option(None, "export formats written at the end of a run (default: the representation's first, e.g. ply; `recon export` writes the others)")
     save_renders: bool = option(True, "write a PNG per evaluated view and renders.mp4")
     video_fps: float = option(0.0, "frame rate of renders.mp4 (0: the video's own, or 10 for scenes)", min=0)

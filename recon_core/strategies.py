@@ -52,7 +52,9 @@ __all__ = [
 ]
 
 Params = dict[str, nn.Parameter]
-Optimizers = dict[str, torch.optim.Optimizer]
+Optimizers = dict[str, Any]
+"""One Adam optimizer per trained entry: ``recon_core.optim.Adam`` or ``torch.optim.Adam`` (the same
+``param_groups`` and per-parameter ``state``)."""
 
 
 @dataclass(frozen=True)

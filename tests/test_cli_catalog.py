@@ -14,14 +14,12 @@ from conftest import BUILTIN_PLUGINS, PLUGINS_DIR, make_dist
 from recon_cli.main import make_cli
 
 # Runs `recon ARGS` in this interpreter and reports whether torch and the toy plugin were imported.
+# main() ends the process itself (os._exit after the atexit handlers), so the report is an atexit handler.
 _PROBE = """
-import sys
+import atexit, sys
 from recon_cli.main import main
-try:
-    main(sys.argv[1:])
-except SystemExit:
-    pass
-print("IMPORTED", "torch" in sys.modules, "recon_toy" in sys.modules)
+atexit.register(lambda: print("IMPORTED", "torch" in sys.modules, "recon_toy" in sys.modules))
+main(sys.argv[1:])
 """
 
 
@@ -74,3 +72,14 @@ def test_completion_of_names_and_option_keys(toy_registry):
     assert "run.checkpoint_every=" in _complete(cli, ["run", "--set"], "run.che")
     assert "toy-grid" in _complete(cli, ["plugin-info"], "toy-g")
     assert {"run", "toy-hello"} <= set(_complete(cli, [], ""))
+
+
+def test_main_ends_the_process_with_the_command_status_after_atexit_handlers(tmp_path: Path) -> None:
+    """main() skips the interpreter's teardown (os._exit) but keeps sys.exit's contract: the
+    command's exit status, atexit handlers run, buffered output flushed."""
+    code = ("import atexit, sys\nfrom recon_cli.main import main\n"
+            "atexit.register(lambda: print('atexit ran'))\nsys.stdout.write('buffered ')\nmain(sys.argv[1:])\n")
+    ok = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("buffered ") and ok.stdout.rstrip().endswith("atexit ran"), ok
+    bad = subprocess.run([sys.executable, "-c", code, "no-such-command"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "atexit ran" in bad.stdout and "no-such-command" in bad.stderr, bad

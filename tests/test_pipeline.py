@@ -512,7 +512,7 @@ def test_training_rendering_and_metrics_share_the_run_background(tmp_path, monke
     [
         (["run.video_fps=-5"], "run.video_fps: -5 is out of range (must be >= 0)"),
         (["run.checkpoint_every=-1"], "run.checkpoint_every: -1 is out of range"),
-        (["run.render_chunk=0"], "run.render_chunk: 0 is out of range (must be >= 1)"),
+        (["run.render_chunk=-1"], "run.render_chunk: -1 is out of range (must be >= 0)"),
         (["toy-fit.lr=nan"], "toy-fit.lr: nan is not a finite number"),
         (["toy-fit.lr=inf"], "toy-fit.lr: inf is not a finite number"),
         (["toy-fit.steps=-3"], "toy-fit.steps: -3 is out of range"),

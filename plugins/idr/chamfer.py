@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import trimesh
-from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:  # imported where used: at registry load trimesh and scipy add ~60 MB to every run's memory
+    import trimesh
 
 from recon_core import EvaluationInput, GeometryEvaluator, InputError, Scene, option
 
@@ -33,6 +34,8 @@ class ChamferResult:
 
 def sample_surface(mesh: trimesh.Trimesh, density: float, max_points: int, seed: int = 0) -> np.ndarray:
     """[P, 3] points uniform by area, P = clip(area · density, 1000, max_points), plus the vertices when fewer."""
+    import trimesh
+
     n = int(np.clip(mesh.area * density, 1000, max_points))
     pts, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
     return np.asarray(pts, dtype=np.float64)
@@ -47,6 +50,8 @@ def _mean_below(d: np.ndarray, max_dist: float | None) -> float:
 def chamfer(pred: trimesh.Trimesh | np.ndarray, gt: trimesh.Trimesh | np.ndarray, *, density: float = 20000.0,
             max_points: int = 200000, max_dist: float | None = None, seed: int = 0) -> ChamferResult:
     """Accuracy/completeness between two meshes (or [P, 3] point sets)."""
+    from scipy.spatial import cKDTree
+
     p = pred if isinstance(pred, np.ndarray) else sample_surface(pred, density, max_points, seed)
     g = gt if isinstance(gt, np.ndarray) else sample_surface(gt, density, max_points, seed + 1)
     acc = cKDTree(g).query(p, workers=1)[0]
@@ -56,6 +61,8 @@ def chamfer(pred: trimesh.Trimesh | np.ndarray, gt: trimesh.Trimesh | np.ndarray
 
 def predicted_mesh(inputs: EvaluationInput, resolution: int, evaluator: str) -> trimesh.Trimesh:
     """The run's exported mesh.ply, else the representation's mesh at ``resolution`` (scene frame)."""
+    import trimesh
+
     if inputs.run_dir is not None and (Path(inputs.run_dir) / "mesh.ply").exists():
         return trimesh.load(Path(inputs.run_dir) / "mesh.ply", force="mesh", process=False)
     extract = getattr(inputs.rep, "extract_mesh", None)
@@ -94,6 +101,8 @@ class ChamferEvaluator(GeometryEvaluator):
         reason = self.unavailable_reason(inputs.data)
         if reason:
             raise InputError(f"chamfer is unavailable: {reason}")
+        import trimesh
+
         gt = trimesh.load(inputs.data.gt_mesh_path, force="mesh", process=False)
         if len(gt.faces) == 0:  # e.g. DTU's stl*_total.ply: a point cloud in world millimetres
             raise InputError("the ground truth is a point cloud, not a mesh (a DTU scan's STL points: use "

@@ -34,11 +34,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import trimesh
-from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:  # imported where used: at registry load trimesh and scipy add ~60 MB to every run's memory
+    import trimesh
 
 from recon_core import EvaluationInput, GeometryEvaluator, InputError, Scene, option
 from recon_core.io import write_json
@@ -143,6 +144,8 @@ def sample_mesh_dtu(vertices: np.ndarray, faces: np.ndarray, density: float) -> 
 
 def radius_downsample(points: np.ndarray, radius: float, seed: int = 0) -> np.ndarray:
     """Shuffle (seeded), then keep a point and drop every later-visited point within ``radius`` of it."""
+    from scipy.spatial import cKDTree
+
     pts = np.asarray(points, dtype=np.float64).copy()
     np.random.default_rng(seed).shuffle(pts, axis=0)
     neighbours = cKDTree(pts).query_ball_point(pts, r=radius, workers=1)
@@ -169,6 +172,8 @@ def _loadmat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 def read_points(path: Path) -> np.ndarray:
     """[P, 3] vertices of a PLY point cloud (or mesh)."""
+    import trimesh
+
     try:
         geom = trimesh.load(path, process=False)
     except Exception as e:  # noqa: BLE001 - trimesh raises many types on malformed files
@@ -182,6 +187,8 @@ def read_points(path: Path) -> np.ndarray:
 def dtu_evaluate(points_mm: np.ndarray, files: DTUFiles, *, downsample_density: float = 0.2, patch: float = 60.0,
                  max_dist: float = 20.0, seed: int = 0) -> DTUResult:
     """Steps 3–5 of the protocol on sampled reconstruction points (mm, world frame)."""
+    from scipy.spatial import cKDTree
+
     data_down = radius_downsample(points_mm, downsample_density, seed)
     m = _loadmat(files.obs_mask, ("ObsMask", "BB", "Res"))
     obs, bb, res = m["ObsMask"].astype(bool), m["BB"].astype(np.float32).reshape(2, 3), float(np.asarray(m["Res"]).reshape(-1)[0])

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
-import trimesh
 from torch import Tensor
 
 from recon_core.io import atomic_path
+
+if TYPE_CHECKING:  # imported where used: at registry load trimesh and scipy add ~60 MB to every run's memory
+    import trimesh
 
 __all__ = ["drop_enclosed_voids", "extract_mesh", "sdf_grid", "write_mesh"]
 
@@ -48,6 +50,8 @@ def extract_mesh(
     verts, faces, _, _ = marching_cubes(grid, level=level, spacing=tuple(spacing))
     verts = verts + lo_t.numpy()
     # skimage's winding with the default gradient direction makes faces face up the SDF: outwards
+    import trimesh
+
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
     return drop_enclosed_voids(mesh) if drop_voids else mesh
 
@@ -65,6 +69,8 @@ def drop_enclosed_voids(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     # nothing to drop, or only voids (then the outer surface was cut by the box): leave the mesh alone
     if not keep or len(keep) == len(parts):
         return mesh
+    import trimesh
+
     return trimesh.util.concatenate(keep)
 
 

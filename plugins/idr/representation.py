@@ -12,13 +12,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import trimesh
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # imported where used: at registry load trimesh and scipy add ~60 MB to every run's memory
+    import trimesh
 
 from recon_core import Cameras, Encoder, InputError, Representation, RunContext, Scene, Video, option
 from recon_core.geometry import so3_exp  # re-exported: ``recon_plugins.idr.representation.so3_exp``

@@ -60,7 +60,7 @@ class _Clock:
 def profile_run(run_args: list[str], skip: int = 5, adam: str = "fused") -> dict[str, Any]:
     """Run ``recon run RUN_ARGS`` here and return per-step averages (seconds) of each part;
     ``adam="torch"`` keeps the optimiser off its compiled kernel (the reference)."""
-    from recon_cli.main import main as recon_main
+    from recon_cli.main import make_cli
     from recon_core import optim
     from recon_plugins.gaussians import renderers, trainer
 
@@ -97,7 +97,8 @@ def profile_run(run_args: list[str], skip: int = 5, adam: str = "fused") -> dict
     try:
         with timer:
             try:
-                recon_main(["run", *run_args])
+                # the CLI itself, not recon_cli.main.main: that ends the process (os._exit) when the run ends
+                make_cli(lazy=True)(args=["run", *run_args], prog_name="recon")
             except SystemExit as e:
                 if e.code not in (0, None):
                     raise

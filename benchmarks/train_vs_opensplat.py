@@ -28,7 +28,8 @@ thread each, for the same number of iterations; both outputs are scored by recon
    the first snapshot whose full-image test PSNR reaches 30 dB.
 
 OpenSplat is built outside this repository (see docs/benchmarks.md, "3DGS training against
-OpenSplat (issue 24)", for the commit and the patches a CPU build needs)::
+OpenSplat (issue 24)", for the commit and the patches a CPU build needs). recon's C++ extensions
+are built (``recon doctor --build``) before anything is timed::
 
     python benchmarks/train_vs_opensplat.py --opensplat /tmp/opensplat/build/opensplat \\
         --steps 2000 --work /tmp/os-bench/work2k --json /tmp/os-bench/2k.json
@@ -344,6 +345,9 @@ def main() -> None:
     if not args.opensplat.is_file():
         sys.exit(f"error: {args.opensplat} is not the opensplat binary")
     args.work.mkdir(parents=True, exist_ok=True)
+    # build recon's C++ extensions first: a first-use build inside the timed child would add the
+    # compiler's CPU time and its peak RSS (1.6 GB, docs/benchmarks.md) to recon's figures
+    subprocess.run(recon_cmd("doctor", "--build"), env=child_env(), check=False)
     xyz, rgb = initial_points(args.data, args.num_points)
     transforms = export_opensplat_data(args.data, args.work / "opensplat-data", xyz, rgb)
     scale = opensplat_scene_scale(transforms)

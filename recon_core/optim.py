@@ -41,6 +41,8 @@ import copy
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -48,6 +50,7 @@ from torch import Tensor
 
 from .cameras import Cameras
 from .config import auto_or_number, option
+from .cpp_extension import declare_extension
 from .errors import InputError
 from .gaussians import GaussianRepresentation
 from .strategies import StrategyConfig, make_strategy, max_gaussians_value
@@ -60,6 +63,23 @@ GSPLAT_STEPS = 30_000
 """Length of the run that gsplat's schedule, and the step counts in our options, are written for."""
 
 
+ADAM_EXTENSION = declare_extension("recon_core_optim", [Path(__file__).with_name("csrc") / "adam_cpu.cpp"])
+"""The fused CPU Adam step (``csrc/adam_cpu.cpp``), built on first use like the plugins' kernels."""
+
+
+def _adam_kernel() -> ModuleType | None:
+    """The compiled module with ``adam_step``, or None (no compiler, ``RECON_NO_CPP=1``)."""
+    return ADAM_EXTENSION.load()
+
+
+def _fusable(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> bool:
+    """Whether the fused kernel takes this parameter: dense contiguous CPU float32/float64
+    tensors of one dtype and shape (anything else takes the tensor operations)."""
+    return (p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and grad.layout == torch.strided
+            and all(t.device.type == "cpu" and t.dtype == p.dtype and t.shape == p.shape and t.is_contiguous()
+                    for t in (p, grad, exp_avg, exp_avg_sq)))
+
+
 class Adam:
     """``torch.optim.Adam`` (no weight decay, no amsgrad), step for step: the same update (its
     single-tensor path, the one it takes on CPU), the same per-parameter ``state`` (``step``,
@@ -69,13 +89,20 @@ class Adam:
     Why not ``torch.optim.Adam`` itself: constructing or stepping any ``torch.optim`` optimizer
     imports ``torch._dynamo`` (for its compile hooks), which costs about 150 MB of resident memory
     on CPU, a quarter of a whole 3DGS training run's peak (docs/benchmarks.md, issue 24).
+
+    On CPU (``fused=True``, the compiled extension available, contiguous float32/float64
+    tensors) each parameter's step is one pass of the compiled kernel ``csrc/adam_cpu.cpp``
+    instead of seven tensor operations and two temporaries: the same arithmetic in the same order,
+    so the same floats as ``torch.optim.Adam`` (tests/test_optim.py); about 4x faster on the SH
+    coefficients of a 50 000-Gaussian scene (docs/benchmarks.md, issue 24).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, fused: bool = True) -> None:
         params = list(params)
         if not params:
             raise ValueError("Adam got an empty parameter list")
+        self.fused = bool(fused)
         self.defaults: dict[str, Any] = {"lr": float(lr), "betas": (float(betas[0]), float(betas[1])), "eps": float(eps)}
         self.param_groups: list[dict[str, Any]] = [{"params": params, **self.defaults}]
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
@@ -103,12 +130,17 @@ class Adam:
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 state["step"] += 1
-                # the same operations in the same order as torch.optim.adam._single_tensor_adam
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step = state["step"].item()
                 bias_correction1 = 1 - beta1**step
                 bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+                if self.fused and _fusable(p, grad, exp_avg, exp_avg_sq) and (kernel := _adam_kernel()) is not None:
+                    # Python doubles as torch computes them; the kernel rounds them to the dtype as torch does
+                    kernel.adam_step(p, grad, exp_avg, exp_avg_sq, 1 - beta1, beta2, 1 - beta2, bias_correction2_sqrt,
+                                     eps, -(lr / bias_correction1), True)
+                    continue
+                # the same operations in the same order as torch.optim.adam._single_tensor_adam
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                 p.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
 

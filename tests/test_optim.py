@@ -343,3 +343,107 @@ def test_gaussian_training_does_not_import_torch_dynamo() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ the fused CPU Adam kernel
+
+
+def _kernel_or_skip():
+    from recon_core.optim import _adam_kernel
+
+    kernel = _adam_kernel()
+    if kernel is None:
+        pytest.skip("the C++ extension is unavailable (no compiler or RECON_NO_CPP=1)")
+    return kernel
+
+
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest distance in units in the last place between two tensors of one float dtype."""
+    itype = torch.int32 if a.dtype == torch.float32 else torch.int64
+    ia, ib = a.contiguous().view(itype).to(torch.int64), b.contiguous().view(itype).to(torch.int64)
+    assert bool(((ia < 0) == (ib < 0)).all()), "signs differ"
+    return int((ia - ib).abs().max()) if a.numel() else 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta1", [0.9, 0.3])  # lerp's two formulas: weight 1 - beta1 below / above 0.5
+def test_fused_adam_kernel_matches_torch_adam(dtype: torch.dtype, beta1: float) -> None:
+    """The compiled step gives torch.optim.Adam's floats: the parameter and both moments after
+    every one of 12 steps (a learning-rate change after 6), for sizes around its 1024-element
+    blocks and SIMD widths, on one and two threads. Bit for bit with the x86-64 torch builds
+    (MKL's sqrt, which torch's own sqrt uses); within 1 ulp elsewhere."""
+    _kernel_or_skip()
+    exact = torch.backends.mkl.is_available()
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, size in ((1, 1), (1, 17), (1, 1023), (2, 3 * 1024 + 5), (2, 70001)):
+            torch.set_num_threads(n_threads)
+            g = torch.Generator().manual_seed(size)
+            start = torch.randn(size, 3, generator=g, dtype=dtype)
+            a, b = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+            ours = Adam([a], lr=0.01, betas=(beta1, 0.99), eps=1e-15)
+            ref = torch.optim.Adam([b], lr=0.01, betas=(beta1, 0.99), eps=1e-15)
+            for i in range(12):
+                grad = torch.randn(a.shape, generator=g, dtype=dtype) * (1 + i)
+                a.grad, b.grad = grad.clone(), grad.clone()
+                ours.step(), ref.step()
+                if i == 5:
+                    ours.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.003
+                for x, y in ((a, b), (ours.state[a]["exp_avg"], ref.state[b]["exp_avg"]),
+                             (ours.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"])):
+                    if exact:
+                        assert torch.equal(x, y), (size, i)
+                    else:
+                        assert _ulps(x.detach(), y.detach()) <= 1, (size, i)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_adam_kernel_with_exact_sqrt_is_within_one_ulp(dtype: torch.dtype) -> None:
+    """The kernel's fallback for torch builds without MKL (std::sqrt, correctly rounded): from the
+    same state, one step equals torch's moments exactly and its parameter within 1 ulp."""
+    kernel = _kernel_or_skip()
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(5000, generator=g, dtype=dtype)
+    grad = torch.randn(5000, generator=g, dtype=dtype)
+    m, v = torch.randn(5000, generator=g, dtype=dtype) * 0.1, torch.rand(5000, generator=g, dtype=dtype)
+    ref = torch.nn.Parameter(p.clone())
+    opt = torch.optim.Adam([ref], lr=0.02, eps=1e-15)
+    opt.state[ref] = {"step": torch.tensor(4.0), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    ref.grad = grad.clone()
+    opt.step()
+    bc1, bc2_sqrt = 1 - 0.9**5, (1 - 0.999**5) ** 0.5
+    kernel.adam_step(p, grad, m, v, 1 - 0.9, 0.999, 1 - 0.999, bc2_sqrt, 1e-15, -(0.02 / bc1), False)
+    assert torch.equal(m, opt.state[ref]["exp_avg"]) and torch.equal(v, opt.state[ref]["exp_avg_sq"])
+    assert _ulps(p, ref.detach()) <= 1
+    assert not torch.equal(p, torch.randn(5000, generator=torch.Generator().manual_seed(3), dtype=dtype))  # it moved
+
+
+def test_fused_adam_is_the_unfused_step_and_bumps_versions() -> None:
+    """``fused=True`` (the kernel) and ``fused=False`` (the tensor operations) take the same
+    steps; the kernel marks what it wrote as modified in place, as torch's in-place ops do, so
+    autograd still refuses a graph that saved the old parameter."""
+    _kernel_or_skip()
+    a, b, ours, _, g = _adam_pair(5)
+    plain = Adam([b], lr=0.01, eps=1e-15, fused=False)
+    for _ in range(5):
+        grad = torch.randn(a.shape, generator=g)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        version = a._version
+        ours.step(), plain.step()
+        assert a._version > version
+        assert torch.equal(a, b) and torch.equal(ours.state[a]["exp_avg_sq"], plain.state[b]["exp_avg_sq"])
+    saved = (a * a).sum()  # saves a for its backward
+    a.grad = torch.ones_like(a)
+    ours.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+    # non-contiguous parameters take the tensor operations, with the same result
+    c = torch.nn.Parameter(torch.randn(3, 50, generator=g).t())
+    d = torch.nn.Parameter(c.detach().clone())
+    oc, od = Adam([c], lr=0.01), torch.optim.Adam([d], lr=0.01)
+    grad = torch.randn(50, 3, generator=g)
+    c.grad, d.grad = grad.clone(), grad.clone()
+    oc.step(), od.step()
+    assert torch.equal(c, d)

@@ -13,7 +13,7 @@ import torch
 from .cameras import Cameras, check_rigid
 from .components import Renderer, Representation, RunContext
 from .errors import InputError
-from .evaluate import render_chunk, render_items
+from .evaluate import render_items
 from .io import Mp4Writer, write_png
 from .pipeline import Pipeline
 from .progress import progress_bar
@@ -94,7 +94,7 @@ def render_to_folder(
     try:
         with progress_bar("render", total=count) as advance:
             items = render_items(r.rep, r.data, r.renderer, r.device, background=r.ctx.background, views=views,
-                                 cameras=cameras, names=names, chunk=render_chunk(r.spec.options.render_chunk, r.device))
+                                 cameras=cameras, names=names, chunk=r.spec.options.render_chunk)
             for item in items:
                 written.append(write_png(out_dir / f"{item.name}.png", item.pred))
                 if writer:

@@ -8,11 +8,13 @@ split into:
   binning, compositing, forward and backward; :class:`recon_plugins.gaussians.bench.KernelTimer`);
 * ``adam kernel``: calls into the fused Adam step (``recon_core/csrc/adam_cpu.cpp``; ``--adam
   torch`` turns it off, so that the optimiser takes the tensor operations of torch's Adam);
+* ``loss kernel``: calls into the compiled L1 + SSIM loss, forward and backward
+  (``recon_core/csrc/loss_cpu.cpp``; ``--set 3dgs-train.loss_kernel=torch`` takes the PyTorch ops);
 * ``render``: the renderer's forward call (kernels included), ``loss``: the photometric loss
   (L1 + SSIM) forward, ``backward``: ``loss.backward()`` (kernels included), and ``rest``: the
   optimiser, densification, view selection and Python around them.
 
-``outside kernels`` = step - kernels - adam kernel: the share of the step spent in PyTorch ops
+``outside kernels`` = step - kernels - adam kernel - loss kernel: the share of the step spent in PyTorch ops
 (loss, SSIM and their autograd, activations, densification) and the interpreter, i.e. outside
 compiled code.
 Steps before ``--skip`` (warm-up) are left out of the averages. Example (README's first command on
@@ -61,15 +63,22 @@ def profile_run(run_args: list[str], skip: int = 5, adam: str = "fused") -> dict
     """Run ``recon run RUN_ARGS`` here and return per-step averages (seconds) of each part;
     ``adam="torch"`` keeps the optimiser off its compiled kernel (the reference)."""
     from recon_cli.main import make_cli
-    from recon_core import optim
+    from recon_core import imageops, optim
     from recon_plugins.gaussians import renderers, trainer
 
-    parts = {name: _Clock() for name in ("render", "loss", "backward", "adam_kernel")}
+    parts = {name: _Clock() for name in ("render", "loss", "backward", "adam_kernel", "loss_kernel")}
     adam_kernel = optim._adam_kernel
     compiled = adam_kernel() if adam == "fused" else None
 
     class _TimedAdam:  # the kernel module, its one entry point timed
         adam_step = staticmethod(parts["adam_kernel"].wrap(compiled.adam_step)) if compiled is not None else None
+
+    loss_extension = imageops._loss_extension
+    loss_compiled = loss_extension()
+
+    class _TimedLoss:  # the loss kernel's module, forward and backward timed (None: torch's ops only)
+        l1_dssim_forward = staticmethod(parts["loss_kernel"].wrap(loss_compiled.l1_dssim_forward)) if loss_compiled else None
+        l1_dssim_backward = staticmethod(parts["loss_kernel"].wrap(loss_compiled.l1_dssim_backward)) if loss_compiled else None
 
     steps: list[dict[str, float]] = []
     originals = (trainer.GaussianTrainer.step, renderers.TorchGaussianRenderer.render, trainer.photometric_loss, torch.Tensor.backward)
@@ -91,6 +100,7 @@ def profile_run(run_args: list[str], skip: int = 5, adam: str = "fused") -> dict
 
     trainer.GaussianTrainer.step = step  # type: ignore[method-assign]
     optim._adam_kernel = (lambda: _TimedAdam) if compiled is not None else (lambda: None)  # type: ignore[assignment]
+    imageops._loss_extension = (lambda: _TimedLoss) if loss_compiled is not None else (lambda: None)  # type: ignore[assignment]
     renderers.TorchGaussianRenderer.render = parts["render"].wrap(originals[1])  # type: ignore[method-assign]
     trainer.photometric_loss = parts["loss"].wrap(originals[2])
     torch.Tensor.backward = parts["backward"].wrap(originals[3])  # type: ignore[method-assign]
@@ -106,10 +116,11 @@ def profile_run(run_args: list[str], skip: int = 5, adam: str = "fused") -> dict
         trainer.GaussianTrainer.step, renderers.TorchGaussianRenderer.render = originals[0], originals[1]  # type: ignore[method-assign]
         trainer.photometric_loss, torch.Tensor.backward = originals[2], originals[3]  # type: ignore[method-assign]
         optim._adam_kernel = adam_kernel  # type: ignore[assignment]
+        imageops._loss_extension = loss_extension  # type: ignore[assignment]
     kept = steps[skip:] or steps
     mean = {k: statistics.fmean(r[k] for r in kept) for k in kept[0]}
     mean["rest_cpu"] = mean["step_cpu"] - mean["render_cpu"] - mean["loss_cpu"] - mean["backward_cpu"]
-    mean["compiled_cpu"] = mean["kernels_cpu"] + mean["adam_kernel_cpu"]
+    mean["compiled_cpu"] = mean["kernels_cpu"] + mean["adam_kernel_cpu"] + mean["loss_kernel_cpu"]
     mean["outside_kernels_cpu"] = mean["step_cpu"] - mean["compiled_cpu"]
     mean["outside_kernels_fraction"] = mean["outside_kernels_cpu"] / mean["step_cpu"]
     mean["steps_averaged"] = len(kept)
@@ -136,11 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     ms = lambda k: f"{1e3 * result[k]:.1f} ms ({100 * result[k] / result['step_cpu']:.0f} %)"  # noqa: E731
     print(f"3dgs-train step, mean of {result['steps_averaged']} steps, {result['gaussians']:.0f} Gaussians on average "
           f"(CPU time per step, all threads):", file=sys.stdout)
-    print("| step | compiled (rasteriser + Adam) | Adam kernel | render (fwd) | loss (fwd) | backward | "
-          "Adam, densification, rest | outside kernels |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {1e3 * result['step_cpu']:.1f} ms | {ms('compiled_cpu')} | {ms('adam_kernel_cpu')} | {ms('render_cpu')} | "
-          f"{ms('loss_cpu')} | {ms('backward_cpu')} | {ms('rest_cpu')} | {ms('outside_kernels_cpu')} |")
+    print("| step | compiled (rasteriser + Adam + loss) | Adam kernel | loss kernel (fwd + bwd) | render (fwd) | "
+          "loss (fwd) | backward | Adam, densification, rest | outside kernels |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {1e3 * result['step_cpu']:.1f} ms | {ms('compiled_cpu')} | {ms('adam_kernel_cpu')} | {ms('loss_kernel_cpu')} | "
+          f"{ms('render_cpu')} | {ms('loss_cpu')} | {ms('backward_cpu')} | {ms('rest_cpu')} | {ms('outside_kernels_cpu')} |")
 
 
 if __name__ == "__main__":

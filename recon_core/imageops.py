@@ -14,7 +14,11 @@ one), and when even one 11x11 window does not fit, it shrinks the window to the 
 that does (sigma scaled with it). 200x200 and 320x180 keep all five scales.
 
 :func:`photometric_loss` is the one training loss ``(1 - w) L1 + w (1 - SSIM)`` (3DGS, w = 0.2);
-:func:`psnr` the one PSNR (losses' logs and the ``psnr`` metric alike).
+:func:`psnr` the one PSNR (losses' logs and the ``psnr`` metric alike). The loss has two
+implementations of its unmasked L1 + SSIM case: the PyTorch ops below (``kernel="torch"``, the
+reference) and a compiled CPU kernel with a hand-written backward (``kernel="cpp"``,
+``csrc/loss_cpu.cpp``, built on first use like the plugins' extensions); ``kernel="auto"`` takes
+the compiled one for CPU float32/float64 images when it builds (:func:`loss_kernel`).
 
 Masked comparisons for metrics whose value depends on a neighbourhood (MS-SSIM, LPIPS) use
 :func:`masked_crop`: both images are composited onto the same background outside the mask and
@@ -24,17 +28,25 @@ cropped to the mask's bounding box, so pixels outside the mask have no effect on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .cpp_extension import cpp_disabled, declare_extension
+from .errors import InputError
 
 __all__ = [
     "psnr",
     "ssim_map",
     "ssim",
     "photometric_loss",
+    "LOSS_KERNELS",
+    "LOSS_EXTENSION",
+    "loss_kernel",
     "gaussian_window",
     "MS_SSIM_WEIGHTS",
     "MsSsimPlan",
@@ -112,8 +124,67 @@ def ssim(pred: Tensor, target: Tensor, mask: Tensor | None = None, window_size: 
     return (s * m).sum() / m.sum().clamp_min(1)
 
 
+LOSS_KERNELS: tuple[str, ...] = ("auto", "cpp", "torch")
+"""Implementations of :func:`photometric_loss`'s L1 + SSIM: ``auto`` (compiled where it runs), ``cpp``, ``torch``."""
+
+LOSS_EXTENSION = declare_extension("recon_core_loss", [Path(__file__).with_name("csrc") / "loss_cpu.cpp"])
+"""The compiled CPU L1 + D-SSIM loss, forward and backward (``csrc/loss_cpu.cpp``)."""
+
+_SSIM_C1, _SSIM_C2 = 0.01**2, 0.03**2
+
+
+def _loss_extension() -> ModuleType | None:
+    """The compiled module with ``l1_dssim_forward`` / ``l1_dssim_backward``, or None."""
+    return LOSS_EXTENSION.load()
+
+
+def loss_kernel(choice: str, reference: Tensor) -> str:
+    """``"cpp"`` or ``"torch"``: which implementation :func:`photometric_loss` uses for images like
+    ``reference`` under ``choice`` (:data:`LOSS_KERNELS`). ``auto``: the compiled kernel for CPU
+    float32/float64 images when it builds, else torch (CUDA, half precision, ``RECON_NO_CPP=1``);
+    ``cpp`` raises :class:`~recon_core.errors.InputError` where the compiled kernel cannot run."""
+    if choice not in LOSS_KERNELS:
+        raise InputError(f"unknown loss kernel {choice!r}; choose one of {', '.join(LOSS_KERNELS)}")
+    if choice == "torch":
+        return "torch"
+    usable = reference.device.type == "cpu" and reference.dtype in (torch.float32, torch.float64)
+    if choice == "cpp":
+        if not usable:
+            raise InputError(f"loss kernel 'cpp' needs float32/float64 CPU images, got {reference.dtype} on "
+                             f"{reference.device}; use 'torch' (or 'auto') on other devices")
+        if _loss_extension() is None:
+            reason = "RECON_NO_CPP is set" if cpp_disabled() else "it could not be built (see the warning above)"
+            raise InputError(f"loss kernel 'cpp' is unavailable: {reason}; use 'torch' or 'auto'")
+        return "cpp"
+    return "cpp" if usable and _loss_extension() is not None else "torch"
+
+
+class _CompiledL1DSsim(torch.autograd.Function):
+    """``(1 - w) L1 + w (1 - SSIM)`` of (N, H, W, C) images by the compiled kernel; the gradient
+    flows to ``pred`` only (the target is a constant, as in training)."""
+
+    @staticmethod
+    def forward(ctx: Any, pred: Tensor, target: Tensor, ssim_weight: float, window: Tensor) -> Tensor:
+        ext = _loss_extension()
+        assert ext is not None  # loss_kernel() checked
+        loss, _, coef = ext.l1_dssim_forward(pred, target, window, ssim_weight, _SSIM_C1, _SSIM_C2,
+                                             ctx.needs_input_grad[0])
+        ctx.save_for_backward(pred, target, window, coef)
+        ctx.ssim_weight = ssim_weight
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        pred, target, window, coef = ctx.saved_tensors
+        ext = _loss_extension()
+        assert ext is not None
+        return ext.l1_dssim_backward(pred, target, window, coef, ctx.ssim_weight, float(grad)), None, None, None
+
+
 def photometric_loss(
-    pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None, window_size: int = 11
+    pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None, window_size: int = 11,
+    kernel: str = "torch",
 ) -> Tensor:
     """``(1 - w) · L1 + w · (1 - SSIM)`` of (H, W, C) or (N, H, W, C) images, differentiable.
 
@@ -126,14 +197,30 @@ def photometric_loss(
       over the masked pixels and channels, SSIM (:func:`ssim`) over the window centres that lie
       on masked pixels. A mask with no window centre (only a thin border strip) gives an SSIM of 0,
       i.e. a constant ``w`` added to the loss, without gradient.
+    * **Kernel** (:data:`LOSS_KERNELS`, resolved by :func:`loss_kernel`): ``"torch"`` (default)
+      computes with PyTorch ops; ``"cpp"`` / ``"auto"`` compute the unmasked L1 + SSIM (the same
+      'valid' SSIM, no padding) in one compiled CPU pass and its backward by hand, the gradient
+      flowing to ``pred`` only (``target`` must not require one). Masked losses and the plain-L1
+      rule above always take the PyTorch ops.
     """
+    small = ssim_weight == 0 or min(pred.shape[-3], pred.shape[-2]) < window_size
+    if kernel != "torch" and mask is None and not small and loss_kernel(kernel, pred) == "cpp":
+        if target.requires_grad:
+            raise InputError("the compiled photometric loss differentiates pred only; the target requires grad "
+                             "(use kernel 'torch')")
+        if target.shape != pred.shape or target.dtype != pred.dtype or target.device != pred.device:
+            raise InputError(f"photometric loss: pred {tuple(pred.shape)} {pred.dtype} and target "
+                             f"{tuple(target.shape)} {target.dtype} differ")
+        batched = (lambda t: t[None] if t.ndim == 3 else t)  # noqa: E731
+        window = gaussian_window(window_size, 1.5, pred.dtype)
+        return _CompiledL1DSsim.apply(batched(pred).contiguous(), batched(target).contiguous(), float(ssim_weight), window)
     if mask is not None:
         m = mask.to(pred.dtype)[..., None]
         pred, target = pred * m, target * m
         l1 = (pred - target).abs().sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
     else:
         l1 = (pred - target).abs().mean()
-    if ssim_weight == 0 or min(pred.shape[-3], pred.shape[-2]) < window_size:
+    if small:
         return l1
     return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target, mask, window_size))
 

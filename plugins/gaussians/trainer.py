@@ -4,7 +4,8 @@ One step = one training view (batch size 1) drawn from a seeded ``torch.Generato
 random permutation of the training views each epoch), rendered by the run's renderer on the
 run's background (``--set run.background=R,G,B``), compared with the view's image on that
 background (:meth:`recon_core.View.image_on`) by ``(1 - w) L1 + w (1 - SSIM)``
-(:func:`recon_core.imageops.photometric_loss`, w = 0.2), then handed to the optimisation
+(:func:`recon_core.imageops.photometric_loss`, w = 0.2; on CPU by default its compiled kernel,
+``loss_kernel``), then handed to the optimisation
 engine (:class:`recon_core.optim.GaussianOptimizer`: Adam per entry with gsplat's learning
 rates, the means' lr decay, progressive SH, and the densification strategy ``strategy``:
 ``default``, ``gsplat-default`` or ``mcmc``).
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from recon_core import CombinationError, GaussianRepresentation, InputError, Refiner, Representation, RunContext, Scene, Video, option
-from recon_core.imageops import photometric_loss, psnr
+from recon_core.imageops import LOSS_KERNELS, loss_kernel, photometric_loss, psnr
 from recon_core.optim import EpochOrder, GaussianOptimizer, OptimConfig, TargetCache, default_scene_scale
 
 __all__ = ["GaussianTrainer", "GaussianTrainConfig"]
@@ -32,6 +33,8 @@ class GaussianTrainConfig(OptimConfig):
 
     steps: int = option(2000, "training steps (gsplat trains 30000 on a GPU; 2000 is a CPU-friendly default)", min=1)
     ssim_weight: float = option(0.2, "loss = (1 - w) L1 + w (1 - SSIM)", min=0, max=1)
+    loss_kernel: str = option("auto", "the L1 + SSIM loss's implementation: auto (the compiled CPU kernel where it "
+                              "builds, else PyTorch; CUDA: PyTorch), cpp, torch (the PyTorch reference)", choices=LOSS_KERNELS)
     scene_scale: float | None = option(None, "scene scale for the means' lr and size thresholds (default 1.1 x bounds radius)", min=1e-12)
 
 
@@ -53,6 +56,7 @@ class GaussianTrainer(Refiner):
         if not self.views:
             raise InputError("3dgs-train needs at least one training view", data.source)
         self.rep, self.ctx = rep, ctx
+        loss_kernel(cfg.loss_kernel, torch.empty(0, device=ctx.device))  # 'cpp' where it cannot run: an error now
         self.background = ctx.background_color()
         self.targets = TargetCache(self.background, ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
@@ -77,7 +81,7 @@ class GaussianTrainer(Refiner):
         out = self.ctx.renderer.render(self.rep, camera, background=self.background)
         engine.before_backward(at, out.info)
         pred = out.rgb[0]
-        loss = photometric_loss(pred, target, self.config.ssim_weight) + engine.regularisation()
+        loss = photometric_loss(pred, target, self.config.ssim_weight, kernel=self.config.loss_kernel) + engine.regularisation()
         engine.step(loss, at, out.info, camera)
         self.last_loss = float(loss.detach())
         return {"loss": self.last_loss, "psnr": float(psnr(pred.detach(), target)), "gaussians": float(len(self.rep))}

@@ -66,6 +66,28 @@ Dims dims_of(const at::Tensor& pred, const at::Tensor& target, const at::Tensor&
   return d;
 }
 
+// S of one row of window positions from its five blurred maps and, with kGrad, the derivative
+// maps dS/dmx, dS/dE[x^2], dS/dE[xy].
+template <typename T, bool kGrad>
+void ssim_row(const T* mx, const T* my, const T* exx, const T* eyy, const T* exy, int64_t n, T c1, T c2, T* sv,
+              T* dm, T* dxx, T* dxy) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T ux = mx[j], uy = my[j];
+    const T sxx = exx[j] - ux * ux, syy = eyy[j] - uy * uy, sxy = exy[j] - ux * uy;
+    const T a1 = T(2) * ux * uy + c1, a2 = ux * ux + uy * uy + c1;
+    const T b1 = T(2) * sxy + c2, b2 = sxx + syy + c2;
+    const T s = a1 / a2 * (b1 / b2);
+    sv[j] = s;
+    if constexpr (kGrad) {
+      const T inv = T(1) / (a2 * b2);
+      dm[j] = T(2) * uy * (b1 - a1) * inv + T(2) * ux * s * (T(1) / b2 - T(1) / a2);
+      dxx[j] = -s / b2;
+      dxy[j] = T(2) * a1 * inv;
+    }
+  }
+}
+
 // Forward. Writes per-row sums of |x - y| (N*H rows) and of S (N*Ho rows) and, when coef is not
 // null, the three derivative maps [3][N*Ho][Wo*C].
 template <typename T>
@@ -157,31 +179,10 @@ void forward_impl(const T* x, const T* y, const T* g, const Dims& d, T c1, T c2,
         }
       }
       if (coef != nullptr) {
-        T* dm = coef + (0 * orows + o) * orow;
-        T* dxx = coef + (1 * orows + o) * orow;
-        T* dxy = coef + (2 * orows + o) * orow;
-#pragma omp simd
-        for (int64_t j = 0; j < orow; ++j) {
-          const T ux = mx[j], uy = my[j];
-          const T sxx = exx[j] - ux * ux, syy = eyy[j] - uy * uy, sxy = exy[j] - ux * uy;
-          const T a1 = T(2) * ux * uy + c1, a2 = ux * ux + uy * uy + c1;
-          const T b1 = T(2) * sxy + c2, b2 = sxx + syy + c2;
-          const T s = a1 / a2 * (b1 / b2);
-          const T inv = T(1) / (a2 * b2);
-          sv[j] = s;
-          dm[j] = T(2) * uy * (b1 - a1) * inv + T(2) * ux * s * (T(1) / b2 - T(1) / a2);
-          dxx[j] = -s / b2;
-          dxy[j] = T(2) * a1 * inv;
-        }
+        ssim_row<T, true>(mx, my, exx, eyy, exy, orow, c1, c2, sv, coef + (0 * orows + o) * orow,
+                          coef + (1 * orows + o) * orow, coef + (2 * orows + o) * orow);
       } else {
-#pragma omp simd
-        for (int64_t j = 0; j < orow; ++j) {
-          const T ux = mx[j], uy = my[j];
-          const T sxx = exx[j] - ux * ux, syy = eyy[j] - uy * uy, sxy = exy[j] - ux * uy;
-          const T a1 = T(2) * ux * uy + c1, a2 = ux * ux + uy * uy + c1;
-          const T b1 = T(2) * sxy + c2, b2 = sxx + syy + c2;
-          sv[j] = a1 / a2 * (b1 / b2);
-        }
+        ssim_row<T, false>(mx, my, exx, eyy, exy, orow, c1, c2, sv, nullptr, nullptr, nullptr);
       }
       double ssum = 0.0;
       for (int64_t j = 0; j < orow; ++j) ssum += static_cast<double>(sv[j]);

@@ -200,14 +200,16 @@ def photometric_loss(
     * **Kernel** (:data:`LOSS_KERNELS`, resolved by :func:`loss_kernel`): ``"torch"`` (default)
       computes with PyTorch ops; ``"cpp"`` / ``"auto"`` compute the unmasked L1 + SSIM (the same
       'valid' SSIM, no padding) in one compiled CPU pass and its backward by hand, the gradient
-      flowing to ``pred`` only (``target`` must not require one). Masked losses and the plain-L1
-      rule above always take the PyTorch ops.
+      flowing to ``pred`` only (``"cpp"`` refuses a ``target`` that requires grad, ``"auto"``
+      leaves it to PyTorch). Masked losses and the plain-L1 rule above always take the PyTorch ops.
     """
     small = ssim_weight == 0 or min(pred.shape[-3], pred.shape[-2]) < window_size
-    if kernel != "torch" and mask is None and not small and loss_kernel(kernel, pred) == "cpp":
+    # 'auto' leaves a target that requires grad to the PyTorch ops; 'cpp' refuses it below
+    compiled = kernel != "torch" and mask is None and not small and not (kernel == "auto" and target.requires_grad)
+    if compiled and loss_kernel(kernel, pred) == "cpp":
         if target.requires_grad:
             raise InputError("the compiled photometric loss differentiates pred only; the target requires grad "
-                             "(use kernel 'torch')")
+                             "(use kernel 'torch' or 'auto')")
         if target.shape != pred.shape or target.dtype != pred.dtype or target.device != pred.device:
             raise InputError(f"photometric loss: pred {tuple(pred.shape)} {pred.dtype} and target "
                              f"{tuple(target.shape)} {target.dtype} differ")

@@ -127,6 +127,8 @@ def test_loss_kernel_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "Compiled" in type(cpp.grad_fn).__name__ and "Compiled" not in type(torch_loss.grad_fn).__name__
         with pytest.raises(InputError, match="target requires grad"):
             photometric_loss(x, x.clone().requires_grad_(True), kernel="cpp")
+        both = photometric_loss(x.clone().requires_grad_(True), x.clone().requires_grad_(True), kernel="auto")
+        assert "Compiled" not in type(both.grad_fn).__name__  # auto: PyTorch differentiates the target too
     monkeypatch.setattr(imageops, "_loss_extension", lambda: None)  # as without a compiler / RECON_NO_CPP=1
     assert loss_kernel("auto", x) == "torch"
     with pytest.raises(InputError, match="'cpp' is unavailable"):

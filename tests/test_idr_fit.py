@@ -259,6 +259,21 @@ def test_schedules_follow_the_budget_fraction() -> None:
     assert fit.alpha(10) == 50 * 2**5
 
 
+def test_unset_steps_leave_a_budgeted_run_to_its_budget() -> None:
+    """steps unset: 20000 without a budget; under run.budget 100000, so that a 60 CPU-min run (~40000
+    hashgrid steps) is ended by its budget and its schedules follow the budget alone."""
+    from recon_core.budget import Budget, BudgetClock
+
+    fit = IDRFit()
+    assert fit.total_steps == IDRFit.DEFAULT_STEPS == 20000
+    fit.ctx = RunContext(device=torch.device("cpu"), seed=0)
+    assert fit.total_steps == 20000 and fit.fraction(5000) == pytest.approx(0.25)
+    fit.ctx.budget = BudgetClock(Budget(3600.0, "cpu"), 3600.0, used=360.0)
+    assert fit.total_steps == IDRFit.BUDGET_STEPS == 100000
+    assert fit.fraction(30000) == pytest.approx(0.3) and fit.alpha(5000) == 50  # 10 % of the budget: no doubling yet
+    assert IDRFit(IDRFit.Config(steps=300)).total_steps == 300  # an explicit number of steps is kept
+
+
 def test_coarse_to_fine_level_schedule() -> None:
     fit = IDRFit(IDRFit.Config(steps=100, c2f_start_levels=2, c2f_until=0.5))
     levels = [fit.active_levels(s, 6) for s in range(100)]
@@ -386,6 +401,12 @@ def test_auto_preset_sizes_a_default_grid_encoder_for_the_cpu() -> None:
     assert sized.params.numel() < HashGridEncoder().params.numel() / 10 and any("CPU sizes" in m for m in logs)
     given = HashGridEncoder(HashGridEncoder.Config(n_levels=14))  # an option changed: kept as given
     assert built(given) is given and built(HashGridEncoder(), preset="grid").config == HashGridEncoder.Config()
+    # the sized encoder is initialised from the run's seed as if created at those sizes (the first thing
+    # the seed initialises): the same model as the sizes spelled out, whatever the default one consumed
+    torch.manual_seed(0)
+    explicit = HashGridEncoder(HashGridEncoder.Config(**HashGridEncoder.cpu_options))
+    torch.manual_seed(5)
+    assert torch.equal(built(HashGridEncoder()).params, explicit.params)
 
 
 def test_merged_network_call_gives_the_separate_calls_gradients() -> None:

@@ -107,7 +107,9 @@ def test_chamfer_evaluator(tmp_path: Path) -> None:
     assert ev.unavailable_reason() is None
     assert ev.unavailable_reason(_scene(None)) is not None
     value = ev.evaluate(EvaluationInput(rep=None, data=_scene(gt_path), run_dir=run))  # type: ignore[arg-type]
-    assert value == pytest.approx(0.02, abs=4e-3)
+    assert value["chamfer"] == pytest.approx(0.02, abs=4e-3)
+    assert value["chamfer"] == pytest.approx((value["accuracy"] + value["completeness"]) / 2)
+    assert value["accuracy"] == pytest.approx(0.02, abs=4e-3) and value["completeness"] == pytest.approx(0.02, abs=4e-3)
     with pytest.raises(InputError, match="ground-truth"):
         ev.evaluate(EvaluationInput(rep=None, data=_scene(None), run_dir=run))  # type: ignore[arg-type]
     # a DTU STL point cloud as ground truth: a clear error pointing to dtu-chamfer (it used to be an IndexError)

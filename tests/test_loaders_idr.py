@@ -164,6 +164,22 @@ def test_layout_problems(tmp_path: Path) -> None:
         IdrLoader().load(empty)
 
 
+def test_split_declared_by_a_sibling_transforms_json(tmp_path: Path) -> None:
+    """test_every unset: a transforms.json beside cameras.npz that gives every image a split decides
+    (object: 0-47 train, 48-63 test, as the benchmark trains); one that misses an image does not; an
+    explicit test_every wins."""
+    obj = IdrLoader().load(OBJECT)
+    assert [v.name for v in obj.split("test")] == [f"{i:04d}" for i in range(48, 64)] and len(obj.train_views) == 48
+    assert len(IdrLoader(IdrConfig(test_every=8)).load(OBJECT).train_views) == 56
+    write_idr(tmp_path, n=5)
+    frames = [{"file_path": f"image/{i:06d}.png", "split": "test" if i in (1, 3) else "train"} for i in range(5)]
+    (tmp_path / "transforms.json").write_text(json.dumps({"frames": frames}))
+    assert [v.name for v in IdrLoader().load(tmp_path).split("test")] == ["000001", "000003"]
+    assert len(IdrLoader(IdrConfig(test_every=0)).load(tmp_path).split("test")) == 0
+    (tmp_path / "transforms.json").write_text(json.dumps({"frames": frames[:4]}))  # 000004 has none: every 8th
+    assert {v.split for v in IdrLoader().load(tmp_path).views} == {"train"}
+
+
 def test_every_eighth_view_is_held_out_by_default_as_in_colmap(tmp_path: Path) -> None:
     write_idr(tmp_path, n=17)
     scene = IdrLoader().load(tmp_path)

@@ -97,7 +97,9 @@ class ChamferEvaluator(GeometryEvaluator):
     def _prediction(self, inputs: EvaluationInput) -> trimesh.Trimesh:
         return predicted_mesh(inputs, self.config.resolution, self.name)
 
-    def evaluate(self, inputs: EvaluationInput) -> float:
+    def evaluate(self, inputs: EvaluationInput) -> dict[str, float]:
+        """``{"chamfer": mean, "accuracy": …, "completeness": …}`` (metrics.json: ``chamfer``,
+        ``chamfer.accuracy``, ``chamfer.completeness``), as benchmarks/idr_bench.py reports them."""
         reason = self.unavailable_reason(inputs.data)
         if reason:
             raise InputError(f"chamfer is unavailable: {reason}")
@@ -109,4 +111,5 @@ class ChamferEvaluator(GeometryEvaluator):
                              "--eval dtu-chamfer, which applies DTU's frame, observation mask and plane)", inputs.data.gt_mesh_path)
         pred = self._prediction(inputs)
         c = self.config
-        return chamfer(pred, gt, density=c.density, max_points=c.max_points, max_dist=c.max_dist, seed=c.seed).chamfer
+        res = chamfer(pred, gt, density=c.density, max_points=c.max_points, max_dist=c.max_dist, seed=c.seed)
+        return {self.name: res.chamfer, "accuracy": res.accuracy, "completeness": res.completeness}

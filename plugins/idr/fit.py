@@ -105,7 +105,8 @@ class IDRFit(Refiner):
 
     @dataclass
     class Config:
-        steps: int = option(20000, "optimisation steps", min=1)
+        steps: int | None = option(None, "optimisation steps; none: 20000, or 100000 under run.budget (the budget ends "
+                                   "the run and sets the schedules; a 60 CPU-min hashgrid run makes ~40000 steps)", min=1)
         batch_rays: int | None = option(None, "random rays per step; none: IDR's 2048 on CUDA, 1024 on the CPU (the benchmark's)", min=1)
         lr: float | None = option(None, "Adam learning rate of the networks; none: IDR's 1e-4 on CUDA, 5e-4 on the CPU "
                                   "(the benchmark's)", min=0)
@@ -175,15 +176,24 @@ class IDRFit(Refiner):
                                     else encoder.lr_milestones or self.IDR_LR_MILESTONES)
         self.generator = torch.Generator(device="cpu").manual_seed(int(ctx.seed))
 
+    DEFAULT_STEPS = 20000
+    BUDGET_STEPS = 100000
+    """Steps when ``steps`` is unset and the run has a budget: a cap the budget reaches first, so that the
+    schedules follow the budget alone (as benchmarks/idr_bench.py's ``--max-steps``). With 20000 a
+    60 CPU-min run stopped at 20000 steps and ran its schedules by steps (docs/benchmarks.md, IDR)."""
+
     @property
     def total_steps(self) -> int:
-        return self.config.steps
+        if self.config.steps is not None:
+            return self.config.steps
+        budgeted = self.ctx is not None and self.ctx.budget is not None
+        return self.BUDGET_STEPS if budgeted else self.DEFAULT_STEPS
 
     def fraction(self, step: int) -> float:
         """Progress of the run at ``step``: ``max(step / steps, fraction of the time budget used)``."""
         if self.ctx is None:  # not set up: the steps alone
-            return step / max(self.config.steps, 1)
-        return self.ctx.progress(step, self.config.steps)
+            return step / max(self.total_steps, 1)
+        return self.ctx.progress(step, self.total_steps)
 
     def _milestones_passed(self, step: int, fractions: list[float]) -> int:
         return bisect.bisect_right(sorted(fractions), self.fraction(step))

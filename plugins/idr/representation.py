@@ -207,6 +207,9 @@ class IDRRepresentation(Representation):
         if (self.config.preset != "auto" or torch.device(ctx.device).type == "cuda" or not enc.cpu_options
                 or not dataclasses.is_dataclass(cfg) or cfg != type(cfg)()):
             return enc
+        # re-seeded: the encoder is the first thing the run's seed initialises, so auto sizes give the
+        # same model as those sizes spelled out (--set hashgrid.n_levels=12 ...) and as the benchmark
+        torch.manual_seed(int(ctx.seed))
         sized = type(enc)(dataclasses.replace(cfg, **enc.cpu_options), in_dim=enc.in_dim).to(ctx.device)
         ctx.log(f"idr: preset auto on the CPU: encoder {enc.name} at its CPU sizes "
                 + ", ".join(f"{k}={v}" for k, v in enc.cpu_options.items()) + " (change one of its options, or set idr.preset, to keep it as given)")

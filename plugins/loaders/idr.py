@@ -23,10 +23,14 @@ Noisy initial cameras: with ``init_cameras="linear"`` the views get the cameras 
 for scoring through :func:`true_cameras` (same views, same resolution), or by loading again
 with the default ``init_cameras="true"``.
 
-Splits: cameras.npz has none. By default (``test_every=8``, recon's choice, as in the ``colmap``
-loader) every 8th image in name order (indices 7, 15, 23, …) is a ``test`` view, so evaluation renders
-an eighth of the views (IDR renders slowly: about 20 s per view on a CPU). IDR itself trains on every
-view: ``test_every=0`` does that (evaluation then renders them all).
+Splits: cameras.npz has none. With ``test_every`` unset, a ``transforms.json`` beside cameras.npz
+that gives every image a ``split`` (its frames' ``file_path`` names the images) decides, as the
+``nerfstudio`` loader would read the same folder (the shared ``object`` scene: views 0–47 train,
+48–63 test, the split its README and the IDR benchmark use); without one every 8th image in name
+order (indices 7, 15, 23, …) is a ``test`` view (recon's choice, as in the ``colmap`` loader), so
+evaluation renders an eighth of the views (IDR renders slowly: about 20 s per view on a CPU).
+``test_every=N`` forces every N-th; IDR itself trains on every view: ``test_every=0`` does that
+(evaluation then renders them all).
 
 Masks: grey > 127.5 is object. ``Scene.gt_mesh_path`` is set when the folder has ``gt_mesh.ply``,
 ``mesh.ply`` or a DTU ``stl*_total.ply``; that mesh is in the *world* frame, which is the scene
@@ -49,7 +53,8 @@ from recon_core import Bounds, Cameras, InputError, Loader, Scene, option
 from . import imageio
 from .common import FrameSpec, build_views, hold_out_every
 
-__all__ = ["IDR_PIXEL_OFFSET", "IdrLoader", "decompose_projection", "rq3", "read_idr_cameras", "sibling_pixel_offset", "true_cameras"]
+__all__ = ["IDR_PIXEL_OFFSET", "IdrLoader", "decompose_projection", "rq3", "read_idr_cameras", "sibling_pixel_offset",
+           "sibling_split", "true_cameras"]
 
 
 def rq3(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +159,24 @@ def sibling_pixel_offset(path: Path, first_image: Path, K: np.ndarray, tol: floa
     return None
 
 
+def sibling_split(path: Path, images: list[Path]) -> dict[str, str] | None:
+    """{image stem: "train" | "val" | "test"} from a ``transforms.json`` in ``path`` whose frames give
+    every one of ``images`` (matched by file stem) a split; None when there is no such file or it
+    leaves an image without one (then the loader's ``test_every`` rule applies)."""
+    file = path / "transforms.json"
+    if not file.is_file():
+        return None
+    try:
+        frames = json.loads(file.read_text())["frames"]
+        declared = {Path(str(f["file_path"])).stem: f.get("split") for f in frames}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    splits = {img.stem: declared.get(img.stem) for img in images}
+    if not all(s in ("train", "val", "test") for s in splits.values()):
+        return None
+    return splits  # type: ignore[return-value]
+
+
 def _folder(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
@@ -168,8 +191,9 @@ class IdrConfig:
                                              "(the shared 'object' scene); none: 0.5, or what a transforms.json beside "
                                              "cameras.npz says (its principal point equal to cameras.npz's: 0)")
     background: tuple[float, float, float] = option((1.0, 1.0, 1.0), "RGB in [0, 1] that RGBA images are composited onto", min=0, max=1)
-    test_every: int = option(8, "every N-th image (in name order) is a test view, as in the colmap loader; "
-                                "0 = all train (IDR's split)", min=0)
+    test_every: int | None = option(None, "every N-th image (in name order) is a test view, as in the colmap loader; "
+                                       "0 = all train (IDR's split); none: the split a transforms.json beside "
+                                       "cameras.npz gives every image (object: 0-47 train, 48-63 test), else 8", min=0)
 
 
 class IdrLoader(Loader):
@@ -230,7 +254,13 @@ class IdrLoader(Loader):
             )
             for i, (img, (K, c2w)) in enumerate(zip(images, cams))
         ]
-        hold_out_every(frames, self.config.test_every, f"{self.name}.test_every")
+        declared = sibling_split(path, images) if self.config.test_every is None else None
+        if declared is not None:
+            for frame, img in zip(frames, images):
+                frame.split = declared[img.stem]  # type: ignore[assignment]
+        else:
+            every = 8 if self.config.test_every is None else self.config.test_every
+            hold_out_every(frames, every, f"{self.name}.test_every")
         views = build_views(frames, downscale=self.config.downscale, same_size=True, loader=self.name,
                             background=imageio.parse_background(tuple(self.config.background)))
         gt = next((p for p in [path / "gt_mesh.ply", path / "mesh.ply", *sorted(path.glob("stl*_total.ply"))] if p.is_file()), None)

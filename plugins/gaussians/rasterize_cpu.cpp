@@ -248,6 +248,17 @@ inline auto hsum(V v) {
   return r;
 }
 
+// a * b + c, fused where the CPU has FMA (the build passes -ffp-contract=off, so the compiler
+// does not contract on its own; vexp uses it explicitly: half the latency of its polynomial).
+inline Simd<float>::V fmadd(Simd<float>::V a, Simd<float>::V b, Simd<float>::V c) {
+#if defined(__FMA__)
+  if constexpr (sizeof(Simd<float>::V) == 32)
+    return reinterpret_cast<Simd<float>::V>(
+        _mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(c)));
+#endif
+  return a * b + c;
+}
+
 // exp of a float vector (Cody-Waite range reduction + degree-6 polynomial, as in Cephes expf;
 // within 2 ulp of std::exp on [-87, 88]). Inputs below -87 give ~1e-38 (alpha far below 1/255).
 inline Simd<float>::V vexp(Simd<float>::V x) {
@@ -256,16 +267,16 @@ inline Simd<float>::V vexp(Simd<float>::V x) {
   x = x < V{} - 87.0f ? V{} - 87.0f : x;
   x = x > V{} + 88.0f ? V{} + 88.0f : x;
   const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const V n = (x * 1.44269504088896341f + magic) - magic;
-  V r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+  const V n = fmadd(x, V{} + 1.44269504088896341f, magic) - magic;
+  V r = fmadd(n, V{} - 0.693359375f, x);
+  r = fmadd(n, V{} + 2.12194440e-4f, r);
   V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  p = fmadd(p, r, V{} + 1.3981999507e-3f);
+  p = fmadd(p, r, V{} + 8.3334519073e-3f);
+  p = fmadd(p, r, V{} + 4.1665795894e-2f);
+  p = fmadd(p, r, V{} + 1.6666665459e-1f);
+  p = fmadd(p, r, V{} + 5.0000001201e-1f);
+  p = fmadd(p, r * r, r) + 1.0f;
   const M bits = (__builtin_convertvector(n, M) + 127) << 23;
   V scale;
   std::memcpy(&scale, &bits, sizeof(scale));

@@ -12,9 +12,10 @@
 // that would bring its transmittance to <= 1e-4.
 //
 // Parallelism: one tile is one work item (dynamic schedule: tiles over the scene are much
-// heavier than empty ones); within a tile, pixels are independent. The backward writes each
-// (tile, Gaussian) pair's gradient into its own slot, then sums the slots per Gaussian, so no
-// atomics are needed and results do not depend on the number of threads.
+// heavier than empty ones); within a tile, pixels are independent. On several threads the
+// backward writes each (tile, Gaussian) pair's gradient into its own slot, then sums the slots
+// per Gaussian in tile order; one thread adds them in that same order as it goes. No atomics
+// are needed and results do not depend on the number of threads.
 
 #include <torch/extension.h>
 
@@ -73,25 +74,30 @@ inline uint64_t sort_key(double v) {
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
-// Indices 0..n-1 ordered by key, ties by index (a stable LSD radix sort, 8 bits per pass).
+// Indices 0..n-1 ordered by key, ties by index (a stable LSD radix sort, 8 bits per pass). The
+// items moved are (key, index) pairs, so each pass streams through memory instead of reading
+// the keys in the order of the previous pass.
 template <typename Key>
 std::vector<int32_t> stable_order(const std::vector<Key>& keys) {
+  struct Item {
+    Key key;
+    int32_t idx;
+  };
   const int64_t n = static_cast<int64_t>(keys.size());
-  std::vector<int32_t> order(n), tmp(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
+  std::vector<Item> items(n), tmp(n);
+  for (int64_t i = 0; i < n; ++i) items[i] = Item{keys[i], static_cast<int32_t>(i)};
   for (int shift = 0; shift < static_cast<int>(8 * sizeof(Key)); shift += 8) {
     int64_t count[257] = {0};
-    for (int64_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 0xFF) + 1];
+    for (int64_t i = 0; i < n; ++i) ++count[((items[i].key >> shift) & 0xFF) + 1];
     bool trivial = false;
     for (int d = 1; d <= 256; ++d) trivial |= count[d] == n;
     if (trivial) continue;  // every key has the same digit here (common for high bytes)
     for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t idx = order[i];
-      tmp[count[(keys[idx] >> shift) & 0xFF]++] = idx;
-    }
-    order.swap(tmp);
+    for (int64_t i = 0; i < n; ++i) tmp[count[(items[i].key >> shift) & 0xFF]++] = items[i];
+    items.swap(tmp);
   }
+  std::vector<int32_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = items[i].idx;
   return order;
 }
 
@@ -170,16 +176,20 @@ std::vector<at::Tensor> bin_impl(const at::Tensor& means2d, const at::Tensor& co
   at::Tensor ids = at::empty({pairs}, means2d.options().dtype(at::kInt));
   int32_t* id = ids.data_ptr<int32_t>();
 
-  // Fill in depth order, in bands of tile rows (a band only writes its own tiles' runs).
+  // Fill in depth order, in bands of tile rows (a band only writes its own tiles' runs; one
+  // band on one thread). The boxes are first copied into depth order, so that each band reads
+  // them sequentially.
+  std::vector<Rect> sorted(m);
+  for (int64_t k = 0; k < m; ++k) sorted[k] = rect[order[k]];
   const int64_t rows = n_cameras * tiles_y;
-  const int64_t n_bands = std::min<int64_t>(rows, 4 * threads());
+  const int64_t n_bands = threads() == 1 ? 1 : std::min<int64_t>(rows, 4 * threads());
   std::vector<int64_t> cursor(off, off + n_tiles);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads())
   for (int64_t band = 0; band < n_bands; ++band) {
     const int64_t r0 = band * rows / n_bands, r1 = (band + 1) * rows / n_bands;
     for (int64_t k = 0; k < m; ++k) {
       const int32_t g = order[k];
-      const Rect& r = rect[g];
+      const Rect& r = sorted[k];
       const int64_t a = std::max<int64_t>(r.row0, r0), b = std::min<int64_t>(r.row0 + (r.y1 - r.y0), r1 - 1);
       for (int64_t row = a; row <= b; ++row)
         for (int64_t x = r.x0; x <= r.x1; ++x) id[cursor[row * tiles_x + x]++] = g;
@@ -238,6 +248,17 @@ inline auto hsum(V v) {
   return r;
 }
 
+// a * b + c, fused where the CPU has FMA (the build passes -ffp-contract=off, so the compiler
+// does not contract on its own; vexp uses it explicitly: half the latency of its polynomial).
+inline Simd<float>::V fmadd(Simd<float>::V a, Simd<float>::V b, Simd<float>::V c) {
+#if defined(__FMA__)
+  if constexpr (sizeof(Simd<float>::V) == 32)
+    return reinterpret_cast<Simd<float>::V>(
+        _mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(c)));
+#endif
+  return a * b + c;
+}
+
 // exp of a float vector (Cody-Waite range reduction + degree-6 polynomial, as in Cephes expf;
 // within 2 ulp of std::exp on [-87, 88]). Inputs below -87 give ~1e-38 (alpha far below 1/255).
 inline Simd<float>::V vexp(Simd<float>::V x) {
@@ -246,16 +267,16 @@ inline Simd<float>::V vexp(Simd<float>::V x) {
   x = x < V{} - 87.0f ? V{} - 87.0f : x;
   x = x > V{} + 88.0f ? V{} + 88.0f : x;
   const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const V n = (x * 1.44269504088896341f + magic) - magic;
-  V r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+  const V n = fmadd(x, V{} + 1.44269504088896341f, magic) - magic;
+  V r = fmadd(n, V{} - 0.693359375f, x);
+  r = fmadd(n, V{} + 2.12194440e-4f, r);
   V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  p = fmadd(p, r, V{} + 1.3981999507e-3f);
+  p = fmadd(p, r, V{} + 8.3334519073e-3f);
+  p = fmadd(p, r, V{} + 4.1665795894e-2f);
+  p = fmadd(p, r, V{} + 1.6666665459e-1f);
+  p = fmadd(p, r, V{} + 5.0000001201e-1f);
+  p = fmadd(p, r * r, r) + 1.0f;
   const M bits = (__builtin_convertvector(n, M) + 127) << 23;
   V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
@@ -410,14 +431,16 @@ struct Inputs {
 // to and including its last composited Gaussian [C, H, W] int32. alpha equals 1 - T but is
 // summed from the same weights as the image: where alpha is small, 1 - T would carry the
 // rounding of T (~6e-8 absolute in float32) into depth = image / alpha.
-template <typename scalar_t>
+// kDim > 0: the feature width as a compile-time constant (4: rgb + depth, the renderer's case),
+// so that the per-pixel feature sums stay in registers; 0: read from the features' shape.
+template <typename scalar_t, int kDim>
 std::vector<at::Tensor> forward_impl(const Inputs& in) {
   using S = Simd<scalar_t>;
   using V = typename S::V;
   using M = typename S::M;
   using I = typename std::remove_reference<decltype(std::declval<M>()[0])>::type;
   constexpr int L = S::L;
-  const int64_t dim = in.features.size(1);
+  const int64_t dim = kDim > 0 ? kDim : in.features.size(1);
   const int64_t width = in.width, height = in.height;
   const TileGeometry geo(width, height, in.tile_size);
   const int64_t n_tiles = in.n_cameras * geo.tiles_x * geo.tiles_y;
@@ -439,7 +462,9 @@ std::vector<at::Tensor> forward_impl(const Inputs& in) {
 #pragma omp parallel num_threads(threads())
   {
     TileData<scalar_t> tile;
-    std::vector<V> acc(dim);
+    std::vector<V> acc_dynamic(kDim > 0 ? 0 : dim);
+    V acc_fixed[kDim > 0 ? kDim : 1];
+    V* const acc = kDim > 0 ? acc_fixed : acc_dynamic.data();
     V lane{};
     for (int l = 0; l < L; ++l) lane[l] = scalar_t(l);
 #pragma omp for schedule(dynamic, 1)
@@ -458,7 +483,7 @@ std::vector<at::Tensor> forward_impl(const Inputs& in) {
           M done = (lane >= scalar_t(lanes));  // lanes past the tile or image edge
           V T = V{} + scalar_t(1), w_sum{};
           M used{};
-          for (auto& v : acc) v = V{};
+          for (int64_t d = 0; d < dim; ++d) acc[d] = V{};
           tile.for_each_candidate(n, py, px0, px1, [&](int64_t i) {
             const scalar_t* r = tile[i];
             const V dx = r[kMx] - px;
@@ -508,7 +533,7 @@ std::vector<at::Tensor> forward_impl(const Inputs& in) {
 // gradient to o and sigma. Lanes accumulate per-Gaussian vectors over the whole tile, summed
 // across lanes once per tile into that (tile, Gaussian) pair's slot.
 // Returns gradients of means2d [M, 2], conics [M, 3], opacities [M] and features [M, D].
-template <typename scalar_t>
+template <typename scalar_t, int kDim>
 std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans, const at::Tensor& last,
                                       const at::Tensor& grad_image, const at::Tensor& grad_trans) {
   using S = Simd<scalar_t>;
@@ -517,7 +542,7 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
   using I = typename std::remove_reference<decltype(std::declval<M>()[0])>::type;
   constexpr int L = S::L;
   const int64_t m = in.means2d.size(0);
-  const int64_t dim = in.features.size(1);
+  const int64_t dim = kDim > 0 ? kDim : in.features.size(1);
   const int64_t stride = 6 + dim;  // per pair: mean x, y, conic a, b, c, opacity, features
   const int64_t width = in.width, height = in.height;
   const TileGeometry geo(width, height, in.tile_size);
@@ -531,8 +556,16 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
   const scalar_t* g_tr = grad_trans.data_ptr<scalar_t>();
   const scalar_t thr = static_cast<scalar_t>(kAlphaThreshold), max_alpha = static_cast<scalar_t>(kMaxAlpha);
 
-  std::vector<scalar_t> pair_grad(static_cast<size_t>(pairs * stride), scalar_t(0));
-  scalar_t* pg_all = pair_grad.data();
+  // One thread visits the tiles in order, so it adds each tile's sums straight into the
+  // Gaussians' rows, in the same order as the slot sums below: the same floats. Several threads
+  // write the (tile, entry) slots of the entries a pixel reached (`touched`, often a small part
+  // of the list; the other slots are neither written nor summed) and sum them afterwards.
+  const bool serial = threads() == 1;
+  at::Tensor grad = at::zeros({m, stride}, in.means2d.options());
+  scalar_t* gr = grad.data_ptr<scalar_t>();
+  std::unique_ptr<scalar_t[]> pair_grad(serial ? nullptr : new scalar_t[static_cast<size_t>(pairs * stride)]);
+  scalar_t* pg_all = pair_grad.get();
+  std::vector<int64_t> touched_of(static_cast<size_t>(n_tiles), 0);
   const std::vector<scalar_t> records = make_records<scalar_t>(in.means2d, in.conics, in.opacities, in.cov2d, in.features);
 
   struct Step {
@@ -544,7 +577,9 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
 #pragma omp parallel num_threads(threads())
   {
     TileData<scalar_t> tile;
-    std::vector<V> g(dim), accv;
+    std::vector<V> g_dynamic(kDim > 0 ? 0 : dim), accv;
+    V g_fixed[kDim > 0 ? kDim : 1];
+    V* const g = kDim > 0 ? g_fixed : g_dynamic.data();
     std::vector<Step> steps;
     V lane{};
     for (int l = 0; l < L; ++l) lane[l] = scalar_t(l);
@@ -565,7 +600,7 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
           V gT{}, t_final{};
           bool any_grad = false;
           int64_t max_used = 0;
-          for (auto& v : g) v = V{};
+          for (int64_t d = 0; d < dim; ++d) g[d] = V{};
           for (int64_t l = 0; l < lanes; ++l) {
             used[l] = lst[pix + l];
             max_used = std::max<int64_t>(max_used, used[l]);
@@ -630,22 +665,37 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
           }
         }
       }
-      scalar_t* pg = pg_all + off[t] * stride;
-      for (int64_t k = 0; k < touched * stride; ++k) pg[k] = hsum(accv[k]);
+      touched_of[t] = touched;
+      if (serial) {
+        for (int64_t k = 0; k < touched; ++k) {
+          if (k + 4 < touched) __builtin_prefetch(gr + static_cast<int64_t>(id[off[t] + k + 4]) * stride, 1);
+          scalar_t* dst = gr + static_cast<int64_t>(id[off[t] + k]) * stride;
+          for (int64_t e = 0; e < stride; ++e) dst[e] += hsum(accv[k * stride + e]);
+        }
+      } else {
+        scalar_t* pg = pg_all + off[t] * stride;
+        for (int64_t k = 0; k < touched * stride; ++k) pg[k] = hsum(accv[k]);
+      }
     }
   }
+  using at::indexing::Slice;
+  auto split = [&] {
+    return std::vector<at::Tensor>{grad.index({Slice(), Slice(0, 2)}), grad.index({Slice(), Slice(2, 5)}),
+                                   grad.index({Slice(), 5}), grad.index({Slice(), Slice(6, at::indexing::None)})};
+  };
+  if (serial) return split();
 
-  // Sum the pair slots per Gaussian, in pair order whatever the thread count: list each
-  // Gaussian's pairs (a stable counting sort), then sum Gaussians in dynamically shared chunks.
-  at::Tensor grad = at::zeros({m, stride}, in.means2d.options());
-  scalar_t* gr = grad.data_ptr<scalar_t>();
+  // Sum the written slots per Gaussian, in pair order whatever the thread count: list each
+  // Gaussian's slots (a stable counting sort), then sum Gaussians in dynamically shared chunks.
   std::vector<int64_t> first(static_cast<size_t>(m + 1), 0);
-  for (int64_t p = 0; p < pairs; ++p) ++first[id[p] + 1];
+  for (int64_t t = 0; t < n_tiles; ++t)
+    for (int64_t p = off[t]; p < off[t] + touched_of[t]; ++p) ++first[id[p] + 1];
   for (int64_t g = 0; g < m; ++g) first[g + 1] += first[g];
-  std::vector<int64_t> by_gaussian(static_cast<size_t>(pairs));
+  std::vector<int64_t> by_gaussian(static_cast<size_t>(first[m]));
   {
     std::vector<int64_t> cursor(first.begin(), first.end() - 1);
-    for (int64_t p = 0; p < pairs; ++p) by_gaussian[cursor[id[p]]++] = p;
+    for (int64_t t = 0; t < n_tiles; ++t)
+      for (int64_t p = off[t]; p < off[t] + touched_of[t]; ++p) by_gaussian[cursor[id[p]]++] = p;
   }
   parallel_chunks(m, 1024, [&](int64_t lo, int64_t hi) {
     for (int64_t gid = lo; gid < hi; ++gid) {
@@ -656,9 +706,7 @@ std::vector<at::Tensor> backward_impl(const Inputs& in, const at::Tensor& trans,
       }
     }
   });
-  using at::indexing::Slice;
-  return {grad.index({Slice(), Slice(0, 2)}), grad.index({Slice(), Slice(2, 5)}), grad.index({Slice(), 5}),
-          grad.index({Slice(), Slice(6, at::indexing::None)})};
+  return split();
 }
 
 // ------------------------------------------------------------------------------- bindings
@@ -715,7 +763,9 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
   const Inputs in =
       check_inputs(means2d, conics, opacities, cov2d, features, offsets, ids, n_cameras, width, height, tile_size);
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "composite_forward", [&] { out = forward_impl<scalar_t>(in); });
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "composite_forward", [&] {
+    out = in.features.size(1) == 4 ? forward_impl<scalar_t, 4>(in) : forward_impl<scalar_t, 0>(in);
+  });
   return out;
 }
 
@@ -737,7 +787,10 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
               "trans, last and grad_trans must be [C, H, W]");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dtype, "composite_backward",
-                             [&] { out = backward_impl<scalar_t>(in, trans, last, grad_image, grad_trans); });
+                             [&] {
+    out = features.size(1) == 4 ? backward_impl<scalar_t, 4>(in, trans, last, grad_image, grad_trans)
+                                : backward_impl<scalar_t, 0>(in, trans, last, grad_image, grad_trans);
+  });
   return out;
 }
 

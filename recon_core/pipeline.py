@@ -24,6 +24,7 @@ from torch import Tensor
 from .budget import parse_budget
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
 from .evaluate import evaluate_run
+from .io import ChildError
 from .logs import logger
 from .refine import StopFlag, run_refiners
 from .registry import Registry
@@ -258,7 +259,7 @@ class Pipeline:
         self.run_dir.write_metrics(doc)
         try:
             plot_curves(read_scalars(scalars.path), self.run_dir.path / CURVES_FILE, eval_psnr=doc["metrics"].get("psnr"))
-        except ImportError as e:  # matplotlib is a dependency; a broken install should not lose the run
+        except (ImportError, ChildError) as e:  # matplotlib is a dependency; a broken install should not lose the run
             self.log(f"{CURVES_FILE} not drawn: {e}")
         with self._timed("export"):
             formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats[:1])

@@ -20,11 +20,13 @@ import math
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import atomic_path, write_bytes
+from .io import _child_failed, atomic_path, child_python, write_bytes
 
 __all__ = ["ScalarLog", "EventFile", "read_scalars", "plot_curves", "SCALARS_FILE", "CURVES_FILE", "TENSORBOARD_DIR"]
 
@@ -227,13 +229,10 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, eval_psnr: floa
 
     PSNR is the refiners' logged training PSNR; where a refiner logs none it is derived from an
     ``l2``/``mse`` entry. ``eval_psnr`` (the run's held-out mean) is drawn as a dashed line.
-    Returns None when there is nothing to draw (no refiner logged a loss or PSNR).
+    Returns None when there is nothing to draw (no refiner logged a loss or PSNR). matplotlib is
+    imported in a child interpreter (:func:`recon_core.io.child_python`; ~25 MB the run would
+    otherwise keep); ImportError when it is missing there.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; must precede pyplot
-    import matplotlib.pyplot as plt
-
     for r in records:
         if "psnr" not in r:
             mse = r.get("mse", r.get("l2"))
@@ -243,6 +242,23 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, eval_psnr: floa
     psnr = list(_series(records, "psnr"))
     if not loss and not psnr:
         return None
+    job = json.dumps({"loss": loss, "psnr": psnr, "eval_psnr": eval_psnr, "path": str(path)})
+    done = subprocess.run(child_python("recon_core.scalars:draw_curves_from_stdin"), input=job.encode(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        raise _child_failed(f"drawing {path}", done.returncode, done.stderr)
+    return Path(path)
+
+
+def draw_curves_from_stdin(args: list[str]) -> None:
+    """The child of :func:`plot_curves`: the series and the path as JSON on stdin."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    job = json.loads(sys.stdin.read())
+    loss, psnr, eval_psnr, path = job["loss"], job["psnr"], job["eval_psnr"], job["path"]
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     for label, xs, ys in loss:
         ax_loss.plot(xs, ys, label=label, linewidth=1)
@@ -262,4 +278,3 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, eval_psnr: floa
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return Path(path)

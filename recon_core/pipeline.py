@@ -26,6 +26,7 @@ from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Re
 from .evaluate import evaluate_run
 from .io import ChildError
 from .logs import logger
+from .memory import release_memory
 from .refine import StopFlag, run_refiners
 from .registry import Registry
 from .resolve import load_data, open_data, resolve_device
@@ -71,22 +72,6 @@ def _reports_json(reports: list[dict[str, Any]]) -> dict[str, Any]:
             key = f"{entry['name']}#{n}"
         out[key] = _jsonable(entry["report"])
     return out
-
-
-def release_memory() -> None:
-    """Hand memory freed by a finished stage back to the operating system: collect reference
-    cycles, then (glibc) ``malloc_trim``, which returns the free parts of the heap that ``free``
-    keeps for reuse (autograd and densification free many small blocks; measured on ``object``,
-    20 MB of a training run's resident memory). Nothing changes for the program itself."""
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: its allocator does what it does
-        pass
 
 
 class Pipeline:

@@ -54,7 +54,10 @@ def main() -> None:
     samples: list[tuple[float, int, int, str]] = []
     offset, line = 0, "start"
     log = args.out / "log.txt"
-    while proc.poll() is None:
+    while True:
+        pid, code, usage = os.wait4(proc.pid, os.WNOHANG)  # (not poll(): it would reap the child's rusage)
+        if pid:
+            break
         if log.exists():
             with open(log) as f:
                 f.seek(offset)
@@ -66,7 +69,6 @@ def main() -> None:
         if "VmRSS" in s:
             samples.append((time.perf_counter() - t0, s["VmRSS"], s["VmHWM"], line))
         time.sleep(args.interval)
-    _, code, usage = os.wait4(proc.pid, 0)
     peaks: dict[str, tuple[int, float]] = {}
     for t, rss, _, tag in samples:
         stage = tag.split(":")[0] if " step " in tag else tag  # one row per progress line

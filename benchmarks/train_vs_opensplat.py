@@ -332,7 +332,7 @@ def table(results: list[Result]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--opensplat", type=Path, required=True, help="the opensplat binary (built outside this repository)")
+    ap.add_argument("--opensplat", type=Path, default=Path("opensplat"), help="the opensplat binary (built outside this repository)")
     ap.add_argument("--data", type=Path, default=OBJECT)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--snapshot-every", type=int, default=250, help="steps between snapshots (time to 30 dB)")
@@ -341,7 +341,14 @@ def main() -> None:
     ap.add_argument("--systems", default="recon,opensplat")
     ap.add_argument("--sequential", action="store_true", help="one system after the other (default: both at once)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--print-recon-sets", action="store_true",
+                    help="print the --set options of recon's run (and run.checkpoint_every) and exit")
     args = ap.parse_args()
+    if args.print_recon_sets:
+        scale = opensplat_scene_scale(json.loads((args.data / "transforms.json").read_text()))
+        sets = [f"run.checkpoint_every={args.snapshot_every}", *recon_sets(args.steps, scale, args.num_points)]
+        print(" ".join(f"--set {s}" for s in sets))
+        return
     if not args.opensplat.is_file():
         sys.exit(f"error: {args.opensplat} is not the opensplat binary")
     args.work.mkdir(parents=True, exist_ok=True)

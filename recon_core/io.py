@@ -7,8 +7,11 @@ a half-written file, even when the process is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["atomic_path", "current_umask", "write_json", "write_bytes", "write_png", "Mp4Writer"]
+__all__ = ["atomic_path", "current_umask", "write_json", "write_bytes", "write_png", "Mp4Writer", "child_python", "ChildError"]
 
 
 def current_umask() -> int:
@@ -84,44 +87,116 @@ def write_png(path: str | Path, image: Any) -> Path:
     return Path(path)
 
 
+def child_python(target: str, *args: str) -> list[str]:
+    """The command running ``target`` (``"package.module:function"``, called with the list of
+    ``args``) in a fresh interpreter: work that needs a large library the run itself does not
+    (PyAV, matplotlib) is done there, so that importing it does not add to the run's resident
+    memory for good (measured: PyAV ~15 MB, matplotlib ~25 MB; a child without torch peaks far
+    below the run). The target's module must not import torch. The current directory is taken
+    off ``sys.path`` (a ``-c`` command puts it first)."""
+    module, function = target.split(":")
+    code = f"import sys; del sys.path[0]; from {module} import {function}; {function}(sys.argv[1:])"
+    return [sys.executable, "-c", code, *args]
+
+
+class ChildError(RuntimeError):
+    """A :func:`child_python` command failed; its message holds the child's error output."""
+
+
+def _child_failed(what: str, returncode: int, stderr: bytes) -> Exception:
+    text = stderr.decode(errors="replace").strip()
+    last = text.splitlines()[-1] if text else f"exit status {returncode}"
+    if "ModuleNotFoundError" in last or "ImportError" in last:
+        return ImportError(f"{what}: {last}")
+    return ChildError(f"{what} failed: {last}")
+
+
 class Mp4Writer:
-    """H.264 video written through PyAV to a temporary file, renamed into place on close."""
+    """H.264 video (PyAV's libx264, yuv420p, MP4 with faststart) written to a temporary file,
+    renamed into place on close. Frames go as raw RGB bytes through a pipe to an encoder in a
+    child interpreter (:func:`child_python`), started at the first frame, so the calling
+    process never imports PyAV."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        import av
-
+        if importlib.util.find_spec("av") is None:
+            raise ImportError("writing MP4 needs PyAV (pip install av)")
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.stem}.partial.mp4")
-        # faststart: the index (moov) goes before the media data, so a browser can stream the file
-        self.container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.pix_fmt = "yuv420p"
+        self._rate = str(Fraction(fps).limit_denominator(1001))
         self._size: tuple[int, int] | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None
 
     def add(self, image: "Tensor") -> None:
         """Append an (H, W, 3) float [0, 1] frame (padded to even size, as yuv420p needs)."""
-        import av
-
         arr = (image.numpy().clip(0, 1) * 255 + 0.5).astype(np.uint8)
         h, w = arr.shape[:2]
         arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         if self._size is None:
             self._size = arr.shape[:2]
-            self.stream.height, self.stream.width = self._size
+            self._stderr = tempfile.TemporaryFile()
+            cmd = child_python("recon_core.io:encode_mp4_from_stdin", str(self._tmp), self._rate, str(self._size[1]), str(self._size[0]))
+            self._child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr)
         if arr.shape[:2] != self._size:
             return  # frames of another size cannot go into the same stream
-        frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
+        assert self._child is not None and self._child.stdin is not None
+        try:
+            self._child.stdin.write(np.ascontiguousarray(arr).tobytes())
+        except BrokenPipeError:
+            self._finish()  # raises with the encoder's error
+
+    def _finish(self) -> None:
+        assert self._child is not None
+        try:
+            if self._child.stdin is not None and not self._child.stdin.closed:
+                self._child.stdin.close()
+        except BrokenPipeError:
+            pass
+        returncode = self._child.wait()
+        self._stderr.seek(0)
+        stderr = self._stderr.read()
+        self._stderr.close()
+        self._child = None
+        if returncode != 0:
+            self._tmp.unlink(missing_ok=True)
+            raise _child_failed(f"encoding {self.path}", returncode, stderr)
 
     def close(self, keep: bool = True) -> None:
-        try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-        finally:
-            self.container.close()
+        if self._child is not None:
+            try:
+                self._finish()
+            except (ChildError, ImportError):
+                if keep:
+                    raise  # (not keeping: another error is on its way; the video is dropped anyway)
         if keep and self._size is not None:
             os.replace(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
+
+
+def encode_mp4_from_stdin(args: list[str]) -> None:
+    """The child of :class:`Mp4Writer`: ``args`` = path, frame rate, width, height; raw RGB24
+    frames of that size on stdin until it closes."""
+    import av
+
+    path, rate, width, height = args[0], Fraction(args[1]), int(args[2]), int(args[3])
+    # faststart: the index (moov) goes before the media data, so a browser can stream the file
+    container = av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"})
+    stream = container.add_stream("libx264", rate=rate)
+    stream.pix_fmt = "yuv420p"
+    stream.height, stream.width = height, width
+    size = width * height * 3
+    source = sys.stdin.buffer
+    try:
+        while True:
+            data = source.read(size)
+            if len(data) < size:
+                break
+            frame = av.VideoFrame.from_ndarray(np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()

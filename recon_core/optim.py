@@ -53,6 +53,7 @@ from .config import auto_or_number, option
 from .cpp_extension import declare_extension
 from .errors import InputError
 from .gaussians import GaussianRepresentation
+from .memory import release_memory
 from .strategies import StrategyConfig, make_strategy, max_gaussians_value
 
 __all__ = ["Adam", "GaussianOptimizer", "OptimConfig", "StrategyConfig", "EpochOrder", "TargetCache", "default_scene_scale", "scaled_steps",
@@ -427,10 +428,13 @@ class GaussianOptimizer:
         if self.strategy is None:
             return {}
         means_lr = self.optimizers["means"].param_groups[0]["lr"] if "means" in self.optimizers else 0.0
+        n = len(self.rep)
         report = self.strategy.step_post_backward(
             self.rep.splats, self.optimizers, self.state, step, {**info, "cameras": cameras},
             generator=self.generator, lr=means_lr,
         )
+        if len(self.rep) != n:
+            release_memory(collect=False)  # the replaced parameters' and moments' blocks (see recon_core.memory)
         return {k: v for k, v in (report or {}).items() if v}
 
     # ----------------------------------------------------------------------------- resume

@@ -24,7 +24,9 @@ from torch import Tensor
 from .budget import parse_budget
 from .components import Component, Encoder, Fixer, Loader, Refiner, Renderer, Representation, RunContext
 from .evaluate import evaluate_run
+from .io import ChildError
 from .logs import logger
+from .memory import release_memory
 from .refine import StopFlag, run_refiners
 from .registry import Registry
 from .resolve import load_data, open_data, resolve_device
@@ -70,22 +72,6 @@ def _reports_json(reports: list[dict[str, Any]]) -> dict[str, Any]:
             key = f"{entry['name']}#{n}"
         out[key] = _jsonable(entry["report"])
     return out
-
-
-def release_memory() -> None:
-    """Hand memory freed by a finished stage back to the operating system: collect reference
-    cycles, then (glibc) ``malloc_trim``, which returns the free parts of the heap that ``free``
-    keeps for reuse (autograd and densification free many small blocks; measured on ``object``,
-    20 MB of a training run's resident memory). Nothing changes for the program itself."""
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: its allocator does what it does
-        pass
 
 
 class Pipeline:
@@ -258,7 +244,7 @@ class Pipeline:
         self.run_dir.write_metrics(doc)
         try:
             plot_curves(read_scalars(scalars.path), self.run_dir.path / CURVES_FILE, eval_psnr=doc["metrics"].get("psnr"))
-        except ImportError as e:  # matplotlib is a dependency; a broken install should not lose the run
+        except (ImportError, ChildError) as e:  # matplotlib is a dependency; a broken install should not lose the run
             self.log(f"{CURVES_FILE} not drawn: {e}")
         with self._timed("export"):
             formats = spec.options.export if spec.options.export is not None else list(type(rep).export_formats[:1])

@@ -387,6 +387,24 @@ def test_knn_distances_matches_a_brute_force_reference() -> None:
     assert np.allclose(knn_distances(pts.double(), 5).numpy(), dist[:, 1:].mean(1), rtol=1e-12)
 
 
+def test_knn_distances_auto_is_brute_force_for_small_cpu_clouds_without_scipy() -> None:
+    """Up to KNN_BRUTE_MAX CPU points "auto" takes brute force in 8 MB chunks: the k-d tree's
+    distances exactly, and scipy (~30 MB resident once imported) is not imported."""
+    import subprocess
+    import sys
+
+    from recon_core.geometry import KNN_BRUTE_MAX
+
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(3000, 3, generator=g) * 5.0 - 20.0
+    assert len(pts) <= KNN_BRUTE_MAX
+    assert torch.equal(knn_distances(pts, 3), knn_distances(pts, 3, method="kdtree"))
+    code = ("import sys, torch; from recon_core.geometry import knn_distances; "
+            "knn_distances(torch.rand(2000, 3), 3); print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_knn_distances_few_points() -> None:
     two = torch.tensor([[0.0, 0, 0], [3.0, 4.0, 0]])
     assert torch.allclose(knn_distances(two, 3), torch.tensor([5.0, 5.0]))  # only one neighbour available

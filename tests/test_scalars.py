@@ -57,6 +57,48 @@ def test_tensorboard_events_hold_the_scalars(tmp_path):
     assert second == [(3, 10.0), (4, 11.0), (5, 12.0)]  # the second refiner continues the x axis
 
 
+def test_crc32c_known_answers():
+    from recon_core.scalars import crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert crc32c(b"") == 0 and crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4: 32 bytes of zeros
+
+
+def test_tensorboard_events_parse_with_tensorboards_own_reader(tmp_path):
+    """The hand-written records read back through tensorboard's TFRecord reader (it drops a
+    record whose CRC does not match) and protobuf's Event parser, float32 values and steps exact."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    from recon_core.scalars import EventFile
+
+    writer = EventFile(tmp_path, purge_step=7)
+    writer.add_scalars({"a/loss": 0.1, "a/psnr": 31.5}, 7)
+    writer.add_scalars({"a/loss": 1e-30}, -1)  # int64 below zero: ten-byte varint
+    writer.close()
+    events = [Event.FromString(record) for record in RawEventFileLoader(str(writer.path)).Load()]
+    assert [e.file_version for e in events[:1]] == ["brain.Event:2"] and events[1].session_log.status == 1
+    values = [(e.step, [(v.tag, v.simple_value) for v in e.summary.value]) for e in events[2:]]
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    assert values == [(7, [("a/loss", f32(0.1)), ("a/psnr", 31.5)]), (-1, [("a/loss", f32(1e-30))])]
+
+
+def test_tensorboard_resume_purges_the_steps_written_again(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with ScalarLog(tmp_path).open() as log:
+        for step in range(5):
+            log.write("r", 0, step, {"loss": float(step)})
+    with ScalarLog(tmp_path).open(resume_at=(0, 3)) as log:
+        for step in range(3, 5):
+            log.write("r", 0, step, {"loss": 100.0 + step})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("r/loss")] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 103.0), (4, 104.0)]
+
+
 def test_curves_png_is_drawn(tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image

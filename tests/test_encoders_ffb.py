@@ -142,15 +142,9 @@ def test_seed_stylemod_variant_normalises_a_shared_linear_map_per_point() -> Non
     assert not torch.allclose(a(x), b(x), atol=1e-3)
 
 
-class _NoExtension:
-    """Stands in for a compiled extension that could not be built: ``load()`` gives None."""
-
-    def load(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("active", [None, 3])
-def test_compiled_forward_without_gradients_matches_torch(active: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_forward_without_gradients_matches_torch(active: int | None, monkeypatch: pytest.MonkeyPatch,
+        missing_extension) -> None:  # noqa: ANN001
     """Without gradients (IDR's tracer) FFB runs ffb_cpu.cpp: the same outputs as the autograd forward
     within 1e-5, with coarse-to-fine levels too; the PyTorch path is used when it is missing."""
     from recon_plugins.encoders import ffb
@@ -170,6 +164,6 @@ def test_compiled_forward_without_gradients_matches_torch(active: int | None, mo
     assert (compiled - ref.detach()).abs().max() < 1e-5 and ref.abs().max() > 0.1
     with torch.inference_mode():
         assert (enc(x) - ref.detach()).abs().max() < 1e-5
-    monkeypatch.setattr(ffb, "FFB_EXTENSION", _NoExtension())
+    monkeypatch.setattr(ffb, "FFB_EXTENSION", missing_extension)
     with torch.no_grad():
         assert (enc(x) - ref.detach()).abs().max() < 1e-5

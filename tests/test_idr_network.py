@@ -131,15 +131,9 @@ def test_tanh_output_is_idr_rgb_range() -> None:
         RenderingNetwork(8, view_encoder=view, output="relu")
 
 
-class _NoExtension:
-    """Stands in for a compiled extension that could not be built: ``load()`` gives None."""
-
-    def load(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("case", ["small-fourier", "grid-hashgrid", "squash-beta10-no-weight-norm"])
-def test_compiled_sdf_inference_matches_the_torch_layers(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_sdf_inference_matches_the_torch_layers(case: str, monkeypatch: pytest.MonkeyPatch,
+        missing_extension) -> None:  # noqa: ANN001
     """The tracer's compiled SDF forward (idr_cpu.cpp: blocks, MKL products, its own vectorised
     Softplus) gives the autograd forward's SDF within 1e-5, and so does the PyTorch fallback."""
     from recon_plugins.idr import network
@@ -165,5 +159,5 @@ def test_compiled_sdf_inference_matches_the_torch_layers(case: str, monkeypatch:
     assert compiled.shape == (1000,) and not compiled.is_inference()
     assert (compiled - ref).abs().max() < 1e-5
     assert ref.abs().max() > 0.1 and ref.std() > 0.05  # a non-trivial field
-    monkeypatch.setattr(network, "IDR_EXTENSION", _NoExtension())
+    monkeypatch.setattr(network, "IDR_EXTENSION", missing_extension)
     assert (net.sdf_inference(x) - ref).abs().max() < 1e-5

@@ -156,15 +156,9 @@ def test_clamped_softplus_equals_softplus() -> None:
     assert (ours - ref).abs().max() < 3e-11 and (g1 - g2).abs().max() < 3e-9 and (h1 - h2).abs().max() < 1e-6
 
 
-class _NoExtension:
-    """Stands in for a compiled extension that could not be built: ``load()`` gives None."""
-
-    def load(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("back_off_iters", [1, 3])
-def test_compiled_sphere_tracing_equals_the_torch_loop(back_off_iters: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_sphere_tracing_equals_the_torch_loop(back_off_iters: int, monkeypatch: pytest.MonkeyPatch,
+        missing_extension) -> None:  # noqa: ANN001
     """The compiled loop (idr_cpu.cpp) returns the PyTorch loop's tensors bit for bit, with the same
     SDF calls (count and points), on a wavy SDF whose steps overshoot (back-off) and a network."""
     from recon_plugins.encoders import FourierEncoder
@@ -189,7 +183,7 @@ def test_compiled_sphere_tracing_equals_the_torch_loop(back_off_iters: int, monk
         results = {}
         for name in ("compiled", "torch"):
             if name == "torch":
-                monkeypatch.setattr(raytrace, "IDR_EXTENSION", _NoExtension())
+                monkeypatch.setattr(raytrace, "IDR_EXTENSION", missing_extension)
 
             def counted(x: torch.Tensor, name: str = name) -> torch.Tensor:
                 calls[name].append(x.clone())

@@ -187,12 +187,14 @@ std::vector<torch::Tensor> sphere_trace(py::object sdf, torch::Tensor o, torch::
                   far.sizes() == near.sizes(), "o, v [R, 3], near, far [R] expected");
   o = o.contiguous();
   v = v.contiguous();
+  near = near.contiguous();
+  far = far.contiguous();
   const int64_t R = o.size(0);
   const float thr = static_cast<float>(threshold);
   const float* op = o.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
-  std::vector<float> ts(near.contiguous().data_ptr<float>(), near.contiguous().data_ptr<float>() + R);
-  std::vector<float> te(far.contiguous().data_ptr<float>(), far.contiguous().data_ptr<float>() + R);
+  std::vector<float> ts(near.data_ptr<float>(), near.data_ptr<float>() + R);
+  std::vector<float> te(far.data_ptr<float>(), far.data_ptr<float>() + R);
   std::vector<uint8_t> act_s(R, 1), act_e(R, 1);
   std::vector<float> fs(R), fe(R), step_s(R), step_e(R);
   std::vector<std::vector<float>> seen_t, seen_f;

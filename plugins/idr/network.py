@@ -152,7 +152,8 @@ class ImplicitNetwork(nn.Module):
 
         The same values as :meth:`sdf` (tests/test_idr_network.py), cheaper: the last layer computes
         only its SDF row (not the ``feature_dim`` feature rows), activations are clamped in place and
-        no autograd state is recorded.
+        no autograd state is recorded. On float32 CPU points the layers run compiled (``idr_cpu.cpp``:
+        one call, a vectorised Softplus; within 1e-5 of :meth:`sdf`), else in PyTorch.
         """
         with torch.inference_mode():
             inp = self.embed(x)

@@ -185,3 +185,16 @@ def toy_scene(tmp_path: Path) -> Path:
 @pytest.fixture
 def toy_video(tmp_path: Path) -> Path:
     return write_toy_video(tmp_path / "video")
+
+
+class _MissingExtension:
+    """A compiled extension that could not be built: ``load()`` gives None (the PyTorch fallbacks run)."""
+
+    def load(self) -> None:
+        return None
+
+
+@pytest.fixture
+def missing_extension() -> _MissingExtension:
+    """Monkeypatch a module's declared extension with this to run its PyTorch fallback."""
+    return _MissingExtension()

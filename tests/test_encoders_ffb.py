@@ -140,3 +140,30 @@ def test_seed_stylemod_variant_normalises_a_shared_linear_map_per_point() -> Non
         out = out + torch.sin(c.w1 * net.heads[lvl](h))
     torch.testing.assert_close(b(x), out / c.n_levels, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a(x), b(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("active", [None, 3])
+def test_compiled_forward_without_gradients_matches_torch(active: int | None, monkeypatch: pytest.MonkeyPatch,
+        missing_extension) -> None:  # noqa: ANN001
+    """Without gradients (IDR's tracer) FFB runs ffb_cpu.cpp: the same outputs as the autograd forward
+    within 1e-5, with coarse-to-fine levels too; the PyTorch path is used when it is missing."""
+    from recon_plugins.encoders import ffb
+
+    if ffb.FFB_EXTENSION.load() is None:
+        pytest.skip("the compiled FFB kernel could not be built")
+    torch.manual_seed(0)
+    enc = FFBEncoder(FFBEncoder.Config(n_levels=4, log2_hashmap_size=12, max_resolution=64))
+    with torch.no_grad():
+        enc.net.grid.params.uniform_(-0.5, 0.5)  # trained-size grid features: the Fourier features matter
+    enc.active_levels = active
+    x = torch.rand(700, 3) * 2 - 1
+    ref = enc(x)
+    assert ref.requires_grad  # the autograd forward
+    with torch.no_grad():
+        compiled = enc(x)
+    assert (compiled - ref.detach()).abs().max() < 1e-5 and ref.abs().max() > 0.1
+    with torch.inference_mode():
+        assert (enc(x) - ref.detach()).abs().max() < 1e-5
+    monkeypatch.setattr(ffb, "FFB_EXTENSION", missing_extension)
+    with torch.no_grad():
+        assert (enc(x) - ref.detach()).abs().max() < 1e-5

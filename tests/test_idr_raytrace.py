@@ -154,3 +154,47 @@ def test_clamped_softplus_equals_softplus() -> None:
     (h1,) = torch.autograd.grad(g1.sum(), x)
     (h2,) = torch.autograd.grad(g2.sum(), x)
     assert (ours - ref).abs().max() < 3e-11 and (g1 - g2).abs().max() < 3e-9 and (h1 - h2).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("back_off_iters", [1, 3])
+def test_compiled_sphere_tracing_equals_the_torch_loop(back_off_iters: int, monkeypatch: pytest.MonkeyPatch,
+        missing_extension) -> None:  # noqa: ANN001
+    """The compiled loop (idr_cpu.cpp) returns the PyTorch loop's tensors bit for bit, with the same
+    SDF calls (count and points), on a wavy SDF whose steps overshoot (back-off) and a network."""
+    from recon_plugins.encoders import FourierEncoder
+    from recon_plugins.idr import raytrace
+    from recon_plugins.idr.network import ImplicitNetwork
+
+    if raytrace.IDR_EXTENSION.load() is None:
+        pytest.skip("the compiled IDR kernels could not be built")
+    c = torch.tensor([0.05, -0.1, 0.02])
+    wavy = lambda x: 1.6 * ((x - c).norm(dim=-1) - 0.45 + 0.03 * torch.sin(9 * x[:, 0]) * torch.cos(7 * x[:, 1]))  # noqa: E731
+    torch.manual_seed(0)
+    net = ImplicitNetwork(FourierEncoder(), width=64, n_layers=3, skip_in=(2,), feature_dim=8)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    o, v = camera_rays(500, spread=0.8)
+    near, far, ok = sphere_intersections(o, v, 1.0)
+    o, v, near, far = o[ok], v[ok], near[ok], far[ok]
+    s = TraceSettings(back_off_iters=back_off_iters, n_samples=32)
+    for sdf in (wavy, net.sdf_inference):
+        calls: dict[str, list[torch.Tensor]] = {"compiled": [], "torch": []}
+        results = {}
+        for name in ("compiled", "torch"):
+            if name == "torch":
+                monkeypatch.setattr(raytrace, "IDR_EXTENSION", missing_extension)
+
+            def counted(x: torch.Tensor, name: str = name) -> torch.Tensor:
+                calls[name].append(x.clone())
+                return sdf(x)
+
+            results[name] = raytrace._sphere_trace(counted, o, v, near, far, s)
+            monkeypatch.undo()
+        a, b = results["compiled"], results["torch"]
+        for x, y in zip((*a[:3], *a[3]), (*b[:3], *b[3])):
+            assert torch.equal(x, y)
+        assert len(calls["compiled"]) == len(calls["torch"]) > 3
+        assert all(torch.equal(x, y) for x, y in zip(calls["compiled"], calls["torch"]))
+        assert a[2].sum() > 50  # some rays converged
+    assert any(len(x) < 2 * len(o) for x in calls["torch"][1:])  # only unfinished rays are evaluated

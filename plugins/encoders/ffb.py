@@ -31,14 +31,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon_core import Encoder, option
+from recon_core.cpp_extension import declare_extension
 
 from .hashgrid import HashGridEncoder
+
+# -fno-trapping-math lets the sine loops vectorise; FMA contraction only changes roundings (parity
+# with the PyTorch forward: tests/test_encoders_ffb.py)
+FFB_EXTENSION = declare_extension("recon_ffb_cpu", [Path(__file__).with_name("ffb_cpu.cpp")],
+                                  ("-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast"))
+"""FFB's forward without gradients, compiled (``ffb_cpu.cpp``): what the IDR sphere tracer evaluates."""
 
 __all__ = ["FFBConfig", "FFBStyleModConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]
 
@@ -136,6 +144,12 @@ class FourierFilterBank(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.c
+        if self.style_modulation is None and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32:
+            ext = FFB_EXTENSION.load()
+            if ext is not None:  # no gradients wanted (IDR's tracer): one compiled pass after the grid's kernel
+                return ext.ffb_forward(x, self.grid(x), self.fourier_maps, [lin.weight for lin in self.backbone],
+                                       [lin.bias for lin in self.backbone], [lin.weight for lin in self.heads],
+                                       [lin.bias for lin in self.heads], c.w0, c.w1, c.bound)
         emb = self.level_embeddings(x)
         h = torch.sin(c.w0 * self.backbone[0](x / c.bound))
         out = 0.0

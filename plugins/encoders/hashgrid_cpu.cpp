@@ -7,6 +7,7 @@
 // Only the first n_active levels are evaluated; the others output zeros (coarse-to-fine).
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -24,6 +25,7 @@ struct Level {
   float scale;
   int64_t res, size, offset;
   bool dense;
+  bool pow2;  // size is a power of two (< 2^32): h % size == h & (size - 1)
 };
 
 std::vector<Level> make_levels(const std::vector<double>& scales, const std::vector<int64_t>& res,
@@ -34,7 +36,8 @@ std::vector<Level> make_levels(const std::vector<double>& scales, const std::vec
               "hash grid layout lists must have one entry per level");
   std::vector<Level> out(scales.size());
   for (size_t l = 0; l < scales.size(); ++l)
-    out[l] = {static_cast<float>(scales[l]), res[l], sizes[l], offsets[l], dense[l]};
+    out[l] = {static_cast<float>(scales[l]), res[l], sizes[l], offsets[l], dense[l],
+              sizes[l] > 0 && sizes[l] <= (int64_t{1} << 32) && (sizes[l] & (sizes[l] - 1)) == 0};
   return out;
 }
 
@@ -73,7 +76,11 @@ inline void cell(const float* u, int D, const Level& lv, bool want_dw, Cell& out
       h ^= static_cast<uint32_t>(v) * kPrimes[d];
       w *= bit ? frac[d] : 1.f - frac[d];
     }
-    const int64_t idx = lv.dense ? floor_mod(dense_idx, lv.size) : static_cast<int64_t>(h) % lv.size;
+    // (a 64-bit division per corner was a measurable part of the lookup: skip it where it is a no-op
+    // or a mask; same rows)
+    const int64_t idx = lv.dense ? (dense_idx >= 0 && dense_idx < lv.size ? dense_idx : floor_mod(dense_idx, lv.size))
+                                 : (lv.pow2 ? static_cast<int64_t>(h & static_cast<uint32_t>(lv.size - 1))
+                                            : static_cast<int64_t>(h) % lv.size);
     out.row[c] = idx + lv.offset;
     out.w[c] = w;
     if (want_dw) {
@@ -124,15 +131,22 @@ torch::Tensor hashgrid_forward(torch::Tensor u, torch::Tensor table, std::vector
   const float* tp = table.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int C = 1 << D;
-#pragma omp parallel for schedule(dynamic, 256) num_threads(n_threads())
-  for (int64_t i = 0; i < N; ++i) {
+  // Level by level over blocks of points: one level's rows (2^T x F floats, 256 KB at the CPU
+  // sizes) stay in the cache while a block is looked up, instead of all levels' per point.
+  constexpr int64_t kPoints = 2048;
+  const int64_t n_blocks = (N + kPoints - 1) / kPoints;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads())
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
     Cell cl;
+    const int64_t end = std::min(N, (blk + 1) * kPoints);
     for (int64_t l = 0; l < A; ++l) {
-      cell(up + i * D, D, levels[l], false, cl);
-      float* o = op + i * L * F + l * F;
-      for (int c = 0; c < C; ++c) {
-        const float* t = tp + cl.row[c] * F;
-        for (int64_t f = 0; f < F; ++f) o[f] += cl.w[c] * t[f];
+      for (int64_t i = blk * kPoints; i < end; ++i) {
+        cell(up + i * D, D, levels[l], false, cl);
+        float* o = op + i * L * F + l * F;
+        for (int c = 0; c < C; ++c) {
+          const float* t = tp + cl.row[c] * F;
+          for (int64_t f = 0; f < F; ++f) o[f] += cl.w[c] * t[f];
+        }
       }
     }
   }

@@ -38,14 +38,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon_core import Encoder, option
-from recon_core.cpp_extension import declare_extension
+from recon_core.cpp_extension import DEFAULT_CFLAGS, declare_extension
 
 from .hashgrid import HashGridEncoder
 
 # -fno-trapping-math lets the sine loops vectorise; FMA contraction only changes roundings (parity
 # with the PyTorch forward: tests/test_encoders_ffb.py)
 FFB_EXTENSION = declare_extension("recon_ffb_cpu", [Path(__file__).with_name("ffb_cpu.cpp")],
-                                  ("-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast"))
+                                  (*DEFAULT_CFLAGS, "-fno-trapping-math", "-ffp-contract=fast"))
 """FFB's forward without gradients, compiled (``ffb_cpu.cpp``): what the IDR sphere tracer evaluates."""
 
 __all__ = ["FFBConfig", "FFBStyleModConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]

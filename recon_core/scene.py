@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .cameras import Cameras
 
-__all__ = ["Lazy", "View", "Scene", "PointCloud", "Bounds", "Video", "Split"]
+__all__ = ["Lazy", "View", "Scene", "PointCloud", "Bounds", "Video", "Split", "CompositedImage", "CompactImage", "composite8"]
 
 Split = Literal["train", "val", "test"]
 Lazy = Union[Tensor, Callable[[], Tensor], None]
@@ -42,6 +43,70 @@ class _LazyField:
 
     def __set__(self, obj: object, value: Lazy) -> None:
         setattr(obj, self.slot, value)
+
+
+def composite8(pixels: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
+    """8-bit RGB or RGBA pixels (H, W, 3 | 4) uint8 → (RGB float32 (H, W, 3) composited on
+    ``background`` (3,), alpha float32 (H, W) or None), in [0, 1]: ``x / 255`` then
+    ``rgb a + background (1 - a)`` in float32, the arithmetic of the loaders' readers, so the
+    same floats (numpy: small element-wise torch ops pay a thread start-up on a loaded machine)."""
+    p = pixels.numpy()
+    unit = p.astype(np.float32) / 255.0
+    rgb = np.ascontiguousarray(unit[..., :3])
+    if p.shape[-1] == 3:
+        return torch.from_numpy(rgb), None
+    a = np.ascontiguousarray(unit[..., 3])
+    bg = background.detach().cpu().numpy().astype(np.float32)
+    return torch.from_numpy((rgb * a[..., None] + bg * (1.0 - a[..., None])).astype(np.float32, copy=False)), torch.from_numpy(a)
+
+
+class CompositedImage:
+    """A lazy ``View.image`` (see :data:`Lazy`) that is an image file composited on ``background``.
+
+    Calling it reads the image (``read``). ``read8`` gives the file's own 8-bit pixels (H, W, 3
+    or 4) uint8 when ``read()`` and the view's alpha are exactly :func:`composite8` of them on
+    ``background`` (no resize, undistortion or other bit depth), else None: what lets
+    :class:`CompactImage` keep a training target in 4 bytes a pixel instead of 12.
+    """
+
+    def __init__(self, read: Callable[[], Tensor], background: Tensor, read8: Callable[[], Tensor | None] | None = None) -> None:
+        self.read, self.background, self.read8 = read, background.detach().cpu().float().contiguous(), read8
+
+    def __call__(self) -> Tensor:
+        return self.read()
+
+
+def _clear_colour(image: Tensor, a: Tensor, background: Tensor) -> Tensor:
+    """The colour an alpha image is on: the median of its fully transparent pixels (else ``background``)."""
+    clear = image[a[..., 0] < 1.0 / 255.0]
+    return clear.median(dim=0).values if len(clear) else background
+
+
+def _replace_background(image: Tensor, a: Tensor, current: Tensor, background: Tensor) -> Tensor:
+    """``image`` (on ``current``, coverage ``a`` (H, W, 1)) re-composited onto ``background``."""
+    return (image + (background - current) * (1.0 - a)).clamp(0.0, 1.0)
+
+
+class CompactImage:
+    """``View.image_on(background)`` of a view read from 8-bit pixels, kept as those pixels (the
+    loader's :class:`CompositedImage`) and remade by :meth:`image` with the same operations, so
+    bit for bit the same tensor; made by :meth:`View.compact_image_on`."""
+
+    def __init__(self, pixels: Tensor, loaded_on: Tensor, background: Tensor) -> None:
+        self.pixels, self.loaded_on, self.background = pixels, loaded_on, background.detach().cpu().float().contiguous()
+        image, alpha = composite8(pixels, loaded_on)
+        self.current = None if alpha is None else _clear_colour(image, alpha[..., None], self.background)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel() * self.pixels.element_size()
+
+    def image(self) -> Tensor:
+        """The target: (H, W, 3) float32."""
+        image, alpha = composite8(self.pixels, self.loaded_on)
+        if alpha is None or self.current is None:
+            return image
+        return _replace_background(image, alpha[..., None], self.current, self.background)
 
 
 class View:
@@ -123,12 +188,25 @@ class View:
         bg = background.to(image)
         if self.has("alpha"):
             a = self.alpha.float()[..., None]
-            clear = image[a[..., 0] < 1.0 / 255.0]
-            current = clear.median(dim=0).values if len(clear) else bg
-            return (image + (bg - current) * (1.0 - a)).clamp(0.0, 1.0)
+            return _replace_background(image, a, _clear_colour(image, a, bg), bg)
         if self.has("object_mask"):
             return torch.where(self.object_mask.to(torch.bool)[..., None], image, bg)
         return image
+
+    def compact_image_on(self, background: Tensor) -> CompactImage | None:
+        """:meth:`image_on` as a :class:`CompactImage` (the 8-bit pixels, remade on demand) when
+        the loader can give them (its ``image`` is a :class:`CompositedImage` with 8-bit pixels;
+        with alpha, or with neither alpha nor an object mask), else None. Callers that keep it
+        compare ``image()`` with :meth:`image_on` once (:class:`recon_core.optim.TargetCache` does)."""
+        source = self._image  # type: ignore[attr-defined]
+        if not isinstance(source, CompositedImage) or source.read8 is None:
+            return None
+        if not self.has("alpha") and self.has("object_mask"):
+            return None
+        pixels = source.read8()
+        if pixels is None or pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[-1] != (4 if self.has("alpha") else 3):
+            return None
+        return CompactImage(pixels, source.background, background.float())
 
     def __repr__(self) -> str:
         return f"View({self.name!r}, {self.width}x{self.height}, split={self.split!r})"

@@ -11,6 +11,8 @@ from loaders_support import gradient_image, ring_poses, write_ply, write_png
 
 from recon_core import Cameras, InputError
 from recon_plugins.loaders import register_loaders
+from recon_core.optim import TargetCache
+from recon_core.scene import CompactImage
 from recon_plugins.loaders.common import FrameSpec, bounds_from_points, build_views, read_ply_points
 
 K = np.array([[10.0, 0.0, 8.0], [0.0, 10.0, 6.0], [0.0, 0.0, 1.0]])
@@ -150,3 +152,40 @@ def test_ply_points_with_a_list_colour_property_is_an_input_error(tmp_path: Path
     path.write_bytes(header + row * 2)
     with pytest.raises(InputError, match="colours are not numeric"):
         read_ply_points(path)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_compact_training_targets_are_bit_identical_to_image_on(tmp_path: Path, monkeypatch, kernel: bool) -> None:  # noqa: ANN001
+    """TargetCache keeps 8-bit RGBA / RGB views as their pixels and re-composites them (compiled
+    kernel or numpy) into exactly View.image_on's floats; other views keep the float target."""
+    import recon_core.optim as optim
+
+    if not kernel:
+        monkeypatch.setattr(optim, "_adam_kernel", lambda: None)
+    rng = np.random.default_rng(0)
+    fs = []
+    for i, channels in enumerate((4, 4, 3)):
+        px = rng.integers(0, 256, (12, 16, channels), dtype=np.uint8)
+        if channels == 4:
+            px[:3, :, 3] = 0  # fully clear pixels: image_on replaces their median colour
+            px[3:5, :, 3] = rng.integers(1, 4, (2, 16))  # barely covered ones
+        fs.append(FrameSpec(name=str(i), image=write_png(tmp_path / f"{i}.png", px), K=K, c2w=ring_poses(3)[i]))
+    loaded_on = torch.tensor([0.25, 0.5, 0.125])
+    for background in (torch.tensor([0.613, 0.0101, 0.3984]), torch.ones(3), torch.zeros(3)):
+        views = build_views(fs, background=loaded_on)
+        cache = TargetCache(background, torch.device("cpu"))
+        for v in views:
+            expected = v.image_on(background)
+            assert torch.equal(_bits(cache(v)), _bits(expected))  # first call: image_on itself
+            assert isinstance(cache._cache[v.name], CompactImage)
+            assert torch.equal(_bits(cache(v)), _bits(expected))  # then re-composited from 8-bit pixels
+        assert cache._bytes == 12 * 16 * (4 + 4 + 3)  # against 3 * 12 * 16 * 12 bytes as floats
+    # resized views are not their files' pixels: the float target is kept, still image_on's
+    views = build_views(fs[:1], background=loaded_on, downscale=2.0)
+    cache = TargetCache(torch.ones(3), torch.device("cpu"))
+    assert torch.equal(_bits(cache(views[0])), _bits(views[0].image_on(torch.ones(3))))
+    assert isinstance(cache._cache[views[0].name], torch.Tensor) and views[0].compact_image_on(torch.ones(3)) is None

@@ -53,6 +53,7 @@ def train(rep: Blobs, strategy: StrategyConfig, steps: int, target: torch.Tensor
         engine.before_backward(step, out.info)
         loss = (out.rgb[0] - target).abs().mean() + engine.regularisation()
         engine.step(loss, step, out.info, cam)
+        assert all(p.grad is None for p in rep.splats.values())  # dropped once used: not held through the next render
         counts.append(len(rep))
     return engine, counts
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from recon_core import Bounds, Cameras, InputError, PointCloud, View, check_rigid
-from recon_core.scene import Split
+from recon_core.scene import CompositedImage, Split
 
 from . import imageio, undistort
 from .imageio import Size
@@ -146,12 +146,21 @@ def _decode_rgb_alpha(path: Path, size: Size, exif: bool, undistortion: Undistor
     return rgb, alpha
 
 
-def _image_reader(path: Path, size: Size, background: Tensor, exif: bool, und: Undistortion | None) -> Callable[[], Tensor]:
+def _image_reader(path: Path, size: Size, background: Tensor, exif: bool, und: Undistortion | None) -> CompositedImage:
     def read() -> Tensor:
         rgb, alpha = _decode_rgb_alpha(path, size, exif, und)
         return imageio.composite(rgb, alpha, background)  # a new tensor: the cache stays intact
 
-    return read
+    def read8() -> Tensor | None:
+        """The file's 8-bit RGB(A) pixels when ``read`` composites exactly them (see CompositedImage)."""
+        if und is not None:
+            return None
+        arr, _ = imageio.read_pixels(path, exif)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] not in (3, 4) or tuple(arr.shape[:2]) != tuple(size):
+            return None
+        return torch.from_numpy(np.array(arr, order="C"))  # a copy: PIL's buffer is read-only
+
+    return CompositedImage(read, background, read8)
 
 
 def _alpha_reader(path: Path, size: Size, exif: bool, und: Undistortion | None) -> Callable[[], Tensor]:

@@ -114,8 +114,11 @@ void adam_step(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg, at:
   for (const at::Tensor* t : {&param, &exp_avg, &exp_avg_sq}) t->unsafeGetTensorImpl()->bump_version();
 }
 
+void register_targets(pybind11::module& m);  // targets_cpu.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "recon_core fused CPU optimiser steps";
+  m.doc() = "recon_core fused CPU optimiser steps and compact training targets";
+  register_targets(m);
   m.def("adam_step", &adam_step, "one Adam step in place (param, grad, exp_avg, exp_avg_sq, 1 - beta1, beta2, "
         "1 - beta2, sqrt(1 - beta2^step), eps, -lr / (1 - beta1^step))");
 }

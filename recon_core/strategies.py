@@ -103,20 +103,38 @@ def _update(
     moment_fn: Callable[[str, Tensor], Tensor],
     names: tuple[str, ...] | None = None,
 ) -> None:
-    """Replace each parameter (all, or ``names``) by ``param_fn(name, p)`` and its Adam moments by ``moment_fn``."""
+    """Replace each parameter (all, or ``names``) by ``param_fn(name, p)`` and its Adam moments by ``moment_fn``.
+
+    Each old tensor is let go as soon as its replacement exists (one parameter or moment at a
+    time, not all of an entry's at once): densification is where training's memory peaks."""
     for name in list(params) if names is None else names:
         old = params[name]
-        new = nn.Parameter(param_fn(name, old.detach()), requires_grad=old.requires_grad)
         opt = optimizers.get(name)
-        if opt is not None:
-            st = opt.state.pop(old, {})
-            for key, value in list(st.items()):
-                if key != "step" and isinstance(value, Tensor) and value.shape == old.shape:
-                    st[key] = moment_fn(name, value)
-            opt.param_groups[0]["params"] = [new]
-            if st:
-                opt.state[new] = st
+        st = opt.state.pop(old, {}) if opt is not None else {}
+        new = nn.Parameter(param_fn(name, old.detach()), requires_grad=old.requires_grad)
         params[name] = new
+        if opt is not None:
+            opt.param_groups[0]["params"] = [new]
+        shape = old.shape
+        del old
+        for key in list(st):
+            if key != "step" and isinstance(st[key], Tensor) and st[key].shape == shape:
+                st[key] = moment_fn(name, st[key])
+        if opt is not None and st:
+            opt.state[new] = st
+
+
+def _rows(p: Tensor, index: Tensor, tail: Tensor | int) -> Tensor:
+    """``torch.cat([p[index], tail])`` (``tail`` an int: that many zero rows) written into one new
+    tensor, without the intermediate ``p[index]`` (the same values: both are copies)."""
+    n = len(index)
+    out = p.new_empty((n + (tail if isinstance(tail, int) else len(tail)), *p.shape[1:]))
+    torch.index_select(p, 0, index, out=out[:n])
+    if isinstance(tail, int):
+        out[n:].zero_()
+    else:
+        out[n:] = tail
+    return out
 
 
 def _grow_state(state: dict[str, Any], fn: Callable[[Tensor], Tensor]) -> None:
@@ -159,9 +177,9 @@ def split(params: Params, optimizers: Optimizers, state: dict[str, Any], mask: T
             new = torch.log(scales / 1.6).repeat(2, 1)
         else:
             new = p[sel].repeat(2, *([1] * (p.dim() - 1)))
-        return torch.cat([p[rest], new])
+        return _rows(p, rest, new)
 
-    _update(params, optimizers, param_fn, lambda name, v: torch.cat([v[rest], v.new_zeros((2 * len(sel), *v.shape[1:]))]))
+    _update(params, optimizers, param_fn, lambda name, v: _rows(v, rest, 2 * len(sel)))
     _grow_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.dim() - 1)))]))
 
 

@@ -106,7 +106,7 @@ torch::Tensor sdf_mlp(torch::Tensor inp, std::vector<torch::Tensor> weights, std
     const int64_t in_i = width + (skip[i] ? d_in : 0);
     TORCH_CHECK(weights[i].dim() == 2 && weights[i].size(1) == in_i, "layer ", i, " expects ", in_i, " inputs");
     TORCH_CHECK(biases[i].numel() == weights[i].size(0), "layer ", i, ": bias size");
-    wt[i] = weights[i].t().contiguous();  // [in, out]
+    wt[i] = weights[i].contiguous().t();  // [in, out], a transposed view: MKL reads it as is (no copy per call)
     bs[i] = biases[i].reshape({-1}).contiguous();
     width = weights[i].size(0);
     if (skip[i]) bufs[i] = torch::empty({kBlock, in_i}, inp.options());  // the concatenated input

@@ -1,5 +1,6 @@
 // IDR's sphere tracing on the CPU: the SDF network's inference forward and the bidirectional
-// sphere-tracing loop (recon_plugins.idr.raytrace).
+// sphere-tracing loop (recon_plugins.idr.raytrace); and the training graph's activation
+// (softplus_train / softplus_grad, below: network._CompiledSoftplus).
 //
 // sdf_mlp:
 // Same computation as recon_plugins.idr.network.ImplicitNetwork.sdf_inference: given the embedded

@@ -48,6 +48,23 @@ inline float exp_neg(float z) {
   return p * scale;
 }
 
+// log1p(e) for e in [0, 1] as 2 atanh(e / (2 + e)), an odd series in s = e / (2 + e) <= 1/3 (terms to
+// s^15: < 1e-9); s^2 is floored at 1e-20 (see softplus_inplace).
+inline float log1p_small(float e) {
+  const float s = e / (2.f + e);
+  const float s2r = s * s;
+  const float s2 = s2r > 1e-20f ? s2r : 1e-20f;
+  float q = 1.f / 15;
+  q = std::fma(q, s2, 1.f / 13);
+  q = std::fma(q, s2, 1.f / 11);
+  q = std::fma(q, s2, 1.f / 9);
+  q = std::fma(q, s2, 1.f / 7);
+  q = std::fma(q, s2, 1.f / 5);
+  q = std::fma(q, s2, 1.f / 3);
+  q = std::fma(q, s2, 1.f);
+  return 2.f * s * q;
+}
+
 // In place: x <- softplus_beta(max(x, -20/beta)) = max(x, 0) + log1p(exp(-beta |x|)) / beta, with
 // log1p(e) = 2 atanh(e / (2 + e)) as an odd series in s = e / (2 + e) <= 1/3 (terms to s^15: < 1e-9).
 // Beyond beta |x| = 30 the correction (< 1e-13 / beta) is dropped. Written with selects instead of
@@ -62,18 +79,7 @@ inline void softplus_inplace(float* x, int64_t n, float beta) {
     const float v = xi > floor_v ? xi : floor_v;
     const float z = std::fabs(v) * beta;
     const float e = exp_neg(z < 30.f ? z : 30.f);
-    const float s = e / (2.f + e);
-    const float s2r = s * s;
-    const float s2 = s2r > 1e-20f ? s2r : 1e-20f;
-    float q = 1.f / 15;
-    q = std::fma(q, s2, 1.f / 13);
-    q = std::fma(q, s2, 1.f / 11);
-    q = std::fma(q, s2, 1.f / 9);
-    q = std::fma(q, s2, 1.f / 7);
-    q = std::fma(q, s2, 1.f / 5);
-    q = std::fma(q, s2, 1.f / 3);
-    q = std::fma(q, s2, 1.f);
-    const float l = 2.f * s * q;
+    const float l = log1p_small(e);
     x[i] = (v > 0.f ? v : 0.f) + l * inv_beta;
   }
 }
@@ -337,18 +343,7 @@ std::vector<torch::Tensor> softplus_train(torch::Tensor z, double beta) {
       const float v = pass ? zi : floor_v;
       const float a = std::fabs(v) * fb;
       const float e = exp_neg(a < 30.f ? a : 30.f);
-      const float s = e / (2.f + e);
-      const float s2r = s * s;
-      const float s2 = s2r > 1e-20f ? s2r : 1e-20f;
-      float q = 1.f / 15;
-      q = std::fma(q, s2, 1.f / 13);
-      q = std::fma(q, s2, 1.f / 11);
-      q = std::fma(q, s2, 1.f / 9);
-      q = std::fma(q, s2, 1.f / 7);
-      q = std::fma(q, s2, 1.f / 5);
-      q = std::fma(q, s2, 1.f / 3);
-      q = std::fma(q, s2, 1.f);
-      yp[i] = (v > 0.f ? v : 0.f) + 2.f * s * q * inv_beta;
+      yp[i] = (v > 0.f ? v : 0.f) + log1p_small(e) * inv_beta;
       const float r = 1.f / (1.f + e);
       const float sig = v >= 0.f ? r : e * r;
       dp[i] = pass ? sig : 0.f;

@@ -232,3 +232,35 @@ def test_active_levels_zero_the_finer_levels() -> None:
 def test_table_parameters_declare_the_hash_table() -> None:
     enc = HashGridEncoder(HashGridEncoder.Config(n_levels=2, log2_hashmap_size=8, max_resolution=32, backend="torch"))
     assert enc.table_parameters() == [enc.params] and enc.table_lr == 1e-2
+
+
+def test_gradient_wrt_points_skips_the_table_sized_table_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """∇ₓ with create_graph (IDR's eikonal loss) does not build the table gradient it would discard;
+    a later backward still gives the table the same gradient as the PyTorch twin."""
+    from recon_plugins.encoders import _cpp, hashgrid
+
+    if _cpp.extension() is None:
+        pytest.skip("the compiled hash-grid kernel could not be built")
+    calls = []
+    original = hashgrid._CompiledGradTable.apply
+    monkeypatch.setattr(hashgrid._CompiledGradTable, "apply", lambda *a: (calls.append(1), original(*a))[1])
+    torch.manual_seed(0)
+    enc = HashGridEncoder(HashGridEncoder.Config(n_levels=4, log2_hashmap_size=10, max_resolution=64, init_scale=0.3))
+    x = torch.rand(200, 3) * 2 - 1
+    w = torch.randn(200, enc.out_dim)
+
+    def table_grad(encode) -> torch.Tensor:  # noqa: ANN001
+        enc.params.grad = None
+        xr = x.clone().requires_grad_()
+        y = (encode(xr) * w).sum()
+        (g,) = torch.autograd.grad(y, xr, create_graph=True)
+        (y + (g * g).sum()).backward()
+        return enc.params.grad.clone()
+
+    compiled = table_grad(enc)
+    assert calls == []
+    u = lambda xr: hashgrid._hash_grid_encode(enc.normalise(xr), enc.params.view(-1, 2), enc.layout)  # noqa: E731
+    reference = table_grad(u)
+    assert (compiled - reference).abs().max() < 1e-5 * (1 + reference.abs().max())
+    (g_t,) = torch.autograd.grad((enc(x) * w).sum(), enc.params, create_graph=True)  # asked for: computed
+    assert calls == [1] and g_t.abs().max() > 0

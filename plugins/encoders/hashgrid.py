@@ -129,6 +129,15 @@ def _layout_args(layout: HashGridLayout) -> tuple:
     return (list(layout.scales), list(layout.resolutions), list(layout.sizes), list(layout.offsets), list(layout.dense))
 
 
+def _engine_will_use(t: Tensor) -> bool:
+    """Inside a backward: whether the running autograd pass will use a gradient for ``t``
+    (``ctx.needs_input_grad`` only says that ``t`` requires grad). True when it cannot tell."""
+    try:
+        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
+    except (AttributeError, RuntimeError):
+        return True
+
+
 class _CompiledGradU(torch.autograd.Function):
     """∂(encoding)/∂u contracted with ``grad_out`` (the first-order backward), differentiable once
     more in C++ (``double_backward``): what IDR's eikonal loss and normals differentiate."""
@@ -191,6 +200,9 @@ class _CompiledHashGrid(torch.autograd.Function):
         u, table = ctx.saved_tensors
         need_u, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # double backward requested: twice-differentiable compiled ops
+            # ∇ₓ of IDR's eikonal loss and normals (autograd.grad w.r.t. the points) does not use the
+            # table-sized table gradient: skip it when the engine will not run the table's node
+            need_table = need_table and _engine_will_use(table)
             g_u = _CompiledGradU.apply(grad_out, u, table, ctx.layout, ctx.n_active) if need_u else None
             g_t = _CompiledGradTable.apply(grad_out, u, table, ctx.layout, ctx.n_active) if need_table else None
             return g_u, g_t, None, None

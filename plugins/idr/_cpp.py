@@ -1,9 +1,10 @@
 """The IDR plugin's compiled CPU kernels (``idr_cpu.cpp``): the SDF network's inference forward
-(:meth:`.network.ImplicitNetwork.sdf_inference`) and the sphere-tracing loop (:mod:`.raytrace`).
+(:meth:`.network.ImplicitNetwork.sdf_inference`), the sphere-tracing loop (:mod:`.raytrace`) and the
+training activation (:class:`.network._CompiledSoftplus`).
 
 Built on first use (``recon doctor --build`` builds it ahead); ``IDR_EXTENSION.load()`` returns
 ``None`` (one warning naming the reason; silently with ``RECON_NO_CPP=1``) when it cannot be built,
-and both callers then run their PyTorch code, which gives the same results (tests).
+and the callers then run their PyTorch code, which gives the same results (tests).
 """
 
 from __future__ import annotations

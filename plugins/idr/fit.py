@@ -47,6 +47,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import Tensor
 
 from recon_core import InputError, RunContext, Refiner, Representation, Scene, Video, option
+from recon_core.memory import keep_freed_memory
 
 from .raytrace import TraceResult, surface_points
 from .representation import IDRRepresentation, pixel_rays
@@ -175,6 +176,8 @@ class IDRFit(Refiner):
         self.lr_milestones = sorted(c.lr_milestones if c.lr_milestones is not None
                                     else encoder.lr_milestones or self.IDR_LR_MILESTONES)
         self.generator = torch.Generator(device="cpu").manual_seed(int(ctx.seed))
+        if dev.type == "cpu":  # every step frees and reallocates table-sized gradients: keep them in the heap
+            keep_freed_memory()
 
     DEFAULT_STEPS = 20000
     BUDGET_STEPS = 100000

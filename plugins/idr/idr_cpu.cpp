@@ -1,5 +1,6 @@
 // IDR's sphere tracing on the CPU: the SDF network's inference forward and the bidirectional
-// sphere-tracing loop (recon_plugins.idr.raytrace).
+// sphere-tracing loop (recon_plugins.idr.raytrace); and the training graph's activation
+// (softplus_train / softplus_grad, below: network._CompiledSoftplus).
 //
 // sdf_mlp:
 // Same computation as recon_plugins.idr.network.ImplicitNetwork.sdf_inference: given the embedded
@@ -47,6 +48,23 @@ inline float exp_neg(float z) {
   return p * scale;
 }
 
+// log1p(e) for e in [0, 1] as 2 atanh(e / (2 + e)), an odd series in s = e / (2 + e) <= 1/3 (terms to
+// s^15: < 1e-9); s^2 is floored at 1e-20 (see softplus_inplace).
+inline float log1p_small(float e) {
+  const float s = e / (2.f + e);
+  const float s2r = s * s;
+  const float s2 = s2r > 1e-20f ? s2r : 1e-20f;
+  float q = 1.f / 15;
+  q = std::fma(q, s2, 1.f / 13);
+  q = std::fma(q, s2, 1.f / 11);
+  q = std::fma(q, s2, 1.f / 9);
+  q = std::fma(q, s2, 1.f / 7);
+  q = std::fma(q, s2, 1.f / 5);
+  q = std::fma(q, s2, 1.f / 3);
+  q = std::fma(q, s2, 1.f);
+  return 2.f * s * q;
+}
+
 // In place: x <- softplus_beta(max(x, -20/beta)) = max(x, 0) + log1p(exp(-beta |x|)) / beta, with
 // log1p(e) = 2 atanh(e / (2 + e)) as an odd series in s = e / (2 + e) <= 1/3 (terms to s^15: < 1e-9).
 // Beyond beta |x| = 30 the correction (< 1e-13 / beta) is dropped. Written with selects instead of
@@ -61,18 +79,7 @@ inline void softplus_inplace(float* x, int64_t n, float beta) {
     const float v = xi > floor_v ? xi : floor_v;
     const float z = std::fabs(v) * beta;
     const float e = exp_neg(z < 30.f ? z : 30.f);
-    const float s = e / (2.f + e);
-    const float s2r = s * s;
-    const float s2 = s2r > 1e-20f ? s2r : 1e-20f;
-    float q = 1.f / 15;
-    q = std::fma(q, s2, 1.f / 13);
-    q = std::fma(q, s2, 1.f / 11);
-    q = std::fma(q, s2, 1.f / 9);
-    q = std::fma(q, s2, 1.f / 7);
-    q = std::fma(q, s2, 1.f / 5);
-    q = std::fma(q, s2, 1.f / 3);
-    q = std::fma(q, s2, 1.f);
-    const float l = 2.f * s * q;
+    const float l = log1p_small(e);
     x[i] = (v > 0.f ? v : 0.f) + l * inv_beta;
   }
 }
@@ -106,7 +113,7 @@ torch::Tensor sdf_mlp(torch::Tensor inp, std::vector<torch::Tensor> weights, std
     const int64_t in_i = width + (skip[i] ? d_in : 0);
     TORCH_CHECK(weights[i].dim() == 2 && weights[i].size(1) == in_i, "layer ", i, " expects ", in_i, " inputs");
     TORCH_CHECK(biases[i].numel() == weights[i].size(0), "layer ", i, ": bias size");
-    wt[i] = weights[i].t().contiguous();  // [in, out]
+    wt[i] = weights[i].contiguous().t();  // [in, out], a transposed view: MKL reads it as is (no copy per call)
     bs[i] = biases[i].reshape({-1}).contiguous();
     width = weights[i].size(0);
     if (skip[i]) bufs[i] = torch::empty({kBlock, in_i}, inp.options());  // the concatenated input
@@ -296,7 +303,87 @@ std::vector<torch::Tensor> sphere_trace(py::object sdf, torch::Tensor o, torch::
   return {t_start, t_end, conv, vt, vf};
 }
 
+// softplus_train: the SDF network's activation in training (network.ClampedSoftplus with autograd).
+// z -> (y, d): y = softplus_beta(max(z, -20/beta)) as softplus_inplace above, and its derivative
+// d = dy/dz = sigmoid(beta max(z, -20/beta)) where z >= -20/beta, else 0 (torch's clamp_min passes
+// the gradient where z >= the floor), from the same exp(-beta |v|) in one pass. Everything after
+// (the first-order backward gy * d, the second derivative beta d (1 - d)) is elementwise on d: see
+// softplus_grad. float64 (gradcheck) uses std::exp / std::log1p.
+std::vector<torch::Tensor> softplus_train(torch::Tensor z, double beta) {
+  TORCH_CHECK(!z.is_cuda() && (z.scalar_type() == torch::kFloat32 || z.scalar_type() == torch::kFloat64),
+              "z must be a float32 or float64 CPU tensor");
+  TORCH_CHECK(beta > 0, "beta must be positive");
+  z = z.contiguous();
+  auto y = torch::empty_like(z), d = torch::empty_like(z);
+  const int64_t n = z.numel();
+  if (z.scalar_type() == torch::kFloat64) {
+    const double* zp = z.data_ptr<double>();
+    double* yp = y.data_ptr<double>();
+    double* dp = d.data_ptr<double>();
+    const double floor_v = -20.0 / beta;
+    at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const double v = zp[i] >= floor_v ? zp[i] : floor_v;
+        const double e = std::exp(-std::fabs(v) * beta);
+        yp[i] = (v > 0 ? v : 0.0) + std::log1p(e) / beta;
+        dp[i] = zp[i] >= floor_v ? (v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e)) : 0.0;
+      }
+    });
+    return {y, d};
+  }
+  const float* zp = z.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* dp = d.data_ptr<float>();
+  const float fb = static_cast<float>(beta), floor_v = -20.f / fb, inv_beta = 1.f / fb;
+  at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) {
+      const float zi = zp[i];
+      const bool pass = zi >= floor_v;
+      const float v = pass ? zi : floor_v;
+      const float a = std::fabs(v) * fb;
+      const float e = exp_neg(a < 30.f ? a : 30.f);
+      yp[i] = (v > 0.f ? v : 0.f) + log1p_small(e) * inv_beta;
+      const float r = 1.f / (1.f + e);
+      const float sig = v >= 0.f ? r : e * r;
+      dp[i] = pass ? sig : 0.f;
+    }
+  });
+  return {y, d};
+}
+
+template <typename T>
+void softplus_grad_loop(const T* a, const T* b, const T* c, T* o, double beta, int64_t n) {
+  const T bt = static_cast<T>(beta);
+  at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) o[i] = a[i] * c[i] + b[i] * bt * c[i] * (T(1) - c[i]);
+  });
+}
+
+// gz = gy * d + gd * beta * d * (1 - d): the backward of softplus_train's (y, d) when both outputs
+// have gradients (IDR's double backward: gd comes from the first-order backward's gy * d).
+torch::Tensor softplus_grad(torch::Tensor gy, torch::Tensor gd, torch::Tensor d, double beta) {
+  TORCH_CHECK(gy.sizes() == d.sizes() && gd.sizes() == d.sizes() && gy.scalar_type() == d.scalar_type() &&
+                  gd.scalar_type() == d.scalar_type() && !d.is_cuda(), "gy, gd, d: same shape and dtype, CPU");
+  gy = gy.contiguous();
+  gd = gd.contiguous();
+  d = d.contiguous();
+  auto gz = torch::empty_like(d);
+  if (d.scalar_type() == torch::kFloat64) {
+    softplus_grad_loop(gy.data_ptr<double>(), gd.data_ptr<double>(), d.data_ptr<double>(), gz.data_ptr<double>(), beta,
+                       d.numel());
+  } else {
+    TORCH_CHECK(d.scalar_type() == torch::kFloat32, "softplus_grad: float32 or float64");
+    softplus_grad_loop(gy.data_ptr<float>(), gd.data_ptr<float>(), d.data_ptr<float>(), gz.data_ptr<float>(), beta,
+                       d.numel());
+  }
+  return gz;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sdf_mlp", &sdf_mlp, "IDR SDF network inference forward from the embedded input (CPU): SDF [N]");
   m.def("sphere_trace", &sphere_trace, "IDR bidirectional sphere tracing (CPU) with a Python SDF callable");
+  m.def("softplus_train", &softplus_train, "clamped Softplus(beta) and its derivative (y, d) in one pass (CPU)");
+  m.def("softplus_grad", &softplus_grad, "gy * d + gd * beta * d * (1 - d) (CPU)");
 }

@@ -50,8 +50,43 @@ class ClampedSoftplus(nn.Module):
         self.floor = -20.0 / self.beta
 
     def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
-        """``inplace`` clamps ``x`` itself (no autograd: the tracer's evaluations)."""
+        """``inplace`` clamps ``x`` itself (no autograd: the tracer's evaluations). On float32 CPU
+        tensors with autograd, the compiled :class:`_CompiledSoftplus` (same values within 1e-6,
+        tests/test_idr_network.py)."""
+        if not inplace and x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_grad_enabled():
+            ext = IDR_EXTENSION.load()
+            if ext is not None:
+                return _CompiledSoftplus.apply(x, self.beta)[0]
         return F.softplus(x.clamp_min_(self.floor) if inplace else x.clamp_min(self.floor), beta=self.beta)
+
+
+class _CompiledSoftplus(torch.autograd.Function):
+    """``z → (y, d)``: ClampedSoftplus(β) and its derivative ``d = σ(β max(z, −20/β))·[z ≥ −20/β]``,
+    one compiled pass (``idr_cpu.cpp``, ``softplus_train``). Why: IDR's eikonal loss and normals
+    differentiate the network twice, and torch's clamp_min + softplus graph then runs ~15 elementwise
+    passes over every activation (softplus, its backward, its double backward through sigmoids,
+    clamp masks); here the backward is ``gy · d`` and, when the second output has a gradient (the
+    double backward: ``d`` is used by the first-order ``gy · d``), ``+ gd · β d (1 − d)`` — the exact
+    derivative of ``d``, so the backward is itself differentiable to any order (written with ops on
+    ``d``, an output of this node). Parity with torch: tests/test_idr_network.py (gradcheck,
+    gradgradcheck in float64)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, beta: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        y, d = IDR_EXTENSION.load().softplus_train(z, beta)
+        ctx.beta = beta
+        ctx.save_for_backward(d)
+        return y, d
+
+    @staticmethod
+    def backward(ctx, gy: Tensor | None, gd: Tensor | None):  # type: ignore[override]
+        (d,) = ctx.saved_tensors
+        if gd is None:
+            return (None if gy is None else gy * d), None
+        if gy is not None and not torch.is_grad_enabled():  # the usual double backward: one compiled pass
+            return IDR_EXTENSION.load().softplus_grad(gy, gd, d, ctx.beta), None
+        gz = gd * ctx.beta * d * (1 - d)
+        return (gz if gy is None else gy * d + gz), None
 
 
 SEED_LAPLACE_BETA = 0.9 + 1e-4
@@ -159,9 +194,10 @@ class ImplicitNetwork(nn.Module):
             inp = self.embed(x)
             ext = IDR_EXTENSION.load() if inp.device.type == "cpu" and inp.dtype == torch.float32 else None
             if ext is not None:  # the same layers in one compiled call (parity: tests/test_idr_network.py)
-                last = self.layers[-1]
-                ws = [lin.weight for lin in self.layers[:-1]] + [last.weight[:1]]
-                bs = [lin.bias for lin in self.layers[:-1]] + [last.bias[:1]]
+                layers = list(self.layers)  # (slicing the ModuleList builds a new module: ~80 µs a call)
+                ws = [lin.weight for lin in layers]
+                bs = [lin.bias for lin in layers]
+                ws[-1], bs[-1] = ws[-1][:1], bs[-1][:1]
                 h = ext.sdf_mlp(inp, ws, bs, list(self.skip_in), self.activation.beta)[:, None]
             else:
                 h = inp

@@ -148,6 +148,18 @@ def make_dist(site: Path, name: str, entry_points: dict[str, str], version: str 
     return info
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cli_logging_installed() -> None:
+    """Install the CLI's logging (``recon_core.logs.setup_logging``: it routes Python warnings to its
+    console with ``logging.captureWarnings``, once per process) before any test runs. Otherwise a
+    test that runs the CLI inside ``pytest.warns`` / ``catch_warnings(record=True)`` records the
+    warning only if an earlier test had run the CLI (installed inside the block, the capture takes
+    the warning from the recorder), so it passed in the full suite and failed alone."""
+    from recon_core.logs import setup_logging
+
+    setup_logging(0)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Run a test module on one intra-op torch thread; opt in with

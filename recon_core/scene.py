@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .cameras import Cameras
 
-__all__ = ["Lazy", "View", "Scene", "PointCloud", "Bounds", "Video", "Split", "CompositedImage", "CompactImage", "composite8"]
+__all__ = ["Lazy", "View", "Scene", "PointCloud", "Bounds", "Video", "Split", "CompositedImage", "CompactImage", "composite", "composite8"]
 
 Split = Literal["train", "val", "test"]
 Lazy = Union[Tensor, Callable[[], Tensor], None]
@@ -45,19 +45,31 @@ class _LazyField:
         setattr(obj, self.slot, value)
 
 
+def composite(rgb: Tensor, alpha: Tensor | None, background: Tensor) -> Tensor:
+    """RGB (H, W, 3) float32 over ``background`` (3,) with alpha (H, W) (straight, not premultiplied):
+    ``rgb a + background (1 - a)`` in float32, what the loaders' image readers and
+    :func:`composite8` both use, so their floats are the same.
+
+    Always returns a new tensor (inputs may be cached). Computed in numpy: small element-wise
+    torch ops are slow on a loaded machine (intra-op thread start-up), numpy is not.
+    """
+    r = rgb.numpy()
+    if alpha is None:
+        return torch.from_numpy(r.copy())
+    a = alpha.numpy()[..., None]
+    bg = background.detach().cpu().numpy().astype(np.float32)
+    return torch.from_numpy((r * a + bg * (1.0 - a)).astype(np.float32, copy=False))
+
+
 def composite8(pixels: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
     """8-bit RGB or RGBA pixels (H, W, 3 | 4) uint8 → (RGB float32 (H, W, 3) composited on
-    ``background`` (3,), alpha float32 (H, W) or None), in [0, 1]: ``x / 255`` then
-    ``rgb a + background (1 - a)`` in float32, the arithmetic of the loaders' readers, so the
-    same floats (numpy: small element-wise torch ops pay a thread start-up on a loaded machine)."""
-    p = pixels.numpy()
-    unit = p.astype(np.float32) / 255.0
-    rgb = np.ascontiguousarray(unit[..., :3])
-    if p.shape[-1] == 3:
-        return torch.from_numpy(rgb), None
-    a = np.ascontiguousarray(unit[..., 3])
-    bg = background.detach().cpu().numpy().astype(np.float32)
-    return torch.from_numpy((rgb * a[..., None] + bg * (1.0 - a[..., None])).astype(np.float32, copy=False)), torch.from_numpy(a)
+    ``background`` (3,), alpha float32 (H, W) or None), in [0, 1]: ``x / 255`` in float32 (as the
+    loaders' decoder) then :func:`composite`."""
+    unit = torch.from_numpy(pixels.numpy().astype(np.float32) / 255.0)
+    if unit.shape[-1] == 3:
+        return composite(unit, None, background), None
+    alpha = unit[..., 3].contiguous()
+    return composite(unit[..., :3], alpha, background), alpha
 
 
 class CompositedImage:

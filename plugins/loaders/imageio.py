@@ -47,6 +47,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from recon_core import InputError
+from recon_core.scene import composite  # noqa: F401 - the loaders' compositing (shared with TargetCache's compact targets)
 from recon_core.threads import available_cpus
 
 __all__ = [
@@ -239,20 +240,6 @@ def read_rgb_alpha(path: Path, size: Size | None = None, exif: bool = True) -> t
         rgb_t = resize_image(rgb_t, size)
         alpha_t = None if alpha_t is None else resize_image(alpha_t[..., None], size)[..., 0]
     return rgb_t, alpha_t
-
-
-def composite(rgb: Tensor, alpha: Tensor | None, background: Tensor) -> Tensor:
-    """RGB (H, W, 3) over ``background`` (3,) with alpha (H, W) (straight, not premultiplied).
-
-    Always returns a new tensor (inputs may be cached). Computed in numpy: small element-wise
-    torch ops are slow on a loaded machine (intra-op thread start-up), numpy is not.
-    """
-    r = rgb.numpy()
-    if alpha is None:
-        return torch.from_numpy(r.copy())
-    a = alpha.numpy()[..., None]
-    bg = background.detach().cpu().numpy().astype(np.float32)
-    return torch.from_numpy((r * a + bg * (1.0 - a)).astype(np.float32, copy=False))
 
 
 def read_mask(path: Path, size: Size | None = None, keep: Literal["any", "all", "nearest"] = "any", threshold: float = 0.5,

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon_core import Encoder, option
+from recon_core.activations import apply_activation
 from recon_core.cpp_extension import DEFAULT_CFLAGS, declare_extension
 
 from .hashgrid import HashGridEncoder
@@ -46,9 +47,40 @@ from .hashgrid import HashGridEncoder
 # with the PyTorch forward: tests/test_encoders_ffb.py)
 FFB_EXTENSION = declare_extension("recon_ffb_cpu", [Path(__file__).with_name("ffb_cpu.cpp")],
                                   (*DEFAULT_CFLAGS, "-fno-trapping-math", "-ffp-contract=fast"))
-"""FFB's forward without gradients, compiled (``ffb_cpu.cpp``): what the IDR sphere tracer evaluates."""
+"""FFB's compiled kernels (``ffb_cpu.cpp``): the forward without gradients (what the IDR sphere tracer
+evaluates) and the sine activation with its derivative (training with double backward, :func:`sine`)."""
 
-__all__ = ["FFBConfig", "FFBStyleModConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder"]
+
+__all__ = ["FFBConfig", "FFBStyleModConfig", "FourierFilterBank", "FFBEncoder", "FFBStyleModEncoder", "sine"]
+
+
+@dataclass(frozen=True)
+class _SineKernels:
+    """``sin(w z)`` for :func:`recon_core.activations.apply_activation`: d = w cos(w z), y'' = −w² y."""
+
+    ext: object
+    w: float
+
+    def value_and_derivative(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.ext.sine_train(z, self.w)
+
+    def second_derivative(self, y: Tensor, d: Tensor) -> Tensor:
+        return y * -(self.w * self.w)
+
+    def fused_grad(self, gy: Tensor, gd: Tensor, y: Tensor, d: Tensor) -> Tensor:
+        return self.ext.sine_grad(gy, gd, y, d, self.w)
+
+
+def sine(z: Tensor, w: float) -> Tensor:
+    """``sin(w z)``. With autograd on float32 CPU tensors, one compiled pass for the value and its
+    derivative, and compiled backwards (IDR's eikonal loss differentiates FFB twice: torch's sin
+    records a cos in the backward and a sin in the double backward, each with its multiplies; parity:
+    tests/test_encoders_ffb.py); otherwise ``torch.sin(w * z)``."""
+    if torch.is_grad_enabled() and z.requires_grad and z.device.type == "cpu" and z.dtype == torch.float32:
+        ext = FFB_EXTENSION.load()
+        if ext is not None:
+            return apply_activation(z, _SineKernels(ext, float(w)))
+    return torch.sin(w * z)
 
 
 @dataclass
@@ -140,7 +172,7 @@ class FourierFilterBank(nn.Module):
     def level_embeddings(self, x: Tensor) -> Tensor:
         """[N, D] → [L, N, H] Fourier features of the grid levels, ``sin(2π g_l B_l)``."""
         g = self.grid(x).view(x.shape[0], self.c.n_levels, self.c.n_features_per_level).transpose(0, 1)  # [L, N, F]
-        return torch.sin(2 * math.pi * torch.bmm(g, self.fourier_maps))
+        return sine(torch.bmm(g, self.fourier_maps), 2 * math.pi)
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.c
@@ -150,8 +182,10 @@ class FourierFilterBank(nn.Module):
                 return ext.ffb_forward(x, self.grid(x), self.fourier_maps, [lin.weight for lin in self.backbone],
                                        [lin.bias for lin in self.backbone], [lin.weight for lin in self.heads],
                                        [lin.bias for lin in self.heads], c.w0, c.w1, c.bound)
-        emb = self.level_embeddings(x)
-        h = torch.sin(c.w0 * self.backbone[0](x / c.bound))
+        # per-level views through unbind: its backward stacks the L gradients once, where indexing
+        # emb[lvl] would build a zero [L, N, H] gradient per level and add them up
+        emb = self.level_embeddings(x).unbind(0)
+        h = sine(self.backbone[0](x / c.bound), c.w0)
         out = 0.0
         for lvl in range(c.n_levels):
             lin = self.backbone[lvl + 1]
@@ -162,8 +196,8 @@ class FourierFilterBank(nn.Module):
             e = emb[lvl]
             if self.style_modulation == "seed":
                 e = F.layer_norm(self.style_map(e), (e.shape[-1],), eps=1e-5)  # = InstanceNorm1d of an [N, H] input
-            h = torch.sin(c.w0 * pre) + e
-            out = out + torch.sin(c.w1 * self.heads[lvl](h))
+            h = sine(pre, c.w0) + e
+            out = out + sine(self.heads[lvl](h), c.w1)
         return out / c.n_levels
 
 

@@ -1,7 +1,8 @@
-// Neural Fourier Filter Banks' forward without gradients on the CPU (IDR's sphere tracer evaluates
-// the SDF network, FFB included, ~15 000 times a step).
+// Neural Fourier Filter Banks on the CPU: the forward without gradients (ffb_forward; IDR's sphere
+// tracer evaluates the SDF network, FFB included, ~15 000 times a step) and the sine activation with
+// its derivative for training (sine_train / sine_grad, at the end).
 //
-// Same computation as recon_plugins.encoders.ffb.FourierFilterBank.forward for style_modulation
+// ffb_forward: same computation as recon_plugins.encoders.ffb.FourierFilterBank.forward for style_modulation
 // None, from the grid features g [N, L*F] (the hash grid's own kernel):
 //   e_l = sin(2 pi g_l B_l),  h_0 = sin(w0 (W_0 x / bound + b_0)),
 //   h_l = sin(w0 (W_l h_{l-1} + b_l)) + e_{l-1},  out = mean_l sin(w1 (U_l h_l + c_l)).
@@ -22,16 +23,32 @@ constexpr int64_t kBlock = 256;
 // k times each part is exact for |k| < 2^13, so |x| < 2.5e4 keeps |error| ~1e-7), then the Taylor
 // series to r^13 on |r| <= pi/2 (truncation < 1e-9), sign (-1)^k. r^2 is floored at 1e-20 (no change
 // in float) so the series never forms subnormal products (the CPU's slow path).
-inline float fast_sin(float x) {
+struct Reduced {
+  float r, r2, sign;  // x = k pi + r; r^2 floored; (-1)^k
+};
+
+inline Reduced reduce_pi(float x) {
   const float k = std::floor(x * 0.318309886183790671538f + 0.5f);
   const float r = ((x - k * 3.140625f) - k * 9.67502593994140625e-4f) - k * 1.509957990978376432e-7f;
   const float parity = k - 2.f * std::floor(k * 0.5f);
   const float r2r = r * r;
-  const float r2 = r2r > 1e-20f ? r2r : 1e-20f;
-  const float p = r * (1.f + r2 * (-1.f / 6 + r2 * (1.f / 120 + r2 * (-1.f / 5040 + r2 * (1.f / 362880 +
-                  r2 * (-1.f / 39916800 + r2 * (1.f / 6227020800.f)))))));
-  return (1.f - 2.f * parity) * p;
+  return {r, r2r > 1e-20f ? r2r : 1e-20f, 1.f - 2.f * parity};
 }
+
+inline float sin_series(const Reduced& q) {
+  const float r2 = q.r2;
+  return q.sign * (q.r * (1.f + r2 * (-1.f / 6 + r2 * (1.f / 120 + r2 * (-1.f / 5040 + r2 * (1.f / 362880 +
+                  r2 * (-1.f / 39916800 + r2 * (1.f / 6227020800.f))))))));
+}
+
+// cos(r) to r^14 on |r| <= pi/2 (truncation < 1e-10)
+inline float cos_series(const Reduced& q) {
+  const float r2 = q.r2;
+  return q.sign * (1.f + r2 * (-1.f / 2 + r2 * (1.f / 24 + r2 * (-1.f / 720 + r2 * (1.f / 40320 + r2 * (-1.f / 3628800 +
+                   r2 * (1.f / 479001600 + r2 * (-1.f / 87178291200.f))))))));
+}
+
+inline float fast_sin(float x) { return sin_series(reduce_pi(x)); }
 
 void check_float_cpu(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(!t.is_cuda() && t.scalar_type() == torch::kFloat32, what, " must be a float32 CPU tensor");
@@ -122,6 +139,74 @@ torch::Tensor ffb_forward(torch::Tensor x, torch::Tensor g, torch::Tensor fourie
   return out;
 }
 
+// sine_train: FFB's sine activations in training (ffb._SineKernels, through recon_core.activations).
+// z -> (y, d): y = sin(w z), d = dy/dz = w cos(w z), from one range reduction. float64 (gradcheck)
+// uses std::sin / std::cos.
+std::vector<torch::Tensor> sine_train(torch::Tensor z, double w) {
+  TORCH_CHECK(!z.is_cuda() && (z.scalar_type() == torch::kFloat32 || z.scalar_type() == torch::kFloat64),
+              "z must be a float32 or float64 CPU tensor");
+  z = z.contiguous();
+  auto y = torch::empty_like(z), d = torch::empty_like(z);
+  const int64_t n = z.numel();
+  if (z.scalar_type() == torch::kFloat64) {
+    const double* zp = z.data_ptr<double>();
+    double* yp = y.data_ptr<double>();
+    double* dp = d.data_ptr<double>();
+    at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        yp[i] = std::sin(w * zp[i]);
+        dp[i] = w * std::cos(w * zp[i]);
+      }
+    });
+    return {y, d};
+  }
+  const float* zp = z.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* dp = d.data_ptr<float>();
+  const float fw = static_cast<float>(w);
+  at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) {
+      const Reduced q = reduce_pi(fw * zp[i]);
+      yp[i] = sin_series(q);
+      dp[i] = fw * cos_series(q);
+    }
+  });
+  return {y, d};
+}
+
+template <typename T>
+void sine_grad_loop(const T* gy, const T* gd, const T* y, const T* d, T* o, double w, int64_t n) {
+  const T w2 = static_cast<T>(w * w);
+  at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) o[i] = gy[i] * d[i] - gd[i] * w2 * y[i];
+  });
+}
+
+// gz = gy * d - gd * w^2 * y: the backward of sine_train's (y, d) when both outputs have gradients.
+torch::Tensor sine_grad(torch::Tensor gy, torch::Tensor gd, torch::Tensor y, torch::Tensor d, double w) {
+  TORCH_CHECK(gy.sizes() == d.sizes() && gd.sizes() == d.sizes() && y.sizes() == d.sizes() &&
+                  gy.scalar_type() == d.scalar_type() && gd.scalar_type() == d.scalar_type() &&
+                  y.scalar_type() == d.scalar_type() && !d.is_cuda(), "gy, gd, y, d: same shape and dtype, CPU");
+  gy = gy.contiguous();
+  gd = gd.contiguous();
+  y = y.contiguous();
+  d = d.contiguous();
+  auto gz = torch::empty_like(d);
+  if (d.scalar_type() == torch::kFloat64) {
+    sine_grad_loop(gy.data_ptr<double>(), gd.data_ptr<double>(), y.data_ptr<double>(), d.data_ptr<double>(),
+                   gz.data_ptr<double>(), w, d.numel());
+  } else {
+    TORCH_CHECK(d.scalar_type() == torch::kFloat32, "sine_grad: float32 or float64");
+    sine_grad_loop(gy.data_ptr<float>(), gd.data_ptr<float>(), y.data_ptr<float>(), d.data_ptr<float>(),
+                   gz.data_ptr<float>(), w, d.numel());
+  }
+  return gz;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("sine_train", &sine_train, "sin(w z) and its derivative w cos(w z) in one pass (CPU)");
+  m.def("sine_grad", &sine_grad, "gy * d - gd * w^2 * y (CPU)");
   m.def("ffb_forward", &ffb_forward, "Fourier filter bank forward without gradients (CPU), from the grid features");
 }

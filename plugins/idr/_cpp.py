@@ -1,6 +1,6 @@
 """The IDR plugin's compiled CPU kernels (``idr_cpu.cpp``): the SDF network's inference forward
 (:meth:`.network.ImplicitNetwork.sdf_inference`), the sphere-tracing loop (:mod:`.raytrace`) and the
-training activation (:class:`.network._CompiledSoftplus`).
+training activation (:class:`.network._SoftplusKernels`).
 
 Built on first use (``recon doctor --build`` builds it ahead); ``IDR_EXTENSION.load()`` returns
 ``None`` (one warning naming the reason; silently with ``RECON_NO_CPP=1``) when it cannot be built,

@@ -21,6 +21,7 @@ Optional (``idr.sdf_squash``): the HashModNFFBanks-IDR seed squashes the SDF out
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from recon_core import Encoder
+from recon_core.activations import apply_activation
 
 from ._cpp import IDR_EXTENSION
 
@@ -51,42 +53,35 @@ class ClampedSoftplus(nn.Module):
 
     def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
         """``inplace`` clamps ``x`` itself (no autograd: the tracer's evaluations). On float32 CPU
-        tensors with autograd, the compiled :class:`_CompiledSoftplus` (same values within 1e-6,
+        tensors with autograd, compiled (:class:`_SoftplusKernels`; same values within 1e-6,
         tests/test_idr_network.py)."""
         if not inplace and x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_grad_enabled():
             ext = IDR_EXTENSION.load()
             if ext is not None:
-                return _CompiledSoftplus.apply(x, self.beta)[0]
+                return apply_activation(x, _SoftplusKernels(ext, self.beta))
         return F.softplus(x.clamp_min_(self.floor) if inplace else x.clamp_min(self.floor), beta=self.beta)
 
 
-class _CompiledSoftplus(torch.autograd.Function):
-    """``z → (y, d)``: ClampedSoftplus(β) and its derivative ``d = σ(β max(z, −20/β))·[z ≥ −20/β]``,
-    one compiled pass (``idr_cpu.cpp``, ``softplus_train``). Why: IDR's eikonal loss and normals
-    differentiate the network twice, and torch's clamp_min + softplus graph then runs ~15 elementwise
-    passes over every activation (softplus, its backward, its double backward through sigmoids,
-    clamp masks); here the backward is ``gy · d`` and, when the second output has a gradient (the
-    double backward: ``d`` is used by the first-order ``gy · d``), ``+ gd · β d (1 − d)`` — the exact
-    derivative of ``d``, so the backward is itself differentiable to any order (written with ops on
-    ``d``, an output of this node). Parity with torch: tests/test_idr_network.py (gradcheck,
-    gradgradcheck in float64)."""
+@dataclass(frozen=True)
+class _SoftplusKernels:
+    """ClampedSoftplus(β) for :func:`recon_core.activations.apply_activation` (``idr_cpu.cpp``,
+    ``softplus_train`` / ``softplus_grad``): ``d = σ(β max(z, −20/β))·[z ≥ −20/β]`` and ``y'' = β d (1 − d)``.
+    Why: IDR's eikonal loss and normals differentiate the network twice, and torch's clamp_min +
+    softplus graph then runs ~15 elementwise passes over every activation (softplus, its backward, its
+    double backward through sigmoids, clamp masks). Parity with torch: tests/test_idr_network.py
+    (gradcheck, gradgradcheck in float64)."""
 
-    @staticmethod
-    def forward(ctx, z: Tensor, beta: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        y, d = IDR_EXTENSION.load().softplus_train(z, beta)
-        ctx.beta = beta
-        ctx.save_for_backward(d)
-        return y, d
+    ext: object
+    beta: float
 
-    @staticmethod
-    def backward(ctx, gy: Tensor | None, gd: Tensor | None):  # type: ignore[override]
-        (d,) = ctx.saved_tensors
-        if gd is None:
-            return (None if gy is None else gy * d), None
-        if gy is not None and not torch.is_grad_enabled():  # the usual double backward: one compiled pass
-            return IDR_EXTENSION.load().softplus_grad(gy, gd, d, ctx.beta), None
-        gz = gd * ctx.beta * d * (1 - d)
-        return (gz if gy is None else gy * d + gz), None
+    def value_and_derivative(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.ext.softplus_train(z, self.beta)
+
+    def second_derivative(self, y: Tensor, d: Tensor) -> Tensor:
+        return self.beta * d * (1 - d)
+
+    def fused_grad(self, gy: Tensor, gd: Tensor, y: Tensor, d: Tensor) -> Tensor:
+        return self.ext.softplus_grad(gy, gd, d, self.beta)
 
 
 SEED_LAPLACE_BETA = 0.9 + 1e-4

@@ -138,6 +138,17 @@ def write_toy_video(root: Path, n_frames: int = 5, width: int = 8, height: int =
     return root
 
 
+def first_and_second_derivatives(fn, x: "torch.Tensor", weights: "torch.Tensor") -> tuple["torch.Tensor", ...]:  # noqa: ANN001
+    """(y, g, gg) of an elementwise ``fn`` at ``x``: y = fn(x), g = ∂(Σ y·w)/∂x with a graph, gg =
+    ∂(Σ g²·w)/∂x, the double backward of an eikonal-style loss (tests of compiled activations)."""
+    import torch
+
+    y = fn(x)
+    (g,) = torch.autograd.grad((y * weights).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g * weights).sum(), x)
+    return y, g, gg
+
+
 def make_dist(site: Path, name: str, entry_points: dict[str, str], version: str = "1.0") -> Path:
     """A minimal installed-distribution folder (``NAME-VERSION.dist-info``) declaring recon plugins."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import first_and_second_derivatives
 from recon_plugins.encoders import FFBEncoder, FFBStyleModEncoder
 from recon_plugins.encoders.ffb import modulated_linear
 
@@ -190,16 +191,9 @@ def test_compiled_sine_gradcheck_and_torch_parity() -> None:
 
     x = (torch.randn(700, 64) * 3).requires_grad_()  # float32: the compiled path; |w x| up to ~300
     wts = torch.randn(700, 64)
-
-    def derivatives(y_of_x):  # noqa: ANN001, ANN202
-        y = y_of_x(x)
-        (g,) = torch.autograd.grad((y * wts).sum(), x, create_graph=True)
-        (gg,) = torch.autograd.grad((g * g * wts).sum(), x)
-        return y, g, gg
-
-    y, g, gg = derivatives(lambda t: ffb.sine(t, 30.0))
+    y, g, gg = first_and_second_derivatives(lambda t: ffb.sine(t, 30.0), x, wts)
     assert type(y.grad_fn).__name__ == "_ActivationBackward"
-    y_t, g_t, gg_t = derivatives(lambda t: torch.sin(30.0 * t))
+    y_t, g_t, gg_t = first_and_second_derivatives(lambda t: torch.sin(30.0 * t), x, wts)
     # float32 arguments near 300 carry an absolute rounding of ~1.5e-5 that the two sines round differently
     assert (y - y_t).abs().max() < 1e-4 and (g - g_t).abs().max() < 1e-4 * g_t.abs().max()
     assert (gg - gg_t).abs().max() < 1e-4 * gg_t.abs().max() and gg_t.abs().max() > 1000

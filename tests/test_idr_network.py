@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import first_and_second_derivatives
 from recon_core.activations import activation_with_derivative
 from recon_plugins.encoders import FFBEncoder, FourierEncoder, HashGridEncoder
 from recon_plugins.idr.network import ImplicitNetwork, RenderingNetwork
@@ -187,16 +188,10 @@ def test_compiled_softplus_gradcheck_and_torch_parity() -> None:
     act = network.ClampedSoftplus(beta)
     x = (torch.randn(700, 64) * 0.08).requires_grad_()  # float32: the compiled path
     w = torch.randn(700, 64)
-
-    def derivatives(y_of_x):  # noqa: ANN001, ANN202
-        y = y_of_x(x)
-        (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
-        (gg,) = torch.autograd.grad((g * g * w).sum(), x)
-        return y, g, gg
-
-    y, g, gg = derivatives(act)
+    y, g, gg = first_and_second_derivatives(act, x, w)
     assert type(y.grad_fn).__name__ == "_ActivationBackward"
-    y_t, g_t, gg_t = derivatives(lambda t: torch.nn.functional.softplus(t.clamp_min(act.floor), beta=beta))
+    y_t, g_t, gg_t = first_and_second_derivatives(
+        lambda t: torch.nn.functional.softplus(t.clamp_min(act.floor), beta=beta), x, w)
     assert (y - y_t).abs().max() < 1e-6 and (g - g_t).abs().max() < 1e-6
     assert (gg - gg_t).abs().max() < 1e-5 * gg_t.abs().max()
     assert gg_t.abs().max() > 1  # the second derivative is exercised (β σ (1 − σ) is up to 25)

@@ -139,38 +139,37 @@ torch::Tensor ffb_forward(torch::Tensor x, torch::Tensor g, torch::Tensor fourie
   return out;
 }
 
+// sin(w z) and its derivative w cos(w z) for z[lo:hi]: the float series above (one range reduction
+// for both; vectorised), std::sin / std::cos in float64 (gradcheck).
+inline void sine_values(const float* z, float* y, float* d, double w, int64_t lo, int64_t hi) {
+  const float fw = static_cast<float>(w);
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) {
+    const Reduced q = reduce_pi(fw * z[i]);
+    y[i] = sin_series(q);
+    d[i] = fw * cos_series(q);
+  }
+}
+
+inline void sine_values(const double* z, double* y, double* d, double w, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
+    y[i] = std::sin(w * z[i]);
+    d[i] = w * std::cos(w * z[i]);
+  }
+}
+
 // sine_train: FFB's sine activations in training (ffb._SineKernels, through recon_core.activations).
-// z -> (y, d): y = sin(w z), d = dy/dz = w cos(w z), from one range reduction. float64 (gradcheck)
-// uses std::sin / std::cos.
+// z -> (y, d): y = sin(w z), d = dy/dz = w cos(w z).
 std::vector<torch::Tensor> sine_train(torch::Tensor z, double w) {
   TORCH_CHECK(!z.is_cuda() && (z.scalar_type() == torch::kFloat32 || z.scalar_type() == torch::kFloat64),
               "z must be a float32 or float64 CPU tensor");
   z = z.contiguous();
   auto y = torch::empty_like(z), d = torch::empty_like(z);
-  const int64_t n = z.numel();
-  if (z.scalar_type() == torch::kFloat64) {
-    const double* zp = z.data_ptr<double>();
-    double* yp = y.data_ptr<double>();
-    double* dp = d.data_ptr<double>();
-    at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        yp[i] = std::sin(w * zp[i]);
-        dp[i] = w * std::cos(w * zp[i]);
-      }
-    });
-    return {y, d};
-  }
-  const float* zp = z.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  float* dp = d.data_ptr<float>();
-  const float fw = static_cast<float>(w);
-  at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
-#pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) {
-      const Reduced q = reduce_pi(fw * zp[i]);
-      yp[i] = sin_series(q);
-      dp[i] = fw * cos_series(q);
-    }
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "sine_train", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t* dp = d.data_ptr<scalar_t>();
+    at::parallel_for(0, z.numel(), 16384, [&](int64_t lo, int64_t hi) { sine_values(zp, yp, dp, w, lo, hi); });
   });
   return {y, d};
 }

@@ -193,14 +193,11 @@ torch::Tensor sine_grad(torch::Tensor gy, torch::Tensor gd, torch::Tensor y, tor
   y = y.contiguous();
   d = d.contiguous();
   auto gz = torch::empty_like(d);
-  if (d.scalar_type() == torch::kFloat64) {
-    sine_grad_loop(gy.data_ptr<double>(), gd.data_ptr<double>(), y.data_ptr<double>(), d.data_ptr<double>(),
-                   gz.data_ptr<double>(), w, d.numel());
-  } else {
-    TORCH_CHECK(d.scalar_type() == torch::kFloat32, "sine_grad: float32 or float64");
-    sine_grad_loop(gy.data_ptr<float>(), gd.data_ptr<float>(), y.data_ptr<float>(), d.data_ptr<float>(),
-                   gz.data_ptr<float>(), w, d.numel());
-  }
+  TORCH_CHECK(d.scalar_type() == torch::kFloat32 || d.scalar_type() == torch::kFloat64, "sine_grad: float32 or float64");
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "sine_grad", [&] {
+    sine_grad_loop(gy.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
+                   gz.data_ptr<scalar_t>(), w, d.numel());
+  });
   return gz;
 }
 

@@ -1,6 +1,6 @@
 // IDR's sphere tracing on the CPU: the SDF network's inference forward and the bidirectional
 // sphere-tracing loop (recon_plugins.idr.raytrace); and the training graph's activation
-// (softplus_train / softplus_grad, below: network._CompiledSoftplus).
+// (softplus_train / softplus_grad, below: network._SoftplusKernels via recon_core.activations).
 //
 // sdf_mlp:
 // Same computation as recon_plugins.idr.network.ImplicitNetwork.sdf_inference: given the embedded
@@ -370,14 +370,11 @@ torch::Tensor softplus_grad(torch::Tensor gy, torch::Tensor gd, torch::Tensor d,
   gd = gd.contiguous();
   d = d.contiguous();
   auto gz = torch::empty_like(d);
-  if (d.scalar_type() == torch::kFloat64) {
-    softplus_grad_loop(gy.data_ptr<double>(), gd.data_ptr<double>(), d.data_ptr<double>(), gz.data_ptr<double>(), beta,
+  TORCH_CHECK(d.scalar_type() == torch::kFloat32 || d.scalar_type() == torch::kFloat64, "softplus_grad: float32 or float64");
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "softplus_grad", [&] {
+    softplus_grad_loop(gy.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(), beta,
                        d.numel());
-  } else {
-    TORCH_CHECK(d.scalar_type() == torch::kFloat32, "softplus_grad: float32 or float64");
-    softplus_grad_loop(gy.data_ptr<float>(), gd.data_ptr<float>(), d.data_ptr<float>(), gz.data_ptr<float>(), beta,
-                       d.numel());
-  }
+  });
   return gz;
 }
 

@@ -113,6 +113,8 @@ class IDRFit(Refiner):
                                   "(the benchmark's)", min=0)
         encoder_lr: float | None = option(None, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb); "
                                           "none: the encoder's table_lr (hashgrid 1e-2, ffb 1e-3)", min=0)
+        encoder_betas: list[float] | None = option(None, "Adam (β1, β2) of grid feature tables; none: the encoder's "
+                                                   "table_betas (hashgrid: instant-NGP's 0.9, 0.99), else 0.9, 0.999", min=0, max=1)
         encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
                                                   "Fourier maps); none: the encoder's weights_lr (ffb 1e-4), else lr", min=0)
         camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)", min=0)
@@ -167,7 +169,10 @@ class IDRFit(Refiner):
             groups.append({"params": enc_weights, "lr": float(weights_lr), "base_lr": float(weights_lr)})
         if enc_params:
             table_lr = c.encoder_lr if c.encoder_lr is not None else float(encoder.table_lr or DEFAULT_TABLE_LR)
-            groups.append({"params": enc_params, "lr": table_lr, "base_lr": table_lr})
+            betas = c.encoder_betas if c.encoder_betas is not None else (encoder.table_betas or (0.9, 0.999))
+            if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+                raise InputError(f"idr-fit.encoder_betas must be two numbers in [0, 1), got {list(betas)}")
+            groups.append({"params": enc_params, "lr": table_lr, "base_lr": table_lr, "betas": tuple(float(b) for b in betas)})
         if rep.config.refine_cameras:
             groups.append({"params": [rep.pose_delta], "lr": c.camera_lr, "base_lr": c.camera_lr})
         # fused: one kernel per parameter group instead of a dozen passes (hash tables: 3x faster on the CPU)

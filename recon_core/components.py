@@ -384,9 +384,6 @@ class Encoder(Component, nn.Module):
     # Optimiser hints that trainers use unless told otherwise (None: the trainer's own choice).
     table_lr: float | None = None
     """Recommended Adam lr of grid feature tables (instant-NGP: 1e-2)."""
-    adam_betas: tuple[float, float] | None = None
-    """Recommended Adam (β1, β2) of the encoder's parameters, tables and weights (instant-NGP: 0.9, 0.99;
-    None: the trainer's)."""
     weights_lr: float | None = None
     """Recommended Adam lr of the encoder's other weights (None: the network lr)."""
     lr_milestones: tuple[float, ...] | None = None

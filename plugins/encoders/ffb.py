@@ -216,7 +216,6 @@ class _FFBBase:
     # NFFB halves its lr every tenth of training; with IDR's two halvings (50 %, 75 %) FFB's eikonal
     # loss kept fluctuating to the end of a 60-minute run and its surface stopped improving.
     lr_milestones = (0.5, 0.6, 0.7, 0.8, 0.9)
-    adam_betas = (0.9, 0.99)  # NFFB's (and instant-NGP's): its grid is a hash grid, see HashGridEncoder.adam_betas
     cpu_options = {"log2_hashmap_size": 15}  # the CPU benchmark's table (docs/benchmarks.md, IDR)
 
     @property

@@ -232,11 +232,6 @@ class HashGridEncoder(Encoder):
     name = "hashgrid"
     description = "instant-NGP multiresolution hash grid, trilinear (torch; tinycudann on CUDA when installed)"
     table_lr = 1e-2  # instant-NGP's
-    # instant-NGP's β2 (with its ε 1e-15): a table row gets gradients only while points fall in its cells, so
-    # its moments start from zero whenever a level is unlocked or the surface reaches new cells; with
-    # torch's β2 = 0.999 such a row's first steps are up to ~6.5x the lr (m/√v with m warming up ten times
-    # faster than v), with 0.99 ~2x. IDR's eikonal loss blew up at those moments (docs/benchmarks.md, IDR).
-    adam_betas = (0.9, 0.99)
     # the sizes of the CPU benchmark (docs/benchmarks.md, IDR): 786 k table entries instead of 16 M
     cpu_options = {"n_levels": 12, "log2_hashmap_size": 15, "max_resolution": 512}
 

@@ -21,9 +21,9 @@ Adam with parameter groups: the networks at ``lr``; grid feature tables of hash-
 other weights (FFB's SIREN and Fourier maps) at ``encoder_weights_lr``, by default the encoder's
 ``weights_lr`` when it declares one, else ``lr``; pose corrections at ``camera_lr``. Every lr is
 multiplied by ``lr_gamma`` at ``lr_milestones``: by default the encoder's ``lr_milestones`` when it
-declares them (FFB: every tenth from half-way, like NFFB's step decay), else IDR's 50 % and 75 %. The
-networks use Adam's (β1, β2) = (0.9, 0.999) as IDR; the encoder's groups use ``encoder_betas``, by default
-the encoder's ``adam_betas`` (hashgrid, ffb: instant-NGP's and NFFB's 0.9, 0.99). Needs object masks
+declares them (FFB: every tenth from half-way, like NFFB's step decay), else IDR's 50 % and 75 %. Adam's
+(β1, β2) are torch's (0.9, 0.999), as IDR's; the encoder's groups take ``encoder_betas`` (instant-NGP and
+NFFB use 0.9, 0.99: no gain measured here, docs/benchmarks.md). Needs object masks
 (``View.object_mask``, or ``View.alpha > 0.5``).
 
 Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1],
@@ -59,7 +59,7 @@ __all__ = ["IDRFit", "TrainingViews"]
 DEFAULT_TABLE_LR = 1e-2
 """Adam lr of feature tables when neither idr-fit.encoder_lr nor the encoder's ``table_lr`` says (instant-NGP's)."""
 ADAM_BETAS = (0.9, 0.999)
-"""Adam (β1, β2) of IDR's networks (torch's defaults, as IDR), and of an encoder that declares no ``adam_betas``."""
+"""Adam (β1, β2) of IDR's networks (torch's defaults, as IDR)."""
 
 
 @dataclass
@@ -117,9 +117,8 @@ class IDRFit(Refiner):
                                   "(the benchmark's)", min=0)
         encoder_lr: float | None = option(None, "Adam learning rate of grid feature tables (hashgrid, the grid of ffb); "
                                           "none: the encoder's table_lr (hashgrid 1e-2, ffb 1e-3)", min=0)
-        encoder_betas: list[float] | None = option(None, "Adam (β1, β2) of the encoder's tables and weights; none: the "
-                                                   "encoder's adam_betas (hashgrid, ffb: instant-NGP's 0.9, 0.99), else "
-                                                   "0.9, 0.999 as the networks", min=0, max=1)
+        encoder_betas: list[float] = option(None, "Adam (β1, β2) of the encoder's tables and weights (instant-NGP and NFFB: "
+                                            "0.9, 0.99)", factory=lambda: list(ADAM_BETAS), min=0, max=1)
         encoder_weights_lr: float | None = option(None, "Adam learning rate of an encoder's other weights (FFB's SIREN, "
                                                   "Fourier maps); none: the encoder's weights_lr (ffb 1e-4), else lr", min=0)
         camera_lr: float = option(1e-4, "Adam learning rate of pose corrections (refine_cameras)", min=0)
@@ -169,7 +168,7 @@ class IDRFit(Refiner):
         cuda = dev.type == "cuda"
         self.batch_rays = c.batch_rays if c.batch_rays is not None else (2048 if cuda else 1024)
         lr = c.lr if c.lr is not None else (1e-4 if cuda else 5e-4)
-        betas = c.encoder_betas if c.encoder_betas is not None else (encoder.adam_betas or ADAM_BETAS)
+        betas = c.encoder_betas
         if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
             raise InputError(f"idr-fit.encoder_betas must be two numbers in [0, 1), got {list(betas)}")
         enc_betas = (float(betas[0]), float(betas[1]))

@@ -473,6 +473,10 @@ class ImageEvaluator(Evaluator):
 class GeometryEvaluator(Evaluator):
     """A metric over the whole reconstruction (e.g. Chamfer distance to a ground-truth mesh)."""
 
+    part_regions: ClassVar[dict[str, str]] = {}
+    """What each reported part (the evaluator's name for its own value) is measured over, recorded as
+    ``metric_info``'s ``region``, e.g. ``{"chamfer": "whole surface", "observed": "observed surface"}``."""
+
     def evaluate(self, inputs: EvaluationInput) -> float | dict[str, float]:
         """The metric's value; or a dict holding it under the evaluator's name plus named parts
         (e.g. accuracy and completeness), reported in metrics.json as ``<name>.<part>``."""

@@ -10,7 +10,9 @@ import torch
 import trimesh
 
 from recon_core import Bounds, Cameras, EvaluationInput, InputError, Scene, View
-from recon_plugins.idr.chamfer import ChamferEvaluator, chamfer
+from conftest import look_at_torch
+
+from recon_plugins.idr.chamfer import ChamferEvaluator, _sample, chamfer, observed_by
 from recon_plugins.idr.mesh import drop_enclosed_voids, extract_mesh, write_mesh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,3 +119,57 @@ def test_chamfer_evaluator(tmp_path: Path) -> None:
     trimesh.PointCloud(np.random.default_rng(0).normal(size=(100, 3))).export(stl)
     with pytest.raises(InputError, match="dtu-chamfer"):
         ev.evaluate(EvaluationInput(rep=None, data=_scene(stl), run_dir=run))  # type: ignore[arg-type]
+
+
+def _cameras(eyes: list[tuple[float, float, float]], focal: float = 500.0, size: int = 200) -> Cameras:
+    K = torch.tensor([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]])
+    c2w = torch.stack([look_at_torch(torch.tensor(e), up=(0.0, 1.0, 0.0) if e[0] == e[1] == 0 else (0.0, 0.0, 1.0)) for e in eyes])
+    return Cameras.create(K.expand(len(eyes), 3, 3), c2w, size, size)
+
+
+def test_observed_by_sees_the_near_cap_and_not_what_is_occluded() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+    pts, normals = _sample(sphere, 20000, 200000, 1)
+    # a camera at distance 10 sees the cap z > R²/D: a fraction (1 - R/D) / 2 of the sphere
+    seen = observed_by(_cameras([(0.0, 0.0, 10.0)]), sphere, pts, normals)
+    assert seen.mean() == pytest.approx(0.45, abs=0.01)
+    assert not seen[pts[:, 2] < 0.08].any() and seen[pts[:, 2] > 0.12].all()
+    # a second sphere between the camera and the first hides the first one's pole
+    near = trimesh.creation.icosphere(subdivisions=5, radius=1.0).apply_translation([0.0, 0.0, 3.0])
+    both = trimesh.util.concatenate([sphere, near])
+    seen = observed_by(_cameras([(0.0, 0.0, 10.0)]), both, pts, normals)
+    off_axis = np.degrees(np.arctan2(np.linalg.norm(pts[:, :2], axis=1), 10.0 - pts[:, 2]))
+    shadow = np.degrees(np.arcsin(1.0 / 7.0))  # the near sphere's angular radius from the camera
+    assert not seen[off_axis < shadow - 0.2].any()
+    assert seen[(off_axis > shadow + 0.2) & (pts[:, 2] > 0.12)].all()
+
+
+def test_chamfer_evaluator_reports_the_observed_surface(tmp_path: Path) -> None:
+    """Cameras all above a sphere: geometry under it changes the full accuracy, not the observed one."""
+    gt_path = tmp_path / "gt.ply"
+    trimesh.creation.icosphere(subdivisions=5, radius=0.5).export(gt_path)
+    eyes = [(4.0 * np.cos(a), 4.0 * np.sin(a), 2.0) for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+    cams = _cameras(eyes)
+    views = [View(str(i), cams[i], torch.zeros(200, 200, 3)) for i in range(len(eyes))]
+    scene = Scene("s", views, Bounds(torch.zeros(3), 1.0), gt_mesh_path=gt_path)
+    ev = ChamferEvaluator()
+
+    def run(*parts: trimesh.Trimesh) -> dict[str, float]:
+        run_dir = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        write_mesh(trimesh.util.concatenate(list(parts)), run_dir / "mesh.ply")
+        return ev.evaluate(EvaluationInput(rep=None, data=scene, run_dir=run_dir))  # type: ignore[arg-type]
+
+    bigger = run(trimesh.creation.icosphere(subdivisions=5, radius=0.52))
+    assert bigger["observed"] == pytest.approx(0.02, abs=2e-3)
+    assert bigger["observed_accuracy"] == pytest.approx(0.02, abs=2e-3) and bigger["observed_completeness"] == pytest.approx(0.02, abs=2e-3)
+    # a blob under the sphere, where no camera looks: the full accuracy grows, the observed one does not
+    exact = run(trimesh.creation.icosphere(subdivisions=5, radius=0.5))
+    blob = run(trimesh.creation.icosphere(subdivisions=5, radius=0.5),
+               trimesh.creation.icosphere(subdivisions=3, radius=0.2).apply_translation([0.0, 0.0, -1.0]))
+    assert blob["accuracy"] > exact["accuracy"] + 0.05
+    assert blob["observed_accuracy"] == pytest.approx(exact["observed_accuracy"], abs=1e-3)
+    assert exact["observed"] < 5e-3  # two samplings of one surface
+    assert ev.part_regions["observed"] == "observed surface" and ev.part_regions["chamfer"] == "whole surface"
+    # with observed=false there is no observed variant
+    off = ChamferEvaluator(ChamferEvaluator.Config(observed=False))
+    assert "observed" not in off.evaluate(EvaluationInput(rep=None, data=scene, run_dir=tmp_path / "run1"))  # type: ignore[arg-type]

@@ -158,6 +158,9 @@ def test_run_writes_the_run_folder_and_honours_masks(toy_registry, toy_scene, tm
         "evaluator": "psnr", "higher_is_better": True, "unit": "dB", "region": "object mask",
         "renders": "fixed by toy-smooth", "views": 2}
     assert on_disk["metric_info"]["toy-params"]["unit"] is None
+    # a geometry evaluator's part_regions label its parts' region; a part it does not list has none
+    assert on_disk["metric_info"]["toy-params.tensors"]["region"] == "parameter tensors"
+    assert "region" not in on_disk["metric_info"]["toy-params"]
 
     # psnr is over the full image against the view on the run's (white) background, psnr_masked
     # inside the object mask of each test view: recompute from the written renders

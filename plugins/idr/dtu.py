@@ -226,6 +226,8 @@ class DTUChamferEvaluator(GeometryEvaluator):
     description = "DTU MVS evaluation (DTUeval-python): STL points, ObsMask, table plane, 0.2 mm thinning, 20 mm cut; mm"
     higher_is_better = False
     unit = "mm"
+    # accuracy inside DTU's observation mask, completeness over the scanned STL points above the table
+    part_regions = {"dtu-chamfer": "DTU observation mask", "accuracy": "DTU observation mask", "completeness": "DTU observation mask"}
 
     @dataclass
     class Config:

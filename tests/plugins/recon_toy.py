@@ -458,6 +458,7 @@ class ToyUnavailable(ImageEvaluator):
 class ToyParams(GeometryEvaluator):
     name = "toy-params"
     higher_is_better = False
+    part_regions = {"tensors": "parameter tensors"}  # labelled; the value itself has no region
 
     def evaluate(self, inputs: Any) -> dict[str, float]:
         """Its value plus a named part (reported as ``toy-params.tensors``)."""

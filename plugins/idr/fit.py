@@ -125,6 +125,8 @@ class IDRFit(Refiner):
         lr_milestones: list[float] | None = option(None, "fractions of the run where the lr is multiplied by lr_gamma; "
                                                    "none: the encoder's lr_milestones (ffb 0.5…0.9), else IDR's 0.5, 0.75", min=0, max=1)
         lr_gamma: float = option(0.5, "lr decay factor", min=0)
+        grad_clip: float | None = option(None, "clip the gradient's global norm to this before each Adam step "
+                                                "(NFFB clips at 1.0); none: no clipping, as IDR", min=0)
         eikonal_weight: float = option(0.1, "weight of the eikonal loss", min=0)
         mask_weight: float = option(100.0, "weight of the mask loss", min=0)
         alpha_init: float = option(50.0, "initial α of the mask loss", min=0)
@@ -258,6 +260,8 @@ class IDRFit(Refiner):
             loss, loss_rgb, eikonal, loss_mask, hit, rgb_mask = self._losses(tr, o, v, rgb_gt, mask_gt, alpha)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], c.grad_clip)
         self.optimizer.step()
 
         n_rgb = int(rgb_mask.sum())

@@ -371,6 +371,23 @@ def test_encoder_betas_apply_to_the_encoder_groups_only() -> None:
         make_fit(build(scene, small_hashgrid()), scene, encoder_betas=[0.9, 1.0])
 
 
+def test_grad_clip_bounds_the_gradient_adam_sees() -> None:
+    """idr-fit.grad_clip (NFFB's 1.0) rescales the whole gradient to that global norm; unset, it is left as is."""
+    scene = tiny_scene(4, 12)
+
+    def grad_norm(**kw: float) -> float:
+        rep = build(scene, small_hashgrid())
+        fit = make_fit(rep, scene, steps=10, c2f_until=0.0, **kw)
+        fit.step(0)
+        fit.step(1)
+        return float(torch.cat([p.grad.flatten() for p in rep.parameters() if p.grad is not None]).norm())
+
+    free = grad_norm()
+    assert free > 0.05
+    assert grad_norm(grad_clip=0.01) == pytest.approx(0.01, rel=1e-4)
+    assert grad_norm(grad_clip=10 * free) == pytest.approx(free, rel=1e-5)  # a loose bound changes nothing
+
+
 def test_lr_schedule_defaults_to_the_encoders_milestones() -> None:
     """Without lr_milestones the encoder's schedule applies (ffb: 5 halvings), else IDR's (2 halvings)."""
     from recon_plugins.encoders import FFBEncoder

@@ -388,6 +388,8 @@ class Encoder(Component, nn.Module):
     """Recommended Adam lr of the encoder's other weights (None: the network lr)."""
     lr_milestones: tuple[float, ...] | None = None
     """Recommended fractions of a run at which trainers decay every lr (None: the trainer's schedule)."""
+    grad_clip: float | None = None
+    """Recommended clip of the gradient's global norm before each optimiser step (None: no clipping)."""
     cpu_options: ClassVar[dict[str, Any]] = {}
     """Option values sized for a CPU (e.g. a smaller hash table), which a representation may apply on
     the CPU when the run left every option at its default (``idr.preset=auto``)."""

@@ -46,6 +46,7 @@ def test_idr_conf_maps_onto_recon_options(tmp_path: Path) -> None:
     assert base["encoder"] == {"name": "fourier", "config": {"n_frequencies": 6}}
     fit = base["refiners"][0]["config"]
     assert fit["lr"] == 2e-4 and fit["batch_rays"] == 1024 and fit["lr_milestones"] == [0.5, 0.75]
+    assert fit["grad_clip"] == 0.0 and "encoder_lr" not in fit  # IDR never clips; no encoder tables
     assert fit["alpha_milestones"] == [0.125, 0.25, 0.375, 0.5, 0.625]
     assert base["loader"]["config"]["test_every"] == 0
     named = {line.split(" = ")[0] for line in unmapped}
@@ -71,6 +72,8 @@ def test_seed_conf_picks_encoders_and_squashing(tmp_path: Path) -> None:
     assert base["encoder"]["config"] == {"variant": "seed", "n_levels": 6, "log2_hashmap_size": 5, "n_features_per_level": 2,
                                          "base_resolution": 16, "max_resolution": 512, "bound": 0.45}
     assert base["used"] == [{"kind": "encoder", "name": "sh", "config": {"degree": 4}}]
+    fit = base["refiners"][0]["config"]  # the seed's one Adam: every parameter at train.learning_rate, no clipping
+    assert fit["lr"] == fit["encoder_lr"] == fit["encoder_weights_lr"] == 2e-4 and fit["grad_clip"] == 0.0
     bad = tmp_path / "bad.conf"
     bad.write_text("train { learning_rate = 1e-4 }")
     with pytest.raises(InputError, match="implicit_network"):

@@ -372,7 +372,7 @@ def test_encoder_betas_apply_to_the_encoder_groups_only() -> None:
 
 
 def test_grad_clip_bounds_the_gradient_adam_sees() -> None:
-    """idr-fit.grad_clip (NFFB's 1.0) rescales the whole gradient to that global norm; unset, it is left as is."""
+    """idr-fit.grad_clip rescales the whole gradient to at most that global norm before Adam's step."""
     scene = tiny_scene(4, 12)
 
     def grad_norm(**kw: float) -> float:
@@ -382,10 +382,14 @@ def test_grad_clip_bounds_the_gradient_adam_sees() -> None:
         fit.step(1)
         return float(torch.cat([p.grad.flatten() for p in rep.parameters() if p.grad is not None]).norm())
 
-    free = grad_norm()
+    free = grad_norm(grad_clip=0.0)  # 0: never clip
     assert free > 0.05
     assert grad_norm(grad_clip=0.01) == pytest.approx(0.01, rel=1e-4)
     assert grad_norm(grad_clip=10 * free) == pytest.approx(free, rel=1e-5)  # a loose bound changes nothing
+    # unset: the encoder's recommendation (hashgrid, ffb: NFFB's 1.0; Fourier none, as IDR)
+    assert HashGridEncoder.grad_clip == 1.0 and FourierEncoder.grad_clip is None
+    assert make_fit(build(scene, small_hashgrid()), scene).grad_clip == 1.0
+    assert make_fit(build(scene, FourierEncoder(FourierEncoder.Config(n_frequencies=2))), scene).grad_clip == 0.0
 
 
 def test_lr_schedule_defaults_to_the_encoders_milestones() -> None:

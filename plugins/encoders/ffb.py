@@ -216,6 +216,9 @@ class _FFBBase:
     # NFFB halves its lr every tenth of training; with IDR's two halvings (50 %, 75 %) FFB's eikonal
     # loss kept fluctuating to the end of a 60-minute run and its surface stopped improving.
     lr_milestones = (0.5, 0.6, 0.7, 0.8, 0.9)
+    # NFFB clips the gradient's norm at 1.0; without it IDR's eikonal loss kept blowing up for tens of
+    # steps at a time, and the runs where it did most ended with the worst surfaces (docs/benchmarks.md, IDR)
+    grad_clip = 1.0
     cpu_options = {"log2_hashmap_size": 15}  # the CPU benchmark's table (docs/benchmarks.md, IDR)
 
     @property

@@ -232,6 +232,7 @@ class HashGridEncoder(Encoder):
     name = "hashgrid"
     description = "instant-NGP multiresolution hash grid, trilinear (torch; tinycudann on CUDA when installed)"
     table_lr = 1e-2  # instant-NGP's
+    grad_clip = 1.0  # as FFB's (NFFB's): under IDR's losses the unclipped grid's eikonal loss kept blowing up
     # the sizes of the CPU benchmark (docs/benchmarks.md, IDR): 786 k table entries instead of 16 M
     cpu_options = {"n_levels": 12, "log2_hashmap_size": 15, "max_resolution": 512}
 

@@ -75,7 +75,7 @@ def read_idr_conf(path: Path) -> tuple[dict[str, Any], list[str]]:
         raise InputError("not an IDR configuration (it has no model.implicit_network)", path)
 
     rep: dict[str, Any] = {"rgb_range": [-1.0, 1.0]}
-    fit: dict[str, Any] = {}
+    fit: dict[str, Any] = {"grad_clip": 0.0}  # IDR and the seed never clip (recon's grid encoders do by default)
     loader: dict[str, Any] = {"test_every": 0}
     unmapped: list[str] = []
     seed = any(k.startswith("model.embedding_network.") for k in flat)
@@ -99,6 +99,8 @@ def read_idr_conf(path: Path) -> tuple[dict[str, Any], list[str]]:
         k = key
         if k == "train.learning_rate":
             fit["lr"] = float(value)
+            if seed:  # the seed's one Adam trains its embedding network (tables, SIREN) at this lr too
+                fit["encoder_lr"] = fit["encoder_weights_lr"] = float(value)
         elif k == "train.num_pixels":
             fit["batch_rays"] = int(value)
         elif k == "train.alpha_milestones":

@@ -23,8 +23,9 @@ other weights (FFB's SIREN and Fourier maps) at ``encoder_weights_lr``, by defau
 multiplied by ``lr_gamma`` at ``lr_milestones``: by default the encoder's ``lr_milestones`` when it
 declares them (FFB: every tenth from half-way, like NFFB's step decay), else IDR's 50 % and 75 %. Adam's
 (β1, β2) are torch's (0.9, 0.999), as IDR's; the encoder's groups take ``encoder_betas`` (instant-NGP and
-NFFB use 0.9, 0.99: no gain measured here, docs/benchmarks.md). Needs object masks
-(``View.object_mask``, or ``View.alpha > 0.5``).
+NFFB use 0.9, 0.99: no gain measured here, docs/benchmarks.md). Before each step the gradient's global
+norm is clipped to ``grad_clip``, by default the encoder's (hashgrid, ffb: NFFB's 1.0; none for Fourier,
+as IDR). Needs object masks (``View.object_mask``, or ``View.alpha > 0.5``).
 
 Schedules (α, lr, coarse-to-fine) are functions of the run's *progress* in [0, 1],
 ``ctx.progress(step, steps)``: ``step / steps``, or the fraction of the time budget used when that is
@@ -125,8 +126,9 @@ class IDRFit(Refiner):
         lr_milestones: list[float] | None = option(None, "fractions of the run where the lr is multiplied by lr_gamma; "
                                                    "none: the encoder's lr_milestones (ffb 0.5…0.9), else IDR's 0.5, 0.75", min=0, max=1)
         lr_gamma: float = option(0.5, "lr decay factor", min=0)
-        grad_clip: float | None = option(None, "clip the gradient's global norm to this before each Adam step "
-                                                "(NFFB clips at 1.0); none: no clipping, as IDR", min=0)
+        grad_clip: float | None = option(None, "clip the gradient's global norm to this before each Adam step (0: "
+                                                "never); none: the encoder's grad_clip (hashgrid, ffb: NFFB's 1.0), else "
+                                                "no clipping, as IDR", min=0)
         eikonal_weight: float = option(0.1, "weight of the eikonal loss", min=0)
         mask_weight: float = option(100.0, "weight of the mask loss", min=0)
         alpha_init: float = option(50.0, "initial α of the mask loss", min=0)
@@ -145,6 +147,7 @@ class IDRFit(Refiner):
         self.generator: torch.Generator | None = None
         self.last: dict[str, float] = {}
         self.lr_milestones: list[float] = []
+        self.grad_clip = 0.0
         self.batch_rays = 0
         self.ctx: RunContext | None = None
 
@@ -187,6 +190,7 @@ class IDRFit(Refiner):
         self.optimizer = torch.optim.Adam(groups, eps=1e-15 if enc_params else 1e-8, fused=fused)
         self.lr_milestones = sorted(c.lr_milestones if c.lr_milestones is not None
                                     else encoder.lr_milestones or self.IDR_LR_MILESTONES)
+        self.grad_clip = float(c.grad_clip if c.grad_clip is not None else encoder.grad_clip or 0.0)
         self.generator = torch.Generator(device="cpu").manual_seed(int(ctx.seed))
         if dev.type == "cpu":  # every step frees and reallocates table-sized gradients: keep them in the heap
             keep_freed_memory()
@@ -260,8 +264,8 @@ class IDRFit(Refiner):
             loss, loss_rgb, eikonal, loss_mask, hit, rgb_mask = self._losses(tr, o, v, rgb_gt, mask_gt, alpha)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if c.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], c.grad_clip)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
         self.optimizer.step()
 
         n_rgb = int(rgb_mask.sum())

@@ -397,7 +397,7 @@ def evaluate_run(
                 key = ev.name if part == ev.name else f"{ev.name}.{part}"
                 metrics[key] = _finite(v)
                 info[key] = _metric_info(ev, None, "", None)
-                region = getattr(ev, "part_regions", {}).get(part)
+                region = ev.part_regions.get(part)
                 if region is not None:
                     info[key]["region"] = region
         except InputError as e:  # e.g. the data has no ground-truth mesh

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # imported where used: at registry load trimesh and scipy add
     import trimesh
 
 from recon_core import Cameras, EvaluationInput, GeometryEvaluator, InputError, Scene, option
+from recon_core.geometry import project_points
 
 __all__ = ["ChamferResult", "sample_surface", "chamfer", "observed_by", "predicted_mesh", "ChamferEvaluator"]
 
@@ -98,8 +99,8 @@ def observed_by(cameras: Cameras, mesh: trimesh.Trimesh, points: np.ndarray, nor
     import torch
 
     K = cameras.K.detach().double().cpu()
-    c2w = cameras.c2w.detach().double().cpu()
-    centres = c2w[:, :3, 3]
+    w2c = cameras.viewmats.detach().double().cpu()
+    centres = cameras.centers.detach().double().cpu()
     lo, hi = torch.tensor(np.asarray(mesh.bounds, dtype=np.float64))
     radius = 0.5 * float((hi - lo).norm())
     nearest = max(float((centres - 0.5 * (lo + hi)).norm(dim=1).min()) - radius, 1e-3 * radius)
@@ -108,14 +109,11 @@ def observed_by(cameras: Cameras, mesh: trimesh.Trimesh, points: np.ndarray, nor
     pts, nrm = torch.from_numpy(points), torch.from_numpy(normals)
     seen = torch.zeros(len(pts), dtype=torch.bool)
     for k in range(len(K)):
-        w2c = torch.linalg.inv(c2w[k])
-        width, height = int(cameras.width[k]), int(cameras.height[k])
+        height, width = cameras.size(k)
 
         def project(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """(depth, pixel index, inside the image in front of the camera) of points x."""
-            cam = x @ w2c[:3, :3].T + w2c[:3, 3]
-            z = cam[:, 2]
-            uv = cam[:, :2] / z.clamp_min(1e-12)[:, None] * K[k].diagonal()[:2] + K[k, :2, 2]
+            uv, z = project_points(x, K[k], w2c[k])
             inside = (z > 0) & (uv >= 0).all(1) & (uv[:, 0] < width) & (uv[:, 1] < height)
             ij = uv.floor().nan_to_num(0).long()
             pix = ij[:, 1].clamp(0, height - 1) * width + ij[:, 0].clamp(0, width - 1)
